@@ -1,0 +1,1 @@
+"""The `normlab` command line: parse, load, dispatch, print. No experiment logic lives here."""

@@ -1,0 +1,233 @@
+"""normlab: reproduce the claims of Grosse ch. 5 (adaptive methods, normalization, weight decay).
+
+Thin layer over `normlab.experiments`: every command parses its options, loads and validates a
+config, hands it to an experiment or the engine, and prints. Bad input ends with one line on
+stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from normlab.engine.config import ConfigError, parse_set
+from normlab.engine.errors import NormlabError
+
+app = typer.Typer(
+    name="normlab", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
+    help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
+         "gradient methods, normalization layers and weight decay.\n\n"
+         "Start with `normlab list`, then `normlab run baselines --smoke` (seconds) or "
+         "`normlab run baselines` (minutes).")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NormlabError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: no half-written run folder was left behind")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def _registry():
+    from normlab.experiments import REGISTRY
+    return REGISTRY
+
+
+def _config_path(name_or_path: str) -> Path:
+    """An experiment name means its shipped config; anything else is a path to a YAML file."""
+    registry = _registry()
+    if name_or_path in registry:
+        return registry[name_or_path].default_config
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    raise ConfigError(f"{name_or_path!r} is neither a known experiment ({', '.join(sorted(registry))}) "
+                      "nor a config file; see `normlab list`")
+
+
+def _cli_overrides(sets: List[str], seeds: Optional[int], device: Optional[str]) -> dict:
+    overrides = parse_set(sets)
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError("--seeds: must be at least 1")
+        overrides["seeds"] = seeds
+    if device is not None:
+        overrides["run.train.device"] = device
+    return overrides
+
+
+def _resolve_jobs(jobs: Optional[int]) -> int:
+    from normlab.engine.executor import default_jobs
+    if jobs is not None and jobs < 1:
+        raise ConfigError("--jobs: must be at least 1")
+    return jobs or default_jobs()
+
+
+def _print_claims(claims) -> None:
+    table = Table(title="Claims", show_lines=False)
+    for col in ("claim", "verdict", "value", "95% CI", "threshold", "n"):
+        table.add_column(col)
+    colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+    for _, r in claims.iterrows():
+        ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+        table.add_row(str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+                      f"{r['value']:.4g}", ci, str(r["threshold"]), str(r["n"]))
+    console.print(table)
+
+
+SetOpt = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                      help="Override a config value by dotted key, e.g. `--set run.optim.lr=0.05`. Repeatable.")
+SeedsOpt = typer.Option(None, "--seeds", help="Seeds per arm (overrides the config's `seeds`).")
+SmokeOpt = typer.Option(False, "--smoke", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI.")
+JobsOpt = typer.Option(None, "--jobs", "-j", help="Parallel one-thread workers (default: number of cores).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, cpu).")
+
+
+@app.command("list")
+@user_errors
+def list_cmd() -> None:
+    """List the experiments, the claims each tests and their default configs."""
+    table = Table(title="normlab experiments")
+    for col in ("experiment", "claims", "config", "what it asks"):
+        table.add_column(col)
+    for name, exp in sorted(_registry().items()):
+        cfg = exp.default_config
+        shown = cfg.relative_to(Path.cwd()) if cfg.is_relative_to(Path.cwd()) else cfg
+        table.add_row(name, ", ".join(exp.claims), str(shown), exp.title)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def validate(config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
+             sets: List[str] = SetOpt, smoke: bool = SmokeOpt) -> None:
+    """Check a config (keys, types, ranges, every arm) without running anything."""
+    from normlab.experiments import load_config
+    from normlab.experiments.base import arm_configs
+    exp, cfg = load_config(_config_path(str(config)), _registry(), parse_set(sets), smoke)
+    arms = arm_configs(cfg)
+    steps = {a: c.train.steps for a, c in arms.items()}
+    console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {len(arms)} arm(s) "
+                  f"x {cfg.seeds} seed(s) = {len(arms) * cfg.seeds} runs; steps per arm: {steps}")
+
+
+@app.command()
+@user_errors
+def run(experiment: str = typer.Argument(..., help="Experiment name (see `normlab list`) or a config file."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config file (default: configs/EXPERIMENT.yaml)."),
+        sets: List[str] = SetOpt, seeds: Optional[int] = SeedsOpt, smoke: bool = SmokeOpt,
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
+        jobs: Optional[int] = JobsOpt, device: Optional[str] = DeviceOpt,
+        backend: str = typer.Option("local", "--backend", help="local (process pool) or ray.")) -> None:
+    """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
+
+    Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
+    `normlab run baselines --set run.train.steps=4000`.
+    """
+    from normlab.engine.results import default_run_dir
+    from normlab.experiments import load_config, run_experiment
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend: {backend!r} is not allowed; choose local or ray")
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+    if backend == "ray":
+        raise ConfigError("--backend ray: not available in this version; use --backend local "
+                          "(a process pool, --jobs N)")
+    path = config if config is not None else _config_path(experiment)
+    exp, cfg = load_config(path, _registry(), _cli_overrides(sets, seeds, device), smoke)
+    if config is not None and exp.name != experiment and experiment in _registry():
+        raise ConfigError(f"--config {config} is a `{exp.name}` config, not `{experiment}`")
+    folder = out or default_run_dir(Path("results"), exp.name, smoke)
+    n_jobs = _resolve_jobs(jobs)
+
+    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TimeElapsedColumn(), console=err_console, transient=False) as bars:
+        ids: dict[str, int] = {}
+
+        def on_start(tasks) -> None:
+            err_console.print(f"{exp.name}: {len(tasks)} runs on {min(n_jobs, len(tasks))} worker(s) -> {folder}")
+            for t in tasks:
+                ids[t.run_id] = bars.add_task(t.run_id, total=t.config.train.steps)
+
+        def progress(run_id: str, done: int, total: int) -> None:
+            bars.update(ids[run_id], completed=done)
+
+        outcome = run_experiment(exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke,
+                                 on_start=on_start)
+    _print_claims(outcome.claims)
+    bad = outcome.runs[outcome.runs["status"] != "ok"]
+    if len(bad):
+        console.print(f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
+                      + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
+    console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
+
+
+@app.command()
+@user_errors
+def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
+    """Redraw every figure of a run folder from its CSVs alone (no training)."""
+    from normlab.engine.results import load_tables
+    tables = load_tables(run_dir)
+    name = tables.config.get("experiment")
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"{run_dir}/config.yaml names experiment {name!r}, which this normlab "
+                          f"does not know ({', '.join(sorted(registry))})")
+    paths = registry[name].plot(tables, Path(run_dir) / "plots")
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+@user_errors
+def bench(steps: int = typer.Option(2000, help="Steps per timed trial."),
+          repeats: int = typer.Option(5, help="Interleaved trials of each loop."),
+          probe_every: Optional[int] = typer.Option(None, help="Probe interval (default: the engine's default)."),
+          workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores).")) -> None:
+    """Engine throughput vs a plain PyTorch loop, probe cost, and process-pool scaling."""
+    from normlab.engine.bench import run_bench
+    if steps < 10 or repeats < 1:
+        raise ConfigError("--steps must be >= 10 and --repeats >= 1")
+    console.print("MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop")
+    res = run_bench(steps=steps, repeats=repeats, probe_every=probe_every, workers=workers,
+                    log=console.print)
+    table = Table(title="normlab bench (medians over interleaved repeats)")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    table.add_row("plain PyTorch loop", f"{med(res.plain):.0f} steps/s", "")
+    table.add_row("engine, probes off", f"{med(res.engine):.0f} steps/s", "")
+    table.add_row("engine / plain", f"{res.engine_ratio:.3f}x", ">= 0.95x")
+    table.add_row(f"probe cost (every {res.probe_every} steps)", f"{100 * res.probe_cost:.1f}%", "<= 10%")
+    base = res.pool.get(1)
+    for k, rate in sorted(res.pool.items()):
+        table.add_row(f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else "")
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Throughput benchmarks, measured side by side in one process so machine noise hits all alike.
+
+1. engine vs plain: the engine's `train` (probes off) against a hand-written PyTorch loop
+   (nn.Sequential, same layers, same data, batch, optimizer and thread count).
+2. probe cost: the engine with probes at the default interval against probes off.
+3. pool scaling: k one-thread workers training at once, total steps/s against one worker.
+Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
+is the median over repeats.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import load_dataset
+from .executor import default_jobs, execute
+from .spec import DataConfig, ModelConfig, OptimConfig, ProbeConfig, RunConfig, TrainConfig
+from .train import RunTask, train
+
+
+def bench_config(steps: int, probe_every: int) -> RunConfig:
+    """MLP 40-100-100-10 with BN before ReLU, SGD, batch 128, on MNIST-1D."""
+    return RunConfig(
+        data=DataConfig(name="mnist1d"),
+        model=ModelConfig(arch="mlp", width=100, depth=2, norm="batch"),
+        optim=OptimConfig(name="sgd", lr=0.1),
+        train=TrainConfig(steps=steps, batch_size=128, eval_every=0, threads=1),
+        probes=ProbeConfig(every=probe_every))
+
+
+def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
+    """Steps/s of a hand-written loop over the same data, model shape, batch and optimizer."""
+    torch.set_num_threads(cfg.train.threads)
+    data = load_dataset(cfg.data)
+    torch.manual_seed(seed)
+    w = cfg.model.width
+    model = nn.Sequential(nn.Linear(40, w, bias=False), nn.BatchNorm1d(w, affine=False), nn.ReLU(),
+                          nn.Linear(w, w, bias=False), nn.BatchNorm1d(w, affine=False), nn.ReLU(),
+                          nn.Linear(w, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    x_all, y_all = data.x_train, data.y_train
+    n, bs = len(y_all), cfg.train.batch_size
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(n, generator=gen), 0
+    start = time.perf_counter()
+    for _ in range(cfg.train.steps):
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return cfg.train.steps / (time.perf_counter() - start)
+
+
+def engine_loop(cfg: RunConfig, seed: int = 0) -> float:
+    res = train(RunTask("bench", "bench", seed, cfg))
+    return res.steps_done / res.train_seconds
+
+
+@dataclass
+class BenchResult:
+    plain: list[float]
+    engine: list[float]
+    probed: list[float]
+    probe_every: int
+    pool: dict[int, float]
+
+    @property
+    def engine_ratio(self) -> float:
+        return statistics.median(e / p for e, p in zip(self.engine, self.plain))
+
+    @property
+    def probe_cost(self) -> float:
+        return 1.0 - statistics.median(q / e for q, e in zip(self.probed, self.engine))
+
+
+def run_bench(steps: int = 2000, repeats: int = 5, probe_every: int | None = None,
+              pool_steps: int = 3000, workers: int | None = None, log=print) -> BenchResult:
+    probe_every = probe_every or ProbeConfig().every
+    off, on = bench_config(steps, 0), bench_config(steps, probe_every)
+    load_dataset(off.data)
+    plain_loop(replace(off, train=replace(off.train, steps=200)))  # warm up kernels and caches
+    engine_loop(replace(off, train=replace(off.train, steps=200)))
+    res = BenchResult([], [], [], probe_every, {})
+    for r in range(repeats):
+        res.plain.append(plain_loop(off))
+        res.engine.append(engine_loop(off))
+        res.probed.append(engine_loop(on))
+        log(f"  repeat {r + 1}/{repeats}: plain {res.plain[-1]:.0f}, engine {res.engine[-1]:.0f}, "
+            f"engine+probes {res.probed[-1]:.0f} steps/s")
+    workers = workers or default_jobs()
+    pool_cfg = bench_config(pool_steps, 0)
+    for k in sorted({1, workers}):
+        results = execute([RunTask(f"w{i}", "bench", i, pool_cfg) for i in range(k)], jobs=k)
+        res.pool[k] = sum(r.steps_done / r.train_seconds for r in results)
+        log(f"  pool of {k} one-thread worker(s): {res.pool[k]:.0f} steps/s in total")
+    return res

@@ -1,0 +1,92 @@
+"""Run many RunTasks: in-process for jobs=1, else a pool of one-thread `spawn` workers.
+
+Every run uses `train.threads` torch threads wherever it executes, so the numbers do not depend
+on `--jobs`. Results come back in task order; `on_result` sees each one as soon as it finishes
+(sweeps use it to write rows as they go). A run that raises is recorded as `failed` with its
+error, not dropped; errors the user must fix (NormlabError) are raised instead.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Callable, Optional
+
+from .errors import NormlabError
+from .train import Progress, RunResult, RunTask, train
+
+
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _run_one(task: RunTask, progress: Progress) -> RunResult:
+    try:
+        return train(task, progress)
+    except NormlabError:
+        raise
+    except Exception as exc:  # a crash inside one run is a result, not a lost run
+        return RunResult(task.run_id, task.arm, task.seed, "failed", 0, 0.0,
+                         error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+
+
+def _worker_init() -> None:
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def _worker(task: RunTask, q) -> RunResult:
+    return _run_one(task, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
+
+
+def execute(tasks: list[RunTask], jobs: int = 1, progress: Progress = None,
+            on_result: Optional[Callable[[RunResult], None]] = None) -> list[RunResult]:
+    jobs = max(1, min(jobs, len(tasks))) if tasks else 1
+    results: dict[str, RunResult] = {}
+    if jobs == 1:
+        for task in tasks:
+            res = _run_one(task, progress)
+            results[task.run_id] = res
+            if on_result:
+                on_result(res)
+        return [results[t.run_id] for t in tasks]
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager() if progress else None
+    q = manager.Queue() if manager else None
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    try:
+        pending = {pool.submit(_worker, t, q): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(q, progress)
+            for fut in done:
+                pending.pop(fut)
+                res = fut.result()  # re-raises NormlabError from the worker
+                results[res.run_id] = res
+                if on_result:
+                    on_result(res)
+        _drain(q, progress)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if manager:
+            manager.shutdown()
+    return [results[t.run_id] for t in tasks]
+
+
+def _drain(q, progress: Progress) -> None:
+    if q is None or progress is None:
+        return
+    while True:
+        try:
+            progress(*q.get_nowait())
+        except queue.Empty:
+            return
+        except (EOFError, OSError):
+            return

@@ -1,0 +1,219 @@
+"""Models built from a ModelConfig: MLP, 1-D CNN (MNIST-1D), small 2-D CNN (VGG-style).
+
+Every hidden layer is a `Block`: weight layer -> normalizer -> activation, or weight layer ->
+activation -> normalizer (`norm_position`). Two things are exposed for measurement and
+manipulation, without the model knowing who uses them:
+  * `model.weight_layers`: every linear/conv layer with a flag saying whether the loss is
+    invariant to rescaling each unit's incoming weights ("unit"), the whole matrix ("layer"),
+    or neither (None). That flag decides where the effective learning rate means something.
+  * `after_norm`: a factory called once per normalized block; the module it returns is inserted
+    right after the normalizer (the knockout experiment inserts its noise there).
+Each block also has a `tap` (identity) at the input of its activation, where probes read the
+pre-activation statistics.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .spec import ModelConfig
+
+AfterNorm = Optional[Callable[[int, int], Optional[nn.Module]]]
+
+
+class Tap(nn.Identity):
+    """A named point in the network where probes read activations."""
+
+
+class BatchCenter(nn.Module):
+    """Batch centering (Eq. 13): subtract the per-feature batch mean; running mean at eval."""
+
+    def __init__(self, features: int, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0] + list(range(2, x.ndim))
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        if self.training:
+            mean = x.mean(dim=dims)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+        else:
+            mean = self.running_mean
+        return x - mean.view(shape)
+
+
+class WNLinear(nn.Module):
+    """Weight normalization (Eq. 20): w_j = g_j * v_j / ||v_j||. `weight` is v (scale invariant)."""
+
+    def __init__(self, fan_in: int, fan_out: int, bias: bool, learn_gain: bool):
+        super().__init__()
+        ref = nn.Linear(fan_in, fan_out, bias=bias)
+        self.weight = ref.weight
+        self.bias = ref.bias
+        gain = torch.ones(fan_out)
+        if learn_gain:
+            self.gain = nn.Parameter(gain)
+        else:
+            self.register_buffer("gain", gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * (self.gain / self.weight.norm(dim=1)).unsqueeze(1)
+        return F.linear(x, w, self.bias)
+
+
+def _activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "tanh": nn.Tanh(), "gelu": nn.GELU(), "identity": nn.Identity()}[name]
+
+
+def _normalizer(cfg: ModelConfig, features: int, spatial_dims: int) -> Optional[nn.Module]:
+    if cfg.norm in ("none", "weight"):
+        return None
+    if cfg.norm == "center":
+        return BatchCenter(features)
+    if cfg.norm == "batch":
+        cls = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm1d
+        return cls(features, eps=cfg.norm_eps, affine=cfg.norm_affine)
+    # layer norm: over the features of one example (over channels and positions for conv)
+    if spatial_dims == 0:
+        return nn.LayerNorm(features, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
+    return nn.GroupNorm(1, features, eps=cfg.norm_eps, affine=cfg.norm_affine)
+
+
+def _uses_bias(cfg: ModelConfig) -> bool:
+    if cfg.bias != "auto":
+        return cfg.bias == "true"
+    # A per-unit bias right before batch norm/centering is cancelled by the mean subtraction.
+    return not (cfg.norm in ("batch", "center") and cfg.norm_position == "before")
+
+
+def _invariance(cfg: ModelConfig, bias: bool) -> Optional[str]:
+    """Rescaling which weights leaves the loss unchanged (Grosse ch. 5, §4.3-4.4)."""
+    if cfg.norm not in ("batch", "weight", "layer"):
+        return None
+    kind = "layer" if cfg.norm == "layer" else "unit"
+    if cfg.norm_position == "before" and (cfg.norm != "layer" or not bias):
+        return kind
+    # After the activation: ReLU is positively homogeneous, so without a bias the scale of
+    # w_j still passes straight through to the normalizer, which removes it.
+    if cfg.norm_position == "after" and cfg.activation in ("relu", "identity") and not bias:
+        return kind
+    return None
+
+
+class Block(nn.Module):
+    def __init__(self, weight: nn.Module, cfg: ModelConfig, features: int, spatial_dims: int,
+                 index: int, after_norm: AfterNorm):
+        super().__init__()
+        self.weight_layer = weight
+        self.norm = _normalizer(cfg, features, spatial_dims)
+        extra = after_norm(index, features) if (after_norm and self.norm is not None) else None
+        self.after_norm = extra if extra is not None else nn.Identity()
+        self.tap = Tap()
+        self.act = _activation(cfg.activation)
+        self.before = cfg.norm_position == "before"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.weight_layer(x)
+        if self.norm is not None and self.before:
+            x = self.after_norm(self.norm(x))
+        x = self.act(self.tap(x))
+        if self.norm is not None and not self.before:
+            x = self.after_norm(self.norm(x))
+        return x
+
+
+@dataclass
+class WeightLayer:
+    name: str
+    module: nn.Module            # has .weight (and maybe .bias)
+    invariance: Optional[str]    # "unit", "layer" or None
+
+
+class Net(nn.Module):
+    """A stack of Blocks and a linear read-out, with the bookkeeping probes need."""
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                 after_norm: AfterNorm = None):
+        super().__init__()
+        self.arch = cfg.arch
+        self.residual = cfg.residual
+        bias = _uses_bias(cfg)
+        invariance = _invariance(cfg, bias)
+        blocks: list[Block] = []
+        if cfg.arch == "mlp":
+            fan_in = int(math.prod(input_shape))
+            for i in range(cfg.depth):
+                layer = (WNLinear(fan_in, cfg.width, bias, cfg.norm_affine) if cfg.norm == "weight"
+                         else nn.Linear(fan_in, cfg.width, bias=bias))
+                blocks.append(Block(layer, cfg, cfg.width, 0, i, after_norm))
+                fan_in = cfg.width
+        else:
+            spatial = 1 if cfg.arch == "cnn1d" else 2
+            in_ch = 1 if (spatial == 1 or len(input_shape) < 3) else input_shape[0]
+            for i, (ch, k) in enumerate(zip(cfg.channels, cfg.kernel_sizes)):
+                if spatial == 1:
+                    conv = nn.Conv1d(in_ch, ch, k, stride=cfg.strides[i], padding=1, bias=bias)
+                else:
+                    conv = nn.Conv2d(in_ch, ch, k, padding=k // 2, bias=bias)
+                blocks.append(Block(conv, cfg, ch, spatial, i, after_norm))
+                in_ch = ch
+        self.blocks = nn.ModuleList(blocks)
+        self.pool_every = cfg.pool_every if cfg.arch == "cnn2d" else 0
+        self.input_shape = tuple(input_shape)
+        with torch.no_grad():
+            feat = self.features(torch.zeros(2, *input_shape)).shape[1]
+        self.out = nn.Linear(feat, num_classes)
+        self.weight_layers = [WeightLayer(f"layer{i + 1}", b.weight_layer, invariance)
+                              for i, b in enumerate(self.blocks)]
+        self.weight_layers.append(WeightLayer("out", self.out, None))
+        _init(self, cfg.init)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch == "mlp":
+            h = x.flatten(1)
+            for i, block in enumerate(self.blocks):
+                h = h + block(h) if (self.residual and i > 0) else block(h)
+            return h
+        if self.arch == "cnn1d":
+            h = x.reshape(x.shape[0], 1, -1)
+            for block in self.blocks:
+                h = block(h)
+            return h.flatten(1)
+        h = x if x.ndim == 4 else x.unsqueeze(1)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if self.pool_every and (i + 1) % self.pool_every == 0 and h.shape[-1] >= 2:
+                h = F.max_pool2d(h, 2)
+        return F.adaptive_avg_pool2d(h, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
+
+    def taps(self) -> list[tuple[str, Tap]]:
+        return [(f"layer{i + 1}", b.tap) for i, b in enumerate(self.blocks)]
+
+
+def _init(model: Net, scheme: str) -> None:
+    if scheme == "default":
+        return
+    for wl in model.weight_layers:
+        w = wl.module.weight
+        if scheme == "kaiming":
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(w)
+        if getattr(wl.module, "bias", None) is not None:
+            nn.init.zeros_(wl.module.bias)
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                after_norm: AfterNorm = None) -> Net:
+    return Net(cfg, input_shape, num_classes, after_norm)

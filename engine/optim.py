@@ -1,0 +1,87 @@
+"""Optimizers from torch.optim, with explicit weight decay and learning-rate schedules.
+
+Weight decay is either L2-coupled (lambda*w added to the gradient, as in Eq. 22 for SGD) or
+decoupled (w shrunk by lr*lambda before the step, as AdamW does). Which parameters get it is a
+config choice, never implicit. `renormalize` is the control arm of the implicit-decay
+experiment: after each step the incoming weights of every scale-invariant unit are put back on
+the unit sphere, so the effective learning rate stays equal to the explicit one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .models import Net
+from .spec import OptimConfig
+
+
+def lr_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """Learning rate for the update that follows `step` completed updates."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** (step // cfg.step_every)
+    span = max(1, total_steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    return cfg.lr * (1.0 - t)  # linear decay to zero
+
+
+def _decayed_params(cfg: OptimConfig, model: Net) -> set[int]:
+    if cfg.wd_params == "all":
+        return {id(p) for p in model.parameters()}
+    if cfg.wd_params == "weights":
+        return {id(wl.module.weight) for wl in model.weight_layers}
+    return {id(wl.module.weight) for wl in model.weight_layers if wl.invariance}
+
+
+class Optimizer:
+    """A torch optimizer plus the schedule, decoupled decay and renormalization around it."""
+
+    def __init__(self, cfg: OptimConfig, model: Net, total_steps: int):
+        self.cfg, self.total_steps = cfg, total_steps
+        decayed_ids = _decayed_params(cfg, model)
+        decay = [p for p in model.parameters() if id(p) in decayed_ids]
+        rest = [p for p in model.parameters() if id(p) not in decayed_ids]
+        self.decoupled = cfg.name == "adamw" or cfg.wd_mode == "decoupled"
+        coupled_wd = 0.0 if self.decoupled else cfg.weight_decay
+        groups = [{"params": decay, "weight_decay": coupled_wd}, {"params": rest, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        self.decay_params = decay
+        if cfg.name == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                       nesterov=cfg.nesterov and cfg.momentum > 0)
+        elif cfg.name in ("adam", "adamw"):  # adamw = adam + decoupled decay, applied below
+            self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        elif cfg.name == "rmsprop":
+            self.opt = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps,
+                                           momentum=cfg.momentum)
+        else:
+            self.opt = torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
+        self.renorm = [(wl.module.weight, wl.invariance) for wl in model.weight_layers
+                       if cfg.renormalize and wl.invariance]
+        self.lr = cfg.lr
+
+    def set_step(self, step: int) -> float:
+        self.lr = lr_at(self.cfg, step, self.total_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        return self.lr
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.decoupled and self.cfg.weight_decay:
+            torch._foreach_mul_(self.decay_params, 1.0 - self.lr * self.cfg.weight_decay)
+        self.opt.step()
+        for w, kind in self.renorm:
+            if kind == "unit":
+                w.div_(w.flatten(1).norm(dim=1).view(-1, *([1] * (w.ndim - 1))))
+            else:
+                w.div_(w.norm())

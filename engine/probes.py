@@ -1,0 +1,141 @@
+"""Measurements taken every `probes.every` steps on the current training batch.
+
+All rows are `(step, metric, layer, stat, unit, value)`; the run adds run_id/arm/seed when it
+writes them. Per-unit quantities are computed for all units at once (one tensor per layer), then
+reduced to summaries over units (`stat` = mean/median/q25/q75/min/max; quantiles are nearest
+rank). Per-unit rows (`stat` = "unit", `unit` = j) are written only when `per_unit` is on.
+
+What is measured, per weight layer (unit j = one output unit / channel; w_j its incoming weights,
+g_j = dJ/dw_j on this batch, alpha = the current learning rate):
+  weight_norm_sq     ||w_j||^2
+  grad_norm          ||g_j||
+  w_dot_grad         w_j . g_j      (0 for scale-invariant units: Eq. 16 with k = 0)
+  w_grad_cos         w_j . g_j / (||w_j|| ||g_j||)
+  normalized_grad_norm  ||w_j|| ||g_j||   (= ||grad J(w_j / ||w_j||)||, by Eq. 18)
+  eff_lr             alpha / ||w_j||^2 (only where the loss is invariant to the scale of w_j)
+  input_mean_sq_norm ||m||^2, m = per-feature batch mean of the layer's input
+  input_var_mean     mean over features of the input's batch variance
+and per hidden block, at the input of its activation (after any normalizer and noise):
+  preact_mean, preact_var   per-unit batch mean and variance (summaries over units)
+  preact_mean_drift, preact_var_drift   mean over units of |change since the previous probe|
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from .models import Net
+from .spec import ProbeConfig
+
+Row = tuple  # (step, metric, layer, stat, unit, value)
+
+_WEIGHT_METRICS = ("weight_norm_sq", "grad_norm", "w_dot_grad", "w_grad_cos", "normalized_grad_norm")
+
+
+def _feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and variance over the batch (and positions, for conv inputs)."""
+    x = x.detach()
+    if x.ndim > 2:
+        x = x.transpose(0, 1).reshape(x.shape[1], -1).T
+    var, mean = torch.var_mean(x, dim=0, correction=0)
+    return mean, var
+
+
+class Probes:
+    def __init__(self, cfg: ProbeConfig, model: Net):
+        self.cfg = cfg
+        self.model = model
+        self.stats = list(cfg.summaries)
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._taps: dict[str, torch.Tensor] = {}
+        self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """Keep references to the tensors probes need during one forward pass."""
+        handles = []
+        if self.cfg.activations:
+            for wl in self.model.weight_layers:
+                handles.append(wl.module.register_forward_pre_hook(
+                    lambda _m, args, name=wl.name: self._inputs.__setitem__(name, args[0])))
+            for name, tap in self.model.taps():
+                handles.append(tap.register_forward_hook(
+                    lambda _m, _a, out, name=name: self._taps.__setitem__(name, out)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _summaries(self, m: torch.Tensor) -> torch.Tensor:
+        """m: (k metrics, n units) -> (k, len(stats)) summaries over units."""
+        n = m.shape[1]
+        srt = m.sort(dim=1).values
+        cols = []
+        for s in self.stats:
+            if s == "mean":
+                cols.append(m.mean(dim=1))
+            else:
+                q = {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}[s]
+                cols.append(srt[:, round(q * (n - 1))])
+        return torch.stack(cols, dim=1)
+
+    @torch.no_grad()
+    def record(self, step: int, lr: float) -> list[Row]:
+        """Call after backward() and before the optimizer step."""
+        keys: list[tuple] = []
+        values: list[torch.Tensor] = []
+        per_unit: list[tuple[str, str, torch.Tensor]] = []
+
+        def add_matrix(names: list[str], layer: str, mat: torch.Tensor) -> None:
+            summ = self._summaries(mat)
+            keys.extend((name, layer, s, None) for name in names for s in self.stats)
+            values.append(summ.flatten())
+            if self.cfg.per_unit:
+                per_unit.extend((name, layer, mat[i]) for i, name in enumerate(names))
+
+        def add_scalars(names: list[str], layer: str, vec: torch.Tensor) -> None:
+            keys.extend((name, layer, "value", None) for name in names)
+            values.append(vec.flatten())
+
+        for wl in self.model.weight_layers:
+            if self.cfg.weights and wl.module.weight.grad is not None:
+                w = wl.module.weight.flatten(1)
+                g = wl.module.weight.grad.flatten(1)
+                wn2 = (w * w).sum(1)
+                wn = wn2.sqrt()
+                gn = g.norm(dim=1)
+                wdg = (w * g).sum(1)
+                rows = [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn]
+                names = list(_WEIGHT_METRICS)
+                if wl.invariance == "unit":
+                    rows.append(lr / wn2)
+                    names.append("eff_lr")
+                add_matrix(names, wl.name, torch.stack(rows))
+                if wl.invariance == "layer":  # only the whole matrix's scale drops out
+                    total = wn2.sum()
+                    add_scalars(["eff_lr", "normalized_grad_norm_layer"], wl.name,
+                                torch.stack([lr / total, total.sqrt() * g.norm()]))
+            if self.cfg.activations and wl.name in self._inputs:
+                mean, var = _feature_stats(self._inputs[wl.name])
+                add_scalars(["input_mean_sq_norm", "input_var_mean"], wl.name,
+                            torch.stack([(mean * mean).sum(), var.mean()]))
+        if self.cfg.activations:
+            for name, out in self._taps.items():
+                mean, var = _feature_stats(out)
+                add_matrix(["preact_mean", "preact_var"], name, torch.stack([mean, var]))
+                if name in self._prev:
+                    pm, pv = self._prev[name]
+                    add_scalars(["preact_mean_drift", "preact_var_drift"], name,
+                                torch.stack([(mean - pm).abs().mean(), (var - pv).abs().mean()]))
+                self._prev[name] = (mean, var)
+        self._inputs.clear()
+        self._taps.clear()
+
+        flat = torch.cat(values).tolist() if values else []
+        out = [(step, m, layer, s, u, v) for (m, layer, s, u), v in zip(keys, flat)]
+        for name, layer, vec in per_unit:
+            out.extend((step, name, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
+        return out

@@ -1,0 +1,184 @@
+"""Run folders and their files. Everything downstream (claims, plots, report) reads only these.
+
+results/<experiment>/<run-name>/
+  config.yaml    the fully resolved config        manifest.json  versions, commit, host, timing
+  runs.csv       one row per training run         metrics.csv    long format, one row per value
+  claims.csv     one row per claim                plots/*.png    report.md
+
+A run folder is built under `<name>.partial/` and renamed into place when complete, so a crash
+or Ctrl-C never leaves a folder that looks finished. Single files are written to a temporary
+name and renamed (atomic on POSIX).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import yaml
+
+from .errors import NormlabError
+from .train import RunResult
+
+METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
+CLAIM_COLUMNS = ["claim_id", "statement", "statistic", "value", "threshold", "ci_low", "ci_high",
+                 "n", "verdict", "detail"]
+FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n"))
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        commit = out.stdout.strip()
+        if out.returncode != 0 or not commit:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+    try:
+        from importlib.metadata import version
+        normlab_version = version("normlab")
+    except Exception:
+        normlab_version = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "pandas": pd.__version__, "normlab": normlab_version}
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_dir(root: Path, experiment: str, smoke: bool) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / experiment / (f"{stamp}-smoke" if smoke else stamp)
+
+
+@contextmanager
+def run_folder(final: Path) -> Iterator[Path]:
+    """Yield a `.partial` folder to write into; rename it to `final` only on success."""
+    final = Path(final)
+    if final.exists() and any(final.iterdir()):
+        raise NormlabError(f"output folder {final} already exists and is not empty; "
+                           "pass another --out or remove it")
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()
+    os.replace(partial, final)
+
+
+def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: identity, hyperparameters (`hyper[run_id]`), status and final metrics."""
+    rows = []
+    for r in results:
+        row = {"run_id": r.run_id, "arm": r.arm, "seed": r.seed}
+        row.update(hyper.get(r.run_id, {}))
+        row.update({"status": r.status, "steps_done": r.steps_done,
+                    "train_seconds": round(r.train_seconds, 3)})
+        row.update({f"final_{k}": v for k, v in r.final.items()})
+        row["error"] = r.error.splitlines()[0] if r.error else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics_frame(results: list[RunResult]) -> pd.DataFrame:
+    frames = []
+    for r in results:
+        if not r.rows:
+            continue
+        df = pd.DataFrame(r.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
+        df.insert(0, "seed", r.seed)
+        df.insert(0, "arm", r.arm)
+        df.insert(0, "run_id", r.run_id)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    out["unit"] = out["unit"].astype("Int64")
+    return out[METRIC_COLUMNS]
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class Tables:
+    """Everything an analysis or a plot may read: the files of one run folder."""
+    folder: Path
+    config: dict
+    manifest: dict
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+
+    def curve(self, metric: str, layer: str = "", stat: str = "value") -> pd.DataFrame:
+        m = self.metrics
+        sel = (m["metric"] == metric) & (m["stat"] == stat)
+        sel &= (m["layer"].fillna("") == layer)
+        return m.loc[sel, ["run_id", "arm", "seed", "step", "value"]]
+
+
+def load_tables(folder: Path) -> Tables:
+    folder = Path(folder)
+    missing = [n for n in ("config.yaml", "runs.csv", "metrics.csv") if not (folder / n).is_file()]
+    if not folder.is_dir() or missing:
+        what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
+        raise NormlabError(f"{folder} {what}; pass a run folder written by `normlab run` "
+                           "(e.g. results/<experiment>/<run-name>)")
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    runs = pd.read_csv(folder / "runs.csv", keep_default_na=True)
+    metrics = pd.read_csv(folder / "metrics.csv", dtype={"layer": str, "stat": str},
+                          keep_default_na=False, na_values={"value": ["nan", "NaN", ""]})
+    if "unit" in metrics:
+        metrics["unit"] = pd.to_numeric(metrics["unit"], errors="coerce").astype("Int64")
+    return Tables(folder, config, manifest, runs, metrics)
+
+
+def host_info() -> dict[str, Any]:
+    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "argv": sys.argv}

@@ -1,0 +1,135 @@
+"""What one training run is (RunConfig) and what an experiment config holds around it.
+
+Units are in the names: steps are optimizer steps, never epochs; `lr` is the step size alpha of
+the chapter; `weight_decay` is lambda. Experiments subclass `ExperimentConfig` to add their own
+typed `analysis` section (thresholds of their verdict rules).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .config import ConfigError, param
+
+DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder"]
+NormName = Literal["none", "batch", "layer", "weight", "center"]
+
+
+@dataclass
+class DataConfig:
+    name: DatasetName = param("mnist1d", help="which dataset")
+    num_samples: int = param(5000, min=20, help="mnist1d/synthetic: examples generated in total")
+    train_split: float = param(0.8, min=0.05, max=0.95, help="mnist1d/synthetic: train fraction")
+    data_seed: int = param(42, min=0, help="seed of dataset generation (42 = MNIST-1D's own)")
+    val_size: int = param(0, min=0, help="examples carved from train as validation (fixed seed)")
+    max_train: int = param(0, min=0, help="keep only this many training examples (0 = all)")
+    max_test: int = param(0, min=0, help="keep only this many test examples (0 = all)")
+    root: str = param("", help="folder with torchvision / image-folder files ('' = cache folder)")
+    download: bool = param(False, help="torchvision datasets: download when missing")
+    # synthetic data
+    synthetic_kind: Literal["teacher", "mixture"] = param("teacher")
+    input_shape: list[int] = param(default_factory=lambda: [40], help="synthetic: shape of one input")
+    num_classes: int = param(10, min=2, help="synthetic: number of classes")
+    noise: float = param(0.1, min=0.0, help="synthetic: label-noise-free input noise std")
+    image_size: int = param(0, min=0, help="imagefolder: resize to this square size (0 = 32)")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["mlp", "cnn1d", "cnn2d"] = param("mlp")
+    width: int = param(100, min=1, help="mlp: hidden units per layer")
+    depth: int = param(2, min=0, help="mlp: hidden layers (0 = logistic regression)")
+    residual: bool = param(False, help="mlp: add a skip connection around hidden layers 2..depth")
+    channels: list[int] = param(default_factory=lambda: [25, 25, 25], help="cnn: channels per conv layer")
+    kernel_sizes: list[int] = param(default_factory=lambda: [5, 3, 3], help="cnn: kernel size per conv layer")
+    strides: list[int] = param(default_factory=lambda: [2, 2, 2], help="cnn1d: stride per conv layer")
+    pool_every: int = param(1, min=0, help="cnn2d: 2x2 max-pool after every k-th conv (0 = never)")
+    activation: Literal["relu", "tanh", "gelu", "identity"] = param("relu")
+    norm: NormName = param("none", help="normalizer of every hidden layer")
+    norm_position: Literal["before", "after"] = param("before", help="normalizer before/after the activation")
+    norm_affine: bool = param(False, help="learnable gain/bias in the normalizer (the chapter assumes off)")
+    norm_eps: float = param(1e-5, min=0.0)
+    bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
+    init: Literal["default", "kaiming", "xavier"] = param("default")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = param("sgd")
+    lr: float = param(0.1, min=0.0, help="step size alpha (peak value when a schedule is used)")
+    momentum: float = param(0.0, min=0.0, max=1.0, help="sgd/rmsprop momentum")
+    nesterov: bool = param(False)
+    beta1: float = param(0.9, min=0.0, max=1.0, help="adam/adamw first-moment decay")
+    beta2: float = param(0.999, min=0.0, max=1.0, help="adam/adamw second-moment decay; rmsprop alpha")
+    eps: float = param(1e-8, min=0.0)
+    weight_decay: float = param(0.0, min=0.0, help="lambda")
+    wd_mode: Literal["l2", "decoupled"] = param("l2", help="l2: add lambda*w to the gradient; decoupled: shrink w by lr*lambda")
+    wd_params: Literal["all", "weights", "scale_invariant"] = param("weights", help="which parameters get weight decay")
+    schedule: Literal["constant", "step", "cosine", "linear"] = param("constant")
+    warmup_steps: int = param(0, min=0, help="linear warmup from 0 over this many steps")
+    step_every: int = param(1000, min=1, help="step schedule: multiply lr by step_gamma every this many steps")
+    step_gamma: float = param(0.1, min=0.0, max=1.0)
+    renormalize: bool = param(False, help="rescale the incoming weights of scale-invariant units to unit norm after every step")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = param(2000, min=1, help="optimizer steps")
+    batch_size: int = param(128, min=1)
+    eval_every: int = param(250, min=0, help="full train/val/test evaluation every this many steps (0 = only at the end)")
+    eval_batch_size: int = param(2048, min=1)
+    threads: int = param(1, min=1, help="torch threads per run; results are only bit-identical at equal threads")
+    device: Literal["cpu", "cuda", "auto"] = param("cpu")
+
+
+@dataclass
+class ProbeConfig:
+    every: int = param(50, min=0, help="probe every this many steps (0 = off)")
+    weights: bool = param(True, help="per-unit weight norms, gradients, effective LR")
+    activations: bool = param(True, help="per-unit mean/variance of activations")
+    per_unit: bool = param(False, help="also write one row per unit (large files)")
+    summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
+        default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def check(self, path: str) -> None:
+        m = self.model
+        if m.arch != "mlp" and not (len(m.channels) == len(m.kernel_sizes)):
+            raise ConfigError(f"{path}.model.kernel_sizes: needs one entry per channel entry "
+                              f"({len(m.channels)}), got {len(m.kernel_sizes)}")
+        if m.arch == "cnn1d" and len(m.strides) != len(m.channels):
+            raise ConfigError(f"{path}.model.strides: needs one entry per channel entry "
+                              f"({len(m.channels)}), got {len(m.strides)}")
+        if m.norm == "weight" and m.norm_position == "after":
+            raise ConfigError(f"{path}.model.norm_position: weight norm reparameterizes the layer "
+                              "itself; use norm_position: before")
+
+
+@dataclass
+class Analysis:
+    """Verdict thresholds; experiments subclass this with their own fields."""
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str = param(help="registered experiment name (see `normlab list`)")
+    description: str = param("", help="one line for the report")
+    run: RunConfig = field(default_factory=RunConfig)
+    arms: dict[str, dict[str, Any]] = param(
+        default_factory=dict, help="arm name -> overrides of `run` (dotted keys)")
+    seeds: int = param(3, min=1, help="seeds per arm")
+    seed_offset: int = param(0, min=0, help="first seed")
+    smoke: dict[str, Any] = param(default_factory=dict, help="overrides applied by --smoke")
+    analysis: Analysis = field(default_factory=Analysis)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed_offset, self.seed_offset + self.seeds))

@@ -1,0 +1,148 @@
+"""The training loop: one function, readable top to bottom.
+
+`train(task)` builds the data, model and optimizer a RunConfig describes, trains for
+`train.steps` optimizer steps, probes every `probes.every` steps and evaluates every
+`train.eval_every` steps. A non-finite loss marks the run `diverged` and ends it; the rows
+measured so far are kept. Step numbers in the output count the updates already applied.
+
+All randomness comes from the run's seed: the model init (and any noise module) from torch's
+RNG seeded inside `fork_rng`, so the caller's global state is untouched, and the batches from
+a generator of their own. Same config + seed + thread count = bit-identical numbers.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .data import Batcher, Dataset, load_dataset
+from .models import AfterNorm, Net, build_model
+from .optim import Optimizer
+from .probes import Probes, Row
+from .spec import RunConfig
+
+Progress = Optional[Callable[[str, int, int], None]]  # (run_id, steps_done, total)
+
+
+@dataclass
+class RunTask:
+    run_id: str
+    arm: str
+    seed: int
+    config: RunConfig
+    after_norm: AfterNorm = None   # must be picklable (a top-level class instance) for pools
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    arm: str
+    seed: int
+    status: str                    # "ok", "diverged" or "failed"
+    steps_done: int
+    train_seconds: float
+    final: dict[str, float] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    error: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is visible; "
+                          "use --device cpu or --device auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: Net, data: Dataset, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy (fraction correct) on every split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split, (x, y) in data.splits().items():
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(y), batch_size):
+            logits = model(x[i:i + batch_size])
+            loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+        out[f"{split}_loss"] = loss_sum / len(y)
+        out[f"{split}_acc"] = correct / len(y)
+    model.train(was_training)
+    return out
+
+
+def train(task: RunTask, progress: Progress = None) -> RunResult:
+    cfg: RunConfig = task.config
+    device = resolve_device(cfg.train.device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(task.seed)
+            return _train(task, cfg, device, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progress) -> RunResult:
+    data = load_dataset(cfg.data).to(device)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
+    steps = cfg.train.steps
+    opt = Optimizer(cfg.optim, model, steps)
+    batches = Batcher(data.x_train, data.y_train, cfg.train.batch_size,
+                      torch.Generator().manual_seed(task.seed))
+    probe_every = cfg.probes.every
+    probes = Probes(cfg.probes, model) if probe_every else None
+    eval_every = cfg.train.eval_every or steps
+    report_every = max(1, steps // 50)
+
+    rows: list[Row] = []
+    final = evaluate(model, data, cfg.train.eval_batch_size)
+    rows += [(0, k, "", "value", None, v) for k, v in final.items()]
+    status, step = "ok", 0
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        lr = opt.set_step(step)
+        x, y = batches.next()
+        probing = probes is not None and step % probe_every == 0
+        with probes.capture() if probing else nullcontext():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            status = "diverged"
+            rows.append((step, "batch_loss", "", "value", None, loss_value))
+            break
+        opt.zero_grad()
+        loss.backward()
+        if probing:
+            acc = (logits.argmax(1) == y).float().mean().item()
+            rows += [(step, "batch_loss", "", "value", None, loss_value),
+                     (step, "batch_acc", "", "value", None, acc), (step, "lr", "", "value", None, lr)]
+            rows += probes.record(step, lr)
+        opt.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            final = evaluate(model, data, cfg.train.eval_batch_size)
+            rows += [(step + 1, k, "", "value", None, v) for k, v in final.items()]
+            if not math.isfinite(final["train_loss"]):
+                status, step = "diverged", step + 1
+                break
+        if progress and (step + 1) % report_every == 0:
+            progress(task.run_id, step + 1, steps)
+    else:
+        step = steps
+    train_seconds = time.perf_counter() - start
+    if progress:
+        progress(task.run_id, steps, steps)
+    if status == "diverged":  # final metrics of a diverged run are not numbers to average
+        final = {k: float("nan") for k in final}
+    return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)

@@ -27,7 +27,9 @@ AfterNorm = Optional[Callable[[int, int], Optional[nn.Module]]]
 
 
 class Tap(nn.Identity):
-    """A named point in the network where probes read activations."""
+    """A named point in the network where probes read activations (called only when `tapped`)."""
+
+    tapped = False
 
 
 class BatchCenter(nn.Module):
@@ -115,18 +117,24 @@ class Block(nn.Module):
         self.weight_layer = weight
         self.norm = _normalizer(cfg, features, spatial_dims)
         extra = after_norm(index, features) if (after_norm and self.norm is not None) else None
-        self.after_norm = extra if extra is not None else nn.Identity()
+        self.after_norm = extra            # None: nothing inserted (no module call on the hot path)
         self.tap = Tap()
         self.act = _activation(cfg.activation)
         self.before = cfg.norm_position == "before"
 
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.after_norm(x) if self.after_norm is not None else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.weight_layer(x)
         if self.norm is not None and self.before:
-            x = self.after_norm(self.norm(x))
-        x = self.act(self.tap(x))
+            x = self._normalize(x)
+        if self.tap.tapped:  # only while probes listen
+            x = self.tap(x)
+        x = self.act(x)
         if self.norm is not None and not self.before:
-            x = self.after_norm(self.norm(x))
+            x = self._normalize(x)
         return x
 
 

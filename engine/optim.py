@@ -49,8 +49,11 @@ class Optimizer:
         rest = [p for p in model.parameters() if id(p) not in decayed_ids]
         self.decoupled = cfg.name == "adamw" or cfg.wd_mode == "decoupled"
         coupled_wd = 0.0 if self.decoupled else cfg.weight_decay
-        groups = [{"params": decay, "weight_decay": coupled_wd}, {"params": rest, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
+        if cfg.weight_decay:
+            groups = [{"params": decay, "weight_decay": coupled_wd}, {"params": rest, "weight_decay": 0.0}]
+            groups = [g for g in groups if g["params"]]
+        else:  # one group: fewer foreach launches per step
+            groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
         self.decay_params = decay
         if cfg.name == "sgd":
             self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
@@ -67,21 +70,25 @@ class Optimizer:
         self.lr = cfg.lr
 
     def set_step(self, step: int) -> float:
-        self.lr = lr_at(self.cfg, step, self.total_steps)
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr
-        return self.lr
+        lr = lr_at(self.cfg, step, self.total_steps)
+        if lr != self.lr:
+            self.lr = lr
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+        return lr
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def step(self) -> None:
         if self.decoupled and self.cfg.weight_decay:
-            torch._foreach_mul_(self.decay_params, 1.0 - self.lr * self.cfg.weight_decay)
+            with torch.no_grad():
+                torch._foreach_mul_(self.decay_params, 1.0 - self.lr * self.cfg.weight_decay)
         self.opt.step()
-        for w, kind in self.renorm:
-            if kind == "unit":
-                w.div_(w.flatten(1).norm(dim=1).view(-1, *([1] * (w.ndim - 1))))
-            else:
-                w.div_(w.norm())
+        if self.renorm:
+            with torch.no_grad():
+                for w, kind in self.renorm:
+                    if kind == "unit":
+                        w.div_(w.flatten(1).norm(dim=1).view(-1, *([1] * (w.ndim - 1))))
+                    else:
+                        w.div_(w.norm())

@@ -61,6 +61,7 @@ class Probes:
                 handles.append(wl.module.register_forward_pre_hook(
                     lambda _m, args, name=wl.name: self._inputs.__setitem__(name, args[0])))
             for name, tap in self.model.taps():
+                tap.tapped = True
                 handles.append(tap.register_forward_hook(
                     lambda _m, _a, out, name=name: self._taps.__setitem__(name, out)))
         try:
@@ -68,6 +69,8 @@ class Probes:
         finally:
             for h in handles:
                 h.remove()
+            for _, tap in self.model.taps():
+                tap.tapped = False
 
     def _summaries(self, m: torch.Tensor) -> torch.Tensor:
         """m: (k metrics, n units) -> (k, len(stats)) summaries over units."""

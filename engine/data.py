@@ -6,7 +6,9 @@ touches a global RNG (mnist1d seeds numpy's and Python's global RNGs, so we put 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -19,6 +21,7 @@ import torch
 
 from .config import to_dict
 from .errors import DataError
+from .files import publish
 from .spec import DataConfig
 
 
@@ -113,7 +116,7 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -180,17 +183,23 @@ def _torchvision(cfg: DataConfig):
     hint = (f"{cfg.name}: dataset files not found under {root}. Either run with "
             f"--set run.data.download=true on a machine with internet access, or put the files "
             f"torchvision's {cls_name} reads there (or point --set run.data.root=DIR at them)")
+    offline = (f"{cfg.name}: download to {root} failed (no internet here?). Copy torchvision's "
+               f"{cls_name} files into {root}, or point --set run.data.root=DIR at them, and run "
+               "without download")
     try:
-        train = cls(str(root), train=True, download=cfg.download)
-        test = cls(str(root), train=False, download=cfg.download)
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each mirror it tries
+            train = cls(str(root), train=True, download=cfg.download)
+            test = cls(str(root), train=False, download=cfg.download)
     except RuntimeError as exc:
-        if "not found" in str(exc).lower() or "corrupted" in str(exc).lower():
+        text = str(exc).lower()
+        if cfg.download and "download" in text:
+            raise DataError(offline) from None
+        if "not found" in text or "corrupted" in text:
             raise DataError(hint) from None
-        raise DataError(f"{cfg.name}: could not read the files under {root}: {exc}") from None
-    except OSError as exc:  # URLError and friends: no network
-        raise DataError(f"{cfg.name}: download to {root} failed ({type(exc).__name__}: {exc}). "
-                        f"No internet here? Copy torchvision's {cls_name} files into {root} "
-                        "and run without download") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{cfg.name}: could not read the files under {root}: {first}") from None
+    except OSError:  # URLError and friends: no network
+        raise DataError(offline) from None
 
     def as_tensor(ds) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0

@@ -1,6 +1,7 @@
 """One matplotlib style for every figure, and helpers that read long-format tables.
 
-Curves are means over seeds with a band of +-1 standard deviation; the legend says so. PNGs are
+Curves are means over seeds with a band from the lowest to the highest seed (always positive,
+so it also works on log axes); the legend gives n. PNGs are
 written without timestamps, so the same CSVs give the same bytes.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from .files import publish  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
@@ -34,15 +37,14 @@ def colors(names: list[str]) -> dict[str, str]:
 
 
 def mean_band(ax, df: pd.DataFrame, label: str, color: str, x: str = "step", y: str = "value") -> None:
-    """Plot the mean over seeds of y vs x, with a +-1 sd band (df: one row per seed and x)."""
+    """Plot the mean over seeds of y vs x, with a min..max band (df: one row per seed and x)."""
     if df.empty:
         return
-    g = df.groupby(x)[y].agg(["mean", "std", "count"]).reset_index().sort_values(x)
+    g = df.groupby(x)[y].agg(["mean", "min", "max", "count"]).reset_index().sort_values(x)
     n = int(df["seed"].nunique()) if "seed" in df else int(g["count"].max())
     ax.plot(g[x], g["mean"], color=color, label=f"{label} (n={n})", lw=1.5)
     if n > 1:
-        sd = g["std"].fillna(0.0)
-        ax.fill_between(g[x], g["mean"] - sd, g["mean"] + sd, color=color, alpha=0.18, lw=0)
+        ax.fill_between(g[x], g["min"], g["max"], color=color, alpha=0.18, lw=0)
 
 
 def save(fig, path: Path) -> Path:
@@ -53,7 +55,7 @@ def save(fig, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", metadata={"Software": None})
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

@@ -10,11 +10,10 @@ from .results import Tables, atomic_write_text
 
 
 def _fmt(v) -> str:
+    """A table cell: 4 significant digits for numbers, pipes escaped for Markdown."""
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.4g}"
-    return str(v)
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v).replace("|", "\\|")
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:

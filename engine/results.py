@@ -28,25 +28,13 @@ import pandas as pd
 import yaml
 
 from .errors import NormlabError
+from .files import atomic_write_text, publish  # noqa: F401  (re-exported)
 from .train import RunResult
 
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
 CLAIM_COLUMNS = ["claim_id", "statement", "statistic", "value", "threshold", "ci_low", "ci_high",
                  "n", "verdict", "detail"]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -89,13 +77,18 @@ def default_run_dir(root: Path, experiment: str, smoke: bool) -> Path:
     return Path(root) / experiment / (f"{stamp}-smoke" if smoke else stamp)
 
 
+def ensure_free(final: Path) -> None:
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise NormlabError(f"output folder {final} already exists and is not empty; "
+                           "pass another --out or remove it")
+
+
 @contextmanager
 def run_folder(final: Path) -> Iterator[Path]:
     """Yield a `.partial` folder to write into; rename it to `final` only on success."""
     final = Path(final)
-    if final.exists() and any(final.iterdir()):
-        raise NormlabError(f"output folder {final} already exists and is not empty; "
-                           "pass another --out or remove it")
+    ensure_free(final)
     partial = final.with_name(final.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

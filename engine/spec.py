@@ -48,7 +48,7 @@ class ModelConfig:
     norm: NormName = param("none", help="normalizer of every hidden layer")
     norm_position: Literal["before", "after"] = param("before", help="normalizer before/after the activation")
     norm_affine: bool = param(False, help="learnable gain/bias in the normalizer (the chapter assumes off)")
-    norm_eps: float = param(1e-5, min=0.0)
+    norm_eps: float = param(1e-5, min=1e-12, help="added to the variance; breaks exact scale invariance slightly")
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
 
@@ -92,6 +92,10 @@ class ProbeConfig:
         default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer")
 
 
+def _p(path: str) -> str:
+    return f"{path}." if path else ""
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -103,13 +107,16 @@ class RunConfig:
     def check(self, path: str) -> None:
         m = self.model
         if m.arch != "mlp" and not (len(m.channels) == len(m.kernel_sizes)):
-            raise ConfigError(f"{path}.model.kernel_sizes: needs one entry per channel entry "
+            raise ConfigError(f"{_p(path)}model.kernel_sizes: needs one entry per channel entry "
                               f"({len(m.channels)}), got {len(m.kernel_sizes)}")
         if m.arch == "cnn1d" and len(m.strides) != len(m.channels):
-            raise ConfigError(f"{path}.model.strides: needs one entry per channel entry "
+            raise ConfigError(f"{_p(path)}model.strides: needs one entry per channel entry "
                               f"({len(m.channels)}), got {len(m.strides)}")
+        if m.norm == "weight" and m.arch != "mlp":
+            raise ConfigError(f"{_p(path)}model.norm: weight norm is implemented for MLPs only; "
+                              "use batch, layer or center with a CNN")
         if m.norm == "weight" and m.norm_position == "after":
-            raise ConfigError(f"{path}.model.norm_position: weight norm reparameterizes the layer "
+            raise ConfigError(f"{_p(path)}model.norm_position: weight norm reparameterizes the layer "
                               "itself; use norm_position: before")
 
 

@@ -19,7 +19,7 @@ from normlab.engine.data import load_dataset
 from normlab.engine.executor import execute
 from normlab.engine.report import write_run_report
 from normlab.engine.results import (CLAIM_COLUMNS, Tables, atomic_write_csv, atomic_write_text,
-                                    git_commit, host_info, load_tables, metrics_frame, now,
+                                    ensure_free, git_commit, host_info, load_tables, metrics_frame, now,
                                     run_folder, runs_frame, versions, write_manifest)
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.stats import ClaimRow
@@ -126,6 +126,7 @@ def finish(exp: Experiment, folder: Path) -> Outcome:
 def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int = 1,
                    progress: Progress = None, smoke: bool = False,
                    on_start: Optional[Callable[[list[RunTask]], None]] = None) -> Outcome:
+    ensure_free(out)
     tasks = exp.tasks(cfg)
     for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
                      for t in tasks}.values():

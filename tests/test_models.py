@@ -1,0 +1,85 @@
+"""Model construction: shapes, normalizer placement, bias rule and scale-invariance flags."""
+import pytest
+import torch
+
+from normlab.engine.models import BatchCenter, build_model
+from normlab.engine.config import ConfigError, from_dict
+from normlab.engine.spec import ModelConfig, RunConfig
+
+
+@pytest.mark.parametrize("arch,shape", [("mlp", (40,)), ("cnn1d", (40,)), ("cnn2d", (3, 16, 16))])
+@pytest.mark.parametrize("norm", ["none", "batch", "layer", "center", "weight"])
+def test_every_arch_and_norm_builds_and_outputs_logits(arch, shape, norm):
+    if norm == "weight" and arch != "mlp":
+        with pytest.raises(ConfigError, match="model.norm: weight norm is implemented for MLPs only"):
+            from_dict(RunConfig, {"model": {"arch": arch, "norm": "weight"}})
+        return
+    cfg = ModelConfig(arch=arch, norm=norm, depth=3, width=16, channels=[4, 4], kernel_sizes=[3, 3],
+                      strides=[2, 2])
+    model = build_model(cfg, shape, 7)
+    out = model(torch.randn(5, *shape))
+    assert out.shape == (5, 7)
+    assert len(model.weight_layers) == len(model.blocks) + 1 and model.weight_layers[-1].name == "out"
+
+
+def test_logistic_regression_is_depth_zero():
+    model = build_model(ModelConfig(depth=0), (40,), 10)
+    assert len(model.blocks) == 0 and sum(p.numel() for p in model.parameters()) == 40 * 10 + 10
+
+
+def test_bias_auto_drops_the_bias_a_batch_normalizer_cancels():
+    before = build_model(ModelConfig(norm="batch", norm_position="before"), (40,), 10)
+    after = build_model(ModelConfig(norm="batch", norm_position="after"), (40,), 10)
+    plain = build_model(ModelConfig(norm="none"), (40,), 10)
+    assert before.blocks[0].weight_layer.bias is None
+    assert after.blocks[0].weight_layer.bias is not None
+    assert plain.blocks[0].weight_layer.bias is not None
+
+
+def test_invariance_flags():
+    flag = lambda **kw: build_model(ModelConfig(**kw), (40,), 10).weight_layers[0].invariance  # noqa: E731
+    assert flag(norm="batch") == "unit"
+    assert flag(norm="weight") == "unit"
+    assert flag(norm="layer", bias="false") == "layer"
+    assert flag(norm="layer", bias="true") is None
+    assert flag(norm="batch", norm_position="after", bias="false") == "unit"
+    assert flag(norm="batch", norm_position="after") is None  # a bias before ReLU breaks it
+    assert flag(norm="center") is None and flag(norm="none") is None
+    out = build_model(ModelConfig(norm="batch"), (40,), 10).weight_layers[-1]
+    assert out.name == "out" and out.invariance is None
+
+
+def test_bn_after_relu_centers_the_next_layers_input_and_before_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(256, 40)
+    means = {}
+    for pos in ("before", "after"):
+        model = build_model(ModelConfig(norm="batch", norm_position=pos, depth=2, width=32), (40,), 10)
+        seen = {}
+        model.blocks[1].weight_layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+        model.train()(x)
+        means[pos] = seen["x"].mean(0)
+    assert means["after"].abs().max() < 1e-5          # BN after ReLU: centered inputs
+    assert means["before"].min() > 0.1                 # ReLU after BN: every unit's mean is positive
+
+
+def test_batch_center_uses_batch_mean_in_training_and_running_mean_in_eval():
+    bc = BatchCenter(3, momentum=1.0)
+    x = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+    assert torch.allclose(bc(x), x - x.mean(0))
+    bc.eval()
+    assert torch.allclose(bc(torch.zeros(1, 3)), -x.mean(0, keepdim=True))
+
+
+def test_after_norm_hook_is_inserted_after_every_normalizer_only():
+    made = []
+
+    def factory(index, features):
+        made.append((index, features))
+        return torch.nn.Identity()
+
+    build_model(ModelConfig(norm="batch", depth=3, width=8), (40,), 10, after_norm=factory)
+    assert made == [(0, 8), (1, 8), (2, 8)]
+    made.clear()
+    build_model(ModelConfig(norm="none", depth=3, width=8), (40,), 10, after_norm=factory)
+    assert made == []

@@ -1,0 +1,25 @@
+"""README's two set-up commands stay true: CI runs the second, and the first names a real job."""
+import re
+from pathlib import Path
+
+from normlab.experiments import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bash_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_opens_with_an_install_and_run_command_and_a_test_command():
+    run_cmd, test_cmd = _bash_blocks()[:2]
+    assert run_cmd.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && ")
+    job = run_cmd.split("&& ")[-1].split()
+    assert job[0] == ".venv/bin/normlab" and job[1] == "run" and job[2] in REGISTRY
+    assert "pytest" in test_cmd and "'.[test]'" in test_cmd
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_cmd = _bash_blocks()[1]
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()

@@ -26,9 +26,10 @@ STYLE = {
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2):
+def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, sharey=False):
     plt.rcParams.update(STYLE)  # plotting is the only thing a plotting process does
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             sharey=sharey)
     return fig, axes
 
 

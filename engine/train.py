@@ -105,6 +105,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     report_every = max(1, steps // 50)
 
     rows: list[Row] = []
+    window_loss, window_steps = 0.0, 0   # training loss averaged over each probe interval
     final = evaluate(model, data, cfg.train.eval_batch_size)
     rows += [(0, k, "", "value", None, v) for k, v in final.items()]
     status, step = "ok", 0
@@ -124,11 +125,14 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             break
         opt.zero_grad()
         loss.backward()
+        window_loss, window_steps = window_loss + loss_value, window_steps + 1
         if probing:
             acc = (logits.argmax(1) == y).float().mean().item()
             rows += [(step, "batch_loss", "", "value", None, loss_value),
+                     (step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
                      (step, "batch_acc", "", "value", None, acc), (step, "lr", "", "value", None, lr)]
             rows += probes.record(step, lr)
+            window_loss, window_steps = 0.0, 0
         opt.step()
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             final = evaluate(model, data, cfg.train.eval_batch_size)

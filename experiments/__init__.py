@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .base import Experiment, finish, load_config, run_experiment
 from .baselines import Baselines
+from .bn_placement import BNPlacement
+from .knockout import Knockout
 
-REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines()]}
+REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement()]}
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

@@ -1,0 +1,49 @@
+"""Analysis helpers several experiments share. They read only the tables of a run folder."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from normlab.engine.results import Tables
+
+
+def final_train_loss(tables: Tables, fraction: float) -> pd.DataFrame:
+    """Per run: the training loss the optimizer saw (`batch_loss_avg`, the mean over each probe
+    interval, in training mode) averaged over the last `fraction` of its steps. Runs that did not
+    finish normally get NaN: they are counted as missing, never as a number."""
+    runs = tables.runs
+    curve = tables.curve("batch_loss_avg")
+    out = []
+    for r in runs.itertuples():
+        c = curve[curve["run_id"] == r.run_id]
+        steps = getattr(r, "_asdict")().get("train.steps")
+        total = float(steps) if steps is not None and not pd.isna(steps) else float(c["step"].max())
+        tail = c[c["step"] >= (1.0 - fraction) * total]["value"]
+        value = float(tail.mean()) if (r.status == "ok" and len(tail)) else float("nan")
+        out.append({"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "value": value})
+    return pd.DataFrame(out)
+
+
+def by_arm(df: pd.DataFrame, column: str = "value") -> dict[str, list[float]]:
+    """arm -> values ordered by seed."""
+    return {arm: g.sort_values("seed")[column].astype(float).tolist() for arm, g in df.groupby("arm", sort=False)}
+
+
+def final_metric(tables: Tables, metric: str) -> pd.DataFrame:
+    """Per run: the final evaluation value of `metric` (from runs.csv's final_<metric>)."""
+    col = f"final_{metric}"
+    runs = tables.runs
+    vals = runs[col].astype(float) if col in runs else pd.Series(np.nan, index=runs.index)
+    vals = vals.where(runs["status"] == "ok")
+    return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": vals})
+
+
+def status_note(tables: Tables, arms: list[str]) -> str:
+    """'2 of 5 bn_noise runs diverged' style notes for the runs that did not finish normally."""
+    runs = tables.runs
+    notes = []
+    for arm in arms:
+        sel = runs[runs["arm"] == arm]
+        for status, n in sel[sel["status"] != "ok"]["status"].value_counts().items():
+            notes.append(f"{n} of {len(sel)} {arm} runs {status}")
+    return "; ".join(notes)

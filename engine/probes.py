@@ -13,6 +13,10 @@ g_j = dJ/dw_j on this batch, alpha = the current learning rate):
   w_grad_cos         w_j . g_j / (||w_j|| ||g_j||)
   normalized_grad_norm  ||w_j|| ||g_j||   (= ||grad J(w_j / ||w_j||)||, by Eq. 18)
   eff_lr             alpha / ||w_j||^2 (only where the loss is invariant to the scale of w_j)
+  eff_step           alpha ||g_j|| / ||w_j|| = eff_lr * normalized_grad_norm: the angle an SGD
+                     step turns w_j by, to first order (same units as angular_update)
+  angular_update     ||w_j/||w_j|| after the step - w_j/||w_j|| before||, measured across the
+                     real optimizer step (any optimizer; call `after_step`)
   input_mean_sq_norm ||m||^2, m = per-feature batch mean of the layer's input
   input_var_mean     mean over features of the input's batch variance
 and per hidden block, at the input of its activation (after any normalizer and noise):
@@ -51,6 +55,7 @@ class Probes:
         self._inputs: dict[str, torch.Tensor] = {}
         self._taps: dict[str, torch.Tensor] = {}
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
 
     @contextmanager
     def capture(self) -> Iterator[None]:
@@ -114,8 +119,10 @@ class Probes:
                 rows = [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn]
                 names = list(_WEIGHT_METRICS)
                 if wl.invariance == "unit":
-                    rows.append(lr / wn2)
-                    names.append("eff_lr")
+                    rows += [lr / wn2, lr * gn / wn]
+                    names += ["eff_lr", "eff_step"]
+                if wl.invariance:
+                    self._directions[wl.name] = w / wn.unsqueeze(1)
                 add_matrix(names, wl.name, torch.stack(rows))
                 if wl.invariance == "layer":  # only the whole matrix's scale drops out
                     total = wn2.sum()
@@ -137,7 +144,30 @@ class Probes:
         self._inputs.clear()
         self._taps.clear()
 
-        flat = torch.cat(values).tolist() if values else []
+        return self._rows(step, keys, values, per_unit)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> list[Row]:
+        """Angular update of every scale-invariant unit across the optimizer step just taken."""
+        keys: list[tuple] = []
+        values: list[torch.Tensor] = []
+        per_unit: list[tuple[str, str, torch.Tensor]] = []
+        for wl in self.model.weight_layers:
+            before = self._directions.pop(wl.name, None)
+            if before is None:
+                continue
+            w = wl.module.weight.flatten(1)
+            turn = (w / w.norm(dim=1, keepdim=True) - before).norm(dim=1).unsqueeze(0)
+            keys.extend(("angular_update", wl.name, s, None) for s in self.stats)
+            values.append(self._summaries(turn).flatten())
+            if self.cfg.per_unit:
+                per_unit.append(("angular_update", wl.name, turn[0]))
+        return self._rows(step, keys, values, per_unit)
+
+    @staticmethod
+    def _rows(step: int, keys: list[tuple], values: list[torch.Tensor],
+              per_unit: list[tuple[str, str, torch.Tensor]]) -> list[Row]:
+        flat = torch.cat(values).tolist() if values else []  # one device->host copy per probe
         out = [(step, m, layer, s, u, v) for (m, layer, s, u), v in zip(keys, flat)]
         for name, layer, vec in per_unit:
             out.extend((step, name, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))

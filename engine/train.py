@@ -134,6 +134,8 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             rows += probes.record(step, lr)
             window_loss, window_steps = 0.0, 0
         opt.step()
+        if probing and cfg.probes.weights:
+            rows += probes.after_step(step)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             final = evaluate(model, data, cfg.train.eval_batch_size)
             rows += [(step + 1, k, "", "value", None, v) for k, v in final.items()]

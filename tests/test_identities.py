@@ -118,3 +118,26 @@ def test_probes_match_a_hand_computation():
         _loss(model, x * 2, y).backward()
     rows2 = {(m_, layer, s): v for (_, m_, layer, s, u, v) in probes.record(step=8, lr=lr)}
     assert ("preact_mean_drift", "layer1", "value") in rows2
+
+
+def test_angular_update_of_an_sgd_step_matches_its_first_order_prediction():
+    """For SGD on a scale-invariant unit, the direction turns by ~ alpha ||g|| / ||w|| (eff_step)."""
+    from normlab.engine.optim import Optimizer
+    from normlab.engine.spec import OptimConfig
+    torch.manual_seed(4)
+    model = _bn_model()
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 4, (64,))
+    probes = Probes(ProbeConfig(per_unit=True), model)
+    opt = Optimizer(OptimConfig(name="sgd", lr=1e-3), model, total_steps=1)
+    with probes.capture():
+        loss = _loss(model, x, y)
+    loss.backward()
+    before = {(m, u): v for (_, m, layer, s, u, v) in probes.record(0, 1e-3) if layer == "layer1" and s == "unit"}
+    w_old = model.blocks[0].weight_layer.weight.detach().clone()
+    opt.step()
+    after = {(m, u): v for (_, m, layer, s, u, v) in probes.after_step(0) if layer == "layer1" and s == "unit"}
+    w_new = model.blocks[0].weight_layer.weight.detach()
+    for j in range(12):
+        exact = (w_new[j] / w_new[j].norm() - w_old[j] / w_old[j].norm()).norm().item()
+        assert abs(after[("angular_update", j)] - exact) < 1e-12
+        assert abs(after[("angular_update", j)] / before[("eff_step", j)] - 1) < 1e-3

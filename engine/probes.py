@@ -61,10 +61,11 @@ class Probes:
     def capture(self) -> Iterator[None]:
         """Keep references to the tensors probes need during one forward pass."""
         handles = []
-        if self.cfg.activations:
+        if self.cfg.inputs:
             for wl in self.model.weight_layers:
                 handles.append(wl.module.register_forward_pre_hook(
                     lambda _m, args, name=wl.name: self._inputs.__setitem__(name, args[0])))
+        if self.cfg.preacts:
             for name, tap in self.model.taps():
                 tap.tapped = True
                 handles.append(tap.register_forward_hook(
@@ -128,11 +129,11 @@ class Probes:
                     total = wn2.sum()
                     add_scalars(["eff_lr", "normalized_grad_norm_layer"], wl.name,
                                 torch.stack([lr / total, total.sqrt() * g.norm()]))
-            if self.cfg.activations and wl.name in self._inputs:
+            if wl.name in self._inputs:
                 mean, var = _feature_stats(self._inputs[wl.name])
                 add_scalars(["input_mean_sq_norm", "input_var_mean"], wl.name,
                             torch.stack([(mean * mean).sum(), var.mean()]))
-        if self.cfg.activations:
+        if self._taps:
             for name, out in self._taps.items():
                 mean, var = _feature_stats(out)
                 add_matrix(["preact_mean", "preact_var"], name, torch.stack([mean, var]))

@@ -147,6 +147,13 @@ class Tables:
     runs: pd.DataFrame
     metrics: pd.DataFrame
 
+    def read(self, name: str) -> pd.DataFrame:
+        """A further table of the run folder (NAME.csv), e.g. exact theory curves."""
+        path = self.folder / f"{name}.csv"
+        if not path.is_file():
+            raise NormlabError(f"{self.folder} lacks {name}.csv; it is written by `normlab run`")
+        return pd.read_csv(path)
+
     def curve(self, metric: str, layer: str = "", stat: str = "value") -> pd.DataFrame:
         m = self.metrics
         sel = (m["metric"] == metric) & (m["stat"] == stat)

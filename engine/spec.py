@@ -86,7 +86,8 @@ class TrainConfig:
 class ProbeConfig:
     every: int = param(50, min=0, help="probe every this many steps (0 = off)")
     weights: bool = param(True, help="per-unit weight norms, gradients, effective LR")
-    activations: bool = param(True, help="per-unit mean/variance of activations")
+    inputs: bool = param(True, help="mean/variance of the inputs of every weight layer")
+    preacts: bool = param(True, help="per-unit mean/variance (and drift) at the input of every activation")
     per_unit: bool = param(False, help="also write one row per unit (large files)")
     summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
         default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer")

@@ -4,8 +4,9 @@ from __future__ import annotations
 from .base import Experiment, finish, load_config, run_experiment
 from .baselines import Baselines
 from .bn_placement import BNPlacement
+from .eff_lr import EffLR
 from .knockout import Knockout
 
-REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement()]}
+REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR()]}
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

@@ -53,6 +53,10 @@ class Experiment:
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, run_cfg, self.after_norm(cfg, arm)))
         return tasks
 
+    def derived(self, cfg: ExperimentConfig) -> dict[str, pd.DataFrame]:
+        """Tables computed without training (e.g. exact theory curves), written as NAME.csv."""
+        return {}
+
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         raise NotImplementedError
 
@@ -137,6 +141,8 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int 
     started, t0 = now(), time.perf_counter()
     with run_folder(out) as folder:
         atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
+        for name, table in exp.derived(cfg).items():
+            atomic_write_csv(folder / f"{name}.csv", table)
         results = execute(tasks, jobs=jobs, progress=progress)
         atomic_write_csv(folder / "runs.csv", runs_frame(results, _hyperparameters(tasks)))
         atomic_write_csv(folder / "metrics.csv", metrics_frame(results))

@@ -181,6 +181,51 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
 
 @app.command()
 @user_errors
+def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file."),
+          sets: List[str] = SetOpt, seeds: Optional[int] = SeedsOpt, smoke: bool = SmokeOpt,
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep folder (default: results/sweeps/NAME, or NAME-smoke)."),
+          jobs: Optional[int] = JobsOpt, device: Optional[str] = DeviceOpt) -> None:
+    """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
+
+    Rerunning the same command skips the cells that already finished (keyed by a hash of each
+    cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
+    flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
+    """
+    from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+    overrides = parse_set(sets)
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError("--seeds: must be at least 1")
+        overrides["seeds"] = seeds
+    if device is not None:
+        overrides["overrides.run.train.device"] = device
+    path = sweep_path(name)
+    exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
+    folder = out or Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
+    n_jobs = _resolve_jobs(jobs)
+    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console) as bars:
+        overall = bars.add_task("cells", total=0)
+
+        def on_start(todo, skipped) -> None:
+            err_console.print(f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
+                              f"finished, {len(todo)} to run on {min(n_jobs, max(1, len(todo)))} worker(s) -> {folder}")
+            bars.update(overall, total=len(todo) + skipped, completed=skipped)
+
+        def on_cell(res) -> None:
+            bars.advance(overall)
+            if res.status != "ok":
+                err_console.print(f"  {res.run_id}: {res.status}")
+
+        outcome = run_sweep(exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_cell=on_cell)
+    _print_claims(outcome.claims)
+    console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
+
+
+@app.command()
+@user_errors
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
     from normlab.engine.results import load_tables

@@ -5,8 +5,9 @@ from .base import Experiment, finish, load_config, run_experiment
 from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .eff_lr import EffLR
+from .wd_fixed_point import WDFixedPoint
 from .knockout import Knockout
 
-REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR()]}
+REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint()]}
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

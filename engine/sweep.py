@@ -1,0 +1,111 @@
+"""Grids of runs that survive being killed: expansion, cell keys, and a folder of finished cells.
+
+Each (grid point, seed) is one cell, keyed by a hash of its fully resolved run config and seed.
+A finished cell is two files in `cells/`: `<key>.csv` (its metric rows) and then `<key>.json`
+(its status and final metrics), each written to a temporary name and renamed. A cell counts as
+done only once its JSON exists, so a sweep killed at any moment loses at most the runs in flight
+and never records one twice. Cells that finished (`ok` or `diverged`) are skipped when the sweep
+runs again; `failed` ones are run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import param, to_dict
+from .files import atomic_write_text
+from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
+from .spec import RunConfig
+from .train import RunResult
+
+DONE = ("ok", "diverged")
+
+
+@dataclass
+class SweepConfig:
+    sweep: str = param(help="name of the sweep (its YAML is configs/sweeps/NAME.yaml)")
+    experiment: str = param(help="the experiment whose runs and analysis the cells use")
+    description: str = param("")
+    base: str = param("", help="base experiment config ('' = configs/EXPERIMENT.yaml)")
+    overrides: dict[str, Any] = param(default_factory=dict, help="dotted overrides of the base config")
+    axes: dict[str, list[Any]] = param(default_factory=dict, help="dotted key under `run` -> values; the grid is their product")
+    seeds: int = param(2, min=1)
+    seed_offset: int = param(0, min=0)
+    smoke: dict[str, Any] = param(default_factory=dict, help="overrides of this sweep config applied by --smoke")
+
+
+def _short(key: str) -> str:
+    return {"optim.lr": "lr", "optim.weight_decay": "wd"}.get(key, key.split(".")[-1])
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def expand(axes: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Grid points as arm name -> dotted overrides, e.g. 'lr=0.1,wd=0.001' -> {...}."""
+    keys = list(axes)
+    out = {}
+    for values in itertools.product(*(axes[k] for k in keys)):
+        label = ",".join(f"{_short(k)}={_fmt(v)}" for k, v in zip(keys, values))
+        out[label] = dict(zip(keys, values))
+    return out
+
+
+def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
+    blob = json.dumps({"run": to_dict(run), "seed": seed, "extra": extra}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CellStore:
+    folder: Path
+    _done: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cells = self.folder / "cells"
+        self.cells.mkdir(parents=True, exist_ok=True)
+        for tmp in self.cells.glob(".*.tmp"):  # left by a kill in the middle of a write
+            tmp.unlink()
+        for path in self.cells.glob("*.json"):
+            row = json.loads(path.read_text())
+            if (self.cells / f"{path.stem}.csv").is_file():
+                self._done[path.stem] = row
+
+    def finished(self, key: str) -> bool:
+        row = self._done.get(key)
+        return row is not None and row["status"] in DONE
+
+    def save(self, key: str, result: RunResult, hyper: dict[str, Any]) -> None:
+        df = pd.DataFrame(result.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
+        df["unit"] = df["unit"].astype("Int64")
+        atomic_write_csv(self.cells / f"{key}.csv", df)
+        row = runs_frame([result], {result.run_id: hyper}).iloc[0].to_dict()
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # numpy -> JSON
+        atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
+        self._done[key] = row
+
+    def assemble(self, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """runs.csv and metrics.csv of the given cells, in the given order."""
+        runs, metrics = [], []
+        for key in keys:
+            row = self._done[key]
+            runs.append(row)
+            df = pd.read_csv(self.cells / f"{key}.csv", dtype={"layer": str, "stat": str}, keep_default_na=False,
+                             na_values={"value": ["nan", "NaN", ""]})
+            df.insert(0, "seed", row["seed"])
+            df.insert(0, "arm", row["arm"])
+            df.insert(0, "run_id", row["run_id"])
+            metrics.append(df)
+        m = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
+        m["unit"] = pd.to_numeric(m["unit"], errors="coerce").astype("Int64")
+        return pd.DataFrame(runs), m[METRIC_COLUMNS]
+
+
+__all__ = ["SweepConfig", "expand", "cell_key", "CellStore", "DONE"]

@@ -40,7 +40,7 @@ def user_errors(fn: Callable) -> Callable:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            err_console.print("interrupted: no half-written run folder was left behind")
+            err_console.print("interrupted: finished runs are kept; the same command resumes")
             raise typer.Exit(130)
     return wrapper
 
@@ -161,16 +161,23 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
                   TimeElapsedColumn(), console=err_console, transient=False) as bars:
         ids: dict[str, int] = {}
 
-        def on_start(tasks) -> None:
-            err_console.print(f"{exp.name}: {len(tasks)} runs on {min(n_jobs, len(tasks))} worker(s) -> {folder}")
+        def on_start(tasks, reused: int) -> None:
+            err_console.print(f"{exp.name}: {len(tasks)} runs on {min(n_jobs, max(1, len(tasks)))} worker(s)"
+                              + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
+                              + f" -> {folder}")
             for t in tasks:
                 ids[t.run_id] = bars.add_task(t.run_id, total=t.config.train.steps)
 
         def progress(run_id: str, done: int, total: int) -> None:
             bars.update(ids[run_id], completed=done)
 
-        outcome = run_experiment(exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke,
-                                 on_start=on_start)
+        try:
+            outcome = run_experiment(exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke,
+                                     on_start=on_start)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: finished runs are kept in {folder}.partial/; run the same "
+                              f"command with --out {folder} to resume")
+            raise typer.Exit(130)
     _print_claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad):
@@ -212,14 +219,15 @@ def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g.
         def on_start(todo, skipped) -> None:
             err_console.print(f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
                               f"finished, {len(todo)} to run on {min(n_jobs, max(1, len(todo)))} worker(s) -> {folder}")
-            bars.update(overall, total=len(todo) + skipped, completed=skipped)
+            task = bars.tasks[overall]
+            bars.update(overall, total=(task.total or 0) + len(todo) + skipped, completed=task.completed + skipped)
 
         def on_cell(res) -> None:
             bars.advance(overall)
             if res.status != "ok":
                 err_console.print(f"  {res.run_id}: {res.status}")
 
-        outcome = run_sweep(exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_cell=on_cell)
+        outcome = run_sweep(exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_result=on_cell)
     _print_claims(outcome.claims)
     console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
 

@@ -6,8 +6,8 @@ results/<experiment>/<run-name>/
   claims.csv     one row per claim                plots/*.png    report.md
 
 A run folder is built under `<name>.partial/` and renamed into place when complete, so a crash
-or Ctrl-C never leaves a folder that looks finished. Single files are written to a temporary
-name and renamed (atomic on POSIX).
+or Ctrl-C never leaves a folder that looks finished (and the same command resumes from it).
+Single files are written to a temporary name and renamed (atomic on POSIX).
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -84,25 +82,6 @@ def ensure_free(final: Path) -> None:
                            "pass another --out or remove it")
 
 
-@contextmanager
-def run_folder(final: Path) -> Iterator[Path]:
-    """Yield a `.partial` folder to write into; rename it to `final` only on success."""
-    final = Path(final)
-    ensure_free(final)
-    partial = final.with_name(final.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if final.exists():
-        final.rmdir()
-    os.replace(partial, final)
-
-
 def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per run: identity, hyperparameters (`hyper[run_id]`), status and final metrics."""
     rows = []
@@ -115,23 +94,6 @@ def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd
         row["error"] = r.error.splitlines()[0] if r.error else ""
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def metrics_frame(results: list[RunResult]) -> pd.DataFrame:
-    frames = []
-    for r in results:
-        if not r.rows:
-            continue
-        df = pd.DataFrame(r.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
-        df.insert(0, "seed", r.seed)
-        df.insert(0, "arm", r.arm)
-        df.insert(0, "run_id", r.run_id)
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=METRIC_COLUMNS)
-    out = pd.concat(frames, ignore_index=True)
-    out["unit"] = out["unit"].astype("Int64")
-    return out[METRIC_COLUMNS]
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -91,19 +91,23 @@ class CellStore:
         atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
         self._done[key] = row
 
-    def assemble(self, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """runs.csv and metrics.csv of the given cells, in the given order."""
-        runs, metrics = [], []
+    def assemble(self, keys: list[str], metrics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """runs.csv and (unless metrics=False) metrics.csv of the given cells, in that order."""
+        runs, frames = [], []
         for key in keys:
             row = self._done[key]
             runs.append(row)
+            if not metrics:
+                continue
             df = pd.read_csv(self.cells / f"{key}.csv", dtype={"layer": str, "stat": str}, keep_default_na=False,
                              na_values={"value": ["nan", "NaN", ""]})
             df.insert(0, "seed", row["seed"])
             df.insert(0, "arm", row["arm"])
             df.insert(0, "run_id", row["run_id"])
-            metrics.append(df)
-        m = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
+            frames.append(df)
+        if not metrics:
+            return pd.DataFrame(runs), None
+        m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
         m["unit"] = pd.to_numeric(m["unit"], errors="coerce").astype("Int64")
         return pd.DataFrame(runs), m[METRIC_COLUMNS]
 

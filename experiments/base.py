@@ -7,6 +7,7 @@ tables -> figures). The engine does the rest. Nothing here knows about the comma
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,14 @@ from normlab.engine import config as C
 from normlab.engine.data import load_dataset
 from normlab.engine.executor import execute
 from normlab.engine.report import write_run_report
+from normlab.engine.errors import NormlabError
 from normlab.engine.results import (CLAIM_COLUMNS, Tables, atomic_write_csv, atomic_write_text,
-                                    ensure_free, git_commit, host_info, load_tables, metrics_frame, now,
-                                    run_folder, runs_frame, versions, write_manifest)
+                                    ensure_free, git_commit, host_info, load_tables, now, versions,
+                                    write_manifest)
+from normlab.engine.sweep import CellStore, cell_key
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.stats import ClaimRow
-from normlab.engine.train import Progress, RunTask, resolve_device
+from normlab.engine.train import Progress, RunResult, RunTask, resolve_device
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Hyperparameters always shown in runs.csv, besides the ones that differ between runs.
@@ -56,6 +59,11 @@ class Experiment:
     def derived(self, cfg: ExperimentConfig) -> dict[str, pd.DataFrame]:
         """Tables computed without training (e.g. exact theory curves), written as NAME.csv."""
         return {}
+
+    def followup(self, cfg: ExperimentConfig, runs: pd.DataFrame, done: list[RunTask]) -> list[RunTask]:
+        """Runs that depend on the results so far (e.g. re-running a selected configuration with
+        fresh seeds); [] when there is nothing more to run."""
+        return []
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         raise NotImplementedError
@@ -115,6 +123,8 @@ class Outcome:
     claims: pd.DataFrame
     runs: pd.DataFrame
     plots: list[Path]
+    ran: int = 0
+    reused: int = 0
 
 
 def finish(exp: Experiment, folder: Path) -> Outcome:
@@ -127,34 +137,84 @@ def finish(exp: Experiment, folder: Path) -> Outcome:
     return Outcome(folder, claims, tables.runs, plots)
 
 
-def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int = 1,
-                   progress: Progress = None, smoke: bool = False,
-                   on_start: Optional[Callable[[list[RunTask]], None]] = None) -> Outcome:
-    ensure_free(out)
-    tasks = exp.tasks(cfg)
-    for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
-                     for t in tasks}.values():
-        load_dataset(data_cfg)  # fail early, with a clear message, before anything is written
-    devices = {str(resolve_device(t.config.train.device)) for t in tasks}
-    if on_start:
-        on_start(tasks)
+OnStart = Optional[Callable[[list[RunTask], int], None]]
+
+
+def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 1, progress: Progress = None,
+              smoke: bool = False, on_start: OnStart = None,
+              on_result: Optional[Callable[[RunResult], None]] = None, manifest: Optional[dict] = None) -> Outcome:
+    """Run every cell of `exp` not already finished in `folder`, then write the tables and analyze.
+
+    Stage 1 is `exp.tasks(cfg)`; an experiment may add a stage that depends on the results so far
+    (`followup`). Finished cells are kept in folder/cells/, so running again resumes.
+    """
+    folder = Path(folder)
+    store = CellStore(folder)
+    atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
+    for name, table in exp.derived(cfg).items():
+        atomic_write_csv(folder / f"{name}.csv", table)
     started, t0 = now(), time.perf_counter()
-    with run_folder(out) as folder:
-        atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
-        for name, table in exp.derived(cfg).items():
-            atomic_write_csv(folder / f"{name}.csv", table)
-        results = execute(tasks, jobs=jobs, progress=progress)
-        atomic_write_csv(folder / "runs.csv", runs_frame(results, _hyperparameters(tasks)))
-        atomic_write_csv(folder / "metrics.csv", metrics_frame(results))
-        write_manifest(folder, {
-            "experiment": exp.name, "smoke": smoke, "started": started, "finished": now(),
-            "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs,
-            "device": ",".join(sorted(devices)), "seeds": cfg.seed_list,
-            "git_commit": git_commit(), "versions": versions(), **host_info(),
-            "runs": {r.run_id: {"status": r.status, "steps_done": r.steps_done,
-                                "train_seconds": round(r.train_seconds, 3)} for r in results},
-        })
-        outcome = finish(exp, folder)
-    outcome.folder = Path(out)
-    outcome.plots = [Path(out) / "plots" / p.name for p in outcome.plots]
+    done: list[RunTask] = []
+    keys: dict[str, str] = {}
+    ran = 0
+    stage = exp.tasks(cfg)
+    while stage:
+        hyper = _hyperparameters(stage)
+        for t in stage:
+            keys[t.run_id] = cell_key(t.config, t.seed, type(t.after_norm).__name__)
+        todo = [t for t in stage if not store.finished(keys[t.run_id])]
+        for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
+                         for t in todo}.values():
+            load_dataset(data_cfg)  # fail early, with a clear message
+        if on_start:
+            on_start(todo, len(stage) - len(todo))
+
+        def save(res: RunResult, hyper=hyper) -> None:
+            store.save(keys[res.run_id], res, hyper[res.run_id])
+            if on_result:
+                on_result(res)
+
+        execute(todo, jobs=jobs, progress=progress, on_result=save)
+        ran += len(todo)
+        done += stage
+        runs, _ = store.assemble([keys[t.run_id] for t in done], metrics=False)
+        stage = exp.followup(cfg, runs, done)
+    runs, metrics = store.assemble([keys[t.run_id] for t in done])
+    atomic_write_csv(folder / "runs.csv", runs)
+    atomic_write_csv(folder / "metrics.csv", metrics)
+    devices = {str(resolve_device(t.config.train.device)) for t in done}
+    write_manifest(folder, {
+        "experiment": exp.name, "smoke": smoke, "started": started, "finished": now(),
+        "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs, "runs_executed_now": ran,
+        "runs_reused": len(done) - ran, "device": ",".join(sorted(devices)), "seeds": cfg.seed_list,
+        "git_commit": git_commit(), "versions": versions(), **host_info(), **(manifest or {}),
+        "runs": {r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]}
+                 for r in runs.to_dict("records")},
+    })
+    outcome = finish(exp, folder)
+    outcome.ran, outcome.reused = ran, len(done) - ran
+    return outcome
+
+
+def partial_folder(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".partial")
+
+
+def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int = 1,
+                   progress: Progress = None, smoke: bool = False, on_start: OnStart = None,
+                   on_result: Optional[Callable[[RunResult], None]] = None) -> Outcome:
+    """Run into OUT.partial/ (resuming what a killed run of the same command left there) and
+    rename it to OUT once everything is written."""
+    out = Path(out)
+    ensure_free(out)
+    work = partial_folder(out)
+    if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
+        raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass "
+                           "another --out")
+    outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result)
+    if out.exists():
+        out.rmdir()
+    os.replace(work, out)
+    outcome.folder = out
+    outcome.plots = [out / "plots" / p.name for p in outcome.plots]
     return outcome

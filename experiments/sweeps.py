@@ -5,20 +5,15 @@ the experiment's own `analyze` and `plot` read it exactly like the folder of `no
 """
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from normlab.engine import config as C
-from normlab.engine.data import load_dataset
-from normlab.engine.executor import execute
-from normlab.engine.results import atomic_write_csv, atomic_write_text, git_commit, host_info, now, versions, write_manifest
-from normlab.engine.sweep import CellStore, SweepConfig, cell_key, expand
-from normlab.engine.train import Progress, RunResult, RunTask
+from normlab.engine.files import atomic_write_text
+from normlab.engine.sweep import SweepConfig, expand
+from normlab.engine.train import Progress, RunResult
 
-from .base import CONFIG_ROOT, Experiment, Outcome, _hyperparameters, finish, load_config
+from .base import CONFIG_ROOT, Experiment, OnStart, Outcome, arm_configs, load_config, run_cells
 
 SWEEP_ROOT = CONFIG_ROOT / "sweeps"
 
@@ -61,7 +56,6 @@ def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[
     raw_exp["arms"] = grid
     exp = registry[sweep.experiment]
     cfg = C.from_dict(exp.config_class, raw_exp)
-    from .base import arm_configs
     arm_configs(cfg)  # every grid point is a valid run config
     return exp, cfg, sweep
 
@@ -82,58 +76,20 @@ def _apply(raw: dict, overrides: dict) -> dict:
     return out
 
 
-@dataclass
-class SweepOutcome(Outcome):
-    skipped: int = 0
-    ran: int = 0
-
-
 def run_sweep(exp: Experiment, cfg, sweep: SweepConfig, out: Path, jobs: int = 1,
-              progress: Progress = None, smoke: bool = False,
-              on_start: Optional[Callable[[list[RunTask], int], None]] = None,
-              on_cell: Optional[Callable[[RunResult], None]] = None) -> SweepOutcome:
+              progress: Progress = None, smoke: bool = False, on_start: OnStart = None,
+              on_result: Optional[Callable[[RunResult], None]] = None) -> Outcome:
+    """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
     out = Path(out)
-    tasks = exp.tasks(cfg)
-    keys = {t.run_id: cell_key(t.config, t.seed, repr(type(t.after_norm).__name__)) for t in tasks}
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "sweep.yaml"
     resolved = C.dump_yaml(sweep)
     if previous.is_file() and previous.read_text() != resolved:
         # a changed grid keeps the finished cells it shares with the old one (same keys)
         atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
-    store = CellStore(out)
-    todo = [t for t in tasks if not store.finished(keys[t.run_id])]
-    for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data for t in todo}.values():
-        load_dataset(data_cfg)
     atomic_write_text(previous, resolved)
-    atomic_write_text(out / "config.yaml", C.dump_yaml(cfg))
-    for name, table in exp.derived(cfg).items():
-        atomic_write_csv(out / f"{name}.csv", table)
-    if on_start:
-        on_start(todo, len(tasks) - len(todo))
-    hyper = _hyperparameters(tasks)
-    started, t0 = now(), time.perf_counter()
-
-    def save(res: RunResult) -> None:
-        store.save(keys[res.run_id], res, hyper[res.run_id])
-        if on_cell:
-            on_cell(res)
-
-    execute(todo, jobs=jobs, progress=progress, on_result=save)
-    runs, metrics = store.assemble([keys[t.run_id] for t in tasks])
-    atomic_write_csv(out / "runs.csv", runs)
-    atomic_write_csv(out / "metrics.csv", metrics)
-    write_manifest(out, {
-        "experiment": exp.name, "sweep": sweep.sweep, "smoke": smoke, "started": started, "finished": now(),
-        "wall_seconds": round(time.perf_counter() - t0, 2), "wall_seconds_covers": "this invocation only",
-        "jobs": jobs,
-        "cells": len(tasks), "cells_run_now": len(todo), "cells_reused": len(tasks) - len(todo),
-        "seeds": cfg.seed_list, "git_commit": git_commit(), "versions": versions(), **host_info(),
-        "device": ",".join(sorted({t.config.train.device for t in tasks})),
-        "runs": {r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]} for r in runs.to_dict("records")},
-    })
-    o = finish(exp, out)
-    return SweepOutcome(o.folder, o.claims, o.runs, o.plots, skipped=len(tasks) - len(todo), ran=len(todo))
+    return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result,
+                     manifest={"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"})
 
 
 __all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]

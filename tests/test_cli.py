@@ -88,3 +88,30 @@ def test_same_config_and_seed_give_byte_identical_csvs_whatever_jobs(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ra, rb = pd.read_csv(a / "runs.csv"), pd.read_csv(b / "runs.csv")
     assert ra.drop(columns="train_seconds").equals(rb.drop(columns="train_seconds"))
+
+
+def test_a_killed_run_resumes_from_its_partial_folder(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["run", "baselines", "--smoke", "--jobs", "1", "--set", "run.train.steps=300", "--set", "seeds=2"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert invoke(*args, "--out", clean).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "normlab.cli.main", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cells = tmp_path / "killed.partial" / "cells"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cells.exists() and len(list(cells.glob("*.json"))) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cells.glob("*.json")))
+    assert 2 <= done < 6 and not killed.exists()          # nothing that looks finished
+    r = invoke(*args, "--out", killed)
+    assert r.exit_code == 0, r.output
+    assert f"({done} finished runs reused" in r.output
+    assert not (tmp_path / "killed.partial").exists()
+    assert (clean / "metrics.csv").read_bytes() == (killed / "metrics.csv").read_bytes()

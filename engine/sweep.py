@@ -105,11 +105,12 @@ class CellStore:
             df.insert(0, "arm", row["arm"])
             df.insert(0, "run_id", row["run_id"])
             frames.append(df)
+        runs_df = pd.DataFrame(runs) if runs else pd.DataFrame(columns=["run_id", "arm", "seed", "status", "steps_done"])
         if not metrics:
-            return pd.DataFrame(runs), None
+            return runs_df, None
         m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
         m["unit"] = pd.to_numeric(m["unit"], errors="coerce").astype("Int64")
-        return pd.DataFrame(runs), m[METRIC_COLUMNS]
+        return runs_df, m[METRIC_COLUMNS]
 
 
 __all__ = ["SweepConfig", "expand", "cell_key", "CellStore", "DONE"]

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from .base import Experiment, finish, load_config, run_experiment
+from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .eff_lr import EffLR
+from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
 from .knockout import Knockout
 
-REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint()]}
+REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint(), OptimizerTuning(), AdaptiveGotchas()]}
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

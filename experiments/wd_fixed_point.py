@@ -153,8 +153,9 @@ class WDFixedPoint(Experiment):
             if np.isclose(p1, p2, rtol=1e-6) and not np.isclose(r1["alpha"].iloc[0], r2["alpha"].iloc[0]):
                 m = r1.set_index("seed")["step_meas"] / r2.set_index("seed")["step_meas"]
                 pairs.append((a1, a2, m.dropna().tolist()))
-        if pairs:
-            worst = max(pairs, key=lambda p: abs(np.log(np.mean(p[2]))))
+        comparable = [p for p in pairs if p[2]]
+        if comparable:
+            worst = max(comparable, key=lambda p: abs(np.log(np.mean(p[2]))))
             value = float(np.mean(worst[2]))
             ci = bootstrap_ci(worst[2])
             rows.append(ClaimRow(
@@ -162,7 +163,8 @@ class WDFixedPoint(Experiment):
                 "(Eq. 25)", "ratio of equilibrium angular updates within the least-matching equal-product pair",
                 value, f"in [{lo:g}, {hi:g}]", ci[0], ci[1], len(worst[2]),
                 judge(value, ci, within, len(worst[2]), a.min_seeds),
-                "pairs: " + "; ".join(f"{x} / {y}: {np.mean(v):.3f}" for x, y, v in pairs)))
+                "pairs: " + "; ".join(f"{x} / {y}: " + (f"{np.mean(v):.3f}" if v else
+                                      "not comparable (no seed equilibrated in both)") for x, y, v in pairs)))
 
         # time to equilibrium shrinks as alpha*lambda grows
         settle = eq.groupby(["arm", "product"])["settle_step"].mean().reset_index()

@@ -66,7 +66,7 @@ def test_arm_overrides_are_validated_with_their_path(tmp_path):
 def test_unknown_experiment_and_missing_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("experiment: nope\n")
-    with pytest.raises(ConfigError, match=r"'nope' is not a known experiment; choose one of baselines"):
+    with pytest.raises(ConfigError, match=r"'nope' is not a known experiment; choose one of adaptive_gotchas, baselines, bn_placement"):
         load_config(path, REGISTRY)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", REGISTRY)

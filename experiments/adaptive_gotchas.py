@@ -1,0 +1,248 @@
+"""adaptive_gotchas (K9, K10): small, exact facts about adaptive optimizers.
+
+Grosse ch. 5, §2 and §2.1 (Eq. 4). Everything here uses torch's own optimizers on fixed,
+stationary problems, so the answers are (nearly) exact rather than statistical:
+  K9   Adagrad accumulates squared gradients, so on a stationary gradient stream its
+       per-coordinate step shrinks like 1/sqrt(t) (log-log slope -1/2); RMSprop's exponential
+       average does not (slope 0).
+  K9e  Where epsilon sits: Adam (and torch's RMSprop/Adagrad) divide by sqrt(v) + eps; the chapter
+       writes RMSprop/Adagrad with sqrt(v + eps). At equal eps the two damp very different
+       gradient scales (|g| ~ eps against |g| ~ sqrt(eps)).
+  K10  Adam's second-moment estimate depends on the batch size: E[g_B^2] = mu^2 + sigma^2 / B
+       per coordinate (for sampling without replacement, times (N - B)/(N - 1)), so the step
+       alpha m / sqrt(v) grows with B. Predicted from per-example gradients (torch.func),
+       compared with Adam's own bias-corrected estimate.
+No training loop runs: every table is computed at run time and written next to the results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from normlab.engine import plots as P
+from normlab.engine.config import param
+from normlab.engine.data import load_dataset
+from normlab.engine.models import build_model
+from normlab.engine.results import Tables
+from normlab.engine.spec import Analysis, ExperimentConfig
+from normlab.engine.stats import (NOT_SUPPORTED, SUPPORTED, ClaimRow, bootstrap_ci, judge)
+from normlab.engine.train import RunTask
+
+from .base import Experiment
+
+
+@dataclass
+class GotchasConfigPart:
+    stream_steps: int = param(3000, min=20, help="K9: gradients fed to each optimizer")
+    coords: int = param(1000, min=1, help="K9: coordinates of the parameter")
+    grad_mean: float = param(0.1, help="K9: mean of every coordinate's gradient")
+    grad_std: float = param(1.0, min=0.0, help="K9: its standard deviation")
+    lr: float = param(0.01, min=0.0, help="K9 and K10: step size")
+    rmsprop_alpha: float = param(0.99, min=0.0, max=1.0, help="K9: RMSprop's averaging constant")
+    eps_values: list[float] = param(default_factory=lambda: [1e-8, 1e-4], help="K9e: epsilons compared")
+    batch_sizes: list[int] = param(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512, 1024])
+    examples: int = param(2000, min=16, help="K10: training examples whose gradients are used")
+    adam_steps: int = param(300, min=2, help="K10: batches fed to Adam (with lr 0) per batch size")
+    beta2: float = param(0.999, min=0.0, max=1.0, help="K10: Adam's beta2")
+
+
+@dataclass
+class GotchasAnalysis(Analysis):
+    adagrad_band: list[float] = param(default_factory=lambda: [-0.55, -0.45], help="allowed Adagrad slope")
+    rmsprop_band: list[float] = param(default_factory=lambda: [-0.05, 0.05], help="allowed RMSprop slope")
+    fit_from: float = param(0.1, min=0.0, max=0.9, help="fit slopes on the steps after this fraction")
+    v_tolerance: float = param(0.1, min=0.0, help="K10: |Adam's v / predicted v - 1| allowed")
+    min_seeds: int = param(2, min=1)
+
+
+@dataclass
+class GotchasConfig(ExperimentConfig):
+    problem: GotchasConfigPart = field(default_factory=GotchasConfigPart)
+    analysis: GotchasAnalysis = field(default_factory=GotchasAnalysis)
+
+
+def _stream_steps(opt_name: str, p: GotchasConfigPart, seed: int) -> pd.DataFrame:
+    """Median |step| per coordinate of a torch optimizer fed a stationary gradient stream."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.zeros(p.coords, dtype=torch.float64, requires_grad=True)
+    opt = (torch.optim.Adagrad([w], lr=p.lr) if opt_name == "adagrad"
+           else torch.optim.RMSprop([w], lr=p.lr, alpha=p.rmsprop_alpha))
+    rec = set(np.unique(np.round(np.logspace(0, np.log10(p.stream_steps), 60))).astype(int).tolist())
+    rows = []
+    for t in range(1, p.stream_steps + 1):
+        before = w.detach().clone()
+        w.grad = p.grad_mean + p.grad_std * torch.randn(p.coords, generator=g, dtype=torch.float64)
+        opt.step()
+        with torch.no_grad():
+            w.copy_(before)  # the problem stays fixed: only the optimizer's state moves
+        if t in rec:
+            step = (opt.state[w]["sum"] if opt_name == "adagrad" else opt.state[w]["square_avg"])
+            # the step the optimizer just took, recomputed from its state: lr * g / (sqrt(state) + eps)
+            eps = opt.param_groups[0]["eps"]
+            taken = p.lr * w.grad.abs() / (step.sqrt() + eps)
+            rows.append({"optimizer": opt_name, "seed": seed, "step": t, "median_abs_step": float(taken.median())})
+    return pd.DataFrame(rows)
+
+
+def _eps_table(p: GotchasConfigPart) -> pd.DataFrame:
+    """First-step size of torch's Adam (m_hat = g, v_hat = g^2) against both placements of eps."""
+    rows = []
+    for eps in p.eps_values:
+        for gval in np.logspace(-10, 1, 23):
+            w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+            w.grad = torch.full((1,), gval, dtype=torch.float64)
+            torch.optim.Adam([w], lr=1.0, eps=eps).step()
+            rows.append({"eps": eps, "grad": gval, "torch_adam": float(-w.detach()[0]),
+                         "outside": gval / (gval + eps), "inside": gval / np.sqrt(gval ** 2 + eps)})
+    return pd.DataFrame(rows)
+
+
+def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) -> pd.DataFrame:
+    from torch.func import functional_call, grad, vmap
+
+    data = load_dataset(cfg.run.data)
+    x, y = data.x_train[:p.examples].double(), data.y_train[:p.examples]
+    torch.manual_seed(seed)
+    model = build_model(cfg.run.model, data.input_shape, data.num_classes).double().eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(prm, xi, yi):
+        return F.cross_entropy(functional_call(model, prm, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    per_ex = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    G = torch.cat([v.flatten(1) for v in per_ex.values()], dim=1)          # N x d per-example gradients
+    n = G.shape[0]
+    mu2, var = G.mean(0) ** 2, G.var(0, unbiased=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = []
+    for b in p.batch_sizes:
+        if b > n:
+            continue
+        predicted = mu2 + var / b * (n - b) / (n - 1)                     # E[g_B^2] per coordinate
+        w = torch.zeros(G.shape[1], dtype=torch.float64, requires_grad=True)
+        adam = torch.optim.Adam([w], lr=0.0, betas=(0.9, p.beta2))
+        for _ in range(p.adam_steps):
+            w.grad = G[torch.randperm(n, generator=g)[:b]].mean(0)
+            adam.step()
+        st = adam.state[w]
+        t = p.adam_steps
+        v_hat = st["exp_avg_sq"] / (1 - p.beta2 ** t)
+        m_hat = st["exp_avg"] / (1 - 0.9 ** t)
+        rows.append({"seed": seed, "batch_size": b, "v_adam": float(v_hat.mean()), "v_predicted": float(predicted.mean()),
+                     "mu_sq": float(mu2.mean()), "sigma_sq": float(var.mean()),
+                     "step_adam": float((p.lr * m_hat.abs() / (v_hat.sqrt() + 1e-8)).median())})
+    return pd.DataFrame(rows)
+
+
+def _slope(d: pd.DataFrame, x: str, y: str) -> float:
+    d = d[(d[x] > 0) & (d[y] > 0)]
+    return float(np.polyfit(np.log(d[x]), np.log(d[y]), 1)[0]) if len(d) >= 3 else float("nan")
+
+
+class AdaptiveGotchas(Experiment):
+    name = "adaptive_gotchas"
+    title = "K9, K10: Adagrad vs RMSprop decay, where epsilon sits, and Adam's batch-size dependence"
+    claims = ("K9", "K10")
+    config_class = GotchasConfig
+
+    def tasks(self, cfg: GotchasConfig) -> list[RunTask]:
+        return []  # no training runs: see derived()
+
+    def derived(self, cfg: GotchasConfig) -> dict[str, pd.DataFrame]:
+        p = cfg.problem
+        streams = pd.concat([_stream_steps(o, p, s) for o in ("adagrad", "rmsprop") for s in cfg.seed_list],
+                            ignore_index=True)
+        batches = pd.concat([_batch_second_moment(p, cfg, s) for s in cfg.seed_list], ignore_index=True)
+        return {"streams": streams, "eps_table": _eps_table(p), "batch_moments": batches}
+
+    def analyze(self, tables: Tables) -> list[ClaimRow]:
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        st = tables.read("streams")
+        start = a.fit_from * st["step"].max()
+        rows = []
+        for opt, band, statement in (
+                ("adagrad", a.adagrad_band, "On a stationary gradient stream, Adagrad's per-coordinate step decays "
+                 "like 1/sqrt(t): its accumulated squared gradients grow linearly (Grosse ch. 5, §2)"),
+                ("rmsprop", a.rmsprop_band, "RMSprop's exponential average does not grow, so its step stays flat "
+                 "(Grosse ch. 5, §2)")):
+            slopes = [_slope(g[g["step"] >= start], "step", "median_abs_step")
+                      for _, g in st[st["optimizer"] == opt].groupby("seed")]
+            value, ci = float(np.mean(slopes)), bootstrap_ci(slopes)
+            lo, hi = band
+            rows.append(ClaimRow(f"K9-{opt}", statement, f"log-log slope of the median |step| vs t (t >= {start:.0f})",
+                                 value, f"in [{lo:g}, {hi:g}]", ci[0], ci[1], len(slopes),
+                                 judge(value, ci, lambda v: lo <= v <= hi, len(slopes), a.min_seeds)))
+        eps = tables.read("eps_table")
+        err_out = float((eps["torch_adam"] - eps["outside"]).abs().max())
+        err_in = float((eps["torch_adam"] - eps["inside"]).abs().max())
+        half = []
+        for e, g in eps.groupby("eps"):
+            half.append(f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside")
+        rows.append(ClaimRow(
+            "K9-eps", "The same epsilon means different things outside the root (Adam: sqrt(v) + eps) and inside it "
+            "(the chapter's RMSprop/Adagrad: sqrt(v + eps)) (Grosse ch. 5, §2)",
+            "max |torch Adam first step - g/(|g| + eps)| over the table", err_out,
+            "< 1e-9, while differing from g/sqrt(g^2 + eps)", err_out, err_out, len(eps),
+            SUPPORTED if (err_out < 1e-9 and err_in > 1e-3) else NOT_SUPPORTED,
+            f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half)))
+        bm = tables.read("batch_moments")
+        ratios = bm["v_adam"] / bm["v_predicted"]
+        per_seed = bm.assign(r=(ratios - 1).abs()).groupby("seed")["r"].max().tolist()
+        value, ci = float(np.mean(per_seed)), bootstrap_ci(per_seed)
+        step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
+        slope_ci = bootstrap_ci(step_slopes)
+        grows = slope_ci[0] > 0   # fitted growth of the step with B, not pointwise monotonicity
+        verdict = judge(value, ci, lambda v: v < a.v_tolerance, len(per_seed), a.min_seeds)
+        if verdict == SUPPORTED and not grows:
+            verdict = NOT_SUPPORTED
+        m = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean()
+        rows.append(ClaimRow(
+            "K10", "Adam's second-moment estimate is mu^2 + sigma^2/B, so it falls as the batch grows and the step "
+            "alpha m/sqrt(v) grows (Grosse ch. 5, §2.1, Eq. 4)",
+            "max over batch sizes of |Adam's v / (mu^2 + sigma^2 (N-B)/(B(N-1))) - 1|, per-example mu, sigma",
+            value, f"< {a.v_tolerance:g}, and the fitted step-vs-B slope > 0", ci[0], ci[1], len(per_seed), verdict,
+            f"log-log slope of the median Adam step vs B: {np.mean(step_slopes):.3f} (CI {slope_ci[0]:.3f} to "
+            f"{slope_ci[1]:.3f}; growth {'confirmed' if grows else 'not confirmed'}); v and step by batch size: "
+            + ", ".join(f"B={b}: v {r.v_adam:.3g} (pred {r.v_predicted:.3g}), step {r.step_adam:.3g}"
+                        for b, r in m.iterrows())))
+        return rows
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        fig, axes = P.figure(ncols=3, width=3.8)
+        st = tables.read("streams")
+        col = P.colors(["adagrad", "rmsprop"])
+        for opt in ("adagrad", "rmsprop"):
+            d = st[st["optimizer"] == opt].rename(columns={"median_abs_step": "value"})
+            P.mean_band(axes[0, 0], d, opt, col[opt])
+        t = np.logspace(0, np.log10(st["step"].max()), 20)
+        axes[0, 0].plot(t, st[st["optimizer"] == "adagrad"]["median_abs_step"].iloc[0] / np.sqrt(t), "k:", lw=1,
+                        label="slope -1/2")
+        axes[0, 0].set(xscale="log", yscale="log", xlabel="step t", ylabel="median |step| per coordinate",
+                       title="Stationary gradient stream")
+        axes[0, 0].legend()
+        eps = tables.read("eps_table")
+        ecol = P.colors([f"{e:g}" for e in sorted(eps["eps"].unique())])
+        for e, g in eps.groupby("eps"):
+            axes[0, 1].plot(g["grad"], g["torch_adam"], color=ecol[f"{e:g}"], label=f"torch Adam, eps {e:g}")
+            axes[0, 1].plot(g["grad"], g["inside"], color=ecol[f"{e:g}"], ls="--", label=f"sqrt(v + eps), eps {e:g}")
+        axes[0, 1].set(xscale="log", xlabel="|gradient|", ylabel="first step / lr",
+                       title="Where epsilon sits (solid: outside)")
+        axes[0, 1].legend(fontsize=6)
+        bm = tables.read("batch_moments")
+        ax = axes[0, 2]
+        g = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean().reset_index()
+        ax.plot(g["batch_size"], g["v_adam"], "o-", label="Adam's v (mean over coords)")
+        ax.plot(g["batch_size"], g["v_predicted"], "k--", label="mu^2 + sigma^2/B (per-example)")
+        ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="second moment", title="Adam's v vs batch size")
+        ax2 = ax.twinx()
+        ax2.plot(g["batch_size"], g["step_adam"], "s:", color="#d62728", label="median Adam step")
+        ax2.set_ylabel("median Adam step", color="#d62728")
+        ax2.set_yscale("log")
+        ax.legend(fontsize=6, loc="lower left")
+        return [P.save(fig, out / "adaptive_gotchas.png")]

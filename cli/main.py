@@ -234,6 +234,87 @@ def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g.
 
 @app.command()
 @user_errors
+def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
+              out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: results/reproduce, or results/reproduce-smoke)."),
+              only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
+              device: Optional[str] = DeviceOpt) -> None:
+    """Run every experiment's default config, then write the combined report (md and html).
+
+    Experiments already finished in the output folder are reused and interrupted ones resume, so
+    running the same command again continues where it stopped.
+    """
+    from normlab.engine.report import build_report
+    from normlab.experiments import load_config, run_experiment
+    registry = _registry()
+    names = list(registry)
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in registry]
+        if unknown:
+            raise ConfigError(f"--only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+    root = out or Path("results") / ("reproduce-smoke" if smoke else "reproduce")
+    n_jobs = _resolve_jobs(jobs)
+    configs = {n: load_config(registry[n].default_config, registry, _cli_overrides([], None, device), smoke) for n in names}
+    for i, name in enumerate(names, 1):
+        exp, cfg = configs[name]
+        folder = root / name
+        if (folder / "claims.csv").is_file():
+            err_console.print(f"[{i}/{len(names)}] {name}: already finished in {folder}, reused")
+            continue
+        err_console.print(f"[{i}/{len(names)}] {name}")
+        with Progress(TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bars:
+            overall = bars.add_task(name, total=0)
+
+            def on_start(tasks, reused, overall=overall) -> None:
+                t = bars.tasks[overall]
+                bars.update(overall, total=(t.total or 0) + len(tasks))
+
+            try:
+                run_experiment(exp, cfg, folder, jobs=n_jobs, smoke=smoke, on_start=on_start,
+                               on_result=lambda res, overall=overall: bars.advance(overall))
+            except KeyboardInterrupt:
+                err_console.print(f"interrupted: run the same command again to continue ({folder}.partial keeps "
+                                  "the finished runs)")
+                raise typer.Exit(130)
+    titles = {n: e.title for n, e in registry.items()}
+    for fmt in ("md", "html"):  # exactly what `normlab report ROOT --format FMT` writes
+        build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
+    from normlab.engine.report import _load_folder
+    table = Table(title="Claims")
+    for col in ("experiment", "claim", "verdict"):
+        table.add_column(col)
+    colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+    for n in names:
+        for _, r in _load_folder(root / n)["claims"].iterrows():
+            table.add_row(n, str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]")
+    console.print(table)
+    console.print(f"report: {root / 'report.md'} and {root / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def report(run_dirs: List[Path] = typer.Argument(..., help="Run folders, or a `normlab reproduce` output folder."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (default: report.md, or REPRODUCE_DIR/report.md)."),
+           fmt: str = typer.Option("md", "--format", "-f", help="md (for GitHub) or html (one self-contained file).")) -> None:
+    """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
+    from normlab.engine.report import build_report
+    if fmt not in ("md", "html"):
+        raise ConfigError(f"--format: {fmt!r} is not allowed; choose md or html")
+    from normlab.engine.report import is_collection
+    registry = _registry()
+    collection = any(is_collection(p) for p in run_dirs)
+    if out is None:
+        out = (Path(run_dirs[0]) if len(run_dirs) == 1 and collection else Path(".")) / f"report.{fmt}"
+    path = build_report(list(run_dirs), out, fmt, expected=list(registry) if collection else None,
+                        titles={n: e.title for n, e in registry.items()})
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
     from normlab.engine.results import load_tables

@@ -60,3 +60,187 @@ def write_run_report(tables: Tables, claims: pd.DataFrame, plots: list[Path], ti
     path = tables.folder / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+# ---------------------------------------------------------------- the combined report
+VERDICT_ORDER = {"supported": 0, "inconclusive": 1, "not supported": 2}
+
+
+def _load_folder(folder: Path) -> dict:
+    import json
+
+    import yaml
+    claims_path = folder / "claims.csv"
+    if not claims_path.is_file():
+        from .errors import NormlabError
+        raise NormlabError(f"{folder} has no claims.csv; pass run folders written by `normlab run`, "
+                           "`normlab sweep` or `normlab reproduce`")
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    runs = pd.read_csv(folder / "runs.csv") if (folder / "runs.csv").is_file() else pd.DataFrame()
+    return {"folder": folder, "claims": pd.read_csv(claims_path, keep_default_na=False,
+                                                    na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high")}),
+            "manifest": manifest, "config": config, "runs": runs,
+            "plots": sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else []}
+
+
+def is_collection(path: Path) -> bool:
+    """A folder of run folders (a `normlab reproduce` output) rather than one run folder."""
+    return Path(path).is_dir() and not (Path(path) / "claims.csv").is_file()
+
+
+def expand_folders(paths: list[Path], order: list[str] | None = None) -> list[Path]:
+    """Run folders as given; a folder of run folders (e.g. a reproduce output) stands for its
+    children, the names in `order` first (in that order), then the rest alphabetically."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    out = []
+    for p in paths:
+        p = Path(p)
+        if (p / "claims.csv").is_file():
+            out.append(p)
+        elif p.is_dir():
+            kids = sorted((c for c in p.iterdir() if c.is_dir() and (c / "claims.csv").is_file()),
+                          key=lambda c: (rank.get(c.name, len(rank)), c.name))
+            if not kids:
+                from .errors import NormlabError
+                raise NormlabError(f"{p} holds no run folders (none of its subfolders has a claims.csv)")
+            out.extend(kids)
+        else:
+            from .errors import NormlabError
+            raise NormlabError(f"{p} does not exist; pass run folders or a `normlab reproduce` output folder")
+    return out
+
+
+def _ci(r) -> str:
+    lo, hi = r["ci_low"], r["ci_high"]
+    if not (isinstance(lo, float) and isinstance(hi, float)) or math.isnan(lo) or math.isnan(hi):
+        return "-"
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None,
+                 titles: dict[str, str] | None = None) -> Path:
+    """`expected`: experiments a complete report has, in order; absent ones are listed as not run."""
+    """One Markdown or HTML report over run folders: summary, one section per experiment, and
+    what was not reproduced. Depends only on the files, so it regenerates byte for byte."""
+    import base64
+    import html as H
+    import os
+
+    out = Path(out)
+    items = [_load_folder(f) for f in expand_folders(folders, expected)]
+    titles = titles or {}
+    md: list[str] = ["# normlab report", ""]
+    md += ["Claims of Grosse, ch. 5 (adaptive gradient methods, normalization, weight decay), measured by "
+           "normlab. Every verdict below is computed from the CSV files of the run folder named with it.", ""]
+    md += ["## Summary", "", "| experiment | claim | verdict | statistic | value | 95% CI | threshold | n |",
+           "|---|---|---|---|---|---|---|---|"]
+    for it in items:
+        name = it["config"].get("experiment", it["folder"].name)
+        for _, r in it["claims"].iterrows():
+            md.append(f"| {name} | {r['claim_id']} | **{r['verdict']}** | {_fmt(r['statistic'])} | {_fmt(r['value'])} "
+                      f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |")
+    counts = pd.concat([it["claims"]["verdict"] for it in items]).value_counts() if items else pd.Series(dtype=int)
+    md += ["", "Verdicts: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER), ""]
+    smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
+    if smoke:
+        md += [f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
+               "the pipeline, not the claims.", ""]
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, out.parent).replace(os.sep, "/")
+
+    for it in items:
+        m, cfg = it["manifest"], it["config"]
+        name = cfg.get("experiment", it["folder"].name)
+        folder_note = f" (`{it['folder'].name}`)" if it["folder"].name != name else ""
+        md += [f"## {titles.get(name, name)}{folder_note}", ""]
+        if cfg.get("description"):
+            md += [str(cfg["description"]).strip(), ""]
+        runs = it["runs"]
+        status = runs["status"].value_counts().to_dict() if "status" in runs else {}
+        md += [f"- run folder: `{rel(it['folder'])}`; commit `{m.get('git_commit')}`; seeds {m.get('seeds')}; "
+               f"wall time {m.get('wall_seconds', float('nan'))} s; runs: "
+               + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
+               + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""), ""]
+        for _, r in it["claims"].iterrows():
+            md += [f"### {r['claim_id']}: {r['verdict']}", "", f"{r['statement']}", "",
+                   f"- statistic: {r['statistic']}", f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
+                   f"- threshold for `supported`: {r['threshold']}"]
+            if isinstance(r.get("detail"), str) and r["detail"]:
+                md.append(f"- detail: {r['detail']}")
+            md.append("")
+        for p in it["plots"]:
+            md += [f"![{p.stem}]({rel(p)})", ""]
+
+    md += ["## What was not reproduced", ""]
+    missing = [e for e in (expected or []) if e not in {it["config"].get("experiment") for it in items}]
+    lines = []
+    for it in items:
+        name = it["config"].get("experiment", it["folder"].name)
+        for _, r in it["claims"].iterrows():
+            if r["verdict"] != "supported":
+                lines.append(f"- {name} / {r['claim_id']}: **{r['verdict']}** (value {_fmt(r['value'])}, threshold "
+                             f"{_fmt(r['threshold'])})")
+        runs = it["runs"]
+        if "status" in runs:
+            for status, n in runs[runs["status"] != "ok"]["status"].value_counts().items():
+                lines.append(f"- {name}: {n} run(s) {status} (recorded in runs.csv, never dropped)")
+    lines += [f"- {e}: not run (no run folder given)" for e in missing]
+    md += (lines or ["- nothing: every claim row is supported and every run finished"]) + [""]
+    text = "\n".join(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "md":
+        atomic_write_text(out, text)
+        return out
+
+    # HTML: the same content, self-contained (figures embedded), no external assets
+    body = []
+    for line in md:
+        if line.startswith("!["):
+            src = line[line.index("(") + 1:-1]
+            data = base64.b64encode((out.parent / src).read_bytes()).decode()
+            body.append(f'<p><img alt="{H.escape(src)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("### "):
+            body.append(f"<h3>{H.escape(line[4:])}</h3>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{H.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{H.escape(line[2:])}</h1>")
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            tag = "th" if line.startswith("| experiment") else "td"
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("- "):
+            body.append(f"<li>{_inline(line[2:])}</li>")
+        elif line:
+            body.append(f"<p>{_inline(line)}</p>")
+    html_lines, in_table, in_list = [], False, False
+    for b in body:
+        if b.startswith("<tr>") != in_table:
+            html_lines.append("<table>" if not in_table else "</table>")
+            in_table = not in_table
+        if b.startswith("<li>") != in_list:
+            html_lines.append("<ul>" if not in_list else "</ul>")
+            in_list = not in_list
+        html_lines.append(b)
+    html_lines += ["</table>"] if in_table else []
+    html_lines += ["</ul>"] if in_list else []
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
+    doc = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>normlab report</title>"
+           f"<style>{style}</style></head><body>\n" + "\n".join(html_lines) + "\n</body></html>\n")
+    atomic_write_text(out, doc)
+    return out
+
+
+def _inline(text: str) -> str:
+    """Escape, then render the two inline marks the report uses: **bold** and `code`."""
+    import html as H
+    import re
+    t = H.escape(text.replace("\\|", "|"))
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)

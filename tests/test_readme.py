@@ -16,7 +16,8 @@ def test_readme_opens_with_an_install_and_run_command_and_a_test_command():
     run_cmd, test_cmd = _bash_blocks()[:2]
     assert run_cmd.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && ")
     job = run_cmd.split("&& ")[-1].split()
-    assert job[0] == ".venv/bin/normlab" and job[1] == "run" and job[2] in REGISTRY
+    assert job[0] == ".venv/bin/normlab"
+    assert job[1] == "reproduce" or (job[1] == "run" and job[2] in REGISTRY)
     assert "pytest" in test_cmd and "'.[test]'" in test_cmd
 
 

@@ -62,14 +62,18 @@ def _config_path(name_or_path: str) -> Path:
                       "nor a config file; see `normlab list`")
 
 
-def _cli_overrides(sets: List[str], seeds: Optional[int], device: Optional[str]) -> dict:
+def _cli_overrides(sets: List[str], seeds: Optional[int], device: Optional[str],
+                   device_key: str = "run.train.device") -> dict:
+    """--set, --seeds and --device as one dict of dotted overrides (checked here, once)."""
     overrides = parse_set(sets)
     if seeds is not None:
         if seeds < 1:
             raise ConfigError("--seeds: must be at least 1")
         overrides["seeds"] = seeds
     if device is not None:
-        overrides["run.train.device"] = device
+        if device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+        overrides[device_key] = device
     return overrides
 
 
@@ -145,8 +149,6 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
     from normlab.experiments import load_config, run_experiment
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend: {backend!r} is not allowed; choose local or ray")
-    if device is not None and device not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
     if backend == "ray":
         raise ConfigError("--backend ray: not available in this version; use --backend local "
                           "(a process pool, --jobs N)")
@@ -199,15 +201,7 @@ def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g.
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
     from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
-    if device is not None and device not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
-    overrides = parse_set(sets)
-    if seeds is not None:
-        if seeds < 1:
-            raise ConfigError("--seeds: must be at least 1")
-        overrides["seeds"] = seeds
-    if device is not None:
-        overrides["overrides.run.train.device"] = device
+    overrides = _cli_overrides(sets, seeds, device, device_key="overrides.run.train.device")
     path = sweep_path(name)
     exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
     folder = out or Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
@@ -252,11 +246,10 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
         unknown = [n for n in names if n not in registry]
         if unknown:
             raise ConfigError(f"--only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
-    if device is not None and device not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+    overrides = _cli_overrides([], None, device)
     root = out or Path("results") / ("reproduce-smoke" if smoke else "reproduce")
     n_jobs = _resolve_jobs(jobs)
-    configs = {n: load_config(registry[n].default_config, registry, _cli_overrides([], None, device), smoke) for n in names}
+    configs = {n: load_config(registry[n].default_config, registry, overrides, smoke) for n in names}
     for i, name in enumerate(names, 1):
         exp, cfg = configs[name]
         folder = root / name

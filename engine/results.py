@@ -125,7 +125,11 @@ class Tables:
 
 def load_tables(folder: Path) -> Tables:
     folder = Path(folder)
-    missing = [n for n in ("config.yaml", "runs.csv", "metrics.csv") if not (folder / n).is_file()]
+    metrics_path = folder / "metrics.csv"
+    if not metrics_path.is_file() and (folder / "metrics.csv.gz").is_file():
+        metrics_path = folder / "metrics.csv.gz"  # large committed reference results are compressed
+    missing = [n for n, p in (("config.yaml", folder / "config.yaml"), ("runs.csv", folder / "runs.csv"),
+                              ("metrics.csv", metrics_path)) if not p.is_file()]
     if not folder.is_dir() or missing:
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
         raise NormlabError(f"{folder} {what}; pass a run folder written by `normlab run` "
@@ -134,7 +138,7 @@ def load_tables(folder: Path) -> Tables:
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     runs = pd.read_csv(folder / "runs.csv", keep_default_na=True)
-    metrics = pd.read_csv(folder / "metrics.csv", dtype={"layer": str, "stat": str},
+    metrics = pd.read_csv(metrics_path, dtype={"layer": str, "stat": str},
                           keep_default_na=False, na_values={"value": ["nan", "NaN", ""]})
     if "unit" in metrics:
         metrics["unit"] = pd.to_numeric(metrics["unit"], errors="coerce").astype("Int64")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +150,11 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
     (`followup`). Finished cells are kept in folder/cells/, so running again resumes.
     """
     folder = Path(folder)
+    started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
     for name, table in exp.derived(cfg).items():
         atomic_write_csv(folder / f"{name}.csv", table)
-    started, t0 = now(), time.perf_counter()
     done: list[RunTask] = []
     keys: dict[str, str] = {}
     ran = 0
@@ -212,6 +213,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int 
         raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass "
                            "another --out")
     outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result)
+    shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
     if out.exists():
         out.rmdir()
     os.replace(work, out)

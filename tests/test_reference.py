@@ -1,0 +1,34 @@
+"""The committed reference results are pure functions of their own CSVs."""
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from normlab.engine.config import from_dict
+from normlab.engine.report import build_report, expand_folders
+from normlab.engine.results import CLAIM_COLUMNS, load_tables
+from normlab.experiments import REGISTRY
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+FOLDERS = expand_folders([REFERENCE], list(REGISTRY)) if REFERENCE.is_dir() else []
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_committed_claims_are_recomputed_from_the_committed_csvs(folder):
+    tables = load_tables(folder)
+    exp = REGISTRY[tables.config["experiment"]]
+    from_dict(exp.config_class, tables.config)            # the saved config is still valid
+    fresh = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
+    committed = pd.read_csv(folder / "claims.csv")
+    fresh = pd.read_csv(pd.io.common.StringIO(fresh.to_csv(index=False, float_format="%.9g")))
+    pd.testing.assert_frame_equal(fresh, committed)
+
+
+def test_reference_report_regenerates_byte_for_byte(tmp_path):
+    copy = tmp_path / "reference"
+    shutil.copytree(REFERENCE, copy)
+    titles = {n: e.title for n, e in REGISTRY.items()}
+    for fmt in ("md", "html"):
+        build_report([copy], copy / f"report.{fmt}", fmt, expected=list(REGISTRY), titles=titles)
+        assert (copy / f"report.{fmt}").read_bytes() == (REFERENCE / f"report.{fmt}").read_bytes(), fmt

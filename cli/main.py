@@ -139,7 +139,7 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
         sets: List[str] = SetOpt, seeds: Optional[int] = SeedsOpt, smoke: bool = SmokeOpt,
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
         jobs: Optional[int] = JobsOpt, device: Optional[str] = DeviceOpt,
-        backend: str = typer.Option("local", "--backend", help="local (process pool) or ray.")) -> None:
+        backend: str = typer.Option("local", "--backend", help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` extra).")) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
@@ -149,9 +149,6 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
     from normlab.experiments import load_config, run_experiment
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend: {backend!r} is not allowed; choose local or ray")
-    if backend == "ray":
-        raise ConfigError("--backend ray: not available in this version; use --backend local "
-                          "(a process pool, --jobs N)")
     path = config if config is not None else _config_path(experiment)
     exp, cfg = load_config(path, _registry(), _cli_overrides(sets, seeds, device), smoke)
     if config is not None and exp.name != experiment and experiment in _registry():
@@ -175,7 +172,7 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
 
         try:
             outcome = run_experiment(exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke,
-                                     on_start=on_start)
+                                     on_start=on_start, backend=backend)
         except KeyboardInterrupt:
             err_console.print(f"interrupted: finished runs are kept in {folder}.partial/; run the same "
                               f"command with --out {folder} to resume")

@@ -1,4 +1,4 @@
-"""Run many RunTasks: in-process for jobs=1, else a pool of one-thread `spawn` workers.
+"""Run many RunTasks: in-process for jobs=1, else a pool of one-thread `spawn` workers, or Ray.
 
 Every run uses `train.threads` torch threads wherever it executes, so the numbers do not depend
 on `--jobs`. Results come back in task order; `on_result` sees each one as soon as it finishes
@@ -43,7 +43,9 @@ def _worker(task: RunTask, q) -> RunResult:
 
 
 def execute(tasks: list[RunTask], jobs: int = 1, progress: Progress = None,
-            on_result: Optional[Callable[[RunResult], None]] = None) -> list[RunResult]:
+            on_result: Optional[Callable[[RunResult], None]] = None, backend: str = "local") -> list[RunResult]:
+    if backend == "ray":
+        return _execute_ray(tasks, progress, on_result)
     jobs = max(1, min(jobs, len(tasks))) if tasks else 1
     results: dict[str, RunResult] = {}
     if jobs == 1:
@@ -90,3 +92,35 @@ def _drain(q, progress: Progress) -> None:
             return
         except (EOFError, OSError):
             return
+
+
+def _ray_task(task: RunTask) -> RunResult:
+    # Ray reuses its workers; train() sets the run's thread count itself (interop threads can be
+    # set only once per process, so they are left alone here)
+    return _run_one(task, None)
+
+
+def _execute_ray(tasks: list[RunTask], progress: Progress,
+                 on_result: Optional[Callable[[RunResult], None]]) -> list[RunResult]:
+    """One Ray task per run, one CPU and one torch thread each. Connects to the cluster named by
+    RAY_ADDRESS, or starts a local Ray. Progress is reported per finished run."""
+    try:
+        import ray
+    except ImportError:
+        raise NormlabError("--backend ray needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(_ray_task)
+    pending = {remote.remote(t): t for t in tasks}
+    results: dict[str, RunResult] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        task = pending.pop(done[0])
+        res = ray.get(done[0])
+        results[task.run_id] = res
+        if progress:
+            progress(task.run_id, task.config.train.steps, task.config.train.steps)
+        if on_result:
+            on_result(res)
+    return [results[t.run_id] for t in tasks]

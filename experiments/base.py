@@ -143,7 +143,8 @@ OnStart = Optional[Callable[[list[RunTask], int], None]]
 
 def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 1, progress: Progress = None,
               smoke: bool = False, on_start: OnStart = None,
-              on_result: Optional[Callable[[RunResult], None]] = None, manifest: Optional[dict] = None) -> Outcome:
+              on_result: Optional[Callable[[RunResult], None]] = None, manifest: Optional[dict] = None,
+              backend: str = "local") -> Outcome:
     """Run every cell of `exp` not already finished in `folder`, then write the tables and analyze.
 
     Stage 1 is `exp.tasks(cfg)`; an experiment may add a stage that depends on the results so far
@@ -175,7 +176,7 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
             if on_result:
                 on_result(res)
 
-        execute(todo, jobs=jobs, progress=progress, on_result=save)
+        execute(todo, jobs=jobs, progress=progress, on_result=save, backend=backend)
         ran += len(todo)
         done += stage
         runs, _ = store.assemble([keys[t.run_id] for t in done], metrics=False)
@@ -186,7 +187,8 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
     devices = {str(resolve_device(t.config.train.device)) for t in done}
     write_manifest(folder, {
         "experiment": exp.name, "smoke": smoke, "started": started, "finished": now(),
-        "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs, "runs_executed_now": ran,
+        "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs, "backend": backend,
+        "runs_executed_now": ran,
         "runs_reused": len(done) - ran, "device": ",".join(sorted(devices)), "seeds": cfg.seed_list,
         "git_commit": git_commit(), "versions": versions(), **host_info(), **(manifest or {}),
         "runs": {r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]}
@@ -203,7 +205,7 @@ def partial_folder(out: Path) -> Path:
 
 def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int = 1,
                    progress: Progress = None, smoke: bool = False, on_start: OnStart = None,
-                   on_result: Optional[Callable[[RunResult], None]] = None) -> Outcome:
+                   on_result: Optional[Callable[[RunResult], None]] = None, backend: str = "local") -> Outcome:
     """Run into OUT.partial/ (resuming what a killed run of the same command left there) and
     rename it to OUT once everything is written."""
     out = Path(out)
@@ -212,7 +214,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int 
     if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
         raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass "
                            "another --out")
-    outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result)
+    outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
     shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
     if out.exists():
         out.rmdir()

@@ -78,3 +78,32 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     cfg.train.device = "cuda"
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
         train(RunTask("c", "x", 0, cfg))
+
+
+def test_ray_backend_gives_the_same_numbers():
+    pytest.importorskip("ray", reason="the optional `ray` extra is not installed")
+    tasks = [RunTask(f"r{s}", "x", s, tiny(steps=20)) for s in range(5)]  # more runs than cores: workers are reused
+    serial = execute(tasks, jobs=1)
+    seen = []
+    remote = execute(tasks, backend="ray", on_result=lambda r: seen.append(r.run_id))
+    ids = [f"r{s}" for s in range(5)]
+    assert [r.run_id for r in remote] == ids and sorted(seen) == ids and {r.status for r in remote} == {"ok"}
+    for a, b in zip(serial, remote):
+        assert a.rows == b.rows
+
+
+def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from normlab.engine.errors import NormlabError
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
+    with pytest.raises(NormlabError, match=r"--backend ray needs Ray: pip install -e '.\[ray\]'"):
+        execute([RunTask("r", "x", 0, tiny(steps=5))], backend="ray")

@@ -24,8 +24,9 @@ app = typer.Typer(
     name="normlab", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
          "gradient methods, normalization layers and weight decay.\n\n"
-         "Start with `normlab list`, then `normlab run baselines --smoke` (seconds) or "
-         "`normlab run baselines` (minutes).")
+         "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
+         "(under a minute); `normlab reproduce` runs them for real (about 9 minutes on 2 cores) and writes "
+         "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -9,7 +9,6 @@ hyperparameter.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import types
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
@@ -236,9 +235,5 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
 
 
-def replace(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)
-
-
 __all__ = ["param", "from_dict", "to_dict", "flatten", "set_dotted", "apply_overrides",
-           "parse_set", "read_yaml", "dump_yaml", "replace", "ConfigError"]
+           "parse_set", "read_yaml", "dump_yaml", "ConfigError"]

@@ -7,7 +7,6 @@ touches a global RNG (mnist1d seeds numpy's and Python's global RNGs, so we put 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -243,6 +242,3 @@ def _imagefolder(cfg: DataConfig):
     std = x_tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, len(train.classes)
 
-
-def config_digest(cfg: DataConfig) -> str:
-    return hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]

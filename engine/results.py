@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pandas as pd
 import yaml
 
 from .errors import NormlabError
-from .files import atomic_write_text, publish  # noqa: F401  (re-exported)
+from .files import atomic_write_text
 from .train import RunResult
 
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]

@@ -252,6 +252,10 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
         exp, cfg = configs[name]
         folder = root / name
         if (folder / "claims.csv").is_file():
+            from normlab.engine.config import dump_yaml
+            if (folder / "config.yaml").read_text() != dump_yaml(cfg):
+                raise ConfigError(f"{folder} holds {name} results of a different config; remove that folder "
+                                  "to rerun it, or pass another --out")
             err_console.print(f"[{i}/{len(names)}] {name}: already finished in {folder}, reused")
             continue
         err_console.print(f"[{i}/{len(names)}] {name}")

@@ -27,6 +27,14 @@ def test_reproduce_smoke_then_report_regenerates_identically_elsewhere(tmp_path)
     r = runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--only", "baselines,knockout,adaptive_gotchas"])
     assert r.exit_code == 0 and r.output.count("already finished") == 3
 
+    # a finished folder made with another config is never silently reused
+    cfg_file = out / "baselines" / "config.yaml"
+    original = cfg_file.read_text()
+    cfg_file.write_text(original.replace("seeds: 1", "seeds: 7"))
+    r = runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--only", "baselines"])
+    assert r.exit_code == 2 and "holds baselines results of a different config" in r.output
+    cfg_file.write_text(original)
+
     # copied to another place (another machine), plot and report give the same bytes
     copy = tmp_path / "elsewhere"
     shutil.copytree(out, copy)

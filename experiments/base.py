@@ -163,7 +163,7 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
     while stage:
         hyper = _hyperparameters(stage)
         for t in stage:
-            keys[t.run_id] = cell_key(t.config, t.seed, type(t.after_norm).__name__)
+            keys[t.run_id] = cell_key(t.config, t.seed, _module_key(t.after_norm))
         todo = [t for t in stage if not store.finished(keys[t.run_id])]
         for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
                          for t in todo}.values():
@@ -197,6 +197,14 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
     outcome = finish(exp, folder)
     outcome.ran, outcome.reused = ran, len(done) - ran
     return outcome
+
+
+def _module_key(factory) -> str:
+    """What an inserted-module factory contributes to a cell's key: its class and its settings
+    (e.g. the knockout's noise config), so a changed setting never reuses an old cell."""
+    if factory is None:
+        return ""
+    return f"{type(factory).__name__}:{json.dumps(C.to_dict(vars(factory)), sort_keys=True, default=repr)}"
 
 
 def partial_folder(out: Path) -> Path:

@@ -78,3 +78,13 @@ def test_sweep_overrides_and_bad_input(tmp_path):
     assert r.exit_code == 2 and "'nope' is neither a sweep (wd)" in r.output
     r = sweep("wd", "--smoke", "--set", "axes.optim.lr=[]", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "axes.optim.lr: needs at least one value" in r.output
+
+
+def test_cells_with_different_inserted_modules_get_different_keys():
+    from normlab.experiments import REGISTRY, load_config
+    from normlab.experiments.base import _module_key
+    exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
+    a = _module_key(exp.after_norm(cfg, "bn_noise"))
+    cfg.noise.scale_max = 2.0
+    b = _module_key(exp.after_norm(cfg, "bn_noise"))
+    assert a != b and "scale_max" in a and _module_key(None) == ""

@@ -123,10 +123,16 @@ def list_cmd() -> None:
 @user_errors
 def validate(config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
              sets: List[str] = SetOpt, smoke: bool = SmokeOpt) -> None:
-    """Check a config (keys, types, ranges, every arm) without running anything."""
+    """Check a config or sweep file (keys, types, ranges, every arm) without running anything."""
+    from normlab.engine.config import read_yaml
     from normlab.experiments import load_config
     from normlab.experiments.base import arm_configs
-    exp, cfg = load_config(_config_path(str(config)), _registry(), parse_set(sets), smoke)
+    path = _config_path(str(config))
+    if "sweep" in read_yaml(path):
+        from normlab.experiments.sweeps import load_sweep
+        exp, cfg, _ = load_sweep(path, _registry(), parse_set(sets), smoke)
+    else:
+        exp, cfg = load_config(path, _registry(), parse_set(sets), smoke)
     arms = arm_configs(cfg)
     steps = {a: c.train.steps for a, c in arms.items()}
     console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {len(arms)} arm(s) "

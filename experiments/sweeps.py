@@ -47,13 +47,9 @@ def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[
         if not values:
             raise C.ConfigError(f"axes.{key}: needs at least one value")
     base = Path(sweep.base) if sweep.base else registry[sweep.experiment].default_config
-    grid = {label: {k: v for k, v in cell.items()} for label, cell in expand(sweep.axes).items()}
-    exp_overrides = {**C.flatten(sweep.overrides), "arms": grid, "seeds": sweep.seeds,
-                     "seed_offset": sweep.seed_offset}
-    raw_exp = C.read_yaml(base)
-    raw_exp["arms"] = {}  # the grid replaces the base config's arms
-    raw_exp = C.apply_overrides(raw_exp, {k: v for k, v in exp_overrides.items() if k != "arms"})
-    raw_exp["arms"] = grid
+    raw_exp = C.apply_overrides(C.read_yaml(base), {**sweep.overrides, "seeds": sweep.seeds,
+                                                    "seed_offset": sweep.seed_offset})
+    raw_exp["arms"] = expand(sweep.axes)  # the grid replaces the base config's arms
     exp = registry[sweep.experiment]
     cfg = C.from_dict(exp.config_class, raw_exp)
     arm_configs(cfg)  # every grid point is a valid run config

@@ -70,6 +70,12 @@ def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(tmp_path)
     assert not list((killed / "cells").glob(".*.tmp"))
 
 
+def test_validate_accepts_sweep_files():
+    from normlab.experiments.sweeps import SWEEP_ROOT
+    r = runner.invoke(app, ["validate", str(SWEEP_ROOT / "wd.yaml")])
+    assert r.exit_code == 0 and "9 arm(s) x 2 seed(s) = 18 runs" in " ".join(r.output.split())
+
+
 def test_sweep_overrides_and_bad_input(tmp_path):
     r = sweep("wd", "--smoke", "--jobs", "1", "--out", tmp_path / "one", "--set", "axes.optim.lr=[0.5]")
     assert r.exit_code == 0, r.output

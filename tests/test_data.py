@@ -114,3 +114,17 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=True))
     assert str(e.value).startswith(f"cifar10: download to {tmp_path} failed (no internet here?)")
     assert "\n" not in str(e.value)
+
+
+def test_imagefolder_reads_a_users_images(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    d = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
+    assert d.x_train.shape == (6, 3, 16, 16) and d.x_test.shape == (4, 3, 16, 16)
+    assert d.num_classes == 2 and sorted(d.y_train.tolist()) == [0, 0, 0, 1, 1, 1]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import NormlabError
 from .results import Tables, atomic_write_text
 
 
@@ -72,7 +73,6 @@ def _load_folder(folder: Path) -> dict:
     import yaml
     claims_path = folder / "claims.csv"
     if not claims_path.is_file():
-        from .errors import NormlabError
         raise NormlabError(f"{folder} has no claims.csv; pass run folders written by `normlab run`, "
                            "`normlab sweep` or `normlab reproduce`")
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
@@ -102,11 +102,9 @@ def expand_folders(paths: list[Path], order: list[str] | None = None) -> list[Pa
             kids = sorted((c for c in p.iterdir() if c.is_dir() and (c / "claims.csv").is_file()),
                           key=lambda c: (rank.get(c.name, len(rank)), c.name))
             if not kids:
-                from .errors import NormlabError
                 raise NormlabError(f"{p} holds no run folders (none of its subfolders has a claims.csv)")
             out.extend(kids)
         else:
-            from .errors import NormlabError
             raise NormlabError(f"{p} does not exist; pass run folders or a `normlab reproduce` output folder")
     return out
 

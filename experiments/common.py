@@ -14,13 +14,12 @@ def final_train_loss(tables: Tables, fraction: float) -> pd.DataFrame:
     runs = tables.runs
     curve = tables.curve("batch_loss_avg")
     out = []
-    for r in runs.itertuples():
-        c = curve[curve["run_id"] == r.run_id]
-        steps = getattr(r, "_asdict")().get("train.steps")
-        total = float(steps) if steps is not None and not pd.isna(steps) else float(c["step"].max())
+    for r in runs.to_dict("records"):  # records keep dotted column names such as "train.steps"
+        c = curve[curve["run_id"] == r["run_id"]]
+        total = float(r["train.steps"]) if pd.notna(r.get("train.steps")) else float(c["step"].max())
         tail = c[c["step"] >= (1.0 - fraction) * total]["value"]
-        value = float(tail.mean()) if (r.status == "ok" and len(tail)) else float("nan")
-        out.append({"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "value": value})
+        value = float(tail.mean()) if (r["status"] == "ok" and len(tail)) else float("nan")
+        out.append({"run_id": r["run_id"], "arm": r["arm"], "seed": r["seed"], "value": value})
     return pd.DataFrame(out)
 
 

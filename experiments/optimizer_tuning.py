@@ -113,9 +113,10 @@ def _careful(cfg: TuningConfig, opt: str, steps: int) -> list[tuple[str, dict]]:
     return out
 
 
-def _parse(arm: str) -> tuple[str, str, str, str]:
-    workload, opt, protocol, rest = arm.split("-", 3)
-    return workload, opt, protocol, rest
+def _with_parts(runs: pd.DataFrame) -> pd.DataFrame:
+    """runs plus workload/opt/protocol/label columns, split from arm names 'mlp-sgd-careful-t03'."""
+    parts = runs["arm"].str.split("-", n=3, expand=True)
+    return runs.assign(workload=parts[0], opt=parts[1], protocol=parts[2], label=parts[3])
 
 
 class OptimizerTuning(Experiment):
@@ -144,8 +145,7 @@ class OptimizerTuning(Experiment):
         if any(t.arm.endswith("-final") for t in done):
             return []
         by_arm = {t.arm: t for t in done}
-        trials = runs.assign(**dict(zip(["workload", "opt", "protocol", "label"],
-                                        zip(*runs["arm"].map(_parse)))))
+        trials = _with_parts(runs)
         tasks = []
         for (workload, opt, protocol), g in trials.groupby(["workload", "opt", "protocol"], sort=False):
             ok = g[g["status"] == "ok"]
@@ -159,16 +159,9 @@ class OptimizerTuning(Experiment):
         return tasks
 
     # ---------------------------------------------------------------- analysis
-    @staticmethod
-    def _frame(tables: Tables) -> pd.DataFrame:
-        r = tables.runs.copy()
-        parts = r["arm"].map(_parse)
-        r["workload"], r["opt"], r["protocol"], r["label"] = zip(*parts)
-        return r
-
     def selected(self, tables: Tables) -> pd.DataFrame:
         """The trial each final arm re-ran: the best by validation accuracy (ties: first by name)."""
-        r = self._frame(tables)
+        r = _with_parts(tables.runs)
         trials = r[(r["label"] != "final") & (r["status"] == "ok")]
         best = trials.sort_values(["final_val_acc", "arm"], ascending=[False, True]).groupby(
             ["workload", "opt", "protocol"], sort=False).head(1)
@@ -176,7 +169,7 @@ class OptimizerTuning(Experiment):
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         cfg = self.typed_config(tables)
-        r = self._frame(tables)
+        r = _with_parts(tables.runs)
         final = r[r["label"] == "final"]
         rows = []
         for workload in cfg.workloads:
@@ -228,7 +221,7 @@ class OptimizerTuning(Experiment):
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
-        r = self._frame(tables)
+        r = _with_parts(tables.runs)
         trials = r[(r["label"] != "final")]
         workloads = list(cfg.workloads)
         col = P.colors(["sgd", "adam"])

@@ -153,3 +153,14 @@ def test_smoke_run_of_every_experiment(name, config, tmp_path):
     before = {p: (out / "plots" / p).read_bytes() for p in plots}
     assert CliRunner().invoke(app, ["plot", str(out)]).exit_code == 0
     assert {p: (out / "plots" / p).read_bytes() for p in plots} == before   # regenerated identically
+
+
+def test_final_train_loss_window_uses_the_configured_steps():
+    from normlab.experiments.common import final_train_loss
+    t = _tables("knockout", {"plain": [1.0], "bn": [0.1], "bn_noise": [0.2]})
+    # probes at 0, 50, 95 of 100 steps; fraction 0.5 keeps steps >= 50
+    t.metrics.loc[(t.metrics["step"] == 50), "value"] = 9.0
+    v = final_train_loss(t, 0.5).set_index("arm")["value"]
+    assert v["bn"] == (9.0 + 0.1) / 2
+    t.runs["train.steps"] = 200   # now only steps >= 100 count, and there are none: NaN, not a guess
+    assert final_train_loss(t, 0.5)["value"].isna().all()

@@ -110,13 +110,19 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (default: the
 def list_cmd() -> None:
     """List the experiments, the claims each tests and their default configs."""
     table = Table(title="normlab experiments")
-    for col in ("experiment", "claims", "config", "what it asks"):
-        table.add_column(col)
+    table.add_column("experiment", no_wrap=True)
+    table.add_column("claims", no_wrap=True)
+    table.add_column("config", overflow="fold")  # never cut a path a user will copy
+    table.add_column("what it asks")
+    here = Path.cwd()
+    shown = lambda p: str(p.relative_to(here) if p.is_relative_to(here) else p)  # noqa: E731
     for name, exp in sorted(_registry().items()):
-        cfg = exp.default_config
-        shown = cfg.relative_to(Path.cwd()) if cfg.is_relative_to(Path.cwd()) else cfg
-        table.add_row(name, ", ".join(exp.claims), str(shown), exp.title)
+        table.add_row(name, ", ".join(exp.claims), shown(exp.default_config), exp.title)
     console.print(table)
+    from normlab.experiments.sweeps import SWEEP_ROOT
+    sweeps = sorted(SWEEP_ROOT.glob("*.yaml"))
+    if sweeps:
+        console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{p.stem} ({shown(p)})" for p in sweeps))
 
 
 @app.command()

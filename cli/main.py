@@ -87,14 +87,16 @@ def _resolve_jobs(jobs: Optional[int]) -> int:
 
 def _print_claims(claims) -> None:
     table = Table(title="Claims", show_lines=False)
-    for col in ("claim", "verdict", "value", "95% CI", "threshold", "n"):
+    for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
         table.add_column(col)
     colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
     for _, r in claims.iterrows():
-        ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-        table.add_row(str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+        ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
+        table.add_row(str(r["claim_id"]), str(r["kind"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
                       f"{r['value']:.4g}", ci, str(r["threshold"]), str(r["n"]))
     console.print(table)
+    console.print("[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
+                  "descriptive rows are not evidence[/]")
 
 
 SetOpt = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
@@ -117,7 +119,7 @@ def list_cmd() -> None:
     here = Path.cwd()
     shown = lambda p: str(p.relative_to(here) if p.is_relative_to(here) else p)  # noqa: E731
     for name, exp in sorted(_registry().items()):
-        table.add_row(name, ", ".join(exp.claims), shown(exp.default_config), exp.title)
+        table.add_row(name, ", ".join(dict.fromkeys(c.id.split("-")[0] for c in exp.claims)), shown(exp.default_config), exp.title)
     console.print(table)
     from normlab.experiments.sweeps import SWEEP_ROOT
     sweeps = sorted(SWEEP_ROOT.glob("*.yaml"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import EVIDENCE_KINDS
 from .errors import NormlabError
 from .results import Tables, atomic_write_text
 
@@ -20,7 +21,7 @@ def _fmt(v) -> str:
 def claims_markdown(claims: pd.DataFrame) -> str:
     if claims.empty:
         return "_No claim rows._\n"
-    cols = ["claim_id", "verdict", "statistic", "value", "ci_low", "ci_high", "threshold", "n"]
+    cols = ["claim_id", "kind", "verdict", "statistic", "value", "ci_low", "ci_high", "interval", "threshold", "n"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in claims.iterrows():
         lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
@@ -113,7 +114,14 @@ def _ci(r) -> str:
     lo, hi = r["ci_low"], r["ci_high"]
     if not (isinstance(lo, float) and isinstance(hi, float)) or math.isnan(lo) or math.isnan(hi):
         return "-"
-    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+    return f"[{_fmt(lo)}, {_fmt(hi)}] ({r.get('interval', '')})"
+
+
+KIND_NOTE = ("Kinds: **measured** claims are judged on a 95% interval over seeds (n >= 3; the interval "
+             "method is named); **exact** claims are identities or theory checks, judged on a maximum "
+             "error against a tolerance, with no interval; **control** rows are true by construction "
+             "(they check the instrument) and **descriptive** rows are reported, not judged: neither "
+             "counts as evidence.")
 
 
 def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None,
@@ -131,15 +139,19 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     md: list[str] = ["# normlab report", ""]
     md += ["Claims of Grosse, ch. 5 (adaptive gradient methods, normalization, weight decay), measured by "
            "normlab. Every verdict below is computed from the CSV files of the run folder named with it.", ""]
-    md += ["## Summary", "", "| experiment | claim | verdict | statistic | value | 95% CI | threshold | n |",
-           "|---|---|---|---|---|---|---|---|"]
+    md += ["## Summary", "", KIND_NOTE, "",
+           "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for it in items:
         name = it["config"].get("experiment", it["folder"].name)
         for _, r in it["claims"].iterrows():
-            md.append(f"| {name} | {r['claim_id']} | **{r['verdict']}** | {_fmt(r['statistic'])} | {_fmt(r['value'])} "
+            md.append(f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}** | {_fmt(r['statistic'])} | {_fmt(r['value'])} "
                       f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |")
-    counts = pd.concat([it["claims"]["verdict"] for it in items]).value_counts() if items else pd.Series(dtype=int)
-    md += ["", "Verdicts: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER), ""]
+    evidence = [it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
+                for it in items]
+    counts = pd.concat([e["verdict"] for e in evidence]).value_counts() if items else pd.Series(dtype=int)
+    md += ["", "Verdicts of the measured and exact claims (the evidence): "
+           + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER), ""]
     smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
     if smoke:
         md += [f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
@@ -162,7 +174,7 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
                + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
                + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""), ""]
         for _, r in it["claims"].iterrows():
-            md += [f"### {r['claim_id']}: {r['verdict']}", "", f"{r['statement']}", "",
+            md += [f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})", "", f"{r['statement']}", "",
                    f"- statistic: {r['statistic']}", f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
                    f"- threshold for `supported`: {r['threshold']}"]
             if isinstance(r.get("detail"), str) and r["detail"]:
@@ -177,7 +189,7 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     for it in items:
         name = it["config"].get("experiment", it["folder"].name)
         for _, r in it["claims"].iterrows():
-            if r["verdict"] != "supported":
+            if r["verdict"] not in ("supported", "not judged") and r.get("kind") != "control":
                 lines.append(f"- {name} / {r['claim_id']}: **{r['verdict']}** (value {_fmt(r['value'])}, threshold "
                              f"{_fmt(r['threshold'])})")
         runs = it["runs"]

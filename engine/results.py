@@ -29,8 +29,8 @@ from .files import atomic_write_text
 from .train import RunResult
 
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
-CLAIM_COLUMNS = ["claim_id", "statement", "statistic", "value", "threshold", "ci_low", "ci_high",
-                 "n", "verdict", "detail"]
+CLAIM_COLUMNS = ["claim_id", "kind", "statement", "statistic", "value", "threshold", "op", "bound_low",
+                 "bound_high", "ci_low", "ci_high", "interval", "n", "verdict", "detail"]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
 
 

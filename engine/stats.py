@@ -1,89 +1,123 @@
-"""Statistics over seeds: means, spreads, percentile-bootstrap CIs and a verdict helper.
+"""Statistics over seeds that stay honest at n = 3-5.
 
-Bootstrap resampling uses its own seeded numpy Generator, so a claim row is a pure function of
-the CSV it is computed from.
+- `t_interval`: Student-t CI of a mean (one value per seed).
+- `paired_t`: CI of the mean per-seed difference of two arms that share seeds; with
+  `log_ratio=True` the CI of the geometric-mean ratio (t on per-seed log ratios).
+- `bca`: bias-corrected and accelerated bootstrap (scipy) of any statistic of per-seed arrays,
+  resampling seeds jointly across arms (paired), for statistics that are not a plain mean.
+
+Percentile-bootstrap intervals are too narrow at these n, and a two-value "CI" is just a range;
+none is used for a verdict. Every interval says which method made it (`Interval.method`).
+Bootstrap resampling is seeded, so a claim row is a pure function of the CSVs it reads.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-N_BOOT = 4000
+LEVEL = 0.95           # confidence level of every interval a verdict uses
+N_RESAMPLES = 4000     # bootstrap resamples (BCa)
+BOOT_SEED = 0          # the bootstrap's own seed: intervals are reproducible
 
 
-def _clean(values: Sequence[float]) -> np.ndarray:
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    method: str        # e.g. "t", "paired t", "paired t on log ratio", "BCa bootstrap, paired by seed"
+
+    @staticmethod
+    def none(method: str = "none") -> "Interval":
+        return Interval(float("nan"), float("nan"), method)
+
+
+def clean(values: Sequence[float]) -> np.ndarray:
     a = np.asarray(values, dtype=float)
     return a[np.isfinite(a)]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = _clean(values)
+    a = clean(values)
     if not len(a):
         return float("nan"), float("nan")
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of `stat` over the given values (one value per seed)."""
-    a = _clean(values)
-    if len(a) == 0:
-        return float("nan"), float("nan")
-    if len(a) == 1:
-        return float(a[0]), float(a[0])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(N_BOOT, len(a)))
-    boots = np.apply_along_axis(stat, 1, a[idx]) if stat is not np.mean else a[idx].mean(axis=1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Student-t CI of the mean of finite `values` (NaN interval below 2 values)."""
+    from scipy import stats
+    a = clean(values)
+    if len(a) < 2:
+        return Interval.none("t")
+    half = stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
+    return Interval(float(a.mean() - half), float(a.mean() + half), "t")
 
 
-def bootstrap_ci_fn(groups: Sequence[Sequence[float]], fn: Callable[..., float],
-                    level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """CI of fn(mean_1, ..., mean_k), resampling seeds within each group independently."""
-    arrays = [_clean(g) for g in groups]
-    if any(len(a) == 0 for a in arrays):
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = [a[rng.integers(0, len(a), size=(N_BOOT, len(a)))].mean(axis=1) for a in arrays]
-    boots = np.array([fn(*vals) for vals in zip(*means)], dtype=float)
-    boots = boots[np.isfinite(boots)]
-    if not len(boots):
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds (positions) where both arms have a finite value."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"paired arms need one value per shared seed, got {len(x)} and {len(y)}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
 
 
-def judge(value: float, ci: tuple[float, float], ok: Callable[[float], bool], n: int,
-          min_n: int = 2) -> str:
-    """Supported when the estimate and its whole CI satisfy `ok`; not supported when none of
-    them do; inconclusive when the CI straddles the threshold, n is too small or data is missing."""
-    lo, hi = ci
-    if n < min_n or not all(np.isfinite([value, lo, hi])):
-        return INCONCLUSIVE
-    checks = [ok(value), ok(lo), ok(hi)]
-    if all(checks):
-        return SUPPORTED
-    if not any(checks):
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
+def paired_t(a: Sequence[float], b: Sequence[float], log_ratio: bool = False,
+             level: float = LEVEL) -> tuple[float, Interval, int]:
+    """(estimate, CI, n pairs) of mean(a - b), or of the geometric-mean ratio a/b (log_ratio)."""
+    x, y = paired(a, b)
+    if log_ratio:
+        ok = (x > 0) & (y > 0)
+        x, y = x[ok], y[ok]
+        d = np.log(x) - np.log(y)
+        ci = t_interval(d, level)
+        est = float(np.exp(d.mean())) if len(d) else float("nan")
+        return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "paired t on log ratio"), len(d)
+    d = x - y
+    ci = t_interval(d, level)
+    return (float(d.mean()) if len(d) else float("nan")), Interval(ci.low, ci.high, "paired t"), len(d)
 
 
-@dataclass
-class ClaimRow:
-    claim_id: str
-    statement: str
-    statistic: str
-    value: float
-    threshold: str
-    ci_low: float
-    ci_high: float
-    n: int
-    verdict: str
-    detail: str = ""
+def bca(arrays: Sequence[Sequence[float]], statistic: Callable[..., float], level: float = LEVEL,
+        paired_by_seed: bool = True) -> Interval:
+    """BCa bootstrap CI of statistic(*arrays). Paired: the arrays are aligned by seed and
+    resampled together (one seed index drawn for all); otherwise each array on its own."""
+    from scipy import stats
+    arrays = [np.asarray(a, dtype=float) for a in arrays]
+    if paired_by_seed:
+        keep = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+        arrays = [a[keep] for a in arrays]
+    else:
+        arrays = [a[np.isfinite(a)] for a in arrays]
+    if min(len(a) for a in arrays) < 3:
+        return Interval.none("BCa bootstrap")
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def stat(*xs, axis=-1):
+        xs = [np.moveaxis(np.asarray(x), axis, -1) for x in xs]
+        shape = xs[0].shape[:-1]
+        out = np.empty(shape)
+        for idx in np.ndindex(shape):
+            out[idx] = statistic(*(x[idx] for x in xs))
+        return out
+
+    method = "BCa bootstrap, paired by seed" if paired_by_seed else "BCa bootstrap"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate distributions give NaN, reported as such
+        try:
+            res = stats.bootstrap(arrays, stat, paired=paired_by_seed, vectorized=True, method="BCa",
+                                  confidence_level=level, n_resamples=N_RESAMPLES,
+                                  rng=np.random.default_rng(BOOT_SEED))
+        except (ValueError, FloatingPointError):
+            return Interval.none(method)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return Interval(lo, hi, method)
+
+
+def percentile_band(samples: np.ndarray, level: float = 0.9, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A descriptive band for figures (never used for a verdict)."""
+    q = (1 - level) / 2
+    lo, hi = np.percentile(samples, [100 * q, 100 * (1 - q)], axis=axis)
+    return lo, hi

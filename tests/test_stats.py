@@ -1,10 +1,13 @@
-"""Bootstrap CIs and the verdict rule on small hand-made cases."""
+"""Intervals and the verdict function, each against an independent computation."""
 import math
 
 import numpy as np
+import pytest
+from scipy import stats as sps
 
-from normlab.engine.stats import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, bootstrap_ci,
-                                  bootstrap_ci_fn, judge, mean_std)
+from normlab.engine.claims import (CONTROL, DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule, decide,
+                                   judge)
+from normlab.engine.stats import Interval, bca, mean_std, paired_t, t_interval
 
 
 def test_mean_std_ignores_nan_from_diverged_runs():
@@ -12,25 +15,88 @@ def test_mean_std_ignores_nan_from_diverged_runs():
     assert m == 2.0 and math.isclose(s, math.sqrt(2.0))
 
 
-def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():
-    vals = [0.1, 0.4, 0.35, 0.2, 0.3]
-    lo, hi = bootstrap_ci(vals)
-    assert lo <= np.mean(vals) <= hi and lo >= min(vals) and hi <= max(vals)
-    assert (lo, hi) == bootstrap_ci(vals)
-    assert bootstrap_ci([5.0]) == (5.0, 5.0)
-    assert all(math.isnan(v) for v in bootstrap_ci([]))
+def test_t_interval_matches_the_textbook_formula():
+    x = np.array([0.1, 0.4, 0.35, 0.2, 0.3])
+    ci = t_interval(x)
+    half = 2.7764451051977987 * x.std(ddof=1) / math.sqrt(5)     # t_{0.975, 4}
+    assert ci.method == "t"
+    assert ci.low == pytest.approx(x.mean() - half) and ci.high == pytest.approx(x.mean() + half)
+    assert all(math.isnan(v) for v in (t_interval([1.0]).low, t_interval([]).high))
 
 
-def test_bootstrap_of_a_ratio_of_group_means():
-    a, b = [1.0, 1.1, 0.9], [2.0, 2.2, 1.8]
-    lo, hi = bootstrap_ci_fn([a, b], lambda x, y: x / y)
-    assert lo <= 0.5 <= hi and hi - lo < 0.3
+def test_paired_t_uses_per_seed_differences_not_two_samples():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = a - np.array([0.10, 0.12, 0.09, 0.11])                  # large spread, tiny paired difference
+    est, ci, n = paired_t(a, b)
+    assert n == 4 and est == pytest.approx(0.105) and 0 < ci.low < ci.high < 0.13
+    ref = sps.ttest_rel(a, b).confidence_interval(0.95)
+    assert (ci.low, ci.high) == pytest.approx((ref.low, ref.high))
+    ratio, rci, _ = paired_t([2.0, 4.0, 8.0], [1.0, 2.0, 4.0], log_ratio=True)
+    assert ratio == pytest.approx(2.0) and rci.low == pytest.approx(2.0) and rci.method == "paired t on log ratio"
+    _, _, n = paired_t([1.0, float("nan"), 3.0], [1.0, 2.0, 2.0])
+    assert n == 2                                               # a diverged seed drops the pair
 
 
-def test_judge_three_outcomes_and_small_n():
-    ok = lambda v: v < 1.0  # noqa: E731
-    assert judge(0.5, (0.4, 0.6), ok, n=3) == SUPPORTED
-    assert judge(1.5, (1.2, 1.8), ok, n=3) == NOT_SUPPORTED
-    assert judge(0.9, (0.7, 1.1), ok, n=3) == INCONCLUSIVE      # CI straddles the threshold
-    assert judge(0.5, (0.4, 0.6), ok, n=1, min_n=3) == INCONCLUSIVE
-    assert judge(float("nan"), (0.4, 0.6), ok, n=3) == INCONCLUSIVE
+def test_bca_is_reproducible_brackets_the_estimate_and_pairs_by_seed():
+    x = np.array([0.1, 0.4, 0.35, 0.2, 0.3])
+    ci = bca([x], lambda v: v.mean())
+    assert ci == bca([x], lambda v: v.mean()) and ci.method.startswith("BCa")
+    assert ci.low < x.mean() < ci.high
+    assert math.isnan(bca([[1.0, 2.0]], lambda v: v.mean()).low)  # n < 3: no interval
+    # paired: seeds resampled jointly, so a shared seed effect cancels in a difference of means
+    base = np.array([1.0, 5.0, 9.0, 2.0, 7.0])
+    other = base + np.array([0.1, 0.12, 0.09, 0.11, 0.08])
+    paired_ci = bca([other, base], lambda a, b: a.mean() - b.mean())
+    unpaired_ci = bca([other, base], lambda a, b: a.mean() - b.mean(), paired_by_seed=False)
+    assert 0.08 <= paired_ci.low < paired_ci.high <= 0.12
+    assert unpaired_ci.high - unpaired_ci.low > 10 * (paired_ci.high - paired_ci.low)
+
+
+RULE = Rule("<", "limit")
+
+
+class A:
+    limit = 1.0
+    band = [0.8, 1.25]
+    margin = 1.0
+
+
+@pytest.mark.parametrize("value,ci,n,expected", [
+    (0.5, (0.4, 0.6), 3, "supported"),
+    (1.5, (1.2, 1.8), 3, "not supported"),
+    (0.9, (0.7, 1.1), 3, "inconclusive"),           # CI straddles the threshold
+    (0.5, (0.4, 0.6), 2, "inconclusive"),           # n < 3
+    (float("nan"), (0.4, 0.6), 3, "inconclusive"),
+    (0.5, (float("nan"), float("nan")), 3, "inconclusive"),
+])
+def test_measured_verdicts(value, ci, n, expected):
+    claim = Claim("X", MEASURED, "s", "stat", RULE)
+    assert decide(claim, Estimate(value, Interval(*ci, "t"), n), A())[0] == expected
+
+
+def test_a_failed_precondition_is_inconclusive_and_named():
+    claim = Claim("X", MEASURED, "s", "stat", RULE)
+    row = judge(claim, Estimate(0.5, Interval(0.4, 0.6, "t"), 5, [Check("manipulation check", False, "no drift")]), A())
+    assert row.verdict == "inconclusive" and "manipulation check" in row.detail and "no drift" in row.detail
+
+
+def test_exact_claims_have_no_interval_and_judge_the_value():
+    claim = Claim("X", EXACT, "s", "max error", RULE)
+    row = judge(claim, Estimate(0.2, n=10), A())
+    assert row.verdict == "supported" and math.isnan(row.ci_low) and row.interval == "none (exact)"
+    assert judge(claim, Estimate(2.0, n=10), A()).verdict == "not supported"
+
+
+def test_equivalence_rule_and_the_other_kinds():
+    eq = Claim("X", MEASURED, "s", "gap", Rule("contains0_or_abs<=", "margin"))
+    assert decide(eq, Estimate(0.5, Interval(-0.3, 1.3, "t"), 5), A())[0] == "supported"      # contains 0
+    assert decide(eq, Estimate(0.5, Interval(0.2, 0.8, "t"), 5), A())[0] == "supported"       # within margin
+    assert decide(eq, Estimate(3.0, Interval(2.0, 4.0, "t"), 5), A())[0] == "not supported"
+    assert decide(eq, Estimate(1.0, Interval(0.5, 1.5, "t"), 5), A())[0] == "inconclusive"
+    band = Claim("X", MEASURED, "s", "r", Rule("in", "band"))
+    assert decide(band, Estimate(1.0, Interval(0.9, 1.1, "t"), 3), A())[0] == "supported"
+    desc = Claim("X", DESCRIPTIVE, "s", "r", Rule("none"))
+    assert judge(desc, Estimate(1.0, Interval(0.9, 1.1, "t"), 3), A()).verdict == "not judged"
+    ctl = Claim("X", CONTROL, "s", "r", Rule("abs<=", "margin"))
+    row = judge(ctl, Estimate(0.1, n=3), A())
+    assert row.kind == "control" and row.verdict == "supported"

@@ -1,0 +1,190 @@
+"""Claims as first-class objects: one literal definition per claim id, and one verdict function.
+
+A `Claim` is written out once, in the module of the experiment that tests it (grep its id to
+find it): its statement, the statistic, the rule and the kind. The rule names the field of the
+experiment's `analysis:` config that holds its threshold, so every threshold lives in a config,
+never in code.
+
+An experiment's estimator returns an `Estimate` (value, CI, n, preconditions, detail) and
+`judge(claim, estimate, analysis)` turns it into a claim row:
+  - a failed precondition gives `inconclusive`, and the row names the precondition and why;
+  - `measured` (a CI over seeds): needs n >= MIN_N and a finite CI; `supported` when the estimate
+    and its whole CI satisfy the rule, `not supported` when none of them does, else
+    `inconclusive`;
+  - `exact` (an identity or a theory check): the value is a maximum error (or a deterministic
+    number) checked against the tolerance; there is no CI;
+  - `control` (true by construction): judged like `exact` or `measured`, but labelled so and
+    never counted as evidence;
+  - `descriptive`: a number reported beside a claim, not judged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+from .stats import Interval
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_JUDGED = "supported", "not supported", "inconclusive", "not judged"
+MEASURED, EXACT, CONTROL, DESCRIPTIVE = "measured", "exact", "control", "descriptive"
+Kind = Literal["measured", "exact", "control", "descriptive"]
+EVIDENCE_KINDS = (MEASURED, EXACT)
+MIN_N = 3  # fewer seeds than this and a measured verdict is `inconclusive`
+
+Op = Literal["<", "<=", ">", ">=", "in", "abs<=", "contains0_or_abs<=", "none"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`value OP threshold`, the threshold read from the analysis config field `key`.
+
+    `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m; `contains0_or_abs<=` (an
+    equivalence rule, used for K5) is supported when the CI contains 0 or lies within [-m, m],
+    not supported when the CI excludes 0 and lies entirely outside [-m, m]."""
+    op: Op
+    key: str = ""
+    unit: str = ""
+
+    def bounds(self, analysis: Any) -> tuple[float, float]:
+        if self.op == "none":
+            return float("nan"), float("nan")
+        t = getattr(analysis, self.key)
+        if self.op == "in":
+            return float(t[0]), float(t[1])
+        if self.op in ("abs<=", "contains0_or_abs<="):
+            return -float(t), float(t)
+        if self.op in ("<", "<="):
+            return float("-inf"), float(t)
+        return float(t), float("inf")
+
+    def holds(self, v: float, analysis: Any) -> bool:
+        lo, hi = self.bounds(analysis)
+        if self.op == "<":
+            return v < hi
+        if self.op == ">":
+            return v > lo
+        if self.op == ">=":
+            return v >= lo
+        return lo <= v <= hi  # <=, in, abs<=, contains0_or_abs<= (pointwise part)
+
+    def text(self, analysis: Any) -> str:
+        if self.op == "none":
+            return "not judged"
+        lo, hi = self.bounds(analysis)
+        u = f" {self.unit}" if self.unit else ""
+        if self.op == "in":
+            return f"in [{lo:g}, {hi:g}]{u}"
+        if self.op == "abs<=":
+            return f"|value| <= {hi:g}{u}"
+        if self.op == "contains0_or_abs<=":
+            return f"CI contains 0, or CI within +-{hi:g}{u}"
+        return f"{self.op} {hi if self.op in ('<', '<=') else lo:g}{u}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    kind: Kind
+    statement: str
+    statistic: str
+    rule: Rule
+
+
+@dataclass
+class Check:
+    """A precondition of a verdict: when it fails, the verdict is `inconclusive` and says why."""
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class Estimate:
+    value: float
+    ci: Interval = field(default_factory=Interval.none)
+    n: int = 0
+    checks: list[Check] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class ClaimRow:
+    claim_id: str
+    kind: str
+    statement: str
+    statistic: str
+    value: float
+    threshold: str
+    op: str
+    bound_low: float
+    bound_high: float
+    ci_low: float
+    ci_high: float
+    interval: str
+    n: int
+    verdict: str
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(*xs: float) -> bool:
+    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tuple[str, str]:
+    """(verdict, reason it is not decisive or '') for an estimate under the claim's rule."""
+    if claim.kind == DESCRIPTIVE or claim.rule.op == "none":
+        return NOT_JUDGED, ""
+    failed = [c for c in est.checks if not c.ok]
+    if failed:
+        return INCONCLUSIVE, "; ".join(f"precondition '{c.name}' failed: {c.reason}" for c in failed)
+    if not _finite(est.value):
+        return INCONCLUSIVE, "the statistic is not a number (missing or diverged runs)"
+    rule = claim.rule
+    uses_ci = claim.kind == MEASURED or (claim.kind == CONTROL and _finite(est.ci.low, est.ci.high))
+    if not uses_ci:
+        return (SUPPORTED if rule.holds(est.value, analysis) else NOT_SUPPORTED), ""
+    if est.n < min_n:
+        return INCONCLUSIVE, f"n = {est.n} < {min_n} seeds"
+    lo, hi = est.ci.low, est.ci.high
+    if not _finite(lo, hi):
+        return INCONCLUSIVE, "the confidence interval could not be computed"
+    if rule.op == "contains0_or_abs<=":
+        m = rule.bounds(analysis)[1]
+        if lo <= 0 <= hi or (-m <= lo and hi <= m):
+            return SUPPORTED, ""
+        if hi < -m or lo > m:
+            return NOT_SUPPORTED, ""
+        return INCONCLUSIVE, "the CI excludes 0 but overlaps the margin"
+    checks = [rule.holds(v, analysis) for v in (est.value, lo, hi)]
+    if all(checks):
+        return SUPPORTED, ""
+    if not any(checks):
+        return NOT_SUPPORTED, ""
+    return INCONCLUSIVE, "the CI straddles the threshold"
+
+
+def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> ClaimRow:
+    """The one function that turns an estimate and its claim's rule into a claim row."""
+    verdict, why = decide(claim, est, analysis, min_n)
+    lo, hi = claim.rule.bounds(analysis)
+    detail = "; ".join(x for x in (why, est.detail) if x)
+    no_ci = claim.kind == EXACT or not _finite(est.ci.low, est.ci.high)
+    return ClaimRow(
+        claim_id=claim.id, kind=claim.kind, statement=claim.statement, statistic=claim.statistic,
+        value=float(est.value), threshold=claim.rule.text(analysis), op=claim.rule.op,
+        bound_low=lo, bound_high=hi,
+        ci_low=float("nan") if no_ci else est.ci.low, ci_high=float("nan") if no_ci else est.ci.high,
+        interval="none (exact)" if claim.kind == EXACT else ("none" if no_ci else est.ci.method),
+        n=int(est.n), verdict=verdict, detail=detail)
+
+
+def missing(claim: Claim, analysis: Any, why: str) -> ClaimRow:
+    """A claim whose data is absent (an arm missing, every run diverged): `inconclusive`, saying why."""
+    return judge(claim, Estimate(float("nan"), checks=[Check("data present", False, why)]), analysis)
+
+
+def find(claims: tuple[Claim, ...], claim_id: str) -> Optional[Claim]:
+    return next((c for c in claims if c.id == claim_id), None)

@@ -116,24 +116,29 @@ class Block(nn.Module):
         super().__init__()
         self.weight_layer = weight
         self.norm = _normalizer(cfg, features, spatial_dims)
-        extra = after_norm(index, features) if (after_norm and self.norm is not None) else None
-        self.after_norm = extra            # None: nothing inserted (no module call on the hot path)
+        # A factory may ask to be inserted where the normalizer would sit even in a network
+        # without one (`also_without_norm`), e.g. the knockout's "noise without BN" arm.
+        wanted = after_norm is not None and (self.norm is not None or getattr(after_norm, "also_without_norm", False))
+        self.after_norm = after_norm(index, features) if wanted else None  # None: nothing on the hot path
         self.tap = Tap()
         self.act = _activation(cfg.activation)
         self.before = cfg.norm_position == "before"
 
+        self.normalizes = self.norm is not None or self.after_norm is not None
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+        if self.norm is not None:
+            x = self.norm(x)
         return self.after_norm(x) if self.after_norm is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.weight_layer(x)
-        if self.norm is not None and self.before:
+        if self.normalizes and self.before:
             x = self._normalize(x)
         if self.tap.tapped:  # only while probes listen
             x = self.tap(x)
         x = self.act(x)
-        if self.norm is not None and not self.before:
+        if self.normalizes and not self.before:
             x = self._normalize(x)
         return x
 
@@ -183,6 +188,13 @@ class Net(nn.Module):
                               for i, b in enumerate(self.blocks)]
         self.weight_layers.append(WeightLayer("out", self.out, None))
         _init(self, cfg.init)
+        if cfg.norm_init_scale != 1.0:
+            # Scale invariance: multiplying the weights that feed a normalizer leaves the network's
+            # function unchanged and sets only ||w_0||, hence the transient k0 of Eq. 19.
+            with torch.no_grad():
+                for wl in self.weight_layers:
+                    if wl.invariance and not isinstance(wl.module, WNLinear):
+                        wl.module.weight.mul_(cfg.norm_init_scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.arch == "mlp":

@@ -19,6 +19,14 @@ g_j = dJ/dw_j on this batch, alpha = the current learning rate):
                      real optimizer step (any optimizer; call `after_step`)
   input_mean_sq_norm ||m||^2, m = per-feature batch mean of the layer's input
   input_var_mean     mean over features of the input's batch variance
+With `probes.unit_window` > 0, the probes in the last fraction of training also accumulate, per
+scale-invariant unit, the means of u_j = ||w_j||^2, g_j^2 = (||w_j|| ||grad_j||)^2 and the squared
+angular update; `unit_rows` writes them once at the end (stat "unit"): unit_u_mean, unit_g2_mean,
+unit_ang2_mean, and u_j at the first and last probe of the window (unit_u_first, unit_u_last),
+all with the step of the end of training. These let an analysis predict each unit's equilibrium before reducing over units.
+With `probes.fixed_batch` = N, the input and pre-activation statistics come from a side pass on
+the first N training examples (the same examples at every probe), so their drift measures the
+network changing, not batch sampling.
 and per hidden block, at the input of its activation (after any normalizer and noise):
   preact_mean, preact_var   per-unit batch mean and variance (summaries over units)
   preact_mean_drift, preact_var_drift   mean over units of |change since the previous probe|
@@ -56,6 +64,42 @@ class Probes:
         self._taps: dict[str, torch.Tensor] = {}
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
+        self.window_start = float("inf")                  # set by the loop when unit_window > 0
+        self._unit_sums: dict[tuple[str, str], torch.Tensor] = {}
+        self._unit_counts: dict[tuple[str, str], int] = {}
+        self._unit_first: dict[str, torch.Tensor] = {}
+        self._unit_last: dict[str, torch.Tensor] = {}
+
+    def _accumulate(self, metric: str, layer: str, values: torch.Tensor) -> None:
+        if metric == "unit_u_mean":  # also the first and last value in the window
+            self._unit_first.setdefault(layer, values.detach().double().clone())
+            self._unit_last[layer] = values.detach().double().clone()
+        key = (metric, layer)
+        self._unit_sums[key] = self._unit_sums.get(key, 0) + values.detach().double()
+        self._unit_counts[key] = self._unit_counts.get(key, 0) + 1
+
+    def unit_rows(self, step: int) -> list[Row]:
+        """The per-unit window means, one row per unit and metric (empty when the window is off)."""
+        out = []
+        for (metric, layer), total in self._unit_sums.items():
+            mean = (total / self._unit_counts[(metric, layer)]).tolist()
+            out.extend((step, metric, layer, "unit", j, v) for j, v in enumerate(mean))
+        for metric, store in (("unit_u_first", self._unit_first), ("unit_u_last", self._unit_last)):
+            for layer, vec in store.items():
+                out.extend((step, metric, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
+        return out
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Capture input/pre-activation statistics on a fixed batch in a side pass (train mode, as
+        the next layer sees it) that leaves training unchanged: the RNG is forked and every buffer
+        (BN running statistics, a noise module's drifting centers) is restored afterwards."""
+        saved = [(b, b.clone()) for b in self.model.buffers()]
+        devices = [x.device.index or 0] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices), self.capture():
+            self.model(x)
+        for b, copy in saved:
+            b.copy_(copy)
 
     @contextmanager
     def capture(self) -> Iterator[None]:
@@ -122,6 +166,9 @@ class Probes:
                 if wl.invariance == "unit":
                     rows += [lr / wn2, lr * gn / wn]
                     names += ["eff_lr", "eff_step"]
+                    if step >= self.window_start:
+                        self._accumulate("unit_u_mean", wl.name, wn2)
+                        self._accumulate("unit_g2_mean", wl.name, (wn * gn) ** 2)
                 if wl.invariance:
                     self._directions[wl.name] = w / wn.unsqueeze(1)
                 add_matrix(names, wl.name, torch.stack(rows))
@@ -159,6 +206,8 @@ class Probes:
                 continue
             w = wl.module.weight.flatten(1)
             turn = (w / w.norm(dim=1, keepdim=True) - before).norm(dim=1).unsqueeze(0)
+            if step >= self.window_start and wl.invariance == "unit":
+                self._accumulate("unit_ang2_mean", wl.name, turn[0] ** 2)
             keys.extend(("angular_update", wl.name, s, None) for s in self.stats)
             values.append(self._summaries(turn).flatten())
             if self.cfg.per_unit:

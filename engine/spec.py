@@ -51,6 +51,7 @@ class ModelConfig:
     norm_eps: float = param(1e-5, min=1e-12, help="added to the variance; breaks exact scale invariance slightly")
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
+    norm_init_scale: float = param(1.0, min=1e-6, help="multiply the initial weights that feed a normalizer by this (sets ||w_0|| only: the function is scale invariant)")
 
 
 @dataclass
@@ -89,6 +90,8 @@ class ProbeConfig:
     inputs: bool = param(True, help="mean/variance of the inputs of every weight layer")
     preacts: bool = param(True, help="per-unit mean/variance (and drift) at the input of every activation")
     per_unit: bool = param(False, help="also write one row per unit (large files)")
+    fixed_batch: int = param(0, min=0, help="measure input/pre-activation statistics on the first N training examples at every probe (0 = on the training batch); a side pass that leaves training unchanged")
+    unit_window: float = param(0.0, min=0.0, max=1.0, help="per-unit running means over the last fraction of steps (u_j, g_j^2, squared angular update), written once per unit at the end (0 = off)")
     summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
         default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer")
 

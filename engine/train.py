@@ -101,6 +101,9 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
                       torch.Generator().manual_seed(task.seed))
     probe_every = cfg.probes.every
     probes = Probes(cfg.probes, model) if probe_every else None
+    fixed_x = data.x_train[:cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
+    if probes and cfg.probes.unit_window:
+        probes.window_start = (1.0 - cfg.probes.unit_window) * steps
     eval_every = cfg.train.eval_every or steps
     report_every = max(1, steps // 50)
 
@@ -115,7 +118,9 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         lr = opt.set_step(step)
         x, y = batches.next()
         probing = probes is not None and step % probe_every == 0
-        with probes.capture() if probing else nullcontext():
+        if probing and fixed_x is not None:
+            probes.observe(fixed_x)  # statistics of a fixed batch, before this step's update
+        with probes.capture() if (probing and fixed_x is None) else nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         loss_value = loss.item()
@@ -146,6 +151,8 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             progress(task.run_id, step + 1, steps)
     else:
         step = steps
+    if probes is not None and status == "ok":
+        rows += probes.unit_rows(step)
     train_seconds = time.perf_counter() - start
     if progress:
         progress(task.run_id, steps, steps)

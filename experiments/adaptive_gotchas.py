@@ -30,10 +30,38 @@ from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.stats import (NOT_SUPPORTED, SUPPORTED, ClaimRow, bootstrap_ci, judge)
+from normlab.engine.claims import EXACT, Check, Claim, ClaimRow, Estimate, Rule, judge
 from normlab.engine.train import RunTask
 
 from .base import Experiment
+
+K9_ADAGRAD = Claim(
+    "K9-adagrad", EXACT, "On a stationary gradient stream, Adagrad's per-coordinate step decays like 1/sqrt(t): "
+    "its accumulated squared gradients grow linearly (Grosse ch. 5, §2); a formula check on torch's optimizer",
+    "log-log slope of the median |step| vs t, the seed furthest from the band's centre", Rule("in", "adagrad_band"))
+K9_RMSPROP = Claim(
+    "K9-rmsprop", EXACT, "RMSprop's exponential average does not grow, so its step stays flat (Grosse ch. 5, §2); "
+    "a formula check on torch's optimizer", "log-log slope of the median |step| vs t, the seed furthest from the "
+    "band's centre", Rule("in", "rmsprop_band"))
+K9_EPS = Claim(
+    "K9-eps", EXACT, "The same epsilon means different things outside the root (Adam: sqrt(v) + eps) and inside it "
+    "(the chapter's RMSprop/Adagrad: sqrt(v + eps)) (Grosse ch. 5, §2); an identity check on torch's Adam",
+    "max |torch Adam first step - g/(|g| + eps)| over the table", Rule("<", "eps_match_tol"))
+K10 = Claim(
+    "K10", EXACT, "Adam's second-moment estimate is mu^2 + sigma^2/B per coordinate (Grosse ch. 5, §2.1, Eq. 4); "
+    "an identity check against per-example gradients",
+    "max over seeds and batch sizes of |Adam's v / (mu^2 + sigma^2 (N-B)/(B(N-1))) - 1|", Rule("<", "v_tolerance"))
+K10_STEP = Claim(
+    "K10-step", EXACT, "So Adam's step alpha m/sqrt(v) grows with the batch size: larger batches act as a larger "
+    "effective learning rate (Grosse ch. 5, §2.1)", "smallest over seeds of the log-log slope of the median Adam "
+    "step vs B", Rule(">", "min_step_slope"))
+
+# The chapter states the batch-size effect twice, in opposite directions: §2.1 (after Eq. 4) says
+# larger batches give larger effective learning rates, the summary of §7 says larger batches give
+# smaller steps. K10-step measures which one holds.
+CONTRADICTION = ("the chapter contradicts itself here: §2.1 says larger batches mean larger effective learning "
+                 "rates, the summary in §7 says larger batches mean smaller steps; a positive slope supports §2.1 "
+                 "and refutes the §7 sentence")
 
 
 @dataclass
@@ -57,7 +85,10 @@ class GotchasAnalysis(Analysis):
     rmsprop_band: list[float] = param(default_factory=lambda: [-0.05, 0.05], help="allowed RMSprop slope")
     fit_from: float = param(0.1, min=0.0, max=0.9, help="fit slopes on the steps after this fraction")
     v_tolerance: float = param(0.1, min=0.0, help="K10: |Adam's v / predicted v - 1| allowed")
-    min_seeds: int = param(2, min=1)
+    min_step_slope: float = param(0.0, help="K10-step: the fitted slope of the step vs B must exceed this")
+    eps_match_tol: float = param(1e-9, min=0.0, help="K9-eps: |torch Adam - outside-the-root formula| allowed")
+    eps_differ_min: float = param(1e-3, min=0.0, help="K9-eps precondition: the inside-the-root formula must "
+                                  "differ by more than this somewhere in the table")
 
 
 @dataclass
@@ -147,7 +178,7 @@ def _slope(d: pd.DataFrame, x: str, y: str) -> float:
 class AdaptiveGotchas(Experiment):
     name = "adaptive_gotchas"
     title = "K9, K10: Adagrad vs RMSprop decay, where epsilon sits, and Adam's batch-size dependence"
-    claims = ("K9", "K10")
+    claims = (K9_ADAGRAD, K9_RMSPROP, K9_EPS, K10, K10_STEP)
     config_class = GotchasConfig
 
     def tasks(self, cfg: GotchasConfig) -> list[RunTask]:
@@ -166,51 +197,34 @@ class AdaptiveGotchas(Experiment):
         st = tables.read("streams")
         start = a.fit_from * st["step"].max()
         rows = []
-        for opt, band, statement in (
-                ("adagrad", a.adagrad_band, "On a stationary gradient stream, Adagrad's per-coordinate step decays "
-                 "like 1/sqrt(t): its accumulated squared gradients grow linearly (Grosse ch. 5, §2)"),
-                ("rmsprop", a.rmsprop_band, "RMSprop's exponential average does not grow, so its step stays flat "
-                 "(Grosse ch. 5, §2)")):
+        for claim, opt, band in ((K9_ADAGRAD, "adagrad", a.adagrad_band), (K9_RMSPROP, "rmsprop", a.rmsprop_band)):
             slopes = [_slope(g[g["step"] >= start], "step", "median_abs_step")
                       for _, g in st[st["optimizer"] == opt].groupby("seed")]
-            value, ci = float(np.mean(slopes)), bootstrap_ci(slopes)
-            lo, hi = band
-            rows.append(ClaimRow(f"K9-{opt}", statement, f"log-log slope of the median |step| vs t (t >= {start:.0f})",
-                                 value, f"in [{lo:g}, {hi:g}]", ci[0], ci[1], len(slopes),
-                                 judge(value, ci, lambda v: lo <= v <= hi, len(slopes), a.min_seeds)))
+            centre = (band[0] + band[1]) / 2
+            worst = max(slopes, key=lambda v: abs(v - centre)) if slopes else float("nan")
+            rows.append(judge(claim, Estimate(worst, n=len(slopes), detail=(
+                f"fit over t >= {start:.0f}; slope per seed " + ", ".join(f"{v:.4f}" for v in slopes))), a))
         eps = tables.read("eps_table")
         err_out = float((eps["torch_adam"] - eps["outside"]).abs().max())
         err_in = float((eps["torch_adam"] - eps["inside"]).abs().max())
-        half = []
-        for e, g in eps.groupby("eps"):
-            half.append(f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside")
-        rows.append(ClaimRow(
-            "K9-eps", "The same epsilon means different things outside the root (Adam: sqrt(v) + eps) and inside it "
-            "(the chapter's RMSprop/Adagrad: sqrt(v + eps)) (Grosse ch. 5, §2)",
-            "max |torch Adam first step - g/(|g| + eps)| over the table", err_out,
-            "< 1e-9, while differing from g/sqrt(g^2 + eps)", err_out, err_out, len(eps),
-            SUPPORTED if (err_out < 1e-9 and err_in > 1e-3) else NOT_SUPPORTED,
-            f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half)))
+        half = [f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside"
+                for e, _ in eps.groupby("eps")]
+        differ = Check("the placements differ on this table", err_in > a.eps_differ_min,
+                       f"the inside-the-root formula is within {err_in:.3g} of torch's Adam everywhere, so the table "
+                       "cannot tell the placements apart")
+        rows.append(judge(K9_EPS, Estimate(err_out, n=len(eps), checks=[differ], detail=(
+            f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half))), a))
         bm = tables.read("batch_moments")
-        ratios = bm["v_adam"] / bm["v_predicted"]
-        per_seed = bm.assign(r=(ratios - 1).abs()).groupby("seed")["r"].max().tolist()
-        value, ci = float(np.mean(per_seed)), bootstrap_ci(per_seed)
-        step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
-        slope_ci = bootstrap_ci(step_slopes)
-        grows = slope_ci[0] > 0   # fitted growth of the step with B, not pointwise monotonicity
-        verdict = judge(value, ci, lambda v: v < a.v_tolerance, len(per_seed), a.min_seeds)
-        if verdict == SUPPORTED and not grows:
-            verdict = NOT_SUPPORTED
+        rel = (bm["v_adam"] / bm["v_predicted"] - 1).abs()
         m = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean()
-        rows.append(ClaimRow(
-            "K10", "Adam's second-moment estimate is mu^2 + sigma^2/B, so it falls as the batch grows and the step "
-            "alpha m/sqrt(v) grows (Grosse ch. 5, §2.1, Eq. 4)",
-            "max over batch sizes of |Adam's v / (mu^2 + sigma^2 (N-B)/(B(N-1))) - 1|, per-example mu, sigma",
-            value, f"< {a.v_tolerance:g}, and the fitted step-vs-B slope > 0", ci[0], ci[1], len(per_seed), verdict,
-            f"log-log slope of the median Adam step vs B: {np.mean(step_slopes):.3f} (CI {slope_ci[0]:.3f} to "
-            f"{slope_ci[1]:.3f}; growth {'confirmed' if grows else 'not confirmed'}); v and step by batch size: "
-            + ", ".join(f"B={b}: v {r.v_adam:.3g} (pred {r.v_predicted:.3g}), step {r.step_adam:.3g}"
-                        for b, r in m.iterrows())))
+        rows.append(judge(K10, Estimate(float(rel.max()), n=len(bm), detail=(
+            f"{bm['seed'].nunique()} seeds; v by batch size: " + ", ".join(
+                f"B={b}: {r.v_adam:.3g} (pred {r.v_predicted:.3g})" for b, r in m.iterrows()))), a))
+        step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
+        rows.append(judge(K10_STEP, Estimate(float(min(step_slopes)) if step_slopes else float("nan"),
+                                             n=len(step_slopes), detail=(
+            "slope per seed " + ", ".join(f"{v:.3f}" for v in step_slopes) + "; median step by batch size: "
+            + ", ".join(f"B={b}: {r.step_adam:.3g}" for b, r in m.iterrows()) + f"; {CONTRADICTION}")), a))
         return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:

@@ -26,7 +26,7 @@ from normlab.engine.results import (CLAIM_COLUMNS, Tables, atomic_write_csv, ato
                                     write_manifest)
 from normlab.engine.sweep import CellStore, cell_key
 from normlab.engine.spec import ExperimentConfig, RunConfig
-from normlab.engine.stats import ClaimRow
+from normlab.engine.claims import Claim, ClaimRow
 from normlab.engine.train import Progress, RunResult, RunTask, resolve_device
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
@@ -38,7 +38,7 @@ ALWAYS_SHOWN = ("model.arch", "model.norm", "optim.name", "optim.lr", "optim.wei
 class Experiment:
     name: str = ""
     title: str = ""
-    claims: tuple[str, ...] = ()
+    claims: tuple[Claim, ...] = ()   # every claim the experiment judges, each defined once
     config_class: type[ExperimentConfig] = ExperimentConfig
 
     @property
@@ -189,7 +189,8 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
         "experiment": exp.name, "smoke": smoke, "started": started, "finished": now(),
         "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs, "backend": backend,
         "runs_executed_now": ran,
-        "runs_reused": len(done) - ran, "device": ",".join(sorted(devices)), "seeds": cfg.seed_list,
+        "runs_reused": len(done) - ran, "device": ",".join(sorted(devices)),
+        "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
         "git_commit": git_commit(), "versions": versions(), **host_info(), **(manifest or {}),
         "runs": {r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]}
                  for r in runs.to_dict("records")},

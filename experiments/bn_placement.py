@@ -5,10 +5,13 @@ before it leaves them positive (a ReLU's output always is). If BN helped by cent
 previous layer's activations (the "ICS removal" hypothesis), "after" should train better. Ioffe
 and Szegedy placed it before, and the chapter notes that this is what works in practice.
 
-Arms: `none`, `before`, `after` with plain SGD, and the same three with Adam (`*_adam`) as a
-robustness check. Measured: the training loss, and for every linear layer the mean vector m of
-its inputs relative to their variance, ||m||^2 / mean_j var_j (the scale of the outlier
-eigenvalues that uncentered inputs add to the curvature, §3 and §4.2).
+Arms: `none`, `before`, `after` with plain SGD and BN's learnable affine on (as in practice), the
+same with the affine off (`*_noaffine`, the chapter's setting) and with Adam (`*_adam`). The
+statistic is speed over the whole run, not the ratio of two tiny end-of-training losses: the
+geometric mean over training of L_before / L_after (per run, the mean of log training loss over
+the probes; paired by seed, Student-t on the log ratio). Non-inferiority: supported when the whole
+CI lies below 1 + margin. Precondition: the centering order holds (only `after` centers the next
+layer's inputs, measured as ||m||^2 / mean_j var_j of every linear layer's inputs).
 """
 from __future__ import annotations
 
@@ -19,29 +22,58 @@ import numpy as np
 import pandas as pd
 
 from normlab.engine import plots as P
-from normlab.engine.config import param
+from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.config import ConfigError, param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.stats import INCONCLUSIVE, ClaimRow, bootstrap_ci_fn, judge, mean_std
+from normlab.engine.stats import mean_std, paired_t
 
-from .base import Experiment
-from .common import by_arm, final_metric, final_train_loss, status_note
+from .base import Experiment, arm_configs
+from .common import by_arm, final_metric, status_note
+
+_STAT = ("geometric mean over training of L_before / L_after (per run: mean of log training loss over the "
+         "probes); paired by seed")
+_RULE = Rule("<", "noninferiority_bound", "(1 + margin)")
+K2 = Claim("K2", MEASURED, "With SGD and BN's affine on, BN before the ReLU trains at least as fast as BN after it, "
+           "although only 'after' centers the next layer's inputs: evidence against the ICS-removal hypothesis "
+           "(Grosse ch. 5, §4.2)", _STAT, _RULE)
+K2_NOAFFINE = Claim("K2-noaffine", MEASURED, "The same with BN's affine off (the chapter's setting)", _STAT, _RULE)
+K2_ADAM = Claim("K2-adam", MEASURED, "The same with Adam (robustness check)", _STAT, _RULE)
+CLAIMS = (K2, K2_NOAFFINE, K2_ADAM)
 
 
 @dataclass
 class PlacementAnalysis(Analysis):
-    final_fraction: float = param(0.1, min=0.01, max=1.0, help="average the training loss over this last fraction of steps")
-    tolerance: float = param(0.10, min=0.0, help="supported if L_before <= (1 + tolerance) * L_after")
+    noninferiority_bound: float = param(1.10, min=1.0, help="supported if the CI of L_before/L_after lies below this (1 + margin)")
     centered_max: float = param(0.1, min=0.0, help="'after' counts as centered if ||m||^2/var is below this")
     uncentered_min: float = param(1.0, min=0.0, help="'before' counts as uncentered if ||m||^2/var is above this")
-    groups: dict[str, str] = param(default_factory=lambda: {"": "sgd", "_adam": "adam"},
-                                   help="arm-name suffix -> optimizer label; one claim row each")
-    min_seeds: int = param(3, min=1)
+    comparisons: dict[str, dict[str, str]] = param(default_factory=lambda: {
+        "K2": {"none": "none", "before": "before", "after": "after"},
+        "K2-noaffine": {"none": "none", "before": "before_noaffine", "after": "after_noaffine"},
+        "K2-adam": {"none": "none_adam", "before": "before_adam", "after": "after_adam"}},
+        help="claim id -> the arms in the roles none/before/after (checked against each arm's config)")
 
 
 @dataclass
 class PlacementConfig(ExperimentConfig):
     analysis: PlacementAnalysis = field(default_factory=PlacementAnalysis)
+
+    def check(self, path: str = "") -> None:
+        arms = arm_configs(self)
+        known = {c.id for c in CLAIMS}
+        for cid, roles in self.analysis.comparisons.items():
+            if cid not in known:
+                raise ConfigError(f"analysis.comparisons.{cid}: not a claim of bn_placement; use one of "
+                                  f"{', '.join(sorted(known))}")
+            for role, arm in roles.items():
+                if role not in ("none", "before", "after"):
+                    raise ConfigError(f"analysis.comparisons.{cid}.{role}: roles are none, before, after")
+                if arm in arms:  # a missing arm makes the row inconclusive, not the config invalid
+                    m = arms[arm].model
+                    ok = (m.norm == "none") if role == "none" else (m.norm != "none" and m.norm_position == role)
+                    if not ok:
+                        raise ConfigError(f"analysis.comparisons.{cid}.{role}: arm {arm!r} has model.norm "
+                                          f"{m.norm!r}, norm_position {m.norm_position!r}, not the role {role!r}")
 
 
 def centering(tables: Tables) -> pd.DataFrame:
@@ -56,70 +88,77 @@ def centering(tables: Tables) -> pd.DataFrame:
     return ratio.groupby(["run_id", "arm", "seed", "layer"], sort=False)["value"].mean().reset_index()
 
 
+def mean_log_loss(tables: Tables) -> pd.DataFrame:
+    """Per run: the mean over probes (after step 0) of log(training loss over the probe interval).
+    Runs that did not finish are missing (NaN)."""
+    c = tables.curve("batch_loss_avg")
+    c = c[c["step"] > 0]
+    per = c.assign(value=np.log(c["value"])).groupby("run_id")["value"].mean()
+    runs = tables.runs
+    value = runs["run_id"].map(per).where(runs["status"] == "ok")
+    return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": value})
+
+
 class BNPlacement(Experiment):
     name = "bn_placement"
     title = "K2: batch norm before vs after the activation"
-    claims = ("K2",)
+    claims = CLAIMS
     config_class = PlacementConfig
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
-        a = self.typed_config(tables).analysis
-        loss = by_arm(final_train_loss(tables, a.final_fraction))
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        arm_cfg = arm_configs(cfg)
+        logloss = mean_log_loss(tables)
         test = by_arm(final_metric(tables, "test_acc"))
-        cent = centering(tables)
-        cent_arm = cent.groupby("arm")["value"].median().to_dict()
+        cent_arm = centering(tables).groupby("arm")["value"].median().to_dict()
         rows = []
-        for suffix, label in a.groups.items():
-            before, after, none = f"before{suffix}", f"after{suffix}", f"none{suffix}"
-            if before not in loss or after not in loss:
+        for claim in CLAIMS:
+            roles = a.comparisons.get(claim.id)
+            if roles is None:
                 continue
-            ratio = lambda b, f: b / f  # noqa: E731
-            mb, ma = mean_std(loss[before])[0], mean_std(loss[after])[0]
-            value = ratio(mb, ma)
-            ci = bootstrap_ci_fn([loss[before], loss[after]], ratio)
-            n = min(int(np.isfinite(loss[arm]).sum()) for arm in (before, after))
-            verdict = judge(value, ci, lambda r: r <= 1.0 + a.tolerance, n, a.min_seeds)
+            before, after, none = roles["before"], roles["after"], roles.get("none", "")
+            present = set(logloss["arm"])
+            if before not in present or after not in present:
+                rows.append(missing(claim, a, f"needs arms {before} and {after}"))
+                continue
+            seeds = sorted(set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"]))
+            pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
+            lb, la = pick(before), pick(after)
+            ratio, ci, n = paired_t(np.exp(lb), np.exp(la), log_ratio=True)
             c_before, c_after = cent_arm.get(before, np.nan), cent_arm.get(after, np.nan)
-            centered_ok = bool(c_after < a.centered_max and c_before > a.uncentered_min)
-            if not centered_ok:
-                verdict = INCONCLUSIVE
-            acc = {arm: 100 * mean_std(test[arm])[0] for arm in (none, before, after) if arm in test}
-            detail = (f"{label}: final training loss before {mb:.4g}, after {ma:.4g}"
-                      + (f", none {mean_std(loss[none])[0]:.4g}" if none in loss else "")
+            centered = Check("centering order", bool(c_after < a.centered_max and c_before > a.uncentered_min),
+                             f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
+                             f"{c_before:.3g} (needs > {a.uncentered_min:g})")
+            oc = arm_cfg[before].optim
+            acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
+            geo = lambda arm: float(np.exp(np.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
+            detail = (f"{oc.name} lr {oc.lr:g}, BN affine {'on' if arm_cfg[before].model.norm_affine else 'off'}; "
+                      f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
+                      + (f", none {geo(none):.4g}" if none in present else "")
                       + "; test acc " + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
-                      + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, "
-                        f"after {c_after:.3g} ({'as expected' if centered_ok else 'NOT as expected'}: "
-                        f"after < {a.centered_max:g}, before > {a.uncentered_min:g})")
-            note = status_note(tables, [none, before, after])
-            rows.append(ClaimRow(
-                claim_id="K2" if not suffix else f"K2{suffix.replace('_', '-')}",
-                statement=f"With {label}, BN before the ReLU trains at least as well as BN after it, although "
-                          "only 'after' centers the next layer's inputs: evidence against the ICS-removal "
-                          "hypothesis (Grosse ch. 5, §4.2)",
-                statistic="L_before / L_after, training loss (train mode) over the last "
-                          f"{a.final_fraction:.0%} of steps",
-                value=value, threshold=f"<= {1 + a.tolerance:g}, with the centering order confirmed",
-                ci_low=ci[0], ci_high=ci[1], n=n, verdict=verdict,
-                detail=detail + (f"; {note}" if note else "")))
+                      + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}")
+            note = status_note(tables, [x for x in (none, before, after) if x])
+            rows.append(judge(claim, Estimate(ratio, ci, n, [centered], detail + (f"; {note}" if note else "")), a))
         return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         a = self.typed_config(tables).analysis
         arms_present = set(tables.runs["arm"])
-        groups = [(s, lbl) for s, lbl in a.groups.items() if f"before{s}" in arms_present]
+        groups = [(cid, roles) for cid, roles in a.comparisons.items() if roles["before"] in arms_present]
         col = P.colors(["none", "before", "after"])
-        fig, axes = P.figure(ncols=len(groups), nrows=2, width=4.0, height=3.0)
+        fig, axes = P.figure(ncols=max(1, len(groups)), nrows=2, width=4.0, height=3.0)
         cent = centering(tables)
-        for j, (suffix, label) in enumerate(groups):
+        for j, (label, roles) in enumerate(groups):
             ax = axes[0, j]
             for place in ("none", "before", "after"):
                 c = tables.curve("batch_loss_avg")
-                P.mean_band(ax, c[(c["arm"] == place + suffix) & (c["step"] > 0)], place, col[place])
+                P.mean_band(ax, c[(c["arm"] == roles.get(place, "")) & (c["step"] > 0)], place, col[place])
             ax.set(yscale="log", xlabel="step", ylabel="training loss (train mode)", title=f"{label}: training loss")
             ax.legend()
             ax = axes[1, j]
             for place in ("none", "before", "after"):
-                c = cent[cent["arm"] == place + suffix]
+                c = cent[cent["arm"] == roles.get(place, "")]
                 g = c.groupby("layer", sort=False)["value"].agg(["mean", "min", "max"])
                 if g.empty:
                     continue

@@ -17,7 +17,8 @@ def final_train_loss(tables: Tables, fraction: float) -> pd.DataFrame:
     for r in runs.to_dict("records"):  # records keep dotted column names such as "train.steps"
         c = curve[curve["run_id"] == r["run_id"]]
         total = float(r["train.steps"]) if pd.notna(r.get("train.steps")) else float(c["step"].max())
-        tail = c[c["step"] >= (1.0 - fraction) * total]["value"]
+        start = min((1.0 - fraction) * total, c["step"].max()) if len(c) else 0.0  # at least the last probe
+        tail = c[c["step"] >= start]["value"]
         value = float(tail.mean()) if (r["status"] == "ok" and len(tail)) else float("nan")
         out.append({"run_id": r["run_id"], "arm": r["arm"], "seed": r["seed"], "value": value})
     return pd.DataFrame(out)

@@ -4,87 +4,140 @@ Grosse ch. 5, §6, after Choi et al. (2019): comparisons between optimizers depe
 tuned. Two protocols with the same code and step budget:
   narrow  - the habits the folklore came from: Adam at its default lr 1e-3, SGD with momentum 0.9
             on a small lr grid, constant learning rate;
-  careful - a seeded quasi-random (shifted Halton) search over log-uniform lr, 1-momentum (1-beta1),
-            1-beta2 and epsilon (Adam, up to 1), weight decay, schedule and warmup, with the same
-            number of trials for every optimizer.
+  careful - a seeded, scrambled Sobol search (scipy.stats.qmc) over a space declared as data in
+            the config (AlgoPerf style: one entry per hyperparameter, with its distribution and
+            range), with the same number of trials for every optimizer.
+Adam's space includes momentum SGD as a limit (Choi et al.'s inclusion argument): epsilon reaches
+values far above sqrt(v), where Adam's step is alpha m / eps, and the learning rate is drawn as a
+ratio r with alpha = r (eps_ref + eps), so alpha / eps stays in a useful range when eps is large.
 Selection uses a validation split carved from train. Each protocol's selected configuration is
-re-run with fresh seeds (a follow-up stage) and judged on test accuracy.
+re-run with the experiment's seeds (`seeds`, `seed_offset`: fresh, never used by a trial; --seeds
+is honoured) and judged on test accuracy. The verdict uses the careful protocol's gap alone
+(equivalence: its CI contains 0 or lies within the margin); how much the gap shrinks from the
+narrow protocol is a descriptive row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
-from normlab.engine.stats import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRow, bootstrap_ci_fn, mean_std)
+from normlab.engine.stats import bca, mean_std, paired_t
 from normlab.engine.train import RunTask
 
 from .base import Experiment
 
-PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)
-
-
-def halton(n: int, dims: int, seed: int) -> np.ndarray:
-    """n points of the Halton sequence in [0, 1)^dims, shifted by a seeded random vector (mod 1)."""
-    pts = np.empty((n, dims))
-    for d in range(dims):
-        base = PRIMES[d]
-        for i in range(n):
-            f, r, k = 1.0, 0.0, i + 1
-            while k > 0:
-                f /= base
-                r += f * (k % base)
-                k //= base
-            pts[i, d] = r
-    shift = np.random.default_rng(seed).random(dims)
-    return (pts + shift) % 1.0
-
-
-def _log_uniform(u: float, lo_hi: list[float]) -> float:
-    lo, hi = np.log(lo_hi[0]), np.log(lo_hi[1])
-    return float(np.exp(lo + u * (hi - lo)))
+_GAP = Rule("contains0_or_abs<=", "equivalence_margin_points", "points")
+_GAP_STAT = ("careful protocol: mean test accuracy SGD - Adam (points) of the selected configs re-run on shared "
+             "fresh seeds, paired by seed")
+K5_MLP = Claim("K5-mlp", MEASURED, "On the MLP, after a careful, equal-budget search, SGD (momentum) and Adam "
+               "reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. 2019)",
+               _GAP_STAT, _GAP)
+K5_CNN = Claim("K5-cnn", MEASURED, "On the 1-D CNN, after a careful, equal-budget search, SGD (momentum) and "
+               "Adam reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. "
+               "2019)", _GAP_STAT, _GAP)
+_SHRINK_STAT = "|narrow gap| - |careful gap| (points), BCa interval over the shared fresh seeds"
+K5_MLP_SHRINK = Claim("K5-mlp-shrink", DESCRIPTIVE, "How much the SGD-Adam gap on the MLP shrinks from the narrow "
+                      "protocol to the careful one", _SHRINK_STAT, Rule("none"))
+K5_CNN_SHRINK = Claim("K5-cnn-shrink", DESCRIPTIVE, "How much the SGD-Adam gap on the 1-D CNN shrinks from the "
+                      "narrow protocol to the careful one", _SHRINK_STAT, Rule("none"))
+CLAIMS_OF_WORKLOAD = {"mlp": (K5_MLP, K5_MLP_SHRINK), "cnn": (K5_CNN, K5_CNN_SHRINK)}
 
 
 @dataclass
-class SearchSpace:
-    lr: list[float] = param(default_factory=lambda: [1e-3, 1.0], help="log-uniform range")
-    one_minus_momentum: list[float] = param(default_factory=lambda: [1e-3, 0.5], help="sgd: 1-momentum; adam: 1-beta1; log-uniform")
-    one_minus_beta2: list[float] = param(default_factory=lambda: [1e-4, 0.1], help="adam only; log-uniform")
-    eps: list[float] = param(default_factory=lambda: [1e-10, 1.0], help="adam only; log-uniform")
-    weight_decay: list[float] = param(default_factory=lambda: [1e-6, 1e-2], help="log-uniform")
-    schedules: list[str] = param(default_factory=lambda: ["constant", "cosine"], help="picked uniformly")
-    warmup_fraction: list[float] = param(default_factory=lambda: [0.0, 0.1], help="uniform, of the steps")
+class SearchDim:
+    """One hyperparameter of a search space: the run key it sets and how it is drawn from u in [0, 1)."""
+    key: str = param(help="dotted key of the run config, e.g. optim.lr")
+    dist: Literal["log_uniform", "uniform", "one_minus_log_uniform", "choice", "fraction_of_steps"] = param(
+        help="log_uniform/uniform over range; one_minus_log_uniform: 1 - log-uniform(range) (momenta); "
+             "choice: one of values; fraction_of_steps: uniform(range) x train.steps, rounded")
+    range: list[float] = param(default_factory=list, help="[low, high]")
+    values: list[Any] = param(default_factory=list, help="choice: the options")
+    scale_by_eps: float = param(0.0, min=0.0, help="if > 0: the drawn value is multiplied by (this + optim.eps) "
+                                "(Adam's lr as a ratio, so that large eps gives momentum SGD)")
+
+    def check(self, path: str) -> None:
+        if self.dist == "choice" and not self.values:
+            raise C.ConfigError(f"{path}.values: a choice needs at least one value")
+        if self.dist != "choice" and (len(self.range) != 2 or self.range[0] > self.range[1]):
+            raise C.ConfigError(f"{path}.range: needs [low, high] with low <= high")
+        if "log" in self.dist and self.range and self.range[0] <= 0:
+            raise C.ConfigError(f"{path}.range: log-uniform ranges must be positive")
+
+    def draw(self, u: float, steps: int) -> Any:
+        lo, hi = (self.range + [0.0, 0.0])[:2]
+        if self.dist == "choice":
+            return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+        if self.dist == "uniform":
+            return float(lo + u * (hi - lo))
+        if self.dist == "fraction_of_steps":
+            return int(round(steps * (lo + u * (hi - lo))))
+        x = float(np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo))))
+        return 1.0 - x if self.dist == "one_minus_log_uniform" else x
+
+
+def sobol(n: int, dims: int, seed: int) -> np.ndarray:
+    """n scrambled Sobol points in [0, 1)^dims (Owen scrambling, seeded)."""
+    import warnings
+
+    from scipy.stats import qmc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n need not be a power of two; balance is then approximate
+        return qmc.Sobol(dims, scramble=True, seed=np.random.default_rng(seed)).random(n)
+
+
+def _default_space(opt: str) -> list[SearchDim]:
+    common = [SearchDim("optim.weight_decay", "log_uniform", [1e-6, 1e-2]),
+              SearchDim("optim.schedule", "choice", values=["constant", "cosine"]),
+              SearchDim("optim.warmup_steps", "fraction_of_steps", [0.0, 0.1])]
+    if opt == "adam":
+        return [SearchDim("optim.eps", "log_uniform", [1e-10, 10.0]),
+                SearchDim("optim.lr", "log_uniform", [1e-2, 1e2], scale_by_eps=1e-3),
+                SearchDim("optim.beta1", "one_minus_log_uniform", [1e-3, 0.5]),
+                SearchDim("optim.beta2", "one_minus_log_uniform", [1e-4, 0.1])] + common
+    return [SearchDim("optim.lr", "log_uniform", [1e-3, 3.0]),
+            SearchDim("optim.momentum", "one_minus_log_uniform", [1e-3, 0.5])] + common
 
 
 @dataclass
 class TuningAnalysis(Analysis):
-    level: float = param(0.95, min=0.5, max=0.999, help="confidence level of the CIs")
-    min_seeds: int = param(3, min=1, help="fewer fresh seeds than this gives 'inconclusive'")
+    equivalence_margin_points: float = param(1.0, min=0.0, help="K5: supported if the careful gap's CI contains 0 "
+                                             "or lies within +- this many points")
 
 
 @dataclass
 class TuningConfig(ExperimentConfig):
     workloads: dict[str, dict[str, Any]] = param(
-        default_factory=lambda: {"mlp": {}, "cnn": {"model.arch": "cnn1d"}}, help="name -> overrides of run")
+        default_factory=lambda: {"mlp": {}, "cnn": {"model.arch": "cnn1d"}},
+        help="name -> overrides of run; names with a claim: mlp, cnn")
     optimizers: list[str] = param(default_factory=lambda: ["sgd", "adam"])
     narrow_sgd_lrs: list[float] = param(default_factory=lambda: [0.01, 0.1])
     narrow_sgd_momentum: float = param(0.9, min=0.0, max=1.0)
     narrow_adam_lrs: list[float] = param(default_factory=lambda: [0.001])
-    careful_trials: int = param(16, min=1, help="trials per optimizer and workload")
-    search: dict[str, SearchSpace] = param(default_factory=lambda: {
-        "sgd": SearchSpace(lr=[1e-3, 3.0]), "adam": SearchSpace(lr=[1e-5, 0.1])})
-    search_seed: int = param(0, min=0, help="seed of the Halton shift and of every trial's training")
-    final_seeds: int = param(5, min=1, help="fresh seeds for each selected configuration")
+    careful_trials: int = param(64, min=1, help="trials per optimizer and workload")
+    search: dict[str, list[SearchDim]] = param(
+        default_factory=lambda: {"sgd": _default_space("sgd"), "adam": _default_space("adam")},
+        help="optimizer -> its search space, one entry per hyperparameter")
+    search_seed: int = param(0, min=0, help="seed of the Sobol scrambling and of every trial's training")
     analysis: TuningAnalysis = field(default_factory=TuningAnalysis)
+
+    def check(self, path: str = "") -> None:
+        for opt in self.optimizers:
+            if opt not in self.search:
+                raise C.ConfigError(f"search.{opt}: the careful protocol needs a search space for every optimizer")
+        if self.search_seed in self.seed_list:
+            raise C.ConfigError(f"seeds: the final re-runs must use fresh seeds, but {self.search_seed} (search_seed) "
+                                "is among them; raise seed_offset (default 1000)")
 
 
 def _narrow(cfg: TuningConfig, opt: str) -> list[tuple[str, dict]]:
@@ -95,20 +148,16 @@ def _narrow(cfg: TuningConfig, opt: str) -> list[tuple[str, dict]]:
 
 
 def _careful(cfg: TuningConfig, opt: str, steps: int) -> list[tuple[str, dict]]:
-    space = cfg.search.get(opt, SearchSpace())
-    pts = halton(cfg.careful_trials, 7, cfg.search_seed + (0 if opt == "sgd" else 1))
+    space = cfg.search[opt]
+    pts = sobol(cfg.careful_trials, len(space), cfg.search_seed + cfg.optimizers.index(opt))
     out = []
     for i, u in enumerate(pts):
-        ov = {"optim.name": opt, "optim.lr": _log_uniform(u[0], space.lr),
-              "optim.weight_decay": _log_uniform(u[4], space.weight_decay),
-              "optim.schedule": space.schedules[min(int(u[5] * len(space.schedules)), len(space.schedules) - 1)],
-              "optim.warmup_steps": int(steps * (space.warmup_fraction[0] + u[6] * (space.warmup_fraction[1] - space.warmup_fraction[0])))}
-        one_minus = _log_uniform(u[1], space.one_minus_momentum)
-        if opt == "adam":
-            ov.update({"optim.beta1": 1 - one_minus, "optim.beta2": 1 - _log_uniform(u[2], space.one_minus_beta2),
-                       "optim.eps": _log_uniform(u[3], space.eps)})
-        else:
-            ov["optim.momentum"] = 1 - one_minus
+        ov: dict[str, Any] = {"optim.name": opt}
+        for dim, ui in zip(space, u):
+            ov[dim.key] = dim.draw(float(ui), steps)
+        for dim in space:  # after every draw: a ratio scaled by the drawn eps
+            if dim.scale_by_eps:
+                ov[dim.key] = ov[dim.key] * (dim.scale_by_eps + ov.get("optim.eps", cfg.run.optim.eps))
         out.append((f"t{i:02d}", ov))
     return out
 
@@ -122,7 +171,7 @@ def _with_parts(runs: pd.DataFrame) -> pd.DataFrame:
 class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
     title = "K5: SGD vs Adam under a narrow and a careful tuning protocol"
-    claims = ("K5",)
+    claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK)
     config_class = TuningConfig
 
     def _run_config(self, cfg: TuningConfig, workload: str, overrides: dict) -> RunConfig:
@@ -153,8 +202,7 @@ class OptimizerTuning(Experiment):
                 continue
             best = ok.sort_values(["final_val_acc", "arm"], ascending=[False, True]).iloc[0]["arm"]
             arm = f"{workload}-{opt}-{protocol}-final"
-            for s in range(cfg.final_seeds):
-                seed = 1000 + s  # fresh seeds, never used by a trial
+            for seed in cfg.seed_list:  # fresh seeds (checked): never used by a trial
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, by_arm[best].config))
         return tasks
 
@@ -169,45 +217,35 @@ class OptimizerTuning(Experiment):
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         cfg = self.typed_config(tables)
+        a = cfg.analysis
         r = _with_parts(tables.runs)
         final = r[r["label"] == "final"]
         rows = []
         for workload in cfg.workloads:
+            if workload not in CLAIMS_OF_WORKLOAD:
+                continue
+            claim, shrink_claim = CLAIMS_OF_WORKLOAD[workload]
             acc = {}
             for protocol in ("narrow", "careful"):
                 for opt in ("sgd", "adam"):
                     sel = final[(final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == protocol)]
-                    acc[(opt, protocol)] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).tolist()
-            if not all(acc.get((o, p)) for o in ("sgd", "adam") for p in ("narrow", "careful")):
+                    acc[(opt, protocol)] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
+            if not all(len(v) for v in acc.values()):
+                rows += [missing(claim, a, "needs the selected configs of both optimizers under both protocols"),
+                         missing(shrink_claim, a, "needs both protocols")]
                 continue
-            gap = lambda s, a: s - a  # noqa: E731
-            shrink = lambda sn, an, sc, ac: abs(sn - an) - abs(sc - ac)  # noqa: E731
-            m = {k: mean_std(v)[0] for k, v in acc.items()}
-            careful, narrow = gap(m[("sgd", "careful")], m[("adam", "careful")]), gap(m[("sgd", "narrow")], m[("adam", "narrow")])
-            ci = bootstrap_ci_fn([acc[("sgd", "careful")], acc[("adam", "careful")]], gap, level=cfg.analysis.level)
-            ci_n = bootstrap_ci_fn([acc[("sgd", "narrow")], acc[("adam", "narrow")]], gap, level=cfg.analysis.level)
-            ci_s = bootstrap_ci_fn([acc[("sgd", "narrow")], acc[("adam", "narrow")], acc[("sgd", "careful")],
-                                    acc[("adam", "careful")]], shrink, level=cfg.analysis.level)
-            n = min(len(v) for v in acc.values())
-            within_noise = ci[0] <= 0 <= ci[1]
-            shrank = ci_s[0] > 0
-            if not np.isfinite(careful) or n < cfg.analysis.min_seeds:
-                verdict = INCONCLUSIVE
-            elif within_noise or shrank:
-                verdict = SUPPORTED
-            elif ci_s[1] < 0:
-                verdict = NOT_SUPPORTED
-            else:
-                verdict = INCONCLUSIVE
-            rows.append(ClaimRow(
-                f"K5-{workload}", f"On the {workload}, the test-accuracy gap between SGD (momentum) and Adam "
-                "is within noise after a careful, equal-budget search, or smaller than after a narrow one "
-                "(Grosse ch. 5, §6; Choi et al. 2019)",
-                "careful gap: test accuracy SGD - Adam (points), selected configs re-run with fresh seeds",
-                careful, "CI contains 0, or |gap| shrinks vs narrow (CI of the shrink > 0)", ci[0], ci[1], n, verdict,
-                f"narrow gap {narrow:+.2f} points (CI {ci_n[0]:+.2f} to {ci_n[1]:+.2f}); shrink |narrow| - |careful| "
-                f"= {abs(narrow) - abs(careful):+.2f} (CI {ci_s[0]:+.2f} to {ci_s[1]:+.2f}); test acc: "
-                + ", ".join(f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam"))))
+            seeds = sorted(set.intersection(*(set(v.index) for v in acc.values())))
+            v = {k: x.reindex(seeds).to_numpy(dtype=float) for k, x in acc.items()}
+            m = {k: mean_std(x)[0] for k, x in v.items()}
+            gap, ci, n = paired_t(v[("sgd", "careful")], v[("adam", "careful")])
+            narrow, ci_n, _ = paired_t(v[("sgd", "narrow")], v[("adam", "narrow")])
+            shrink = lambda sn, an, sc, ac: abs(sn.mean() - an.mean()) - abs(sc.mean() - ac.mean())  # noqa: E731
+            arrays = [v[("sgd", "narrow")], v[("adam", "narrow")], v[("sgd", "careful")], v[("adam", "careful")]]
+            accs = "test acc: " + ", ".join(f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam"))
+            rows.append(judge(claim, Estimate(gap, ci, n, [], f"narrow gap {narrow:+.2f} points ({ci_n.method} CI "
+                                                               f"{ci_n.low:+.2f} to {ci_n.high:+.2f}); {accs}"), a))
+            rows.append(judge(shrink_claim, Estimate(shrink(*arrays), bca(arrays, shrink), n, [],
+                                                     f"narrow gap {narrow:+.2f}, careful gap {gap:+.2f} points"), a))
         return rows
 
     # ---------------------------------------------------------------- figures

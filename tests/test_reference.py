@@ -32,3 +32,14 @@ def test_reference_report_regenerates_byte_for_byte(tmp_path):
     for fmt in ("md", "html"):
         build_report([copy], copy / f"report.{fmt}", fmt, expected=list(REGISTRY), titles=titles)
         assert (copy / f"report.{fmt}").read_bytes() == (REFERENCE / f"report.{fmt}").read_bytes(), fmt
+
+
+def test_reference_results_come_from_a_clean_commit():
+    """Pre-registration you can check: every committed reference run names the commit it ran from,
+    and that commit had no uncommitted changes (rules and code were committed before the runs)."""
+    import json
+    manifests = sorted(REFERENCE.rglob("manifest.json"))
+    assert manifests
+    for m in manifests:
+        commit = json.loads(m.read_text()).get("git_commit") or ""
+        assert commit and not commit.endswith("-dirty"), f"{m}: {commit!r}"

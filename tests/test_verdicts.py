@@ -1,0 +1,329 @@
+"""Every claim's verdict on small hand-made tables: each outcome it can have, driven by the data.
+
+Recomputing the committed results would only lock in what was committed; these tables are built
+by hand (or from the formulas the claims state) so that each row must come out supported, not
+supported or inconclusive for a reason the test names.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normlab.engine.config import apply_overrides, to_dict
+from normlab.engine.results import Tables
+from normlab.experiments import REGISTRY, load_config
+from normlab.experiments import eff_lr as E
+from normlab.experiments import wd_fixed_point as W
+
+ROOT = Path(__file__).resolve().parent.parent
+COLS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
+
+
+def _config(name: str, overrides=None) -> dict:
+    _, cfg = load_config(REGISTRY[name].default_config, REGISTRY)
+    raw = to_dict(cfg)
+    return apply_overrides(raw, overrides) if overrides else raw
+
+
+def _verdicts(name, runs, metrics, folder=Path("."), overrides=None) -> dict[str, str]:
+    t = Tables(folder, _config(name, overrides), {}, pd.DataFrame(runs), pd.DataFrame(metrics, columns=COLS))
+    return {r.claim_id: r.verdict for r in REGISTRY[name].analyze(t)}
+
+
+# ---------- every id is written out once ----------
+
+def test_every_claim_id_is_defined_literally_exactly_once():
+    sources = "\n".join(p.read_text() for p in (ROOT / "experiments").glob("*.py"))
+    ids = [c.id for e in REGISTRY.values() for c in e.claims]
+    assert len(ids) == len(set(ids))
+    for cid in ids:
+        assert len(re.findall(rf'Claim\(\s*"{re.escape(cid)}"', sources)) == 1, cid
+    assert not re.search(r'Claim\(\s*f"', sources)            # no ids built with f-strings
+
+
+# ---------- B1 ----------
+
+@pytest.mark.parametrize("accs,expected", [
+    ([0.32, 0.325, 0.315], "supported"), ([0.20, 0.21, 0.19], "not supported"),
+    ([0.29, 0.36, 0.31], "inconclusive"), ([0.32, 0.32], "inconclusive")])
+def test_b1(accs, expected):
+    runs = [{"run_id": f"{arm}-s{s}", "arm": arm, "seed": s, "status": "ok",
+             "final_test_acc": a + {"logistic": 0, "mlp": 0.36, "cnn": 0.62}[arm]}
+            for arm in ("logistic", "mlp", "cnn") for s, a in enumerate(accs)]
+    assert _verdicts("baselines", runs, []) == {"B1-logistic": expected, "B1-mlp": expected, "B1-cnn": expected}
+
+
+# ---------- K1 ----------
+
+def _knockout(noisy_loss, drift):
+    losses = {"plain": [1.0, 1.1, 0.9, 1.0], "bn": [0.1, 0.11, 0.09, 0.1], "plain_noise": [1.2, 1.3, 1.1, 1.2],
+              "bn_noise": noisy_loss, "bn_iid": noisy_loss}
+    runs, rows = [], []
+    for arm, vals in losses.items():
+        for s, v in enumerate(vals):
+            rid = f"{arm}-s{s}"
+            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_train_loss": v,
+                         "final_test_acc": 0.5, "train.steps": 100})
+            d = drift if arm in ("bn_noise", "bn_iid") else 0.1
+            rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v) for step in (0, 50, 95)]
+            rows += [(rid, arm, s, 50, "preact_var", "layer1", "median", pd.NA, 1.0),
+                     (rid, arm, s, 50, "preact_mean_drift", "layer1", "value", pd.NA, d),
+                     (rid, arm, s, 50, "preact_var_drift", "layer1", "value", pd.NA, d)]
+    return runs, rows
+
+
+@pytest.mark.parametrize("noisy,drift,expected", [
+    ([0.11, 0.12, 0.10, 0.11], 1.0, "supported"),        # noise costs little: gap ratio ~0.01
+    ([0.90, 0.95, 0.92, 0.91], 1.0, "not supported"),    # noise costs as much as removing BN
+    ([0.11, 0.12, 0.10, 0.11], 0.01, "inconclusive"),    # manipulation check fails
+    ([0.30, 0.10, 0.60, 0.15], 1.0, "inconclusive"),     # CI straddles 0.25
+])
+def test_k1(noisy, drift, expected):
+    v = _verdicts("knockout", *_knockout(noisy, drift))
+    assert v == {"K1": expected, "K1-trainloss": expected, "K1-iid": expected, "K1-nobn": "not judged"}
+
+
+def test_k1_needs_bn_to_help():
+    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11], 1.0)
+    for r in runs:
+        if r["arm"] == "plain":
+            r["final_train_loss"] = 0.05
+    assert _verdicts("knockout", runs, rows)["K1"] == "inconclusive"
+
+
+# ---------- K2 ----------
+
+def _placement(before, after, centered=True):
+    arms = {"none": 2.0, "before": before, "after": after, "before_noaffine": before, "after_noaffine": after,
+            "none_adam": 2.0, "before_adam": before, "after_adam": after}
+    runs, rows = [], []
+    for arm, vals in arms.items():
+        vals = vals if isinstance(vals, list) else [vals] * 4
+        for s, v in enumerate(vals):
+            rid = f"{arm}-s{s}"
+            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_test_acc": 0.5})
+            rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v * f) for step, f in ((50, 2.0), (95, 1.0))]
+            msq = 0.0 if (arm.startswith("after") and centered) else 40.0
+            rows += [(rid, arm, s, 50, "input_mean_sq_norm", "layer2", "value", pd.NA, msq),
+                     (rid, arm, s, 50, "input_var_mean", "layer2", "value", pd.NA, 1.0)]
+    return runs, rows
+
+
+@pytest.mark.parametrize("before,centered,expected", [
+    ([0.10, 0.11, 0.09, 0.10], True, "supported"),
+    ([0.30, 0.33, 0.29, 0.31], True, "not supported"),
+    ([0.10, 0.11, 0.09, 0.10], False, "inconclusive"),       # the centering order does not hold
+    ([0.10, 0.14, 0.08, 0.12], True, "inconclusive"),        # CI straddles 1.1
+])
+def test_k2(before, centered, expected):
+    v = _verdicts("bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered))
+    assert v == {"K2": expected, "K2-noaffine": expected, "K2-adam": expected}
+
+
+# ---------- K3, K13 ----------
+
+def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=3, eq19_scale=1.0):
+    """Metrics of SGD arms that follow Eq. 19 exactly (g = 1), or with frozen norms (decay=False)."""
+    cfg = _config("eff_lr")
+    every, steps = 40, 4000
+    lrs = {"sgd_a0.01": 0.01, "sgd_a0.1": 0.1, "sgd_a1": 1.0, "adam": 0.001, "renorm": 0.1,
+           "layernorm": 0.1, "weightnorm": 0.1}
+    runs, rows = [], []
+    k = np.arange(0, steps, every)
+    for arm, lr in lrs.items():
+        for s in range(n_seeds):
+            rid = f"{arm}-s{s}"
+            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok"})
+            rng = np.random.default_rng(s)
+            g = 1.0
+            u = np.sqrt(u0 ** 2 + 2 * (lr * g) ** 2 * k) if decay else np.full(len(k), u0)
+            u = u * (1 + jitter * (s - 1))
+            for layer in ("layer1", "layer2"):
+                eff = lr / u if arm != "renorm" else np.full(len(k), lr * (1 + renorm_dev))
+                for step, ui, ei in zip(k, u, eff):
+                    c = cos * (1 + 0.1 * rng.random())
+                    rows += [(rid, arm, s, step, "weight_norm_sq", layer, st, pd.NA, ui) for st in ("median", "mean")]
+                    rows += [(rid, arm, s, step, "eff_lr", layer, "median", pd.NA, ei),
+                             (rid, arm, s, step, "normalized_grad_norm", layer, "median", pd.NA, g),
+                             (rid, arm, s, step, "w_grad_cos", layer, "q75", pd.NA, c),
+                             (rid, arm, s, step, "w_grad_cos", layer, "q25", pd.NA, -c),
+                             (rid, arm, s, step, "angular_update", layer, "median", pd.NA,
+                              (ei * g) if decay else 0.01)]
+                first, last = 0, (steps - 1) // every * every
+                uf = np.sqrt(u0 ** 2 + 2 * lr ** 2 * first) if decay else u0
+                ul = np.sqrt(u0 ** 2 + 2 * lr ** 2 * last) * eq19_scale if decay else u0
+                for j in range(3):
+                    rows += [(rid, arm, s, steps, "unit_u_first", layer, "unit", j, uf),
+                             (rid, arm, s, steps, "unit_u_last", layer, "unit", j, ul),
+                             (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g * g)]
+            rows += [(rid, arm, s, 0, "w_grad_cos", "out", "median", pd.NA, 0.3)]
+    return cfg, runs, rows
+
+
+def _eff_verdicts(tmp_path, theory_overrides=None, **kw):
+    cfg, runs, rows = _eff_lr(**kw)
+    raw = apply_overrides(cfg, {"theory.horizon": 100000, **(theory_overrides or {})})
+    from normlab.engine.config import from_dict
+    typed = from_dict(E.EffLRConfig, raw)
+    E.theory_curves(typed.theory).to_csv(tmp_path / "theory.csv", index=False)
+    t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    return {r.claim_id: r.verdict for r in REGISTRY["eff_lr"].analyze(t)}
+
+
+def test_k3_supported_when_the_norms_follow_eq19(tmp_path):
+    v = _eff_verdicts(tmp_path, jitter=0.001)
+    assert v["K3-theory"] == "supported"
+    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-slope", "K3-spread", "K13"):
+        assert v[cid] == "supported", cid
+    assert v["K3-renorm"] == "supported"
+
+
+def test_k3_not_supported_when_the_norms_do_not_grow(tmp_path):
+    v = _eff_verdicts(tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"theory.rel_tol": 1e-9})
+    for cid in ("K3-theory", "K3-euler", "K3-growth", "K3-slope", "K3-adam", "K3-spread", "K3-renorm", "K13"):
+        assert v[cid] == "not supported", cid
+
+
+def test_k3_eq19_misprediction_is_not_supported(tmp_path):
+    assert _eff_verdicts(tmp_path, eq19_scale=1.5, jitter=0.001)["K3-eq19"] == "not supported"
+
+
+def test_k3_inconclusive_in_the_transient_with_few_seeds_and_short_horizons(tmp_path):
+    v = _eff_verdicts(tmp_path, u0=30.0)                   # k0 = u0^2/(2 alpha^2) >> run for alpha 0.01
+    assert v["K3-slope"] == "inconclusive" and v["K3-spread"] == "inconclusive"
+    v = _eff_verdicts(tmp_path, n_seeds=2, theory_overrides={"theory.alphas": [0.001], "theory.horizon": 1000})
+    assert v["K3-theory"] == "inconclusive"                 # no alpha reaches 100 k0
+    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-slope", "K3-adam", "K13"):
+        assert v[cid] == "inconclusive", cid               # n = 2 < 3
+
+
+# ---------- K4 ----------
+
+def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
+    cfg = _config("wd_fixed_point")
+    steps, every = 4000, 40
+    a = W.WDAnalysis(**cfg["analysis"])
+    cells = {"lr=0.1,wd=0.01": (0.1, 0.01), "lr=1,wd=0.001": (1.0, 0.001), "lr=0.03,wd=0.01": (0.03, 0.01),
+             "lr=0.3,wd=0.001": (0.3, 0.001)}
+    runs, rows = [], []
+    k = np.arange(0, steps, every)
+    for arm, (alpha, lam) in cells.items():
+        prod = alpha * lam
+        settle = (1 / (4 * prod)) if settle_order else 400 * (1 + 1e3 * prod)
+        for s in range(n_seeds):
+            rid = f"{arm}-s{s}"
+            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_test_acc": 0.5})
+            g2 = 2.0 + 0.1 * s
+            target = W.T.equilibrium_step(alpha, lam) * step_ratio * (1 + 0.01 * s)
+            for layer in ("layer1", "layer2"):
+                ang = target * (1 + 5 * np.exp(-k / settle)) * (1 + drift * (k > 3500))
+                rows += [(rid, arm, s, st, "angular_update", layer, "median", pd.NA, v)
+                         for st, v in zip(k[1:], ang[1:])]
+                u_pred = float(W.T.fixed_point(alpha, lam, np.sqrt(g2)))
+                for j in range(3):
+                    rows += [(rid, arm, s, steps, "unit_u_mean", layer, "unit", j, u_pred * ratio * (1 + 0.01 * s)),
+                             (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g2),
+                             (rid, arm, s, steps, "unit_ang2_mean", layer, "unit", j, target ** 2)]
+    return a, runs, rows
+
+
+def _wd_verdicts(tmp_path, theory_tol=None, **kw):
+    _, runs, rows = _wd(**kw)
+    raw = _config("wd_fixed_point", {"theory.horizon": 2000, **({"theory.rel_tol": theory_tol} if theory_tol else {})})
+    from normlab.engine.config import from_dict
+    W.theory_curves(from_dict(W.WDConfig, raw).theory).to_csv(tmp_path / "theory.csv", index=False)
+    t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    return {r.claim_id: r.verdict for r in REGISTRY["wd_fixed_point"].analyze(t)}
+
+
+def test_k4_supported_at_the_predicted_fixed_point(tmp_path):
+    v = _wd_verdicts(tmp_path, theory_tol=1e9)
+    assert v == {"K4-theory": "supported", "K4-norm": "supported", "K4-step": "supported",
+                 "K4-pairs": "supported", "K4-time": "supported"}
+
+
+def test_k4_not_supported_away_from_it(tmp_path):
+    v = _wd_verdicts(tmp_path, theory_tol=1e-12, ratio=2.0, step_ratio=2.0, settle_order=False)
+    assert v["K4-step"] == "not supported"
+    assert v["K4-theory"] == "not supported"                 # 2000 steps cannot reach u* from u0 = 100
+    assert v["K4-norm"] == "not supported" and v["K4-time"] == "not supported"
+
+
+def test_k4_pairs_not_supported_when_equal_products_differ(tmp_path):
+    _, runs, rows = _wd()
+    rows = [r if not (r[1] == "lr=1,wd=0.001" and r[4] in ("unit_ang2_mean", "angular_update"))
+            else (*r[:8], r[8] * (4.0 if r[4] == "unit_ang2_mean" else 2.0)) for r in rows]
+    raw = _config("wd_fixed_point", {"theory.horizon": 2000})
+    from normlab.engine.config import from_dict
+    W.theory_curves(from_dict(W.WDConfig, raw).theory).to_csv(tmp_path / "theory.csv", index=False)
+    t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    v = {r.claim_id: r.verdict for r in REGISTRY["wd_fixed_point"].analyze(t)}
+    assert v["K4-pairs"] == "not supported"
+
+
+def test_k4_inconclusive_with_two_seeds_or_no_equilibrium(tmp_path):
+    v = _wd_verdicts(tmp_path, n_seeds=2)
+    assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
+    v = _wd_verdicts(tmp_path, drift=1.0)                     # every run still moving: none equilibrated
+    assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
+
+
+# ---------- K5 ----------
+
+def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61)):
+    sgd = [0.70, 0.705, 0.695, 0.70, 0.70]
+    acc = {("sgd", "careful"): sgd, ("adam", "careful"): careful_adam, ("sgd", "narrow"): sgd,
+           ("adam", "narrow"): list(narrow_adam)}
+    runs = []
+    for workload in ("mlp", "cnn"):
+        for (opt, protocol), vals in acc.items():
+            for s, v in enumerate(vals):
+                runs.append({"run_id": f"{workload}-{opt}-{protocol}-final-s{1000 + s}",
+                             "arm": f"{workload}-{opt}-{protocol}-final", "seed": 1000 + s, "status": "ok",
+                             "final_test_acc": v, "final_val_acc": v})
+    return _verdicts("optimizer_tuning", runs, [])
+
+
+@pytest.mark.parametrize("careful_adam,expected", [
+    ([0.70, 0.71, 0.69, 0.70, 0.71], "supported"),         # CI contains 0
+    ([0.695, 0.70, 0.69, 0.695, 0.695], "supported"),      # CI excludes 0 but within +-1 point
+    ([0.60, 0.61, 0.59, 0.60, 0.61], "not supported"),     # 10 points apart
+    ([0.685, 0.695, 0.675, 0.695, 0.68], "inconclusive"),  # excludes 0, overlaps the margin
+    ([0.60, 0.61], "inconclusive"),                        # n = 2
+])
+def test_k5(careful_adam, expected):
+    v = _k5(careful_adam)
+    assert v["K5-mlp"] == expected and v["K5-cnn"] == expected
+    assert v["K5-mlp-shrink"] == v["K5-cnn-shrink"] == "not judged"
+
+
+# ---------- K9, K10 ----------
+
+def _gotchas(tmp_path, adagrad=-0.5, rmsprop=0.0, adam_err=0.0, inside_gap=0.5, v_err=0.0, step_slope=0.4):
+    t = np.unique(np.round(np.logspace(0, 3, 30)))
+    streams = pd.concat([pd.DataFrame({"optimizer": o, "seed": s, "step": t, "median_abs_step": t ** slope})
+                         for o, slope in (("adagrad", adagrad), ("rmsprop", rmsprop)) for s in range(3)])
+    g = np.logspace(-10, 1, 23)
+    eps = pd.DataFrame({"eps": 1e-8, "grad": g, "outside": g / (g + 1e-8), "torch_adam": g / (g + 1e-8) + adam_err})
+    eps["inside"] = eps["torch_adam"] - inside_gap
+    b = np.array([8, 32, 128])
+    bm = pd.concat([pd.DataFrame({"seed": s, "batch_size": b, "v_predicted": 1.0 / b, "v_adam": (1 + v_err) / b,
+                                  "step_adam": b ** step_slope}) for s in range(3)])
+    for name, df in (("streams", streams), ("eps_table", eps), ("batch_moments", bm)):
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+    return _verdicts("adaptive_gotchas", [{"run_id": "x", "arm": "x", "seed": 0, "status": "ok"}][:0], [], tmp_path)
+
+
+def test_k9_k10_identities_hold(tmp_path):
+    assert set(_gotchas(tmp_path).values()) == {"supported"}
+
+
+def test_k9_k10_identities_fail(tmp_path):
+    v = _gotchas(tmp_path, adagrad=-0.3, rmsprop=-0.3, adam_err=1e-3, v_err=0.5, step_slope=-0.2)
+    assert set(v.values()) == {"not supported"}
+
+
+def test_k9_eps_inconclusive_when_the_table_cannot_tell_the_placements_apart(tmp_path):
+    assert _gotchas(tmp_path, inside_gap=0.0)["K9-eps"] == "inconclusive"

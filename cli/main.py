@@ -141,10 +141,13 @@ def validate(config: Path = typer.Argument(..., help="A YAML config file, or an 
         exp, cfg, _ = load_sweep(path, _registry(), parse_set(sets), smoke)
     else:
         exp, cfg = load_config(path, _registry(), parse_set(sets), smoke)
-    arms = arm_configs(cfg)
-    steps = {a: c.train.steps for a, c in arms.items()}
-    console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {len(arms)} arm(s) "
-                  f"x {cfg.seeds} seed(s) = {len(arms) * cfg.seeds} runs; steps per arm: {steps}")
+    arm_configs(cfg)
+    tasks = exp.tasks(cfg)  # the experiment's own arms (some build them from a design)
+    arms = {t.arm: t.config.train.steps for t in tasks}
+    count = (f"{len(arms)} arm(s) x {cfg.seeds} seed(s) = {len(tasks)} runs" if len(tasks) == len(arms) * cfg.seeds
+             else f"{len(arms)} arm(s), {len(tasks)} runs before any follow-up stage")
+    steps = arms if len(arms) <= 12 else sorted(set(arms.values()))
+    console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {count}; steps per arm: {steps}")
 
 
 @app.command()

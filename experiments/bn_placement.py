@@ -6,7 +6,10 @@ previous layer's activations (the "ICS removal" hypothesis), "after" should trai
 and Szegedy placed it before, and the chapter notes that this is what works in practice.
 
 Arms: `none`, `before`, `after` with plain SGD and BN's learnable affine on (as in practice), the
-same with the affine off (`*_noaffine`, the chapter's setting) and with Adam (`*_adam`). The
+same with the affine off (`*_noaffine`, the chapter's setting) and with Adam (`*_adam`). Every arm
+runs at each learning rate of its grid (`lr_factors` times its configured LR) and is compared at
+its best (lowest mean over seeds of the statistic below), so neither placement loses for want of
+its own learning rate. The
 statistic is speed over the whole run, not the ratio of two tiny end-of-training losses: the
 geometric mean over training of L_before / L_after (per run, the mean of log training loss over
 the probes; paired by seed, Student-t on the log ratio). Non-inferiority: supported when the whole
@@ -15,7 +18,7 @@ layer's inputs, measured as ||m||^2 / mean_j var_j of every linear layer's input
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,8 @@ from normlab.engine import plots as P
 from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import ConfigError, param
 from normlab.engine.results import Tables
-from normlab.engine.spec import Analysis, ExperimentConfig
+from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
+from normlab.engine.train import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
 from .base import Experiment, arm_configs
@@ -56,6 +60,8 @@ class PlacementAnalysis(Analysis):
 
 @dataclass
 class PlacementConfig(ExperimentConfig):
+    lr_factors: list[float] = param(default_factory=lambda: [0.3, 1.0, 3.0],
+                                    help="every arm runs at these multiples of its configured lr")
     analysis: PlacementAnalysis = field(default_factory=PlacementAnalysis)
 
     def check(self, path: str = "") -> None:
@@ -88,6 +94,23 @@ def centering(tables: Tables) -> pd.DataFrame:
     return ratio.groupby(["run_id", "arm", "seed", "layer"], sort=False)["value"].mean().reset_index()
 
 
+@dataclass(frozen=True)
+class GridArm:
+    base: str          # the arm of the config
+    lr: float
+    config: RunConfig
+
+
+def grid_arms(cfg: PlacementConfig) -> dict[str, GridArm]:
+    """Every configured arm at every learning rate of its grid (typed; the analysis reads this)."""
+    out = {}
+    for arm, rc in arm_configs(cfg).items():
+        for f in cfg.lr_factors:
+            lr = float(f"{rc.optim.lr * f:.6g}")
+            out[f"{arm}@lr{lr:g}"] = GridArm(arm, lr, replace(rc, optim=replace(rc.optim, lr=lr)))
+    return out
+
+
 def mean_log_loss(tables: Tables) -> pd.DataFrame:
     """Per run: the mean over probes (after step 0) of log(training loss over the probe interval).
     Runs that did not finish are missing (NaN)."""
@@ -105,11 +128,27 @@ class BNPlacement(Experiment):
     claims = CLAIMS
     config_class = PlacementConfig
 
+    def tasks(self, cfg: PlacementConfig) -> list[RunTask]:
+        return [RunTask(f"{name}-s{seed}", name, seed, g.config)
+                for name, g in grid_arms(cfg).items() for seed in cfg.seed_list]
+
+    @staticmethod
+    def best(grid: dict[str, GridArm], logloss: pd.DataFrame) -> dict[str, str]:
+        """base arm -> its grid arm with the lowest mean over seeds of the mean log training loss;
+        a grid arm with a diverged seed is never the best."""
+        score = logloss.groupby("arm")["value"].agg(lambda v: v.mean() if v.notna().all() else np.inf)
+        out: dict[str, str] = {}
+        for name, g in grid.items():
+            if name in score and (g.base not in out or score[name] < score[out[g.base]]):
+                out[g.base] = name
+        return out
+
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         cfg = self.typed_config(tables)
         a = cfg.analysis
-        arm_cfg = arm_configs(cfg)
+        grid = grid_arms(cfg)
         logloss = mean_log_loss(tables)
+        chosen = self.best(grid, logloss)
         test = by_arm(final_metric(tables, "test_acc"))
         cent_arm = centering(tables).groupby("arm")["value"].median().to_dict()
         rows = []
@@ -117,11 +156,12 @@ class BNPlacement(Experiment):
             roles = a.comparisons.get(claim.id)
             if roles is None:
                 continue
-            before, after, none = roles["before"], roles["after"], roles.get("none", "")
-            present = set(logloss["arm"])
-            if before not in present or after not in present:
-                rows.append(missing(claim, a, f"needs arms {before} and {after}"))
+            if roles["before"] not in chosen or roles["after"] not in chosen:
+                rows.append(missing(claim, a, f"needs arms {roles['before']} and {roles['after']}"))
                 continue
+            before, after, none = (chosen.get(roles[r], "") for r in ("before", "after", "none"))
+            present = set(logloss["arm"])
+            base_of = {before: roles["before"], after: roles["after"]}
             seeds = sorted(set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"]))
             pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
             lb, la = pick(before), pick(after)
@@ -130,10 +170,12 @@ class BNPlacement(Experiment):
             centered = Check("centering order", bool(c_after < a.centered_max and c_before > a.uncentered_min),
                              f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
                              f"{c_before:.3g} (needs > {a.uncentered_min:g})")
-            oc = arm_cfg[before].optim
+            oc = grid[before].config.optim
             acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
+            grids = "; ".join(f"{base_of[x]} best lr {grid[x].lr:g} of " + ", ".join(
+                f"{g.lr:g}" for g in grid.values() if g.base == base_of[x]) for x in (before, after))
             geo = lambda arm: float(np.exp(np.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
-            detail = (f"{oc.name} lr {oc.lr:g}, BN affine {'on' if arm_cfg[before].model.norm_affine else 'off'}; "
+            detail = (f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
                       f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
                       + (f", none {geo(none):.4g}" if none in present else "")
                       + "; test acc " + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
@@ -143,9 +185,11 @@ class BNPlacement(Experiment):
         return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
-        a = self.typed_config(tables).analysis
-        arms_present = set(tables.runs["arm"])
-        groups = [(cid, roles) for cid, roles in a.comparisons.items() if roles["before"] in arms_present]
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        chosen = self.best(grid_arms(cfg), mean_log_loss(tables))
+        groups = [(cid, {r: chosen.get(x, "") for r, x in roles.items()}) for cid, roles in a.comparisons.items()
+                  if roles["before"] in chosen]
         col = P.colors(["none", "before", "after"])
         fig, axes = P.figure(ncols=max(1, len(groups)), nrows=2, width=4.0, height=3.0)
         cent = centering(tables)
@@ -154,7 +198,8 @@ class BNPlacement(Experiment):
             for place in ("none", "before", "after"):
                 c = tables.curve("batch_loss_avg")
                 P.mean_band(ax, c[(c["arm"] == roles.get(place, "")) & (c["step"] > 0)], place, col[place])
-            ax.set(yscale="log", xlabel="step", ylabel="training loss (train mode)", title=f"{label}: training loss")
+            ax.set(yscale="log", xlabel="step", ylabel="training loss (train mode)",
+                   title=f"{label}: training loss, best lr per arm")
             ax.legend()
             ax = axes[1, j]
             for place in ("none", "before", "after"):

@@ -6,79 +6,146 @@ distributions that themselves drift over training. If BN helped *because* it rem
 the noisy network should train like the network without BN. The chapter reports that it trains
 almost like plain BN.
 
-Arms: `plain` (no normalization), `bn` (BN before ReLU), `bn_noise` (BN, then the drifting
-per-unit noise: one draw per unit and step, as the chapter describes), `bn_iid` (Santurkar et al.'s
-own variant: noise drawn i.i.d. per example and unit) and `plain_noise` (the same noise in the
-network without BN, a descriptive row).
+Design (typed in `design:`, expanded by `arm_specs`): the network without BN (`plain`), with BN
+(`bn`), and with BN followed by the drifting per-unit noise at several strengths s (`levels`,
+multiplying the noise's half-width, its gain spread and its walks), each at every learning rate of
+`lr_grid`; plus Santurkar et al.'s own variant, noise drawn i.i.d. per example and unit (`iid`),
+and the noise in the network without BN (`plain_noise`), both at `common_lr` and `iid_level`.
 
-Primary statistic: the loss on the whole training set in eval mode, where a noise module applies
-its expected map, so the noise does not inflate the number by itself. The noise-on training loss
-the optimizer saw is a secondary row. Preconditions of every verdict: the manipulation check (on a
-fixed probe batch, the noisy layer's per-unit means and variances move at least as much between
-probes as the plain network's) and BN helps at all (the paired CI of L_plain - L_bn lies above 0).
+The verdict reads the dose-response curve where the noisy network's statistics drift as much as
+the plain network's ("resembles a network without BN", §4.2): the drift ratio R(s) (noisy / plain,
+scale-free drift of the per-unit means and variances on a fixed probe batch) and the gap ratio
+G(s) = (L_noise(s) - L_bn) / (L_plain - L_bn) are interpolated in log s to the level s* where
+R = 1; the BCa interval resamples seeds jointly through that whole computation. L is the loss on
+the whole training set in eval mode (noise replaced by its expected map), which the noise does not
+inflate by itself; the noise-on training loss is a secondary row. Two learning-rate protocols:
+the paper's (every arm at `common_lr`) and each arm at its best LR of the grid, chosen on
+validation loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlab.engine import config as C
 from normlab.engine import plots as P
 from normlab.engine.claims import (DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge,
                                    missing)
 from normlab.engine.config import param
 from normlab.engine.results import Tables
-from normlab.engine.spec import Analysis, ExperimentConfig
+from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, mean_std, paired_t
+from normlab.engine.train import RunTask
 
 from .base import Experiment
-from .common import by_arm, final_metric, final_train_loss, status_note
+from .common import final_metric, final_train_loss, status_note
 
 _STATEMENT = ("Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
               "BN+noise trains about as well as BN, and both beat no BN (Grosse ch. 5, §4.2)")
-K1 = Claim("K1", MEASURED, _STATEMENT,
-           "(L_bn_noise - L_bn) / (L_plain - L_bn), L = final loss on the whole training set in eval mode "
-           "(noise replaced by its expected map); ratio of means over seeds",
-           Rule("<", "max_gap_ratio"))
-K1_TRAINLOSS = Claim("K1-trainloss", MEASURED, _STATEMENT + "; secondary statistic",
-                     "(L_bn_noise - L_bn) / (L_plain - L_bn), L = training loss the optimizer saw (noise on), "
-                     "mean over the last final_fraction of steps", Rule("<", "max_gap_ratio"))
+_AT_MATCH = ("read at the noise strength s* where the noisy network's drift equals the plain network's "
+             "(log-log interpolation); ratio of means over seeds")
+K1 = Claim("K1", MEASURED, _STATEMENT + "; the paper's protocol: every arm at the same LR",
+           "G(s*) = (L_noise - L_bn) / (L_plain - L_bn), L = final loss on the whole training set in eval mode, "
+           + _AT_MATCH, Rule("<", "max_gap_ratio"))
+K1_BESTLR = Claim("K1-bestlr", MEASURED, _STATEMENT + "; every arm at its best LR of the grid (validation loss)",
+                  "G(s*) as in K1, each arm at its own best learning rate", Rule("<", "max_gap_ratio"))
+K1_TRAINLOSS = Claim("K1-trainloss", MEASURED, _STATEMENT + "; secondary statistic, the paper's protocol",
+                     "G(s*) with L = the training loss the optimizer saw (noise on), mean over the last "
+                     "final_fraction of steps", Rule("<", "max_gap_ratio"))
 K1_IID = Claim("K1-iid", MEASURED, "With noise drawn i.i.d. per example and unit (Santurkar et al.'s variant), "
                "BN+noise still trains about as well as BN (Grosse ch. 5, §4.2)",
-               "(L_bn_iid - L_bn) / (L_plain - L_bn), L = final eval-mode loss on the whole training set",
+               "(L_iid - L_bn) / (L_plain - L_bn) at iid_level and common_lr, eval-mode training-set loss; "
+               "manipulation check: its drift at least the plain network's",
                Rule("<", "max_gap_ratio"))
 K1_NOBN = Claim("K1-nobn", DESCRIPTIVE, "The same noise in a network without BN: how much does it cost there?",
                 "geometric mean over seeds of L_plain_noise / L_plain (eval-mode training-set loss)", Rule("none"))
+CLAIMS = (K1, K1_BESTLR, K1_TRAINLOSS, K1_IID, K1_NOBN)
 
 
 @dataclass
 class NoiseConfig:
+    """The noise at strength 1; a level s multiplies its half-width, gain spread and walks."""
     mean_halfwidth: float = param(1.0, min=0.0, help="m_j = c_j + U(-h, h): h, per step")
     scale_max: float = param(3.0, min=1.0, help="gamma_j = exp(s_j) * U(1, scale_max), per step")
     mean_walk: float = param(0.02, min=0.0, help="std of the per-step random walk of the centers c_j")
     log_scale_walk: float = param(0.01, min=0.0, help="std of the per-step random walk of s_j")
-    arms: list[str] = param(default_factory=lambda: ["bn_noise", "plain_noise"],
-                            help="arms that get one noise draw per unit and step")
-    iid_arms: list[str] = param(default_factory=lambda: ["bn_iid"],
-                                help="arms that get noise drawn i.i.d. per example and unit")
+
+    def scaled(self, level: float) -> "NoiseConfig":
+        return NoiseConfig(self.mean_halfwidth * level, 1.0 + (self.scale_max - 1.0) * level,
+                           self.mean_walk * level, self.log_scale_walk * level)
+
+
+@dataclass
+class KnockoutDesign:
+    levels: list[float] = param(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0],
+                                help="noise strengths s of the dose-response curve (increasing)")
+    lr_grid: list[float] = param(default_factory=lambda: [0.03, 0.1, 0.3], help="learning rates of every arm")
+    common_lr: float = param(0.1, min=0.0, help="the paper's protocol: one LR for every arm (must be in lr_grid)")
+    iid_level: float = param(5.0, min=0.0, help="strength of the i.i.d. noise arm (i.i.d. draws average out "
+                             "in the batch statistics, so it needs a larger strength to drift like the plain network)")
+    plain_noise_level: float = param(1.0, min=0.0, help="strength of the noise in the network without BN")
 
 
 @dataclass
 class KnockoutAnalysis(Analysis):
     final_fraction: float = param(0.1, min=0.01, max=1.0, help="K1-trainloss: average over this last fraction of steps")
     max_gap_ratio: float = param(0.25, min=0.0, help="supported if the gap ratio and its CI are below this")
-    min_drift_ratio: float = param(1.0, min=0.0, help="manipulation check: noisy/plain relative drift at least this")
+    min_drift_ratio: float = param(1.0, min=0.0, help="K1-iid manipulation check: noisy/plain drift at least this")
     noisy_layer: str = param("layer3", help="layer whose statistics the figure shows")
 
 
 @dataclass
 class KnockoutConfig(ExperimentConfig):
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    design: KnockoutDesign = field(default_factory=KnockoutDesign)
     analysis: KnockoutAnalysis = field(default_factory=KnockoutAnalysis)
+
+    def check(self, path: str = "") -> None:
+        d = self.design
+        if self.arms:
+            raise C.ConfigError("arms: the knockout builds its arms from `design:` (levels, lr_grid); remove `arms`")
+        if d.common_lr not in d.lr_grid:
+            raise C.ConfigError(f"design.common_lr: {d.common_lr:g} must be one of design.lr_grid {d.lr_grid}")
+        if list(d.levels) != sorted(set(d.levels)) or not d.levels or min(d.levels) <= 0:
+            raise C.ConfigError("design.levels: needs positive, increasing noise strengths, e.g. [0.1, 0.3, 1, 3]")
+        if self.run.model.norm == "none":
+            raise C.ConfigError("run.model.norm: the knockout's base network must have a normalizer (the plain "
+                                "arms remove it)")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What an arm is, typed: the analysis reads roles, levels and learning rates from here."""
+    role: Literal["plain", "bn", "noise", "iid", "plain_noise"]
+    level: float                    # noise strength (0: no noise)
+    lr: float
+    config: RunConfig
+
+
+def arm_specs(cfg: KnockoutConfig) -> dict[str, ArmSpec]:
+    d = cfg.design
+    base = C.to_dict(cfg.run)
+
+    def run(lr: float, plain: bool) -> RunConfig:
+        ov = {"optim.lr": lr, **({"model.norm": "none"} if plain else {})}
+        return C.from_dict(RunConfig, C.apply_overrides(base, ov))
+
+    specs = {}
+    for lr in d.lr_grid:
+        specs[f"plain-lr{lr:g}"] = ArmSpec("plain", 0.0, lr, run(lr, True))
+        specs[f"bn-lr{lr:g}"] = ArmSpec("bn", 0.0, lr, run(lr, False))
+        for s in d.levels:
+            specs[f"noise{s:g}-lr{lr:g}"] = ArmSpec("noise", s, lr, run(lr, False))
+    specs[f"iid{d.iid_level:g}-lr{d.common_lr:g}"] = ArmSpec("iid", d.iid_level, d.common_lr, run(d.common_lr, False))
+    specs[f"plain_noise{d.plain_noise_level:g}-lr{d.common_lr:g}"] = ArmSpec(
+        "plain_noise", d.plain_noise_level, d.common_lr, run(d.common_lr, True))
+    return specs
 
 
 class AffineNoise(nn.Module):
@@ -122,15 +189,15 @@ class NoiseFactory:
     normalizer would sit in a network without one (the `plain_noise` arm)."""
     also_without_norm = True
 
-    def __init__(self, cfg: NoiseConfig, iid: bool = False):
-        self.cfg = cfg
+    def __init__(self, cfg: NoiseConfig, iid: bool = False, level: float = 1.0):
+        self.cfg = cfg.scaled(level)
         self.iid = iid
 
     def __call__(self, index: int, features: int) -> nn.Module:
         return AffineNoise(features, self.cfg, self.iid)
 
 
-def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float]]:
+def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float], list[int]]:
     """Per seed: mean over layers and probes of the scale-free drift of the per-unit statistics
     at the input of each activation: |change of the means| / typical std, and |change of the
     variances| / typical variance (typical = median over units at that probe). Scale-free,
@@ -143,117 +210,255 @@ def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float]]:
     vdrift = sel[sel["metric"] == "preact_var_drift"].set_index(key)["value"]
     rel_mean = (mdrift / np.sqrt(var.reindex(mdrift.index))).groupby(level="seed").mean()
     rel_var = (vdrift / var.reindex(vdrift.index)).groupby(level="seed").mean()
-    return rel_mean.sort_index().tolist(), rel_var.sort_index().tolist()
+    rel_mean, rel_var = rel_mean.sort_index(), rel_var.reindex(rel_mean.index)
+    return rel_mean.tolist(), rel_var.tolist(), [int(x) for x in rel_mean.index]
 
 
-def gap_ratio(plain: float, bn: float, noisy: float) -> float:
+def gap_ratio(plain, bn, noisy):
     return (noisy - bn) / (plain - bn)
 
 
-def _aligned(values: dict[str, dict[int, float]], arms: tuple[str, ...]) -> list[list[float]]:
-    """Per-seed values of each arm over the seeds every arm has (pairs by seed)."""
-    seeds = sorted(set.intersection(*(set(values[a]) for a in arms)))
-    return [[values[a][s] for s in seeds] for a in arms]
+def drift_index(tables: Tables) -> dict[str, dict[int, float]]:
+    """arm -> seed -> the geometric mean of the relative drifts of the per-unit means and variances."""
+    out = {}
+    for arm in tables.runs["arm"].unique():
+        rel_mean, rel_var, seeds = relative_drift(tables, arm)
+        out[arm] = {s: float(np.sqrt(a * b)) for s, a, b in zip(seeds, rel_mean, rel_var)}
+    return out
 
 
-def gap_estimate(values: dict[str, dict[int, float]], noisy: str, checks: list[Check], what: str) -> Estimate:
-    """Gap ratio of the means with a BCa interval that resamples seeds jointly across the arms."""
-    plain, bn, nz = _aligned(values, ("plain", "bn", noisy))
-    mu = [mean_std(v)[0] for v in (plain, bn, nz)]
-    n = len(np.asarray(plain)[np.isfinite(plain) & np.isfinite(bn) & np.isfinite(nz)])
-    helps_est, helps_ci, _ = paired_t(plain, bn)
-    helps = Check("BN helps", bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
-                  f"L_plain - L_bn = {helps_est:.3g}, {helps_ci.method} CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] "
-                  "does not lie above 0, so there is no gap to explain")
-    ci = bca([plain, bn, nz], lambda p, b, z: gap_ratio(p.mean(), b.mean(), z.mean()))
-    return Estimate(gap_ratio(*mu), ci, n, checks + [helps],
-                    f"{what}: plain {mu[0]:.4g}, bn {mu[1]:.4g}, {noisy} {mu[2]:.4g}")
+def crossing(levels: np.ndarray, ratio: np.ndarray, gap: np.ndarray) -> float:
+    """G at the level where the drift ratio R crosses 1, interpolating log R and G in log s between
+    the two levels that bracket the first crossing; NaN if R never crosses 1 within the levels."""
+    lr = np.log(ratio)
+    for i in range(len(levels) - 1):
+        if lr[i] < 0 <= lr[i + 1]:
+            t = -lr[i] / (lr[i + 1] - lr[i])
+            return float(gap[i] + t * (gap[i + 1] - gap[i]))
+    return float("nan")
 
 
-def _by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
-    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
+@dataclass
+class Curve:
+    """Per-seed arrays (seeds shared by every arm used) of one protocol."""
+    seeds: list[int]
+    plain: np.ndarray
+    bn: np.ndarray
+    noise: np.ndarray               # levels x seeds
+    drift_plain: np.ndarray
+    drift_noise: np.ndarray         # levels x seeds
+    arms: dict[str, str]            # role or level -> arm
+    levels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # noise strengths (increasing)
+
+    def statistic(self, *arrays) -> float:
+        plain, bn, dp, *rest = arrays
+        k = len(rest) // 2
+        noise, dn = np.array([r.mean() for r in rest[:k]]), np.array([r.mean() for r in rest[k:]])
+        return crossing(self.levels, dn / dp.mean(), gap_ratio(plain.mean(), bn.mean(), noise))
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.plain, self.bn, self.drift_plain, *self.noise, *self.drift_noise]
 
 
 class Knockout(Experiment):
     name = "knockout"
     title = "K1: the knockout of internal covariate shift (Santurkar et al. 2018)"
-    claims = (K1, K1_TRAINLOSS, K1_IID, K1_NOBN)
+    claims = CLAIMS
     config_class = KnockoutConfig
 
-    def after_norm(self, cfg: KnockoutConfig, arm: str):
-        if arm in cfg.noise.iid_arms:
-            return NoiseFactory(cfg.noise, iid=True)
-        return NoiseFactory(cfg.noise) if arm in cfg.noise.arms else None
+    def tasks(self, cfg: KnockoutConfig) -> list[RunTask]:
+        tasks = []
+        for arm, spec in arm_specs(cfg).items():
+            factory = None if spec.role in ("plain", "bn") else \
+                NoiseFactory(cfg.noise, iid=spec.role == "iid", level=spec.level)
+            for seed in cfg.seed_list:
+                tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, spec.config, factory))
+        return tasks
 
-    def manipulation(self, tables: Tables, noisy: str, a: KnockoutAnalysis) -> Check:
-        drift = {arm: relative_drift(tables, arm) for arm in ("plain", noisy)}
-        if not all(drift[x][0] for x in drift):
-            return Check("manipulation check", False, f"no drift probes for plain or {noisy}")
-        mean_ratio = np.mean(drift[noisy][0]) / np.mean(drift["plain"][0])
-        var_ratio = np.mean(drift[noisy][1]) / np.mean(drift["plain"][1])
-        ok = bool(mean_ratio >= a.min_drift_ratio and var_ratio >= a.min_drift_ratio)
-        return Check("manipulation check", ok,
-                     f"relative drift of per-unit means x{mean_ratio:.2f}, of variances x{var_ratio:.2f} the plain "
-                     f"network's (needs >= {a.min_drift_ratio:g}): the noise did not knock the statistics out")
+    @staticmethod
+    def best_lrs(specs: dict[str, ArmSpec], val: dict[str, dict[int, float]]) -> dict[tuple[str, float], float]:
+        """(role, level) -> the LR of the grid with the lowest mean validation loss (eval mode)."""
+        best: dict[tuple[str, float], tuple[float, float]] = {}
+        for arm, sp in specs.items():
+            if sp.role not in ("plain", "bn", "noise") or arm not in val:
+                continue
+            v = np.array(list(val[arm].values()), dtype=float)
+            score = float(np.mean(v)) if len(v) and np.isfinite(v).all() else float("inf")  # a diverged seed rules it out
+            key = (sp.role, sp.level)
+            if key not in best or score < best[key][1]:
+                best[key] = (sp.lr, score)
+        return {k: v[0] for k, v in best.items()}
+
+    def curve(self, specs, lrs: dict[tuple[str, float], float], loss, drift, levels) -> Curve | None:
+        def arm_of(role, level):
+            lr = lrs.get((role, level))
+            return next((a for a, sp in specs.items() if sp.role == role and sp.level == level and sp.lr == lr), None)
+
+        arms = {"plain": arm_of("plain", 0.0), "bn": arm_of("bn", 0.0)}
+        arms.update({f"{s:g}": arm_of("noise", s) for s in levels})
+        if any(a is None or a not in loss or a not in drift for k, a in arms.items() if k != "bn") or arms["bn"] not in loss:
+            return None
+        noise_arms = [arms[f"{s:g}"] for s in levels]
+        seeds = sorted(set.intersection(*(set(loss[a]) for a in arms.values()),
+                                        *(set(drift[a]) for a in [arms["plain"], *noise_arms])))
+        pick = lambda d, a: np.array([d[a][s] for s in seeds], dtype=float)  # noqa: E731
+        return Curve(seeds, pick(loss, arms["plain"]), pick(loss, arms["bn"]),
+                     np.array([pick(loss, a) for a in noise_arms]), pick(drift, arms["plain"]),
+                     np.array([pick(drift, a) for a in noise_arms]), arms, np.asarray(levels, dtype=float))
+
+    def estimate(self, c: Curve, what: str) -> Estimate:
+        keep = np.isfinite(np.vstack(c.arrays())).all(axis=0)
+        arrays = [a[keep] for a in c.arrays()]
+        n = int(keep.sum())
+        value = c.statistic(*arrays)
+        ratio = c.drift_noise[:, keep].mean(axis=1) / c.drift_plain[keep].mean()
+        gaps = gap_ratio(c.plain[keep].mean(), c.bn[keep].mean(), c.noise[:, keep].mean(axis=1))
+        helps_est, helps_ci, _ = paired_t(c.plain, c.bn)
+        helps = Check("BN helps", bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
+                      f"L_plain - L_bn = {helps_est:.3g}, {helps_ci.method} CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] "
+                      "does not lie above 0, so there is no gap to explain")
+        crosses = Check("drift ratio crosses 1", bool(np.isfinite(value)),
+                        "the noisy/plain drift ratio does not cross 1 between the smallest and the largest level "
+                        f"(it runs from x{ratio[0]:.3g} to x{ratio[-1]:.3g}), so no level resembles the plain network")
+        curve = ", ".join(f"s={s:g}: R {r:.3g}, G {g:.3g}" for s, r, g in zip(c.levels, ratio, gaps))
+        detail = (f"{what}; arms used: plain {c.arms['plain']}, bn {c.arms['bn']}; L plain {c.plain[keep].mean():.4g}, "
+                  f"bn {c.bn[keep].mean():.4g}; dose-response (drift ratio R, gap ratio G): {curve}")
+        return Estimate(value, bca(arrays, c.statistic), n, [helps, crosses], detail)
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
-        a = self.typed_config(tables).analysis
-        arms = set(tables.runs["arm"])
-        eval_loss = _by_seed(final_metric(tables, "train_loss"))
-        train_loss = _by_seed(final_train_loss(tables, a.final_fraction))
-        test = by_arm(final_metric(tables, "test_acc"))
+        cfg = self.typed_config(tables)
+        a, d = cfg.analysis, cfg.design
+        specs = arm_specs(cfg)
+        by_seed = lambda df: {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float)))  # noqa: E731
+                              for arm, g in df.groupby("arm")}
+        eval_loss = by_seed(final_metric(tables, "train_loss"))
+        train_loss = by_seed(final_train_loss(tables, a.final_fraction))
+        val_loss = by_seed(final_metric(tables, "val_loss"))
+        drift = drift_index(tables)
+        common = {(sp.role, sp.level): d.common_lr for sp in specs.values()}
+        best = self.best_lrs(specs, val_loss)
         rows = []
-        for claim, noisy, values, what in ((K1, "bn_noise", eval_loss, "eval-mode training-set loss"),
-                                          (K1_TRAINLOSS, "bn_noise", train_loss, "noise-on training loss"),
-                                          (K1_IID, "bn_iid", eval_loss, "eval-mode training-set loss")):
-            need = ("plain", "bn", noisy)
-            if not all(x in arms for x in need):
-                rows.append(missing(claim, a, "needs arms " + ", ".join(need)))
+        for claim, lrs, loss, what in ((K1, common, eval_loss, f"every arm at lr {d.common_lr:g}"),
+                                       (K1_BESTLR, best, eval_loss, "each arm at its best LR: " + ", ".join(
+                                           f"{r}{'' if not s else f' s={s:g}'} {lr:g}" for (r, s), lr in best.items())),
+                                       (K1_TRAINLOSS, common, train_loss, f"noise-on training loss, lr {d.common_lr:g}")):
+            c = self.curve(specs, lrs, loss, drift, d.levels)
+            if c is None or len(c.seeds) == 0:
+                rows.append(missing(claim, a, "needs plain, bn and every noise level with finished runs"))
                 continue
-            man = self.manipulation(tables, noisy, a)
-            est = gap_estimate(values, noisy, [man], what)
-            acc = ", ".join(f"{x} {100 * mean_std(test[x])[0]:.1f}%" for x in need if x in test)
-            note = status_note(tables, list(need))
-            est.detail += f"; test acc {acc}; {man.name}: {man.reason.split(':')[0]}" + (f"; {note}" if note else "")
+            est = self.estimate(c, what)
+            note = status_note(tables, [x for x in c.arms.values() if x])
+            est.detail += f"; {note}" if note else ""
             rows.append(judge(claim, est, a))
-        if {"plain", "plain_noise"} <= arms:
-            plain, noisy = _aligned(eval_loss, ("plain", "plain_noise"))
-            ratio, ci, n = paired_t(noisy, plain, log_ratio=True)
-            rows.append(judge(K1_NOBN, Estimate(ratio, ci, n, [], "eval-mode training-set loss, plain_noise vs plain"), a))
+        rows.append(self._iid_row(specs, eval_loss, drift, a, d))
+        rows.append(self._nobn_row(specs, eval_loss, a, d))
         return rows
 
+    def _iid_row(self, specs, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+        find = lambda role, level=0.0: next((x for x, sp in specs.items() if sp.role == role and sp.lr == d.common_lr  # noqa: E731
+                                             and sp.level == level), None)
+        plain, bn, iid = find("plain"), find("bn"), find("iid", d.iid_level)
+        if any(x not in loss for x in (plain, bn, iid)) or plain not in drift or iid not in drift:
+            return missing(K1_IID, a, "needs plain, bn and the i.i.d.-noise arm at common_lr")
+        seeds = sorted(set(loss[plain]) & set(loss[bn]) & set(loss[iid]))
+        v = [np.array([loss[x][s] for s in seeds]) for x in (plain, bn, iid)]
+        ratio = np.mean([drift[iid][s] for s in drift[iid]]) / np.mean([drift[plain][s] for s in drift[plain]])
+        man = Check("manipulation check", bool(ratio >= a.min_drift_ratio),
+                    f"the i.i.d. noise drifts x{ratio:.3g} the plain network's (needs >= {a.min_drift_ratio:g})")
+        helps_est, helps_ci, _ = paired_t(v[0], v[1])
+        helps = Check("BN helps", bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
+                      f"L_plain - L_bn CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] does not lie above 0")
+        keep = np.isfinite(np.vstack(v)).all(axis=0)
+        v = [x[keep] for x in v]
+        value = gap_ratio(*(x.mean() for x in v)) if keep.any() else float("nan")
+        est = Estimate(value, bca(v, lambda p, b, z: gap_ratio(p.mean(), b.mean(), z.mean())), int(keep.sum()),
+                       [man, helps], f"level {d.iid_level:g}, lr {d.common_lr:g}; drift ratio x{ratio:.3g}; "
+                       f"L plain {v[0].mean():.4g}, bn {v[1].mean():.4g}, iid {v[2].mean():.4g}")
+        return judge(K1_IID, est, a)
+
+    def _nobn_row(self, specs, loss, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+        plain = next((x for x, sp in specs.items() if sp.role == "plain" and sp.lr == d.common_lr), None)
+        noisy = next((x for x, sp in specs.items() if sp.role == "plain_noise"), None)
+        if plain not in loss or noisy not in loss:
+            return missing(K1_NOBN, a, "needs the plain and plain_noise arms")
+        seeds = sorted(set(loss[plain]) & set(loss[noisy]))
+        ratio, ci, n = paired_t([loss[noisy][s] for s in seeds], [loss[plain][s] for s in seeds], log_ratio=True)
+        return judge(K1_NOBN, Estimate(ratio, ci, n, [], f"level {d.plain_noise_level:g}, lr {d.common_lr:g}"), a)
+
+    # ---------------------------------------------------------------- figures
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
-        arms = [a for a in ("plain", "bn", "bn_noise", "bn_iid", "plain_noise") if a in set(tables.runs["arm"])]
-        col = P.colors(arms)
+        d = cfg.design
+        specs = arm_specs(cfg)
+        present = set(tables.runs["arm"])
+        ref = min(d.levels, key=lambda s: abs(np.log(s / d.plain_noise_level)))
+        shown = {"plain": ("plain", 0.0), "bn": ("bn", 0.0), f"BN + noise s={ref:g}": ("noise", ref),
+                 f"BN + i.i.d. noise s={d.iid_level:g}": ("iid", d.iid_level),
+                 f"noise without BN s={d.plain_noise_level:g}": ("plain_noise", d.plain_noise_level)}
+        arms = {label: next((x for x, sp in specs.items() if (sp.role, sp.level) == key and sp.lr == d.common_lr), None)
+                for label, key in shown.items()}
+        arms = {k: v for k, v in arms.items() if v in present}
+        col = P.colors(list(arms))
         fig, axes = P.figure(ncols=2)
-        for arm in arms:
+        for label, arm in arms.items():
             c = tables.curve("batch_loss_avg")
-            P.mean_band(axes[0, 0], c[(c["arm"] == arm) & (c["step"] > 0)], arm, col[arm])
+            P.mean_band(axes[0, 0], c[(c["arm"] == arm) & (c["step"] > 0)], label, col[label])
             t = tables.curve("test_acc")
-            P.mean_band(axes[0, 1], t[t["arm"] == arm].assign(value=lambda d: 100 * d["value"]), arm, col[arm])
+            P.mean_band(axes[0, 1], t[t["arm"] == arm].assign(value=lambda x: 100 * x["value"]), label, col[label])
         axes[0, 0].set(xlabel="step", ylabel="training loss (train mode, mean per interval)", yscale="log",
-                       title="Training loss")
+                       title=f"Training loss (lr {d.common_lr:g})")
         axes[0, 1].set(xlabel="step", ylabel="test accuracy (%)", title="Test accuracy")
-        axes[0, 0].legend()
-        axes[0, 1].legend(loc="lower right")
+        axes[0, 0].legend(fontsize=6)
+        axes[0, 1].legend(loc="lower right", fontsize=6)
         paths = [P.save(fig, out / "knockout_curves.png")]
+        paths.append(self._plot_dose(tables, cfg, specs, out))
 
         layer = cfg.analysis.noisy_layer
         fig, axes = P.figure(ncols=len(arms), nrows=2, width=3.4, height=2.6, sharey="row")
-        for j, arm in enumerate(arms):
+        for j, (label, arm) in enumerate(arms.items()):
             for i, metric in enumerate(("preact_mean", "preact_var")):
                 ax = axes[i, j]
                 for stat, ls in (("q25", ":"), ("median", "-"), ("q75", ":")):
                     c = tables.curve(metric, layer, stat)
-                    c = c[c["arm"] == arm]
-                    g = c.groupby("step")["value"].mean()
-                    ax.plot(g.index, g.values, ls=ls, color=col[arm], label=stat)
-                ax.set(title=f"{arm}: {layer} {metric.split('_')[1]}", xlabel="step" if i else "")
+                    g = c[c["arm"] == arm].groupby("step")["value"].mean()
+                    ax.plot(g.index, g.values, ls=ls, color=col[label], label=stat)
+                ax.set_title(f"{label}: {layer} {metric.split('_')[1]}", fontsize=7)
+                ax.set_xlabel("step" if i else "")
                 if metric == "preact_var":
                     ax.set_yscale("log")
                 if j == 0:
-                    ax.set_ylabel(f"per-unit {metric.split('_')[1]} (quartiles over units)")
+                    ax.set_ylabel(f"per-unit {metric.split('_')[1]}\n(quartiles over units, fixed batch)")
         axes[0, 0].legend()
         paths.append(P.save(fig, out / "knockout_distributions.png"))
         return paths
+
+    def _plot_dose(self, tables: Tables, cfg: KnockoutConfig, specs, out: Path) -> Path:
+        """Gap ratio against drift ratio, one point per noise level, for both LR protocols."""
+        a, d = cfg.analysis, cfg.design
+        by_seed = lambda df: {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float)))  # noqa: E731
+                              for arm, g in df.groupby("arm")}
+        loss = by_seed(final_metric(tables, "train_loss"))
+        drift = drift_index(tables)
+        protocols = {f"same lr {d.common_lr:g}": {(sp.role, sp.level): d.common_lr for sp in specs.values()},
+                     "best lr per arm": self.best_lrs(specs, by_seed(final_metric(tables, "val_loss")))}
+        fig, axes = P.figure(ncols=1, width=5.0, height=3.6)
+        ax = axes[0, 0]
+        col = P.colors(list(protocols))
+        for label, lrs in protocols.items():
+            c = self.curve(specs, lrs, loss, drift, d.levels)
+            if c is None or not c.seeds:
+                continue
+            r = c.drift_noise / c.drift_plain.mean()
+            g = gap_ratio(c.plain.mean(), c.bn.mean(), c.noise)       # levels x seeds
+            rm, gm = r.mean(axis=1), gap_ratio(c.plain.mean(), c.bn.mean(), c.noise.mean(axis=1))
+            ax.errorbar(rm, gm, yerr=[gm - np.nanmin(g, axis=1), np.nanmax(g, axis=1) - gm], fmt="o-",
+                        color=col[label], capsize=3, label=label)
+            for s, x, y in zip(d.levels, rm, gm):
+                ax.annotate(f"s={s:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axvline(1.0, color="k", lw=0.8, ls=":")
+        ax.axhline(a.max_gap_ratio, color="r", lw=0.8, ls="--", label=f"rule: G < {a.max_gap_ratio:g}")
+        ax.set(xscale="log", xlabel="drift ratio R (noisy / plain network)",
+               ylabel="gap ratio G = (L_noise - L_bn) / (L_plain - L_bn)",
+               title="Dose-response: the verdict reads G where R = 1\n(bars: seed range)")
+        ax.legend(fontsize=6)
+        return P.save(fig, out / "knockout_dose.png")

@@ -46,16 +46,56 @@ def test_noise_drifts_and_is_deterministic_in_eval():
     assert torch.allclose(a, 1.0 + noise.center.expand(8, 20))  # expected map: E[gamma] = 1 here
 
 
-def test_knockout_inserts_noise_only_in_the_noisy_arm():
+def test_knockout_inserts_noise_only_in_the_noisy_arms_and_scales_it_by_level():
+    from normlab.experiments.knockout import arm_specs
     exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
+    specs = arm_specs(cfg)
     tasks = {t.arm: t for t in exp.tasks(cfg)}
-    assert tasks["bn_noise"].after_norm is not None
-    assert tasks["bn"].after_norm is None and tasks["plain"].after_norm is None
-    assert tasks["plain"].config.model.norm == "none" and tasks["bn"].config.model.norm == "batch"
-    # everything else is the same across arms: architecture, optimizer, lr, steps
-    a, b = to_dict(tasks["bn"].config), to_dict(tasks["plain"].config)
-    a["model"].pop("norm"), b["model"].pop("norm")
+    assert set(tasks) == set(specs)
+    for arm, sp in specs.items():
+        t = tasks[arm]
+        assert (t.after_norm is None) == (sp.role in ("plain", "bn"))
+        assert t.config.optim.lr == sp.lr
+        assert (t.config.model.norm == "none") == (sp.role in ("plain", "plain_noise"))
+        if sp.role == "noise":
+            assert t.after_norm.cfg.mean_halfwidth == pytest.approx(cfg.noise.mean_halfwidth * sp.level)
+            assert t.after_norm.cfg.scale_max == pytest.approx(1 + (cfg.noise.scale_max - 1) * sp.level)
+    # every level at every learning rate of the grid, plain and bn too
+    assert {(sp.role, sp.level, sp.lr) for sp in specs.values() if sp.role == "noise"} == \
+        {("noise", s, lr) for s in cfg.design.levels for lr in cfg.design.lr_grid}
+    # apart from norm and lr, every arm is the same network and training
+    a, b = to_dict(tasks["bn-lr0.1"].config), to_dict(tasks["plain-lr0.3"].config)
+    a["model"].pop("norm"), b["model"].pop("norm"), a["optim"].pop("lr"), b["optim"].pop("lr")
     assert a == b
+
+
+def test_noise_without_bn_sits_where_the_normalizer_would():
+    from normlab.engine.models import build_model
+    from normlab.engine.spec import ModelConfig
+    from normlab.experiments.knockout import NoiseFactory
+    net = build_model(ModelConfig(arch="mlp", width=8, depth=2, norm="none"), (4,), 3, NoiseFactory(NoiseConfig()))
+    assert all(type(b.after_norm).__name__ == "AffineNoise" for b in net.blocks)
+
+
+def test_fixed_batch_probes_leave_training_unchanged():
+    from normlab.engine.spec import RunConfig
+    from normlab.engine.train import RunTask, train
+    from normlab.experiments.knockout import NoiseFactory
+    from normlab.engine.config import from_dict
+    raw = {"data": {"name": "synthetic", "num_samples": 200}, "model": {"arch": "mlp", "width": 16, "depth": 2,
+           "norm": "batch"}, "train": {"steps": 20, "batch_size": 32, "eval_every": 10},
+           "probes": {"every": 5, "weights": False, "inputs": False, "preacts": True}}
+    plain = from_dict(RunConfig, raw)
+    fixed = from_dict(RunConfig, {**raw, "probes": {**raw["probes"], "fixed_batch": 64}})
+    a = train(RunTask("a", "a", 0, plain, NoiseFactory(NoiseConfig())))
+    b = train(RunTask("b", "b", 0, fixed, NoiseFactory(NoiseConfig())))
+    assert a.final == b.final                          # same weights, same noise draws, same BN statistics
+    la = [r for r in a.rows if r[1] == "batch_loss"]
+    lb = [r for r in b.rows if r[1] == "batch_loss"]
+    assert la == lb
+    pa = [r[5] for r in a.rows if r[1] == "preact_mean"]
+    pb = [r[5] for r in b.rows if r[1] == "preact_mean"]
+    assert pa != pb                                    # but the statistics come from another batch
 
 
 # Verdicts on hand-made tables, for every claim: tests/test_verdicts.py
@@ -78,6 +118,11 @@ def test_smoke_run_of_every_experiment(name, config, tmp_path):
     assert set(claims["verdict"]) <= {"supported", "not supported", "inconclusive", "not judged"}
     # a statistic that could not be computed never gets a verdict other than inconclusive
     assert claims.loc[~np.isfinite(claims["value"]), "verdict"].isin(["inconclusive", "not judged"]).all()
+    # the manifest lists the seeds the runs actually used
+    import json
+    runs = pd.read_csv(out / "runs.csv")
+    if len(runs):
+        assert json.loads((out / "manifest.json").read_text())["seeds"] == sorted(set(runs["seed"]))
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots, "every experiment draws at least one figure"
     before = {p: (out / "plots" / p).read_bytes() for p in plots}

@@ -90,7 +90,9 @@ def test_cells_with_different_inserted_modules_get_different_keys():
     from normlab.experiments import REGISTRY, load_config
     from normlab.experiments.base import _module_key
     exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
-    a = _module_key(exp.after_norm(cfg, "bn_noise"))
+    noisy = lambda: next(t.after_norm for t in exp.tasks(cfg) if t.arm == "noise1-lr0.1")  # noqa: E731
+    a = _module_key(noisy())
     cfg.noise.scale_max = 2.0
-    b = _module_key(exp.after_norm(cfg, "bn_noise"))
-    assert a != b and "scale_max" in a and _module_key(None) == ""
+    b = _module_key(noisy())
+    other_level = next(t.after_norm for t in exp.tasks(cfg) if t.arm == "noise0.3-lr0.1")
+    assert a != b != _module_key(other_level) and "scale_max" in a and _module_key(None) == ""

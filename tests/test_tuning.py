@@ -81,3 +81,13 @@ def test_followup_reruns_the_best_trial_by_validation_accuracy_with_fresh_seeds(
 
 
 # The K5 verdicts on hand-made tables: tests/test_verdicts.py
+
+
+def test_seeds_option_sets_the_fresh_seeds_of_the_final_reruns():
+    _, cfg = load_config(EXP.default_config, REGISTRY, overrides={"seeds": 3}, smoke=True)
+    tasks = EXP.tasks(cfg)
+    vals = {t.arm: 0.5 for t in tasks}
+    follow = EXP.followup(cfg, _runs(vals), tasks)
+    assert sorted({t.seed for t in follow}) == [1000, 1001, 1002]
+    with pytest.raises(Exception, match="fresh seeds"):
+        load_config(EXP.default_config, REGISTRY, overrides={"seed_offset": 0})

@@ -57,55 +57,90 @@ def test_b1(accs, expected):
 
 # ---------- K1 ----------
 
-def _knockout(noisy_loss, drift):
-    losses = {"plain": [1.0, 1.1, 0.9, 1.0], "bn": [0.1, 0.11, 0.09, 0.1], "plain_noise": [1.2, 1.3, 1.1, 1.2],
-              "bn_noise": noisy_loss, "bn_iid": noisy_loss}
+K1_DESIGN = {"design.levels": [0.1, 1.0], "design.lr_grid": [0.03, 0.1]}
+
+
+def _knockout(noisy_loss, ratios=(0.5, 2.0), iid_ratio=2.0, worse_small_lr=True):
+    """plain, bn and noise at two levels (drift ratios `ratios`), every arm at lr 0.03 and 0.1; the
+    0.03 arms are worse on validation, so both protocols use lr 0.1 unless told otherwise."""
+    from normlab.experiments.knockout import KnockoutConfig, arm_specs
+    from normlab.engine.config import from_dict
+    specs = arm_specs(from_dict(KnockoutConfig, _config("knockout", K1_DESIGN)))
+    base = {"plain": [1.0, 1.1, 0.9, 1.0], "bn": [0.1, 0.11, 0.09, 0.1], "plain_noise": [1.2, 1.3, 1.1, 1.2],
+            "noise": noisy_loss, "iid": noisy_loss}
     runs, rows = [], []
-    for arm, vals in losses.items():
+    for arm, sp in specs.items():
+        vals = base[sp.role]
+        drift = {"plain": 0.1, "bn": 0.0, "plain_noise": 0.3, "iid": 0.1 * iid_ratio,
+                 "noise": 0.1 * (ratios[0] if sp.level == 0.1 else ratios[1])}[sp.role]
         for s, v in enumerate(vals):
             rid = f"{arm}-s{s}"
+            val = v + (0.5 if (sp.lr == 0.03 and worse_small_lr) else 0.0)
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_train_loss": v,
-                         "final_test_acc": 0.5, "train.steps": 100})
-            d = drift if arm in ("bn_noise", "bn_iid") else 0.1
+                         "final_val_loss": val, "final_test_acc": 0.5, "train.steps": 100})
             rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v) for step in (0, 50, 95)]
             rows += [(rid, arm, s, 50, "preact_var", "layer1", "median", pd.NA, 1.0),
-                     (rid, arm, s, 50, "preact_mean_drift", "layer1", "value", pd.NA, d),
-                     (rid, arm, s, 50, "preact_var_drift", "layer1", "value", pd.NA, d)]
+                     (rid, arm, s, 50, "preact_mean_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s)),
+                     (rid, arm, s, 50, "preact_var_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s))]
     return runs, rows
 
 
-@pytest.mark.parametrize("noisy,drift,expected", [
-    ([0.11, 0.12, 0.10, 0.11], 1.0, "supported"),        # noise costs little: gap ratio ~0.01
-    ([0.90, 0.95, 0.92, 0.91], 1.0, "not supported"),    # noise costs as much as removing BN
-    ([0.11, 0.12, 0.10, 0.11], 0.01, "inconclusive"),    # manipulation check fails
-    ([0.30, 0.10, 0.60, 0.15], 1.0, "inconclusive"),     # CI straddles 0.25
+@pytest.mark.parametrize("noisy,ratios,expected", [
+    ([0.11, 0.12, 0.10, 0.11], (0.5, 2.0), "supported"),       # at matched drift the noise costs little
+    ([0.90, 0.95, 0.92, 0.91], (0.5, 2.0), "not supported"),   # it costs as much as removing BN
+    ([0.11, 0.12, 0.10, 0.11], (0.2, 0.5), "inconclusive"),    # the drift ratio never reaches 1
+    ([0.30, 0.10, 0.60, 0.15], (0.5, 2.0), "inconclusive"),    # CI straddles 0.25
 ])
-def test_k1(noisy, drift, expected):
-    v = _verdicts("knockout", *_knockout(noisy, drift))
-    assert v == {"K1": expected, "K1-trainloss": expected, "K1-iid": expected, "K1-nobn": "not judged"}
+def test_k1(noisy, ratios, expected):
+    v = _verdicts("knockout", *_knockout(noisy, ratios), overrides=K1_DESIGN)
+    assert v == {"K1": expected, "K1-bestlr": expected, "K1-trainloss": expected,
+                 "K1-iid": expected if ratios != (0.2, 0.5) else "supported", "K1-nobn": "not judged"}
 
 
-def test_k1_needs_bn_to_help():
-    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11], 1.0)
+def test_k1_iid_manipulation_check_and_bn_must_help():
+    assert _verdicts("knockout", *_knockout([0.11, 0.12, 0.10, 0.11], iid_ratio=0.5),
+                     overrides=K1_DESIGN)["K1-iid"] == "inconclusive"
+    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11])
     for r in runs:
-        if r["arm"] == "plain":
+        if r["arm"].startswith("plain-"):
             r["final_train_loss"] = 0.05
-    assert _verdicts("knockout", runs, rows)["K1"] == "inconclusive"
+    assert _verdicts("knockout", runs, rows, overrides=K1_DESIGN)["K1"] == "inconclusive"
+
+
+def test_k1_crossing_interpolates_in_log_level():
+    from normlab.experiments.knockout import crossing
+    # R = 0.5 at s = 0.1 and 2 at s = 1: log R crosses 0 half way, G is read half way
+    assert crossing(np.array([0.1, 1.0]), np.array([0.5, 2.0]), np.array([0.0, 1.0])) == pytest.approx(0.5)
+    assert np.isnan(crossing(np.array([0.1, 1.0]), np.array([1.5, 2.0]), np.array([0.0, 1.0])))
+
+
+def test_k1_best_lr_protocol_picks_each_arm_by_validation_loss():
+    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11], worse_small_lr=False)
+    for r in runs:                                   # lr 0.03 is better on validation for BN+noise only
+        if r["arm"].startswith("noise") and "lr0.03" in r["arm"]:
+            r["final_val_loss"] -= 1.0
+            r["final_train_loss"] = 0.9
+    v = _verdicts("knockout", runs, rows, overrides=K1_DESIGN)
+    assert v["K1"] == "supported" and v["K1-bestlr"] == "not supported"
 
 
 # ---------- K2 ----------
 
 def _placement(before, after, centered=True):
-    arms = {"none": 2.0, "before": before, "after": after, "before_noaffine": before, "after_noaffine": after,
+    from normlab.experiments.bn_placement import PlacementConfig, grid_arms
+    from normlab.engine.config import from_dict
+    grid = grid_arms(from_dict(PlacementConfig, _config("bn_placement", {"lr_factors": [1.0]})))
+    base = {"none": 2.0, "before": before, "after": after, "before_noaffine": before, "after_noaffine": after,
             "none_adam": 2.0, "before_adam": before, "after_adam": after}
     runs, rows = [], []
-    for arm, vals in arms.items():
+    for arm, g in grid.items():
+        vals = base[g.base]
         vals = vals if isinstance(vals, list) else [vals] * 4
         for s, v in enumerate(vals):
             rid = f"{arm}-s{s}"
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_test_acc": 0.5})
             rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v * f) for step, f in ((50, 2.0), (95, 1.0))]
-            msq = 0.0 if (arm.startswith("after") and centered) else 40.0
+            msq = 0.0 if (g.base.startswith("after") and centered) else 40.0
             rows += [(rid, arm, s, 50, "input_mean_sq_norm", "layer2", "value", pd.NA, msq),
                      (rid, arm, s, 50, "input_var_mean", "layer2", "value", pd.NA, 1.0)]
     return runs, rows
@@ -118,8 +153,20 @@ def _placement(before, after, centered=True):
     ([0.10, 0.14, 0.08, 0.12], True, "inconclusive"),        # CI straddles 1.1
 ])
 def test_k2(before, centered, expected):
-    v = _verdicts("bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered))
+    v = _verdicts("bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered),
+                  overrides={"lr_factors": [1.0]})
     assert v == {"K2": expected, "K2-noaffine": expected, "K2-adam": expected}
+
+
+def test_k2_compares_each_arm_at_its_best_learning_rate():
+    from normlab.experiments.bn_placement import BNPlacement, GridArm
+    grid = {"before@lr0.03": GridArm("before", 0.03, None), "before@lr0.1": GridArm("before", 0.1, None),
+            "after@lr0.1": GridArm("after", 0.1, None)}
+    ll = pd.DataFrame({"arm": ["before@lr0.03"] * 3 + ["before@lr0.1"] * 3 + ["after@lr0.1"] * 3,
+                       "value": [0.1, 0.2, 0.1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]})
+    assert BNPlacement.best(grid, ll) == {"before": "before@lr0.03", "after": "after@lr0.1"}
+    ll.loc[1, "value"] = np.nan                          # a diverged seed rules that LR out
+    assert BNPlacement.best(grid, ll)["before"] == "before@lr0.1"
 
 
 # ---------- K3, K13 ----------

@@ -198,7 +198,7 @@ def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=3
                              (rid, arm, s, step, "w_grad_cos", layer, "q25", pd.NA, -c),
                              (rid, arm, s, step, "angular_update", layer, "median", pd.NA,
                               (ei * g) if decay else 0.01)]
-                first, last = 0, (steps - 1) // every * every
+                first, last = 2000, (steps - 1) // every * every   # unit_window 0.5
                 uf = np.sqrt(u0 ** 2 + 2 * lr ** 2 * first) if decay else u0
                 ul = np.sqrt(u0 ** 2 + 2 * lr ** 2 * last) * eq19_scale if decay else u0
                 for j in range(3):

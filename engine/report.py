@@ -152,6 +152,11 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     counts = pd.concat([e["verdict"] for e in evidence]).value_counts() if items else pd.Series(dtype=int)
     md += ["", "Verdicts of the measured and exact claims (the evidence): "
            + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER), ""]
+    # a collection may carry a hand-written account of why verdicts moved since its previous version
+    for f in folders:
+        notes = Path(f) / "changes.md"
+        if is_collection(f) and notes.is_file():
+            md += [notes.read_text().strip(), ""]
     smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
     if smoke:
         md += [f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "

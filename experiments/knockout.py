@@ -457,8 +457,9 @@ class Knockout(Experiment):
                 ax.annotate(f"s={s:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.axhline(a.max_gap_ratio, color="r", lw=0.8, ls="--", label=f"rule: G < {a.max_gap_ratio:g}")
+        ax.set_yscale("symlog", linthresh=0.1)  # linear near 0 (the rule), logarithmic for large gaps
         ax.set(xscale="log", xlabel="drift ratio R (noisy / plain network)",
                ylabel="gap ratio G = (L_noise - L_bn) / (L_plain - L_bn)",
-               title="Dose-response: the verdict reads G where R = 1\n(bars: seed range)")
+               title="Dose-response: the verdict reads G where R = 1\n(bars: seed range; y linear below 0.1, log above)")
         ax.legend(fontsize=6)
         return P.save(fig, out / "knockout_dose.png")

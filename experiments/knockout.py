@@ -24,12 +24,11 @@ validation loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -40,7 +39,7 @@ from normlab.engine.claims import (DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
-from normlab.engine.stats import bca, mean_std, paired_t
+from normlab.engine.stats import bca, paired_t
 from normlab.engine.train import RunTask
 
 from .base import Experiment

@@ -1,13 +1,10 @@
 """optimizer_tuning: quasi-random search, the budget-curve formula, selection and the K5 verdict."""
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from normlab.engine.config import to_dict
-from normlab.engine.results import Tables
 from normlab.experiments import REGISTRY, load_config
 from normlab.experiments.optimizer_tuning import OptimizerTuning, sobol
 

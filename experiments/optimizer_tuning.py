@@ -162,10 +162,32 @@ def _careful(cfg: TuningConfig, opt: str, steps: int) -> list[tuple[str, dict]]:
     return out
 
 
-def _with_parts(runs: pd.DataFrame) -> pd.DataFrame:
-    """runs plus workload/opt/protocol/label columns, split from arm names 'mlp-sgd-careful-t03'."""
-    parts = runs["arm"].str.split("-", n=3, expand=True)
-    return runs.assign(workload=parts[0], opt=parts[1], protocol=parts[2], label=parts[3])
+@dataclass(frozen=True)
+class Trial:
+    """What an arm is, typed: the analysis groups runs by these fields, never by parsing names."""
+    workload: str
+    opt: str
+    protocol: Literal["narrow", "careful"]
+    label: str                   # the trial's name, or "final" for the re-run of the selected one
+    overrides: tuple = ()        # (dotted key, value) pairs over the workload's run config
+
+
+def trials(cfg: TuningConfig) -> dict[str, Trial]:
+    """Every arm of the experiment, the final re-runs included."""
+    out = {}
+    for workload in cfg.workloads:
+        for opt in cfg.optimizers:
+            for protocol, made in (("narrow", _narrow(cfg, opt)), ("careful", _careful(cfg, opt, cfg.run.train.steps))):
+                for label, ov in made:
+                    out[f"{workload}-{opt}-{protocol}-{label}"] = Trial(workload, opt, protocol, label, tuple(ov.items()))
+                out[f"{workload}-{opt}-{protocol}-final"] = Trial(workload, opt, protocol, "final")
+    return out
+
+
+def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
+    """runs plus the workload/opt/protocol/label of each run's arm, from the typed trial table."""
+    get = lambda f: runs["arm"].map(lambda a: getattr(arms[a], f) if a in arms else None)  # noqa: E731
+    return runs.assign(workload=get("workload"), opt=get("opt"), protocol=get("protocol"), label=get("label"))
 
 
 class OptimizerTuning(Experiment):
@@ -179,29 +201,23 @@ class OptimizerTuning(Experiment):
         return C.from_dict(RunConfig, raw, f"workloads.{workload}")
 
     def tasks(self, cfg: TuningConfig) -> list[RunTask]:
-        tasks = []
-        for workload in cfg.workloads:
-            for opt in cfg.optimizers:
-                trials = [("narrow", n, ov) for n, ov in _narrow(cfg, opt)] + \
-                         [("careful", n, ov) for n, ov in _careful(cfg, opt, cfg.run.train.steps)]
-                for protocol, label, ov in trials:
-                    arm = f"{workload}-{opt}-{protocol}-{label}"
-                    tasks.append(RunTask(f"{arm}-s{cfg.search_seed}", arm, cfg.search_seed,
-                                         self._run_config(cfg, workload, ov)))
-        return tasks
+        return [RunTask(f"{arm}-s{cfg.search_seed}", arm, cfg.search_seed,
+                        self._run_config(cfg, t.workload, dict(t.overrides)))
+                for arm, t in trials(cfg).items() if t.label != "final"]
 
     def followup(self, cfg: TuningConfig, runs: pd.DataFrame, done: list[RunTask]) -> list[RunTask]:
-        if any(t.arm.endswith("-final") for t in done):
+        arms = trials(cfg)
+        if any(arms[t.arm].label == "final" for t in done):
             return []
         by_arm = {t.arm: t for t in done}
-        trials = _with_parts(runs)
         tasks = []
-        for (workload, opt, protocol), g in trials.groupby(["workload", "opt", "protocol"], sort=False):
+        for (workload, opt, protocol), g in _with_parts(runs, arms).groupby(["workload", "opt", "protocol"], sort=False):
             ok = g[g["status"] == "ok"]
             if ok.empty:
                 continue
             best = ok.sort_values(["final_val_acc", "arm"], ascending=[False, True]).iloc[0]["arm"]
-            arm = f"{workload}-{opt}-{protocol}-final"
+            arm = next(a for a, t in arms.items() if (t.workload, t.opt, t.protocol, t.label) ==
+                       (workload, opt, protocol, "final"))
             for seed in cfg.seed_list:  # fresh seeds (checked): never used by a trial
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, by_arm[best].config))
         return tasks
@@ -209,16 +225,16 @@ class OptimizerTuning(Experiment):
     # ---------------------------------------------------------------- analysis
     def selected(self, tables: Tables) -> pd.DataFrame:
         """The trial each final arm re-ran: the best by validation accuracy (ties: first by name)."""
-        r = _with_parts(tables.runs)
-        trials = r[(r["label"] != "final") & (r["status"] == "ok")]
-        best = trials.sort_values(["final_val_acc", "arm"], ascending=[False, True]).groupby(
+        r = _with_parts(tables.runs, trials(self.typed_config(tables)))
+        tried = r[(r["label"] != "final") & (r["status"] == "ok")]
+        best = tried.sort_values(["final_val_acc", "arm"], ascending=[False, True]).groupby(
             ["workload", "opt", "protocol"], sort=False).head(1)
         return best
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         cfg = self.typed_config(tables)
         a = cfg.analysis
-        r = _with_parts(tables.runs)
+        r = _with_parts(tables.runs, trials(cfg))
         final = r[r["label"] == "final"]
         rows = []
         for workload in cfg.workloads:
@@ -259,8 +275,8 @@ class OptimizerTuning(Experiment):
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
-        r = _with_parts(tables.runs)
-        trials = r[(r["label"] != "final")]
+        r = _with_parts(tables.runs, trials(cfg))
+        tried = r[(r["label"] != "final")]
         workloads = list(cfg.workloads)
         col = P.colors(["sgd", "adam"])
         fig, axes = P.figure(ncols=len(workloads), nrows=3, width=4.0, height=3.0)
@@ -268,14 +284,14 @@ class OptimizerTuning(Experiment):
         for j, workload in enumerate(workloads):
             ax = axes[0, j]
             for opt in ("sgd", "adam"):
-                pool = 100 * trials[(trials["workload"] == workload) & (trials["opt"] == opt) & (trials["protocol"] == "careful")]["final_val_acc"].fillna(0).to_numpy()
+                pool = 100 * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")]["final_val_acc"].fillna(0).to_numpy()
                 if not len(pool):
                     continue
                 ks = np.arange(1, len(pool) + 1)
                 ax.plot(ks, [self.expected_best(pool, k) for k in ks], color=col[opt], label=f"{opt} careful")
                 boots = np.array([[self.expected_best(rng.choice(pool, len(pool)), k) for k in ks] for _ in range(200)])
                 ax.fill_between(ks, *np.percentile(boots, [5, 95], axis=0), color=col[opt], alpha=0.15, lw=0)
-                narrow = 100 * trials[(trials["workload"] == workload) & (trials["opt"] == opt) & (trials["protocol"] == "narrow")]["final_val_acc"].fillna(0)
+                narrow = 100 * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "narrow")]["final_val_acc"].fillna(0)
                 if len(narrow):
                     ax.scatter([len(narrow)], [narrow.max()], color=col[opt], marker="s", label=f"{opt} narrow (best)")
             ax.set(xlabel="number of trials k", ylabel="expected best val. accuracy (%)", title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)")
@@ -298,7 +314,7 @@ class OptimizerTuning(Experiment):
             ax.set(ylabel="test accuracy (%) of the selected config", title=f"{workload}: selected configs, fresh seeds (min-max)")
             ax = axes[2, j]
             for opt in ("sgd", "adam"):
-                t = trials[(trials["workload"] == workload) & (trials["opt"] == opt)]
+                t = tried[(tried["workload"] == workload) & (tried["opt"] == opt)]
                 for protocol, marker in (("careful", "o"), ("narrow", "s")):
                     d = t[t["protocol"] == protocol]
                     ax.scatter(d["optim.lr"], 100 * d["final_val_acc"].fillna(0), color=col[opt], marker=marker, s=14,

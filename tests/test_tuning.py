@@ -1,5 +1,6 @@
 """optimizer_tuning: quasi-random search, the budget-curve formula, selection and the K5 verdict."""
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,16 @@ def test_seeds_option_sets_the_fresh_seeds_of_the_final_reruns():
     assert sorted({t.seed for t in follow}) == [1000, 1001, 1002]
     with pytest.raises(Exception, match="fresh seeds"):
         load_config(EXP.default_config, REGISTRY, overrides={"seed_offset": 0})
+
+
+def test_selected_trial_is_the_one_the_final_arm_reran():
+    from normlab.engine.results import load_tables
+    folder = Path(__file__).resolve().parent.parent / "results" / "reference" / "optimizer_tuning"
+    tables = load_tables(folder)
+    chosen = EXP.selected(tables)
+    assert len(chosen) == 8                                    # 2 workloads x 2 optimizers x 2 protocols
+    runs = tables.runs.set_index("arm")
+    for row in chosen.itertuples():
+        final = runs.loc[[f"{row.workload}-{row.opt}-{row.protocol}-final"]]
+        for key in ("optim.lr", "optim.weight_decay", "optim.name"):
+            assert set(final[key]) == {runs.loc[row.arm, key]}, (row.arm, key)

@@ -107,3 +107,42 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
     with pytest.raises(NormlabError, match=r"--backend ray needs Ray: pip install -e '.\[ray\]'"):
         execute([RunTask("r", "x", 0, tiny(steps=5))], backend="ray")
+
+
+def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
+    """probes.unit_window accumulates, per unit, what per_unit rows record at each probe: checked
+    against an independent reduction of those rows."""
+    import numpy as np
+    import pandas as pd
+    cfg = tiny(steps=40, probe_every=5)
+    cfg.probes.per_unit, cfg.probes.unit_window = True, 0.5            # window: steps >= 20
+    res = train(RunTask("u", "u", 0, cfg))
+    df = pd.DataFrame(res.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
+    per = df[(df["stat"] == "unit") & (df["layer"] == "layer1")]
+    win = per[(per["step"] >= 20) & (per["step"] < 40)]
+    u = win[win["metric"] == "weight_norm_sq"].pivot(index="step", columns="unit", values="value")
+    g = win[win["metric"] == "normalized_grad_norm"].pivot(index="step", columns="unit", values="value")
+    ang = win[win["metric"] == "angular_update"].pivot(index="step", columns="unit", values="value")
+    end = per[per["step"] == 40].set_index(["metric", "unit"])["value"]
+    assert list(u.index) == [20, 25, 30, 35]
+    np.testing.assert_allclose(end["unit_u_mean"].sort_index(), u.mean(), rtol=1e-6)
+    np.testing.assert_allclose(end["unit_g2_mean"].sort_index(), (g ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(end["unit_ang2_mean"].sort_index(), (ang ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(end["unit_u_first"].sort_index(), u.loc[20], rtol=1e-6)
+    np.testing.assert_allclose(end["unit_u_last"].sort_index(), u.loc[35], rtol=1e-6)
+    assert "out" not in set(df[df["metric"] == "unit_u_mean"]["layer"])  # only scale-invariant units
+
+
+def test_norm_init_scale_scales_the_normalizer_fed_weights_only_and_keeps_the_function():
+    from normlab.engine.models import build_model
+    torch.manual_seed(0)
+    # BN's eps breaks the scale invariance slightly (it matters more for small weights), so the
+    # identity is checked with a negligible eps
+    a = build_model(ModelConfig(width=16, depth=2, norm="batch", norm_eps=1e-12), (12,), 3).eval()
+    torch.manual_seed(0)
+    b = build_model(ModelConfig(width=16, depth=2, norm="batch", norm_eps=1e-12, norm_init_scale=0.1), (12,), 3).eval()
+    assert torch.allclose(b.blocks[0].weight_layer.weight, 0.1 * a.blocks[0].weight_layer.weight)
+    assert torch.equal(b.out.weight, a.out.weight)                       # the read-out feeds no normalizer
+    x = torch.randn(64, 12)
+    a.train(), b.train()                                                # batch statistics: scale drops out
+    assert torch.allclose(a(x), b(x), atol=1e-5)

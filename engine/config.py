@@ -9,6 +9,7 @@ hyperparameter.
 from __future__ import annotations
 
 import copy
+import math
 import types
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
@@ -140,6 +141,9 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
             continue
         value = _coerce(raw[name], hints[name], where)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, float) and not math.isfinite(value) and (lo is not None or hi is not None):
+            raise ConfigError(f"{where}: {value!r} is not a finite number; give a number in "
+                              f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
@@ -219,7 +223,10 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p} (see `normlab list` for the shipped configs)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a config is UTF-8 YAML); pass a .yaml config such as "
+                          "configs/knockout.yaml") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

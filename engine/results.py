@@ -31,6 +31,7 @@ from .train import RunResult
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
 CLAIM_COLUMNS = ["claim_id", "kind", "statement", "statistic", "value", "threshold", "op", "bound_low",
                  "bound_high", "ci_low", "ci_high", "interval", "n", "verdict", "detail"]
+FINAL_COLUMNS = [f"final_{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
 
 
@@ -107,6 +108,13 @@ class Tables:
     manifest: dict
     runs: pd.DataFrame
     metrics: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        # Runs that failed before their first evaluation have no final metrics; when every run
+        # failed, the columns are absent altogether. Analyses see them as missing values.
+        missing = [c for c in FINAL_COLUMNS if c not in self.runs]
+        if missing:
+            self.runs = self.runs.assign(**{c: float("nan") for c in missing})
 
     def read(self, name: str) -> pd.DataFrame:
         """A further table of the run folder (NAME.csv), e.g. exact theory curves."""

@@ -91,11 +91,13 @@ class CellStore:
         atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
         self._done[key] = row
 
-    def assemble(self, keys: list[str], metrics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """runs.csv and (unless metrics=False) metrics.csv of the given cells, in that order."""
+    def assemble(self, cells: list[tuple[str, str, str]], metrics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """runs.csv and (unless metrics=False) metrics.csv of the given (key, run_id, arm) cells, in
+        that order. Two arms with identical configs share one cell (one computation); each gets
+        its own rows, labelled with its own run_id and arm."""
         runs, frames = [], []
-        for key in keys:
-            row = self._done[key]
+        for key, run_id, arm in cells:
+            row = {**self._done[key], "run_id": run_id, "arm": arm}
             runs.append(row)
             if not metrics:
                 continue

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -131,7 +132,9 @@ class Outcome:
 def finish(exp: Experiment, folder: Path) -> Outcome:
     """Claims, plots and report of a run folder, from its CSVs alone."""
     tables = load_tables(folder)
-    claims = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # means of empty (all-missing) slices are NaN: missing
+        claims = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
     atomic_write_csv(folder / "claims.csv", claims)
     plots = exp.plot(tables, folder / "plots")
     write_run_report(tables, claims, plots, exp.title or exp.name)
@@ -164,7 +167,11 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
         hyper = _hyperparameters(stage)
         for t in stage:
             keys[t.run_id] = cell_key(t.config, t.seed, _module_key(t.after_norm))
-        todo = [t for t in stage if not store.finished(keys[t.run_id])]
+        todo, queued = [], set()
+        for t in stage:  # arms with identical configs share a cell: computed once
+            if not store.finished(keys[t.run_id]) and keys[t.run_id] not in queued:
+                queued.add(keys[t.run_id])
+                todo.append(t)
         for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
                          for t in todo}.values():
             load_dataset(data_cfg)  # fail early, with a clear message
@@ -179,9 +186,9 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
         execute(todo, jobs=jobs, progress=progress, on_result=save, backend=backend)
         ran += len(todo)
         done += stage
-        runs, _ = store.assemble([keys[t.run_id] for t in done], metrics=False)
+        runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)
         stage = exp.followup(cfg, runs, done)
-    runs, metrics = store.assemble([keys[t.run_id] for t in done])
+    runs, metrics = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done])
     atomic_write_csv(folder / "runs.csv", runs)
     atomic_write_csv(folder / "metrics.csv", metrics)
     devices = {str(resolve_device(t.config.train.device)) for t in done}

@@ -33,7 +33,7 @@ from normlab.engine.train import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
 from .base import Experiment, arm_configs
-from .common import by_arm, final_metric, status_note
+from .common import by_arm, final_metric, needs_probes, status_note
 
 _STAT = ("geometric mean over training of L_before / L_after (per run: mean of log training loss over the "
          "probes); paired by seed")
@@ -65,6 +65,8 @@ class PlacementConfig(ExperimentConfig):
     analysis: PlacementAnalysis = field(default_factory=PlacementAnalysis)
 
     def check(self, path: str = "") -> None:
+        needs_probes(self.run, "bn_placement", "inputs", "the training-loss curve and the centering check come "
+                     "from the probes")
         arms = arm_configs(self)
         known = {c.id for c in CLAIMS}
         for cid, roles in self.analysis.comparisons.items():

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from normlab.engine.errors import ConfigError
 from normlab.engine.results import Tables
+from normlab.engine.spec import RunConfig
 
 
 def final_train_loss(tables: Tables, fraction: float) -> pd.DataFrame:
@@ -47,3 +49,10 @@ def status_note(tables: Tables, arms: list[str]) -> str:
         for status, n in sel[sel["status"] != "ok"]["status"].value_counts().items():
             notes.append(f"{n} of {len(sel)} {arm} runs {status}")
     return "; ".join(notes)
+
+
+def needs_probes(run: RunConfig, experiment: str, kind: str, why: str) -> None:
+    """Refuse a config whose verdicts would silently come out `inconclusive` for want of probes."""
+    if run.probes.every <= 0 or not getattr(run.probes, kind):
+        raise ConfigError(f"run.probes: {experiment} needs probes.every > 0 and probes.{kind}: true ({why}); "
+                          f"set run.probes.every=50 and run.probes.{kind}=true")

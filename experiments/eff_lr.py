@@ -29,7 +29,7 @@ from normlab.engine.stats import Interval, bca, t_interval
 
 from . import theory as T
 from .base import Experiment, arm_configs
-from .common import status_note
+from .common import needs_probes, status_note
 
 K3_THEORY = Claim(
     "K3-theory", EXACT, "Iterating Eq. 19 (||grad J(w_hat)|| = 1, ||w_0|| = 1), every effective LR approaches "
@@ -100,6 +100,9 @@ class EffLRAnalysis(Analysis):
 class EffLRConfig(ExperimentConfig):
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     analysis: EffLRAnalysis = field(default_factory=EffLRAnalysis)
+
+    def check(self, path: str = "") -> None:
+        needs_probes(self.run, "eff_lr", "weights", "weight norms, gradients and angular updates come from the probes")
 
 
 def _layer_series(tables: Tables, metric: str, stat: str, invariant_only: bool = True) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from normlab.engine.stats import bca, paired_t
 from normlab.engine.train import RunTask
 
 from .base import Experiment
-from .common import final_metric, final_train_loss, status_note
+from .common import final_metric, final_train_loss, needs_probes, status_note
 
 _STATEMENT = ("Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
               "BN+noise trains about as well as BN, and both beat no BN (Grosse ch. 5, §4.2)")
@@ -116,6 +116,8 @@ class KnockoutConfig(ExperimentConfig):
         if self.run.model.norm == "none":
             raise C.ConfigError("run.model.norm: the knockout's base network must have a normalizer (the plain "
                                 "arms remove it)")
+        needs_probes(self.run, "knockout", "preacts", "the manipulation check (drift) and the training-loss "
+                     "window come from the probes")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from normlab.engine.stats import Interval, paired_t, t_interval
 
 from . import theory as T
 from .base import Experiment, arm_configs
-from .common import status_note
+from .common import needs_probes, status_note
 
 K4_THEORY = Claim(
     "K4-theory", EXACT, "Iterating Eq. 23 from any starting norm reaches the fixed point u* = sqrt(alpha / "
@@ -80,6 +80,8 @@ class WDConfig(ExperimentConfig):
     analysis: WDAnalysis = field(default_factory=WDAnalysis)
 
     def check(self, path: str = "") -> None:
+        needs_probes(self.run, "wd_fixed_point", "weights", "norms, gradients and angular updates come from the "
+                     "probes")
         if self.run.probes.unit_window != self.analysis.eq_fraction:
             raise C.ConfigError(f"run.probes.unit_window: {self.run.probes.unit_window:g} must equal "
                                 f"analysis.eq_fraction ({self.analysis.eq_fraction:g}), the window the per-unit "

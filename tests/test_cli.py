@@ -44,12 +44,40 @@ def test_validate_ok_and_typo(tmp_path):
     (("run", "baselines", "--jobs", "0"), "--jobs: must be at least 1"),
     (("run", "baselines", "--device", "tpu"), "--device: 'tpu' is not allowed"),
     (("plot", "no/such/run"), "no/such/run does not exist"),
+    (("run", "baselines", "--set", "run.optim.lr=.nan"), "run.optim.lr: nan is not a finite number"),
+    (("run", "baselines", "--set", "run.optim.lr=.inf"), "run.optim.lr: inf is not a finite number"),
+    (("run", "knockout", "--set", "run.probes.every=0"), "knockout needs probes.every > 0"),
+    (("run", "bn_placement", "--set", "run.probes.inputs=false"), "run.probes.inputs=true"),
+    (("run", "eff_lr", "--set", "run.probes.weights=false"), "eff_lr needs probes.every > 0"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(args, expected, tmp_path):
     r = invoke(*args, "--out", tmp_path / "o") if args[0] == "run" else invoke(*args)
     assert r.exit_code == 2
     assert expected in one_error_line(r)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_a_binary_file_as_config_is_one_clear_line(tmp_path):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"\x80\x02\xff\xfe" + bytes(range(256)))
+    r = invoke("validate", binary)
+    assert r.exit_code == 2 and "not a text file" in one_error_line(r)
+
+
+def test_when_every_run_diverges_the_folder_completes_and_says_so(tmp_path):
+    """Diverged runs are data: the run folder is finished (no .partial), every claim is
+    inconclusive with the reason, and the report lists the diverged runs."""
+    out = tmp_path / "div"
+    r = invoke("run", "baselines", "--smoke", "--jobs", "1", "--out", out, "--set", "run.optim.name=sgd",
+               "--set", "run.optim.lr=1e30", "--set", "arms.logistic={model.depth: 2}")
+    assert r.exit_code == 0, r.output
+    assert out.is_dir() and not (tmp_path / "div.partial").exists()
+    assert set(pd.read_csv(out / "runs.csv")["status"]) == {"diverged"}
+    claims = pd.read_csv(out / "claims.csv")
+    assert set(claims["verdict"]) == {"inconclusive"}
+    assert claims["detail"].str.contains("not a number").all()
+    report = (out / "report.md").read_text()
+    assert "diverged: 3" in report and "logistic-s0" in report
 
 
 def test_smoke_run_writes_every_file_and_plot_regenerates_identically(tmp_path):
@@ -115,3 +143,17 @@ def test_a_killed_run_resumes_from_its_partial_folder(tmp_path):
     assert f"({done} finished runs reused" in r.output
     assert not (tmp_path / "killed.partial").exists()
     assert (clean / "metrics.csv").read_bytes() == (killed / "metrics.csv").read_bytes()
+
+
+def test_arms_with_identical_configs_share_one_computation_but_keep_their_own_rows(tmp_path):
+    out = tmp_path / "same"
+    r = invoke("run", "baselines", "--smoke", "--jobs", "1", "--out", out, "--set", "arms.logistic={model.depth: 2}")
+    assert r.exit_code == 0, r.output
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs["run_id"]) == ["logistic-s0", "mlp-s0", "cnn-s0"]
+    assert list(runs["arm"]) == ["logistic", "mlp", "cnn"]
+    assert json.loads((out / "manifest.json").read_text())["runs_executed_now"] == 2   # logistic == mlp here
+    metrics = pd.read_csv(out / "metrics.csv")
+    a = metrics[metrics["arm"] == "logistic"].drop(columns=["run_id", "arm"]).reset_index(drop=True)
+    b = metrics[metrics["arm"] == "mlp"].drop(columns=["run_id", "arm"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)

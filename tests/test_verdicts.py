@@ -376,3 +376,33 @@ def test_k9_k10_identities_fail(tmp_path):
 
 def test_k9_eps_inconclusive_when_the_table_cannot_tell_the_placements_apart(tmp_path):
     assert _gotchas(tmp_path, inside_gap=0.0)["K9-eps"] == "inconclusive"
+
+
+# ---------- every run diverged or failed ----------
+
+@pytest.mark.parametrize("name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point",
+                                  "optimizer_tuning"])
+@pytest.mark.parametrize("status", ["diverged", "failed"])
+def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(name, status, tmp_path):
+    """Diverged runs are data: with no finished run every claim that needs training comes out
+    inconclusive and says why (a failed run has no final metrics at all, not even the columns)."""
+    exp = REGISTRY[name]
+    _, cfg = load_config(exp.default_config, REGISTRY, smoke=True)
+    for table_name, table in exp.derived(cfg).items():
+        table.to_csv(tmp_path / f"{table_name}.csv", index=False)
+    runs = []
+    for t in exp.tasks(cfg):
+        row = {"run_id": t.run_id, "arm": t.arm, "seed": t.seed, "status": status, "steps_done": 3}
+        if status == "diverged":
+            row.update({"final_train_loss": np.nan, "final_test_acc": np.nan, "final_val_loss": np.nan,
+                        "final_val_acc": np.nan})
+        runs.append(row)
+    rows = [(r["run_id"], r["arm"], r["seed"], 0, "batch_loss", "", "value", pd.NA, np.nan) for r in runs]
+    t = Tables(tmp_path, to_dict(cfg), {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    out = exp.analyze(t)
+    assert {r.claim_id for r in out} == {c.id for c in exp.claims}
+    for r in out:
+        if r.kind in ("measured", "control"):
+            assert r.verdict == "inconclusive" and r.detail, r.claim_id
+        if r.kind == "descriptive":
+            assert r.verdict == "not judged"

@@ -100,10 +100,33 @@ def _ray_task(task: RunTask) -> RunResult:
     return _run_one(task, None)
 
 
+RAY_CONNECT_TIMEOUT_S = 3.0  # how long a named Ray head may take to answer before we give up
+
+
+def check_ray_address(address: Optional[str] = None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail within seconds, with one line, when RAY_ADDRESS names a head that nobody answers
+    (Ray itself retries for minutes). 'auto', 'local' and no address need no check."""
+    import socket
+    address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise NormlabError(f"RAY_ADDRESS={address!r} is not HOST:PORT (e.g. 127.0.0.1:6379); fix it or unset "
+                           "RAY_ADDRESS to start a local Ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError:
+        raise NormlabError(f"RAY_ADDRESS={address}: no Ray head answers at {host}:{port} within {timeout:g} s; "
+                           "start one there (ray start --head) or unset RAY_ADDRESS to start a local Ray") from None
+
+
 def _execute_ray(tasks: list[RunTask], progress: Progress,
                  on_result: Optional[Callable[[RunResult], None]]) -> list[RunResult]:
     """One Ray task per run, one CPU and one torch thread each. Connects to the cluster named by
     RAY_ADDRESS, or starts a local Ray. Progress is reported per finished run."""
+    check_ray_address()
     try:
         import ray
     except ImportError:

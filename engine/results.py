@@ -35,8 +35,8 @@ FINAL_COLUMNS = [f"final_{split}_{m}" for split in ("train", "val", "test") for 
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
 
 
-def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n"))
+def atomic_write_csv(path: Path, df: pd.DataFrame, fault_point: str = "") -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n"), fault_point)
 
 
 def git_commit() -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import faults
 from .config import param, to_dict
 from .files import atomic_write_text
 from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
@@ -85,11 +86,13 @@ class CellStore:
     def save(self, key: str, result: RunResult, hyper: dict[str, Any]) -> None:
         df = pd.DataFrame(result.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
         df["unit"] = df["unit"].astype("Int64")
-        atomic_write_csv(self.cells / f"{key}.csv", df)
+        atomic_write_csv(self.cells / f"{key}.csv", df, fault_point="cell_write")
         row = runs_frame([result], {result.run_id: hyper}).iloc[0].to_dict()
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # numpy -> JSON
         atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
         self._done[key] = row
+        if faults.hit("cell_saved"):  # tests only: a kill -9 between two runs
+            faults.die()
 
     def assemble(self, cells: list[tuple[str, str, str]], metrics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """runs.csv and (unless metrics=False) metrics.csv of the given (key, run_id, arm) cells, in

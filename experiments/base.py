@@ -19,7 +19,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine.data import load_dataset
-from normlab.engine.executor import execute
+from normlab.engine.executor import check_ray_address, execute
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
 from normlab.engine.results import (CLAIM_COLUMNS, Tables, atomic_write_csv, atomic_write_text,
@@ -226,6 +226,8 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int 
     rename it to OUT once everything is written."""
     out = Path(out)
     ensure_free(out)
+    if backend == "ray":
+        check_ray_address()  # before anything is written
     work = partial_folder(out)
     if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
         raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass "

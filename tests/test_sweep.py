@@ -4,9 +4,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from normlab.cli.main import app
@@ -45,20 +45,20 @@ def test_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path):
     assert (out / "metrics.csv").read_bytes() == metrics        # same seed, same numbers
 
 
-def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(tmp_path):
+@pytest.mark.parametrize("fault,done_before,tmp_left", [
+    ("cell_saved:3", 3, False),      # kill -9 between two runs
+    ("cell_write:4", 3, True),       # kill -9 half way through writing the 4th cell
+])
+def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(fault, done_before, tmp_left, tmp_path):
+    """Deterministic fault injection (NORMLAB_FAULT), not timing: the kill lands where it is told."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert sweep("wd", "--smoke", "--jobs", "1", "--out", clean).exit_code == 0
     cmd = [sys.executable, "-m", "normlab.cli.main", "sweep", "wd", "--smoke", "--jobs", "1", "--out", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (killed / "cells").exists() and len(list((killed / "cells").glob("*.json"))) >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((killed / "cells").glob("*.json")))
-    assert 3 <= done_before < 8, "the kill should land in the middle of the sweep"
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "NORMLAB_FAULT": fault}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list((killed / "cells").glob("*.json"))) == done_before
+    assert bool(list((killed / "cells").glob(".*.tmp"))) == tmp_left
     r = sweep("wd", "--smoke", "--jobs", "1", "--out", killed)
     assert r.exit_code == 0, r.output
     assert f"{done_before} already finished, {8 - done_before} to run" in r.output

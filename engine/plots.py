@@ -48,10 +48,11 @@ def mean_band(ax, df: pd.DataFrame, label: str, color: str, x: str = "step", y: 
         ax.fill_between(g[x], g["min"], g["max"], color=color, alpha=0.18, lw=0)
 
 
-def save(fig, path: Path) -> Path:
+def save(fig, path: Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
@@ -62,3 +63,61 @@ def save(fig, path: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+VERDICT_COLORS = {"supported": "#2ca02c", "not supported": "#d62728", "inconclusive": "#ff7f0e",
+                  "not judged": "#7f7f7f"}
+
+
+def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
+    """Claims at a glance: one row per claim, its value and interval against the region its rule
+    accepts (shaded), coloured by verdict. Each row has its own x-axis, because every claim has
+    its own units; a row spanning orders of magnitude gets a logarithmic axis."""
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+    n = len(claims)
+    fig, axes = figure(ncols=1, nrows=max(n, 1), width=9.0, height=0.5)
+    fig.subplots_adjust(left=0.3, right=0.78, top=1 - 0.9 / (0.5 * max(n, 1)), bottom=0.4 / (0.5 * max(n, 1)),
+                        hspace=1.1)
+    for ax, r in zip(axes[:, 0], claims.to_dict("records")):
+        nums = [float(r[k]) for k in ("value", "ci_low", "ci_high", "bound_low", "bound_high")]
+        v, lo, hi, b_lo, b_hi = nums
+        seen = [x for x in nums if math.isfinite(x)]
+        color = VERDICT_COLORS.get(r["verdict"], "#7f7f7f")
+        label = f"{r['experiment']}  {r['claim_id']}  ({r['kind']})"
+        ax.set_yticks([0], [label], fontsize=7)
+        ax.tick_params(axis="x", labelsize=6, pad=1, length=2)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        text = "no number" if not math.isfinite(v) else (
+            f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else f"{v:.3g}")
+        ax.text(1.02, 0.5, f"{text}  {r['verdict']}", transform=ax.transAxes, fontsize=6.5, va="center",
+                color=color)
+        ax.grid(False)
+        for side in ("left", "top", "right"):
+            ax.spines[side].set_visible(False)
+        if not seen:
+            ax.set_xticks([])
+            continue
+        span_lo, span_hi = min(seen), max(seen)
+        log = span_lo > 0 and span_hi / span_lo > 50
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=4))
+            left, right = span_lo / 2, span_hi * 2
+        else:
+            pad = (span_hi - span_lo) * 0.15 or max(abs(span_hi) * 0.1, 1e-9)
+            left, right = span_lo - pad, span_hi + pad
+        ax.set_xlim(left, right)
+        if r["verdict"] != "not judged" and (math.isfinite(b_lo) or math.isfinite(b_hi)):
+            ax.axvspan(max(b_lo, left) if math.isfinite(b_lo) else left,
+                       min(b_hi, right) if math.isfinite(b_hi) else right, color="#2ca02c", alpha=0.12, lw=0)
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.plot([lo, hi], [0, 0], color=color, lw=2.2, solid_capstyle="butt")
+        if math.isfinite(v):
+            ax.plot([v], [0], "o", color=color, ms=4.5)
+        ax.set_ylim(-0.6, 0.6)
+    fig.suptitle("Claims at a glance: value (dot) and 95% interval (line) against the region the rule accepts "
+                 "(shaded);\neach row has its own scale. Green supported, red not supported, orange inconclusive, "
+                 "grey not judged", fontsize=8)
+    return save(fig, path, tight=False)

@@ -80,9 +80,16 @@ def _load_folder(folder: Path) -> dict:
     config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
     runs = pd.read_csv(folder / "runs.csv") if (folder / "runs.csv").is_file() else pd.DataFrame()
     return {"folder": folder, "claims": pd.read_csv(claims_path, keep_default_na=False,
-                                                    na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high")}),
+                                                    na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high",
+                                                                                      "bound_low", "bound_high")}),
             "manifest": manifest, "config": config, "runs": runs,
             "plots": sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else []}
+
+
+def _label(item: dict) -> str:
+    """How a run folder is named in a report: its experiment, or `sweep NAME` for a sweep's folder."""
+    sweep = item["manifest"].get("sweep")
+    return f"sweep {sweep}" if sweep else item["config"].get("experiment", item["folder"].name)
 
 
 def is_collection(path: Path) -> bool:
@@ -126,11 +133,10 @@ KIND_NOTE = ("Kinds: **measured** claims are judged on a 95% interval over seeds
 
 def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None,
                  titles: dict[str, str] | None = None) -> Path:
-    """`expected`: experiments a complete report has, in order; absent ones are listed as not run."""
     """One Markdown or HTML report over run folders: summary, one section per experiment, and
-    what was not reproduced. Depends only on the files, so it regenerates byte for byte."""
+    what was not reproduced. Depends only on the files, so it regenerates byte for byte.
+    `expected`: experiments a complete report has, in order; absent ones are listed as not run."""
     import base64
-    import html as H
     import os
 
     out = Path(out)
@@ -143,15 +149,26 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
            "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n |",
            "|---|---|---|---|---|---|---|---|---|"]
     for it in items:
-        name = it["config"].get("experiment", it["folder"].name)
+        name = _label(it)
         for _, r in it["claims"].iterrows():
             md.append(f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}** | {_fmt(r['statistic'])} | {_fmt(r['value'])} "
                       f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |")
+    every = pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
+    if every is not None and "bound_low" in every:
+        from .plots import claims_forest
+        forest = claims_forest(every, out.parent / "claims_at_a_glance.png")
+        md += ["", f"![claims at a glance]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
     evidence = [it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
                 for it in items]
     counts = pd.concat([e["verdict"] for e in evidence]).value_counts() if items else pd.Series(dtype=int)
     md += ["", "Verdicts of the measured and exact claims (the evidence): "
-           + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER), ""]
+           + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER)]
+    repeated = sorted({c for i, e in enumerate(evidence) for c in e["claim_id"]
+                       if any(c in set(o["claim_id"]) for o in evidence[i + 1:])})
+    if repeated:
+        md += [f"(counted once per run folder: {', '.join(repeated)} are judged both by an experiment and by a "
+               "sweep of it)"]
+    md += [""]
     # a collection may carry a hand-written account of why verdicts moved since its previous version
     for f in folders:
         notes = Path(f) / "changes.md"
@@ -168,8 +185,9 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     for it in items:
         m, cfg = it["manifest"], it["config"]
         name = cfg.get("experiment", it["folder"].name)
-        folder_note = f" (`{it['folder'].name}`)" if it["folder"].name != name else ""
-        md += [f"## {titles.get(name, name)}{folder_note}", ""]
+        heading = titles.get(name, name) + (f", `normlab sweep {m['sweep']}`" if m.get("sweep") else "")
+        folder_note = f" (`{it['folder'].name}`)" if it["folder"].name not in (name, f"sweep_{m.get('sweep')}") else ""
+        md += [f"## {heading}{folder_note}", ""]
         if cfg.get("description"):
             md += [str(cfg["description"]).strip(), ""]
         runs = it["runs"]
@@ -192,7 +210,7 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     missing = [e for e in (expected or []) if e not in {it["config"].get("experiment") for it in items}]
     lines = []
     for it in items:
-        name = it["config"].get("experiment", it["folder"].name)
+        name = _label(it)
         for _, r in it["claims"].iterrows():
             if r["verdict"] not in ("supported", "not judged") and r.get("kind") != "control":
                 lines.append(f"- {name} / {r['claim_id']}: **{r['verdict']}** (value {_fmt(r['value'])}, threshold "
@@ -209,53 +227,22 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
         atomic_write_text(out, text)
         return out
 
-    # HTML: the same content, self-contained (figures embedded), no external assets
-    body = []
-    for line in md:
-        if line.startswith("!["):
-            src = line[line.index("(") + 1:-1]
-            data = base64.b64encode((out.parent / src).read_bytes()).decode()
-            body.append(f'<p><img alt="{H.escape(src)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("### "):
-            body.append(f"<h3>{H.escape(line[4:])}</h3>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{H.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{H.escape(line[2:])}</h1>")
-        elif line.startswith("|---"):
-            continue
-        elif line.startswith("| "):
-            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-            tag = "th" if line.startswith("| experiment") else "td"
-            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
-        elif line.startswith("- "):
-            body.append(f"<li>{_inline(line[2:])}</li>")
-        elif line:
-            body.append(f"<p>{_inline(line)}</p>")
-    html_lines, in_table, in_list = [], False, False
-    for b in body:
-        if b.startswith("<tr>") != in_table:
-            html_lines.append("<table>" if not in_table else "</table>")
-            in_table = not in_table
-        if b.startswith("<li>") != in_list:
-            html_lines.append("<ul>" if not in_list else "</ul>")
-            in_list = not in_list
-        html_lines.append(b)
-    html_lines += ["</table>"] if in_table else []
-    html_lines += ["</ul>"] if in_list else []
+    # HTML: the same Markdown rendered by markdown-it (CommonMark + tables), self-contained: every
+    # figure is embedded as a data URI, so the file can be mailed or archived on its own
+    from markdown_it import MarkdownIt
+
+    def embed(line: str) -> str:
+        if not line.startswith("!["):
+            return line
+        alt, src = line[2:line.index("](")], line[line.index("](") + 2:-1]
+        data = base64.b64encode((out.parent / src).read_bytes()).decode()
+        return f"![{alt}](data:image/png;base64,{data})"
+
+    html_body = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(embed(x) for x in md))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
              "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
     doc = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>normlab report</title>"
-           f"<style>{style}</style></head><body>\n" + "\n".join(html_lines) + "\n</body></html>\n")
+           f"<style>{style}</style></head><body>\n" + html_body + "</body></html>\n")
     atomic_write_text(out, doc)
     return out
-
-
-def _inline(text: str) -> str:
-    """Escape, then render the two inline marks the report uses: **bold** and `code`."""
-    import html as H
-    import re
-    t = H.escape(text.replace("\\|", "|"))
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)

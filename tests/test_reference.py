@@ -43,3 +43,16 @@ def test_reference_results_come_from_a_clean_commit():
     for m in manifests:
         commit = json.loads(m.read_text()).get("git_commit") or ""
         assert commit and not commit.endswith("-dirty"), f"{m}: {commit!r}"
+
+
+def test_reference_report_labels_the_sweep_and_says_what_it_counts_twice():
+    md = (REFERENCE / "report.md").read_text()
+    assert "| sweep wd | K4-norm |" in md and "| wd_fixed_point | K4-norm |" in md
+    assert "`normlab sweep wd`" in md                     # the sweep's section is named as the sweep
+    assert "counted once per run folder: K4-norm" in md
+    assert "![claims at a glance](claims_at_a_glance.png)" in md
+    # the evidence count covers measured and exact rows only
+    claims = pd.concat([pd.read_csv(f / "claims.csv") for f in FOLDERS])
+    evidence = claims[claims["kind"].isin(["measured", "exact"])]["verdict"].value_counts()
+    assert (f"supported {evidence.get('supported', 0)}, inconclusive {evidence.get('inconclusive', 0)}, "
+            f"not supported {evidence.get('not supported', 0)}") in md

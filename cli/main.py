@@ -4,6 +4,7 @@ Thin layer over `normlab.experiments`: every command parses its options, loads a
 config, hands it to an experiment or the engine, and prints. Bad input ends with one line on
 stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,18 +22,23 @@ from normlab.engine.config import ConfigError, parse_set
 from normlab.engine.errors import NormlabError
 
 app = typer.Typer(
-    name="normlab", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
+    name="normlab",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
-         "gradient methods, normalization layers and weight decay.\n\n"
-         "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-         "(under a minute); `normlab reproduce` runs them for real (about 9 minutes on 2 cores) and writes "
-         "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.")
+    "gradient methods, normalization layers and weight decay.\n\n"
+    "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
+    "(under a minute); `normlab reproduce` runs them for real (about 9 minutes on 2 cores) and writes "
+    "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
 
 def user_errors(fn: Callable) -> Callable:
     """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -43,11 +49,13 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("interrupted: finished runs are kept; the same command resumes")
             raise typer.Exit(130)
+
     return wrapper
 
 
 def _registry():
     from normlab.experiments import REGISTRY
+
     return REGISTRY
 
 
@@ -59,12 +67,15 @@ def _config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    raise ConfigError(f"{name_or_path!r} is neither a known experiment ({', '.join(sorted(registry))}) "
-                      "nor a config file; see `normlab list`")
+    raise ConfigError(
+        f"{name_or_path!r} is neither a known experiment ({', '.join(sorted(registry))}) "
+        "nor a config file; see `normlab list`"
+    )
 
 
-def _cli_overrides(sets: List[str], seeds: Optional[int], device: Optional[str],
-                   device_key: str = "run.train.device") -> dict:
+def _cli_overrides(
+    sets: List[str], seeds: Optional[int], device: Optional[str], device_key: str = "run.train.device"
+) -> dict:
     """--set, --seeds and --device as one dict of dotted overrides (checked here, once)."""
     overrides = parse_set(sets)
     if seeds is not None:
@@ -80,6 +91,7 @@ def _cli_overrides(sets: List[str], seeds: Optional[int], device: Optional[str],
 
 def _resolve_jobs(jobs: Optional[int]) -> int:
     from normlab.engine.executor import default_jobs
+
     if jobs is not None and jobs < 1:
         raise ConfigError("--jobs: must be at least 1")
     return jobs or default_jobs()
@@ -92,15 +104,29 @@ def _print_claims(claims) -> None:
     colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
     for _, r in claims.iterrows():
         ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
-        table.add_row(str(r["claim_id"]), str(r["kind"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
-                      f"{r['value']:.4g}", ci, str(r["threshold"]), str(r["n"]))
+        table.add_row(
+            str(r["claim_id"]),
+            str(r["kind"]),
+            f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+            f"{r['value']:.4g}",
+            ci,
+            str(r["threshold"]),
+            str(r["n"]),
+        )
     console.print(table)
-    console.print("[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
-                  "descriptive rows are not evidence[/]")
+    console.print(
+        "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
+        "descriptive rows are not evidence[/]"
+    )
 
 
-SetOpt = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
-                      help="Override a config value by dotted key, e.g. `--set run.optim.lr=0.05`. Repeatable.")
+SetOpt = typer.Option(
+    [],
+    "--set",
+    "-s",
+    metavar="KEY=VALUE",
+    help="Override a config value by dotted key, e.g. `--set run.optim.lr=0.05`. Repeatable.",
+)
 SeedsOpt = typer.Option(None, "--seeds", help="Seeds per arm (overrides the config's `seeds`).")
 SmokeOpt = typer.Option(False, "--smoke", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI.")
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Parallel one-thread workers (default: number of cores).")
@@ -119,9 +145,12 @@ def list_cmd() -> None:
     here = Path.cwd()
     shown = lambda p: str(p.relative_to(here) if p.is_relative_to(here) else p)  # noqa: E731
     for name, exp in sorted(_registry().items()):
-        table.add_row(name, ", ".join(dict.fromkeys(c.id.split("-")[0] for c in exp.claims)), shown(exp.default_config), exp.title)
+        table.add_row(
+            name, ", ".join(dict.fromkeys(c.id.split("-")[0] for c in exp.claims)), shown(exp.default_config), exp.title
+        )
     console.print(table)
     from normlab.experiments.sweeps import SWEEP_ROOT
+
     sweeps = sorted(SWEEP_ROOT.glob("*.yaml"))
     if sweeps:
         console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{p.stem} ({shown(p)})" for p in sweeps))
@@ -129,35 +158,55 @@ def list_cmd() -> None:
 
 @app.command()
 @user_errors
-def validate(config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
-             sets: List[str] = SetOpt, smoke: bool = SmokeOpt) -> None:
+def validate(
+    config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
+    sets: List[str] = SetOpt,
+    smoke: bool = SmokeOpt,
+) -> None:
     """Check a config or sweep file (keys, types, ranges, every arm) without running anything."""
     from normlab.engine.config import read_yaml
     from normlab.experiments import load_config
     from normlab.experiments.base import arm_configs
+
     path = _config_path(str(config))
     if "sweep" in read_yaml(path):
         from normlab.experiments.sweeps import load_sweep
+
         exp, cfg, _ = load_sweep(path, _registry(), parse_set(sets), smoke)
     else:
         exp, cfg = load_config(path, _registry(), parse_set(sets), smoke)
     arm_configs(cfg)
     tasks = exp.tasks(cfg)  # the experiment's own arms (some build them from a design)
     arms = {t.arm: t.config.train.steps for t in tasks}
-    count = (f"{len(arms)} arm(s) x {cfg.seeds} seed(s) = {len(tasks)} runs" if len(tasks) == len(arms) * cfg.seeds
-             else f"{len(arms)} arm(s), {len(tasks)} runs before any follow-up stage")
+    count = (
+        f"{len(arms)} arm(s) x {cfg.seeds} seed(s) = {len(tasks)} runs"
+        if len(tasks) == len(arms) * cfg.seeds
+        else f"{len(arms)} arm(s), {len(tasks)} runs before any follow-up stage"
+    )
     steps = arms if len(arms) <= 12 else sorted(set(arms.values()))
     console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {count}; steps per arm: {steps}")
 
 
 @app.command()
 @user_errors
-def run(experiment: str = typer.Argument(..., help="Experiment name (see `normlab list`) or a config file."),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config file (default: configs/EXPERIMENT.yaml)."),
-        sets: List[str] = SetOpt, seeds: Optional[int] = SeedsOpt, smoke: bool = SmokeOpt,
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
-        jobs: Optional[int] = JobsOpt, device: Optional[str] = DeviceOpt,
-        backend: str = typer.Option("local", "--backend", help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` extra).")) -> None:
+def run(
+    experiment: str = typer.Argument(..., help="Experiment name (see `normlab list`) or a config file."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Config file (default: configs/EXPERIMENT.yaml)."
+    ),
+    sets: List[str] = SetOpt,
+    seeds: Optional[int] = SeedsOpt,
+    smoke: bool = SmokeOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
+    jobs: Optional[int] = JobsOpt,
+    device: Optional[str] = DeviceOpt,
+    backend: str = typer.Option(
+        "local",
+        "--backend",
+        help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
+        "extra).",
+    ),
+) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
@@ -165,6 +214,7 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
     """
     from normlab.engine.results import default_run_dir
     from normlab.experiments import load_config, run_experiment
+
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend: {backend!r} is not allowed; choose local or ray")
     path = config if config is not None else _config_path(experiment)
@@ -174,14 +224,22 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
     folder = out or default_run_dir(Path("results"), exp.name, smoke)
     n_jobs = _resolve_jobs(jobs)
 
-    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TimeElapsedColumn(), console=err_console, transient=False) as bars:
+    with Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as bars:
         ids: dict[str, int] = {}
 
         def on_start(tasks, reused: int) -> None:
-            err_console.print(f"{exp.name}: {len(tasks)} runs on {min(n_jobs, max(1, len(tasks)))} worker(s)"
-                              + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
-                              + f" -> {folder}")
+            err_console.print(
+                f"{exp.name}: {len(tasks)} runs on {min(n_jobs, max(1, len(tasks)))} worker(s)"
+                + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
+                + f" -> {folder}"
+            )
             for t in tasks:
                 ids[t.run_id] = bars.add_task(t.run_id, total=t.config.train.steps)
 
@@ -189,26 +247,38 @@ def run(experiment: str = typer.Argument(..., help="Experiment name (see `normla
             bars.update(ids[run_id], completed=done)
 
         try:
-            outcome = run_experiment(exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke,
-                                     on_start=on_start, backend=backend)
+            outcome = run_experiment(
+                exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke, on_start=on_start, backend=backend
+            )
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: finished runs are kept in {folder}.partial/; run the same "
-                              f"command with --out {folder} to resume")
+            err_console.print(
+                f"interrupted: finished runs are kept in {folder}.partial/; run the same "
+                f"command with --out {folder} to resume"
+            )
             raise typer.Exit(130)
     _print_claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad):
-        console.print(f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
-                      + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples()))
+        console.print(
+            f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
+            + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
+        )
     console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
 
 
 @app.command()
 @user_errors
-def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file."),
-          sets: List[str] = SetOpt, seeds: Optional[int] = SeedsOpt, smoke: bool = SmokeOpt,
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep folder (default: results/sweeps/NAME, or NAME-smoke)."),
-          jobs: Optional[int] = JobsOpt, device: Optional[str] = DeviceOpt) -> None:
+def sweep(
+    name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file."),
+    sets: List[str] = SetOpt,
+    seeds: Optional[int] = SeedsOpt,
+    smoke: bool = SmokeOpt,
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Sweep folder (default: results/sweeps/NAME, or NAME-smoke)."
+    ),
+    jobs: Optional[int] = JobsOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
     Rerunning the same command skips the cells that already finished (keyed by a hash of each
@@ -216,18 +286,26 @@ def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g.
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
     from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
+
     overrides = _cli_overrides(sets, seeds, device, device_key="overrides.run.train.device")
     path = sweep_path(name)
     exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
     folder = out or Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     n_jobs = _resolve_jobs(jobs)
-    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console) as bars:
+    with Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bars:
         overall = bars.add_task("cells", total=0)
 
         def on_start(todo, skipped) -> None:
-            err_console.print(f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
-                              f"finished, {len(todo)} to run on {min(n_jobs, max(1, len(todo)))} worker(s) -> {folder}")
+            err_console.print(
+                f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
+                f"finished, {len(todo)} to run on {min(n_jobs, max(1, len(todo)))} worker(s) -> {folder}"
+            )
             task = bars.tasks[overall]
             bars.update(overall, total=(task.total or 0) + len(todo) + skipped, completed=task.completed + skipped)
 
@@ -243,10 +321,15 @@ def sweep(name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g.
 
 @app.command()
 @user_errors
-def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
-              out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: results/reproduce, or results/reproduce-smoke)."),
-              only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
-              device: Optional[str] = DeviceOpt) -> None:
+def reproduce(
+    smoke: bool = SmokeOpt,
+    jobs: Optional[int] = JobsOpt,
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (default: results/reproduce, or results/reproduce-smoke)."
+    ),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
     """Run every experiment's default config, then write the combined report (md and html).
 
     Experiments already finished in the output folder are reused and interrupted ones resume, so
@@ -254,6 +337,7 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
     """
     from normlab.engine.report import build_report
     from normlab.experiments import load_config, run_experiment
+
     registry = _registry()
     names = list(registry)
     if only:
@@ -270,14 +354,23 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
         folder = root / name
         if (folder / "claims.csv").is_file():
             from normlab.engine.config import dump_yaml
+
             if (folder / "config.yaml").read_text() != dump_yaml(cfg):
-                raise ConfigError(f"{folder} holds {name} results of a different config; remove that folder "
-                                  "to rerun it, or pass another --out")
+                raise ConfigError(
+                    f"{folder} holds {name} results of a different config; remove that folder "
+                    "to rerun it, or pass another --out"
+                )
             err_console.print(f"[{i}/{len(names)}] {name}: already finished in {folder}, reused")
             continue
         err_console.print(f"[{i}/{len(names)}] {name}")
-        with Progress(TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bars:
+        with Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bars:
             overall = bars.add_task(name, total=0)
 
             def on_start(tasks, reused, overall=overall) -> None:
@@ -285,16 +378,25 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
                 bars.update(overall, total=(t.total or 0) + len(tasks))
 
             try:
-                run_experiment(exp, cfg, folder, jobs=n_jobs, smoke=smoke, on_start=on_start,
-                               on_result=lambda res, overall=overall: bars.advance(overall))
+                run_experiment(
+                    exp,
+                    cfg,
+                    folder,
+                    jobs=n_jobs,
+                    smoke=smoke,
+                    on_start=on_start,
+                    on_result=lambda res, overall=overall: bars.advance(overall),
+                )
             except KeyboardInterrupt:
-                err_console.print(f"interrupted: run the same command again to continue ({folder}.partial keeps "
-                                  "the finished runs)")
+                err_console.print(
+                    f"interrupted: run the same command again to continue ({folder}.partial keeps the finished runs)"
+                )
                 raise typer.Exit(130)
     titles = {n: e.title for n, e in registry.items()}
     for fmt in ("md", "html"):  # exactly what `normlab report ROOT --format FMT` writes
         build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
     from normlab.engine.report import _load_folder
+
     table = Table(title="Claims")
     for col in ("experiment", "claim", "verdict"):
         table.add_column(col)
@@ -308,20 +410,31 @@ def reproduce(smoke: bool = SmokeOpt, jobs: Optional[int] = JobsOpt,
 
 @app.command()
 @user_errors
-def report(run_dirs: List[Path] = typer.Argument(..., help="Run folders, or a `normlab reproduce` output folder."),
-           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (default: report.md, or REPRODUCE_DIR/report.md)."),
-           fmt: str = typer.Option("md", "--format", "-f", help="md (for GitHub) or html (one self-contained file).")) -> None:
+def report(
+    run_dirs: List[Path] = typer.Argument(..., help="Run folders, or a `normlab reproduce` output folder."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Report file (default: report.md, or REPRODUCE_DIR/report.md)."
+    ),
+    fmt: str = typer.Option("md", "--format", "-f", help="md (for GitHub) or html (one self-contained file)."),
+) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
     from normlab.engine.report import build_report
+
     if fmt not in ("md", "html"):
         raise ConfigError(f"--format: {fmt!r} is not allowed; choose md or html")
     from normlab.engine.report import is_collection
+
     registry = _registry()
     collection = any(is_collection(p) for p in run_dirs)
     if out is None:
         out = (Path(run_dirs[0]) if len(run_dirs) == 1 and collection else Path(".")) / f"report.{fmt}"
-    path = build_report(list(run_dirs), out, fmt, expected=list(registry) if collection else None,
-                        titles={n: e.title for n, e in registry.items()})
+    path = build_report(
+        list(run_dirs),
+        out,
+        fmt,
+        expected=list(registry) if collection else None,
+        titles={n: e.title for n, e in registry.items()},
+    )
     console.print(f"wrote {path}")
 
 
@@ -330,12 +443,15 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="Run folders, or a `n
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
     from normlab.engine.results import load_tables
+
     tables = load_tables(run_dir)
     name = tables.config.get("experiment")
     registry = _registry()
     if name not in registry:
-        raise ConfigError(f"{run_dir}/config.yaml names experiment {name!r}, which this normlab "
-                          f"does not know ({', '.join(sorted(registry))})")
+        raise ConfigError(
+            f"{run_dir}/config.yaml names experiment {name!r}, which this normlab "
+            f"does not know ({', '.join(sorted(registry))})"
+        )
     paths = registry[name].plot(tables, Path(run_dir) / "plots")
     for p in paths:
         console.print(f"wrote {p}")
@@ -343,17 +459,19 @@ def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `norm
 
 @app.command()
 @user_errors
-def bench(steps: int = typer.Option(2000, help="Steps per timed trial."),
-          repeats: int = typer.Option(5, help="Interleaved trials of each loop."),
-          probe_every: Optional[int] = typer.Option(None, help="Probe interval (default: the engine's default)."),
-          workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores).")) -> None:
+def bench(
+    steps: int = typer.Option(2000, help="Steps per timed trial."),
+    repeats: int = typer.Option(5, help="Interleaved trials of each loop."),
+    probe_every: Optional[int] = typer.Option(None, help="Probe interval (default: the engine's default)."),
+    workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores)."),
+) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, and process-pool scaling."""
     from normlab.engine.bench import run_bench
+
     if steps < 10 or repeats < 1:
         raise ConfigError("--steps must be >= 10 and --repeats >= 1")
     console.print("MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop")
-    res = run_bench(steps=steps, repeats=repeats, probe_every=probe_every, workers=workers,
-                    log=console.print)
+    res = run_bench(steps=steps, repeats=repeats, probe_every=probe_every, workers=workers, log=console.print)
     table = Table(title="normlab bench (medians over interleaved repeats)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
@@ -364,7 +482,9 @@ def bench(steps: int = typer.Option(2000, help="Steps per timed trial."),
     table.add_row(f"probe cost (every {res.probe_every} steps)", f"{100 * res.probe_cost:.1f}%", "<= 10%")
     base = res.pool.get(1)
     for k, rate in sorted(res.pool.items()):
-        table.add_row(f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else "")
+        table.add_row(
+            f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else ""
+        )
     console.print(table)
 
 

@@ -7,6 +7,7 @@
 Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
 is the median over repeats.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,7 +31,8 @@ def bench_config(steps: int, probe_every: int) -> RunConfig:
         model=ModelConfig(arch="mlp", width=100, depth=2, norm="batch"),
         optim=OptimConfig(name="sgd", lr=0.1),
         train=TrainConfig(steps=steps, batch_size=128, eval_every=0, threads=1),
-        probes=ProbeConfig(every=probe_every))
+        probes=ProbeConfig(every=probe_every),
+    )
 
 
 def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
@@ -39,9 +41,15 @@ def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
     data = load_dataset(cfg.data)
     torch.manual_seed(seed)
     w = cfg.model.width
-    model = nn.Sequential(nn.Linear(40, w, bias=False), nn.BatchNorm1d(w, affine=False), nn.ReLU(),
-                          nn.Linear(w, w, bias=False), nn.BatchNorm1d(w, affine=False), nn.ReLU(),
-                          nn.Linear(w, 10))
+    model = nn.Sequential(
+        nn.Linear(40, w, bias=False),
+        nn.BatchNorm1d(w, affine=False),
+        nn.ReLU(),
+        nn.Linear(w, w, bias=False),
+        nn.BatchNorm1d(w, affine=False),
+        nn.ReLU(),
+        nn.Linear(w, 10),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
     x_all, y_all = data.x_train, data.y_train
     n, bs = len(y_all), cfg.train.batch_size
@@ -51,7 +59,7 @@ def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
     for _ in range(cfg.train.steps):
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + bs]
+        idx = order[pos : pos + bs]
         pos += bs
         loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
         opt.zero_grad(set_to_none=True)
@@ -82,8 +90,14 @@ class BenchResult:
         return 1.0 - statistics.median(q / e for q, e in zip(self.probed, self.engine))
 
 
-def run_bench(steps: int = 2000, repeats: int = 5, probe_every: int | None = None,
-              pool_steps: int = 3000, workers: int | None = None, log=print) -> BenchResult:
+def run_bench(
+    steps: int = 2000,
+    repeats: int = 5,
+    probe_every: int | None = None,
+    pool_steps: int = 3000,
+    workers: int | None = None,
+    log=print,
+) -> BenchResult:
     probe_every = probe_every or ProbeConfig().every
     off, on = bench_config(steps, 0), bench_config(steps, probe_every)
     load_dataset(off.data)
@@ -94,8 +108,10 @@ def run_bench(steps: int = 2000, repeats: int = 5, probe_every: int | None = Non
         res.plain.append(plain_loop(off))
         res.engine.append(engine_loop(off))
         res.probed.append(engine_loop(on))
-        log(f"  repeat {r + 1}/{repeats}: plain {res.plain[-1]:.0f}, engine {res.engine[-1]:.0f}, "
-            f"engine+probes {res.probed[-1]:.0f} steps/s")
+        log(
+            f"  repeat {r + 1}/{repeats}: plain {res.plain[-1]:.0f}, engine {res.engine[-1]:.0f}, "
+            f"engine+probes {res.probed[-1]:.0f} steps/s"
+        )
     workers = workers or default_jobs()
     pool_cfg = bench_config(pool_steps, 0)
     for k in sorted({1, workers}):

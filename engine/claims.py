@@ -17,6 +17,7 @@ An experiment's estimator returns an `Estimate` (value, CI, n, preconditions, de
     never counted as evidence;
   - `descriptive`: a number reported beside a claim, not judged.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,6 +42,7 @@ class Rule:
     `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m; `contains0_or_abs<=` (an
     equivalence rule, used for K5) is supported when the CI contains 0 or lies within [-m, m],
     not supported when the CI excludes 0 and lies entirely outside [-m, m]."""
+
     op: Op
     key: str = ""
     unit: str = ""
@@ -93,6 +95,7 @@ class Claim:
 @dataclass
 class Check:
     """A precondition of a verdict: when it fails, the verdict is `inconclusive` and says why."""
+
     name: str
     ok: bool
     reason: str = ""
@@ -173,12 +176,22 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
     detail = "; ".join(x for x in (why, est.detail) if x)
     no_ci = claim.kind == EXACT or not _finite(est.ci.low, est.ci.high)
     return ClaimRow(
-        claim_id=claim.id, kind=claim.kind, statement=claim.statement, statistic=claim.statistic,
-        value=float(est.value), threshold=claim.rule.text(analysis), op=claim.rule.op,
-        bound_low=lo, bound_high=hi,
-        ci_low=float("nan") if no_ci else est.ci.low, ci_high=float("nan") if no_ci else est.ci.high,
+        claim_id=claim.id,
+        kind=claim.kind,
+        statement=claim.statement,
+        statistic=claim.statistic,
+        value=float(est.value),
+        threshold=claim.rule.text(analysis),
+        op=claim.rule.op,
+        bound_low=lo,
+        bound_high=hi,
+        ci_low=float("nan") if no_ci else est.ci.low,
+        ci_high=float("nan") if no_ci else est.ci.high,
         interval="none (exact)" if claim.kind == EXACT else ("none" if no_ci else est.ci.method),
-        n=int(est.n), verdict=verdict, detail=detail)
+        n=int(est.n),
+        verdict=verdict,
+        detail=detail,
+    )
 
 
 def missing(claim: Claim, analysis: Any, why: str) -> ClaimRow:

@@ -6,6 +6,7 @@ rejects the rest with the full dotted path of the offending key and what is allo
 Range limits live next to each field (`param(..., min=0)`), so there is one place per
 hyperparameter.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,14 @@ import yaml
 from .errors import ConfigError
 
 
-def param(default: Any = MISSING, *, min: float | None = None, max: float | None = None,
-          help: str = "", default_factory: Any = MISSING) -> Any:
+def param(
+    default: Any = MISSING,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    help: str = "",
+    default_factory: Any = MISSING,
+) -> Any:
     """A dataclass field with an allowed range and a one-line description (shown in errors)."""
     meta = {"min": min, "max": max, "help": help}
     if default_factory is not MISSING:
@@ -50,7 +57,8 @@ def _describe(tp: Any) -> str:
     if is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -142,8 +150,10 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
         value = _coerce(raw[name], hints[name], where)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(value, float) and not math.isfinite(value) and (lo is not None or hi is not None):
-            raise ConfigError(f"{where}: {value!r} is not a finite number; give a number in "
-                              f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+            raise ConfigError(
+                f"{where}: {value!r} is not a finite number; give a number in "
+                f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
@@ -225,8 +235,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file (a config is UTF-8 YAML); pass a .yaml config such as "
-                          "configs/knockout.yaml") from None
+        raise ConfigError(
+            f"{p}: not a text file (a config is UTF-8 YAML); pass a .yaml config such as configs/knockout.yaml"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -242,5 +253,15 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
 
 
-__all__ = ["param", "from_dict", "to_dict", "flatten", "set_dotted", "apply_overrides",
-           "parse_set", "read_yaml", "dump_yaml", "ConfigError"]
+__all__ = [
+    "param",
+    "from_dict",
+    "to_dict",
+    "flatten",
+    "set_dotted",
+    "apply_overrides",
+    "parse_set",
+    "read_yaml",
+    "dump_yaml",
+    "ConfigError",
+]

@@ -4,6 +4,7 @@ The data here are small enough to live in memory, so a batch is one index gather
 DataLoader round trip. Every random choice takes an explicit seed or `torch.Generator`; nothing
 touches a global RNG (mnist1d seeds numpy's and Python's global RNGs, so we put them back).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,7 +65,7 @@ class Batcher:
         if self._pos + self.batch_size > len(self._order):  # drop the ragged tail of an epoch
             self._order = torch.randperm(self.n, generator=self.generator).to(self.x.device)
             self._pos = 0
-        idx = self._order[self._pos:self._pos + self.batch_size]
+        idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return self.x[idx], self.y[idx]
 
@@ -72,7 +73,8 @@ class Batcher:
 def cache_dir() -> Path:
     """Where generated/downloaded data live: $NORMLAB_CACHE, else ~/.cache/normlab."""
     root = os.environ.get("NORMLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normlab")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normlab"
+    )
     return Path(root)
 
 
@@ -83,9 +85,14 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """Load (and memoize within this process) the dataset a config describes, on the CPU."""
     key = json.dumps(to_dict(cfg), sort_keys=True)
     if key not in _MEMO:
-        loader = {"mnist1d": _mnist1d, "synthetic": _synthetic, "mnist": _torchvision,
-                  "fashion_mnist": _torchvision, "cifar10": _torchvision,
-                  "imagefolder": _imagefolder}[cfg.name]
+        loader = {
+            "mnist1d": _mnist1d,
+            "synthetic": _synthetic,
+            "mnist": _torchvision,
+            "fashion_mnist": _torchvision,
+            "cifar10": _torchvision,
+            "imagefolder": _imagefolder,
+        }[cfg.name]
         x_tr, y_tr, x_te, y_te, classes = loader(cfg)
         _MEMO[key] = _finish(cfg, x_tr, y_tr, x_te, y_te, classes)
     return _MEMO[key]
@@ -96,16 +103,17 @@ def _finish(cfg: DataConfig, x_tr, y_tr, x_te, y_te, num_classes: int) -> Datase
     x_tr, y_tr = torch.as_tensor(x_tr, dtype=torch.float32), torch.as_tensor(y_tr, dtype=torch.long)
     x_te, y_te = torch.as_tensor(x_te, dtype=torch.float32), torch.as_tensor(y_te, dtype=torch.long)
     if cfg.val_size >= len(y_tr):
-        raise DataError(f"data.val_size={cfg.val_size} leaves no training data "
-                        f"({len(y_tr)} training examples); lower it")
+        raise DataError(
+            f"data.val_size={cfg.val_size} leaves no training data ({len(y_tr)} training examples); lower it"
+        )
     order = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(cfg.data_seed + 1))
-    val_idx, tr_idx = order[:cfg.val_size].sort().values, order[cfg.val_size:].sort().values
+    val_idx, tr_idx = order[: cfg.val_size].sort().values, order[cfg.val_size :].sort().values
     x_val, y_val = x_tr[val_idx], y_tr[val_idx]
     x_tr, y_tr = x_tr[tr_idx], y_tr[tr_idx]
     if cfg.max_train:
-        x_tr, y_tr = x_tr[:cfg.max_train], y_tr[:cfg.max_train]
+        x_tr, y_tr = x_tr[: cfg.max_train], y_tr[: cfg.max_train]
     if cfg.max_test:
-        x_te, y_te = x_te[:cfg.max_test], y_te[:cfg.max_test]
+        x_te, y_te = x_te[: cfg.max_test], y_te[: cfg.max_test]
     return Dataset(x_tr.contiguous(), y_tr, x_val.contiguous(), y_val, x_te.contiguous(), y_te, num_classes)
 
 
@@ -129,8 +137,9 @@ def _mnist1d(cfg: DataConfig):
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError as exc:  # pragma: no cover - it is a declared dependency
-            raise DataError(f"mnist1d: the 'mnist1d' package is not installed ({exc}); "
-                            "run `pip install -e .` again") from None
+            raise DataError(
+                f"mnist1d: the 'mnist1d' package is not installed ({exc}); run `pip install -e .` again"
+            ) from None
         args = get_dataset_args()
         args.num_samples, args.train_split, args.seed = cfg.num_samples, cfg.train_split, cfg.data_seed
         py_state, np_state = random.getstate(), np.random.get_state()
@@ -139,8 +148,13 @@ def _mnist1d(cfg: DataConfig):
         finally:  # make_dataset seeds the global RNGs; leave them as we found them
             random.setstate(py_state)
             np.random.set_state(np_state)
-        _atomic_save_npz(path, x=d["x"].astype(np.float32), y=d["y"].astype(np.int64),
-                         x_test=d["x_test"].astype(np.float32), y_test=d["y_test"].astype(np.int64))
+        _atomic_save_npz(
+            path,
+            x=d["x"].astype(np.float32),
+            y=d["y"].astype(np.int64),
+            x_test=d["x_test"].astype(np.float32),
+            y_test=d["y_test"].astype(np.int64),
+        )
     with np.load(path) as f:
         return f["x"], f["y"], f["x_test"], f["y_test"], 10
 
@@ -152,12 +166,12 @@ def _synthetic(cfg: DataConfig):
     dim = int(np.prod(shape))
     if cfg.synthetic_kind == "teacher":
         x = torch.randn(n, dim, generator=g)
-        w1 = torch.randn(dim, 64, generator=g) / dim ** 0.5
+        w1 = torch.randn(dim, 64, generator=g) / dim**0.5
         w2 = torch.randn(64, k, generator=g) / 8.0
         logits = torch.tanh((x + cfg.noise * torch.randn(n, dim, generator=g)) @ w1) @ w2
         y = logits.argmax(1)
     else:
-        means = 2.0 * torch.randn(k, dim, generator=g) / dim ** 0.5 * 3.0
+        means = 2.0 * torch.randn(k, dim, generator=g) / dim**0.5 * 3.0
         y = torch.arange(n) % k
         y = y[torch.randperm(n, generator=g)]
         x = means[y] + max(cfg.noise, 1e-3) * torch.randn(n, dim, generator=g) * 3.0
@@ -179,12 +193,16 @@ def _torchvision(cfg: DataConfig):
     cls_name, classes = _TV[cfg.name]
     root = _data_root(cfg)
     cls = getattr(tvd, cls_name)
-    hint = (f"{cfg.name}: dataset files not found under {root}. Either run with "
-            f"--set run.data.download=true on a machine with internet access, or put the files "
-            f"torchvision's {cls_name} reads there (or point --set run.data.root=DIR at them)")
-    offline = (f"{cfg.name}: download to {root} failed (no internet here?). Copy torchvision's "
-               f"{cls_name} files into {root}, or point --set run.data.root=DIR at them, and run "
-               "without download")
+    hint = (
+        f"{cfg.name}: dataset files not found under {root}. Either run with "
+        f"--set run.data.download=true on a machine with internet access, or put the files "
+        f"torchvision's {cls_name} reads there (or point --set run.data.root=DIR at them)"
+    )
+    offline = (
+        f"{cfg.name}: download to {root} failed (no internet here?). Copy torchvision's "
+        f"{cls_name} files into {root}, or point --set run.data.root=DIR at them, and run "
+        "without download"
+    )
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each mirror it tries
             train = cls(str(root), train=True, download=cfg.download)
@@ -221,8 +239,10 @@ def _imagefolder(cfg: DataConfig):
 
     root = Path(cfg.root).expanduser() if cfg.root else None
     if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise DataError(f"imagefolder: expected folders ROOT/train/<class>/ and ROOT/test/<class>/ "
-                        f"with images; got root={cfg.root!r}. Set --set run.data.root=DIR")
+        raise DataError(
+            f"imagefolder: expected folders ROOT/train/<class>/ and ROOT/test/<class>/ "
+            f"with images; got root={cfg.root!r}. Set --set run.data.root=DIR"
+        )
     size = cfg.image_size or 32
     tf = T.Compose([T.Resize((size, size)), T.ToTensor()])
     try:
@@ -241,4 +261,3 @@ def _imagefolder(cfg: DataConfig):
     mean = x_tr.mean(dim=(0, 2, 3), keepdim=True)
     std = x_tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, len(train.classes)
-

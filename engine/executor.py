@@ -5,6 +5,7 @@ on `--jobs`. Results come back in task order; `on_result` sees each one as soon 
 (sweeps use it to write rows as they go). A run that raises is recorded as `failed` with its
 error, not dropped; errors the user must fix (NormlabError) are raised instead.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -28,12 +29,20 @@ def _run_one(task: RunTask, progress: Progress) -> RunResult:
     except NormlabError:
         raise
     except Exception as exc:  # a crash inside one run is a result, not a lost run
-        return RunResult(task.run_id, task.arm, task.seed, "failed", 0, 0.0,
-                         error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+        return RunResult(
+            task.run_id,
+            task.arm,
+            task.seed,
+            "failed",
+            0,
+            0.0,
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}",
+        )
 
 
 def _worker_init() -> None:
     import torch
+
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
 
@@ -42,8 +51,13 @@ def _worker(task: RunTask, q) -> RunResult:
     return _run_one(task, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
 
 
-def execute(tasks: list[RunTask], jobs: int = 1, progress: Progress = None,
-            on_result: Optional[Callable[[RunResult], None]] = None, backend: str = "local") -> list[RunResult]:
+def execute(
+    tasks: list[RunTask],
+    jobs: int = 1,
+    progress: Progress = None,
+    on_result: Optional[Callable[[RunResult], None]] = None,
+    backend: str = "local",
+) -> list[RunResult]:
     if backend == "ray":
         return _execute_ray(tasks, progress, on_result)
     jobs = max(1, min(jobs, len(tasks))) if tasks else 1
@@ -107,23 +121,29 @@ def check_ray_address(address: Optional[str] = None, timeout: float = RAY_CONNEC
     """Fail within seconds, with one line, when RAY_ADDRESS names a head that nobody answers
     (Ray itself retries for minutes). 'auto', 'local' and no address need no check."""
     import socket
+
     address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
     if not address or address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise NormlabError(f"RAY_ADDRESS={address!r} is not HOST:PORT (e.g. 127.0.0.1:6379); fix it or unset "
-                           "RAY_ADDRESS to start a local Ray")
+        raise NormlabError(
+            f"RAY_ADDRESS={address!r} is not HOST:PORT (e.g. 127.0.0.1:6379); fix it or unset "
+            "RAY_ADDRESS to start a local Ray"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError:
-        raise NormlabError(f"RAY_ADDRESS={address}: no Ray head answers at {host}:{port} within {timeout:g} s; "
-                           "start one there (ray start --head) or unset RAY_ADDRESS to start a local Ray") from None
+        raise NormlabError(
+            f"RAY_ADDRESS={address}: no Ray head answers at {host}:{port} within {timeout:g} s; "
+            "start one there (ray start --head) or unset RAY_ADDRESS to start a local Ray"
+        ) from None
 
 
-def _execute_ray(tasks: list[RunTask], progress: Progress,
-                 on_result: Optional[Callable[[RunResult], None]]) -> list[RunResult]:
+def _execute_ray(
+    tasks: list[RunTask], progress: Progress, on_result: Optional[Callable[[RunResult], None]]
+) -> list[RunResult]:
     """One Ray task per run, one CPU and one torch thread each. Connects to the cluster named by
     RAY_ADDRESS, or starts a local Ray. Progress is reported per finished run."""
     check_ray_address()
@@ -132,8 +152,12 @@ def _execute_ray(tasks: list[RunTask], progress: Progress,
     except ImportError:
         raise NormlabError("--backend ray needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     remote = ray.remote(num_cpus=1)(_ray_task)
     pending = {remote.remote(t): t for t in tasks}
     results: dict[str, RunResult] = {}

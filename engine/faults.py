@@ -5,6 +5,7 @@ NORMLAB_FAULT=POINT:N makes this process kill itself with SIGKILL the N-th time 
   cell_write  half way through writing a cell's CSV (a temporary file is left behind).
 Unset (the normal case) it does nothing. Only the process that writes cells counts.
 """
+
 from __future__ import annotations
 
 import os

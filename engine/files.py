@@ -1,4 +1,5 @@
 """Writing files so that a reader never sees half of one: temp file in the same folder, rename."""
+
 from __future__ import annotations
 
 import os

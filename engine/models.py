@@ -11,6 +11,7 @@ manipulation, without the model knowing who uses them:
 Each block also has a `tap` (identity) at the input of its activation, where probes read the
 pre-activation statistics.
 """
+
 from __future__ import annotations
 
 import math
@@ -111,8 +112,9 @@ def _invariance(cfg: ModelConfig, bias: bool) -> Optional[str]:
 
 
 class Block(nn.Module):
-    def __init__(self, weight: nn.Module, cfg: ModelConfig, features: int, spatial_dims: int,
-                 index: int, after_norm: AfterNorm):
+    def __init__(
+        self, weight: nn.Module, cfg: ModelConfig, features: int, spatial_dims: int, index: int, after_norm: AfterNorm
+    ):
         super().__init__()
         self.weight_layer = weight
         self.norm = _normalizer(cfg, features, spatial_dims)
@@ -146,15 +148,14 @@ class Block(nn.Module):
 @dataclass
 class WeightLayer:
     name: str
-    module: nn.Module            # has .weight (and maybe .bias)
-    invariance: Optional[str]    # "unit", "layer" or None
+    module: nn.Module  # has .weight (and maybe .bias)
+    invariance: Optional[str]  # "unit", "layer" or None
 
 
 class Net(nn.Module):
     """A stack of Blocks and a linear read-out, with the bookkeeping probes need."""
 
-    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
-                 after_norm: AfterNorm = None):
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, after_norm: AfterNorm = None):
         super().__init__()
         self.arch = cfg.arch
         self.residual = cfg.residual
@@ -164,8 +165,11 @@ class Net(nn.Module):
         if cfg.arch == "mlp":
             fan_in = int(math.prod(input_shape))
             for i in range(cfg.depth):
-                layer = (WNLinear(fan_in, cfg.width, bias, cfg.norm_affine) if cfg.norm == "weight"
-                         else nn.Linear(fan_in, cfg.width, bias=bias))
+                layer = (
+                    WNLinear(fan_in, cfg.width, bias, cfg.norm_affine)
+                    if cfg.norm == "weight"
+                    else nn.Linear(fan_in, cfg.width, bias=bias)
+                )
                 blocks.append(Block(layer, cfg, cfg.width, 0, i, after_norm))
                 fan_in = cfg.width
         else:
@@ -184,8 +188,9 @@ class Net(nn.Module):
         with torch.no_grad():
             feat = self.features(torch.zeros(2, *input_shape)).shape[1]
         self.out = nn.Linear(feat, num_classes)
-        self.weight_layers = [WeightLayer(f"layer{i + 1}", b.weight_layer, invariance)
-                              for i, b in enumerate(self.blocks)]
+        self.weight_layers = [
+            WeightLayer(f"layer{i + 1}", b.weight_layer, invariance) for i, b in enumerate(self.blocks)
+        ]
         self.weight_layers.append(WeightLayer("out", self.out, None))
         _init(self, cfg.init)
         if cfg.norm_init_scale != 1.0:
@@ -234,6 +239,5 @@ def _init(model: Net, scheme: str) -> None:
             nn.init.zeros_(wl.module.bias)
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
-                after_norm: AfterNorm = None) -> Net:
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, after_norm: AfterNorm = None) -> Net:
     return Net(cfg, input_shape, num_classes, after_norm)

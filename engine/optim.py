@@ -6,6 +6,7 @@ config choice, never implicit. `renormalize` is the control arm of the implicit-
 experiment: after each step the incoming weights of every scale-invariant unit are put back on
 the unit sphere, so the effective learning rate stays equal to the explicit one.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,17 +57,18 @@ class Optimizer:
             groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
         self.decay_params = decay
         if cfg.name == "sgd":
-            self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                       nesterov=cfg.nesterov and cfg.momentum > 0)
+            self.opt = torch.optim.SGD(
+                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+            )
         elif cfg.name in ("adam", "adamw"):  # adamw = adam + decoupled decay, applied below
             self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
         elif cfg.name == "rmsprop":
-            self.opt = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps,
-                                           momentum=cfg.momentum)
+            self.opt = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps, momentum=cfg.momentum)
         else:
             self.opt = torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
-        self.renorm = [(wl.module.weight, wl.invariance) for wl in model.weight_layers
-                       if cfg.renormalize and wl.invariance]
+        self.renorm = [
+            (wl.module.weight, wl.invariance) for wl in model.weight_layers if cfg.renormalize and wl.invariance
+        ]
         self.lr = cfg.lr
 
     def set_step(self, step: int) -> float:

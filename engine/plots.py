@@ -4,6 +4,7 @@ Curves are means over seeds with a band from the lowest to the highest seed (alw
 so it also works on log axes); the legend gives n. PNGs are
 written without timestamps, so the same CSVs give the same bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,17 +20,23 @@ import pandas as pd  # noqa: E402
 from .files import publish  # noqa: E402
 
 STYLE = {
-    "figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.3, "legend.frameon": False, "legend.fontsize": 8,
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "legend.fontsize": 8,
 }
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, sharey=False):
     plt.rcParams.update(STYLE)  # plotting is the only thing a plotting process does
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                             sharey=sharey)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, sharey=sharey)
     return fig, axes
 
 
@@ -65,8 +72,12 @@ def save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
-VERDICT_COLORS = {"supported": "#2ca02c", "not supported": "#d62728", "inconclusive": "#ff7f0e",
-                  "not judged": "#7f7f7f"}
+VERDICT_COLORS = {
+    "supported": "#2ca02c",
+    "not supported": "#d62728",
+    "inconclusive": "#ff7f0e",
+    "not judged": "#7f7f7f",
+}
 
 
 def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
@@ -76,10 +87,12 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
     import math
 
     from matplotlib.ticker import MaxNLocator
+
     n = len(claims)
     fig, axes = figure(ncols=1, nrows=max(n, 1), width=9.0, height=0.5)
-    fig.subplots_adjust(left=0.3, right=0.78, top=1 - 0.9 / (0.5 * max(n, 1)), bottom=0.4 / (0.5 * max(n, 1)),
-                        hspace=1.1)
+    fig.subplots_adjust(
+        left=0.3, right=0.78, top=1 - 0.9 / (0.5 * max(n, 1)), bottom=0.4 / (0.5 * max(n, 1)), hspace=1.1
+    )
     for ax, r in zip(axes[:, 0], claims.to_dict("records")):
         nums = [float(r[k]) for k in ("value", "ci_low", "ci_high", "bound_low", "bound_high")]
         v, lo, hi, b_lo, b_hi = nums
@@ -89,10 +102,12 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
         ax.set_yticks([0], [label], fontsize=7)
         ax.tick_params(axis="x", labelsize=6, pad=1, length=2)
         ax.xaxis.set_major_locator(MaxNLocator(4))
-        text = "no number" if not math.isfinite(v) else (
-            f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else f"{v:.3g}")
-        ax.text(1.02, 0.5, f"{text}  {r['verdict']}", transform=ax.transAxes, fontsize=6.5, va="center",
-                color=color)
+        text = (
+            "no number"
+            if not math.isfinite(v)
+            else (f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else f"{v:.3g}")
+        )
+        ax.text(1.02, 0.5, f"{text}  {r['verdict']}", transform=ax.transAxes, fontsize=6.5, va="center", color=color)
         ax.grid(False)
         for side in ("left", "top", "right"):
             ax.spines[side].set_visible(False)
@@ -110,14 +125,22 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
             left, right = span_lo - pad, span_hi + pad
         ax.set_xlim(left, right)
         if r["verdict"] != "not judged" and (math.isfinite(b_lo) or math.isfinite(b_hi)):
-            ax.axvspan(max(b_lo, left) if math.isfinite(b_lo) else left,
-                       min(b_hi, right) if math.isfinite(b_hi) else right, color="#2ca02c", alpha=0.12, lw=0)
+            ax.axvspan(
+                max(b_lo, left) if math.isfinite(b_lo) else left,
+                min(b_hi, right) if math.isfinite(b_hi) else right,
+                color="#2ca02c",
+                alpha=0.12,
+                lw=0,
+            )
         if math.isfinite(lo) and math.isfinite(hi):
             ax.plot([lo, hi], [0, 0], color=color, lw=2.2, solid_capstyle="butt")
         if math.isfinite(v):
             ax.plot([v], [0], "o", color=color, ms=4.5)
         ax.set_ylim(-0.6, 0.6)
-    fig.suptitle("Claims at a glance: value (dot) and 95% interval (line) against the region the rule accepts "
-                 "(shaded);\neach row has its own scale. Green supported, red not supported, orange inconclusive, "
-                 "grey not judged", fontsize=8)
+    fig.suptitle(
+        "Claims at a glance: value (dot) and 95% interval (line) against the region the rule accepts "
+        "(shaded);\neach row has its own scale. Green supported, red not supported, orange inconclusive, "
+        "grey not judged",
+        fontsize=8,
+    )
     return save(fig, path, tight=False)

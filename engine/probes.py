@@ -23,7 +23,8 @@ With `probes.unit_window` > 0, the probes in the last fraction of training also 
 scale-invariant unit, the means of u_j = ||w_j||^2, g_j^2 = (||w_j|| ||grad_j||)^2 and the squared
 angular update; `unit_rows` writes them once at the end (stat "unit"): unit_u_mean, unit_g2_mean,
 unit_ang2_mean, and u_j at the first and last probe of the window (unit_u_first, unit_u_last),
-all with the step of the end of training. These let an analysis predict each unit's equilibrium before reducing over units.
+all with the step of the end of training. These let an analysis predict each unit's equilibrium
+before reducing over units.
 With `probes.fixed_batch` = N, the input and pre-activation statistics come from a side pass on
 the first N training examples (the same examples at every probe), so their drift measures the
 network changing, not batch sampling.
@@ -31,6 +32,7 @@ and per hidden block, at the input of its activation (after any normalizer and n
   preact_mean, preact_var   per-unit batch mean and variance (summaries over units)
   preact_mean_drift, preact_var_drift   mean over units of |change since the previous probe|
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -64,7 +66,7 @@ class Probes:
         self._taps: dict[str, torch.Tensor] = {}
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
-        self.window_start = float("inf")                  # set by the loop when unit_window > 0
+        self.window_start = float("inf")  # set by the loop when unit_window > 0
         self._unit_sums: dict[tuple[str, str], torch.Tensor] = {}
         self._unit_counts: dict[tuple[str, str], int] = {}
         self._unit_first: dict[str, torch.Tensor] = {}
@@ -107,13 +109,17 @@ class Probes:
         handles = []
         if self.cfg.inputs:
             for wl in self.model.weight_layers:
-                handles.append(wl.module.register_forward_pre_hook(
-                    lambda _m, args, name=wl.name: self._inputs.__setitem__(name, args[0])))
+                handles.append(
+                    wl.module.register_forward_pre_hook(
+                        lambda _m, args, name=wl.name: self._inputs.__setitem__(name, args[0])
+                    )
+                )
         if self.cfg.preacts:
             for name, tap in self.model.taps():
                 tap.tapped = True
-                handles.append(tap.register_forward_hook(
-                    lambda _m, _a, out, name=name: self._taps.__setitem__(name, out)))
+                handles.append(
+                    tap.register_forward_hook(lambda _m, _a, out, name=name: self._taps.__setitem__(name, out))
+                )
         try:
             yield
         finally:
@@ -174,20 +180,27 @@ class Probes:
                 add_matrix(names, wl.name, torch.stack(rows))
                 if wl.invariance == "layer":  # only the whole matrix's scale drops out
                     total = wn2.sum()
-                    add_scalars(["eff_lr", "normalized_grad_norm_layer"], wl.name,
-                                torch.stack([lr / total, total.sqrt() * g.norm()]))
+                    add_scalars(
+                        ["eff_lr", "normalized_grad_norm_layer"],
+                        wl.name,
+                        torch.stack([lr / total, total.sqrt() * g.norm()]),
+                    )
             if wl.name in self._inputs:
                 mean, var = _feature_stats(self._inputs[wl.name])
-                add_scalars(["input_mean_sq_norm", "input_var_mean"], wl.name,
-                            torch.stack([(mean * mean).sum(), var.mean()]))
+                add_scalars(
+                    ["input_mean_sq_norm", "input_var_mean"], wl.name, torch.stack([(mean * mean).sum(), var.mean()])
+                )
         if self._taps:
             for name, out in self._taps.items():
                 mean, var = _feature_stats(out)
                 add_matrix(["preact_mean", "preact_var"], name, torch.stack([mean, var]))
                 if name in self._prev:
                     pm, pv = self._prev[name]
-                    add_scalars(["preact_mean_drift", "preact_var_drift"], name,
-                                torch.stack([(mean - pm).abs().mean(), (var - pv).abs().mean()]))
+                    add_scalars(
+                        ["preact_mean_drift", "preact_var_drift"],
+                        name,
+                        torch.stack([(mean - pm).abs().mean(), (var - pv).abs().mean()]),
+                    )
                 self._prev[name] = (mean, var)
         self._inputs.clear()
         self._taps.clear()
@@ -215,8 +228,9 @@ class Probes:
         return self._rows(step, keys, values, per_unit)
 
     @staticmethod
-    def _rows(step: int, keys: list[tuple], values: list[torch.Tensor],
-              per_unit: list[tuple[str, str, torch.Tensor]]) -> list[Row]:
+    def _rows(
+        step: int, keys: list[tuple], values: list[torch.Tensor], per_unit: list[tuple[str, str, torch.Tensor]]
+    ) -> list[Row]:
         flat = torch.cat(values).tolist() if values else []  # one device->host copy per probe
         out = [(step, m, layer, s, u, v) for (m, layer, s, u), v in zip(keys, flat)]
         for name, layer, vec in per_unit:

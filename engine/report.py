@@ -1,4 +1,5 @@
 """A run folder's report.md: what ran, where it came from, each claim row and the figures."""
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,12 @@ def write_run_report(tables: Tables, claims: pd.DataFrame, plots: list[Path], ti
         f"torch {m.get('versions', {}).get('torch')}; device: {m.get('device')}; "
         f"wall time: {m.get('wall_seconds', float('nan')):.1f} s"
         + ("; **smoke run** (tiny settings: the verdicts below are not meaningful)" if m.get("smoke") else ""),
-        "", "## Claims", "", claims_markdown(claims), "## Figures", "",
+        "",
+        "## Claims",
+        "",
+        claims_markdown(claims),
+        "## Figures",
+        "",
     ]
     for p in plots:
         lines += [f"![{p.stem}](plots/{p.name})", ""]
@@ -72,18 +78,28 @@ def _load_folder(folder: Path) -> dict:
     import json
 
     import yaml
+
     claims_path = folder / "claims.csv"
     if not claims_path.is_file():
-        raise NormlabError(f"{folder} has no claims.csv; pass run folders written by `normlab run`, "
-                           "`normlab sweep` or `normlab reproduce`")
+        raise NormlabError(
+            f"{folder} has no claims.csv; pass run folders written by `normlab run`, "
+            "`normlab sweep` or `normlab reproduce`"
+        )
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
     config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
     runs = pd.read_csv(folder / "runs.csv") if (folder / "runs.csv").is_file() else pd.DataFrame()
-    return {"folder": folder, "claims": pd.read_csv(claims_path, keep_default_na=False,
-                                                    na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high",
-                                                                                      "bound_low", "bound_high")}),
-            "manifest": manifest, "config": config, "runs": runs,
-            "plots": sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else []}
+    return {
+        "folder": folder,
+        "claims": pd.read_csv(
+            claims_path,
+            keep_default_na=False,
+            na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high", "bound_low", "bound_high")},
+        ),
+        "manifest": manifest,
+        "config": config,
+        "runs": runs,
+        "plots": sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else [],
+    }
 
 
 def _label(item: dict) -> str:
@@ -107,8 +123,10 @@ def expand_folders(paths: list[Path], order: list[str] | None = None) -> list[Pa
         if (p / "claims.csv").is_file():
             out.append(p)
         elif p.is_dir():
-            kids = sorted((c for c in p.iterdir() if c.is_dir() and (c / "claims.csv").is_file()),
-                          key=lambda c: (rank.get(c.name, len(rank)), c.name))
+            kids = sorted(
+                (c for c in p.iterdir() if c.is_dir() and (c / "claims.csv").is_file()),
+                key=lambda c: (rank.get(c.name, len(rank)), c.name),
+            )
             if not kids:
                 raise NormlabError(f"{p} holds no run folders (none of its subfolders has a claims.csv)")
             out.extend(kids)
@@ -124,15 +142,18 @@ def _ci(r) -> str:
     return f"[{_fmt(lo)}, {_fmt(hi)}] ({r.get('interval', '')})"
 
 
-KIND_NOTE = ("Kinds: **measured** claims are judged on a 95% interval over seeds (n >= 3; the interval "
-             "method is named); **exact** claims are identities or theory checks, judged on a maximum "
-             "error against a tolerance, with no interval; **control** rows are true by construction "
-             "(they check the instrument) and **descriptive** rows are reported, not judged: neither "
-             "counts as evidence.")
+KIND_NOTE = (
+    "Kinds: **measured** claims are judged on a 95% interval over seeds (n >= 3; the interval "
+    "method is named); **exact** claims are identities or theory checks, judged on a maximum "
+    "error against a tolerance, with no interval; **control** rows are true by construction "
+    "(they check the instrument) and **descriptive** rows are reported, not judged: neither "
+    "counts as evidence."
+)
 
 
-def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None,
-                 titles: dict[str, str] | None = None) -> Path:
+def build_report(
+    folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None, titles: dict[str, str] | None = None
+) -> Path:
     """One Markdown or HTML report over run folders: summary, one section per experiment, and
     what was not reproduced. Depends only on the files, so it regenerates byte for byte.
     `expected`: experiments a complete report has, in order; absent ones are listed as not run."""
@@ -143,31 +164,58 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     items = [_load_folder(f) for f in expand_folders(folders, expected)]
     titles = titles or {}
     md: list[str] = ["# normlab report", ""]
-    md += ["Claims of Grosse, ch. 5 (adaptive gradient methods, normalization, weight decay), measured by "
-           "normlab. Every verdict below is computed from the CSV files of the run folder named with it.", ""]
-    md += ["## Summary", "", KIND_NOTE, "",
-           "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    md += [
+        "Claims of Grosse, ch. 5 (adaptive gradient methods, normalization, weight decay), measured by "
+        "normlab. Every verdict below is computed from the CSV files of the run folder named with it.",
+        "",
+    ]
+    md += [
+        "## Summary",
+        "",
+        KIND_NOTE,
+        "",
+        "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for it in items:
         name = _label(it)
         for _, r in it["claims"].iterrows():
-            md.append(f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}** | {_fmt(r['statistic'])} | {_fmt(r['value'])} "
-                      f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |")
-    every = pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
+            md.append(
+                f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}** | {_fmt(r['statistic'])} | "
+                f"{_fmt(r['value'])} "
+                f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |"
+            )
+    every = (
+        pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
+    )
     if every is not None and "bound_low" in every:
         from .plots import claims_forest
+
         forest = claims_forest(every, out.parent / "claims_at_a_glance.png")
         md += ["", f"![claims at a glance]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
-    evidence = [it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
-                for it in items]
+    evidence = [
+        it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
+        for it in items
+    ]
     counts = pd.concat([e["verdict"] for e in evidence]).value_counts() if items else pd.Series(dtype=int)
-    md += ["", "Verdicts of the measured and exact claims (the evidence): "
-           + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER)]
-    repeated = sorted({c for i, e in enumerate(evidence) for c in e["claim_id"]
-                       if any(c in set(o["claim_id"]) for o in evidence[i + 1:])})
+    md += [
+        "",
+        "Verdicts of the measured and exact claims (the evidence): "
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER),
+    ]
+    repeated = sorted(
+        {
+            c
+            for i, e in enumerate(evidence)
+            for c in e["claim_id"]
+            if any(c in set(o["claim_id"]) for o in evidence[i + 1 :])
+        }
+    )
     if repeated:
-        md += [f"(counted once per run folder: {', '.join(repeated)} are judged both by an experiment and by a "
-               "sweep of it)"]
+        md += [
+            f"(counted once per run folder: {', '.join(repeated)} are judged both by an experiment and by a "
+            "sweep of it)"
+        ]
     md += [""]
     # a collection may carry a hand-written account of why verdicts moved since its previous version
     for f in folders:
@@ -176,8 +224,11 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
             md += [notes.read_text().strip(), ""]
     smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
     if smoke:
-        md += [f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
-               "the pipeline, not the claims.", ""]
+        md += [
+            f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
+            "the pipeline, not the claims.",
+            "",
+        ]
 
     def rel(p: Path) -> str:
         return os.path.relpath(p, out.parent).replace(os.sep, "/")
@@ -192,14 +243,23 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
             md += [str(cfg["description"]).strip(), ""]
         runs = it["runs"]
         status = runs["status"].value_counts().to_dict() if "status" in runs else {}
-        md += [f"- run folder: `{rel(it['folder'])}`; commit `{m.get('git_commit')}`; seeds {m.get('seeds')}; "
-               f"wall time {m.get('wall_seconds', float('nan'))} s; runs: "
-               + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
-               + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""), ""]
+        md += [
+            f"- run folder: `{rel(it['folder'])}`; commit `{m.get('git_commit')}`; seeds {m.get('seeds')}; "
+            f"wall time {m.get('wall_seconds', float('nan'))} s; runs: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
+            + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""),
+            "",
+        ]
         for _, r in it["claims"].iterrows():
-            md += [f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})", "", f"{r['statement']}", "",
-                   f"- statistic: {r['statistic']}", f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
-                   f"- threshold for `supported`: {r['threshold']}"]
+            md += [
+                f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})",
+                "",
+                f"{r['statement']}",
+                "",
+                f"- statistic: {r['statistic']}",
+                f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
+                f"- threshold for `supported`: {r['threshold']}",
+            ]
             if isinstance(r.get("detail"), str) and r["detail"]:
                 md.append(f"- detail: {r['detail']}")
             md.append("")
@@ -213,8 +273,10 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
         name = _label(it)
         for _, r in it["claims"].iterrows():
             if r["verdict"] not in ("supported", "not judged") and r.get("kind") != "control":
-                lines.append(f"- {name} / {r['claim_id']}: **{r['verdict']}** (value {_fmt(r['value'])}, threshold "
-                             f"{_fmt(r['threshold'])})")
+                lines.append(
+                    f"- {name} / {r['claim_id']}: **{r['verdict']}** (value {_fmt(r['value'])}, threshold "
+                    f"{_fmt(r['threshold'])})"
+                )
         runs = it["runs"]
         if "status" in runs:
             for status, n in runs[runs["status"] != "ok"]["status"].value_counts().items():
@@ -234,15 +296,19 @@ def build_report(folders: list[Path], out: Path, fmt: str, expected: list[str] |
     def embed(line: str) -> str:
         if not line.startswith("!["):
             return line
-        alt, src = line[2:line.index("](")], line[line.index("](") + 2:-1]
+        alt, src = line[2 : line.index("](")], line[line.index("](") + 2 : -1]
         data = base64.b64encode((out.parent / src).read_bytes()).decode()
         return f"![{alt}](data:image/png;base64,{data})"
 
     html_body = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(embed(x) for x in md))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
-    doc = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>normlab report</title>"
-           f"<style>{style}</style></head><body>\n" + html_body + "</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"
+    )
+    doc = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>normlab report</title>'
+        f"<style>{style}</style></head><body>\n" + html_body + "</body></html>\n"
+    )
     atomic_write_text(out, doc)
     return out

@@ -9,6 +9,7 @@ A run folder is built under `<name>.partial/` and renamed into place when comple
 or Ctrl-C never leaves a folder that looks finished (and the same command resumes from it).
 Single files are written to a temporary name and renamed (atomic on POSIX).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -29,8 +30,23 @@ from .files import atomic_write_text
 from .train import RunResult
 
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
-CLAIM_COLUMNS = ["claim_id", "kind", "statement", "statistic", "value", "threshold", "op", "bound_low",
-                 "bound_high", "ci_low", "ci_high", "interval", "n", "verdict", "detail"]
+CLAIM_COLUMNS = [
+    "claim_id",
+    "kind",
+    "statement",
+    "statistic",
+    "value",
+    "threshold",
+    "op",
+    "bound_low",
+    "bound_high",
+    "ci_low",
+    "ci_high",
+    "interval",
+    "n",
+    "verdict",
+    "detail",
+]
 FINAL_COLUMNS = [f"final_{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
 
@@ -42,13 +58,17 @@ def atomic_write_csv(path: Path, df: pd.DataFrame, fault_point: str = "") -> Non
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip()
         if out.returncode != 0 or not commit:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -57,13 +77,20 @@ def git_commit() -> str | None:
 def versions() -> dict[str, str]:
     import numpy
     import torch
+
     try:
         from importlib.metadata import version
+
         normlab_version = version("normlab")
     except Exception:
         normlab_version = "unknown"
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "pandas": pd.__version__, "normlab": normlab_version}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pd.__version__,
+        "normlab": normlab_version,
+    }
 
 
 def now() -> str:
@@ -78,8 +105,7 @@ def default_run_dir(root: Path, experiment: str, smoke: bool) -> Path:
 def ensure_free(final: Path) -> None:
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise NormlabError(f"output folder {final} already exists and is not empty; "
-                           "pass another --out or remove it")
+        raise NormlabError(f"output folder {final} already exists and is not empty; pass another --out or remove it")
 
 
 def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -88,8 +114,7 @@ def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd
     for r in results:
         row = {"run_id": r.run_id, "arm": r.arm, "seed": r.seed}
         row.update(hyper.get(r.run_id, {}))
-        row.update({"status": r.status, "steps_done": r.steps_done,
-                    "train_seconds": round(r.train_seconds, 3)})
+        row.update({"status": r.status, "steps_done": r.steps_done, "train_seconds": round(r.train_seconds, 3)})
         row.update({f"final_{k}": v for k, v in r.final.items()})
         row["error"] = r.error.splitlines()[0] if r.error else ""
         rows.append(row)
@@ -103,6 +128,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 @dataclass
 class Tables:
     """Everything an analysis or a plot may read: the files of one run folder."""
+
     folder: Path
     config: dict
     manifest: dict
@@ -126,7 +152,7 @@ class Tables:
     def curve(self, metric: str, layer: str = "", stat: str = "value") -> pd.DataFrame:
         m = self.metrics
         sel = (m["metric"] == metric) & (m["stat"] == stat)
-        sel &= (m["layer"].fillna("") == layer)
+        sel &= m["layer"].fillna("") == layer
         return m.loc[sel, ["run_id", "arm", "seed", "step", "value"]]
 
 
@@ -135,23 +161,31 @@ def load_tables(folder: Path) -> Tables:
     metrics_path = folder / "metrics.csv"
     if not metrics_path.is_file() and (folder / "metrics.csv.gz").is_file():
         metrics_path = folder / "metrics.csv.gz"  # large committed reference results are compressed
-    missing = [n for n, p in (("config.yaml", folder / "config.yaml"), ("runs.csv", folder / "runs.csv"),
-                              ("metrics.csv", metrics_path)) if not p.is_file()]
+    missing = [
+        n
+        for n, p in (
+            ("config.yaml", folder / "config.yaml"),
+            ("runs.csv", folder / "runs.csv"),
+            ("metrics.csv", metrics_path),
+        )
+        if not p.is_file()
+    ]
     if not folder.is_dir() or missing:
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
-        raise NormlabError(f"{folder} {what}; pass a run folder written by `normlab run` "
-                           "(e.g. results/<experiment>/<run-name>)")
+        raise NormlabError(
+            f"{folder} {what}; pass a run folder written by `normlab run` (e.g. results/<experiment>/<run-name>)"
+        )
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     runs = pd.read_csv(folder / "runs.csv", keep_default_na=True)
-    metrics = pd.read_csv(metrics_path, dtype={"layer": str, "stat": str},
-                          keep_default_na=False, na_values={"value": ["nan", "NaN", ""]})
+    metrics = pd.read_csv(
+        metrics_path, dtype={"layer": str, "stat": str}, keep_default_na=False, na_values={"value": ["nan", "NaN", ""]}
+    )
     if "unit" in metrics:
         metrics["unit"] = pd.to_numeric(metrics["unit"], errors="coerce").astype("Int64")
     return Tables(folder, config, manifest, runs, metrics)
 
 
 def host_info() -> dict[str, Any]:
-    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "argv": sys.argv}
+    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv}

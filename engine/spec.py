@@ -4,6 +4,7 @@ Units are in the names: steps are optimizer steps, never epochs; `lr` is the ste
 the chapter; `weight_decay` is lambda. Experiments subclass `ExperimentConfig` to add their own
 typed `analysis` section (thresholds of their verdict rules).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,7 +52,12 @@ class ModelConfig:
     norm_eps: float = param(1e-5, min=1e-12, help="added to the variance; breaks exact scale invariance slightly")
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
-    norm_init_scale: float = param(1.0, min=1e-6, help="multiply the initial weights that feed a normalizer by this (sets ||w_0|| only: the function is scale invariant)")
+    norm_init_scale: float = param(
+        1.0,
+        min=1e-6,
+        help="multiply the initial weights that feed a normalizer by this (sets ||w_0|| only: the function is scale "
+        "invariant)",
+    )
 
 
 @dataclass
@@ -64,20 +70,26 @@ class OptimConfig:
     beta2: float = param(0.999, min=0.0, max=1.0, help="adam/adamw second-moment decay; rmsprop alpha")
     eps: float = param(1e-8, min=0.0)
     weight_decay: float = param(0.0, min=0.0, help="lambda")
-    wd_mode: Literal["l2", "decoupled"] = param("l2", help="l2: add lambda*w to the gradient; decoupled: shrink w by lr*lambda")
+    wd_mode: Literal["l2", "decoupled"] = param(
+        "l2", help="l2: add lambda*w to the gradient; decoupled: shrink w by lr*lambda"
+    )
     wd_params: Literal["all", "weights", "scale_invariant"] = param("weights", help="which parameters get weight decay")
     schedule: Literal["constant", "step", "cosine", "linear"] = param("constant")
     warmup_steps: int = param(0, min=0, help="linear warmup from 0 over this many steps")
     step_every: int = param(1000, min=1, help="step schedule: multiply lr by step_gamma every this many steps")
     step_gamma: float = param(0.1, min=0.0, max=1.0)
-    renormalize: bool = param(False, help="rescale the incoming weights of scale-invariant units to unit norm after every step")
+    renormalize: bool = param(
+        False, help="rescale the incoming weights of scale-invariant units to unit norm after every step"
+    )
 
 
 @dataclass
 class TrainConfig:
     steps: int = param(2000, min=1, help="optimizer steps")
     batch_size: int = param(128, min=1)
-    eval_every: int = param(250, min=0, help="full train/val/test evaluation every this many steps (0 = only at the end)")
+    eval_every: int = param(
+        250, min=0, help="full train/val/test evaluation every this many steps (0 = only at the end)"
+    )
     eval_batch_size: int = param(2048, min=1)
     threads: int = param(1, min=1, help="torch threads per run; results are only bit-identical at equal threads")
     device: Literal["cpu", "cuda", "auto"] = param("cpu")
@@ -90,10 +102,22 @@ class ProbeConfig:
     inputs: bool = param(True, help="mean/variance of the inputs of every weight layer")
     preacts: bool = param(True, help="per-unit mean/variance (and drift) at the input of every activation")
     per_unit: bool = param(False, help="also write one row per unit (large files)")
-    fixed_batch: int = param(0, min=0, help="measure input/pre-activation statistics on the first N training examples at every probe (0 = on the training batch); a side pass that leaves training unchanged")
-    unit_window: float = param(0.0, min=0.0, max=1.0, help="per-unit running means over the last fraction of steps (u_j, g_j^2, squared angular update), written once per unit at the end (0 = off)")
+    fixed_batch: int = param(
+        0,
+        min=0,
+        help="measure input/pre-activation statistics on the first N training examples at every probe (0 = on the "
+        "training batch); a side pass that leaves training unchanged",
+    )
+    unit_window: float = param(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="per-unit running means over the last fraction of steps (u_j, g_j^2, squared angular update), written "
+        "once per unit at the end (0 = off)",
+    )
     summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
-        default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer")
+        default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer"
+    )
 
 
 def _p(path: str) -> str:
@@ -111,17 +135,23 @@ class RunConfig:
     def check(self, path: str) -> None:
         m = self.model
         if m.arch != "mlp" and not (len(m.channels) == len(m.kernel_sizes)):
-            raise ConfigError(f"{_p(path)}model.kernel_sizes: needs one entry per channel entry "
-                              f"({len(m.channels)}), got {len(m.kernel_sizes)}")
+            raise ConfigError(
+                f"{_p(path)}model.kernel_sizes: needs one entry per channel entry "
+                f"({len(m.channels)}), got {len(m.kernel_sizes)}"
+            )
         if m.arch == "cnn1d" and len(m.strides) != len(m.channels):
-            raise ConfigError(f"{_p(path)}model.strides: needs one entry per channel entry "
-                              f"({len(m.channels)}), got {len(m.strides)}")
+            raise ConfigError(
+                f"{_p(path)}model.strides: needs one entry per channel entry ({len(m.channels)}), got {len(m.strides)}"
+            )
         if m.norm == "weight" and m.arch != "mlp":
-            raise ConfigError(f"{_p(path)}model.norm: weight norm is implemented for MLPs only; "
-                              "use batch, layer or center with a CNN")
+            raise ConfigError(
+                f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
+            )
         if m.norm == "weight" and m.norm_position == "after":
-            raise ConfigError(f"{_p(path)}model.norm_position: weight norm reparameterizes the layer "
-                              "itself; use norm_position: before")
+            raise ConfigError(
+                f"{_p(path)}model.norm_position: weight norm reparameterizes the layer "
+                "itself; use norm_position: before"
+            )
 
 
 @dataclass
@@ -134,8 +164,7 @@ class ExperimentConfig:
     experiment: str = param(help="registered experiment name (see `normlab list`)")
     description: str = param("", help="one line for the report")
     run: RunConfig = field(default_factory=RunConfig)
-    arms: dict[str, dict[str, Any]] = param(
-        default_factory=dict, help="arm name -> overrides of `run` (dotted keys)")
+    arms: dict[str, dict[str, Any]] = param(default_factory=dict, help="arm name -> overrides of `run` (dotted keys)")
     seeds: int = param(3, min=1, help="seeds per arm")
     seed_offset: int = param(0, min=0, help="first seed")
     smoke: dict[str, Any] = param(default_factory=dict, help="overrides applied by --smoke")

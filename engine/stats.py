@@ -10,6 +10,7 @@ Percentile-bootstrap intervals are too narrow at these n, and a two-value "CI" i
 none is used for a verdict. Every interval says which method made it (`Interval.method`).
 Bootstrap resampling is seeded, so a claim row is a pure function of the CSVs it reads.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,16 +19,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-LEVEL = 0.95           # confidence level of every interval a verdict uses
-N_RESAMPLES = 4000     # bootstrap resamples (BCa)
-BOOT_SEED = 0          # the bootstrap's own seed: intervals are reproducible
+LEVEL = 0.95  # confidence level of every interval a verdict uses
+N_RESAMPLES = 4000  # bootstrap resamples (BCa)
+BOOT_SEED = 0  # the bootstrap's own seed: intervals are reproducible
 
 
 @dataclass(frozen=True)
 class Interval:
     low: float
     high: float
-    method: str        # e.g. "t", "paired t", "paired t on log ratio", "BCa bootstrap, paired by seed"
+    method: str  # e.g. "t", "paired t", "paired t on log ratio", "BCa bootstrap, paired by seed"
 
     @staticmethod
     def none(method: str = "none") -> "Interval":
@@ -49,6 +50,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Student-t CI of the mean of finite `values` (NaN interval below 2 values)."""
     from scipy import stats
+
     a = clean(values)
     if len(a) < 2:
         return Interval.none("t")
@@ -65,8 +67,9 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     return x[keep], y[keep]
 
 
-def paired_t(a: Sequence[float], b: Sequence[float], log_ratio: bool = False,
-             level: float = LEVEL) -> tuple[float, Interval, int]:
+def paired_t(
+    a: Sequence[float], b: Sequence[float], log_ratio: bool = False, level: float = LEVEL
+) -> tuple[float, Interval, int]:
     """(estimate, CI, n pairs) of mean(a - b), or of the geometric-mean ratio a/b (log_ratio)."""
     x, y = paired(a, b)
     if log_ratio:
@@ -81,11 +84,16 @@ def paired_t(a: Sequence[float], b: Sequence[float], log_ratio: bool = False,
     return (float(d.mean()) if len(d) else float("nan")), Interval(ci.low, ci.high, "paired t"), len(d)
 
 
-def bca(arrays: Sequence[Sequence[float]], statistic: Callable[..., float], level: float = LEVEL,
-        paired_by_seed: bool = True) -> Interval:
+def bca(
+    arrays: Sequence[Sequence[float]],
+    statistic: Callable[..., float],
+    level: float = LEVEL,
+    paired_by_seed: bool = True,
+) -> Interval:
     """BCa bootstrap CI of statistic(*arrays). Paired: the arrays are aligned by seed and
     resampled together (one seed index drawn for all); otherwise each array on its own."""
     from scipy import stats
+
     arrays = [np.asarray(a, dtype=float) for a in arrays]
     if paired_by_seed:
         keep = np.logical_and.reduce([np.isfinite(a) for a in arrays])
@@ -107,9 +115,16 @@ def bca(arrays: Sequence[Sequence[float]], statistic: Callable[..., float], leve
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate distributions give NaN, reported as such
         try:
-            res = stats.bootstrap(arrays, stat, paired=paired_by_seed, vectorized=True, method="BCa",
-                                  confidence_level=level, n_resamples=N_RESAMPLES,
-                                  rng=np.random.default_rng(BOOT_SEED))
+            res = stats.bootstrap(
+                arrays,
+                stat,
+                paired=paired_by_seed,
+                vectorized=True,
+                method="BCa",
+                confidence_level=level,
+                n_resamples=N_RESAMPLES,
+                rng=np.random.default_rng(BOOT_SEED),
+            )
         except (ValueError, FloatingPointError):
             return Interval.none(method)
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -7,6 +7,7 @@ done only once its JSON exists, so a sweep killed at any moment loses at most th
 and never records one twice. Cells that finished (`ok` or `diverged`) are skipped when the sweep
 runs again; `failed` ones are run again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ class SweepConfig:
     description: str = param("")
     base: str = param("", help="base experiment config ('' = configs/EXPERIMENT.yaml)")
     overrides: dict[str, Any] = param(default_factory=dict, help="dotted overrides of the base config")
-    axes: dict[str, list[Any]] = param(default_factory=dict, help="dotted key under `run` -> values; the grid is their product")
+    axes: dict[str, list[Any]] = param(
+        default_factory=dict, help="dotted key under `run` -> values; the grid is their product"
+    )
     seeds: int = param(2, min=1)
     seed_offset: int = param(0, min=0)
     smoke: dict[str, Any] = param(default_factory=dict, help="overrides of this sweep config applied by --smoke")
@@ -94,7 +97,9 @@ class CellStore:
         if faults.hit("cell_saved"):  # tests only: a kill -9 between two runs
             faults.die()
 
-    def assemble(self, cells: list[tuple[str, str, str]], metrics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    def assemble(
+        self, cells: list[tuple[str, str, str]], metrics: bool = True
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """runs.csv and (unless metrics=False) metrics.csv of the given (key, run_id, arm) cells, in
         that order. Two arms with identical configs share one cell (one computation); each gets
         its own rows, labelled with its own run_id and arm."""
@@ -104,13 +109,19 @@ class CellStore:
             runs.append(row)
             if not metrics:
                 continue
-            df = pd.read_csv(self.cells / f"{key}.csv", dtype={"layer": str, "stat": str}, keep_default_na=False,
-                             na_values={"value": ["nan", "NaN", ""]})
+            df = pd.read_csv(
+                self.cells / f"{key}.csv",
+                dtype={"layer": str, "stat": str},
+                keep_default_na=False,
+                na_values={"value": ["nan", "NaN", ""]},
+            )
             df.insert(0, "seed", row["seed"])
             df.insert(0, "arm", row["arm"])
             df.insert(0, "run_id", row["run_id"])
             frames.append(df)
-        runs_df = pd.DataFrame(runs) if runs else pd.DataFrame(columns=["run_id", "arm", "seed", "status", "steps_done"])
+        runs_df = (
+            pd.DataFrame(runs) if runs else pd.DataFrame(columns=["run_id", "arm", "seed", "status", "steps_done"])
+        )
         if not metrics:
             return runs_df, None
         m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)

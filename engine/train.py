@@ -9,6 +9,7 @@ All randomness comes from the run's seed: the model init (and any noise module) 
 RNG seeded inside `fork_rng`, so the caller's global state is untouched, and the batches from
 a generator of their own. Same config + seed + thread count = bit-identical numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ class RunTask:
     arm: str
     seed: int
     config: RunConfig
-    after_norm: AfterNorm = None   # must be picklable (a top-level class instance) for pools
+    after_norm: AfterNorm = None  # must be picklable (a top-level class instance) for pools
 
 
 @dataclass
@@ -43,7 +44,7 @@ class RunResult:
     run_id: str
     arm: str
     seed: int
-    status: str                    # "ok", "diverged" or "failed"
+    status: str  # "ok", "diverged" or "failed"
     steps_done: int
     train_seconds: float
     final: dict[str, float] = field(default_factory=dict)
@@ -56,8 +57,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import ConfigError
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is visible; "
-                          "use --device cpu or --device auto")
+
+        raise ConfigError(
+            "train.device: cuda was asked for but no CUDA device is visible; use --device cpu or --device auto"
+        )
     return torch.device(name)
 
 
@@ -70,9 +73,9 @@ def evaluate(model: Net, data: Dataset, batch_size: int) -> dict[str, float]:
     for split, (x, y) in data.splits().items():
         loss_sum, correct = 0.0, 0
         for i in range(0, len(y), batch_size):
-            logits = model(x[i:i + batch_size])
-            loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+            logits = model(x[i : i + batch_size])
+            loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
+            correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
         out[f"{split}_loss"] = loss_sum / len(y)
         out[f"{split}_acc"] = correct / len(y)
     model.train(was_training)
@@ -97,18 +100,17 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
     steps = cfg.train.steps
     opt = Optimizer(cfg.optim, model, steps)
-    batches = Batcher(data.x_train, data.y_train, cfg.train.batch_size,
-                      torch.Generator().manual_seed(task.seed))
+    batches = Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(task.seed))
     probe_every = cfg.probes.every
     probes = Probes(cfg.probes, model) if probe_every else None
-    fixed_x = data.x_train[:cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
+    fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
     if probes and cfg.probes.unit_window:
         probes.window_start = (1.0 - cfg.probes.unit_window) * steps
     eval_every = cfg.train.eval_every or steps
     report_every = max(1, steps // 50)
 
     rows: list[Row] = []
-    window_loss, window_steps = 0.0, 0   # training loss averaged over each probe interval
+    window_loss, window_steps = 0.0, 0  # training loss averaged over each probe interval
     final = evaluate(model, data, cfg.train.eval_batch_size)
     rows += [(0, k, "", "value", None, v) for k, v in final.items()]
     status, step = "ok", 0
@@ -133,9 +135,12 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         window_loss, window_steps = window_loss + loss_value, window_steps + 1
         if probing:
             acc = (logits.argmax(1) == y).float().mean().item()
-            rows += [(step, "batch_loss", "", "value", None, loss_value),
-                     (step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
-                     (step, "batch_acc", "", "value", None, acc), (step, "lr", "", "value", None, lr)]
+            rows += [
+                (step, "batch_loss", "", "value", None, loss_value),
+                (step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
+                (step, "batch_acc", "", "value", None, acc),
+                (step, "lr", "", "value", None, lr),
+            ]
             rows += probes.record(step, lr)
             window_loss, window_steps = 0.0, 0
         opt.step()

@@ -1,4 +1,5 @@
 """Experiments and their registry. Adding one: a module, a YAML in configs/, a line here, tests."""
+
 from __future__ import annotations
 
 from .base import Experiment, finish, load_config, run_experiment
@@ -10,6 +11,9 @@ from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
 from .knockout import Knockout
 
-REGISTRY: dict[str, Experiment] = {exp.name: exp for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint(), OptimizerTuning(), AdaptiveGotchas()]}
+REGISTRY: dict[str, Experiment] = {
+    exp.name: exp
+    for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint(), OptimizerTuning(), AdaptiveGotchas()]
+}
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

@@ -14,6 +14,7 @@ stationary problems, so the answers are (nearly) exact rather than statistical:
        compared with Adam's own bias-corrected estimate.
 No training loop runs: every table is computed at run time and written next to the results.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,32 +37,54 @@ from normlab.engine.train import RunTask
 from .base import Experiment
 
 K9_ADAGRAD = Claim(
-    "K9-adagrad", EXACT, "On a stationary gradient stream, Adagrad's per-coordinate step decays like 1/sqrt(t): "
+    "K9-adagrad",
+    EXACT,
+    "On a stationary gradient stream, Adagrad's per-coordinate step decays like 1/sqrt(t): "
     "its accumulated squared gradients grow linearly (Grosse ch. 5, §2); a formula check on torch's optimizer",
-    "log-log slope of the median |step| vs t, the seed furthest from the band's centre", Rule("in", "adagrad_band"))
+    "log-log slope of the median |step| vs t, the seed furthest from the band's centre",
+    Rule("in", "adagrad_band"),
+)
 K9_RMSPROP = Claim(
-    "K9-rmsprop", EXACT, "RMSprop's exponential average does not grow, so its step stays flat (Grosse ch. 5, §2); "
-    "a formula check on torch's optimizer", "log-log slope of the median |step| vs t, the seed furthest from the "
-    "band's centre", Rule("in", "rmsprop_band"))
+    "K9-rmsprop",
+    EXACT,
+    "RMSprop's exponential average does not grow, so its step stays flat (Grosse ch. 5, §2); "
+    "a formula check on torch's optimizer",
+    "log-log slope of the median |step| vs t, the seed furthest from the band's centre",
+    Rule("in", "rmsprop_band"),
+)
 K9_EPS = Claim(
-    "K9-eps", EXACT, "The same epsilon means different things outside the root (Adam: sqrt(v) + eps) and inside it "
+    "K9-eps",
+    EXACT,
+    "The same epsilon means different things outside the root (Adam: sqrt(v) + eps) and inside it "
     "(the chapter's RMSprop/Adagrad: sqrt(v + eps)) (Grosse ch. 5, §2); an identity check on torch's Adam",
-    "max |torch Adam first step - g/(|g| + eps)| over the table", Rule("<", "eps_match_tol"))
+    "max |torch Adam first step - g/(|g| + eps)| over the table",
+    Rule("<", "eps_match_tol"),
+)
 K10 = Claim(
-    "K10", EXACT, "Adam's second-moment estimate is mu^2 + sigma^2/B per coordinate (Grosse ch. 5, §2.1, Eq. 4); "
+    "K10",
+    EXACT,
+    "Adam's second-moment estimate is mu^2 + sigma^2/B per coordinate (Grosse ch. 5, §2.1, Eq. 4); "
     "an identity check against per-example gradients",
-    "max over seeds and batch sizes of |Adam's v / (mu^2 + sigma^2 (N-B)/(B(N-1))) - 1|", Rule("<", "v_tolerance"))
+    "max over seeds and batch sizes of |Adam's v / (mu^2 + sigma^2 (N-B)/(B(N-1))) - 1|",
+    Rule("<", "v_tolerance"),
+)
 K10_STEP = Claim(
-    "K10-step", EXACT, "So Adam's step alpha m/sqrt(v) grows with the batch size: larger batches act as a larger "
-    "effective learning rate (Grosse ch. 5, §2.1)", "smallest over seeds of the log-log slope of the median Adam "
-    "step vs B", Rule(">", "min_step_slope"))
+    "K10-step",
+    EXACT,
+    "So Adam's step alpha m/sqrt(v) grows with the batch size: larger batches act as a larger "
+    "effective learning rate (Grosse ch. 5, §2.1)",
+    "smallest over seeds of the log-log slope of the median Adam step vs B",
+    Rule(">", "min_step_slope"),
+)
 
 # The chapter states the batch-size effect twice, in opposite directions: §2.1 (after Eq. 4) says
 # larger batches give larger effective learning rates, the summary of §7 says larger batches give
 # smaller steps. K10-step measures which one holds.
-CONTRADICTION = ("the chapter contradicts itself here: §2.1 says larger batches mean larger effective learning "
-                 "rates, the summary in §7 says larger batches mean smaller steps; a positive slope supports §2.1 "
-                 "and refutes the §7 sentence")
+CONTRADICTION = (
+    "the chapter contradicts itself here: §2.1 says larger batches mean larger effective learning "
+    "rates, the summary in §7 says larger batches mean smaller steps; a positive slope supports §2.1 "
+    "and refutes the §7 sentence"
+)
 
 
 @dataclass
@@ -87,8 +110,11 @@ class GotchasAnalysis(Analysis):
     v_tolerance: float = param(0.1, min=0.0, help="K10: |Adam's v / predicted v - 1| allowed")
     min_step_slope: float = param(0.0, help="K10-step: the fitted slope of the step vs B must exceed this")
     eps_match_tol: float = param(1e-9, min=0.0, help="K9-eps: |torch Adam - outside-the-root formula| allowed")
-    eps_differ_min: float = param(1e-3, min=0.0, help="K9-eps precondition: the inside-the-root formula must "
-                                  "differ by more than this somewhere in the table")
+    eps_differ_min: float = param(
+        1e-3,
+        min=0.0,
+        help="K9-eps precondition: the inside-the-root formula must differ by more than this somewhere in the table",
+    )
 
 
 @dataclass
@@ -101,8 +127,11 @@ def _stream_steps(opt_name: str, p: GotchasConfigPart, seed: int) -> pd.DataFram
     """Median |step| per coordinate of a torch optimizer fed a stationary gradient stream."""
     g = torch.Generator().manual_seed(seed)
     w = torch.zeros(p.coords, dtype=torch.float64, requires_grad=True)
-    opt = (torch.optim.Adagrad([w], lr=p.lr) if opt_name == "adagrad"
-           else torch.optim.RMSprop([w], lr=p.lr, alpha=p.rmsprop_alpha))
+    opt = (
+        torch.optim.Adagrad([w], lr=p.lr)
+        if opt_name == "adagrad"
+        else torch.optim.RMSprop([w], lr=p.lr, alpha=p.rmsprop_alpha)
+    )
     rec = set(np.unique(np.round(np.logspace(0, np.log10(p.stream_steps), 60))).astype(int).tolist())
     rows = []
     for t in range(1, p.stream_steps + 1):
@@ -112,7 +141,7 @@ def _stream_steps(opt_name: str, p: GotchasConfigPart, seed: int) -> pd.DataFram
         with torch.no_grad():
             w.copy_(before)  # the problem stays fixed: only the optimizer's state moves
         if t in rec:
-            step = (opt.state[w]["sum"] if opt_name == "adagrad" else opt.state[w]["square_avg"])
+            step = opt.state[w]["sum"] if opt_name == "adagrad" else opt.state[w]["square_avg"]
             # the step the optimizer just took, recomputed from its state: lr * g / (sqrt(state) + eps)
             eps = opt.param_groups[0]["eps"]
             taken = p.lr * w.grad.abs() / (step.sqrt() + eps)
@@ -128,8 +157,15 @@ def _eps_table(p: GotchasConfigPart) -> pd.DataFrame:
             w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
             w.grad = torch.full((1,), gval, dtype=torch.float64)
             torch.optim.Adam([w], lr=1.0, eps=eps).step()
-            rows.append({"eps": eps, "grad": gval, "torch_adam": float(-w.detach()[0]),
-                         "outside": gval / (gval + eps), "inside": gval / np.sqrt(gval ** 2 + eps)})
+            rows.append(
+                {
+                    "eps": eps,
+                    "grad": gval,
+                    "torch_adam": float(-w.detach()[0]),
+                    "outside": gval / (gval + eps),
+                    "inside": gval / np.sqrt(gval**2 + eps),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -137,7 +173,7 @@ def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) ->
     from torch.func import functional_call, grad, vmap
 
     data = load_dataset(cfg.run.data)
-    x, y = data.x_train[:p.examples].double(), data.y_train[:p.examples]
+    x, y = data.x_train[: p.examples].double(), data.y_train[: p.examples]
     torch.manual_seed(seed)
     model = build_model(cfg.run.model, data.input_shape, data.num_classes).double().eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -146,7 +182,7 @@ def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) ->
         return F.cross_entropy(functional_call(model, prm, (xi.unsqueeze(0),)), yi.unsqueeze(0))
 
     per_ex = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    G = torch.cat([v.flatten(1) for v in per_ex.values()], dim=1)          # N x d per-example gradients
+    G = torch.cat([v.flatten(1) for v in per_ex.values()], dim=1)  # N x d per-example gradients
     n = G.shape[0]
     mu2, var = G.mean(0) ** 2, G.var(0, unbiased=True)
     g = torch.Generator().manual_seed(seed + 1)
@@ -154,7 +190,7 @@ def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) ->
     for b in p.batch_sizes:
         if b > n:
             continue
-        predicted = mu2 + var / b * (n - b) / (n - 1)                     # E[g_B^2] per coordinate
+        predicted = mu2 + var / b * (n - b) / (n - 1)  # E[g_B^2] per coordinate
         w = torch.zeros(G.shape[1], dtype=torch.float64, requires_grad=True)
         adam = torch.optim.Adam([w], lr=0.0, betas=(0.9, p.beta2))
         for _ in range(p.adam_steps):
@@ -162,11 +198,19 @@ def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) ->
             adam.step()
         st = adam.state[w]
         t = p.adam_steps
-        v_hat = st["exp_avg_sq"] / (1 - p.beta2 ** t)
-        m_hat = st["exp_avg"] / (1 - 0.9 ** t)
-        rows.append({"seed": seed, "batch_size": b, "v_adam": float(v_hat.mean()), "v_predicted": float(predicted.mean()),
-                     "mu_sq": float(mu2.mean()), "sigma_sq": float(var.mean()),
-                     "step_adam": float((p.lr * m_hat.abs() / (v_hat.sqrt() + 1e-8)).median())})
+        v_hat = st["exp_avg_sq"] / (1 - p.beta2**t)
+        m_hat = st["exp_avg"] / (1 - 0.9**t)
+        rows.append(
+            {
+                "seed": seed,
+                "batch_size": b,
+                "v_adam": float(v_hat.mean()),
+                "v_predicted": float(predicted.mean()),
+                "mu_sq": float(mu2.mean()),
+                "sigma_sq": float(var.mean()),
+                "step_adam": float((p.lr * m_hat.abs() / (v_hat.sqrt() + 1e-8)).median()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -186,8 +230,9 @@ class AdaptiveGotchas(Experiment):
 
     def derived(self, cfg: GotchasConfig) -> dict[str, pd.DataFrame]:
         p = cfg.problem
-        streams = pd.concat([_stream_steps(o, p, s) for o in ("adagrad", "rmsprop") for s in cfg.seed_list],
-                            ignore_index=True)
+        streams = pd.concat(
+            [_stream_steps(o, p, s) for o in ("adagrad", "rmsprop") for s in cfg.seed_list], ignore_index=True
+        )
         batches = pd.concat([_batch_second_moment(p, cfg, s) for s in cfg.seed_list], ignore_index=True)
         return {"streams": streams, "eps_table": _eps_table(p), "batch_moments": batches}
 
@@ -198,33 +243,83 @@ class AdaptiveGotchas(Experiment):
         start = a.fit_from * st["step"].max()
         rows = []
         for claim, opt, band in ((K9_ADAGRAD, "adagrad", a.adagrad_band), (K9_RMSPROP, "rmsprop", a.rmsprop_band)):
-            slopes = [_slope(g[g["step"] >= start], "step", "median_abs_step")
-                      for _, g in st[st["optimizer"] == opt].groupby("seed")]
+            slopes = [
+                _slope(g[g["step"] >= start], "step", "median_abs_step")
+                for _, g in st[st["optimizer"] == opt].groupby("seed")
+            ]
             centre = (band[0] + band[1]) / 2
             worst = max(slopes, key=lambda v: abs(v - centre)) if slopes else float("nan")
-            rows.append(judge(claim, Estimate(worst, n=len(slopes), detail=(
-                f"fit over t >= {start:.0f}; slope per seed " + ", ".join(f"{v:.4f}" for v in slopes))), a))
+            rows.append(
+                judge(
+                    claim,
+                    Estimate(
+                        worst,
+                        n=len(slopes),
+                        detail=(f"fit over t >= {start:.0f}; slope per seed " + ", ".join(f"{v:.4f}" for v in slopes)),
+                    ),
+                    a,
+                )
+            )
         eps = tables.read("eps_table")
         err_out = float((eps["torch_adam"] - eps["outside"]).abs().max())
         err_in = float((eps["torch_adam"] - eps["inside"]).abs().max())
-        half = [f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside"
-                for e, _ in eps.groupby("eps")]
-        differ = Check("the placements differ on this table", err_in > a.eps_differ_min,
-                       f"the inside-the-root formula is within {err_in:.3g} of torch's Adam everywhere, so the table "
-                       "cannot tell the placements apart")
-        rows.append(judge(K9_EPS, Estimate(err_out, n=len(eps), checks=[differ], detail=(
-            f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half))), a))
+        half = [
+            f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside"
+            for e, _ in eps.groupby("eps")
+        ]
+        differ = Check(
+            "the placements differ on this table",
+            err_in > a.eps_differ_min,
+            f"the inside-the-root formula is within {err_in:.3g} of torch's Adam everywhere, so the table "
+            "cannot tell the placements apart",
+        )
+        rows.append(
+            judge(
+                K9_EPS,
+                Estimate(
+                    err_out,
+                    n=len(eps),
+                    checks=[differ],
+                    detail=(f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half)),
+                ),
+                a,
+            )
+        )
         bm = tables.read("batch_moments")
         rel = (bm["v_adam"] / bm["v_predicted"] - 1).abs()
         m = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean()
-        rows.append(judge(K10, Estimate(float(rel.max()), n=len(bm), detail=(
-            f"{bm['seed'].nunique()} seeds; v by batch size: " + ", ".join(
-                f"B={b}: {r.v_adam:.3g} (pred {r.v_predicted:.3g})" for b, r in m.iterrows()))), a))
+        rows.append(
+            judge(
+                K10,
+                Estimate(
+                    float(rel.max()),
+                    n=len(bm),
+                    detail=(
+                        f"{bm['seed'].nunique()} seeds; v by batch size: "
+                        + ", ".join(f"B={b}: {r.v_adam:.3g} (pred {r.v_predicted:.3g})" for b, r in m.iterrows())
+                    ),
+                ),
+                a,
+            )
+        )
         step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
-        rows.append(judge(K10_STEP, Estimate(float(min(step_slopes)) if step_slopes else float("nan"),
-                                             n=len(step_slopes), detail=(
-            "slope per seed " + ", ".join(f"{v:.3f}" for v in step_slopes) + "; median step by batch size: "
-            + ", ".join(f"B={b}: {r.step_adam:.3g}" for b, r in m.iterrows()) + f"; {CONTRADICTION}")), a))
+        rows.append(
+            judge(
+                K10_STEP,
+                Estimate(
+                    float(min(step_slopes)) if step_slopes else float("nan"),
+                    n=len(step_slopes),
+                    detail=(
+                        "slope per seed "
+                        + ", ".join(f"{v:.3f}" for v in step_slopes)
+                        + "; median step by batch size: "
+                        + ", ".join(f"B={b}: {r.step_adam:.3g}" for b, r in m.iterrows())
+                        + f"; {CONTRADICTION}"
+                    ),
+                ),
+                a,
+            )
+        )
         return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
@@ -235,25 +330,34 @@ class AdaptiveGotchas(Experiment):
             d = st[st["optimizer"] == opt].rename(columns={"median_abs_step": "value"})
             P.mean_band(axes[0, 0], d, opt, col[opt])
         t = np.logspace(0, np.log10(st["step"].max()), 20)
-        axes[0, 0].plot(t, st[st["optimizer"] == "adagrad"]["median_abs_step"].iloc[0] / np.sqrt(t), "k:", lw=1,
-                        label="slope -1/2")
-        axes[0, 0].set(xscale="log", yscale="log", xlabel="step t", ylabel="median |step| per coordinate",
-                       title="Stationary gradient stream")
+        axes[0, 0].plot(
+            t, st[st["optimizer"] == "adagrad"]["median_abs_step"].iloc[0] / np.sqrt(t), "k:", lw=1, label="slope -1/2"
+        )
+        axes[0, 0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step t",
+            ylabel="median |step| per coordinate",
+            title="Stationary gradient stream",
+        )
         axes[0, 0].legend()
         eps = tables.read("eps_table")
         ecol = P.colors([f"{e:g}" for e in sorted(eps["eps"].unique())])
         for e, g in eps.groupby("eps"):
             axes[0, 1].plot(g["grad"], g["torch_adam"], color=ecol[f"{e:g}"], label=f"torch Adam, eps {e:g}")
             axes[0, 1].plot(g["grad"], g["inside"], color=ecol[f"{e:g}"], ls="--", label=f"sqrt(v + eps), eps {e:g}")
-        axes[0, 1].set(xscale="log", xlabel="|gradient|", ylabel="first step / lr",
-                       title="Where epsilon sits (solid: outside)")
+        axes[0, 1].set(
+            xscale="log", xlabel="|gradient|", ylabel="first step / lr", title="Where epsilon sits (solid: outside)"
+        )
         axes[0, 1].legend(fontsize=6)
         bm = tables.read("batch_moments")
         ax = axes[0, 2]
         g = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean().reset_index()
         ax.plot(g["batch_size"], g["v_adam"], "o-", label="Adam's v (mean over coords)")
         ax.plot(g["batch_size"], g["v_predicted"], "k--", label="mu^2 + sigma^2/B (per-example)")
-        ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="second moment", title="Adam's v vs batch size")
+        ax.set(
+            xscale="log", yscale="log", xlabel="batch size B", ylabel="second moment", title="Adam's v vs batch size"
+        )
         ax2 = ax.twinx()
         ax2.plot(g["batch_size"], g["step_adam"], "s:", color="#d62728", label="median Adam step")
         ax2.set_ylabel("median Adam step", color="#d62728")

@@ -4,6 +4,7 @@ An experiment says *what* to train (its arms, seeds and any module to insert int
 how to judge the result (`analyze`: CSV tables -> claim rows) and what to draw (`plot`: CSV
 tables -> figures). The engine does the rest. Nothing here knows about the command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,19 @@ from normlab.engine.data import load_dataset
 from normlab.engine.executor import check_ray_address, execute
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
-from normlab.engine.results import (CLAIM_COLUMNS, Tables, atomic_write_csv, atomic_write_text,
-                                    ensure_free, git_commit, host_info, load_tables, now, versions,
-                                    write_manifest)
+from normlab.engine.results import (
+    CLAIM_COLUMNS,
+    Tables,
+    atomic_write_csv,
+    atomic_write_text,
+    ensure_free,
+    git_commit,
+    host_info,
+    load_tables,
+    now,
+    versions,
+    write_manifest,
+)
 from normlab.engine.sweep import CellStore, cell_key
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.claims import Claim, ClaimRow
@@ -32,14 +43,21 @@ from normlab.engine.train import Progress, RunResult, RunTask, resolve_device
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Hyperparameters always shown in runs.csv, besides the ones that differ between runs.
-ALWAYS_SHOWN = ("model.arch", "model.norm", "optim.name", "optim.lr", "optim.weight_decay",
-                "train.steps", "train.batch_size")
+ALWAYS_SHOWN = (
+    "model.arch",
+    "model.norm",
+    "optim.name",
+    "optim.lr",
+    "optim.weight_decay",
+    "train.steps",
+    "train.batch_size",
+)
 
 
 class Experiment:
     name: str = ""
     title: str = ""
-    claims: tuple[Claim, ...] = ()   # every claim the experiment judges, each defined once
+    claims: tuple[Claim, ...] = ()  # every claim the experiment judges, each defined once
     config_class: type[ExperimentConfig] = ExperimentConfig
 
     @property
@@ -89,8 +107,9 @@ def arm_configs(cfg: ExperimentConfig) -> dict[str, RunConfig]:
     return out
 
 
-def load_config(path: Path | str, registry: dict[str, "Experiment"], overrides: Optional[dict] = None,
-                smoke: bool = False) -> tuple["Experiment", ExperimentConfig]:
+def load_config(
+    path: Path | str, registry: dict[str, "Experiment"], overrides: Optional[dict] = None, smoke: bool = False
+) -> tuple["Experiment", ExperimentConfig]:
     """Read, override and validate a config; every error names the dotted key and the fix."""
     raw = C.read_yaml(path)
     name = raw.get("experiment")
@@ -115,8 +134,7 @@ def _hyperparameters(tasks: list[RunTask]) -> dict[str, dict[str, Any]]:
     keys = list(next(iter(flat.values())).keys()) if flat else []
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
     shown = [k for k in keys if k in ALWAYS_SHOWN or k in varying]
-    return {rid: {k: (json.dumps(f[k]) if isinstance(f[k], list) else f[k]) for k in shown}
-            for rid, f in flat.items()}
+    return {rid: {k: (json.dumps(f[k]) if isinstance(f[k], list) else f[k]) for k in shown} for rid, f in flat.items()}
 
 
 @dataclass
@@ -144,10 +162,18 @@ def finish(exp: Experiment, folder: Path) -> Outcome:
 OnStart = Optional[Callable[[list[RunTask], int], None]]
 
 
-def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 1, progress: Progress = None,
-              smoke: bool = False, on_start: OnStart = None,
-              on_result: Optional[Callable[[RunResult], None]] = None, manifest: Optional[dict] = None,
-              backend: str = "local") -> Outcome:
+def run_cells(
+    exp: Experiment,
+    cfg: ExperimentConfig,
+    folder: Path,
+    jobs: int = 1,
+    progress: Progress = None,
+    smoke: bool = False,
+    on_start: OnStart = None,
+    on_result: Optional[Callable[[RunResult], None]] = None,
+    manifest: Optional[dict] = None,
+    backend: str = "local",
+) -> Outcome:
     """Run every cell of `exp` not already finished in `folder`, then write the tables and analyze.
 
     Stage 1 is `exp.tasks(cfg)`; an experiment may add a stage that depends on the results so far
@@ -172,8 +198,7 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
             if not store.finished(keys[t.run_id]) and keys[t.run_id] not in queued:
                 queued.add(keys[t.run_id])
                 todo.append(t)
-        for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data
-                         for t in todo}.values():
+        for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data for t in todo}.values():
             load_dataset(data_cfg)  # fail early, with a clear message
         if on_start:
             on_start(todo, len(stage) - len(todo))
@@ -192,16 +217,29 @@ def run_cells(exp: Experiment, cfg: ExperimentConfig, folder: Path, jobs: int = 
     atomic_write_csv(folder / "runs.csv", runs)
     atomic_write_csv(folder / "metrics.csv", metrics)
     devices = {str(resolve_device(t.config.train.device)) for t in done}
-    write_manifest(folder, {
-        "experiment": exp.name, "smoke": smoke, "started": started, "finished": now(),
-        "wall_seconds": round(time.perf_counter() - t0, 2), "jobs": jobs, "backend": backend,
-        "runs_executed_now": ran,
-        "runs_reused": len(done) - ran, "device": ",".join(sorted(devices)),
-        "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
-        "git_commit": git_commit(), "versions": versions(), **host_info(), **(manifest or {}),
-        "runs": {r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]}
-                 for r in runs.to_dict("records")},
-    })
+    write_manifest(
+        folder,
+        {
+            "experiment": exp.name,
+            "smoke": smoke,
+            "started": started,
+            "finished": now(),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "jobs": jobs,
+            "backend": backend,
+            "runs_executed_now": ran,
+            "runs_reused": len(done) - ran,
+            "device": ",".join(sorted(devices)),
+            "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
+            "git_commit": git_commit(),
+            "versions": versions(),
+            **host_info(),
+            **(manifest or {}),
+            "runs": {
+                r["run_id"]: {"status": r["status"], "steps_done": r["steps_done"]} for r in runs.to_dict("records")
+            },
+        },
+    )
     outcome = finish(exp, folder)
     outcome.ran, outcome.reused = ran, len(done) - ran
     return outcome
@@ -219,9 +257,17 @@ def partial_folder(out: Path) -> Path:
     return Path(out).with_name(Path(out).name + ".partial")
 
 
-def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int = 1,
-                   progress: Progress = None, smoke: bool = False, on_start: OnStart = None,
-                   on_result: Optional[Callable[[RunResult], None]] = None, backend: str = "local") -> Outcome:
+def run_experiment(
+    exp: Experiment,
+    cfg: ExperimentConfig,
+    out: Path,
+    jobs: int = 1,
+    progress: Progress = None,
+    smoke: bool = False,
+    on_start: OnStart = None,
+    on_result: Optional[Callable[[RunResult], None]] = None,
+    backend: str = "local",
+) -> Outcome:
     """Run into OUT.partial/ (resuming what a killed run of the same command left there) and
     rename it to OUT once everything is written."""
     out = Path(out)
@@ -230,8 +276,7 @@ def run_experiment(exp: Experiment, cfg: ExperimentConfig, out: Path, jobs: int 
         check_ray_address()  # before anything is written
     work = partial_folder(out)
     if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
-        raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass "
-                           "another --out")
+        raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass another --out")
     outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
     shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
     if out.exists():

@@ -6,6 +6,7 @@ final test accuracy is compared with the published table (Greydanus 2020, packag
 logistic 32%, MLP 68%, CNN 94%). A match within a few points is evidence, from numbers nobody
 here produced, that data, models, optimizer and loop are right.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,12 +23,27 @@ from .base import Experiment
 
 _RULE = Rule("abs<=", "tolerance_pct_points", "points")
 _STAT = "mean final test accuracy minus the published one (percentage points), over seeds"
-B1_LOGISTIC = Claim("B1-logistic", MEASURED, "Logistic regression on MNIST-1D reaches the published test "
-                    "accuracy (32%) within the tolerance", _STAT, _RULE)
-B1_MLP = Claim("B1-mlp", MEASURED, "The MLP on MNIST-1D reaches the published test accuracy (68%) within "
-               "the tolerance", _STAT, _RULE)
-B1_CNN = Claim("B1-cnn", MEASURED, "The 1-D CNN on MNIST-1D reaches the published test accuracy (94%) "
-               "within the tolerance", _STAT, _RULE)
+B1_LOGISTIC = Claim(
+    "B1-logistic",
+    MEASURED,
+    "Logistic regression on MNIST-1D reaches the published test accuracy (32%) within the tolerance",
+    _STAT,
+    _RULE,
+)
+B1_MLP = Claim(
+    "B1-mlp",
+    MEASURED,
+    "The MLP on MNIST-1D reaches the published test accuracy (68%) within the tolerance",
+    _STAT,
+    _RULE,
+)
+B1_CNN = Claim(
+    "B1-cnn",
+    MEASURED,
+    "The 1-D CNN on MNIST-1D reaches the published test accuracy (94%) within the tolerance",
+    _STAT,
+    _RULE,
+)
 CLAIM_OF_ARM = {"logistic": B1_LOGISTIC, "mlp": B1_MLP, "cnn": B1_CNN}
 
 
@@ -35,7 +51,8 @@ CLAIM_OF_ARM = {"logistic": B1_LOGISTIC, "mlp": B1_MLP, "cnn": B1_CNN}
 class BaselinesAnalysis(Analysis):
     published_test_acc_pct: dict[str, float] = param(
         default_factory=lambda: {"logistic": 32.0, "mlp": 68.0, "cnn": 94.0},
-        help="arm -> published test accuracy in percent (arms: logistic, mlp, cnn)")
+        help="arm -> published test accuracy in percent (arms: logistic, mlp, cnn)",
+    )
     tolerance_pct_points: float = param(3.0, min=0.0, help="allowed |measured - published|")
 
 
@@ -51,9 +68,14 @@ def accuracy_gap(runs, arm: str, published: float) -> Estimate:
     acc = 100.0 * finished["final_test_acc"].astype(float)
     diffs = (acc - published).tolist()
     mean_acc, sd = mean_std(acc)
-    return Estimate(mean_acc - published, t_interval(diffs), len(finished), [],
-                    f"measured {mean_acc:.1f}% (sd {sd:.1f}) vs published {published:.0f}%; "
-                    f"{len(finished)} of {len(sel)} runs finished")
+    return Estimate(
+        mean_acc - published,
+        t_interval(diffs),
+        len(finished),
+        [],
+        f"measured {mean_acc:.1f}% (sd {sd:.1f}) vs published {published:.0f}%; "
+        f"{len(finished)} of {len(sel)} runs finished",
+    )
 
 
 class Baselines(Experiment):
@@ -94,7 +116,6 @@ class Baselines(Experiment):
         for arm in arms:
             curve = tables.curve("train_loss")
             P.mean_band(ax, curve[curve["arm"] == arm], arm, col[arm])
-        ax.set(xlabel="step", ylabel="train loss (full set, eval mode)", yscale="log",
-               title="Training loss")
+        ax.set(xlabel="step", ylabel="train loss (full set, eval mode)", yscale="log", title="Training loss")
         ax.legend()
         return [P.save(fig, out / "baselines.png")]

@@ -16,6 +16,7 @@ the probes; paired by seed, Student-t on the log ratio). Non-inferiority: suppor
 CI lies below 1 + margin. Precondition: the centering order holds (only `after` centers the next
 layer's inputs, measured as ||m||^2 / mean_j var_j of every linear layer's inputs).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -35,12 +36,20 @@ from normlab.engine.stats import mean_std, paired_t
 from .base import Experiment, arm_configs
 from .common import by_arm, final_metric, needs_probes, status_note
 
-_STAT = ("geometric mean over training of L_before / L_after (per run: mean of log training loss over the "
-         "probes); paired by seed")
+_STAT = (
+    "geometric mean over training of L_before / L_after (per run: mean of log training loss over the "
+    "probes); paired by seed"
+)
 _RULE = Rule("<", "noninferiority_bound", "(1 + margin)")
-K2 = Claim("K2", MEASURED, "With SGD and BN's affine on, BN before the ReLU trains at least as fast as BN after it, "
-           "although only 'after' centers the next layer's inputs: evidence against the ICS-removal hypothesis "
-           "(Grosse ch. 5, §4.2)", _STAT, _RULE)
+K2 = Claim(
+    "K2",
+    MEASURED,
+    "With SGD and BN's affine on, BN before the ReLU trains at least as fast as BN after it, "
+    "although only 'after' centers the next layer's inputs: evidence against the ICS-removal hypothesis "
+    "(Grosse ch. 5, §4.2)",
+    _STAT,
+    _RULE,
+)
 K2_NOAFFINE = Claim("K2-noaffine", MEASURED, "The same with BN's affine off (the chapter's setting)", _STAT, _RULE)
 K2_ADAM = Claim("K2-adam", MEASURED, "The same with Adam (robustness check)", _STAT, _RULE)
 CLAIMS = (K2, K2_NOAFFINE, K2_ADAM)
@@ -48,31 +57,39 @@ CLAIMS = (K2, K2_NOAFFINE, K2_ADAM)
 
 @dataclass
 class PlacementAnalysis(Analysis):
-    noninferiority_bound: float = param(1.10, min=1.0, help="supported if the CI of L_before/L_after lies below this (1 + margin)")
+    noninferiority_bound: float = param(
+        1.10, min=1.0, help="supported if the CI of L_before/L_after lies below this (1 + margin)"
+    )
     centered_max: float = param(0.1, min=0.0, help="'after' counts as centered if ||m||^2/var is below this")
     uncentered_min: float = param(1.0, min=0.0, help="'before' counts as uncentered if ||m||^2/var is above this")
-    comparisons: dict[str, dict[str, str]] = param(default_factory=lambda: {
-        "K2": {"none": "none", "before": "before", "after": "after"},
-        "K2-noaffine": {"none": "none", "before": "before_noaffine", "after": "after_noaffine"},
-        "K2-adam": {"none": "none_adam", "before": "before_adam", "after": "after_adam"}},
-        help="claim id -> the arms in the roles none/before/after (checked against each arm's config)")
+    comparisons: dict[str, dict[str, str]] = param(
+        default_factory=lambda: {
+            "K2": {"none": "none", "before": "before", "after": "after"},
+            "K2-noaffine": {"none": "none", "before": "before_noaffine", "after": "after_noaffine"},
+            "K2-adam": {"none": "none_adam", "before": "before_adam", "after": "after_adam"},
+        },
+        help="claim id -> the arms in the roles none/before/after (checked against each arm's config)",
+    )
 
 
 @dataclass
 class PlacementConfig(ExperimentConfig):
-    lr_factors: list[float] = param(default_factory=lambda: [0.3, 1.0, 3.0],
-                                    help="every arm runs at these multiples of its configured lr")
+    lr_factors: list[float] = param(
+        default_factory=lambda: [0.3, 1.0, 3.0], help="every arm runs at these multiples of its configured lr"
+    )
     analysis: PlacementAnalysis = field(default_factory=PlacementAnalysis)
 
     def check(self, path: str = "") -> None:
-        needs_probes(self.run, "bn_placement", "inputs", "the training-loss curve and the centering check come "
-                     "from the probes")
+        needs_probes(
+            self.run, "bn_placement", "inputs", "the training-loss curve and the centering check come from the probes"
+        )
         arms = arm_configs(self)
         known = {c.id for c in CLAIMS}
         for cid, roles in self.analysis.comparisons.items():
             if cid not in known:
-                raise ConfigError(f"analysis.comparisons.{cid}: not a claim of bn_placement; use one of "
-                                  f"{', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"analysis.comparisons.{cid}: not a claim of bn_placement; use one of {', '.join(sorted(known))}"
+                )
             for role, arm in roles.items():
                 if role not in ("none", "before", "after"):
                     raise ConfigError(f"analysis.comparisons.{cid}.{role}: roles are none, before, after")
@@ -80,8 +97,10 @@ class PlacementConfig(ExperimentConfig):
                     m = arms[arm].model
                     ok = (m.norm == "none") if role == "none" else (m.norm != "none" and m.norm_position == role)
                     if not ok:
-                        raise ConfigError(f"analysis.comparisons.{cid}.{role}: arm {arm!r} has model.norm "
-                                          f"{m.norm!r}, norm_position {m.norm_position!r}, not the role {role!r}")
+                        raise ConfigError(
+                            f"analysis.comparisons.{cid}.{role}: arm {arm!r} has model.norm "
+                            f"{m.norm!r}, norm_position {m.norm_position!r}, not the role {role!r}"
+                        )
 
 
 def centering(tables: Tables) -> pd.DataFrame:
@@ -98,7 +117,7 @@ def centering(tables: Tables) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class GridArm:
-    base: str          # the arm of the config
+    base: str  # the arm of the config
     lr: float
     config: RunConfig
 
@@ -131,8 +150,11 @@ class BNPlacement(Experiment):
     config_class = PlacementConfig
 
     def tasks(self, cfg: PlacementConfig) -> list[RunTask]:
-        return [RunTask(f"{name}-s{seed}", name, seed, g.config)
-                for name, g in grid_arms(cfg).items() for seed in cfg.seed_list]
+        return [
+            RunTask(f"{name}-s{seed}", name, seed, g.config)
+            for name, g in grid_arms(cfg).items()
+            for seed in cfg.seed_list
+        ]
 
     @staticmethod
     def best(grid: dict[str, GridArm], logloss: pd.DataFrame) -> dict[str, str]:
@@ -164,24 +186,35 @@ class BNPlacement(Experiment):
             before, after, none = (chosen.get(roles[r], "") for r in ("before", "after", "none"))
             present = set(logloss["arm"])
             base_of = {before: roles["before"], after: roles["after"]}
-            seeds = sorted(set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"]))
+            seeds = sorted(
+                set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"])
+            )
             pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
             lb, la = pick(before), pick(after)
             ratio, ci, n = paired_t(np.exp(lb), np.exp(la), log_ratio=True)
             c_before, c_after = cent_arm.get(before, np.nan), cent_arm.get(after, np.nan)
-            centered = Check("centering order", bool(c_after < a.centered_max and c_before > a.uncentered_min),
-                             f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
-                             f"{c_before:.3g} (needs > {a.uncentered_min:g})")
+            centered = Check(
+                "centering order",
+                bool(c_after < a.centered_max and c_before > a.uncentered_min),
+                f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
+                f"{c_before:.3g} (needs > {a.uncentered_min:g})",
+            )
             oc = grid[before].config.optim
             acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
-            grids = "; ".join(f"{base_of[x]} best lr {grid[x].lr:g} of " + ", ".join(
-                f"{g.lr:g}" for g in grid.values() if g.base == base_of[x]) for x in (before, after))
+            grids = "; ".join(
+                f"{base_of[x]} best lr {grid[x].lr:g} of "
+                + ", ".join(f"{g.lr:g}" for g in grid.values() if g.base == base_of[x])
+                for x in (before, after)
+            )
             geo = lambda arm: float(np.exp(np.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
-            detail = (f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
-                      f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
-                      + (f", none {geo(none):.4g}" if none in present else "")
-                      + "; test acc " + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
-                      + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}")
+            detail = (
+                f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
+                f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
+                + (f", none {geo(none):.4g}" if none in present else "")
+                + "; test acc "
+                + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
+                + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}"
+            )
             note = status_note(tables, [x for x in (none, before, after) if x])
             rows.append(judge(claim, Estimate(ratio, ci, n, [centered], detail + (f"; {note}" if note else "")), a))
         return rows
@@ -190,8 +223,11 @@ class BNPlacement(Experiment):
         cfg = self.typed_config(tables)
         a = cfg.analysis
         chosen = self.best(grid_arms(cfg), mean_log_loss(tables))
-        groups = [(cid, {r: chosen.get(x, "") for r, x in roles.items()}) for cid, roles in a.comparisons.items()
-                  if roles["before"] in chosen]
+        groups = [
+            (cid, {r: chosen.get(x, "") for r, x in roles.items()})
+            for cid, roles in a.comparisons.items()
+            if roles["before"] in chosen
+        ]
         col = P.colors(["none", "before", "after"])
         fig, axes = P.figure(ncols=max(1, len(groups)), nrows=2, width=4.0, height=3.0)
         cent = centering(tables)
@@ -200,8 +236,12 @@ class BNPlacement(Experiment):
             for place in ("none", "before", "after"):
                 c = tables.curve("batch_loss_avg")
                 P.mean_band(ax, c[(c["arm"] == roles.get(place, "")) & (c["step"] > 0)], place, col[place])
-            ax.set(yscale="log", xlabel="step", ylabel="training loss (train mode)",
-                   title=f"{label}: training loss, best lr per arm")
+            ax.set(
+                yscale="log",
+                xlabel="step",
+                ylabel="training loss (train mode)",
+                title=f"{label}: training loss, best lr per arm",
+            )
             ax.legend()
             ax = axes[1, j]
             for place in ("none", "before", "after"):
@@ -211,8 +251,12 @@ class BNPlacement(Experiment):
                     continue
                 x = np.arange(len(g))
                 ax.plot(x, g["mean"].clip(lower=1e-6), "o-", color=col[place], label=place)
-                ax.fill_between(x, g["min"].clip(lower=1e-6), g["max"].clip(lower=1e-6), color=col[place], alpha=0.15, lw=0)
+                ax.fill_between(
+                    x, g["min"].clip(lower=1e-6), g["max"].clip(lower=1e-6), color=col[place], alpha=0.15, lw=0
+                )
                 ax.set_xticks(x, list(g.index))
-            ax.set(yscale="log", ylabel="||m||^2 / mean var of input (floor 1e-6)", title=f"{label}: centering of inputs")
+            ax.set(
+                yscale="log", ylabel="||m||^2 / mean var of input (floor 1e-6)", title=f"{label}: centering of inputs"
+            )
             ax.legend()
         return [P.save(fig, out / "bn_placement.png")]

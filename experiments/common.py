@@ -1,4 +1,5 @@
 """Analysis helpers several experiments share. They read only the tables of a run folder."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,5 +55,7 @@ def status_note(tables: Tables, arms: list[str]) -> str:
 def needs_probes(run: RunConfig, experiment: str, kind: str, why: str) -> None:
     """Refuse a config whose verdicts would silently come out `inconclusive` for want of probes."""
     if run.probes.every <= 0 or not getattr(run.probes, kind):
-        raise ConfigError(f"run.probes: {experiment} needs probes.every > 0 and probes.{kind}: true ({why}); "
-                          f"set run.probes.every=50 and run.probes.{kind}=true")
+        raise ConfigError(
+            f"run.probes: {experiment} needs probes.every > 0 and probes.{kind}: true ({why}); "
+            f"set run.probes.every=50 and run.probes.{kind}=true"
+        )

@@ -11,6 +11,7 @@ Adam, a control that puts every scale-invariant w_j back on the unit sphere afte
 layer-norm and weight-norm networks (§4.4). The read-out layer, which feeds no normalizer, is
 the control for the Euler identity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,8 +24,7 @@ from normlab.engine import plots as P
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.claims import (CONTROL, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge,
-                                   missing)
+from normlab.engine.claims import CONTROL, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.stats import Interval, bca, t_interval
 
 from . import theory as T
@@ -32,44 +32,77 @@ from .base import Experiment, arm_configs
 from .common import needs_probes, status_note
 
 K3_THEORY = Claim(
-    "K3-theory", EXACT, "Iterating Eq. 19 (||grad J(w_hat)|| = 1, ||w_0|| = 1), every effective LR approaches "
+    "K3-theory",
+    EXACT,
+    "Iterating Eq. 19 (||grad J(w_hat)|| = 1, ||w_0|| = 1), every effective LR approaches "
     "1/sqrt(2k) once k >> k0 = u0^2/(2 alpha^2), whatever alpha (Grosse ch. 5, §4.3, Fig. 6)",
     "max over alphas past 100 k0 of |eff. LR * sqrt(2k) - 1| at the horizon (asymptotic rule: it must also keep "
-    "falling over the last decades)", Rule("<", "rel_tol"))
+    "falling over the last decades)",
+    Rule("<", "rel_tol"),
+)
 K3_EULER = Claim(
-    "K3-euler", MEASURED, "Incoming weights of units that feed BN are orthogonal to their gradient (Grosse ch. 5, "
+    "K3-euler",
+    MEASURED,
+    "Incoming weights of units that feed BN are orthogonal to their gradient (Grosse ch. 5, "
     "§4.3, Eq. 16 with k = 0); the read-out layer, which feeds no normalizer, is not",
     "typical |cos(w_j, grad_j)| of BN-fed units (quartile magnitude, median over probes), mean over seeds",
-    Rule("<", "euler_max_cos"))
+    Rule("<", "euler_max_cos"),
+)
 K3_GROWTH = Claim(
-    "K3-growth", MEASURED, "Under SGD the norms of BN-fed weights grow monotonically (Eq. 19)",
+    "K3-growth",
+    MEASURED,
+    "Under SGD the norms of BN-fed weights grow monotonically (Eq. 19)",
     "fraction of probe intervals in which the median ||w_j||^2 of BN-fed layers grew, mean over seeds",
-    Rule(">=", "growth_min_fraction"))
+    Rule(">=", "growth_min_fraction"),
+)
 K3_EQ19 = Claim(
-    "K3-eq19", MEASURED, "Eq. 19 fed with each unit's measured normalized-gradient norm predicts its ||w_j||^2: "
+    "K3-eq19",
+    MEASURED,
+    "Eq. 19 fed with each unit's measured normalized-gradient norm predicts its ||w_j||^2: "
     "u_K^2 = u_0^2 + 2 alpha^2 sum_k g_k^2 (Grosse ch. 5, §4.3)",
     "geometric mean over seeds of the median over units (SGD arms) of measured / predicted u_K",
-    Rule("in", "eq19_band"))
+    Rule("in", "eq19_band"),
+)
 K3_SLOPE = Claim(
-    "K3-slope", MEASURED, "Past its transient, the effective LR alpha/||w_j||^2 of SGD decays like 1/sqrt(k) "
-    "(Grosse ch. 5, §4.3, Fig. 6)", "late log-log slope of the median eff. LR (theory: -0.5), mean over SGD arms "
-    "and seeds", Rule("in", "slope_band"))
+    "K3-slope",
+    MEASURED,
+    "Past its transient, the effective LR alpha/||w_j||^2 of SGD decays like 1/sqrt(k) (Grosse ch. 5, §4.3, Fig. 6)",
+    "late log-log slope of the median eff. LR (theory: -0.5), mean over SGD arms and seeds",
+    Rule("in", "slope_band"),
+)
 K3_ADAM = Claim(
-    "K3-adam", MEASURED, "With Adam the implicit decay is also O(1/sqrt(k)) (Grosse ch. 5, §4.3)",
+    "K3-adam",
+    MEASURED,
+    "With Adam the implicit decay is also O(1/sqrt(k)) (Grosse ch. 5, §4.3)",
     "late log-log slope of the measured angular update (Adam's step is normalized per coordinate, so its "
-    "effective LR is the angle turned per step)", Rule("in", "slope_band"))
+    "effective LR is the angle turned per step)",
+    Rule("in", "slope_band"),
+)
 K3_SPREAD = Claim(
-    "K3-spread", MEASURED, "The explicit learning rate only matters for a transient: late effective LRs are "
+    "K3-spread",
+    MEASURED,
+    "The explicit learning rate only matters for a transient: late effective LRs are "
     "nearly the same for every alpha (Grosse ch. 5, §4.3, Fig. 6)",
-    "(max/min late eff. LR across alphas) / (max/min alpha), of the means over seeds", Rule("<", "max_spread_ratio"))
+    "(max/min late eff. LR across alphas) / (max/min alpha), of the means over seeds",
+    Rule("<", "max_spread_ratio"),
+)
 K3_RENORM = Claim(
-    "K3-renorm", CONTROL, "Rescaling every BN-fed w_j to unit norm after each step keeps the effective LR equal "
+    "K3-renorm",
+    CONTROL,
+    "Rescaling every BN-fed w_j to unit norm after each step keeps the effective LR equal "
     "to alpha (the chapter's third option, §4.3); true by construction, a check of the instrument",
-    "median eff. LR / alpha after step 0 minus 1, worst seed", Rule("abs<=", "renorm_tolerance"))
+    "median eff. LR / alpha after step 0 minus 1, worst seed",
+    Rule("abs<=", "renorm_tolerance"),
+)
 K13 = Claim(
-    "K13", MEASURED, "Weight norm and layer norm show the same norm growth as BN; layer norm only for the whole "
-    "matrix (Grosse ch. 5, §4.4)", "fraction of probe intervals in which the mean ||w_j||^2 of the normalizer-fed "
-    "layers grew, mean over arms and seeds", Rule(">=", "growth_min_fraction"))
+    "K13",
+    MEASURED,
+    "Weight norm and layer norm show the same norm growth as BN; layer norm only for the whole "
+    "matrix (Grosse ch. 5, §4.4)",
+    "fraction of probe intervals in which the mean ||w_j||^2 of the normalizer-fed "
+    "layers grew, mean over arms and seeds",
+    Rule(">=", "growth_min_fraction"),
+)
 
 
 @dataclass
@@ -88,10 +121,16 @@ class EffLRAnalysis(Analysis):
     extra_norm_arms: list[str] = param(default_factory=lambda: ["layernorm", "weightnorm"], help="K13 arms")
     late_fraction: float = param(0.5, min=0.05, max=1.0, help="slope fit window: the last fraction of training")
     slope_band: list[float] = param(default_factory=lambda: [-0.75, -0.25], help="allowed late slope")
-    transient_factor: float = param(10.0, min=1.0, help="an arm counts as past its transient if the fit window starts after this * k0")
-    max_spread_ratio: float = param(0.03, min=0.0, help="(spread of final eff. LRs) / (spread of alphas) must be below this")
+    transient_factor: float = param(
+        10.0, min=1.0, help="an arm counts as past its transient if the fit window starts after this * k0"
+    )
+    max_spread_ratio: float = param(
+        0.03, min=0.0, help="(spread of final eff. LRs) / (spread of alphas) must be below this"
+    )
     euler_max_cos: float = param(1e-3, min=0.0, help="|cos(w_j, grad_j)| allowed for scale-invariant units")
-    growth_min_fraction: float = param(0.95, min=0.0, max=1.0, help="fraction of probe intervals in which ||w||^2 must grow")
+    growth_min_fraction: float = param(
+        0.95, min=0.0, max=1.0, help="fraction of probe intervals in which ||w||^2 must grow"
+    )
     renorm_tolerance: float = param(0.01, min=0.0, help="|eff_lr / alpha - 1| allowed in the renormalized control")
     eq19_band: list[float] = param(default_factory=lambda: [0.9, 1.1], help="allowed measured/predicted u_K (Eq. 19)")
 
@@ -151,8 +190,19 @@ def theory_curves(cfg: TheoryConfig) -> pd.DataFrame:
     u = T.iterate(alphas, 0.0, cfg.u0, cfg.horizon, steps)
     rows = []
     for j, a in enumerate(alphas):
-        rows.append(pd.DataFrame({"figure": "fig6", "alpha": a, "lam": 0.0, "u0": cfg.u0, "step": steps,
-                                  "u": u[:, j], "eff_lr": a / u[:, j]}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "figure": "fig6",
+                    "alpha": a,
+                    "lam": 0.0,
+                    "u0": cfg.u0,
+                    "step": steps,
+                    "u": u[:, j],
+                    "eff_lr": a / u[:, j],
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -187,9 +237,19 @@ class EffLR(Experiment):
         per_seed = _seed_means([_per_seed_dict(mag, arm, lambda g: g["value"].median()) for arm in sgd])
         out_cos = _layer_series(tables, "w_grad_cos", "median", invariant_only=False)
         out_cos = out_cos[(out_cos["layer"] == "out") & out_cos["arm"].isin(sgd)]["value"].abs().median()
-        rows.append(judge(K3_EULER, Estimate(float(np.mean(per_seed)), t_interval(per_seed), len(per_seed), [],
-                                             f"read-out layer (reference): median |cos| {out_cos:.3g}"
-                                             + (f"; {note}" if note else "")), a))
+        rows.append(
+            judge(
+                K3_EULER,
+                Estimate(
+                    float(np.mean(per_seed)),
+                    t_interval(per_seed),
+                    len(per_seed),
+                    [],
+                    f"read-out layer (reference): median |cos| {out_cos:.3g}" + (f"; {note}" if note else ""),
+                ),
+                a,
+            )
+        )
 
         rows.append(self._growth_row(K3_GROWTH, tables, sgd, "median", a))
         rows.append(self._eq19_row(tables, sgd, lr, arm_cfg, a))
@@ -205,22 +265,46 @@ class EffLR(Experiment):
             g = gn[(gn["arm"] == arm) & (gn["step"] <= start)]["value"].median()
             k0s[arm] = float(T.transient(lr[arm], u0, g))
         transient = [x for x in sgd if start < a.transient_factor * k0s[x]]
-        past = Check("past the transient", not transient,
-                     "still in the transient at the fit window's start (step "
-                     f"{start:.0f} < {a.transient_factor:g} k0): " + ", ".join(f"{x} (k0 ~ {k0s[x]:.0f})" for x in transient))
+        past = Check(
+            "past the transient",
+            not transient,
+            "still in the transient at the fit window's start (step "
+            f"{start:.0f} < {a.transient_factor:g} k0): " + ", ".join(f"{x} (k0 ~ {k0s[x]:.0f})" for x in transient),
+        )
         k0_text = "k0 from the measured u0 and g: " + ", ".join(f"{x} {k0s[x]:.3g}" for x in sgd)
         slopes = _seed_means([_per_seed_dict(eff, arm, lambda g: _slope(g, start)) for arm in sgd])
-        rows.append(judge(K3_SLOPE, Estimate(float(np.mean(slopes)), t_interval(slopes), len(slopes), [past],
-                                             f"fit over steps >= {start:.0f}; {k0_text}"), a))
+        rows.append(
+            judge(
+                K3_SLOPE,
+                Estimate(
+                    float(np.mean(slopes)),
+                    t_interval(slopes),
+                    len(slopes),
+                    [past],
+                    f"fit over steps >= {start:.0f}; {k0_text}",
+                ),
+                a,
+            )
+        )
 
         ang = _layer_series(tables, "angular_update", "median")
         adam = [x for x in a.adam_arms if x in arms]
         if adam:
             adam_slopes = _seed_means([_per_seed_dict(ang, arm, lambda g: _slope(g, start)) for arm in adam])
             ci = t_interval(adam_slopes)
-            rows.append(judge(K3_ADAM, Estimate(float(np.mean(adam_slopes)), ci, len(adam_slopes), [],
-                                                f"fit over steps >= {start:.0f}; per-seed slopes "
-                                                + ", ".join(f"{v:.3f}" for v in adam_slopes)), a))
+            rows.append(
+                judge(
+                    K3_ADAM,
+                    Estimate(
+                        float(np.mean(adam_slopes)),
+                        ci,
+                        len(adam_slopes),
+                        [],
+                        f"fit over steps >= {start:.0f}; per-seed slopes " + ", ".join(f"{v:.3f}" for v in adam_slopes),
+                    ),
+                    a,
+                )
+            )
         else:
             rows.append(missing(K3_ADAM, a, "no Adam arm ran"))
 
@@ -234,24 +318,44 @@ class EffLR(Experiment):
             spread = lambda *m: (max(m) / min(m)) / alpha_spread  # noqa: E731
             means = [float(np.mean(g)) for g in groups]
             ci = bca(groups, lambda *g: spread(*(x.mean() for x in g)))
-            rows.append(judge(K3_SPREAD, Estimate(spread(*means), ci, len(seeds), [past],
-                                                  "late mean eff. LR per arm: " + ", ".join(
-                                                      f"{x} {m:.3g}" for x, m in zip(sgd, means))
-                                                  + f"; alpha spread {alpha_spread:g}x"), a))
+            rows.append(
+                judge(
+                    K3_SPREAD,
+                    Estimate(
+                        spread(*means),
+                        ci,
+                        len(seeds),
+                        [past],
+                        "late mean eff. LR per arm: "
+                        + ", ".join(f"{x} {m:.3g}" for x, m in zip(sgd, means))
+                        + f"; alpha spread {alpha_spread:g}x",
+                    ),
+                    a,
+                )
+            )
         else:
             rows.append(missing(K3_SPREAD, a, "needs at least two SGD step sizes"))
 
         if a.renorm_arm in arms:
             r = eff[(eff["arm"] == a.renorm_arm) & (eff["step"] > 0)]
-            dev = list(_per_seed_dict(r, a.renorm_arm,
-                                      lambda g: float((g["value"] / lr[a.renorm_arm]).median() - 1)).values())
+            dev = list(
+                _per_seed_dict(r, a.renorm_arm, lambda g: float((g["value"] / lr[a.renorm_arm]).median() - 1)).values()
+            )
             worst = max(dev, key=abs) if dev else float("nan")
-            rows.append(judge(K3_RENORM, Estimate(worst, n=len(dev), detail="control: true by construction, not "
-                                                  "evidence for the claim"), a))
+            rows.append(
+                judge(
+                    K3_RENORM,
+                    Estimate(worst, n=len(dev), detail="control: true by construction, not evidence for the claim"),
+                    a,
+                )
+            )
 
         extra = [x for x in a.extra_norm_arms if x in arms]
-        rows.append(self._growth_row(K13, tables, extra, "mean", a) if extra
-                    else missing(K13, a, "no layer-norm or weight-norm arm ran"))
+        rows.append(
+            self._growth_row(K13, tables, extra, "mean", a)
+            if extra
+            else missing(K13, a, "no layer-norm or weight-norm arm ran")
+        )
         return rows
 
     def _theory_row(self, tables: Tables, cfg: TheoryConfig) -> ClaimRow:
@@ -271,15 +375,30 @@ class EffLR(Experiment):
             decades = [at(horizon / 100), at(horizon / 10), at(horizon)]
             errs.append(decades[-1])
             falling.append(decades[0] > decades[1] > decades[2])
-            per_alpha.append(f"alpha {alpha:g}: " + " -> ".join(f"{e:.3%}" for e in decades)
-                             + " at k = horizon/100, /10, horizon")
-        checks = [Check("past the transient", bool(errs), "no alpha reaches 100 k0 within the horizon"),
-                  Check("still falling", all(falling), "the error did not fall over the last two decades")]
+            per_alpha.append(
+                f"alpha {alpha:g}: " + " -> ".join(f"{e:.3%}" for e in decades) + " at k = horizon/100, /10, horizon"
+            )
+        checks = [
+            Check("past the transient", bool(errs), "no alpha reaches 100 k0 within the horizon"),
+            Check("still falling", all(falling), "the error did not fall over the last two decades"),
+        ]
         value = max(errs) if errs else float("nan")
-        return judge(K3_THEORY, Estimate(value, n=len(errs), checks=checks, detail=(
-            "exact iteration, no sampling; " + "; ".join(per_alpha)
-            + "; alphas in their transient at the horizon (not judged): " + (", ".join(still) or "none")
-            + ". The recurrence's correction (alpha^2/2) ln k is why a fixed '1% at 100 k0' rule would fail")), cfg)
+        return judge(
+            K3_THEORY,
+            Estimate(
+                value,
+                n=len(errs),
+                checks=checks,
+                detail=(
+                    "exact iteration, no sampling; "
+                    + "; ".join(per_alpha)
+                    + "; alphas in their transient at the horizon (not judged): "
+                    + (", ".join(still) or "none")
+                    + ". The recurrence's correction (alpha^2/2) ln k is why a fixed '1% at 100 k0' rule would fail"
+                ),
+            ),
+            cfg,
+        )
 
     def _eq19_row(self, tables: Tables, sgd: list[str], lr: dict, arm_cfg: dict, a: EffLRAnalysis) -> ClaimRow:
         """Per unit: u_K predicted from u_0 at the window's first probe and the run-mean g_j^2."""
@@ -305,25 +424,57 @@ class EffLR(Experiment):
         logs = np.log(per_seed.to_numpy())
         ci = t_interval(logs)
         est = float(np.exp(logs.mean())) if len(logs) else float("nan")
-        return judge(K3_EQ19, Estimate(est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "t on log ratio"),
-                                       len(logs), [], "median measured/predicted per arm: " + ", ".join(
-                                           f"{c} {np.exp(np.log(table[c]).mean()):.3f}" for c in table.columns)), a)
+        return judge(
+            K3_EQ19,
+            Estimate(
+                est,
+                Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "t on log ratio"),
+                len(logs),
+                [],
+                "median measured/predicted per arm: "
+                + ", ".join(f"{c} {np.exp(np.log(table[c]).mean()):.3f}" for c in table.columns),
+            ),
+            a,
+        )
 
     def _growth_row(self, claim: Claim, tables: Tables, arms: list[str], stat: str, a: EffLRAnalysis) -> ClaimRow:
         u = _layer_series(tables, "weight_norm_sq", stat)
 
         def growth(g: pd.DataFrame) -> float:
-            fr = [float((np.diff(lg.sort_values("step")["value"].to_numpy()) > 0).mean())
-                  for _, lg in g.groupby("layer")]
+            fr = [
+                float((np.diff(lg.sort_values("step")["value"].to_numpy()) > 0).mean()) for _, lg in g.groupby("layer")
+            ]
             return float(np.mean(fr))
 
         per = _seed_means([_per_seed_dict(u, arm, growth) for arm in arms])
-        ratio = {arm: float(np.mean(list(_per_seed_dict(u, arm, lambda g: g[g["step"] == g["step"].max()]["value"].mean()
-                                                         / g[g["step"] == 0]["value"].mean()).values())))
-                 for arm in arms}
+        ratio = {
+            arm: float(
+                np.mean(
+                    list(
+                        _per_seed_dict(
+                            u,
+                            arm,
+                            lambda g: (
+                                g[g["step"] == g["step"].max()]["value"].mean() / g[g["step"] == 0]["value"].mean()
+                            ),
+                        ).values()
+                    )
+                )
+            )
+            for arm in arms
+        }
         value = float(np.mean(per)) if per else float("nan")
-        return judge(claim, Estimate(value, t_interval(per), len(per), [],
-                                     "final/initial ||w||^2: " + ", ".join(f"{k} x{v:.3g}" for k, v in ratio.items())), a)
+        return judge(
+            claim,
+            Estimate(
+                value,
+                t_interval(per),
+                len(per),
+                [],
+                "final/initial ||w||^2: " + ", ".join(f"{k} x{v:.3g}" for k, v in ratio.items()),
+            ),
+            a,
+        )
 
     # ---------------------------------------------------------------- figures
     def plot(self, tables: Tables, out: Path) -> list[Path]:
@@ -340,9 +491,16 @@ class EffLR(Experiment):
             axes[0, 1].plot(g["step"], g["eff_lr"], color=col[f"{alpha:g}"], label=f"alpha = {alpha:g}")
         k = np.logspace(0, np.log10(th["step"].max()), 50)
         axes[0, 1].plot(k, 1 / np.sqrt(2 * k), "k--", lw=1, label="1/sqrt(2k)")
-        axes[0, 0].set(xscale="log", yscale="log", xlabel="step k", ylabel="||w_k||", title="Eq. 19: weight norm (cf. Fig. 6 left)")
-        axes[0, 1].set(xscale="log", yscale="log", xlabel="step k", ylabel="effective LR alpha/||w_k||^2",
-                       title="Eq. 19: effective LR (cf. Fig. 6 right)")
+        axes[0, 0].set(
+            xscale="log", yscale="log", xlabel="step k", ylabel="||w_k||", title="Eq. 19: weight norm (cf. Fig. 6 left)"
+        )
+        axes[0, 1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step k",
+            ylabel="effective LR alpha/||w_k||^2",
+            title="Eq. 19: effective LR (cf. Fig. 6 right)",
+        )
         axes[0, 0].legend()
         axes[0, 1].legend()
         paths.append(P.save(fig, out / "theory_fig6.png"))
@@ -366,11 +524,21 @@ class EffLR(Experiment):
             pred = self._recurrence_overlay(tables, arm)
             if pred is not None:
                 axes[0, 0].plot(pred["step"], pred["value"], ls="--", lw=1, color=col[arm])
-        axes[0, 0].set(xscale="log", yscale="log", xlabel="step", ylabel="median ||w_j||^2 (hidden layers)",
-                       title="Norm growth (dashed: Eq. 19 fed\nwith the measured gradient norms)")
+        axes[0, 0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step",
+            ylabel="median ||w_j||^2 (hidden layers)",
+            title="Norm growth (dashed: Eq. 19 fed\nwith the measured gradient norms)",
+        )
         axes[0, 1].set(xscale="log", yscale="log", xlabel="step", ylabel="median alpha/||w_j||^2", title="Effective LR")
-        axes[0, 2].set(xscale="log", yscale="log", xlabel="step", ylabel="median angle turned per step (rad)",
-                       title="Angular update")
+        axes[0, 2].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step",
+            ylabel="median angle turned per step (rad)",
+            title="Angular update",
+        )
         for ax in axes[0]:
             ax.legend(fontsize=6)
         paths.append(P.save(fig, out / "eff_lr_measured.png"))

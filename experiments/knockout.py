@@ -22,6 +22,7 @@ inflate by itself; the noise-on training loss is a secondary row. Two learning-r
 the paper's (every arm at `common_lr`) and each arm at its best LR of the grid, chosen on
 validation loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import (DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge,
-                                   missing)
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
@@ -45,49 +46,86 @@ from normlab.engine.train import RunTask
 from .base import Experiment
 from .common import final_metric, final_train_loss, needs_probes, status_note
 
-_STATEMENT = ("Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
-              "BN+noise trains about as well as BN, and both beat no BN (Grosse ch. 5, §4.2)")
-_AT_MATCH = ("read at the noise strength s* where the noisy network's drift equals the plain network's "
-             "(log-log interpolation); ratio of means over seeds")
-K1 = Claim("K1", MEASURED, _STATEMENT + "; the paper's protocol: every arm at the same LR",
-           "G(s*) = (L_noise - L_bn) / (L_plain - L_bn), L = final loss on the whole training set in eval mode, "
-           + _AT_MATCH, Rule("<", "max_gap_ratio"))
-K1_BESTLR = Claim("K1-bestlr", MEASURED, _STATEMENT + "; every arm at its best LR of the grid (validation loss)",
-                  "G(s*) as in K1, each arm at its own best learning rate", Rule("<", "max_gap_ratio"))
-K1_TRAINLOSS = Claim("K1-trainloss", MEASURED, _STATEMENT + "; secondary statistic, the paper's protocol",
-                     "G(s*) with L = the training loss the optimizer saw (noise on), mean over the last "
-                     "final_fraction of steps", Rule("<", "max_gap_ratio"))
-K1_IID = Claim("K1-iid", MEASURED, "With noise drawn i.i.d. per example and unit (Santurkar et al.'s variant), "
-               "BN+noise still trains about as well as BN (Grosse ch. 5, §4.2)",
-               "(L_iid - L_bn) / (L_plain - L_bn) at iid_level and common_lr, eval-mode training-set loss; "
-               "manipulation check: its drift at least the plain network's",
-               Rule("<", "max_gap_ratio"))
-K1_NOBN = Claim("K1-nobn", DESCRIPTIVE, "The same noise in a network without BN: how much does it cost there?",
-                "geometric mean over seeds of L_plain_noise / L_plain (eval-mode training-set loss)", Rule("none"))
+_STATEMENT = (
+    "Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
+    "BN+noise trains about as well as BN, and both beat no BN (Grosse ch. 5, §4.2)"
+)
+_AT_MATCH = (
+    "read at the noise strength s* where the noisy network's drift equals the plain network's "
+    "(log-log interpolation); ratio of means over seeds"
+)
+K1 = Claim(
+    "K1",
+    MEASURED,
+    _STATEMENT + "; the paper's protocol: every arm at the same LR",
+    "G(s*) = (L_noise - L_bn) / (L_plain - L_bn), L = final loss on the whole training set in eval mode, " + _AT_MATCH,
+    Rule("<", "max_gap_ratio"),
+)
+K1_BESTLR = Claim(
+    "K1-bestlr",
+    MEASURED,
+    _STATEMENT + "; every arm at its best LR of the grid (validation loss)",
+    "G(s*) as in K1, each arm at its own best learning rate",
+    Rule("<", "max_gap_ratio"),
+)
+K1_TRAINLOSS = Claim(
+    "K1-trainloss",
+    MEASURED,
+    _STATEMENT + "; secondary statistic, the paper's protocol",
+    "G(s*) with L = the training loss the optimizer saw (noise on), mean over the last final_fraction of steps",
+    Rule("<", "max_gap_ratio"),
+)
+K1_IID = Claim(
+    "K1-iid",
+    MEASURED,
+    "With noise drawn i.i.d. per example and unit (Santurkar et al.'s variant), "
+    "BN+noise still trains about as well as BN (Grosse ch. 5, §4.2)",
+    "(L_iid - L_bn) / (L_plain - L_bn) at iid_level and common_lr, eval-mode training-set loss; "
+    "manipulation check: its drift at least the plain network's",
+    Rule("<", "max_gap_ratio"),
+)
+K1_NOBN = Claim(
+    "K1-nobn",
+    DESCRIPTIVE,
+    "The same noise in a network without BN: how much does it cost there?",
+    "geometric mean over seeds of L_plain_noise / L_plain (eval-mode training-set loss)",
+    Rule("none"),
+)
 CLAIMS = (K1, K1_BESTLR, K1_TRAINLOSS, K1_IID, K1_NOBN)
 
 
 @dataclass
 class NoiseConfig:
     """The noise at strength 1; a level s multiplies its half-width, gain spread and walks."""
+
     mean_halfwidth: float = param(1.0, min=0.0, help="m_j = c_j + U(-h, h): h, per step")
     scale_max: float = param(3.0, min=1.0, help="gamma_j = exp(s_j) * U(1, scale_max), per step")
     mean_walk: float = param(0.02, min=0.0, help="std of the per-step random walk of the centers c_j")
     log_scale_walk: float = param(0.01, min=0.0, help="std of the per-step random walk of s_j")
 
     def scaled(self, level: float) -> "NoiseConfig":
-        return NoiseConfig(self.mean_halfwidth * level, 1.0 + (self.scale_max - 1.0) * level,
-                           self.mean_walk * level, self.log_scale_walk * level)
+        return NoiseConfig(
+            self.mean_halfwidth * level,
+            1.0 + (self.scale_max - 1.0) * level,
+            self.mean_walk * level,
+            self.log_scale_walk * level,
+        )
 
 
 @dataclass
 class KnockoutDesign:
-    levels: list[float] = param(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0],
-                                help="noise strengths s of the dose-response curve (increasing)")
+    levels: list[float] = param(
+        default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0],
+        help="noise strengths s of the dose-response curve (increasing)",
+    )
     lr_grid: list[float] = param(default_factory=lambda: [0.03, 0.1, 0.3], help="learning rates of every arm")
     common_lr: float = param(0.1, min=0.0, help="the paper's protocol: one LR for every arm (must be in lr_grid)")
-    iid_level: float = param(5.0, min=0.0, help="strength of the i.i.d. noise arm (i.i.d. draws average out "
-                             "in the batch statistics, so it needs a larger strength to drift like the plain network)")
+    iid_level: float = param(
+        5.0,
+        min=0.0,
+        help="strength of the i.i.d. noise arm (i.i.d. draws average out "
+        "in the batch statistics, so it needs a larger strength to drift like the plain network)",
+    )
     plain_noise_level: float = param(1.0, min=0.0, help="strength of the noise in the network without BN")
 
 
@@ -114,17 +152,23 @@ class KnockoutConfig(ExperimentConfig):
         if list(d.levels) != sorted(set(d.levels)) or not d.levels or min(d.levels) <= 0:
             raise C.ConfigError("design.levels: needs positive, increasing noise strengths, e.g. [0.1, 0.3, 1, 3]")
         if self.run.model.norm == "none":
-            raise C.ConfigError("run.model.norm: the knockout's base network must have a normalizer (the plain "
-                                "arms remove it)")
-        needs_probes(self.run, "knockout", "preacts", "the manipulation check (drift) and the training-loss "
-                     "window come from the probes")
+            raise C.ConfigError(
+                "run.model.norm: the knockout's base network must have a normalizer (the plain arms remove it)"
+            )
+        needs_probes(
+            self.run,
+            "knockout",
+            "preacts",
+            "the manipulation check (drift) and the training-loss window come from the probes",
+        )
 
 
 @dataclass(frozen=True)
 class ArmSpec:
     """What an arm is, typed: the analysis reads roles, levels and learning rates from here."""
+
     role: Literal["plain", "bn", "noise", "iid", "plain_noise"]
-    level: float                    # noise strength (0: no noise)
+    level: float  # noise strength (0: no noise)
     lr: float
     config: RunConfig
 
@@ -145,7 +189,8 @@ def arm_specs(cfg: KnockoutConfig) -> dict[str, ArmSpec]:
             specs[f"noise{s:g}-lr{lr:g}"] = ArmSpec("noise", s, lr, run(lr, False))
     specs[f"iid{d.iid_level:g}-lr{d.common_lr:g}"] = ArmSpec("iid", d.iid_level, d.common_lr, run(d.common_lr, False))
     specs[f"plain_noise{d.plain_noise_level:g}-lr{d.common_lr:g}"] = ArmSpec(
-        "plain_noise", d.plain_noise_level, d.common_lr, run(d.common_lr, True))
+        "plain_noise", d.plain_noise_level, d.common_lr, run(d.common_lr, True)
+    )
     return specs
 
 
@@ -188,6 +233,7 @@ class AffineNoise(nn.Module):
 class NoiseFactory:
     """Picklable factory the engine calls once per block (index, features); also inserted where a
     normalizer would sit in a network without one (the `plain_noise` arm)."""
+
     also_without_norm = True
 
     def __init__(self, cfg: NoiseConfig, iid: bool = False, level: float = 1.0):
@@ -213,6 +259,16 @@ def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float], 
     rel_var = (vdrift / var.reindex(vdrift.index)).groupby(level="seed").mean()
     rel_mean, rel_var = rel_mean.sort_index(), rel_var.reindex(rel_mean.index)
     return rel_mean.tolist(), rel_var.tolist(), [int(x) for x in rel_mean.index]
+
+
+def values_values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """arm -> seed -> value, from a per-run table (run_id, arm, seed, value)."""
+    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
+
+
+def values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """arm -> seed -> value, from a per-run table (run_id, arm, seed, value)."""
+    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
 
 
 def gap_ratio(plain, bn, noisy):
@@ -242,13 +298,14 @@ def crossing(levels: np.ndarray, ratio: np.ndarray, gap: np.ndarray) -> float:
 @dataclass
 class Curve:
     """Per-seed arrays (seeds shared by every arm used) of one protocol."""
+
     seeds: list[int]
     plain: np.ndarray
     bn: np.ndarray
-    noise: np.ndarray               # levels x seeds
+    noise: np.ndarray  # levels x seeds
     drift_plain: np.ndarray
-    drift_noise: np.ndarray         # levels x seeds
-    arms: dict[str, str]            # role or level -> arm
+    drift_noise: np.ndarray  # levels x seeds
+    arms: dict[str, str]  # role or level -> arm
     levels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # noise strengths (increasing)
 
     def statistic(self, *arrays) -> float:
@@ -270,8 +327,11 @@ class Knockout(Experiment):
     def tasks(self, cfg: KnockoutConfig) -> list[RunTask]:
         tasks = []
         for arm, spec in arm_specs(cfg).items():
-            factory = None if spec.role in ("plain", "bn") else \
-                NoiseFactory(cfg.noise, iid=spec.role == "iid", level=spec.level)
+            factory = (
+                None
+                if spec.role in ("plain", "bn")
+                else NoiseFactory(cfg.noise, iid=spec.role == "iid", level=spec.level)
+            )
             for seed in cfg.seed_list:
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, spec.config, factory))
         return tasks
@@ -284,7 +344,9 @@ class Knockout(Experiment):
             if sp.role not in ("plain", "bn", "noise") or arm not in val:
                 continue
             v = np.array(list(val[arm].values()), dtype=float)
-            score = float(np.mean(v)) if len(v) and np.isfinite(v).all() else float("inf")  # a diverged seed rules it out
+            score = (
+                float(np.mean(v)) if len(v) and np.isfinite(v).all() else float("inf")
+            )  # a diverged seed rules it out
             key = (sp.role, sp.level)
             if key not in best or score < best[key][1]:
                 best[key] = (sp.lr, score)
@@ -297,15 +359,28 @@ class Knockout(Experiment):
 
         arms = {"plain": arm_of("plain", 0.0), "bn": arm_of("bn", 0.0)}
         arms.update({f"{s:g}": arm_of("noise", s) for s in levels})
-        if any(a is None or a not in loss or a not in drift for k, a in arms.items() if k != "bn") or arms["bn"] not in loss:
+        if (
+            any(a is None or a not in loss or a not in drift for k, a in arms.items() if k != "bn")
+            or arms["bn"] not in loss
+        ):
             return None
         noise_arms = [arms[f"{s:g}"] for s in levels]
-        seeds = sorted(set.intersection(*(set(loss[a]) for a in arms.values()),
-                                        *(set(drift[a]) for a in [arms["plain"], *noise_arms])))
+        seeds = sorted(
+            set.intersection(
+                *(set(loss[a]) for a in arms.values()), *(set(drift[a]) for a in [arms["plain"], *noise_arms])
+            )
+        )
         pick = lambda d, a: np.array([d[a][s] for s in seeds], dtype=float)  # noqa: E731
-        return Curve(seeds, pick(loss, arms["plain"]), pick(loss, arms["bn"]),
-                     np.array([pick(loss, a) for a in noise_arms]), pick(drift, arms["plain"]),
-                     np.array([pick(drift, a) for a in noise_arms]), arms, np.asarray(levels, dtype=float))
+        return Curve(
+            seeds,
+            pick(loss, arms["plain"]),
+            pick(loss, arms["bn"]),
+            np.array([pick(loss, a) for a in noise_arms]),
+            pick(drift, arms["plain"]),
+            np.array([pick(drift, a) for a in noise_arms]),
+            arms,
+            np.asarray(levels, dtype=float),
+        )
 
     def estimate(self, c: Curve, what: str) -> Estimate:
         keep = np.isfinite(np.vstack(c.arrays())).all(axis=0)
@@ -315,34 +390,47 @@ class Knockout(Experiment):
         ratio = c.drift_noise[:, keep].mean(axis=1) / c.drift_plain[keep].mean()
         gaps = gap_ratio(c.plain[keep].mean(), c.bn[keep].mean(), c.noise[:, keep].mean(axis=1))
         helps_est, helps_ci, _ = paired_t(c.plain, c.bn)
-        helps = Check("BN helps", bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
-                      f"L_plain - L_bn = {helps_est:.3g}, {helps_ci.method} CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] "
-                      "does not lie above 0, so there is no gap to explain")
-        crosses = Check("drift ratio crosses 1", bool(np.isfinite(value)),
-                        "the noisy/plain drift ratio does not cross 1 between the smallest and the largest level "
-                        f"(it runs from x{ratio[0]:.3g} to x{ratio[-1]:.3g}), so no level resembles the plain network")
+        helps = Check(
+            "BN helps",
+            bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
+            f"L_plain - L_bn = {helps_est:.3g}, {helps_ci.method} CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] "
+            "does not lie above 0, so there is no gap to explain",
+        )
+        crosses = Check(
+            "drift ratio crosses 1",
+            bool(np.isfinite(value)),
+            "the noisy/plain drift ratio does not cross 1 between the smallest and the largest level "
+            f"(it runs from x{ratio[0]:.3g} to x{ratio[-1]:.3g}), so no level resembles the plain network",
+        )
         curve = ", ".join(f"s={s:g}: R {r:.3g}, G {g:.3g}" for s, r, g in zip(c.levels, ratio, gaps))
-        detail = (f"{what}; arms used: plain {c.arms['plain']}, bn {c.arms['bn']}; L plain {c.plain[keep].mean():.4g}, "
-                  f"bn {c.bn[keep].mean():.4g}; dose-response (drift ratio R, gap ratio G): {curve}")
+        detail = (
+            f"{what}; arms used: plain {c.arms['plain']}, bn {c.arms['bn']}; L plain {c.plain[keep].mean():.4g}, "
+            f"bn {c.bn[keep].mean():.4g}; dose-response (drift ratio R, gap ratio G): {curve}"
+        )
         return Estimate(value, bca(arrays, c.statistic), n, [helps, crosses], detail)
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         cfg = self.typed_config(tables)
         a, d = cfg.analysis, cfg.design
         specs = arm_specs(cfg)
-        by_seed = lambda df: {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float)))  # noqa: E731
-                              for arm, g in df.groupby("arm")}
-        eval_loss = by_seed(final_metric(tables, "train_loss"))
-        train_loss = by_seed(final_train_loss(tables, a.final_fraction))
-        val_loss = by_seed(final_metric(tables, "val_loss"))
+        eval_loss = values_by_seed(final_metric(tables, "train_loss"))
+        train_loss = values_by_seed(final_train_loss(tables, a.final_fraction))
+        val_loss = values_by_seed(final_metric(tables, "val_loss"))
         drift = drift_index(tables)
         common = {(sp.role, sp.level): d.common_lr for sp in specs.values()}
         best = self.best_lrs(specs, val_loss)
         rows = []
-        for claim, lrs, loss, what in ((K1, common, eval_loss, f"every arm at lr {d.common_lr:g}"),
-                                       (K1_BESTLR, best, eval_loss, "each arm at its best LR: " + ", ".join(
-                                           f"{r}{'' if not s else f' s={s:g}'} {lr:g}" for (r, s), lr in best.items())),
-                                       (K1_TRAINLOSS, common, train_loss, f"noise-on training loss, lr {d.common_lr:g}")):
+        for claim, lrs, loss, what in (
+            (K1, common, eval_loss, f"every arm at lr {d.common_lr:g}"),
+            (
+                K1_BESTLR,
+                best,
+                eval_loss,
+                "each arm at its best LR: "
+                + ", ".join(f"{r}{'' if not s else f' s={s:g}'} {lr:g}" for (r, s), lr in best.items()),
+            ),
+            (K1_TRAINLOSS, common, train_loss, f"noise-on training loss, lr {d.common_lr:g}"),
+        ):
             c = self.curve(specs, lrs, loss, drift, d.levels)
             if c is None or len(c.seeds) == 0:
                 rows.append(missing(claim, a, "needs plain, bn and every noise level with finished runs"))
@@ -356,25 +444,39 @@ class Knockout(Experiment):
         return rows
 
     def _iid_row(self, specs, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
-        find = lambda role, level=0.0: next((x for x, sp in specs.items() if sp.role == role and sp.lr == d.common_lr  # noqa: E731
-                                             and sp.level == level), None)
+        def find(role: str, level: float = 0.0):
+            return next(
+                (x for x, sp in specs.items() if (sp.role, sp.level, sp.lr) == (role, level, d.common_lr)), None
+            )
+
         plain, bn, iid = find("plain"), find("bn"), find("iid", d.iid_level)
         if any(x not in loss for x in (plain, bn, iid)) or plain not in drift or iid not in drift:
             return missing(K1_IID, a, "needs plain, bn and the i.i.d.-noise arm at common_lr")
         seeds = sorted(set(loss[plain]) & set(loss[bn]) & set(loss[iid]))
         v = [np.array([loss[x][s] for s in seeds]) for x in (plain, bn, iid)]
         ratio = np.mean([drift[iid][s] for s in drift[iid]]) / np.mean([drift[plain][s] for s in drift[plain]])
-        man = Check("manipulation check", bool(ratio >= a.min_drift_ratio),
-                    f"the i.i.d. noise drifts x{ratio:.3g} the plain network's (needs >= {a.min_drift_ratio:g})")
+        man = Check(
+            "manipulation check",
+            bool(ratio >= a.min_drift_ratio),
+            f"the i.i.d. noise drifts x{ratio:.3g} the plain network's (needs >= {a.min_drift_ratio:g})",
+        )
         helps_est, helps_ci, _ = paired_t(v[0], v[1])
-        helps = Check("BN helps", bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
-                      f"L_plain - L_bn CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] does not lie above 0")
+        helps = Check(
+            "BN helps",
+            bool(np.isfinite(helps_ci.low) and helps_ci.low > 0),
+            f"L_plain - L_bn CI [{helps_ci.low:.3g}, {helps_ci.high:.3g}] does not lie above 0",
+        )
         keep = np.isfinite(np.vstack(v)).all(axis=0)
         v = [x[keep] for x in v]
         value = gap_ratio(*(x.mean() for x in v)) if keep.any() else float("nan")
-        est = Estimate(value, bca(v, lambda p, b, z: gap_ratio(p.mean(), b.mean(), z.mean())), int(keep.sum()),
-                       [man, helps], f"level {d.iid_level:g}, lr {d.common_lr:g}; drift ratio x{ratio:.3g}; "
-                       f"L plain {v[0].mean():.4g}, bn {v[1].mean():.4g}, iid {v[2].mean():.4g}")
+        est = Estimate(
+            value,
+            bca(v, lambda p, b, z: gap_ratio(p.mean(), b.mean(), z.mean())),
+            int(keep.sum()),
+            [man, helps],
+            f"level {d.iid_level:g}, lr {d.common_lr:g}; drift ratio x{ratio:.3g}; "
+            f"L plain {v[0].mean():.4g}, bn {v[1].mean():.4g}, iid {v[2].mean():.4g}",
+        )
         return judge(K1_IID, est, a)
 
     def _nobn_row(self, specs, loss, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
@@ -393,11 +495,17 @@ class Knockout(Experiment):
         specs = arm_specs(cfg)
         present = set(tables.runs["arm"])
         ref = min(d.levels, key=lambda s: abs(np.log(s / d.plain_noise_level)))
-        shown = {"plain": ("plain", 0.0), "bn": ("bn", 0.0), f"BN + noise s={ref:g}": ("noise", ref),
-                 f"BN + i.i.d. noise s={d.iid_level:g}": ("iid", d.iid_level),
-                 f"noise without BN s={d.plain_noise_level:g}": ("plain_noise", d.plain_noise_level)}
-        arms = {label: next((x for x, sp in specs.items() if (sp.role, sp.level) == key and sp.lr == d.common_lr), None)
-                for label, key in shown.items()}
+        shown = {
+            "plain": ("plain", 0.0),
+            "bn": ("bn", 0.0),
+            f"BN + noise s={ref:g}": ("noise", ref),
+            f"BN + i.i.d. noise s={d.iid_level:g}": ("iid", d.iid_level),
+            f"noise without BN s={d.plain_noise_level:g}": ("plain_noise", d.plain_noise_level),
+        }
+        arms = {
+            label: next((x for x, sp in specs.items() if (sp.role, sp.level) == key and sp.lr == d.common_lr), None)
+            for label, key in shown.items()
+        }
         arms = {k: v for k, v in arms.items() if v in present}
         col = P.colors(list(arms))
         fig, axes = P.figure(ncols=2)
@@ -406,8 +514,12 @@ class Knockout(Experiment):
             P.mean_band(axes[0, 0], c[(c["arm"] == arm) & (c["step"] > 0)], label, col[label])
             t = tables.curve("test_acc")
             P.mean_band(axes[0, 1], t[t["arm"] == arm].assign(value=lambda x: 100 * x["value"]), label, col[label])
-        axes[0, 0].set(xlabel="step", ylabel="training loss (train mode, mean per interval)", yscale="log",
-                       title=f"Training loss (lr {d.common_lr:g})")
+        axes[0, 0].set(
+            xlabel="step",
+            ylabel="training loss (train mode, mean per interval)",
+            yscale="log",
+            title=f"Training loss (lr {d.common_lr:g})",
+        )
         axes[0, 1].set(xlabel="step", ylabel="test accuracy (%)", title="Test accuracy")
         axes[0, 0].legend(fontsize=6)
         axes[0, 1].legend(loc="lower right", fontsize=6)
@@ -436,12 +548,12 @@ class Knockout(Experiment):
     def _plot_dose(self, tables: Tables, cfg: KnockoutConfig, specs, out: Path) -> Path:
         """Gap ratio against drift ratio, one point per noise level, for both LR protocols."""
         a, d = cfg.analysis, cfg.design
-        by_seed = lambda df: {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float)))  # noqa: E731
-                              for arm, g in df.groupby("arm")}
-        loss = by_seed(final_metric(tables, "train_loss"))
+        loss = values_by_seed(final_metric(tables, "train_loss"))
         drift = drift_index(tables)
-        protocols = {f"same lr {d.common_lr:g}": {(sp.role, sp.level): d.common_lr for sp in specs.values()},
-                     "best lr per arm": self.best_lrs(specs, by_seed(final_metric(tables, "val_loss")))}
+        protocols = {
+            f"same lr {d.common_lr:g}": {(sp.role, sp.level): d.common_lr for sp in specs.values()},
+            "best lr per arm": self.best_lrs(specs, values_by_seed(final_metric(tables, "val_loss"))),
+        }
         fig, axes = P.figure(ncols=1, width=5.0, height=3.6)
         ax = axes[0, 0]
         col = P.colors(list(protocols))
@@ -450,17 +562,27 @@ class Knockout(Experiment):
             if c is None or not c.seeds:
                 continue
             r = c.drift_noise / c.drift_plain.mean()
-            g = gap_ratio(c.plain.mean(), c.bn.mean(), c.noise)       # levels x seeds
+            g = gap_ratio(c.plain.mean(), c.bn.mean(), c.noise)  # levels x seeds
             rm, gm = r.mean(axis=1), gap_ratio(c.plain.mean(), c.bn.mean(), c.noise.mean(axis=1))
-            ax.errorbar(rm, gm, yerr=[gm - np.nanmin(g, axis=1), np.nanmax(g, axis=1) - gm], fmt="o-",
-                        color=col[label], capsize=3, label=label)
+            ax.errorbar(
+                rm,
+                gm,
+                yerr=[gm - np.nanmin(g, axis=1), np.nanmax(g, axis=1) - gm],
+                fmt="o-",
+                color=col[label],
+                capsize=3,
+                label=label,
+            )
             for s, x, y in zip(d.levels, rm, gm):
                 ax.annotate(f"s={s:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.axhline(a.max_gap_ratio, color="r", lw=0.8, ls="--", label=f"rule: G < {a.max_gap_ratio:g}")
         ax.set_yscale("symlog", linthresh=0.1)  # linear near 0 (the rule), logarithmic for large gaps
-        ax.set(xscale="log", xlabel="drift ratio R (noisy / plain network)",
-               ylabel="gap ratio G = (L_noise - L_bn) / (L_plain - L_bn)",
-               title="Dose-response: the verdict reads G where R = 1\n(bars: seed range; y linear below 0.1, log above)")
+        ax.set(
+            xscale="log",
+            xlabel="drift ratio R (noisy / plain network)",
+            ylabel="gap ratio G = (L_noise - L_bn) / (L_plain - L_bn)",
+            title="Dose-response: the verdict reads G where R = 1\n(bars: seed range; y linear below 0.1, log above)",
+        )
         ax.legend(fontsize=6)
         return P.save(fig, out / "knockout_dose.png")

@@ -16,6 +16,7 @@ is honoured) and judged on test accuracy. The verdict uses the careful protocol'
 (equivalence: its CI contains 0 or lies within the margin); how much the gap shrinks from the
 narrow protocol is a descriptive row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,33 +39,62 @@ from normlab.engine.train import RunTask
 from .base import Experiment
 
 _GAP = Rule("contains0_or_abs<=", "equivalence_margin_points", "points")
-_GAP_STAT = ("careful protocol: mean test accuracy SGD - Adam (points) of the selected configs re-run on shared "
-             "fresh seeds, paired by seed")
-K5_MLP = Claim("K5-mlp", MEASURED, "On the MLP, after a careful, equal-budget search, SGD (momentum) and Adam "
-               "reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. 2019)",
-               _GAP_STAT, _GAP)
-K5_CNN = Claim("K5-cnn", MEASURED, "On the 1-D CNN, after a careful, equal-budget search, SGD (momentum) and "
-               "Adam reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. "
-               "2019)", _GAP_STAT, _GAP)
+_GAP_STAT = (
+    "careful protocol: mean test accuracy SGD - Adam (points) of the selected configs re-run on shared "
+    "fresh seeds, paired by seed"
+)
+K5_MLP = Claim(
+    "K5-mlp",
+    MEASURED,
+    "On the MLP, after a careful, equal-budget search, SGD (momentum) and Adam "
+    "reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. 2019)",
+    _GAP_STAT,
+    _GAP,
+)
+K5_CNN = Claim(
+    "K5-cnn",
+    MEASURED,
+    "On the 1-D CNN, after a careful, equal-budget search, SGD (momentum) and "
+    "Adam reach the same test accuracy within noise or within the margin (Grosse ch. 5, §6; Choi et al. "
+    "2019)",
+    _GAP_STAT,
+    _GAP,
+)
 _SHRINK_STAT = "|narrow gap| - |careful gap| (points), BCa interval over the shared fresh seeds"
-K5_MLP_SHRINK = Claim("K5-mlp-shrink", DESCRIPTIVE, "How much the SGD-Adam gap on the MLP shrinks from the narrow "
-                      "protocol to the careful one", _SHRINK_STAT, Rule("none"))
-K5_CNN_SHRINK = Claim("K5-cnn-shrink", DESCRIPTIVE, "How much the SGD-Adam gap on the 1-D CNN shrinks from the "
-                      "narrow protocol to the careful one", _SHRINK_STAT, Rule("none"))
+K5_MLP_SHRINK = Claim(
+    "K5-mlp-shrink",
+    DESCRIPTIVE,
+    "How much the SGD-Adam gap on the MLP shrinks from the narrow protocol to the careful one",
+    _SHRINK_STAT,
+    Rule("none"),
+)
+K5_CNN_SHRINK = Claim(
+    "K5-cnn-shrink",
+    DESCRIPTIVE,
+    "How much the SGD-Adam gap on the 1-D CNN shrinks from the narrow protocol to the careful one",
+    _SHRINK_STAT,
+    Rule("none"),
+)
 CLAIMS_OF_WORKLOAD = {"mlp": (K5_MLP, K5_MLP_SHRINK), "cnn": (K5_CNN, K5_CNN_SHRINK)}
 
 
 @dataclass
 class SearchDim:
     """One hyperparameter of a search space: the run key it sets and how it is drawn from u in [0, 1)."""
+
     key: str = param(help="dotted key of the run config, e.g. optim.lr")
     dist: Literal["log_uniform", "uniform", "one_minus_log_uniform", "choice", "fraction_of_steps"] = param(
         help="log_uniform/uniform over range; one_minus_log_uniform: 1 - log-uniform(range) (momenta); "
-             "choice: one of values; fraction_of_steps: uniform(range) x train.steps, rounded")
+        "choice: one of values; fraction_of_steps: uniform(range) x train.steps, rounded"
+    )
     range: list[float] = param(default_factory=list, help="[low, high]")
     values: list[Any] = param(default_factory=list, help="choice: the options")
-    scale_by_eps: float = param(0.0, min=0.0, help="if > 0: the drawn value is multiplied by (this + optim.eps) "
-                                "(Adam's lr as a ratio, so that large eps gives momentum SGD)")
+    scale_by_eps: float = param(
+        0.0,
+        min=0.0,
+        help="if > 0: the drawn value is multiplied by (this + optim.eps) "
+        "(Adam's lr as a ratio, so that large eps gives momentum SGD)",
+    )
 
     def check(self, path: str) -> None:
         if self.dist == "choice" and not self.values:
@@ -91,35 +121,44 @@ def sobol(n: int, dims: int, seed: int) -> np.ndarray:
     import warnings
 
     from scipy.stats import qmc
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # n need not be a power of two; balance is then approximate
         return qmc.Sobol(dims, scramble=True, seed=np.random.default_rng(seed)).random(n)
 
 
 def _default_space(opt: str) -> list[SearchDim]:
-    common = [SearchDim("optim.weight_decay", "log_uniform", [1e-6, 1e-2]),
-              SearchDim("optim.schedule", "choice", values=["constant", "cosine"]),
-              SearchDim("optim.warmup_steps", "fraction_of_steps", [0.0, 0.1])]
+    common = [
+        SearchDim("optim.weight_decay", "log_uniform", [1e-6, 1e-2]),
+        SearchDim("optim.schedule", "choice", values=["constant", "cosine"]),
+        SearchDim("optim.warmup_steps", "fraction_of_steps", [0.0, 0.1]),
+    ]
     if opt == "adam":
-        return [SearchDim("optim.eps", "log_uniform", [1e-10, 10.0]),
-                SearchDim("optim.lr", "log_uniform", [1e-2, 1e2], scale_by_eps=1e-3),
-                SearchDim("optim.beta1", "one_minus_log_uniform", [1e-3, 0.5]),
-                SearchDim("optim.beta2", "one_minus_log_uniform", [1e-4, 0.1])] + common
-    return [SearchDim("optim.lr", "log_uniform", [1e-3, 3.0]),
-            SearchDim("optim.momentum", "one_minus_log_uniform", [1e-3, 0.5])] + common
+        return [
+            SearchDim("optim.eps", "log_uniform", [1e-10, 10.0]),
+            SearchDim("optim.lr", "log_uniform", [1e-2, 1e2], scale_by_eps=1e-3),
+            SearchDim("optim.beta1", "one_minus_log_uniform", [1e-3, 0.5]),
+            SearchDim("optim.beta2", "one_minus_log_uniform", [1e-4, 0.1]),
+        ] + common
+    return [
+        SearchDim("optim.lr", "log_uniform", [1e-3, 3.0]),
+        SearchDim("optim.momentum", "one_minus_log_uniform", [1e-3, 0.5]),
+    ] + common
 
 
 @dataclass
 class TuningAnalysis(Analysis):
-    equivalence_margin_points: float = param(1.0, min=0.0, help="K5: supported if the careful gap's CI contains 0 "
-                                             "or lies within +- this many points")
+    equivalence_margin_points: float = param(
+        1.0, min=0.0, help="K5: supported if the careful gap's CI contains 0 or lies within +- this many points"
+    )
 
 
 @dataclass
 class TuningConfig(ExperimentConfig):
     workloads: dict[str, dict[str, Any]] = param(
         default_factory=lambda: {"mlp": {}, "cnn": {"model.arch": "cnn1d"}},
-        help="name -> overrides of run; names with a claim: mlp, cnn")
+        help="name -> overrides of run; names with a claim: mlp, cnn",
+    )
     optimizers: list[str] = param(default_factory=lambda: ["sgd", "adam"])
     narrow_sgd_lrs: list[float] = param(default_factory=lambda: [0.01, 0.1])
     narrow_sgd_momentum: float = param(0.9, min=0.0, max=1.0)
@@ -127,7 +166,8 @@ class TuningConfig(ExperimentConfig):
     careful_trials: int = param(64, min=1, help="trials per optimizer and workload")
     search: dict[str, list[SearchDim]] = param(
         default_factory=lambda: {"sgd": _default_space("sgd"), "adam": _default_space("adam")},
-        help="optimizer -> its search space, one entry per hyperparameter")
+        help="optimizer -> its search space, one entry per hyperparameter",
+    )
     search_seed: int = param(0, min=0, help="seed of the Sobol scrambling and of every trial's training")
     analysis: TuningAnalysis = field(default_factory=TuningAnalysis)
 
@@ -136,15 +176,19 @@ class TuningConfig(ExperimentConfig):
             if opt not in self.search:
                 raise C.ConfigError(f"search.{opt}: the careful protocol needs a search space for every optimizer")
         if self.search_seed in self.seed_list:
-            raise C.ConfigError(f"seeds: the final re-runs must use fresh seeds, but {self.search_seed} (search_seed) "
-                                "is among them; raise seed_offset (default 1000)")
+            raise C.ConfigError(
+                f"seeds: the final re-runs must use fresh seeds, but {self.search_seed} (search_seed) "
+                "is among them; raise seed_offset (default 1000)"
+            )
 
 
 def _narrow(cfg: TuningConfig, opt: str) -> list[tuple[str, dict]]:
     if opt == "adam":
         return [(f"lr={lr:g}", {"optim.name": "adam", "optim.lr": lr}) for lr in cfg.narrow_adam_lrs]
-    return [(f"lr={lr:g}", {"optim.name": opt, "optim.lr": lr, "optim.momentum": cfg.narrow_sgd_momentum})
-            for lr in cfg.narrow_sgd_lrs]
+    return [
+        (f"lr={lr:g}", {"optim.name": opt, "optim.lr": lr, "optim.momentum": cfg.narrow_sgd_momentum})
+        for lr in cfg.narrow_sgd_lrs
+    ]
 
 
 def _careful(cfg: TuningConfig, opt: str, steps: int) -> list[tuple[str, dict]]:
@@ -165,11 +209,12 @@ def _careful(cfg: TuningConfig, opt: str, steps: int) -> list[tuple[str, dict]]:
 @dataclass(frozen=True)
 class Trial:
     """What an arm is, typed: the analysis groups runs by these fields, never by parsing names."""
+
     workload: str
     opt: str
     protocol: Literal["narrow", "careful"]
-    label: str                   # the trial's name, or "final" for the re-run of the selected one
-    overrides: tuple = ()        # (dotted key, value) pairs over the workload's run config
+    label: str  # the trial's name, or "final" for the re-run of the selected one
+    overrides: tuple = ()  # (dotted key, value) pairs over the workload's run config
 
 
 def trials(cfg: TuningConfig) -> dict[str, Trial]:
@@ -179,7 +224,9 @@ def trials(cfg: TuningConfig) -> dict[str, Trial]:
         for opt in cfg.optimizers:
             for protocol, made in (("narrow", _narrow(cfg, opt)), ("careful", _careful(cfg, opt, cfg.run.train.steps))):
                 for label, ov in made:
-                    out[f"{workload}-{opt}-{protocol}-{label}"] = Trial(workload, opt, protocol, label, tuple(ov.items()))
+                    out[f"{workload}-{opt}-{protocol}-{label}"] = Trial(
+                        workload, opt, protocol, label, tuple(ov.items())
+                    )
                 out[f"{workload}-{opt}-{protocol}-final"] = Trial(workload, opt, protocol, "final")
     return out
 
@@ -201,9 +248,13 @@ class OptimizerTuning(Experiment):
         return C.from_dict(RunConfig, raw, f"workloads.{workload}")
 
     def tasks(self, cfg: TuningConfig) -> list[RunTask]:
-        return [RunTask(f"{arm}-s{cfg.search_seed}", arm, cfg.search_seed,
-                        self._run_config(cfg, t.workload, dict(t.overrides)))
-                for arm, t in trials(cfg).items() if t.label != "final"]
+        return [
+            RunTask(
+                f"{arm}-s{cfg.search_seed}", arm, cfg.search_seed, self._run_config(cfg, t.workload, dict(t.overrides))
+            )
+            for arm, t in trials(cfg).items()
+            if t.label != "final"
+        ]
 
     def followup(self, cfg: TuningConfig, runs: pd.DataFrame, done: list[RunTask]) -> list[RunTask]:
         arms = trials(cfg)
@@ -211,13 +262,18 @@ class OptimizerTuning(Experiment):
             return []
         by_arm = {t.arm: t for t in done}
         tasks = []
-        for (workload, opt, protocol), g in _with_parts(runs, arms).groupby(["workload", "opt", "protocol"], sort=False):
+        for (workload, opt, protocol), g in _with_parts(runs, arms).groupby(
+            ["workload", "opt", "protocol"], sort=False
+        ):
             ok = g[g["status"] == "ok"]
             if ok.empty:
                 continue
             best = ok.sort_values(["final_val_acc", "arm"], ascending=[False, True]).iloc[0]["arm"]
-            arm = next(a for a, t in arms.items() if (t.workload, t.opt, t.protocol, t.label) ==
-                       (workload, opt, protocol, "final"))
+            arm = next(
+                a
+                for a, t in arms.items()
+                if (t.workload, t.opt, t.protocol, t.label) == (workload, opt, protocol, "final")
+            )
             for seed in cfg.seed_list:  # fresh seeds (checked): never used by a trial
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, by_arm[best].config))
         return tasks
@@ -227,8 +283,11 @@ class OptimizerTuning(Experiment):
         """The trial each final arm re-ran: the best by validation accuracy (ties: first by name)."""
         r = _with_parts(tables.runs, trials(self.typed_config(tables)))
         tried = r[(r["label"] != "final") & (r["status"] == "ok")]
-        best = tried.sort_values(["final_val_acc", "arm"], ascending=[False, True]).groupby(
-            ["workload", "opt", "protocol"], sort=False).head(1)
+        best = (
+            tried.sort_values(["final_val_acc", "arm"], ascending=[False, True])
+            .groupby(["workload", "opt", "protocol"], sort=False)
+            .head(1)
+        )
         return best
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
@@ -244,11 +303,17 @@ class OptimizerTuning(Experiment):
             acc = {}
             for protocol in ("narrow", "careful"):
                 for opt in ("sgd", "adam"):
-                    sel = final[(final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == protocol)]
-                    acc[(opt, protocol)] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
+                    sel = final[
+                        (final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == protocol)
+                    ]
+                    acc[(opt, protocol)] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(
+                        sel["seed"]
+                    )
             if not all(len(v) for v in acc.values()):
-                rows += [missing(claim, a, "needs the selected configs of both optimizers under both protocols"),
-                         missing(shrink_claim, a, "needs both protocols")]
+                rows += [
+                    missing(claim, a, "needs the selected configs of both optimizers under both protocols"),
+                    missing(shrink_claim, a, "needs both protocols"),
+                ]
                 continue
             seeds = sorted(set.intersection(*(set(v.index) for v in acc.values())))
             v = {k: x.reindex(seeds).to_numpy(dtype=float) for k, x in acc.items()}
@@ -257,11 +322,36 @@ class OptimizerTuning(Experiment):
             narrow, ci_n, _ = paired_t(v[("sgd", "narrow")], v[("adam", "narrow")])
             shrink = lambda sn, an, sc, ac: abs(sn.mean() - an.mean()) - abs(sc.mean() - ac.mean())  # noqa: E731
             arrays = [v[("sgd", "narrow")], v[("adam", "narrow")], v[("sgd", "careful")], v[("adam", "careful")]]
-            accs = "test acc: " + ", ".join(f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam"))
-            rows.append(judge(claim, Estimate(gap, ci, n, [], f"narrow gap {narrow:+.2f} points ({ci_n.method} CI "
-                                                               f"{ci_n.low:+.2f} to {ci_n.high:+.2f}); {accs}"), a))
-            rows.append(judge(shrink_claim, Estimate(shrink(*arrays), bca(arrays, shrink), n, [],
-                                                     f"narrow gap {narrow:+.2f}, careful gap {gap:+.2f} points"), a))
+            accs = "test acc: " + ", ".join(
+                f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam")
+            )
+            rows.append(
+                judge(
+                    claim,
+                    Estimate(
+                        gap,
+                        ci,
+                        n,
+                        [],
+                        f"narrow gap {narrow:+.2f} points ({ci_n.method} CI "
+                        f"{ci_n.low:+.2f} to {ci_n.high:+.2f}); {accs}",
+                    ),
+                    a,
+                )
+            )
+            rows.append(
+                judge(
+                    shrink_claim,
+                    Estimate(
+                        shrink(*arrays),
+                        bca(arrays, shrink),
+                        n,
+                        [],
+                        f"narrow gap {narrow:+.2f}, careful gap {gap:+.2f} points",
+                    ),
+                    a,
+                )
+            )
         return rows
 
     # ---------------------------------------------------------------- figures
@@ -284,17 +374,30 @@ class OptimizerTuning(Experiment):
         for j, workload in enumerate(workloads):
             ax = axes[0, j]
             for opt in ("sgd", "adam"):
-                pool = 100 * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")]["final_val_acc"].fillna(0).to_numpy()
+                pool = (
+                    100
+                    * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")][
+                        "final_val_acc"
+                    ]
+                    .fillna(0)
+                    .to_numpy()
+                )
                 if not len(pool):
                     continue
                 ks = np.arange(1, len(pool) + 1)
                 ax.plot(ks, [self.expected_best(pool, k) for k in ks], color=col[opt], label=f"{opt} careful")
                 boots = np.array([[self.expected_best(rng.choice(pool, len(pool)), k) for k in ks] for _ in range(200)])
                 ax.fill_between(ks, *np.percentile(boots, [5, 95], axis=0), color=col[opt], alpha=0.15, lw=0)
-                narrow = 100 * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "narrow")]["final_val_acc"].fillna(0)
+                narrow = 100 * tried[
+                    (tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "narrow")
+                ]["final_val_acc"].fillna(0)
                 if len(narrow):
                     ax.scatter([len(narrow)], [narrow.max()], color=col[opt], marker="s", label=f"{opt} narrow (best)")
-            ax.set(xlabel="number of trials k", ylabel="expected best val. accuracy (%)", title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)")
+            ax.set(
+                xlabel="number of trials k",
+                ylabel="expected best val. accuracy (%)",
+                title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)",
+            )
             ax.legend(fontsize=6)
             ax = axes[1, j]
             final = r[(r["label"] == "final") & (r["workload"] == workload)]
@@ -311,14 +414,28 @@ class OptimizerTuning(Experiment):
             for i, (mu, e, c) in enumerate(zip(means, errs, colors)):
                 ax.errorbar(i, mu, yerr=e, fmt="o", color=c, capsize=3)
             ax.set_xticks(range(len(labels)), labels)
-            ax.set(ylabel="test accuracy (%) of the selected config", title=f"{workload}: selected configs, fresh seeds (min-max)")
+            ax.set(
+                ylabel="test accuracy (%) of the selected config",
+                title=f"{workload}: selected configs, fresh seeds (min-max)",
+            )
             ax = axes[2, j]
             for opt in ("sgd", "adam"):
                 t = tried[(tried["workload"] == workload) & (tried["opt"] == opt)]
                 for protocol, marker in (("careful", "o"), ("narrow", "s")):
                     d = t[t["protocol"] == protocol]
-                    ax.scatter(d["optim.lr"], 100 * d["final_val_acc"].fillna(0), color=col[opt], marker=marker, s=14,
-                               label=f"{opt} {protocol}")
-            ax.set(xscale="log", xlabel="learning rate", ylabel="val. accuracy (%)", title=f"{workload}: sensitivity to lr (diverged: 0%)")
+                    ax.scatter(
+                        d["optim.lr"],
+                        100 * d["final_val_acc"].fillna(0),
+                        color=col[opt],
+                        marker=marker,
+                        s=14,
+                        label=f"{opt} {protocol}",
+                    )
+            ax.set(
+                xscale="log",
+                xlabel="learning rate",
+                ylabel="val. accuracy (%)",
+                title=f"{workload}: sensitivity to lr (diverged: 0%)",
+            )
             ax.legend(fontsize=6)
         return [P.save(fig, out / "optimizer_tuning.png")]

@@ -3,6 +3,7 @@
 The sweep folder holds a `config.yaml` in which the grid points are the experiment's arms, so
 the experiment's own `analyze` and `plot` read it exactly like the folder of `normlab run`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,7 @@ def sweep_path(name_or_path: str) -> Path:
     return path
 
 
-def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[dict] = None,
-               smoke: bool = False):
+def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[dict] = None, smoke: bool = False):
     """-> (experiment, its config with the grid as arms, the sweep config)."""
     raw = C.read_yaml(path)
     if smoke:
@@ -39,16 +39,18 @@ def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[
         raw = _apply(raw, overrides)
     sweep = C.from_dict(SweepConfig, raw)
     if sweep.experiment not in registry:
-        raise C.ConfigError(f"experiment: {sweep.experiment!r} is not a known experiment; choose one of "
-                            f"{', '.join(sorted(registry))}")
+        raise C.ConfigError(
+            f"experiment: {sweep.experiment!r} is not a known experiment; choose one of {', '.join(sorted(registry))}"
+        )
     if not sweep.axes:
         raise C.ConfigError("axes: a sweep needs at least one axis, e.g. {optim.lr: [0.01, 0.1]}")
     for key, values in sweep.axes.items():
         if not values:
             raise C.ConfigError(f"axes.{key}: needs at least one value")
     base = Path(sweep.base) if sweep.base else registry[sweep.experiment].default_config
-    raw_exp = C.apply_overrides(C.read_yaml(base), {**sweep.overrides, "seeds": sweep.seeds,
-                                                    "seed_offset": sweep.seed_offset})
+    raw_exp = C.apply_overrides(
+        C.read_yaml(base), {**sweep.overrides, "seeds": sweep.seeds, "seed_offset": sweep.seed_offset}
+    )
     raw_exp["arms"] = expand(sweep.axes)  # the grid replaces the base config's arms
     exp = registry[sweep.experiment]
     cfg = C.from_dict(exp.config_class, raw_exp)
@@ -61,7 +63,7 @@ def _apply(raw: dict, overrides: dict) -> dict:
     replaces the whole grid and `axes.KEY` sets one axis, instead of nesting further."""
     overrides = dict(overrides)
     axes = overrides.pop("axes", None)
-    one_axis = {k[len("axes."):]: overrides.pop(k) for k in list(overrides) if k.startswith("axes.")}
+    one_axis = {k[len("axes.") :]: overrides.pop(k) for k in list(overrides) if k.startswith("axes.")}
     out = C.apply_overrides(raw, overrides)
     if axes is not None:
         if not isinstance(axes, dict):
@@ -72,9 +74,17 @@ def _apply(raw: dict, overrides: dict) -> dict:
     return out
 
 
-def run_sweep(exp: Experiment, cfg, sweep: SweepConfig, out: Path, jobs: int = 1,
-              progress: Progress = None, smoke: bool = False, on_start: OnStart = None,
-              on_result: Optional[Callable[[RunResult], None]] = None) -> Outcome:
+def run_sweep(
+    exp: Experiment,
+    cfg,
+    sweep: SweepConfig,
+    out: Path,
+    jobs: int = 1,
+    progress: Progress = None,
+    smoke: bool = False,
+    on_start: OnStart = None,
+    on_result: Optional[Callable[[RunResult], None]] = None,
+) -> Outcome:
     """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +94,17 @@ def run_sweep(exp: Experiment, cfg, sweep: SweepConfig, out: Path, jobs: int = 1
         # a changed grid keeps the finished cells it shares with the old one (same keys)
         atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
     atomic_write_text(previous, resolved)
-    return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result,
-                     manifest={"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"})
+    return run_cells(
+        exp,
+        cfg,
+        out,
+        jobs,
+        progress,
+        smoke,
+        on_start,
+        on_result,
+        manifest={"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"},
+    )
 
 
 __all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]

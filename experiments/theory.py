@@ -9,6 +9,7 @@ lambda the weight decay.
       => fixed point u* = sqrt(alpha g^2 / (lambda (2 - alpha lambda))) ~ sqrt(alpha/(2 lambda)) g
          (Eq. 24), effective LR alpha/u* ~ sqrt(2 alpha lambda) / g (Eq. 25).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ def log_steps(horizon: int, per_decade: int = 40) -> np.ndarray:
     return np.concatenate([[0], pts.astype(np.int64)])
 
 
-def iterate(alpha: np.ndarray, lam: np.ndarray | float, u0: np.ndarray | float, horizon: int,
-            record: np.ndarray, g: float = 1.0) -> np.ndarray:
+def iterate(
+    alpha: np.ndarray, lam: np.ndarray | float, u0: np.ndarray | float, horizon: int, record: np.ndarray, g: float = 1.0
+) -> np.ndarray:
     """Iterate Eq. 23 (Eq. 19 when lam = 0) for many (alpha, lam, u0) at once.
 
     Returns u at every step in `record` (shape: len(record) x number of curves).
@@ -45,18 +47,18 @@ def iterate(alpha: np.ndarray, lam: np.ndarray | float, u0: np.ndarray | float, 
 
 
 def closed_form_no_decay(alpha: np.ndarray, u0: float, k: np.ndarray, g: float = 1.0) -> np.ndarray:
-    return np.sqrt(u0 ** 2 + 2.0 * (alpha * g) ** 2 * k)
+    return np.sqrt(u0**2 + 2.0 * (alpha * g) ** 2 * k)
 
 
 def transient(alpha: np.ndarray | float, u0: float, g: float = 1.0):
     """k0 = u0^2 / (2 alpha^2 g^2): the step after which the 1/sqrt(2k) trend takes over."""
-    return u0 ** 2 / (2.0 * (np.asarray(alpha) * g) ** 2)
+    return u0**2 / (2.0 * (np.asarray(alpha) * g) ** 2)
 
 
 def fixed_point(alpha, lam, g: float = 1.0):
     """Exact fixed point of Eq. 23."""
     alpha, lam = np.asarray(alpha, dtype=float), np.asarray(lam, dtype=float)
-    return np.sqrt(alpha * g ** 2 / (lam * (2.0 - alpha * lam)))
+    return np.sqrt(alpha * g**2 / (lam * (2.0 - alpha * lam)))
 
 
 def equilibrium_step(alpha, lam):

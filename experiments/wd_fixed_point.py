@@ -10,6 +10,7 @@ Theory part: Eq. 23 iterated exactly from several starting norms (Fig. 7), in th
 Measured part: the BN MLP trained with SGD and coupled weight decay over (alpha, lambda) cells
 that include pairs with equal alpha*lambda; `normlab sweep wd` runs a larger grid.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,28 +33,48 @@ from .base import Experiment, arm_configs
 from .common import needs_probes, status_note
 
 K4_THEORY = Claim(
-    "K4-theory", EXACT, "Iterating Eq. 23 from any starting norm reaches the fixed point u* = sqrt(alpha / "
+    "K4-theory",
+    EXACT,
+    "Iterating Eq. 23 from any starting norm reaches the fixed point u* = sqrt(alpha / "
     "(lambda (2 - alpha lambda))) (g = 1), so the effective LR tends to sqrt(alpha lambda (2 - alpha lambda)) "
     "~ sqrt(2 alpha lambda) (Grosse ch. 5, §5.1, Eqs. 23-25, Fig. 7)",
-    "max over (alpha, lambda, u0) of |u_K / u* - 1| at the horizon K", Rule("<", "rel_tol"))
+    "max over (alpha, lambda, u0) of |u_K / u* - 1| at the horizon K",
+    Rule("<", "rel_tol"),
+)
 K4_NORM = Claim(
-    "K4-norm", MEASURED, "With weight decay, each BN-fed unit's ||w_j||^2 settles at sqrt(alpha g_j^2 / (lambda "
+    "K4-norm",
+    MEASURED,
+    "With weight decay, each BN-fed unit's ||w_j||^2 settles at sqrt(alpha g_j^2 / (lambda "
     "(2 - alpha lambda))) for its own mean squared normalized-gradient norm g_j^2 (Grosse ch. 5, §5.1, Eqs. 23-24)",
     "geometric mean over seeds of measured / predicted u_j (per run: median over units; per seed: geometric "
-    "mean over cells)", Rule("in", "band"))
+    "mean over cells)",
+    Rule("in", "band"),
+)
 K4_STEP = Claim(
-    "K4-step", MEASURED, "At equilibrium the rms angle turned per step is sqrt(alpha lambda (2 - alpha lambda)) "
+    "K4-step",
+    MEASURED,
+    "At equilibrium the rms angle turned per step is sqrt(alpha lambda (2 - alpha lambda)) "
     "~ sqrt(2 alpha lambda), whatever g is (Eq. 25)",
     "geometric mean over seeds of the units' rms angular update / sqrt(alpha lambda (2 - alpha lambda)) (per run: "
-    "median over units)", Rule("in", "band"))
+    "median over units)",
+    Rule("in", "band"),
+)
 K4_PAIRS = Claim(
-    "K4-pairs", MEASURED, "Cells with equal alpha*lambda reach the same rms angular update although alpha differs "
-    "(Eq. 25)", "ratio of rms angular updates in the least-matching equal-product pair, paired by seed "
-    "(t on log ratios)", Rule("in", "band"))
+    "K4-pairs",
+    MEASURED,
+    "Cells with equal alpha*lambda reach the same rms angular update although alpha differs (Eq. 25)",
+    "ratio of rms angular updates in the least-matching equal-product pair, paired by seed (t on log ratios)",
+    Rule("in", "band"),
+)
 K4_TIME = Claim(
-    "K4-time", MEASURED, "The larger alpha*lambda, the sooner the norms equilibrate (the relaxation rate of Eq. 23 "
-    "near u* is about 4 alpha lambda)", "per seed: fraction of cell pairs (different products) in which the "
-    "larger product settles no later; mean over seeds", Rule(">=", "min_order_fraction"))
+    "K4-time",
+    MEASURED,
+    "The larger alpha*lambda, the sooner the norms equilibrate (the relaxation rate of Eq. 23 "
+    "near u* is about 4 alpha lambda)",
+    "per seed: fraction of cell pairs (different products) in which the "
+    "larger product settles no later; mean over seeds",
+    Rule(">=", "min_order_fraction"),
+)
 
 
 @dataclass
@@ -69,9 +90,18 @@ class WDTheoryConfig:
 class WDAnalysis(Analysis):
     eq_fraction: float = param(0.25, min=0.05, max=1.0, help="equilibrium = mean over this last fraction of steps")
     band: list[float] = param(default_factory=lambda: [0.8, 1.25], help="allowed measured/predicted ratio")
-    max_drift: float = param(0.1, min=0.0, help="a cell is equilibrated if its angular update changes by less than this between the two halves of the window")
-    settle_tolerance: float = param(0.1, min=0.0, help="time to equilibrium: first probe within this of the final value")
-    min_order_fraction: float = param(0.8, min=0.0, max=1.0, help="fraction of cell pairs in which the larger alpha*lambda settles sooner")
+    max_drift: float = param(
+        0.1,
+        min=0.0,
+        help="a cell is equilibrated if its angular update changes by less than this between the two halves of the "
+        "window",
+    )
+    settle_tolerance: float = param(
+        0.1, min=0.0, help="time to equilibrium: first probe within this of the final value"
+    )
+    min_order_fraction: float = param(
+        0.8, min=0.0, max=1.0, help="fraction of cell pairs in which the larger alpha*lambda settles sooner"
+    )
 
 
 @dataclass
@@ -80,21 +110,34 @@ class WDConfig(ExperimentConfig):
     analysis: WDAnalysis = field(default_factory=WDAnalysis)
 
     def check(self, path: str = "") -> None:
-        needs_probes(self.run, "wd_fixed_point", "weights", "norms, gradients and angular updates come from the "
-                     "probes")
+        needs_probes(self.run, "wd_fixed_point", "weights", "norms, gradients and angular updates come from the probes")
         if self.run.probes.unit_window != self.analysis.eq_fraction:
-            raise C.ConfigError(f"run.probes.unit_window: {self.run.probes.unit_window:g} must equal "
-                                f"analysis.eq_fraction ({self.analysis.eq_fraction:g}), the window the per-unit "
-                                "means are taken over; set both")
+            raise C.ConfigError(
+                f"run.probes.unit_window: {self.run.probes.unit_window:g} must equal "
+                f"analysis.eq_fraction ({self.analysis.eq_fraction:g}), the window the per-unit "
+                "means are taken over; set both"
+            )
 
 
 def theory_curves(cfg: WDTheoryConfig) -> pd.DataFrame:
-    grid = [(a, l, u0) for a in cfg.alphas for l in cfg.lams for u0 in cfg.u0s]
+    grid = [(a, lam, u0) for a in cfg.alphas for lam in cfg.lams for u0 in cfg.u0s]
     alpha, lam, u0 = (np.array(v, dtype=float) for v in zip(*grid))
     steps = T.log_steps(cfg.horizon)
     u = T.iterate(alpha, lam, u0, cfg.horizon, steps)
-    frames = [pd.DataFrame({"figure": "fig7", "alpha": alpha[j], "lam": lam[j], "u0": u0[j], "step": steps,
-                            "u": u[:, j], "eff_lr": alpha[j] / u[:, j]}) for j in range(len(grid))]
+    frames = [
+        pd.DataFrame(
+            {
+                "figure": "fig7",
+                "alpha": alpha[j],
+                "lam": lam[j],
+                "u0": u0[j],
+                "step": steps,
+                "u": u[:, j],
+                "eff_lr": alpha[j] / u[:, j],
+            }
+        )
+        for j in range(len(grid))
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -129,15 +172,28 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
         u_pred = T.fixed_point(alpha, lam, np.sqrt(d["unit_g2_mean"]))
         norm_ratio = d["unit_u_mean"] / u_pred
         step_ratio = np.sqrt(d["unit_ang2_mean"]) / float(T.equilibrium_step(alpha, lam))
-        rows.append({"run_id": r["run_id"], "arm": r["arm"], "seed": int(r["seed"]), "alpha": alpha, "lam": lam,
-                     "product": alpha * lam, "norm_ratio": float(norm_ratio.median()),
-                     "norm_q10": float(norm_ratio.quantile(0.1)), "norm_q90": float(norm_ratio.quantile(0.9)),
-                     "step_ratio": float(step_ratio.median()),
-                     "step_q10": float(step_ratio.quantile(0.1)), "step_q90": float(step_ratio.quantile(0.9)),
-                     "ang_rms": float(np.sqrt(d["unit_ang2_mean"]).median()),
-                     "u_meas": float(d["unit_u_mean"].median()), "u_pred": float(np.median(u_pred)),
-                     "drift": _nanmax(drifts), "settle_step": _nanmax(settle),
-                     "test_acc": float(r.get("final_test_acc", np.nan))})
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "arm": r["arm"],
+                "seed": int(r["seed"]),
+                "alpha": alpha,
+                "lam": lam,
+                "product": alpha * lam,
+                "norm_ratio": float(norm_ratio.median()),
+                "norm_q10": float(norm_ratio.quantile(0.1)),
+                "norm_q90": float(norm_ratio.quantile(0.9)),
+                "step_ratio": float(step_ratio.median()),
+                "step_q10": float(step_ratio.quantile(0.1)),
+                "step_q90": float(step_ratio.quantile(0.9)),
+                "ang_rms": float(np.sqrt(d["unit_ang2_mean"]).median()),
+                "u_meas": float(d["unit_u_mean"].median()),
+                "u_pred": float(np.median(u_pred)),
+                "drift": _nanmax(drifts),
+                "settle_step": _nanmax(settle),
+                "test_acc": float(r.get("final_test_acc", np.nan)),
+            }
+        )
     df = pd.DataFrame(rows)
     if len(df):
         df["equilibrated"] = df["drift"] < a.max_drift
@@ -174,18 +230,28 @@ class WDFixedPoint(Experiment):
         cells = cell_table(tables, a)
         note = status_note(tables, sorted(set(tables.runs["arm"])))
         if cells.empty:
-            return rows + [missing(c, a, "no finished run with per-unit statistics (run.probes.unit_window)")
-                           for c in (K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)]
+            return rows + [
+                missing(c, a, "no finished run with per-unit statistics (run.probes.unit_window)")
+                for c in (K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
+            ]
         eq = cells[cells["equilibrated"]]
         share = cells.groupby("arm", sort=False)["equilibrated"].agg(["sum", "count"])
-        eq_note = (f"{int(share['sum'].sum())} of {int(share['count'].sum())} runs equilibrated (angular update moved "
-                   f"< {a.max_drift:.0%} between the halves of the last {a.eq_fraction:.0%} of steps, every layer); "
-                   "only those are used. Per cell: "
-                   + ", ".join(f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in share.iterrows()))
+        eq_note = (
+            f"{int(share['sum'].sum())} of {int(share['count'].sum())} runs equilibrated (angular update moved "
+            f"< {a.max_drift:.0%} between the halves of the last {a.eq_fraction:.0%} of steps, every layer); "
+            "only those are used. Per cell: "
+            + ", ".join(f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in share.iterrows())
+        )
         for claim, col, q in ((K4_NORM, "norm_ratio", "norm"), (K4_STEP, "step_ratio", "step")):
             est, ci, n, _ = _geo_over_seeds(eq, col)
-            spread = (f"units' measured/predicted, medians over runs of q10 {eq[f'{q}_q10'].median():.3f}, "
-                      f"q50 {eq[col].median():.3f}, q90 {eq[f'{q}_q90'].median():.3f}") if len(eq) else ""
+            spread = (
+                (
+                    f"units' measured/predicted, medians over runs of q10 {eq[f'{q}_q10'].median():.3f}, "
+                    f"q50 {eq[col].median():.3f}, q90 {eq[f'{q}_q90'].median():.3f}"
+                )
+                if len(eq)
+                else ""
+            )
             rows.append(judge(claim, Estimate(est, ci, n, [], "; ".join(x for x in (spread, eq_note, note) if x)), a))
 
         # equal-product pairs: the same rms angular update although alpha differs
@@ -193,15 +259,30 @@ class WDFixedPoint(Experiment):
         prod = eq.groupby("arm")[["product", "alpha"]].first()
         pairs = []
         for a1, a2 in combinations(prod.index, 2):
-            if np.isclose(prod.loc[a1, "product"], prod.loc[a2, "product"], rtol=1e-6) and \
-                    not np.isclose(prod.loc[a1, "alpha"], prod.loc[a2, "alpha"]):
+            if np.isclose(prod.loc[a1, "product"], prod.loc[a2, "product"], rtol=1e-6) and not np.isclose(
+                prod.loc[a1, "alpha"], prod.loc[a2, "alpha"]
+            ):
                 ratio, ci, n = paired_t(per_cell[a1].to_numpy(), per_cell[a2].to_numpy(), log_ratio=True)
                 pairs.append((a1, a2, ratio, ci, n))
         usable = [p for p in pairs if p[4] > 0]
         if usable:
             worst = max(usable, key=lambda p: abs(np.log(p[2])))
-            rows.append(judge(K4_PAIRS, Estimate(worst[2], worst[3], worst[4], [], "pairs (ratio, CI, n): " + "; ".join(
-                f"{x} / {y}: {r:.3f} [{c.low:.3f}, {c.high:.3f}], n {n}" for x, y, r, c, n in pairs)), a))
+            rows.append(
+                judge(
+                    K4_PAIRS,
+                    Estimate(
+                        worst[2],
+                        worst[3],
+                        worst[4],
+                        [],
+                        "pairs (ratio, CI, n): "
+                        + "; ".join(
+                            f"{x} / {y}: {r:.3f} [{c.low:.3f}, {c.high:.3f}], n {n}" for x, y, r, c, n in pairs
+                        ),
+                    ),
+                    a,
+                )
+            )
         else:
             rows.append(missing(K4_PAIRS, a, "no equal-product pair with a seed equilibrated in both cells"))
 
@@ -218,22 +299,47 @@ class WDFixedPoint(Experiment):
             if total:
                 fractions.append(ordered / total)
         settle = eq.groupby("arm")[["product", "settle_step"]].mean().sort_values("product")
-        enough = Check("cells with different products", eq["product"].nunique() >= 2,
-                       "needs equilibrated cells at two or more values of alpha*lambda")
-        rows.append(judge(K4_TIME, Estimate(float(np.mean(fractions)) if fractions else float("nan"),
-                                            t_interval(fractions), len(fractions), [enough],
-                                            "mean settling step per cell: " + ", ".join(
-                                                f"{arm} {r.settle_step:.0f}" for arm, r in settle.iterrows())), a))
+        enough = Check(
+            "cells with different products",
+            eq["product"].nunique() >= 2,
+            "needs equilibrated cells at two or more values of alpha*lambda",
+        )
+        rows.append(
+            judge(
+                K4_TIME,
+                Estimate(
+                    float(np.mean(fractions)) if fractions else float("nan"),
+                    t_interval(fractions),
+                    len(fractions),
+                    [enough],
+                    "mean settling step per cell: "
+                    + ", ".join(f"{arm} {r.settle_step:.0f}" for arm, r in settle.iterrows()),
+                ),
+                a,
+            )
+        )
         return rows
 
     def _theory_row(self, tables: Tables, cfg: WDTheoryConfig) -> ClaimRow:
         th = tables.read("theory")
         last = th[th["step"] == th["step"].max()]
         err = (last["u"] / T.fixed_point(last["alpha"], last["lam"]) - 1).abs()
-        approx = float((T.equilibrium_step(last["alpha"], last["lam"]) / np.sqrt(2 * last["alpha"] * last["lam"]) - 1).abs().max())
-        return judge(K4_THEORY, Estimate(float(err.max()), n=len(last), detail=(
-            f"exact iteration to K = {int(th['step'].max())}; largest gap between sqrt(alpha lambda (2 - alpha lambda)) "
-            f"and its approximation sqrt(2 alpha lambda) on this grid: {approx:.2%}")), cfg)
+        approx = float(
+            (T.equilibrium_step(last["alpha"], last["lam"]) / np.sqrt(2 * last["alpha"] * last["lam"]) - 1).abs().max()
+        )
+        return judge(
+            K4_THEORY,
+            Estimate(
+                float(err.max()),
+                n=len(last),
+                detail=(
+                    f"exact iteration to K = {int(th['step'].max())}; largest gap between sqrt(alpha lambda (2 - "
+                    f"alpha lambda)) "
+                    f"and its approximation sqrt(2 alpha lambda) on this grid: {approx:.2%}"
+                ),
+            ),
+            cfg,
+        )
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
@@ -246,31 +352,59 @@ class WDFixedPoint(Experiment):
             c = col[f"{alpha:g},{lam:g}"]
             for u0, ls in zip(sorted(th["u0"].unique()), (":", "-", "--")):
                 g = th[(th["alpha"] == alpha) & (th["lam"] == lam) & (th["u0"] == u0) & (th["step"] > 0)]
-                axes[0, 0].plot(g["step"], g["eff_lr"], ls=ls, color=c, lw=1,
-                                label=f"a={alpha:g}, l={lam:g}" if u0 == 1.0 else None)
+                axes[0, 0].plot(
+                    g["step"], g["eff_lr"], ls=ls, color=c, lw=1, label=f"a={alpha:g}, l={lam:g}" if u0 == 1.0 else None
+                )
             axes[0, 0].axhline(np.sqrt(2 * alpha * lam), color=c, lw=0.6, alpha=0.6)
-        axes[0, 0].set(xscale="log", yscale="log", xlabel="step k", ylabel="effective LR alpha/u_k",
-                       title="Eq. 23 (cf. Fig. 7): lines sqrt(2 alpha lambda);\nu0 = 0.01 dotted, 1 solid, 100 dashed")
+        axes[0, 0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step k",
+            ylabel="effective LR alpha/u_k",
+            title="Eq. 23 (cf. Fig. 7): lines sqrt(2 alpha lambda);\nu0 = 0.01 dotted, 1 solid, 100 dashed",
+        )
         axes[0, 0].legend(fontsize=6)
         cells = cell_table(tables, cfg.analysis)
         ax = axes[0, 1]
         if len(cells):
             for eqd, marker in ((True, "o"), (False, "x")):
                 d = cells[cells["equilibrated"] == eqd]
-                ax.scatter(d["u_pred"], d["u_meas"], marker=marker, s=14, c=np.log10(d["product"]), cmap="viridis",
-                           label="equilibrated" if eqd else "not equilibrated")
-            lim = [min(cells["u_pred"].min(), cells["u_meas"].min()) * 0.8, max(cells["u_pred"].max(), cells["u_meas"].max()) * 1.25]
+                ax.scatter(
+                    d["u_pred"],
+                    d["u_meas"],
+                    marker=marker,
+                    s=14,
+                    c=np.log10(d["product"]),
+                    cmap="viridis",
+                    label="equilibrated" if eqd else "not equilibrated",
+                )
+            lim = [
+                min(cells["u_pred"].min(), cells["u_meas"].min()) * 0.8,
+                max(cells["u_pred"].max(), cells["u_meas"].max()) * 1.25,
+            ]
             ax.plot(lim, lim, "k--", lw=1, label="identity")
-            ax.set(xscale="log", yscale="log", xlabel="predicted ||w_j||^2 (Eq. 23, measured g)",
-                   ylabel="measured ||w_j||^2", title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)")
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="predicted ||w_j||^2 (Eq. 23, measured g)",
+                ylabel="measured ||w_j||^2",
+                title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)",
+            )
             ax.legend(fontsize=6)
         paths.append(P.save(fig, out / "wd_theory_and_norms.png"))
 
         fig, axes = P.figure(ncols=2)
         ang = tables.metrics
-        ang = ang[(ang["metric"] == "angular_update") & (ang["stat"] == "median") & (ang["layer"] != "out") & (ang["step"] > 0)]
+        ang = ang[
+            (ang["metric"] == "angular_update")
+            & (ang["stat"] == "median")
+            & (ang["layer"] != "out")
+            & (ang["step"] > 0)
+        ]
         runs = tables.runs.drop_duplicates("arm").set_index("arm")
-        products = sorted({float(runs.loc[x, "optim.lr"]) * float(runs.loc[x, "optim.weight_decay"]) for x in runs.index})
+        products = sorted(
+            {float(runs.loc[x, "optim.lr"]) * float(runs.loc[x, "optim.weight_decay"]) for x in runs.index}
+        )
         pcol = P.colors([f"{p:g}" for p in products])
         styles = {}
         for arm in runs.index:
@@ -282,11 +416,22 @@ class WDFixedPoint(Experiment):
             axes[0, 0].plot(g.index, g.values, ls=next(styles[key]), color=pcol[key], lw=1.2, label=arm)
         for p in products:
             axes[0, 0].axhline(np.sqrt(p * (2 - p)), color=pcol[f"{p:g}"], lw=0.8, alpha=0.5)
-        axes[0, 0].set(xscale="log", yscale="log", xlabel="step", ylabel="angle turned per step (median unit)",
-                       title="Angular update; equal colour = equal alpha*lambda,\nthin lines: sqrt(alpha lambda (2 - alpha lambda))")
+        axes[0, 0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="step",
+            ylabel="angle turned per step (median unit)",
+            title="Angular update; equal colour = equal alpha*lambda,\nthin lines: sqrt(alpha lambda (2 - alpha "
+            "lambda))",
+        )
         axes[0, 0].legend(fontsize=6)
         ax = axes[0, 1]
-        acc = tables.runs[tables.runs["status"] == "ok"].groupby(["optim.lr", "optim.weight_decay"])["final_test_acc"].mean().unstack()
+        acc = (
+            tables.runs[tables.runs["status"] == "ok"]
+            .groupby(["optim.lr", "optim.weight_decay"])["final_test_acc"]
+            .mean()
+            .unstack()
+        )
         if not acc.empty:
             im = ax.imshow(100 * acc.values, origin="lower", cmap="viridis", aspect="auto")
             ax.set_xticks(range(acc.shape[1]), [f"{v:g}" for v in acc.columns])

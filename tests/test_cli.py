@@ -1,4 +1,5 @@
 """The command line as a user meets it: exit codes, one-line errors, files, regenerable plots."""
+
 import json
 
 import pandas as pd
@@ -36,20 +37,23 @@ def test_validate_ok_and_typo(tmp_path):
     assert "run.optim.lerning_rate: unknown key" in one_error_line(r)
 
 
-@pytest.mark.parametrize("args,expected", [
-    (("run", "nonexistent"), "'nonexistent' is neither a known experiment"),
-    (("validate", "missing.yaml"), "config file not found: missing.yaml"),
-    (("run", "baselines", "--set", "run.train.steps=ten"), "run.train.steps: expected an integer"),
-    (("run", "baselines", "--set", "oops"), "expected KEY=VALUE"),
-    (("run", "baselines", "--jobs", "0"), "--jobs: must be at least 1"),
-    (("run", "baselines", "--device", "tpu"), "--device: 'tpu' is not allowed"),
-    (("plot", "no/such/run"), "no/such/run does not exist"),
-    (("run", "baselines", "--set", "run.optim.lr=.nan"), "run.optim.lr: nan is not a finite number"),
-    (("run", "baselines", "--set", "run.optim.lr=.inf"), "run.optim.lr: inf is not a finite number"),
-    (("run", "knockout", "--set", "run.probes.every=0"), "knockout needs probes.every > 0"),
-    (("run", "bn_placement", "--set", "run.probes.inputs=false"), "run.probes.inputs=true"),
-    (("run", "eff_lr", "--set", "run.probes.weights=false"), "eff_lr needs probes.every > 0"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("run", "nonexistent"), "'nonexistent' is neither a known experiment"),
+        (("validate", "missing.yaml"), "config file not found: missing.yaml"),
+        (("run", "baselines", "--set", "run.train.steps=ten"), "run.train.steps: expected an integer"),
+        (("run", "baselines", "--set", "oops"), "expected KEY=VALUE"),
+        (("run", "baselines", "--jobs", "0"), "--jobs: must be at least 1"),
+        (("run", "baselines", "--device", "tpu"), "--device: 'tpu' is not allowed"),
+        (("plot", "no/such/run"), "no/such/run does not exist"),
+        (("run", "baselines", "--set", "run.optim.lr=.nan"), "run.optim.lr: nan is not a finite number"),
+        (("run", "baselines", "--set", "run.optim.lr=.inf"), "run.optim.lr: inf is not a finite number"),
+        (("run", "knockout", "--set", "run.probes.every=0"), "knockout needs probes.every > 0"),
+        (("run", "bn_placement", "--set", "run.probes.inputs=false"), "run.probes.inputs=true"),
+        (("run", "eff_lr", "--set", "run.probes.weights=false"), "eff_lr needs probes.every > 0"),
+    ],
+)
 def test_bad_input_exits_2_with_one_clear_line(args, expected, tmp_path):
     r = invoke(*args, "--out", tmp_path / "o") if args[0] == "run" else invoke(*args)
     assert r.exit_code == 2
@@ -68,8 +72,21 @@ def test_when_every_run_diverges_the_folder_completes_and_says_so(tmp_path):
     """Diverged runs are data: the run folder is finished (no .partial), every claim is
     inconclusive with the reason, and the report lists the diverged runs."""
     out = tmp_path / "div"
-    r = invoke("run", "baselines", "--smoke", "--jobs", "1", "--out", out, "--set", "run.optim.name=sgd",
-               "--set", "run.optim.lr=1e30", "--set", "arms.logistic={model.depth: 2}")
+    r = invoke(
+        "run",
+        "baselines",
+        "--smoke",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--set",
+        "run.optim.name=sgd",
+        "--set",
+        "run.optim.lr=1e30",
+        "--set",
+        "arms.logistic={model.depth: 2}",
+    )
     assert r.exit_code == 0, r.output
     assert out.is_dir() and not (tmp_path / "div.partial").exists()
     assert set(pd.read_csv(out / "runs.csv")["status"]) == {"diverged"}
@@ -84,8 +101,15 @@ def test_smoke_run_writes_every_file_and_plot_regenerates_identically(tmp_path):
     out = tmp_path / "run"
     r = invoke("run", "baselines", "--smoke", "--jobs", "1", "--out", out)
     assert r.exit_code == 0, r.output
-    for name in ("config.yaml", "manifest.json", "runs.csv", "metrics.csv", "claims.csv", "report.md",
-                 "plots/baselines.png"):
+    for name in (
+        "config.yaml",
+        "manifest.json",
+        "runs.csv",
+        "metrics.csv",
+        "claims.csv",
+        "report.md",
+        "plots/baselines.png",
+    ):
         assert (out / name).is_file(), name
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["arm"]) == ["cnn", "logistic", "mlp"] and set(runs["status"]) == {"ok"}
@@ -127,12 +151,16 @@ def test_a_killed_run_resumes_from_its_partial_folder(tmp_path):
     args = ["run", "baselines", "--smoke", "--jobs", "1", "--set", "run.train.steps=300", "--set", "seeds=2"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert invoke(*args, "--out", clean).exit_code == 0
-    proc = subprocess.run([sys.executable, "-m", "normlab.cli.main", *args, "--out", str(killed)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
-                          env={**os.environ, "NORMLAB_FAULT": "cell_saved:2"})   # kill -9 after 2 of 6 runs
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.cli.main", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=300,
+        env={**os.environ, "NORMLAB_FAULT": "cell_saved:2"},
+    )  # kill -9 after 2 of 6 runs
     assert proc.returncode == -signal.SIGKILL
     cells = tmp_path / "killed.partial" / "cells"
-    assert len(list(cells.glob("*.json"))) == 2 and not killed.exists()   # nothing that looks finished
+    assert len(list(cells.glob("*.json"))) == 2 and not killed.exists()  # nothing that looks finished
     r = invoke(*args, "--out", killed)
     assert r.exit_code == 0, r.output
     assert "(2 finished runs reused" in r.output
@@ -147,19 +175,23 @@ def test_arms_with_identical_configs_share_one_computation_but_keep_their_own_ro
     runs = pd.read_csv(out / "runs.csv")
     assert list(runs["run_id"]) == ["logistic-s0", "mlp-s0", "cnn-s0"]
     assert list(runs["arm"]) == ["logistic", "mlp", "cnn"]
-    assert json.loads((out / "manifest.json").read_text())["runs_executed_now"] == 2   # logistic == mlp here
+    assert json.loads((out / "manifest.json").read_text())["runs_executed_now"] == 2  # logistic == mlp here
     metrics = pd.read_csv(out / "metrics.csv")
     a = metrics[metrics["arm"] == "logistic"].drop(columns=["run_id", "arm"]).reset_index(drop=True)
     b = metrics[metrics["arm"] == "mlp"].drop(columns=["run_id", "arm"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.parametrize("address,expected", [
-    ("127.0.0.1:1", "no Ray head answers at 127.0.0.1:1"),     # nobody listens on port 1
-    ("not-an-address", "is not HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "address,expected",
+    [
+        ("127.0.0.1:1", "no Ray head answers at 127.0.0.1:1"),  # nobody listens on port 1
+        ("not-an-address", "is not HOST:PORT"),
+    ],
+)
 def test_an_unreachable_ray_address_fails_within_seconds_with_one_line(address, expected, tmp_path, monkeypatch):
     import time
+
     monkeypatch.setenv("RAY_ADDRESS", address)
     start = time.monotonic()
     r = invoke("run", "baselines", "--smoke", "--backend", "ray", "--out", tmp_path / "o")

@@ -1,4 +1,5 @@
 """Config loading: every bad value is rejected with its full dotted path and what is allowed."""
+
 import pytest
 
 from normlab.engine.config import ConfigError, apply_overrides, from_dict, parse_set, to_dict
@@ -42,8 +43,7 @@ def test_numbers_are_coerced_only_when_exact():
 
 def test_parse_set_and_apply_overrides():
     ov = parse_set(["run.optim.lr=0.05", "seeds=4", "run.model.channels=[8, 8]", "description=hi there"])
-    assert ov == {"run.optim.lr": 0.05, "seeds": 4, "run.model.channels": [8, 8],
-                  "description": "hi there"}
+    assert ov == {"run.optim.lr": 0.05, "seeds": 4, "run.model.channels": [8, 8], "description": "hi there"}
     raw = apply_overrides({"run": {"optim": {"lr": 0.1}}}, ov)
     cfg = from_dict(ExperimentConfig, {"experiment": "x", **raw})
     assert cfg.run.optim.lr == 0.05 and cfg.seeds == 4 and cfg.run.model.channels == [8, 8]
@@ -66,7 +66,9 @@ def test_arm_overrides_are_validated_with_their_path(tmp_path):
 def test_unknown_experiment_and_missing_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("experiment: nope\n")
-    with pytest.raises(ConfigError, match=r"'nope' is not a known experiment; choose one of adaptive_gotchas, baselines, bn_placement"):
+    with pytest.raises(
+        ConfigError, match=r"'nope' is not a known experiment; choose one of adaptive_gotchas, baselines, bn_placement"
+    ):
         load_config(path, REGISTRY)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", REGISTRY)

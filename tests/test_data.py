@@ -1,4 +1,5 @@
 """Datasets: MNIST-1D shapes and determinism, splits, synthetic data, torchvision offline paths."""
+
 import random
 import struct
 
@@ -30,6 +31,7 @@ def test_mnist1d_is_deterministic_and_leaves_global_rngs_alone():
     a = load_dataset(DataConfig(name="mnist1d", num_samples=600, data_seed=3))
     assert (random.random(), np.random.rand()) == (py_before, np_before)
     from normlab.engine import data as D
+
     D._MEMO.clear()
     b = load_dataset(DataConfig(name="mnist1d", num_samples=600, data_seed=3))
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
@@ -109,6 +111,7 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
+
     monkeypatch.setattr(tvd, "CIFAR10", offline)
     with pytest.raises(DataError) as e:
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=True))
@@ -118,6 +121,7 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
 
 def test_imagefolder_reads_a_users_images(tmp_path):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for split, n in (("train", 3), ("test", 2)):
         for cls in ("cat", "dog"):

@@ -1,4 +1,5 @@
 """Experiments: their modules do what they claim, and verdicts follow the data on hand-made tables."""
+
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ---------- the knockout's noise module ----------
 
+
 def test_noise_changes_per_unit_mean_and_variance_as_configured():
     torch.manual_seed(0)
     cfg = NoiseConfig(mean_halfwidth=0.5, scale_max=2.0, mean_walk=0.0, log_scale_walk=0.0)
     noise = AffineNoise(50, cfg).train()
     x = torch.randn(4000, 50)
-    x = (x - x.mean(0)) / x.std(0, unbiased=False)           # BN output: mean 0, var 1 per unit
+    x = (x - x.mean(0)) / x.std(0, unbiased=False)  # BN output: mean 0, var 1 per unit
     y = noise(x)
     mean, std = y.mean(0), y.std(0, unbiased=False)
-    assert mean.abs().max() <= 0.5 + 1e-5 and mean.abs().max() > 0.3   # m_j ~ U(-0.5, 0.5)
+    assert mean.abs().max() <= 0.5 + 1e-5 and mean.abs().max() > 0.3  # m_j ~ U(-0.5, 0.5)
     assert std.min() >= 1.0 - 1e-5 and std.max() <= 2.0 + 1e-5 and std.max() > 1.7  # gamma_j ~ U(1, 2)
     y2 = noise(x)
-    assert not torch.allclose(y, y2)                         # re-drawn every step
+    assert not torch.allclose(y, y2)  # re-drawn every step
 
 
 def test_noise_drifts_and_is_deterministic_in_eval():
@@ -39,15 +41,16 @@ def test_noise_drifts_and_is_deterministic_in_eval():
     x = torch.zeros(8, 20)
     for _ in range(100):
         noise(x)
-    assert noise.center.std() > 0.5                          # random walk: std ~ 0.1 * sqrt(100)
+    assert noise.center.std() > 0.5  # random walk: std ~ 0.1 * sqrt(100)
     noise.eval()
     a, b = noise(torch.ones(8, 20)), noise(torch.ones(8, 20))
-    assert torch.equal(a, b)                                  # no randomness at eval
+    assert torch.equal(a, b)  # no randomness at eval
     assert torch.allclose(a, 1.0 + noise.center.expand(8, 20))  # expected map: E[gamma] = 1 here
 
 
 def test_knockout_inserts_noise_only_in_the_noisy_arms_and_scales_it_by_level():
     from normlab.experiments.knockout import arm_specs
+
     exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
     specs = arm_specs(cfg)
     tasks = {t.arm: t for t in exp.tasks(cfg)}
@@ -61,8 +64,9 @@ def test_knockout_inserts_noise_only_in_the_noisy_arms_and_scales_it_by_level():
             assert t.after_norm.cfg.mean_halfwidth == pytest.approx(cfg.noise.mean_halfwidth * sp.level)
             assert t.after_norm.cfg.scale_max == pytest.approx(1 + (cfg.noise.scale_max - 1) * sp.level)
     # every level at every learning rate of the grid, plain and bn too
-    assert {(sp.role, sp.level, sp.lr) for sp in specs.values() if sp.role == "noise"} == \
-        {("noise", s, lr) for s in cfg.design.levels for lr in cfg.design.lr_grid}
+    assert {(sp.role, sp.level, sp.lr) for sp in specs.values() if sp.role == "noise"} == {
+        ("noise", s, lr) for s in cfg.design.levels for lr in cfg.design.lr_grid
+    }
     # apart from norm and lr, every arm is the same network and training
     a, b = to_dict(tasks["bn-lr0.1"].config), to_dict(tasks["plain-lr0.3"].config)
     a["model"].pop("norm"), b["model"].pop("norm"), a["optim"].pop("lr"), b["optim"].pop("lr")
@@ -73,6 +77,7 @@ def test_noise_without_bn_sits_where_the_normalizer_would():
     from normlab.engine.models import build_model
     from normlab.engine.spec import ModelConfig
     from normlab.experiments.knockout import NoiseFactory
+
     net = build_model(ModelConfig(arch="mlp", width=8, depth=2, norm="none"), (4,), 3, NoiseFactory(NoiseConfig()))
     assert all(type(b.after_norm).__name__ == "AffineNoise" for b in net.blocks)
 
@@ -82,20 +87,24 @@ def test_fixed_batch_probes_leave_training_unchanged():
     from normlab.engine.train import RunTask, train
     from normlab.experiments.knockout import NoiseFactory
     from normlab.engine.config import from_dict
-    raw = {"data": {"name": "synthetic", "num_samples": 200}, "model": {"arch": "mlp", "width": 16, "depth": 2,
-           "norm": "batch"}, "train": {"steps": 20, "batch_size": 32, "eval_every": 10},
-           "probes": {"every": 5, "weights": False, "inputs": False, "preacts": True}}
+
+    raw = {
+        "data": {"name": "synthetic", "num_samples": 200},
+        "model": {"arch": "mlp", "width": 16, "depth": 2, "norm": "batch"},
+        "train": {"steps": 20, "batch_size": 32, "eval_every": 10},
+        "probes": {"every": 5, "weights": False, "inputs": False, "preacts": True},
+    }
     plain = from_dict(RunConfig, raw)
     fixed = from_dict(RunConfig, {**raw, "probes": {**raw["probes"], "fixed_batch": 64}})
     a = train(RunTask("a", "a", 0, plain, NoiseFactory(NoiseConfig())))
     b = train(RunTask("b", "b", 0, fixed, NoiseFactory(NoiseConfig())))
-    assert a.final == b.final                          # same weights, same noise draws, same BN statistics
+    assert a.final == b.final  # same weights, same noise draws, same BN statistics
     la = [r for r in a.rows if r[1] == "batch_loss"]
     lb = [r for r in b.rows if r[1] == "batch_loss"]
     assert la == lb
     pa = [r[5] for r in a.rows if r[1] == "preact_mean"]
     pb = [r[5] for r in b.rows if r[1] == "preact_mean"]
-    assert pa != pb                                    # but the statistics come from another batch
+    assert pa != pb  # but the statistics come from another batch
 
 
 # Verdicts on hand-made tables, for every claim: tests/test_verdicts.py
@@ -103,8 +112,9 @@ def test_fixed_batch_probes_leave_training_unchanged():
 
 # ---------- every experiment end to end ----------
 
-SMOKE_CONFIGS = [(name, exp.default_config) for name, exp in sorted(REGISTRY.items())] + \
-                [("knockout", ROOT / "configs/paper/knockout_cifar10.yaml")]
+SMOKE_CONFIGS = [(name, exp.default_config) for name, exp in sorted(REGISTRY.items())] + [
+    ("knockout", ROOT / "configs/paper/knockout_cifar10.yaml")
+]
 
 
 @pytest.mark.parametrize("name,config", SMOKE_CONFIGS, ids=[str(c.relative_to(ROOT)) for _, c in SMOKE_CONFIGS])
@@ -120,6 +130,7 @@ def test_smoke_run_of_every_experiment(name, config, tmp_path):
     assert claims.loc[~np.isfinite(claims["value"]), "verdict"].isin(["inconclusive", "not judged"]).all()
     # the manifest lists the seeds the runs actually used
     import json
+
     runs = pd.read_csv(out / "runs.csv")
     if len(runs):
         assert json.loads((out / "manifest.json").read_text())["seeds"] == sorted(set(runs["seed"]))
@@ -127,15 +138,20 @@ def test_smoke_run_of_every_experiment(name, config, tmp_path):
     assert plots, "every experiment draws at least one figure"
     before = {p: (out / "plots" / p).read_bytes() for p in plots}
     assert CliRunner().invoke(app, ["plot", str(out)]).exit_code == 0
-    assert {p: (out / "plots" / p).read_bytes() for p in plots} == before   # regenerated identically
+    assert {p: (out / "plots" / p).read_bytes() for p in plots} == before  # regenerated identically
 
 
 def test_final_train_loss_window_uses_the_configured_steps():
     from normlab.experiments.common import final_train_loss
-    runs = pd.DataFrame([{"run_id": f"{a}-s0", "arm": a, "seed": 0, "status": "ok", "train.steps": 100}
-                         for a in ("plain", "bn")])
-    rows = [(f"{a}-s0", a, 0, step, "batch_loss_avg", "", "value", pd.NA, v)
-            for a, v in (("plain", 1.0), ("bn", 0.1)) for step in (0, 50, 95)]
+
+    runs = pd.DataFrame(
+        [{"run_id": f"{a}-s0", "arm": a, "seed": 0, "status": "ok", "train.steps": 100} for a in ("plain", "bn")]
+    )
+    rows = [
+        (f"{a}-s0", a, 0, step, "batch_loss_avg", "", "value", pd.NA, v)
+        for a, v in (("plain", 1.0), ("bn", 0.1))
+        for step in (0, 50, 95)
+    ]
     metrics = pd.DataFrame(rows, columns=["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"])
     t = Tables(Path("."), {}, {}, runs, metrics)
     # probes at 0, 50, 95 of 100 steps; fraction 0.5 keeps steps >= 50
@@ -145,5 +161,5 @@ def test_final_train_loss_window_uses_the_configured_steps():
     # a window that starts after the last probe still holds the last probe, never nothing
     t.runs["train.steps"] = 200
     assert final_train_loss(t, 0.5).set_index("arm")["value"]["bn"] == 0.1
-    t.runs.loc[0, "status"] = "diverged"                 # a diverged run is missing, not a number
+    t.runs.loc[0, "status"] = "diverged"  # a diverged run is missing, not a number
     assert np.isnan(final_train_loss(t, 0.5).set_index("arm")["value"]["plain"])

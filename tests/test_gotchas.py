@@ -1,4 +1,5 @@
 """adaptive_gotchas' building blocks against hand computations."""
+
 import numpy as np
 
 from normlab.experiments.adaptive_gotchas import GotchasConfigPart, _eps_table, _stream_steps
@@ -22,4 +23,4 @@ def test_eps_table_torch_adam_puts_eps_outside_the_root():
     table = _eps_table(GotchasConfigPart(eps_values=[1e-8]))
     assert np.allclose(table["torch_adam"], table["outside"], atol=1e-12)
     row = table.iloc[(table["grad"] - 1e-4).abs().argmin()]
-    assert row["outside"] > 0.99 and row["inside"] < 0.75     # |g| = 1e-4 = sqrt(eps): damped only inside
+    assert row["outside"] > 0.99 and row["inside"] < 0.75  # |g| = 1e-4 = sqrt(eps): damped only inside

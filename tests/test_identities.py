@@ -1,5 +1,6 @@
 """Exact identities of Grosse ch. 5, checked through the engine's own models, and the probes
 against an independent hand computation. Float64 throughout, so tolerances are tight."""
+
 import torch
 import torch.nn.functional as F
 
@@ -62,7 +63,7 @@ def test_the_output_layer_is_not_scale_invariant():
 def test_batch_centering_gradient_equals_gradient_from_centered_activations():
     """K7, Eqs. 13-14: with BC in the next layer, dJ/dW = S_bar^T (A - 1 m^T)."""
     torch.manual_seed(2)
-    a = torch.relu(torch.randn(16, 5, dtype=torch.float64)) + 0.5   # uncentered activations
+    a = torch.relu(torch.randn(16, 5, dtype=torch.float64)) + 0.5  # uncentered activations
     w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     target = torch.randn(16, 3, dtype=torch.float64)
     model = build_model(ModelConfig(norm="center", depth=1, width=3, activation="identity"), (5,), 2).double()
@@ -92,7 +93,7 @@ def test_probes_match_a_hand_computation():
     assert all(r[0] == 7 for r in rows)
 
     w1, g1 = model.blocks[0].weight_layer.weight.detach(), model.blocks[0].weight_layer.weight.grad
-    wn2 = (w1 ** 2).sum(1)
+    wn2 = (w1**2).sum(1)
     for j in range(12):
         assert abs(got[("weight_norm_sq", "layer1", "unit", j)] - wn2[j].item()) < 1e-12
         assert abs(got[("eff_lr", "layer1", "unit", j)] - lr / wn2[j].item()) < 1e-9
@@ -108,7 +109,7 @@ def test_probes_match_a_hand_computation():
     r = x @ w1.T
     a1 = torch.relu((r - r.mean(0)) / torch.sqrt(r.var(0, unbiased=False) + 1e-12))
     m = a1.mean(0)
-    assert abs(got[("input_mean_sq_norm", "layer2", "value", None)] - (m ** 2).sum().item()) < 1e-9
+    assert abs(got[("input_mean_sq_norm", "layer2", "value", None)] - (m**2).sum().item()) < 1e-9
     assert abs(got[("input_var_mean", "layer2", "value", None)] - a1.var(0, unbiased=False).mean().item()) < 1e-9
     # pre-activation of block 1 is BN(x W1^T): per-unit mean 0, variance ~1
     pre_means = [got[("preact_mean", "layer1", "unit", j)] for j in range(12)]
@@ -124,6 +125,7 @@ def test_angular_update_of_an_sgd_step_matches_its_first_order_prediction():
     """For SGD on a scale-invariant unit, the direction turns by ~ alpha ||g|| / ||w|| (eff_step)."""
     from normlab.engine.optim import Optimizer
     from normlab.engine.spec import OptimConfig
+
     torch.manual_seed(4)
     model = _bn_model()
     x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 4, (64,))

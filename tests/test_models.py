@@ -1,4 +1,5 @@
 """Model construction: shapes, normalizer placement, bias rule and scale-invariance flags."""
+
 import pytest
 import torch
 
@@ -14,8 +15,7 @@ def test_every_arch_and_norm_builds_and_outputs_logits(arch, shape, norm):
         with pytest.raises(ConfigError, match="model.norm: weight norm is implemented for MLPs only"):
             from_dict(RunConfig, {"model": {"arch": arch, "norm": "weight"}})
         return
-    cfg = ModelConfig(arch=arch, norm=norm, depth=3, width=16, channels=[4, 4], kernel_sizes=[3, 3],
-                      strides=[2, 2])
+    cfg = ModelConfig(arch=arch, norm=norm, depth=3, width=16, channels=[4, 4], kernel_sizes=[3, 3], strides=[2, 2])
     model = build_model(cfg, shape, 7)
     out = model(torch.randn(5, *shape))
     assert out.shape == (5, 7)
@@ -59,8 +59,8 @@ def test_bn_after_relu_centers_the_next_layers_input_and_before_does_not():
         model.blocks[1].weight_layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
         model.train()(x)
         means[pos] = seen["x"].mean(0)
-    assert means["after"].abs().max() < 1e-5          # BN after ReLU: centered inputs
-    assert means["before"].min() > 0.1                 # ReLU after BN: every unit's mean is positive
+    assert means["after"].abs().max() < 1e-5  # BN after ReLU: centered inputs
+    assert means["before"].min() > 0.1  # ReLU after BN: every unit's mean is positive
 
 
 def test_batch_center_uses_batch_mean_in_training_and_running_mean_in_eval():

@@ -1,4 +1,5 @@
 """Optimizer wrapper: weight decay modes against hand-written update rules, schedules, renorm."""
+
 import math
 
 import pytest
@@ -52,7 +53,9 @@ def test_adamw_matches_torch_adamw():
 
 def test_schedules():
     c = OptimConfig(lr=1.0, schedule="cosine")
-    assert lr_at(c, 0, 100) == 1.0 and lr_at(c, 50, 100) == pytest.approx(0.5) and lr_at(c, 100, 100) == pytest.approx(0.0)
+    assert (
+        lr_at(c, 0, 100) == 1.0 and lr_at(c, 50, 100) == pytest.approx(0.5) and lr_at(c, 100, 100) == pytest.approx(0.0)
+    )
     s = OptimConfig(lr=1.0, schedule="step", step_every=10, step_gamma=0.5)
     assert [lr_at(s, k, 100) for k in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     w = OptimConfig(lr=1.0, schedule="linear", warmup_steps=4)

@@ -1,4 +1,5 @@
 """README's two set-up commands stay true: CI runs the second, and the first names a real job."""
+
 import re
 from pathlib import Path
 

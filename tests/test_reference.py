@@ -1,4 +1,5 @@
 """The committed reference results are pure functions of their own CSVs."""
+
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ FOLDERS = expand_folders([REFERENCE], list(REGISTRY)) if REFERENCE.is_dir() else
 def test_committed_claims_are_recomputed_from_the_committed_csvs(folder):
     tables = load_tables(folder)
     exp = REGISTRY[tables.config["experiment"]]
-    from_dict(exp.config_class, tables.config)            # the saved config is still valid
+    from_dict(exp.config_class, tables.config)  # the saved config is still valid
     fresh = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
     committed = pd.read_csv(folder / "claims.csv")
     fresh = pd.read_csv(pd.io.common.StringIO(fresh.to_csv(index=False, float_format="%.9g")))
@@ -38,6 +39,7 @@ def test_reference_results_come_from_a_clean_commit():
     """Pre-registration you can check: every committed reference run names the commit it ran from,
     and that commit had no uncommitted changes (rules and code were committed before the runs)."""
     import json
+
     manifests = sorted(REFERENCE.rglob("manifest.json"))
     assert manifests
     for m in manifests:
@@ -48,11 +50,13 @@ def test_reference_results_come_from_a_clean_commit():
 def test_reference_report_labels_the_sweep_and_says_what_it_counts_twice():
     md = (REFERENCE / "report.md").read_text()
     assert "| sweep wd | K4-norm |" in md and "| wd_fixed_point | K4-norm |" in md
-    assert "`normlab sweep wd`" in md                     # the sweep's section is named as the sweep
+    assert "`normlab sweep wd`" in md  # the sweep's section is named as the sweep
     assert "counted once per run folder: K4-norm" in md
     assert "![claims at a glance](claims_at_a_glance.png)" in md
     # the evidence count covers measured and exact rows only
     claims = pd.concat([pd.read_csv(f / "claims.csv") for f in FOLDERS])
     evidence = claims[claims["kind"].isin(["measured", "exact"])]["verdict"].value_counts()
-    assert (f"supported {evidence.get('supported', 0)}, inconclusive {evidence.get('inconclusive', 0)}, "
-            f"not supported {evidence.get('not supported', 0)}") in md
+    assert (
+        f"supported {evidence.get('supported', 0)}, inconclusive {evidence.get('inconclusive', 0)}, "
+        f"not supported {evidence.get('not supported', 0)}"
+    ) in md

@@ -1,4 +1,5 @@
 """`normlab reproduce --smoke` and `normlab report`: the whole pipeline, and byte-identical reports."""
+
 import shutil
 from pathlib import Path
 
@@ -13,15 +14,16 @@ runner = CliRunner()
 
 def test_reproduce_smoke_then_report_regenerates_identically_elsewhere(tmp_path):
     out = tmp_path / "repro"
-    r = runner.invoke(app, ["reproduce", "--smoke", "--jobs", "2", "--out", str(out),
-                            "--only", "baselines,knockout,adaptive_gotchas"])
+    r = runner.invoke(
+        app, ["reproduce", "--smoke", "--jobs", "2", "--out", str(out), "--only", "baselines,knockout,adaptive_gotchas"]
+    )
     assert r.exit_code == 0, r.output
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     for name in ("baselines", "knockout", "adaptive_gotchas"):
         assert f"## {REGISTRY[name].title}" in md
     assert "**Smoke settings**" in md and "## What was not reproduced" in md
-    assert html.count("data:image/png;base64,") == md.count("![")           # figures embedded
-    assert "src=\"plots/" not in html and "http" not in html.split("<body>")[1]  # self-contained
+    assert html.count("data:image/png;base64,") == md.count("![")  # figures embedded
+    assert 'src="plots/' not in html and "http" not in html.split("<body>")[1]  # self-contained
 
     # a second invocation reuses every finished experiment
     r = runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--only", "baselines,knockout,adaptive_gotchas"])

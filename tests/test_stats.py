@@ -1,12 +1,12 @@
 """Intervals and the verdict function, each against an independent computation."""
+
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from normlab.engine.claims import (CONTROL, DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule, decide,
-                                   judge)
+from normlab.engine.claims import CONTROL, DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule, decide, judge
 from normlab.engine.stats import Interval, bca, mean_std, paired_t, t_interval
 
 
@@ -18,7 +18,7 @@ def test_mean_std_ignores_nan_from_diverged_runs():
 def test_t_interval_matches_the_textbook_formula():
     x = np.array([0.1, 0.4, 0.35, 0.2, 0.3])
     ci = t_interval(x)
-    half = 2.7764451051977987 * x.std(ddof=1) / math.sqrt(5)     # t_{0.975, 4}
+    half = 2.7764451051977987 * x.std(ddof=1) / math.sqrt(5)  # t_{0.975, 4}
     assert ci.method == "t"
     assert ci.low == pytest.approx(x.mean() - half) and ci.high == pytest.approx(x.mean() + half)
     assert all(math.isnan(v) for v in (t_interval([1.0]).low, t_interval([]).high))
@@ -26,7 +26,7 @@ def test_t_interval_matches_the_textbook_formula():
 
 def test_paired_t_uses_per_seed_differences_not_two_samples():
     a = np.array([1.0, 2.0, 3.0, 4.0])
-    b = a - np.array([0.10, 0.12, 0.09, 0.11])                  # large spread, tiny paired difference
+    b = a - np.array([0.10, 0.12, 0.09, 0.11])  # large spread, tiny paired difference
     est, ci, n = paired_t(a, b)
     assert n == 4 and est == pytest.approx(0.105) and 0 < ci.low < ci.high < 0.13
     ref = sps.ttest_rel(a, b).confidence_interval(0.95)
@@ -34,7 +34,7 @@ def test_paired_t_uses_per_seed_differences_not_two_samples():
     ratio, rci, _ = paired_t([2.0, 4.0, 8.0], [1.0, 2.0, 4.0], log_ratio=True)
     assert ratio == pytest.approx(2.0) and rci.low == pytest.approx(2.0) and rci.method == "paired t on log ratio"
     _, _, n = paired_t([1.0, float("nan"), 3.0], [1.0, 2.0, 2.0])
-    assert n == 2                                               # a diverged seed drops the pair
+    assert n == 2  # a diverged seed drops the pair
 
 
 def test_bca_is_reproducible_brackets_the_estimate_and_pairs_by_seed():
@@ -61,14 +61,17 @@ class A:
     margin = 1.0
 
 
-@pytest.mark.parametrize("value,ci,n,expected", [
-    (0.5, (0.4, 0.6), 3, "supported"),
-    (1.5, (1.2, 1.8), 3, "not supported"),
-    (0.9, (0.7, 1.1), 3, "inconclusive"),           # CI straddles the threshold
-    (0.5, (0.4, 0.6), 2, "inconclusive"),           # n < 3
-    (float("nan"), (0.4, 0.6), 3, "inconclusive"),
-    (0.5, (float("nan"), float("nan")), 3, "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "value,ci,n,expected",
+    [
+        (0.5, (0.4, 0.6), 3, "supported"),
+        (1.5, (1.2, 1.8), 3, "not supported"),
+        (0.9, (0.7, 1.1), 3, "inconclusive"),  # CI straddles the threshold
+        (0.5, (0.4, 0.6), 2, "inconclusive"),  # n < 3
+        (float("nan"), (0.4, 0.6), 3, "inconclusive"),
+        (0.5, (float("nan"), float("nan")), 3, "inconclusive"),
+    ],
+)
 def test_measured_verdicts(value, ci, n, expected):
     claim = Claim("X", MEASURED, "s", "stat", RULE)
     assert decide(claim, Estimate(value, Interval(*ci, "t"), n), A())[0] == expected
@@ -89,8 +92,8 @@ def test_exact_claims_have_no_interval_and_judge_the_value():
 
 def test_equivalence_rule_and_the_other_kinds():
     eq = Claim("X", MEASURED, "s", "gap", Rule("contains0_or_abs<=", "margin"))
-    assert decide(eq, Estimate(0.5, Interval(-0.3, 1.3, "t"), 5), A())[0] == "supported"      # contains 0
-    assert decide(eq, Estimate(0.5, Interval(0.2, 0.8, "t"), 5), A())[0] == "supported"       # within margin
+    assert decide(eq, Estimate(0.5, Interval(-0.3, 1.3, "t"), 5), A())[0] == "supported"  # contains 0
+    assert decide(eq, Estimate(0.5, Interval(0.2, 0.8, "t"), 5), A())[0] == "supported"  # within margin
     assert decide(eq, Estimate(3.0, Interval(2.0, 4.0, "t"), 5), A())[0] == "not supported"
     assert decide(eq, Estimate(1.0, Interval(0.5, 1.5, "t"), 5), A())[0] == "inconclusive"
     band = Claim("X", MEASURED, "s", "r", Rule("in", "band"))

@@ -1,4 +1,5 @@
 """`normlab sweep`: grid expansion, resuming, and surviving a kill at any moment."""
+
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ def test_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path):
     r = sweep("wd", "--smoke", "--jobs", "1", "--out", out)
     assert r.exit_code == 0, r.output
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 8 and runs["run_id"].is_unique          # 2 x 2 grid x 2 seeds
+    assert len(runs) == 8 and runs["run_id"].is_unique  # 2 x 2 grid x 2 seeds
     metrics = (out / "metrics.csv").read_bytes()
 
     r = sweep("wd", "--smoke", "--jobs", "1", "--out", out)
@@ -42,20 +43,28 @@ def test_rerun_skips_finished_cells_and_reruns_failed_ones(tmp_path):
     cell.write_text(json.dumps({**row, "status": "failed"}))
     r = sweep("wd", "--smoke", "--jobs", "1", "--out", out)
     assert r.exit_code == 0 and "7 already finished, 1 to run" in r.output
-    assert (out / "metrics.csv").read_bytes() == metrics        # same seed, same numbers
+    assert (out / "metrics.csv").read_bytes() == metrics  # same seed, same numbers
 
 
-@pytest.mark.parametrize("fault,done_before,tmp_left", [
-    ("cell_saved:3", 3, False),      # kill -9 between two runs
-    ("cell_write:4", 3, True),       # kill -9 half way through writing the 4th cell
-])
+@pytest.mark.parametrize(
+    "fault,done_before,tmp_left",
+    [
+        ("cell_saved:3", 3, False),  # kill -9 between two runs
+        ("cell_write:4", 3, True),  # kill -9 half way through writing the 4th cell
+    ],
+)
 def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(fault, done_before, tmp_left, tmp_path):
     """Deterministic fault injection (NORMLAB_FAULT), not timing: the kill lands where it is told."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert sweep("wd", "--smoke", "--jobs", "1", "--out", clean).exit_code == 0
     cmd = [sys.executable, "-m", "normlab.cli.main", "sweep", "wd", "--smoke", "--jobs", "1", "--out", str(killed)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env={**os.environ, "NORMLAB_FAULT": fault}, timeout=300)
+    proc = subprocess.run(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NORMLAB_FAULT": fault},
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL
     assert len(list((killed / "cells").glob("*.json"))) == done_before
     assert bool(list((killed / "cells").glob(".*.tmp"))) == tmp_left
@@ -72,6 +81,7 @@ def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(fault, do
 
 def test_validate_accepts_sweep_files():
     from normlab.experiments.sweeps import SWEEP_ROOT
+
     r = runner.invoke(app, ["validate", str(SWEEP_ROOT / "wd.yaml")])
     assert r.exit_code == 0 and "9 arm(s) x 3 seed(s) = 27 runs" in " ".join(r.output.split())
 
@@ -89,6 +99,7 @@ def test_sweep_overrides_and_bad_input(tmp_path):
 def test_cells_with_different_inserted_modules_get_different_keys():
     from normlab.experiments import REGISTRY, load_config
     from normlab.experiments.base import _module_key
+
     exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
     noisy = lambda: next(t.after_norm for t in exp.tasks(cfg) if t.arm == "noise1-lr0.1")  # noqa: E731
     a = _module_key(noisy())

@@ -1,4 +1,5 @@
 """The training loop and executor: determinism, parallel = serial, divergence and failures kept."""
+
 import math
 
 import pytest
@@ -15,7 +16,8 @@ def tiny(steps=30, lr=0.1, norm="batch", probe_every=10, eval_every=10) -> RunCo
         model=ModelConfig(width=16, depth=2, norm=norm),
         optim=OptimConfig(name="sgd", lr=lr),
         train=TrainConfig(steps=steps, batch_size=32, eval_every=eval_every),
-        probes=ProbeConfig(every=probe_every))
+        probes=ProbeConfig(every=probe_every),
+    )
 
 
 def test_same_seed_gives_bit_identical_rows_and_other_seed_does_not():
@@ -38,8 +40,8 @@ def test_step_numbering_of_probes_and_evaluations():
     res = train(RunTask("a", "x", 0, tiny(steps=25, probe_every=10, eval_every=10)))
     probe_steps = sorted({r[0] for r in res.rows if r[1] == "batch_loss"})
     eval_steps = sorted({r[0] for r in res.rows if r[1] == "test_acc"})
-    assert probe_steps == [0, 10, 20]          # measured before the update of that step
-    assert eval_steps == [0, 10, 20, 25]       # after that many updates, and at the end
+    assert probe_steps == [0, 10, 20]  # measured before the update of that step
+    assert eval_steps == [0, 10, 20, 25]  # after that many updates, and at the end
     assert res.status == "ok" and res.steps_done == 25
     assert res.final["test_acc"] == [r[5] for r in res.rows if r[1] == "test_acc" and r[0] == 25][0]
 
@@ -58,8 +60,9 @@ def test_divergence_is_recorded_not_dropped():
     assert res.status == "diverged"
     assert res.steps_done < 200
     assert all(math.isnan(v) for v in res.final.values())
-    assert any(r[1] == "batch_loss" and not math.isfinite(r[5]) for r in res.rows) or \
-        any(r[1] == "train_loss" and not math.isfinite(r[5]) for r in res.rows)
+    assert any(r[1] == "batch_loss" and not math.isfinite(r[5]) for r in res.rows) or any(
+        r[1] == "train_loss" and not math.isfinite(r[5]) for r in res.rows
+    )
     assert any(r[1] == "test_acc" and r[0] == 0 for r in res.rows)  # what was measured is kept
 
 
@@ -74,6 +77,7 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     from normlab.engine.errors import ConfigError
+
     cfg = tiny()
     cfg.train.device = "cuda"
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
@@ -96,6 +100,7 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
     import builtins
 
     from normlab.engine.errors import NormlabError
+
     real_import = builtins.__import__
 
     def no_ray(name, *args, **kwargs):
@@ -114,8 +119,9 @@ def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
     against an independent reduction of those rows."""
     import numpy as np
     import pandas as pd
+
     cfg = tiny(steps=40, probe_every=5)
-    cfg.probes.per_unit, cfg.probes.unit_window = True, 0.5            # window: steps >= 20
+    cfg.probes.per_unit, cfg.probes.unit_window = True, 0.5  # window: steps >= 20
     res = train(RunTask("u", "u", 0, cfg))
     df = pd.DataFrame(res.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
     per = df[(df["stat"] == "unit") & (df["layer"] == "layer1")]
@@ -126,8 +132,8 @@ def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
     end = per[per["step"] == 40].set_index(["metric", "unit"])["value"]
     assert list(u.index) == [20, 25, 30, 35]
     np.testing.assert_allclose(end["unit_u_mean"].sort_index(), u.mean(), rtol=1e-6)
-    np.testing.assert_allclose(end["unit_g2_mean"].sort_index(), (g ** 2).mean(), rtol=1e-5)
-    np.testing.assert_allclose(end["unit_ang2_mean"].sort_index(), (ang ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(end["unit_g2_mean"].sort_index(), (g**2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(end["unit_ang2_mean"].sort_index(), (ang**2).mean(), rtol=1e-5)
     np.testing.assert_allclose(end["unit_u_first"].sort_index(), u.loc[20], rtol=1e-6)
     np.testing.assert_allclose(end["unit_u_last"].sort_index(), u.loc[35], rtol=1e-6)
     assert "out" not in set(df[df["metric"] == "unit_u_mean"]["layer"])  # only scale-invariant units
@@ -135,6 +141,7 @@ def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
 
 def test_norm_init_scale_scales_the_normalizer_fed_weights_only_and_keeps_the_function():
     from normlab.engine.models import build_model
+
     torch.manual_seed(0)
     # BN's eps breaks the scale invariance slightly (it matters more for small weights), so the
     # identity is checked with a negligible eps
@@ -142,7 +149,7 @@ def test_norm_init_scale_scales_the_normalizer_fed_weights_only_and_keeps_the_fu
     torch.manual_seed(0)
     b = build_model(ModelConfig(width=16, depth=2, norm="batch", norm_eps=1e-12, norm_init_scale=0.1), (12,), 3).eval()
     assert torch.allclose(b.blocks[0].weight_layer.weight, 0.1 * a.blocks[0].weight_layer.weight)
-    assert torch.equal(b.out.weight, a.out.weight)                       # the read-out feeds no normalizer
+    assert torch.equal(b.out.weight, a.out.weight)  # the read-out feeds no normalizer
     x = torch.randn(64, 12)
-    a.train(), b.train()                                                # batch statistics: scale drops out
+    a.train(), b.train()  # batch statistics: scale drops out
     assert torch.allclose(a(x), b(x), atol=1e-5)

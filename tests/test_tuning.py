@@ -1,4 +1,5 @@
 """optimizer_tuning: quasi-random search, the budget-curve formula, selection and the K5 verdict."""
+
 from itertools import combinations
 from pathlib import Path
 
@@ -26,9 +27,9 @@ def test_sobol_points_are_seeded_scrambled_and_stratified():
 def test_adam_space_contains_momentum_sgd_as_a_limit():
     _, cfg = load_config(EXP.default_config, REGISTRY)
     space = {d.key: d for d in cfg.search["adam"]}
-    assert space["optim.eps"].range[1] >= 1.0                  # eps far above sqrt(v): step = alpha m / eps
+    assert space["optim.eps"].range[1] >= 1.0  # eps far above sqrt(v): step = alpha m / eps
     ratio = space["optim.lr"]
-    assert ratio.scale_by_eps > 0                              # alpha = r (c + eps): alpha/eps = r at large eps
+    assert ratio.scale_by_eps > 0  # alpha = r (c + eps): alpha/eps = r at large eps
     sgd_lr = cfg.search["sgd"][0]
     assert sgd_lr.key == "optim.lr"
     # the ratio r (x (1 - beta1), Adam's EMA vs SGD's summed momentum) reaches SGD's lr range
@@ -61,8 +62,9 @@ def test_careful_trials_share_budget_and_stay_in_their_ranges():
 
 
 def _runs(vals: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame([{"run_id": f"{a}-s0", "arm": a, "seed": 0, "status": "ok", "final_val_acc": v}
-                         for a, v in vals.items()])
+    return pd.DataFrame(
+        [{"run_id": f"{a}-s0", "arm": a, "seed": 0, "status": "ok", "final_val_acc": v} for a, v in vals.items()]
+    )
 
 
 def test_followup_reruns_the_best_trial_by_validation_accuracy_with_fresh_seeds():
@@ -74,8 +76,8 @@ def test_followup_reruns_the_best_trial_by_validation_accuracy_with_fresh_seeds(
     chosen = [t for t in follow if t.arm == "mlp-adam-careful-final"]
     best = next(t for t in tasks if t.arm == "mlp-adam-careful-t01")
     assert [t.seed for t in chosen] == cfg.seed_list and all(t.config == best.config for t in chosen)
-    assert not {t.seed for t in follow} & {t.seed for t in tasks}          # fresh seeds
-    assert EXP.followup(cfg, _runs(vals), tasks + follow) == []            # one follow-up stage only
+    assert not {t.seed for t in follow} & {t.seed for t in tasks}  # fresh seeds
+    assert EXP.followup(cfg, _runs(vals), tasks + follow) == []  # one follow-up stage only
 
 
 # The K5 verdicts on hand-made tables: tests/test_verdicts.py
@@ -93,10 +95,11 @@ def test_seeds_option_sets_the_fresh_seeds_of_the_final_reruns():
 
 def test_selected_trial_is_the_one_the_final_arm_reran():
     from normlab.engine.results import load_tables
+
     folder = Path(__file__).resolve().parent.parent / "results" / "reference" / "optimizer_tuning"
     tables = load_tables(folder)
     chosen = EXP.selected(tables)
-    assert len(chosen) == 8                                    # 2 workloads x 2 optimizers x 2 protocols
+    assert len(chosen) == 8  # 2 workloads x 2 optimizers x 2 protocols
     runs = tables.runs.set_index("arm")
     for row in chosen.itertuples():
         final = runs.loc[[f"{row.workload}-{row.opt}-{row.protocol}-final"]]

@@ -4,6 +4,7 @@ Recomputing the committed results would only lock in what was committed; these t
 by hand (or from the formulas the claims state) so that each row must come out supported, not
 supported or inconclusive for a reason the test names.
 """
+
 import re
 from pathlib import Path
 
@@ -34,24 +35,40 @@ def _verdicts(name, runs, metrics, folder=Path("."), overrides=None) -> dict[str
 
 # ---------- every id is written out once ----------
 
+
 def test_every_claim_id_is_defined_literally_exactly_once():
     sources = "\n".join(p.read_text() for p in (ROOT / "experiments").glob("*.py"))
     ids = [c.id for e in REGISTRY.values() for c in e.claims]
     assert len(ids) == len(set(ids))
     for cid in ids:
         assert len(re.findall(rf'Claim\(\s*"{re.escape(cid)}"', sources)) == 1, cid
-    assert not re.search(r'Claim\(\s*f"', sources)            # no ids built with f-strings
+    assert not re.search(r'Claim\(\s*f"', sources)  # no ids built with f-strings
 
 
 # ---------- B1 ----------
 
-@pytest.mark.parametrize("accs,expected", [
-    ([0.32, 0.325, 0.315], "supported"), ([0.20, 0.21, 0.19], "not supported"),
-    ([0.29, 0.36, 0.31], "inconclusive"), ([0.32, 0.32], "inconclusive")])
+
+@pytest.mark.parametrize(
+    "accs,expected",
+    [
+        ([0.32, 0.325, 0.315], "supported"),
+        ([0.20, 0.21, 0.19], "not supported"),
+        ([0.29, 0.36, 0.31], "inconclusive"),
+        ([0.32, 0.32], "inconclusive"),
+    ],
+)
 def test_b1(accs, expected):
-    runs = [{"run_id": f"{arm}-s{s}", "arm": arm, "seed": s, "status": "ok",
-             "final_test_acc": a + {"logistic": 0, "mlp": 0.36, "cnn": 0.62}[arm]}
-            for arm in ("logistic", "mlp", "cnn") for s, a in enumerate(accs)]
+    runs = [
+        {
+            "run_id": f"{arm}-s{s}",
+            "arm": arm,
+            "seed": s,
+            "status": "ok",
+            "final_test_acc": a + {"logistic": 0, "mlp": 0.36, "cnn": 0.62}[arm],
+        }
+        for arm in ("logistic", "mlp", "cnn")
+        for s, a in enumerate(accs)
+    ]
     assert _verdicts("baselines", runs, []) == {"B1-logistic": expected, "B1-mlp": expected, "B1-cnn": expected}
 
 
@@ -65,41 +82,74 @@ def _knockout(noisy_loss, ratios=(0.5, 2.0), iid_ratio=2.0, worse_small_lr=True)
     0.03 arms are worse on validation, so both protocols use lr 0.1 unless told otherwise."""
     from normlab.experiments.knockout import KnockoutConfig, arm_specs
     from normlab.engine.config import from_dict
+
     specs = arm_specs(from_dict(KnockoutConfig, _config("knockout", K1_DESIGN)))
-    base = {"plain": [1.0, 1.1, 0.9, 1.0], "bn": [0.1, 0.11, 0.09, 0.1], "plain_noise": [1.2, 1.3, 1.1, 1.2],
-            "noise": noisy_loss, "iid": noisy_loss}
+    base = {
+        "plain": [1.0, 1.1, 0.9, 1.0],
+        "bn": [0.1, 0.11, 0.09, 0.1],
+        "plain_noise": [1.2, 1.3, 1.1, 1.2],
+        "noise": noisy_loss,
+        "iid": noisy_loss,
+    }
     runs, rows = [], []
     for arm, sp in specs.items():
         vals = base[sp.role]
-        drift = {"plain": 0.1, "bn": 0.0, "plain_noise": 0.3, "iid": 0.1 * iid_ratio,
-                 "noise": 0.1 * (ratios[0] if sp.level == 0.1 else ratios[1])}[sp.role]
+        drift = {
+            "plain": 0.1,
+            "bn": 0.0,
+            "plain_noise": 0.3,
+            "iid": 0.1 * iid_ratio,
+            "noise": 0.1 * (ratios[0] if sp.level == 0.1 else ratios[1]),
+        }[sp.role]
         for s, v in enumerate(vals):
             rid = f"{arm}-s{s}"
             val = v + (0.5 if (sp.lr == 0.03 and worse_small_lr) else 0.0)
-            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_train_loss": v,
-                         "final_val_loss": val, "final_test_acc": 0.5, "train.steps": 100})
+            runs.append(
+                {
+                    "run_id": rid,
+                    "arm": arm,
+                    "seed": s,
+                    "status": "ok",
+                    "final_train_loss": v,
+                    "final_val_loss": val,
+                    "final_test_acc": 0.5,
+                    "train.steps": 100,
+                }
+            )
             rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v) for step in (0, 50, 95)]
-            rows += [(rid, arm, s, 50, "preact_var", "layer1", "median", pd.NA, 1.0),
-                     (rid, arm, s, 50, "preact_mean_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s)),
-                     (rid, arm, s, 50, "preact_var_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s))]
+            rows += [
+                (rid, arm, s, 50, "preact_var", "layer1", "median", pd.NA, 1.0),
+                (rid, arm, s, 50, "preact_mean_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s)),
+                (rid, arm, s, 50, "preact_var_drift", "layer1", "value", pd.NA, drift * (1 + 0.01 * s)),
+            ]
     return runs, rows
 
 
-@pytest.mark.parametrize("noisy,ratios,expected", [
-    ([0.11, 0.12, 0.10, 0.11], (0.5, 2.0), "supported"),       # at matched drift the noise costs little
-    ([0.90, 0.95, 0.92, 0.91], (0.5, 2.0), "not supported"),   # it costs as much as removing BN
-    ([0.11, 0.12, 0.10, 0.11], (0.2, 0.5), "inconclusive"),    # the drift ratio never reaches 1
-    ([0.30, 0.10, 0.60, 0.15], (0.5, 2.0), "inconclusive"),    # CI straddles 0.25
-])
+@pytest.mark.parametrize(
+    "noisy,ratios,expected",
+    [
+        ([0.11, 0.12, 0.10, 0.11], (0.5, 2.0), "supported"),  # at matched drift the noise costs little
+        ([0.90, 0.95, 0.92, 0.91], (0.5, 2.0), "not supported"),  # it costs as much as removing BN
+        ([0.11, 0.12, 0.10, 0.11], (0.2, 0.5), "inconclusive"),  # the drift ratio never reaches 1
+        ([0.30, 0.10, 0.60, 0.15], (0.5, 2.0), "inconclusive"),  # CI straddles 0.25
+    ],
+)
 def test_k1(noisy, ratios, expected):
     v = _verdicts("knockout", *_knockout(noisy, ratios), overrides=K1_DESIGN)
-    assert v == {"K1": expected, "K1-bestlr": expected, "K1-trainloss": expected,
-                 "K1-iid": expected if ratios != (0.2, 0.5) else "supported", "K1-nobn": "not judged"}
+    assert v == {
+        "K1": expected,
+        "K1-bestlr": expected,
+        "K1-trainloss": expected,
+        "K1-iid": expected if ratios != (0.2, 0.5) else "supported",
+        "K1-nobn": "not judged",
+    }
 
 
 def test_k1_iid_manipulation_check_and_bn_must_help():
-    assert _verdicts("knockout", *_knockout([0.11, 0.12, 0.10, 0.11], iid_ratio=0.5),
-                     overrides=K1_DESIGN)["K1-iid"] == "inconclusive"
+    assert (
+        _verdicts("knockout", *_knockout([0.11, 0.12, 0.10, 0.11], iid_ratio=0.5), overrides=K1_DESIGN)["K1-iid"]
+        == "inconclusive"
+    )
     runs, rows = _knockout([0.11, 0.12, 0.10, 0.11])
     for r in runs:
         if r["arm"].startswith("plain-"):
@@ -109,6 +159,7 @@ def test_k1_iid_manipulation_check_and_bn_must_help():
 
 def test_k1_crossing_interpolates_in_log_level():
     from normlab.experiments.knockout import crossing
+
     # R = 0.5 at s = 0.1 and 2 at s = 1: log R crosses 0 half way, G is read half way
     assert crossing(np.array([0.1, 1.0]), np.array([0.5, 2.0]), np.array([0.0, 1.0])) == pytest.approx(0.5)
     assert np.isnan(crossing(np.array([0.1, 1.0]), np.array([1.5, 2.0]), np.array([0.0, 1.0])))
@@ -116,7 +167,7 @@ def test_k1_crossing_interpolates_in_log_level():
 
 def test_k1_best_lr_protocol_picks_each_arm_by_validation_loss():
     runs, rows = _knockout([0.11, 0.12, 0.10, 0.11], worse_small_lr=False)
-    for r in runs:                                   # lr 0.03 is better on validation for BN+noise only
+    for r in runs:  # lr 0.03 is better on validation for BN+noise only
         if r["arm"].startswith("noise") and "lr0.03" in r["arm"]:
             r["final_val_loss"] -= 1.0
             r["final_train_loss"] = 0.9
@@ -126,12 +177,22 @@ def test_k1_best_lr_protocol_picks_each_arm_by_validation_loss():
 
 # ---------- K2 ----------
 
+
 def _placement(before, after, centered=True):
     from normlab.experiments.bn_placement import PlacementConfig, grid_arms
     from normlab.engine.config import from_dict
+
     grid = grid_arms(from_dict(PlacementConfig, _config("bn_placement", {"lr_factors": [1.0]})))
-    base = {"none": 2.0, "before": before, "after": after, "before_noaffine": before, "after_noaffine": after,
-            "none_adam": 2.0, "before_adam": before, "after_adam": after}
+    base = {
+        "none": 2.0,
+        "before": before,
+        "after": after,
+        "before_noaffine": before,
+        "after_noaffine": after,
+        "none_adam": 2.0,
+        "before_adam": before,
+        "after_adam": after,
+    }
     runs, rows = [], []
     for arm, g in grid.items():
         vals = base[g.base]
@@ -139,44 +200,68 @@ def _placement(before, after, centered=True):
         for s, v in enumerate(vals):
             rid = f"{arm}-s{s}"
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_test_acc": 0.5})
-            rows += [(rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v * f) for step, f in ((50, 2.0), (95, 1.0))]
+            rows += [
+                (rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v * f) for step, f in ((50, 2.0), (95, 1.0))
+            ]
             msq = 0.0 if (g.base.startswith("after") and centered) else 40.0
-            rows += [(rid, arm, s, 50, "input_mean_sq_norm", "layer2", "value", pd.NA, msq),
-                     (rid, arm, s, 50, "input_var_mean", "layer2", "value", pd.NA, 1.0)]
+            rows += [
+                (rid, arm, s, 50, "input_mean_sq_norm", "layer2", "value", pd.NA, msq),
+                (rid, arm, s, 50, "input_var_mean", "layer2", "value", pd.NA, 1.0),
+            ]
     return runs, rows
 
 
-@pytest.mark.parametrize("before,centered,expected", [
-    ([0.10, 0.11, 0.09, 0.10], True, "supported"),
-    ([0.30, 0.33, 0.29, 0.31], True, "not supported"),
-    ([0.10, 0.11, 0.09, 0.10], False, "inconclusive"),       # the centering order does not hold
-    ([0.10, 0.14, 0.08, 0.12], True, "inconclusive"),        # CI straddles 1.1
-])
+@pytest.mark.parametrize(
+    "before,centered,expected",
+    [
+        ([0.10, 0.11, 0.09, 0.10], True, "supported"),
+        ([0.30, 0.33, 0.29, 0.31], True, "not supported"),
+        ([0.10, 0.11, 0.09, 0.10], False, "inconclusive"),  # the centering order does not hold
+        ([0.10, 0.14, 0.08, 0.12], True, "inconclusive"),  # CI straddles 1.1
+    ],
+)
 def test_k2(before, centered, expected):
-    v = _verdicts("bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered),
-                  overrides={"lr_factors": [1.0]})
+    v = _verdicts(
+        "bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered), overrides={"lr_factors": [1.0]}
+    )
     assert v == {"K2": expected, "K2-noaffine": expected, "K2-adam": expected}
 
 
 def test_k2_compares_each_arm_at_its_best_learning_rate():
     from normlab.experiments.bn_placement import BNPlacement, GridArm
-    grid = {"before@lr0.03": GridArm("before", 0.03, None), "before@lr0.1": GridArm("before", 0.1, None),
-            "after@lr0.1": GridArm("after", 0.1, None)}
-    ll = pd.DataFrame({"arm": ["before@lr0.03"] * 3 + ["before@lr0.1"] * 3 + ["after@lr0.1"] * 3,
-                       "value": [0.1, 0.2, 0.1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]})
+
+    grid = {
+        "before@lr0.03": GridArm("before", 0.03, None),
+        "before@lr0.1": GridArm("before", 0.1, None),
+        "after@lr0.1": GridArm("after", 0.1, None),
+    }
+    ll = pd.DataFrame(
+        {
+            "arm": ["before@lr0.03"] * 3 + ["before@lr0.1"] * 3 + ["after@lr0.1"] * 3,
+            "value": [0.1, 0.2, 0.1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3],
+        }
+    )
     assert BNPlacement.best(grid, ll) == {"before": "before@lr0.03", "after": "after@lr0.1"}
-    ll.loc[1, "value"] = np.nan                          # a diverged seed rules that LR out
+    ll.loc[1, "value"] = np.nan  # a diverged seed rules that LR out
     assert BNPlacement.best(grid, ll)["before"] == "before@lr0.1"
 
 
 # ---------- K3, K13 ----------
 
+
 def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=3, eq19_scale=1.0):
     """Metrics of SGD arms that follow Eq. 19 exactly (g = 1), or with frozen norms (decay=False)."""
     cfg = _config("eff_lr")
     every, steps = 40, 4000
-    lrs = {"sgd_a0.01": 0.01, "sgd_a0.1": 0.1, "sgd_a1": 1.0, "adam": 0.001, "renorm": 0.1,
-           "layernorm": 0.1, "weightnorm": 0.1}
+    lrs = {
+        "sgd_a0.01": 0.01,
+        "sgd_a0.1": 0.1,
+        "sgd_a1": 1.0,
+        "adam": 0.001,
+        "renorm": 0.1,
+        "layernorm": 0.1,
+        "weightnorm": 0.1,
+    }
     runs, rows = [], []
     k = np.arange(0, steps, every)
     for arm, lr in lrs.items():
@@ -185,26 +270,29 @@ def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=3
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok"})
             rng = np.random.default_rng(s)
             g = 1.0
-            u = np.sqrt(u0 ** 2 + 2 * (lr * g) ** 2 * k) if decay else np.full(len(k), u0)
+            u = np.sqrt(u0**2 + 2 * (lr * g) ** 2 * k) if decay else np.full(len(k), u0)
             u = u * (1 + jitter * (s - 1))
             for layer in ("layer1", "layer2"):
                 eff = lr / u if arm != "renorm" else np.full(len(k), lr * (1 + renorm_dev))
                 for step, ui, ei in zip(k, u, eff):
                     c = cos * (1 + 0.1 * rng.random())
                     rows += [(rid, arm, s, step, "weight_norm_sq", layer, st, pd.NA, ui) for st in ("median", "mean")]
-                    rows += [(rid, arm, s, step, "eff_lr", layer, "median", pd.NA, ei),
-                             (rid, arm, s, step, "normalized_grad_norm", layer, "median", pd.NA, g),
-                             (rid, arm, s, step, "w_grad_cos", layer, "q75", pd.NA, c),
-                             (rid, arm, s, step, "w_grad_cos", layer, "q25", pd.NA, -c),
-                             (rid, arm, s, step, "angular_update", layer, "median", pd.NA,
-                              (ei * g) if decay else 0.01)]
-                first, last = 2000, (steps - 1) // every * every   # unit_window 0.5
-                uf = np.sqrt(u0 ** 2 + 2 * lr ** 2 * first) if decay else u0
-                ul = np.sqrt(u0 ** 2 + 2 * lr ** 2 * last) * eq19_scale if decay else u0
+                    rows += [
+                        (rid, arm, s, step, "eff_lr", layer, "median", pd.NA, ei),
+                        (rid, arm, s, step, "normalized_grad_norm", layer, "median", pd.NA, g),
+                        (rid, arm, s, step, "w_grad_cos", layer, "q75", pd.NA, c),
+                        (rid, arm, s, step, "w_grad_cos", layer, "q25", pd.NA, -c),
+                        (rid, arm, s, step, "angular_update", layer, "median", pd.NA, (ei * g) if decay else 0.01),
+                    ]
+                first, last = 2000, (steps - 1) // every * every  # unit_window 0.5
+                uf = np.sqrt(u0**2 + 2 * lr**2 * first) if decay else u0
+                ul = np.sqrt(u0**2 + 2 * lr**2 * last) * eq19_scale if decay else u0
                 for j in range(3):
-                    rows += [(rid, arm, s, steps, "unit_u_first", layer, "unit", j, uf),
-                             (rid, arm, s, steps, "unit_u_last", layer, "unit", j, ul),
-                             (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g * g)]
+                    rows += [
+                        (rid, arm, s, steps, "unit_u_first", layer, "unit", j, uf),
+                        (rid, arm, s, steps, "unit_u_last", layer, "unit", j, ul),
+                        (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g * g),
+                    ]
             rows += [(rid, arm, s, 0, "w_grad_cos", "out", "median", pd.NA, 0.3)]
     return cfg, runs, rows
 
@@ -213,6 +301,7 @@ def _eff_verdicts(tmp_path, theory_overrides=None, **kw):
     cfg, runs, rows = _eff_lr(**kw)
     raw = apply_overrides(cfg, {"theory.horizon": 100000, **(theory_overrides or {})})
     from normlab.engine.config import from_dict
+
     typed = from_dict(E.EffLRConfig, raw)
     E.theory_curves(typed.theory).to_csv(tmp_path / "theory.csv", index=False)
     t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
@@ -228,7 +317,9 @@ def test_k3_supported_when_the_norms_follow_eq19(tmp_path):
 
 
 def test_k3_not_supported_when_the_norms_do_not_grow(tmp_path):
-    v = _eff_verdicts(tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"theory.rel_tol": 1e-9})
+    v = _eff_verdicts(
+        tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"theory.rel_tol": 1e-9}
+    )
     for cid in ("K3-theory", "K3-euler", "K3-growth", "K3-slope", "K3-adam", "K3-spread", "K3-renorm", "K13"):
         assert v[cid] == "not supported", cid
 
@@ -238,22 +329,27 @@ def test_k3_eq19_misprediction_is_not_supported(tmp_path):
 
 
 def test_k3_inconclusive_in_the_transient_with_few_seeds_and_short_horizons(tmp_path):
-    v = _eff_verdicts(tmp_path, u0=30.0)                   # k0 = u0^2/(2 alpha^2) >> run for alpha 0.01
+    v = _eff_verdicts(tmp_path, u0=30.0)  # k0 = u0^2/(2 alpha^2) >> run for alpha 0.01
     assert v["K3-slope"] == "inconclusive" and v["K3-spread"] == "inconclusive"
     v = _eff_verdicts(tmp_path, n_seeds=2, theory_overrides={"theory.alphas": [0.001], "theory.horizon": 1000})
-    assert v["K3-theory"] == "inconclusive"                 # no alpha reaches 100 k0
+    assert v["K3-theory"] == "inconclusive"  # no alpha reaches 100 k0
     for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-slope", "K3-adam", "K13"):
-        assert v[cid] == "inconclusive", cid               # n = 2 < 3
+        assert v[cid] == "inconclusive", cid  # n = 2 < 3
 
 
 # ---------- K4 ----------
+
 
 def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
     cfg = _config("wd_fixed_point")
     steps, every = 4000, 40
     a = W.WDAnalysis(**cfg["analysis"])
-    cells = {"lr=0.1,wd=0.01": (0.1, 0.01), "lr=1,wd=0.001": (1.0, 0.001), "lr=0.03,wd=0.01": (0.03, 0.01),
-             "lr=0.3,wd=0.001": (0.3, 0.001)}
+    cells = {
+        "lr=0.1,wd=0.01": (0.1, 0.01),
+        "lr=1,wd=0.001": (1.0, 0.001),
+        "lr=0.03,wd=0.01": (0.03, 0.01),
+        "lr=0.3,wd=0.001": (0.3, 0.001),
+    }
     runs, rows = [], []
     k = np.arange(0, steps, every)
     for arm, (alpha, lam) in cells.items():
@@ -266,22 +362,34 @@ def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
             target = W.T.equilibrium_step(alpha, lam) * step_ratio * (1 + 0.01 * s)
             for layer in ("layer1", "layer2"):
                 ang = target * (1 + 5 * np.exp(-k / settle)) * (1 + drift * (k > 3500))
-                rows += [(rid, arm, s, st, "angular_update", layer, "median", pd.NA, v)
-                         for st, v in zip(k[1:], ang[1:])]
+                rows += [
+                    (rid, arm, s, st, "angular_update", layer, "median", pd.NA, v) for st, v in zip(k[1:], ang[1:])
+                ]
                 u_pred = float(W.T.fixed_point(alpha, lam, np.sqrt(g2)))
                 for j in range(3):
-                    rows += [(rid, arm, s, steps, "unit_u_mean", layer, "unit", j, u_pred * ratio * (1 + 0.01 * s)),
-                             (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g2),
-                             (rid, arm, s, steps, "unit_ang2_mean", layer, "unit", j, target ** 2)]
+                    rows += [
+                        (rid, arm, s, steps, "unit_u_mean", layer, "unit", j, u_pred * ratio * (1 + 0.01 * s)),
+                        (rid, arm, s, steps, "unit_g2_mean", layer, "unit", j, g2),
+                        (rid, arm, s, steps, "unit_ang2_mean", layer, "unit", j, target**2),
+                    ]
     return a, runs, rows
 
 
 def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, **kw):
     _, runs, rows = _wd(**kw)
     # a small theory grid that relaxes within the horizon (1 / (4 alpha lambda) <= 250 steps)
-    raw = _config("wd_fixed_point", {"theory.horizon": horizon, "theory.alphas": [0.1, 1.0], "theory.lams": [0.01],
-                                     "theory.u0s": [0.1, 10.0], **({"theory.rel_tol": theory_tol} if theory_tol else {})})
+    raw = _config(
+        "wd_fixed_point",
+        {
+            "theory.horizon": horizon,
+            "theory.alphas": [0.1, 1.0],
+            "theory.lams": [0.01],
+            "theory.u0s": [0.1, 10.0],
+            **({"theory.rel_tol": theory_tol} if theory_tol else {}),
+        },
+    )
     from normlab.engine.config import from_dict
+
     W.theory_curves(from_dict(W.WDConfig, raw).theory).to_csv(tmp_path / "theory.csv", index=False)
     t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
     return {r.claim_id: r.verdict for r in REGISTRY["wd_fixed_point"].analyze(t)}
@@ -289,23 +397,33 @@ def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, **kw):
 
 def test_k4_supported_at_the_predicted_fixed_point(tmp_path):
     v = _wd_verdicts(tmp_path)
-    assert v == {"K4-theory": "supported", "K4-norm": "supported", "K4-step": "supported",
-                 "K4-pairs": "supported", "K4-time": "supported"}
+    assert v == {
+        "K4-theory": "supported",
+        "K4-norm": "supported",
+        "K4-step": "supported",
+        "K4-pairs": "supported",
+        "K4-time": "supported",
+    }
 
 
 def test_k4_not_supported_away_from_it(tmp_path):
     v = _wd_verdicts(tmp_path, horizon=50, ratio=2.0, step_ratio=2.0, settle_order=False)
     assert v["K4-step"] == "not supported"
-    assert v["K4-theory"] == "not supported"                 # 50 steps cannot reach u* from u0 = 0.1 or 10
+    assert v["K4-theory"] == "not supported"  # 50 steps cannot reach u* from u0 = 0.1 or 10
     assert v["K4-norm"] == "not supported" and v["K4-time"] == "not supported"
 
 
 def test_k4_pairs_not_supported_when_equal_products_differ(tmp_path):
     _, runs, rows = _wd()
-    rows = [r if not (r[1] == "lr=1,wd=0.001" and r[4] in ("unit_ang2_mean", "angular_update"))
-            else (*r[:8], r[8] * (4.0 if r[4] == "unit_ang2_mean" else 2.0)) for r in rows]
+    rows = [
+        r
+        if not (r[1] == "lr=1,wd=0.001" and r[4] in ("unit_ang2_mean", "angular_update"))
+        else (*r[:8], r[8] * (4.0 if r[4] == "unit_ang2_mean" else 2.0))
+        for r in rows
+    ]
     raw = _config("wd_fixed_point", {"theory.horizon": 2000})
     from normlab.engine.config import from_dict
+
     W.theory_curves(from_dict(W.WDConfig, raw).theory).to_csv(tmp_path / "theory.csv", index=False)
     t = Tables(tmp_path, raw, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
     v = {r.claim_id: r.verdict for r in REGISTRY["wd_fixed_point"].analyze(t)}
@@ -315,33 +433,48 @@ def test_k4_pairs_not_supported_when_equal_products_differ(tmp_path):
 def test_k4_inconclusive_with_two_seeds_or_no_equilibrium(tmp_path):
     v = _wd_verdicts(tmp_path, n_seeds=2)
     assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
-    v = _wd_verdicts(tmp_path, drift=1.0)                     # every run still moving: none equilibrated
+    v = _wd_verdicts(tmp_path, drift=1.0)  # every run still moving: none equilibrated
     assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
 
 
 # ---------- K5 ----------
 
+
 def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61)):
     sgd = [0.70, 0.705, 0.695, 0.70, 0.70]
-    acc = {("sgd", "careful"): sgd, ("adam", "careful"): careful_adam, ("sgd", "narrow"): sgd,
-           ("adam", "narrow"): list(narrow_adam)}
+    acc = {
+        ("sgd", "careful"): sgd,
+        ("adam", "careful"): careful_adam,
+        ("sgd", "narrow"): sgd,
+        ("adam", "narrow"): list(narrow_adam),
+    }
     runs = []
     for workload in ("mlp", "cnn"):
         for (opt, protocol), vals in acc.items():
             for s, v in enumerate(vals):
-                runs.append({"run_id": f"{workload}-{opt}-{protocol}-final-s{1000 + s}",
-                             "arm": f"{workload}-{opt}-{protocol}-final", "seed": 1000 + s, "status": "ok",
-                             "final_test_acc": v, "final_val_acc": v})
+                runs.append(
+                    {
+                        "run_id": f"{workload}-{opt}-{protocol}-final-s{1000 + s}",
+                        "arm": f"{workload}-{opt}-{protocol}-final",
+                        "seed": 1000 + s,
+                        "status": "ok",
+                        "final_test_acc": v,
+                        "final_val_acc": v,
+                    }
+                )
     return _verdicts("optimizer_tuning", runs, [])
 
 
-@pytest.mark.parametrize("careful_adam,expected", [
-    ([0.70, 0.71, 0.69, 0.70, 0.71], "supported"),         # CI contains 0
-    ([0.695, 0.70, 0.69, 0.695, 0.695], "supported"),      # CI excludes 0 but within +-1 point
-    ([0.60, 0.61, 0.59, 0.60, 0.61], "not supported"),     # 10 points apart
-    ([0.685, 0.695, 0.675, 0.695, 0.68], "inconclusive"),  # excludes 0, overlaps the margin
-    ([0.60, 0.61], "inconclusive"),                        # n = 2
-])
+@pytest.mark.parametrize(
+    "careful_adam,expected",
+    [
+        ([0.70, 0.71, 0.69, 0.70, 0.71], "supported"),  # CI contains 0
+        ([0.695, 0.70, 0.69, 0.695, 0.695], "supported"),  # CI excludes 0 but within +-1 point
+        ([0.60, 0.61, 0.59, 0.60, 0.61], "not supported"),  # 10 points apart
+        ([0.685, 0.695, 0.675, 0.695, 0.68], "inconclusive"),  # excludes 0, overlaps the margin
+        ([0.60, 0.61], "inconclusive"),  # n = 2
+    ],
+)
 def test_k5(careful_adam, expected):
     v = _k5(careful_adam)
     assert v["K5-mlp"] == expected and v["K5-cnn"] == expected
@@ -350,16 +483,34 @@ def test_k5(careful_adam, expected):
 
 # ---------- K9, K10 ----------
 
+
 def _gotchas(tmp_path, adagrad=-0.5, rmsprop=0.0, adam_err=0.0, inside_gap=0.5, v_err=0.0, step_slope=0.4):
     t = np.unique(np.round(np.logspace(0, 3, 30)))
-    streams = pd.concat([pd.DataFrame({"optimizer": o, "seed": s, "step": t, "median_abs_step": t ** slope})
-                         for o, slope in (("adagrad", adagrad), ("rmsprop", rmsprop)) for s in range(3)])
+    streams = pd.concat(
+        [
+            pd.DataFrame({"optimizer": o, "seed": s, "step": t, "median_abs_step": t**slope})
+            for o, slope in (("adagrad", adagrad), ("rmsprop", rmsprop))
+            for s in range(3)
+        ]
+    )
     g = np.logspace(-10, 1, 23)
     eps = pd.DataFrame({"eps": 1e-8, "grad": g, "outside": g / (g + 1e-8), "torch_adam": g / (g + 1e-8) + adam_err})
     eps["inside"] = eps["torch_adam"] - inside_gap
     b = np.array([8, 32, 128])
-    bm = pd.concat([pd.DataFrame({"seed": s, "batch_size": b, "v_predicted": 1.0 / b, "v_adam": (1 + v_err) / b,
-                                  "step_adam": b ** step_slope}) for s in range(3)])
+    bm = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "seed": s,
+                    "batch_size": b,
+                    "v_predicted": 1.0 / b,
+                    "v_adam": (1 + v_err) / b,
+                    "step_adam": b**step_slope,
+                }
+            )
+            for s in range(3)
+        ]
+    )
     for name, df in (("streams", streams), ("eps_table", eps), ("batch_moments", bm)):
         df.to_csv(tmp_path / f"{name}.csv", index=False)
     return _verdicts("adaptive_gotchas", [{"run_id": "x", "arm": "x", "seed": 0, "status": "ok"}][:0], [], tmp_path)
@@ -380,8 +531,10 @@ def test_k9_eps_inconclusive_when_the_table_cannot_tell_the_placements_apart(tmp
 
 # ---------- every run diverged or failed ----------
 
-@pytest.mark.parametrize("name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point",
-                                  "optimizer_tuning"])
+
+@pytest.mark.parametrize(
+    "name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point", "optimizer_tuning"]
+)
 @pytest.mark.parametrize("status", ["diverged", "failed"])
 def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(name, status, tmp_path):
     """Diverged runs are data: with no finished run every claim that needs training comes out
@@ -394,8 +547,14 @@ def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(n
     for t in exp.tasks(cfg):
         row = {"run_id": t.run_id, "arm": t.arm, "seed": t.seed, "status": status, "steps_done": 3}
         if status == "diverged":
-            row.update({"final_train_loss": np.nan, "final_test_acc": np.nan, "final_val_loss": np.nan,
-                        "final_val_acc": np.nan})
+            row.update(
+                {
+                    "final_train_loss": np.nan,
+                    "final_test_acc": np.nan,
+                    "final_val_loss": np.nan,
+                    "final_val_acc": np.nan,
+                }
+            )
         runs.append(row)
     rows = [(r["run_id"], r["arm"], r["seed"], 0, "batch_loss", "", "value", pd.NA, np.nan) for r in runs]
     t = Tables(tmp_path, to_dict(cfg), {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))

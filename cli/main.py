@@ -29,11 +29,28 @@ app = typer.Typer(
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-    "(under a minute); `normlab reproduce` runs them for real (about 9 minutes on 2 cores) and writes "
+    "(under a minute); `normlab reproduce` runs them for real (about 16 minutes on 2 cores) and writes "
     "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import normlab
+
+        console.print(f"normlab {normlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Reproduce the claims of Grosse ch. 5 (see `normlab list`)."""
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -418,23 +435,15 @@ def report(
     fmt: str = typer.Option("md", "--format", "-f", help="md (for GitHub) or html (one self-contained file)."),
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
-    from normlab.engine.report import build_report
+    import normlab
+    from normlab.engine.report import is_collection
 
     if fmt not in ("md", "html"):
         raise ConfigError(f"--format: {fmt!r} is not allowed; choose md or html")
-    from normlab.engine.report import is_collection
-
-    registry = _registry()
     collection = any(is_collection(p) for p in run_dirs)
     if out is None:
         out = (Path(run_dirs[0]) if len(run_dirs) == 1 and collection else Path(".")) / f"report.{fmt}"
-    path = build_report(
-        list(run_dirs),
-        out,
-        fmt,
-        expected=list(registry) if collection else None,
-        titles={n: e.title for n, e in registry.items()},
-    )
+    path = normlab.report(list(run_dirs), out, fmt)
     console.print(f"wrote {path}")
 
 
@@ -442,18 +451,9 @@ def report(
 @user_errors
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
-    from normlab.engine.results import load_tables
+    import normlab
 
-    tables = load_tables(run_dir)
-    name = tables.config.get("experiment")
-    registry = _registry()
-    if name not in registry:
-        raise ConfigError(
-            f"{run_dir}/config.yaml names experiment {name!r}, which this normlab "
-            f"does not know ({', '.join(sorted(registry))})"
-        )
-    paths = registry[name].plot(tables, Path(run_dir) / "plots")
-    for p in paths:
+    for p in normlab.plot(run_dir):
         console.print(f"wrote {p}")
 
 

@@ -198,3 +198,10 @@ def test_an_unreachable_ray_address_fails_within_seconds_with_one_line(address, 
     assert time.monotonic() - start < 30
     assert r.exit_code == 2 and expected in one_error_line(r)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_version_matches_the_package():
+    import normlab
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"normlab {normlab.__version__}"

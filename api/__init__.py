@@ -1,0 +1,180 @@
+"""normlab as a library: the operations of the command line, for notebooks and scripts.
+
+    import normlab
+    out = normlab.run("knockout", overrides={"run.train.steps": 300}, seeds=3, out="results/k1-short")
+    out.claims                                  # one row per claim (pandas)
+    folder = normlab.load("results/reference/knockout")
+    folder.runs, folder.metrics, folder.claims  # the run folder's tables, typed by pandas
+    normlab.judge(folder.path)                  # recompute the claim rows from the CSVs alone
+    normlab.plot(folder.path)                   # redraw its figures
+
+Every function takes experiment names or config paths, dotted overrides as a dict, and run
+folders as paths; errors are `normlab.NormlabError` (bad config: `normlab.ConfigError`) with one
+line that names the config key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from normlab.engine.errors import ConfigError, NormlabError
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("normlab")
+except Exception:  # not installed (e.g. run from a source tree)
+    __version__ = "unknown"
+
+__all__ = [
+    "__version__",
+    "ConfigError",
+    "NormlabError",
+    "RunFolder",
+    "judge",
+    "list_experiments",
+    "load",
+    "plot",
+    "report",
+    "run",
+    "sweep",
+]
+
+
+def _registry():
+    from normlab.experiments import REGISTRY
+
+    return REGISTRY
+
+
+def list_experiments() -> pd.DataFrame:
+    """The registered experiments: name, title, claim ids, default config."""
+    rows = [
+        {"experiment": n, "title": e.title, "claims": [c.id for c in e.claims], "config": str(e.default_config)}
+        for n, e in _registry().items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def _config_path(name_or_path: str | Path) -> Path:
+    registry = _registry()
+    if str(name_or_path) in registry:
+        return registry[str(name_or_path)].default_config
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    raise ConfigError(
+        f"{str(name_or_path)!r} is neither a known experiment ({', '.join(sorted(registry))}) nor a config file"
+    )
+
+
+def _overrides(overrides: Optional[dict[str, Any]], seeds: Optional[int]) -> dict[str, Any]:
+    out = dict(overrides or {})
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError("seeds: must be at least 1")
+        out["seeds"] = seeds
+    return out
+
+
+def run(
+    experiment: str | Path,
+    overrides: Optional[dict[str, Any]] = None,
+    seeds: Optional[int] = None,
+    out: Optional[str | Path] = None,
+    jobs: int = 1,
+    smoke: bool = False,
+    backend: str = "local",
+):
+    """Train every arm x seed of an experiment (a name or a config file), judge, plot, report.
+
+    `overrides` are dotted keys, e.g. {"run.optim.lr": 0.05}. Returns an Outcome (folder, claims,
+    runs, plots). `out` defaults to results/<experiment>/<timestamp>; an interrupted run of the
+    same call resumes from OUT.partial/."""
+    from normlab.engine.results import default_run_dir
+    from normlab.experiments import load_config, run_experiment
+
+    exp, cfg = load_config(_config_path(experiment), _registry(), _overrides(overrides, seeds), smoke)
+    folder = Path(out) if out else default_run_dir(Path("results"), exp.name, smoke)
+    return run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, backend=backend)
+
+
+def sweep(
+    name_or_path: str | Path,
+    overrides: Optional[dict[str, Any]] = None,
+    out: Optional[str | Path] = None,
+    jobs: int = 1,
+    smoke: bool = False,
+):
+    """Run a sweep (configs/sweeps/NAME.yaml or a sweep file) into `out`, resumably; returns an Outcome."""
+    from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
+
+    exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), dict(overrides or {}), smoke)
+    folder = Path(out) if out else Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
+    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke)
+
+
+@dataclass
+class RunFolder:
+    """A run folder's files as tables: what every analysis and plot reads."""
+
+    path: Path
+    config: dict
+    manifest: dict
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    claims: pd.DataFrame
+
+
+def load(folder: str | Path) -> RunFolder:
+    """Read a run folder (written by run, sweep or reproduce)."""
+    from normlab.engine.results import load_tables
+
+    t = load_tables(Path(folder))
+    claims_path = Path(folder) / "claims.csv"
+    claims = pd.read_csv(claims_path) if claims_path.is_file() else pd.DataFrame()
+    return RunFolder(Path(folder), t.config, t.manifest, t.runs, t.metrics, claims)
+
+
+def judge(folder: str | Path) -> pd.DataFrame:
+    """The claim rows of a run folder, recomputed from its CSVs alone (nothing is written)."""
+    from normlab.engine.results import CLAIM_COLUMNS, load_tables
+
+    tables = load_tables(Path(folder))
+    exp = _experiment_of(tables.config, folder)
+    return pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
+
+
+def plot(folder: str | Path) -> list[Path]:
+    """Redraw every figure of a run folder from its CSVs (into FOLDER/plots)."""
+    from normlab.engine.results import load_tables
+
+    tables = load_tables(Path(folder))
+    return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
+
+
+def report(folders: list[str | Path], out: str | Path, fmt: str = "md") -> Path:
+    """One report (md or html) over run folders or a reproduce output folder."""
+    from normlab.engine.report import build_report, is_collection
+
+    if fmt not in ("md", "html"):
+        raise ConfigError(f"format: {fmt!r} is not allowed; choose md or html")
+    registry = _registry()
+    paths = [Path(f) for f in folders]
+    expected = list(registry) if any(is_collection(p) for p in paths) else None
+    return build_report(paths, Path(out), fmt, expected=expected, titles={n: e.title for n, e in registry.items()})
+
+
+def _experiment_of(config: dict, folder):
+    name = config.get("experiment")
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(
+            f"{folder}/config.yaml names experiment {name!r}, which this normlab does not know "
+            f"({', '.join(sorted(registry))})"
+        )
+    return registry[name]

@@ -318,7 +318,7 @@ def test_k3_supported_when_the_norms_follow_eq19(tmp_path):
 
 def test_k3_not_supported_when_the_norms_do_not_grow(tmp_path):
     v = _eff_verdicts(
-        tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"theory.rel_tol": 1e-9}
+        tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"analysis.theory_rel_tol": 1e-9}
     )
     for cid in ("K3-theory", "K3-euler", "K3-growth", "K3-slope", "K3-adam", "K3-spread", "K3-renorm", "K13"):
         assert v[cid] == "not supported", cid
@@ -385,7 +385,7 @@ def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, **kw):
             "theory.alphas": [0.1, 1.0],
             "theory.lams": [0.01],
             "theory.u0s": [0.1, 10.0],
-            **({"theory.rel_tol": theory_tol} if theory_tol else {}),
+            **({"analysis.theory_rel_tol": theory_tol} if theory_tol else {}),
         },
     )
     from normlab.engine.config import from_dict

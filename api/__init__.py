@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -40,6 +40,7 @@ __all__ = [
     "load",
     "plot",
     "report",
+    "reproduce",
     "run",
     "sweep",
 ]
@@ -119,6 +120,63 @@ def sweep(
 
 
 @dataclass
+class Reproduction:
+    """What `reproduce` wrote: the output root, each experiment's folder and claim rows, the reports."""
+
+    root: Path
+    folders: dict[str, Path]
+    claims: dict[str, pd.DataFrame]
+    reports: list[Path]
+
+
+def reproduce(
+    out: Optional[str | Path] = None,
+    smoke: bool = False,
+    only: Optional[list[str]] = None,
+    jobs: int = 1,
+    overrides: Optional[dict[str, Any]] = None,
+    on_experiment: Optional[Callable[[int, int, str, Path, bool], None]] = None,
+    on_start=None,
+    on_result=None,
+) -> Reproduction:
+    """Run every experiment's default config (or those in `only`) into OUT/<experiment>/, then
+    write OUT/report.md and OUT/report.html. Finished experiments are reused, interrupted ones
+    resume. `on_experiment(i, n, name, folder, reused)` is called before each experiment;
+    `on_start` and `on_result` are passed to every run (progress)."""
+    from normlab.engine.config import dump_yaml
+    from normlab.engine.report import build_report
+    from normlab.engine.results import read_claims
+    from normlab.experiments import load_config, run_experiment
+
+    registry = _registry()
+    names = list(only) if only else list(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ConfigError(f"only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
+    root = Path(out) if out else Path("results") / ("reproduce-smoke" if smoke else "reproduce")
+    configs = {n: load_config(registry[n].default_config, registry, dict(overrides or {}), smoke) for n in names}
+    for i, name in enumerate(names, 1):
+        exp, cfg = configs[name]
+        folder = root / name
+        reused = (folder / "claims.csv").is_file()
+        if reused and (folder / "config.yaml").read_text() != dump_yaml(cfg):
+            raise ConfigError(
+                f"{folder} holds {name} results of a different config; remove that folder to rerun it, "
+                "or choose another output folder"
+            )
+        if on_experiment:
+            on_experiment(i, len(names), name, folder, reused)
+        if not reused:
+            run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, on_start=on_start, on_result=on_result)
+    titles = {n: e.title for n, e in registry.items()}
+    reports = [  # exactly what `normlab report ROOT --format FMT` writes
+        build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
+        for fmt in ("md", "html")
+    ]
+    return Reproduction(root, {n: root / n for n in names}, {n: read_claims(root / n) for n in names}, reports)
+
+
+@dataclass
 class RunFolder:
     """A run folder's files as tables: what every analysis and plot reads."""
 
@@ -132,11 +190,10 @@ class RunFolder:
 
 def load(folder: str | Path) -> RunFolder:
     """Read a run folder (written by run, sweep or reproduce)."""
-    from normlab.engine.results import load_tables
+    from normlab.engine.results import load_tables, read_claims
 
     t = load_tables(Path(folder))
-    claims_path = Path(folder) / "claims.csv"
-    claims = pd.read_csv(claims_path) if claims_path.is_file() else pd.DataFrame()
+    claims = read_claims(folder) if (Path(folder) / "claims.csv").is_file() else pd.DataFrame()
     return RunFolder(Path(folder), t.config, t.manifest, t.runs, t.metrics, claims)
 
 

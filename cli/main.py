@@ -352,77 +352,58 @@ def reproduce(
     Experiments already finished in the output folder are reused and interrupted ones resume, so
     running the same command again continues where it stopped.
     """
-    from normlab.engine.report import build_report
-    from normlab.experiments import load_config, run_experiment
+    import normlab
 
-    registry = _registry()
-    names = list(registry)
-    if only:
-        names = [n.strip() for n in only.split(",") if n.strip()]
-        unknown = [n for n in names if n not in registry]
-        if unknown:
-            raise ConfigError(f"--only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
-    overrides = _cli_overrides([], None, device)
-    root = out or Path("results") / ("reproduce-smoke" if smoke else "reproduce")
-    n_jobs = _resolve_jobs(jobs)
-    configs = {n: load_config(registry[n].default_config, registry, overrides, smoke) for n in names}
-    for i, name in enumerate(names, 1):
-        exp, cfg = configs[name]
-        folder = root / name
-        if (folder / "claims.csv").is_file():
-            from normlab.engine.config import dump_yaml
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    unknown = [n for n in names or [] if n not in _registry()]
+    if unknown:
+        raise ConfigError(f"--only: {', '.join(unknown)} not known; choose from {', '.join(_registry())}")
+    current: dict = {}
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bars:
 
-            if (folder / "config.yaml").read_text() != dump_yaml(cfg):
-                raise ConfigError(
-                    f"{folder} holds {name} results of a different config; remove that folder "
-                    "to rerun it, or pass another --out"
-                )
-            err_console.print(f"[{i}/{len(names)}] {name}: already finished in {folder}, reused")
-            continue
-        err_console.print(f"[{i}/{len(names)}] {name}")
-        with Progress(
-            TextColumn("{task.description:<24}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bars:
-            overall = bars.add_task(name, total=0)
+        def on_experiment(i: int, n: int, name: str, folder: Path, reused: bool) -> None:
+            if "task" in current:
+                bars.remove_task(current["task"])
+            current.update(folder=folder, task=bars.add_task(name, total=0), total=0)
+            bars.console.print(f"[{i}/{n}] {name}" + (f": already finished in {folder}, reused" if reused else ""))
 
-            def on_start(tasks, reused, overall=overall) -> None:
-                t = bars.tasks[overall]
-                bars.update(overall, total=(t.total or 0) + len(tasks))
+        def on_start(tasks, reused) -> None:
+            current["total"] += len(tasks)
+            bars.update(current["task"], total=current["total"])
 
-            try:
-                run_experiment(
-                    exp,
-                    cfg,
-                    folder,
-                    jobs=n_jobs,
-                    smoke=smoke,
-                    on_start=on_start,
-                    on_result=lambda res, overall=overall: bars.advance(overall),
-                )
-            except KeyboardInterrupt:
-                err_console.print(
-                    f"interrupted: run the same command again to continue ({folder}.partial keeps the finished runs)"
-                )
-                raise typer.Exit(130)
-    titles = {n: e.title for n, e in registry.items()}
-    for fmt in ("md", "html"):  # exactly what `normlab report ROOT --format FMT` writes
-        build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
-    from normlab.engine.report import _load_folder
-
+        try:
+            result = normlab.reproduce(
+                out=out,
+                smoke=smoke,
+                only=names,
+                jobs=_resolve_jobs(jobs),
+                overrides=_cli_overrides([], None, device),
+                on_experiment=on_experiment,
+                on_start=on_start,
+                on_result=lambda res: bars.advance(current["task"]),
+            )
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted: run the same command again to continue "
+                f"({current.get('folder', 'the output folder')}.partial keeps the finished runs)"
+            )
+            raise typer.Exit(130)
     table = Table(title="Claims")
     for col in ("experiment", "claim", "verdict"):
         table.add_column(col)
     colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
-    for n in names:
-        for _, r in _load_folder(root / n)["claims"].iterrows():
+    for n, claims in result.claims.items():
+        for _, r in claims.iterrows():
             table.add_row(n, str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]")
     console.print(table)
-    console.print(f"report: {root / 'report.md'} and {root / 'report.html'}")
+    console.print(f"report: {result.reports[0]} and {result.reports[1]}")
 
 
 @app.command()

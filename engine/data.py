@@ -12,7 +12,6 @@ import io
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from .config import to_dict
 from .errors import DataError
-from .files import publish
+from .files import atomic_write
 from .spec import DataConfig
 
 
@@ -118,15 +117,7 @@ def _finish(cfg: DataConfig, x_tr, y_tr, x_te, y_te, num_classes: int) -> Datase
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _mnist1d(cfg: DataConfig):

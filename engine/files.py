@@ -1,10 +1,16 @@
-"""Writing files so that a reader never sees half of one: temp file in the same folder, rename."""
+"""Writing files so that a reader never sees half of one: temp file in the same folder, rename.
+
+`atomic_write` is the one writer: every CSV, JSON, YAML, report, figure and dataset cache goes
+through it (text through `atomic_write_text`).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from . import faults
 
@@ -15,24 +21,30 @@ def _umask() -> int:
     return mask
 
 
-def publish(tmp: str | Path, path: Path) -> None:
-    """Give a finished temporary file normal permissions and move it into place atomically."""
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str, fault_point: str = "") -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], fault_point: str = "") -> Path:
+    """Write `path` by calling write(binary file), into a temp file in the same folder that is
+    renamed into place only when complete. `fault_point` names a test fault (see faults.py)
+    that kills the process half way through this write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getvalue()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
+        with os.fdopen(fd, "wb") as fh:
             if fault_point and faults.hit(fault_point):  # tests only: die half way through the write
-                fh.write(text[: len(text) // 2])
+                fh.write(data[: len(data) // 2])
                 fh.flush()
                 faults.die()
-            fh.write(text)
-        publish(tmp, path)
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: Path, text: str, fault_point: str = "") -> Path:
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), fault_point)

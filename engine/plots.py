@@ -7,8 +7,6 @@ written without timestamps, so the same CSVs give the same bytes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .files import publish  # noqa: E402
+from .files import atomic_write  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110,
@@ -60,16 +58,10 @@ def save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-        publish(tmp, path)
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", metadata={"Software": None}))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 VERDICT_COLORS = {

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .claims import EVIDENCE_KINDS
 from .errors import NormlabError
-from .results import Tables, atomic_write_text
+from .results import Tables, atomic_write_text, load_tables, read_claims
 
 
 def _fmt(v) -> str:
@@ -75,29 +75,18 @@ VERDICT_ORDER = {"supported": 0, "inconclusive": 1, "not supported": 2}
 
 
 def _load_folder(folder: Path) -> dict:
-    import json
-
-    import yaml
-
-    claims_path = folder / "claims.csv"
-    if not claims_path.is_file():
+    if not (folder / "claims.csv").is_file():
         raise NormlabError(
             f"{folder} has no claims.csv; pass run folders written by `normlab run`, "
             "`normlab sweep` or `normlab reproduce`"
         )
-    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
-    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-    runs = pd.read_csv(folder / "runs.csv") if (folder / "runs.csv").is_file() else pd.DataFrame()
+    t = load_tables(folder, metrics=False)
     return {
         "folder": folder,
-        "claims": pd.read_csv(
-            claims_path,
-            keep_default_na=False,
-            na_values={c: ["nan", "NaN", ""] for c in ("value", "ci_low", "ci_high", "bound_low", "bound_high")},
-        ),
-        "manifest": manifest,
-        "config": config,
-        "runs": runs,
+        "claims": read_claims(folder),
+        "manifest": t.manifest,
+        "config": t.config,
+        "runs": t.runs,
         "plots": sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else [],
     }
 

@@ -156,7 +156,18 @@ class Tables:
         return m.loc[sel, ["run_id", "arm", "seed", "step", "value"]]
 
 
-def load_tables(folder: Path) -> Tables:
+CLAIM_NUMERIC = ("value", "ci_low", "ci_high", "bound_low", "bound_high")
+
+
+def read_claims(folder: Path) -> pd.DataFrame:
+    """claims.csv: numbers where numbers are ('nan' is missing), text kept as written elsewhere."""
+    return pd.read_csv(
+        Path(folder) / "claims.csv", keep_default_na=False, na_values={c: ["nan", "NaN", ""] for c in CLAIM_NUMERIC}
+    )
+
+
+def load_tables(folder: Path, metrics: bool = True) -> Tables:
+    """The one reader of a run folder (config, manifest, runs and, unless metrics=False, metrics)."""
     folder = Path(folder)
     metrics_path = folder / "metrics.csv"
     if not metrics_path.is_file() and (folder / "metrics.csv.gz").is_file():
@@ -168,7 +179,7 @@ def load_tables(folder: Path) -> Tables:
             ("runs.csv", folder / "runs.csv"),
             ("metrics.csv", metrics_path),
         )
-        if not p.is_file()
+        if not p.is_file() and (metrics or n != "metrics.csv")
     ]
     if not folder.is_dir() or missing:
         what = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
@@ -179,12 +190,14 @@ def load_tables(folder: Path) -> Tables:
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     runs = pd.read_csv(folder / "runs.csv", keep_default_na=True)
-    metrics = pd.read_csv(
+    if not metrics:
+        return Tables(folder, config, manifest, runs, pd.DataFrame(columns=METRIC_COLUMNS))
+    table = pd.read_csv(
         metrics_path, dtype={"layer": str, "stat": str}, keep_default_na=False, na_values={"value": ["nan", "NaN", ""]}
     )
-    if "unit" in metrics:
-        metrics["unit"] = pd.to_numeric(metrics["unit"], errors="coerce").astype("Int64")
-    return Tables(folder, config, manifest, runs, metrics)
+    if "unit" in table:
+        table["unit"] = pd.to_numeric(table["unit"], errors="coerce").astype("Int64")
+    return Tables(folder, config, manifest, runs, table)
 
 
 def host_info() -> dict[str, Any]:

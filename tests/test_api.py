@@ -52,3 +52,31 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").symlink_to(ROOT / "results")  # the example reads the committed reference
     exec(compile(block.group(1), "README.md", "exec"), {})
+
+
+def test_reproduce_runs_the_named_experiments_reuses_finished_ones_and_writes_both_reports(tmp_path):
+    seen = []
+    first = normlab.reproduce(
+        out=tmp_path / "r",
+        smoke=True,
+        only=["adaptive_gotchas"],
+        on_experiment=lambda i, n, name, folder, reused: seen.append((name, reused)),
+    )
+    assert seen == [("adaptive_gotchas", False)] and [p.name for p in first.reports] == ["report.md", "report.html"]
+    assert list(first.claims["adaptive_gotchas"]["claim_id"]) == [
+        "K9-adagrad",
+        "K9-rmsprop",
+        "K9-eps",
+        "K10",
+        "K10-step",
+    ]
+    again = normlab.reproduce(
+        out=tmp_path / "r",
+        smoke=True,
+        only=["adaptive_gotchas"],
+        on_experiment=lambda i, n, name, folder, reused: seen.append((name, reused)),
+    )
+    assert seen[-1] == ("adaptive_gotchas", True)
+    pd.testing.assert_frame_equal(first.claims["adaptive_gotchas"], again.claims["adaptive_gotchas"])
+    with pytest.raises(normlab.ConfigError, match="nope not known"):
+        normlab.reproduce(out=tmp_path / "x", only=["nope"])

@@ -150,6 +150,11 @@ def _mnist1d(cfg: DataConfig):
         return f["x"], f["y"], f["x_test"], f["y_test"], 10
 
 
+TEACHER_HIDDEN = 64  # hidden units of the random teacher network (tanh)
+MIXTURE_MEAN_SCALE = 6.0  # class means ~ N(0, (6 / sqrt(dim))^2 I): well separated but overlapping
+MIXTURE_NOISE_SCALE = 3.0  # within-class std = 3 * data.noise (at least 3e-3)
+
+
 def _synthetic(cfg: DataConfig):
     """Inputs ~ N(0, I); labels from a random teacher network, or a Gaussian mixture."""
     g = torch.Generator().manual_seed(cfg.data_seed)
@@ -157,15 +162,15 @@ def _synthetic(cfg: DataConfig):
     dim = int(np.prod(shape))
     if cfg.synthetic_kind == "teacher":
         x = torch.randn(n, dim, generator=g)
-        w1 = torch.randn(dim, 64, generator=g) / dim**0.5
-        w2 = torch.randn(64, k, generator=g) / 8.0
+        w1 = torch.randn(dim, TEACHER_HIDDEN, generator=g) / dim**0.5  # unit-variance pre-activations
+        w2 = torch.randn(TEACHER_HIDDEN, k, generator=g) / TEACHER_HIDDEN**0.5
         logits = torch.tanh((x + cfg.noise * torch.randn(n, dim, generator=g)) @ w1) @ w2
         y = logits.argmax(1)
     else:
-        means = 2.0 * torch.randn(k, dim, generator=g) / dim**0.5 * 3.0
+        means = torch.randn(k, dim, generator=g) / dim**0.5 * MIXTURE_MEAN_SCALE
         y = torch.arange(n) % k
         y = y[torch.randperm(n, generator=g)]
-        x = means[y] + max(cfg.noise, 1e-3) * torch.randn(n, dim, generator=g) * 3.0
+        x = means[y] + max(cfg.noise, 1e-3) * torch.randn(n, dim, generator=g) * MIXTURE_NOISE_SCALE
     x = x.reshape(n, *shape)
     split = int(n * cfg.train_split)
     return x[:split], y[:split], x[split:], y[split:], k

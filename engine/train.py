@@ -117,11 +117,13 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     model.train()
     start = time.perf_counter()
     for step in range(steps):
+        # -- batch and schedule
         lr = opt.set_step(step)
         x, y = batches.next()
         probing = probes is not None and step % probe_every == 0
         if probing and fixed_x is not None:
             probes.observe(fixed_x)  # statistics of a fixed batch, before this step's update
+        # -- forward (probes listen here unless they use a fixed batch)
         with probes.capture() if (probing and fixed_x is None) else nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -130,9 +132,11 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             status = "diverged"
             rows.append((step, "batch_loss", "", "value", None, loss_value))
             break
+        # -- backward
         opt.zero_grad()
         loss.backward()
         window_loss, window_steps = window_loss + loss_value, window_steps + 1
+        # -- probes: gradients and statistics of this step, before the update
         if probing:
             acc = (logits.argmax(1) == y).float().mean().item()
             rows += [
@@ -143,9 +147,11 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             ]
             rows += probes.record(step, lr)
             window_loss, window_steps = 0.0, 0
+        # -- update, and the angle it turned each unit by
         opt.step()
         if probing and cfg.probes.weights:
             rows += probes.after_step(step)
+        # -- evaluation on every split, in eval mode
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             final = evaluate(model, data, cfg.train.eval_batch_size)
             rows += [(step + 1, k, "", "value", None, v) for k, v in final.items()]

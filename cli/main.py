@@ -8,17 +8,20 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import re
 import math
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from normlab.engine.config import ConfigError, parse_set
+import yaml
+
+from normlab.engine.config import ConfigError
 from normlab.engine.errors import NormlabError
 
 app = typer.Typer(
@@ -53,6 +56,39 @@ def _main(
     """Reproduce the claims of Grosse ch. 5 (see `normlab list`)."""
 
 
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set a.b=value` items as dotted overrides; values are read as YAML scalars and lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    return out
+
+
+# The engine speaks of config keys; on the command line the same advice reads as flags.
+_AS_FLAGS = [
+    (
+        re.compile(r"\b([Ss])et (run\.[\w.]+=\S+?)(?=[ ;,)]|$)"),
+        lambda m: f"{'P' if m[1] == 'S' else 'p'}ass --set {m[2]}",
+    ),
+    (re.compile(r"set train\.device to cpu or auto"), "use --device cpu or --device auto"),
+    (re.compile(r"choose another output folder"), "pass another --out"),
+    (re.compile(r"use the local backend"), "use --backend local"),
+]
+
+
+def as_flags(message: str) -> str:
+    for pattern, repl in _AS_FLAGS:
+        message = pattern.sub(repl, message)
+    return message
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
 
@@ -61,7 +97,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except NormlabError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {as_flags(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: finished runs are kept; the same command resumes")

@@ -212,21 +212,6 @@ def apply_overrides(tree: dict, overrides: dict[str, Any], path_prefix: str = ""
     return out
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """Parse CLI `--set a.b=value` items; values are read as YAML scalars/lists."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
-    return out
-
-
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, turning a missing or malformed file into one clear error."""
     p = Path(path)
@@ -260,7 +245,6 @@ __all__ = [
     "flatten",
     "set_dotted",
     "apply_overrides",
-    "parse_set",
     "read_yaml",
     "dump_yaml",
     "ConfigError",

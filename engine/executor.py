@@ -150,7 +150,7 @@ def _execute_ray(
     try:
         import ray
     except ImportError:
-        raise NormlabError("--backend ray needs Ray: pip install -e '.[ray]' (or use --backend local)") from None
+        raise NormlabError("the ray backend needs Ray: pip install -e '.[ray]' (or use the local backend)") from None
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS") or None,

@@ -105,7 +105,9 @@ def default_run_dir(root: Path, experiment: str, smoke: bool) -> Path:
 def ensure_free(final: Path) -> None:
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise NormlabError(f"output folder {final} already exists and is not empty; pass another --out or remove it")
+        raise NormlabError(
+            f"output folder {final} already exists and is not empty; choose another output folder or remove it"
+        )
 
 
 def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
         from .errors import ConfigError
 
         raise ConfigError(
-            "train.device: cuda was asked for but no CUDA device is visible; use --device cpu or --device auto"
+            "train.device: cuda was asked for but no CUDA device is visible; set train.device to cpu or auto"
         )
     return torch.device(name)
 

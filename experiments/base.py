@@ -276,7 +276,9 @@ def run_experiment(
         check_ray_address()  # before anything is written
     work = partial_folder(out)
     if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
-        raise NormlabError(f"{work} holds an interrupted run of a different config; remove it or pass another --out")
+        raise NormlabError(
+            f"{work} holds an interrupted run of a different config; remove it or choose another output folder"
+        )
     outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
     shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
     if out.exists():

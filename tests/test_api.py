@@ -80,3 +80,34 @@ def test_reproduce_runs_the_named_experiments_reuses_finished_ones_and_writes_bo
     pd.testing.assert_frame_equal(first.claims["adaptive_gotchas"], again.claims["adaptive_gotchas"])
     with pytest.raises(normlab.ConfigError, match="nope not known"):
         normlab.reproduce(out=tmp_path / "x", only=["nope"])
+
+
+def test_errors_speak_of_config_keys_in_the_api_and_of_flags_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from normlab.cli.main import app
+
+    paper = ROOT / "configs" / "paper" / "knockout_cifar10.yaml"
+    with pytest.raises(normlab.NormlabError) as e:
+        normlab.run(paper, overrides={"run.data.root": str(tmp_path / "nowhere")}, out=tmp_path / "o")
+    assert "set run.data.download=true" in str(e.value) and "--set" not in str(e.value)
+    r = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "knockout",
+            "--config",
+            str(paper),
+            "--set",
+            f"run.data.root={tmp_path}/nowhere",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.exit_code == 2 and "pass --set run.data.download=true" in r.output
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(normlab.NormlabError, match="choose another output folder"):
+        normlab.run("baselines", smoke=True, out=tmp_path / "full")
+    r = CliRunner().invoke(app, ["run", "baselines", "--smoke", "--out", str(tmp_path / "full")])
+    assert r.exit_code == 2 and "pass another --out" in r.output

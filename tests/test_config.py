@@ -2,7 +2,8 @@
 
 import pytest
 
-from normlab.engine.config import ConfigError, apply_overrides, from_dict, parse_set, to_dict
+from normlab.cli.main import parse_set
+from normlab.engine.config import ConfigError, apply_overrides, from_dict, to_dict
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.experiments import REGISTRY, load_config
 

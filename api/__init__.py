@@ -110,13 +110,14 @@ def sweep(
     out: Optional[str | Path] = None,
     jobs: int = 1,
     smoke: bool = False,
+    backend: str = "local",
 ):
     """Run a sweep (configs/sweeps/NAME.yaml or a sweep file) into `out`, resumably; returns an Outcome."""
     from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
 
     exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), dict(overrides or {}), smoke)
     folder = Path(out) if out else Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
-    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke)
+    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke, backend=backend)
 
 
 @dataclass
@@ -138,16 +139,19 @@ def reproduce(
     on_experiment: Optional[Callable[[int, int, str, Path, bool], None]] = None,
     on_start=None,
     on_result=None,
+    backend: str = "local",
 ) -> Reproduction:
     """Run every experiment's default config (or those in `only`) into OUT/<experiment>/, then
     write OUT/report.md and OUT/report.html. Finished experiments are reused, interrupted ones
     resume. `on_experiment(i, n, name, folder, reused)` is called before each experiment;
     `on_start` and `on_result` are passed to every run (progress)."""
     from normlab.engine.config import dump_yaml
+    from normlab.engine.executor import check_backend
     from normlab.engine.report import build_report
     from normlab.engine.results import read_claims
     from normlab.experiments import load_config, run_experiment
 
+    check_backend(backend)
     registry = _registry()
     names = list(only) if only else list(registry)
     unknown = [n for n in names if n not in registry]
@@ -167,7 +171,9 @@ def reproduce(
         if on_experiment:
             on_experiment(i, len(names), name, folder, reused)
         if not reused:
-            run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, on_start=on_start, on_result=on_result)
+            run_experiment(
+                exp, cfg, folder, jobs=jobs, smoke=smoke, on_start=on_start, on_result=on_result, backend=backend
+            )
     titles = {n: e.title for n, e in registry.items()}
     reports = [  # exactly what `normlab report ROOT --format FMT` writes
         build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)

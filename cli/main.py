@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -80,6 +81,7 @@ _AS_FLAGS = [
     (re.compile(r"set train\.device to cpu or auto"), "use --device cpu or --device auto"),
     (re.compile(r"choose another output folder"), "pass another --out"),
     (re.compile(r"use the local backend"), "use --backend local"),
+    (re.compile(r"the ray backend needs Ray"), "--backend ray needs Ray"),
 ]
 
 
@@ -97,7 +99,8 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except NormlabError as exc:
-            err_console.print(f"[red]error:[/red] {as_flags(str(exc))}", highlight=False, soft_wrap=True)
+            message = escape(as_flags(str(exc)))  # brackets such as '.[ray]' are text, not markup
+            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err_console.print("interrupted: finished runs are kept; the same command resumes")
@@ -183,6 +186,12 @@ SetOpt = typer.Option(
 SeedsOpt = typer.Option(None, "--seeds", help="Seeds per arm (overrides the config's `seeds`).")
 SmokeOpt = typer.Option(False, "--smoke", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI.")
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Parallel one-thread workers (default: number of cores).")
+BackendOpt = typer.Option(
+    "local",
+    "--backend",
+    help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
+    "extra).",
+)
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, cpu).")
 
 
@@ -331,6 +340,7 @@ def sweep(
     ),
     jobs: Optional[int] = JobsOpt,
     device: Optional[str] = DeviceOpt,
+    backend: str = BackendOpt,
 ) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
@@ -345,6 +355,9 @@ def sweep(
     exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
     folder = out or Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     n_jobs = _resolve_jobs(jobs)
+    from normlab.engine.executor import check_backend
+
+    check_backend(backend)
     with Progress(
         TextColumn("{task.description:<18}"),
         BarColumn(),
@@ -367,7 +380,9 @@ def sweep(
             if res.status != "ok":
                 err_console.print(f"  {res.run_id}: {res.status}")
 
-        outcome = run_sweep(exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_result=on_cell)
+        outcome = run_sweep(
+            exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_result=on_cell, backend=backend
+        )
     _print_claims(outcome.claims)
     console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
 
@@ -382,6 +397,7 @@ def reproduce(
     ),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
     device: Optional[str] = DeviceOpt,
+    backend: str = BackendOpt,
 ) -> None:
     """Run every experiment's default config, then write the combined report (md and html).
 
@@ -424,6 +440,7 @@ def reproduce(
                 on_experiment=on_experiment,
                 on_start=on_start,
                 on_result=lambda res: bars.advance(current["task"]),
+                backend=backend,
             )
         except KeyboardInterrupt:
             err_console.print(

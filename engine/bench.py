@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .data import load_dataset
 from .executor import default_jobs, execute
 from .spec import DataConfig, ModelConfig, OptimConfig, ProbeConfig, RunConfig, TrainConfig
-from .train import RunTask, train
+from .runs import RunTask
+from .train import train
 
 
 def bench_config(steps: int, probe_every: int) -> RunConfig:

@@ -16,7 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Optional
 
 from .errors import NormlabError
-from .train import Progress, RunResult, RunTask, train
+from .runs import Progress, RunResult, RunTask
+from .train import train
 
 
 def default_jobs() -> int:
@@ -139,6 +140,18 @@ def check_ray_address(address: Optional[str] = None, timeout: float = RAY_CONNEC
             f"RAY_ADDRESS={address}: no Ray head answers at {host}:{port} within {timeout:g} s; "
             "start one there (ray start --head) or unset RAY_ADDRESS to start a local Ray"
         ) from None
+
+
+def check_backend(backend: str) -> None:
+    """Refuse, before anything is written, a backend that cannot run here."""
+    import importlib.util
+
+    if backend not in ("local", "ray"):
+        raise NormlabError(f"backend: {backend!r} is not allowed; choose local or ray")
+    if backend == "ray":
+        check_ray_address()
+        if importlib.util.find_spec("ray") is None:
+            raise NormlabError("the ray backend needs Ray: pip install -e '.[ray]' (or use the local backend)")
 
 
 def _execute_ray(

@@ -41,9 +41,9 @@ from typing import Iterator
 import torch
 
 from .models import Net
+from .runs import Row
 from .spec import ProbeConfig
 
-Row = tuple  # (step, metric, layer, stat, unit, value)
 
 _WEIGHT_METRICS = ("weight_norm_sq", "grad_norm", "w_dot_grad", "w_grad_cos", "normalized_grad_norm")
 
@@ -85,10 +85,10 @@ class Probes:
         out = []
         for (metric, layer), total in self._unit_sums.items():
             mean = (total / self._unit_counts[(metric, layer)]).tolist()
-            out.extend((step, metric, layer, "unit", j, v) for j, v in enumerate(mean))
+            out.extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(mean))
         for metric, store in (("unit_u_first", self._unit_first), ("unit_u_last", self._unit_last)):
             for layer, vec in store.items():
-                out.extend((step, metric, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
+                out.extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
         return out
 
     @torch.no_grad()
@@ -232,7 +232,7 @@ class Probes:
         step: int, keys: list[tuple], values: list[torch.Tensor], per_unit: list[tuple[str, str, torch.Tensor]]
     ) -> list[Row]:
         flat = torch.cat(values).tolist() if values else []  # one device->host copy per probe
-        out = [(step, m, layer, s, u, v) for (m, layer, s, u), v in zip(keys, flat)]
+        out = [Row(step, m, layer, s, u, v) for (m, layer, s, u), v in zip(keys, flat)]
         for name, layer, vec in per_unit:
-            out.extend((step, name, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
+            out.extend(Row(step, name, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
         return out

@@ -27,7 +27,7 @@ import yaml
 
 from .errors import NormlabError
 from .files import atomic_write_text
-from .train import RunResult
+from .runs import RunResult
 
 METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
 CLAIM_COLUMNS = [

@@ -15,41 +15,16 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .data import Batcher, Dataset, load_dataset
-from .models import AfterNorm, Net, build_model
+from .models import Net, build_model
 from .optim import Optimizer
-from .probes import Probes, Row
+from .probes import Probes
+from .runs import Progress, Row, RunResult, RunTask
 from .spec import RunConfig
-
-Progress = Optional[Callable[[str, int, int], None]]  # (run_id, steps_done, total)
-
-
-@dataclass
-class RunTask:
-    run_id: str
-    arm: str
-    seed: int
-    config: RunConfig
-    after_norm: AfterNorm = None  # must be picklable (a top-level class instance) for pools
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    arm: str
-    seed: int
-    status: str  # "ok", "diverged" or "failed"
-    steps_done: int
-    train_seconds: float
-    final: dict[str, float] = field(default_factory=dict)
-    rows: list[Row] = field(default_factory=list)
-    error: str = ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +87,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     rows: list[Row] = []
     window_loss, window_steps = 0.0, 0  # training loss averaged over each probe interval
     final = evaluate(model, data, cfg.train.eval_batch_size)
-    rows += [(0, k, "", "value", None, v) for k, v in final.items()]
+    rows += [Row(0, k, "", "value", None, v) for k, v in final.items()]
     status, step = "ok", 0
     model.train()
     start = time.perf_counter()
@@ -130,7 +105,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             status = "diverged"
-            rows.append((step, "batch_loss", "", "value", None, loss_value))
+            rows.append(Row(step, "batch_loss", "", "value", None, loss_value))
             break
         # -- backward
         opt.zero_grad()
@@ -140,10 +115,10 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         if probing:
             acc = (logits.argmax(1) == y).float().mean().item()
             rows += [
-                (step, "batch_loss", "", "value", None, loss_value),
-                (step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
-                (step, "batch_acc", "", "value", None, acc),
-                (step, "lr", "", "value", None, lr),
+                Row(step, "batch_loss", "", "value", None, loss_value),
+                Row(step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
+                Row(step, "batch_acc", "", "value", None, acc),
+                Row(step, "lr", "", "value", None, lr),
             ]
             rows += probes.record(step, lr)
             window_loss, window_steps = 0.0, 0
@@ -154,7 +129,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         # -- evaluation on every split, in eval mode
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             final = evaluate(model, data, cfg.train.eval_batch_size)
-            rows += [(step + 1, k, "", "value", None, v) for k, v in final.items()]
+            rows += [Row(step + 1, k, "", "value", None, v) for k, v in final.items()]
             if not math.isfinite(final["train_loss"]):
                 status, step = "diverged", step + 1
                 break

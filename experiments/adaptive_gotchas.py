@@ -32,7 +32,7 @@ from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, Check, Claim, ClaimRow, Estimate, Rule, judge
-from normlab.engine.train import RunTask
+from normlab.engine.runs import RunTask
 
 from .base import Experiment
 

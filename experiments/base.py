@@ -20,7 +20,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine.data import load_dataset
-from normlab.engine.executor import check_ray_address, execute
+from normlab.engine.executor import check_backend, execute
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
 from normlab.engine.results import (
@@ -36,10 +36,11 @@ from normlab.engine.results import (
     versions,
     write_manifest,
 )
-from normlab.engine.sweep import CellStore, cell_key
+from normlab.engine.cells import CellStore, cell_key
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.claims import Claim, ClaimRow
-from normlab.engine.train import Progress, RunResult, RunTask, resolve_device
+from normlab.engine.runs import Progress, RunResult, RunTask
+from normlab.engine.train import resolve_device
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Hyperparameters always shown in runs.csv, besides the ones that differ between runs.
@@ -272,8 +273,7 @@ def run_experiment(
     rename it to OUT once everything is written."""
     out = Path(out)
     ensure_free(out)
-    if backend == "ray":
-        check_ray_address()  # before anything is written
+    check_backend(backend)  # before anything is written
     work = partial_folder(out)
     if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
         raise NormlabError(

@@ -30,7 +30,7 @@ from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Ru
 from normlab.engine.config import ConfigError, param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
-from normlab.engine.train import RunTask
+from normlab.engine.runs import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
 from .base import Experiment, arm_configs

@@ -41,7 +41,7 @@ from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, paired_t
-from normlab.engine.train import RunTask
+from normlab.engine.runs import RunTask
 
 from .base import Experiment
 from .common import final_metric, final_train_loss, needs_probes, status_note

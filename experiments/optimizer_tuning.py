@@ -34,7 +34,7 @@ from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, mean_std, paired_t
-from normlab.engine.train import RunTask
+from normlab.engine.runs import RunTask
 
 from .base import Experiment
 

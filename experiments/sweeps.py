@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from normlab.engine import config as C
+from normlab.engine.executor import check_backend
 from normlab.engine.files import atomic_write_text
 from normlab.engine.sweep import SweepConfig, expand
-from normlab.engine.train import Progress, RunResult
+from normlab.engine.runs import Progress, RunResult
 
 from .base import CONFIG_ROOT, Experiment, OnStart, Outcome, arm_configs, load_config, run_cells
 
@@ -84,8 +85,10 @@ def run_sweep(
     smoke: bool = False,
     on_start: OnStart = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
+    backend: str = "local",
 ) -> Outcome:
     """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
+    check_backend(backend)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "sweep.yaml"
@@ -104,6 +107,7 @@ def run_sweep(
         on_start,
         on_result,
         manifest={"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"},
+        backend=backend,
     )
 
 

@@ -205,3 +205,12 @@ def test_version_matches_the_package():
 
     r = invoke("--version")
     assert r.exit_code == 0 and r.output.strip() == f"normlab {normlab.__version__}"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is not None, reason="Ray is installed here")
+@pytest.mark.parametrize("command", [["run", "baselines"], ["sweep", "wd"], ["reproduce", "--only", "baselines"]])
+def test_every_command_takes_backend_ray_and_without_ray_says_what_to_install(command, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    r = invoke(*command, "--smoke", "--backend", "ray", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--backend ray needs Ray: pip install -e '.[ray]'" in one_error_line(r)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()

@@ -1,0 +1,98 @@
+"""The resume store every run uses: one cell per (run config, seed), kept in `cells/`.
+
+Each cell is keyed by a hash of its fully resolved run config, its seed and any inserted module's
+settings. A finished cell is two files: `<key>.csv` (its metric rows) and then `<key>.json` (its
+status and final metrics), each written to a temporary name and renamed. A cell counts as done only
+once its JSON exists, so a run or sweep killed at any moment loses at most the runs in flight and
+never records one twice. Cells that finished (`ok` or `diverged`) are reused when the same command
+runs again; `failed` ones are run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import faults
+from .config import to_dict
+from .files import atomic_write_text
+from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
+from .runs import RunResult
+from .spec import RunConfig
+
+DONE = ("ok", "diverged")
+
+
+def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
+    blob = json.dumps({"run": to_dict(run), "seed": seed, "extra": extra}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CellStore:
+    folder: Path
+    _done: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cells = self.folder / "cells"
+        self.cells.mkdir(parents=True, exist_ok=True)
+        for tmp in self.cells.glob(".*.tmp"):  # left by a kill in the middle of a write
+            tmp.unlink()
+        for path in self.cells.glob("*.json"):
+            row = json.loads(path.read_text())
+            if (self.cells / f"{path.stem}.csv").is_file():
+                self._done[path.stem] = row
+
+    def finished(self, key: str) -> bool:
+        row = self._done.get(key)
+        return row is not None and row["status"] in DONE
+
+    def save(self, key: str, result: RunResult, hyper: dict[str, Any]) -> None:
+        df = pd.DataFrame(result.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
+        df["unit"] = df["unit"].astype("Int64")
+        atomic_write_csv(self.cells / f"{key}.csv", df, fault_point="cell_write")
+        row = runs_frame([result], {result.run_id: hyper}).iloc[0].to_dict()
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # numpy -> JSON
+        atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
+        self._done[key] = row
+        if faults.hit("cell_saved"):  # tests only: a kill -9 between two runs
+            faults.die()
+
+    def assemble(
+        self, cells: list[tuple[str, str, str]], metrics: bool = True
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """runs.csv and (unless metrics=False) metrics.csv of the given (key, run_id, arm) cells, in
+        that order. Two arms with identical configs share one cell (one computation); each gets
+        its own rows, labelled with its own run_id and arm."""
+        runs, frames = [], []
+        for key, run_id, arm in cells:
+            row = {**self._done[key], "run_id": run_id, "arm": arm}
+            runs.append(row)
+            if not metrics:
+                continue
+            df = pd.read_csv(
+                self.cells / f"{key}.csv",
+                dtype={"layer": str, "stat": str},
+                keep_default_na=False,
+                na_values={"value": ["nan", "NaN", ""]},
+            )
+            df.insert(0, "seed", row["seed"])
+            df.insert(0, "arm", row["arm"])
+            df.insert(0, "run_id", row["run_id"])
+            frames.append(df)
+        runs_df = (
+            pd.DataFrame(runs) if runs else pd.DataFrame(columns=["run_id", "arm", "seed", "status", "steps_done"])
+        )
+        if not metrics:
+            return runs_df, None
+        m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+        m["unit"] = pd.to_numeric(m["unit"], errors="coerce").astype("Int64")
+        return runs_df, m[METRIC_COLUMNS]
+
+
+__all__ = ["DONE", "CellStore", "cell_key"]

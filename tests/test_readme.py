@@ -15,11 +15,35 @@ def _bash_blocks() -> list[str]:
 
 def test_readme_opens_with_an_install_and_run_command_and_a_test_command():
     run_cmd, test_cmd = _bash_blocks()[:2]
-    assert run_cmd.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && ")
+    assert run_cmd.startswith("python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e . && ")
     job = run_cmd.split("&& ")[-1].split()
     assert job[0] == ".venv/bin/normlab"
     assert job[1] == "reproduce" or (job[1] == "run" and job[2] in REGISTRY)
     assert "pytest" in test_cmd and "'.[test]'" in test_cmd
+
+
+def test_constraints_pin_versions_the_ranges_in_pyproject_admit():
+    """constraints.txt holds exact versions; each must lie inside pyproject's declared range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = {
+        Requirement(d).name.lower(): Requirement(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    pins = [
+        Requirement(line)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {"torch", "torchvision"} <= {p.name.lower() for p in pins}
+    for pin in pins:
+        (spec,) = pin.specifier
+        assert spec.operator == "==", pin
+        req = deps.get(pin.name.lower())
+        assert req is not None and req.specifier.contains(spec.version), (pin, req)
+    assert not any(s.operator == "==" for s in deps["torch"].specifier)  # a range, not a pin
 
 
 def test_ci_runs_exactly_the_readme_test_command():

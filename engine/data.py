@@ -183,8 +183,21 @@ def _data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else cache_dir() / "torchvision"
 
 
+def _import_torchvision(dataset: str):
+    """torchvision is an optional extra: only its datasets (and image folders) need it."""
+    try:
+        import torchvision.datasets as tvd
+        import torchvision.transforms as transforms
+    except ImportError:
+        raise DataError(
+            f"{dataset}: needs torchvision, an optional extra; install it with pip install -e '.[vision]' "
+            "(or choose data.name mnist1d or synthetic)"
+        ) from None
+    return tvd, transforms
+
+
 def _torchvision(cfg: DataConfig):
-    import torchvision.datasets as tvd
+    tvd, _ = _import_torchvision(cfg.name)
 
     cls_name, classes = _TV[cfg.name]
     root = _data_root(cfg)
@@ -230,8 +243,7 @@ def _torchvision(cfg: DataConfig):
 
 def _imagefolder(cfg: DataConfig):
     """A user's own images: ROOT/train/<class>/*.png and ROOT/test/<class>/*.png."""
-    import torchvision.datasets as tvd
-    import torchvision.transforms as T
+    tvd, T = _import_torchvision("imagefolder")
 
     root = Path(cfg.root).expanduser() if cfg.root else None
     if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():

@@ -132,3 +132,18 @@ def test_imagefolder_reads_a_users_images(tmp_path):
     d = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))
     assert d.x_train.shape == (6, 3, 16, 16) and d.x_test.shape == (4, 3, 16, 16)
     assert d.num_classes == 2 and sorted(d.y_train.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_torchvision_datasets_without_torchvision_say_which_extra_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise ImportError("No module named 'torchvision'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.raises(DataError, match=r"cifar10: needs torchvision, an optional extra; install it with pip install"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))

@@ -28,10 +28,9 @@ def test_constraints_pin_versions_the_ranges_in_pyproject_admit():
 
     from packaging.requirements import Requirement
 
-    deps = {
-        Requirement(d).name.lower(): Requirement(d)
-        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    deps = {Requirement(d).name.lower(): Requirement(d) for d in declared}
     pins = [
         Requirement(line)
         for line in (ROOT / "constraints.txt").read_text().splitlines()

@@ -3,6 +3,7 @@
 - `t_interval`: Student-t CI of a mean (one value per seed).
 - `paired_t`: CI of the mean per-seed difference of two arms that share seeds; with
   `log_ratio=True` the CI of the geometric-mean ratio (t on per-seed log ratios).
+- `geometric_t`: the same on the logs of positive ratios (a geometric mean and its CI).
 - `bca`: bias-corrected and accelerated bootstrap (scipy) of any statistic of per-seed arrays,
   resampling seeds jointly across arms (paired), for statistics that are not a plain mean.
 
@@ -67,6 +68,17 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarr
     return x[keep], y[keep]
 
 
+def geometric_t(
+    ratios: Sequence[float], level: float = LEVEL, method: str = "t on log ratio"
+) -> tuple[float, Interval, int]:
+    """(geometric mean, CI, n) of positive ratios: a Student-t interval on their logs, mapped back."""
+    r = clean(ratios)
+    logs = np.log(r[r > 0])
+    ci = t_interval(logs, level)
+    est = float(np.exp(logs.mean())) if len(logs) else float("nan")
+    return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), method), len(logs)
+
+
 def paired_t(
     a: Sequence[float], b: Sequence[float], log_ratio: bool = False, level: float = LEVEL
 ) -> tuple[float, Interval, int]:
@@ -74,11 +86,7 @@ def paired_t(
     x, y = paired(a, b)
     if log_ratio:
         ok = (x > 0) & (y > 0)
-        x, y = x[ok], y[ok]
-        d = np.log(x) - np.log(y)
-        ci = t_interval(d, level)
-        est = float(np.exp(d.mean())) if len(d) else float("nan")
-        return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "paired t on log ratio"), len(d)
+        return geometric_t(x[ok] / y[ok], level, "paired t on log ratio")
     d = x - y
     ci = t_interval(d, level)
     return (float(d.mean()) if len(d) else float("nan")), Interval(ci.low, ci.high, "paired t"), len(d)

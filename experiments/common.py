@@ -32,6 +32,11 @@ def by_arm(df: pd.DataFrame, column: str = "value") -> dict[str, list[float]]:
     return {arm: g.sort_values("seed")[column].astype(float).tolist() for arm, g in df.groupby("arm", sort=False)}
 
 
+def values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """arm -> seed -> value, from a per-run table (run_id, arm, seed, value)."""
+    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
+
+
 def final_metric(tables: Tables, metric: str) -> pd.DataFrame:
     """Per run: the final evaluation value of `metric` (from runs.csv's final_<metric>)."""
     col = f"final_{metric}"

@@ -25,7 +25,7 @@ from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import CONTROL, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
-from normlab.engine.stats import Interval, bca, t_interval
+from normlab.engine.stats import bca, geometric_t, t_interval
 
 from . import theory as T
 from .base import Experiment, arm_configs
@@ -153,13 +153,6 @@ def _layer_series(tables: Tables, metric: str, stat: str, invariant_only: bool =
     if invariant_only:
         sel = sel[sel["layer"] != "out"]
     return sel
-
-
-def _per_seed(df: pd.DataFrame, arm: str, fn) -> list[float]:
-    out = []
-    for _, g in df[df["arm"] == arm].groupby("seed"):
-        out.append(fn(g))
-    return out
 
 
 def _per_seed_dict(df: pd.DataFrame, arm: str, fn) -> dict[int, float]:
@@ -422,16 +415,13 @@ class EffLR(Experiment):
         if not per_arm:
             return missing(K3_EQ19, a, "no per-unit statistics for the SGD arms")
         table = pd.concat(per_arm, axis=1)
-        per_seed = np.exp(np.log(table).mean(axis=1)).dropna()
-        logs = np.log(per_seed.to_numpy())
-        ci = t_interval(logs)
-        est = float(np.exp(logs.mean())) if len(logs) else float("nan")
+        est, ci, n = geometric_t(np.exp(np.log(table).mean(axis=1)))  # per seed: geometric mean over arms
         return judge(
             K3_EQ19,
             Estimate(
                 est,
-                Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "t on log ratio"),
-                len(logs),
+                ci,
+                n,
                 [],
                 "median measured/predicted per arm: "
                 + ", ".join(f"{c} {np.exp(np.log(table[c]).mean()):.3f}" for c in table.columns),

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -44,7 +43,7 @@ from normlab.engine.stats import bca, paired_t
 from normlab.engine.runs import RunTask
 
 from .base import Experiment
-from .common import final_metric, final_train_loss, needs_probes, status_note
+from .common import final_metric, final_train_loss, needs_probes, status_note, values_by_seed
 
 _STATEMENT = (
     "Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
@@ -259,16 +258,6 @@ def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float], 
     rel_var = (vdrift / var.reindex(vdrift.index)).groupby(level="seed").mean()
     rel_mean, rel_var = rel_mean.sort_index(), rel_var.reindex(rel_mean.index)
     return rel_mean.tolist(), rel_var.tolist(), [int(x) for x in rel_mean.index]
-
-
-def values_values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
-    """arm -> seed -> value, from a per-run table (run_id, arm, seed, value)."""
-    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
-
-
-def values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
-    """arm -> seed -> value, from a per-run table (run_id, arm, seed, value)."""
-    return {arm: dict(zip(g["seed"].astype(int), g["value"].astype(float))) for arm, g in df.groupby("arm")}
 
 
 def gap_ratio(plain, bn, noisy):

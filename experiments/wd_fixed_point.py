@@ -26,7 +26,7 @@ from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
-from normlab.engine.stats import Interval, paired_t, t_interval
+from normlab.engine.stats import geometric_t, paired_t, t_interval
 
 from . import theory as T
 from .base import Experiment, arm_configs
@@ -205,13 +205,9 @@ def _nanmax(values: list[float]) -> float:
     return float(a[np.isfinite(a)].max()) if np.isfinite(a).any() else float("nan")
 
 
-def _geo_over_seeds(eq: pd.DataFrame, col: str) -> tuple[float, Interval, int, list[float]]:
+def _geo_over_seeds(eq: pd.DataFrame, col: str):
     """Per seed the geometric mean over cells of `col`; then a t interval on the logs over seeds."""
-    per_seed = np.exp(np.log(eq[col]).groupby(eq["seed"]).mean())
-    logs = np.log(per_seed.to_numpy())
-    ci = t_interval(logs)
-    est = float(np.exp(logs.mean())) if len(logs) else float("nan")
-    return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), "t on log ratio"), len(logs), per_seed.tolist()
+    return geometric_t(np.exp(np.log(eq[col]).groupby(eq["seed"]).mean()))
 
 
 class WDFixedPoint(Experiment):
@@ -243,7 +239,7 @@ class WDFixedPoint(Experiment):
             + ", ".join(f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in share.iterrows())
         )
         for claim, col, q in ((K4_NORM, "norm_ratio", "norm"), (K4_STEP, "step_ratio", "step")):
-            est, ci, n, _ = _geo_over_seeds(eq, col)
+            est, ci, n = _geo_over_seeds(eq, col)
             spread = (
                 (
                     f"units' measured/predicted, medians over runs of q10 {eq[f'{q}_q10'].median():.3f}, "

@@ -103,3 +103,14 @@ def test_equivalence_rule_and_the_other_kinds():
     ctl = Claim("X", CONTROL, "s", "r", Rule("abs<=", "margin"))
     row = judge(ctl, Estimate(0.1, n=3), A())
     assert row.kind == "control" and row.verdict == "supported"
+
+
+def test_geometric_t_is_a_t_interval_on_the_logs():
+    from normlab.engine.stats import geometric_t
+
+    r = np.array([0.9, 1.1, 1.05, 0.95, 1.2])
+    est, ci, n = geometric_t(r)
+    ref = sps.t.interval(0.95, 4, loc=np.log(r).mean(), scale=sps.sem(np.log(r)))
+    assert n == 5 and est == pytest.approx(np.exp(np.log(r).mean()))
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.exp(ref)))
+    assert geometric_t([2.0, float("nan"), -1.0])[2] == 1  # missing and non-positive values are left out

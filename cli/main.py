@@ -82,6 +82,7 @@ _AS_FLAGS = [
     (re.compile(r"choose another output folder"), "pass another --out"),
     (re.compile(r"use the local backend"), "use --backend local"),
     (re.compile(r"the ray backend needs Ray"), "--backend ray needs Ray"),
+    (re.compile(r"^only: "), "--only: "),
 ]
 
 
@@ -89,6 +90,18 @@ def as_flags(message: str) -> str:
     for pattern, repl in _AS_FLAGS:
         message = pattern.sub(repl, message)
     return message
+
+
+def _bars(label_width: int, unit: str = "", transient: bool = False) -> Progress:
+    """The progress bars every long command shows: label, bar, done/total, elapsed time."""
+    return Progress(
+        TextColumn(f"{{task.description:<{label_width}}}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}" + unit),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=transient,
+    )
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -286,14 +299,7 @@ def run(
     folder = out or default_run_dir(Path("results"), exp.name, smoke)
     n_jobs = _resolve_jobs(jobs)
 
-    with Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as bars:
+    with _bars(18, " steps") as bars:
         ids: dict[str, int] = {}
 
         def on_start(tasks, reused: int) -> None:
@@ -358,13 +364,7 @@ def sweep(
     from normlab.engine.executor import check_backend
 
     check_backend(backend)
-    with Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-    ) as bars:
+    with _bars(18) as bars:
         overall = bars.add_task("cells", total=0)
 
         def on_start(todo, skipped) -> None:
@@ -406,19 +406,9 @@ def reproduce(
     """
     import normlab
 
-    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    unknown = [n for n in names or [] if n not in _registry()]
-    if unknown:
-        raise ConfigError(f"--only: {', '.join(unknown)} not known; choose from {', '.join(_registry())}")
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
     current: dict = {}
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bars:
+    with _bars(24, transient=True) as bars:
 
         def on_experiment(i: int, n: int, name: str, folder: Path, reused: bool) -> None:
             if "task" in current:

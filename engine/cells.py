@@ -23,13 +23,17 @@ from .config import to_dict
 from .files import atomic_write_text
 from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
 from .runs import RunResult
-from .spec import RunConfig
+from .spec import CurvatureConfig, RunConfig
 
 DONE = ("ok", "diverged")
+_NO_CURVATURE = to_dict(CurvatureConfig())
 
 
 def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
-    blob = json.dumps({"run": to_dict(run), "seed": seed, "extra": extra}, sort_keys=True)
+    cfg = to_dict(run)
+    if cfg.get("curvature") == _NO_CURVATURE:  # runs without curvature keep the keys they had before it existed
+        del cfg["curvature"]
+    blob = json.dumps({"run": cfg, "seed": seed, "extra": extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

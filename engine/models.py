@@ -39,6 +39,7 @@ class BatchCenter(nn.Module):
     def __init__(self, features: int, momentum: float = 0.1):
         super().__init__()
         self.momentum = momentum
+        self.update_running = True  # off in curvature measurements, which must not change the network
         self.register_buffer("running_mean", torch.zeros(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +47,9 @@ class BatchCenter(nn.Module):
         shape = [1, -1] + [1] * (x.ndim - 2)
         if self.training:
             mean = x.mean(dim=dims)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
+            if self.update_running:
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
         else:
             mean = self.running_mean
         return x - mean.view(shape)

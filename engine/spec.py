@@ -120,6 +120,30 @@ class ProbeConfig:
     )
 
 
+@dataclass
+class CurvatureConfig:
+    """Curvature of one weight layer, measured on a fixed set of training examples at chosen steps.
+
+    Each measurement runs on a float64 copy of the network with its batch statistics taken from
+    those examples and any random module frozen to one draw; training is left untouched.
+    """
+
+    steps: list[int] = param(default_factory=list, help="measure after this many updates (e.g. [0, 1000]); [] = off")
+    layer: str = param("layer2", help="weight layer (layer1, layer2, ..., out) whose curvature is measured")
+    matrices: list[Literal["ggn", "hessian"]] = param(
+        default_factory=lambda: ["ggn"], help="ggn: generalized Gauss-Newton; hessian: the exact Hessian"
+    )
+    top_k: int = param(30, min=1, help="largest eigenvalues found by Lanczos (scipy eigsh)")
+    examples: int = param(500, min=2, help="the first N training examples define the curvature")
+    tol: float = param(1e-6, min=0.0, help="relative accuracy of the eigenvalues (0 = machine precision)")
+    density_steps: list[int] = param(
+        default_factory=list, help="also estimate the GGN's spectral density (stochastic Lanczos quadrature) here"
+    )
+    density_vectors: int = param(60, min=4, help="Lanczos vectors per quadrature")
+    density_repeats: int = param(2, min=1, help="random starts averaged in the density")
+    density_points: int = param(200, min=10, help="grid points of the density")
+
+
 def _p(path: str) -> str:
     return f"{path}." if path else ""
 
@@ -131,6 +155,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
 
     def check(self, path: str) -> None:
         m = self.model
@@ -146,6 +171,12 @@ class RunConfig:
         if m.norm == "weight" and m.arch != "mlp":
             raise ConfigError(
                 f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
+            )
+        bad = [s for s in self.curvature.steps + self.curvature.density_steps if not 0 <= s <= self.train.steps]
+        if bad:
+            raise ConfigError(
+                f"{_p(path)}curvature.steps: {bad} lie outside 0..train.steps ({self.train.steps}); "
+                "choose steps between 0 and train.steps"
             )
         if m.norm == "weight" and m.norm_position == "after":
             raise ConfigError(

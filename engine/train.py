@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from .curvature import measure as measure_curvature
 from .data import Batcher, Dataset, load_dataset
 from .models import Net, build_model
 from .optim import Optimizer
@@ -81,6 +82,10 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
     if probes and cfg.probes.unit_window:
         probes.window_start = (1.0 - cfg.probes.unit_window) * steps
+    curv = cfg.curvature
+    curv_steps = set(curv.steps) | set(curv.density_steps)
+    curv_x, curv_y = data.x_train[: curv.examples], data.y_train[: curv.examples]
+    curv_seconds = 0.0
     eval_every = cfg.train.eval_every or steps
     report_every = max(1, steps // 50)
 
@@ -91,7 +96,14 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     status, step = "ok", 0
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(steps + 1):
+        # -- curvature of one layer at chosen checkpoints (on a copy: training is untouched)
+        if step in curv_steps:
+            t0 = time.perf_counter()
+            rows += measure_curvature(model, curv, curv_x, curv_y, step, task.seed)
+            curv_seconds += time.perf_counter() - t0
+        if step == steps:
+            break
         # -- batch and schedule
         lr = opt.set_step(step)
         x, y = batches.next()
@@ -135,8 +147,6 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
                 break
         if progress and (step + 1) % report_every == 0:
             progress(task.run_id, step + 1, steps)
-    else:
-        step = steps
     if probes is not None and status == "ok":
         rows += probes.unit_rows(step)
     train_seconds = time.perf_counter() - start
@@ -144,4 +154,6 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         progress(task.run_id, steps, steps)
     if status == "diverged":  # final metrics of a diverged run are not numbers to average
         final = {k: float("nan") for k in final}
+    if curv_steps:
+        final["curvature_seconds"] = curv_seconds  # wall time, like train_seconds: not a result
     return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)

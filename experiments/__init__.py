@@ -6,6 +6,7 @@ from .base import Experiment, finish, load_config, run_experiment
 from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
+from .curvature import Curvature
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -13,7 +14,16 @@ from .knockout import Knockout
 
 REGISTRY: dict[str, Experiment] = {
     exp.name: exp
-    for exp in [Baselines(), Knockout(), BNPlacement(), EffLR(), WDFixedPoint(), OptimizerTuning(), AdaptiveGotchas()]
+    for exp in [
+        Baselines(),
+        Knockout(),
+        BNPlacement(),
+        EffLR(),
+        WDFixedPoint(),
+        OptimizerTuning(),
+        AdaptiveGotchas(),
+        Curvature(),
+    ]
 }
 
 __all__ = ["REGISTRY", "Experiment", "finish", "load_config", "run_experiment"]

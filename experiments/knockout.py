@@ -224,9 +224,34 @@ class AffineNoise(nn.Module):
             m = center + c.mean_halfwidth * (2.0 * torch.rand_like(x) - 1.0)
             gamma = log_scale.exp() * (1.0 + (c.scale_max - 1.0) * torch.rand_like(x))
             return x * gamma + m
-        m = self.center + c.mean_halfwidth * (2.0 * torch.rand(n, device=x.device) - 1.0)
-        gamma = self.log_scale.exp() * (1.0 + (c.scale_max - 1.0) * torch.rand(n, device=x.device))
+        m, gamma = self._draw(x.device)
         return x * gamma.view(shape) + m.view(shape)
+
+    def _draw(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c = self.center.shape[0], self.cfg
+        m = self.center + c.mean_halfwidth * (2.0 * torch.rand(n, device=device) - 1.0)
+        gamma = self.log_scale.exp() * (1.0 + (c.scale_max - 1.0) * torch.rand(n, device=device))
+        return m, gamma
+
+    def frozen(self) -> nn.Module:
+        """One per-unit draw of the map, held fixed: the noisy network as one deterministic function
+        (what a curvature measurement needs). The centers do not move."""
+        with torch.no_grad():
+            m, gamma = self._draw(self.center.device)
+        return FixedAffine(gamma, m)
+
+
+class FixedAffine(nn.Module):
+    """x -> gain * x + shift per unit (channel), with fixed gain and shift."""
+
+    def __init__(self, gain: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("gain", gain.clone())
+        self.register_buffer("shift", shift.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        return x * self.gain.view(shape) + self.shift.view(shape)
 
 
 class NoiseFactory:

@@ -1,0 +1,128 @@
+"""Curvature of one weight layer: its largest eigenvalues (Lanczos) and its spectral density.
+
+The curvature-vector products come from curvlinops (maintained scipy LinearOperators for the
+generalized Gauss-Newton matrix and the Hessian, built on torch.func); scipy's `eigsh` (ARPACK's
+implicitly restarted Lanczos) finds the top-k eigenvalues, and curvlinops' stochastic Lanczos
+quadrature (Papyan 2020, Alg. 2) the density. Both are restricted to one layer's weight tensor.
+
+A measurement never changes training: it runs on a float64 copy of the network whose
+normalizers use the batch statistics of the measured examples without touching running buffers,
+and whose random modules (anything with a `frozen()` method, such as the knockout's noise) are
+replaced by one fixed draw, so the operator is a fixed, symmetric matrix. Its random numbers
+(the Lanczos start vectors, that draw) come from a generator seeded by the run's seed and step.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .models import BatchCenter, Net
+from .runs import Row
+from .spec import CurvatureConfig
+
+with warnings.catch_warnings():  # a dependency of curvlinops warns about torch.jit.script on import
+    warnings.simplefilter("ignore", FutureWarning)
+    from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approximate_spectrum
+
+OPERATORS = {"ggn": GGNLinearOperator, "hessian": HessianLinearOperator}
+
+
+def measurement_copy(model: Net) -> Net:
+    """A float64 copy of `model` that computes one fixed function of its input batch."""
+    m = copy.deepcopy(model).double().train()
+    for parent in list(m.modules()):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, "frozen"):
+                setattr(parent, name, child.frozen())
+            elif isinstance(child, _BatchNorm):
+                child.track_running_stats, child.running_mean, child.running_var = False, None, None
+            elif isinstance(child, BatchCenter):
+                child.update_running = False
+    return m
+
+
+def weight_of(model: Net, layer: str) -> nn.Parameter:
+    layers = {wl.name: wl.module.weight for wl in model.weight_layers}
+    if layer not in layers:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"curvature.layer: {layer!r} is not a weight layer of this model; choose one of {list(layers)}"
+        )
+    return layers[layer]
+
+
+class _Counted(LinearOperator):
+    """A scipy operator that counts its products (the cost of Lanczos, in curvature-vector products)."""
+
+    def __init__(self, op: LinearOperator):
+        super().__init__(np.float64, op.shape)
+        self.op, self.products = op, 0
+
+    def _matvec(self, v):
+        self.products += 1
+        return self.op @ v
+
+    def _matmat(self, V):
+        self.products += V.shape[1]
+        return self.op @ V
+
+
+def operator(model: Net, layer: str, x: torch.Tensor, y: torch.Tensor, matrix: str):
+    """The `matrix` ("ggn" or "hessian") of the mean cross-entropy on (x, y), w.r.t. `layer`'s weight."""
+    return OPERATORS[matrix](
+        model,
+        nn.CrossEntropyLoss(),
+        [weight_of(model, layer)],
+        [(x.double(), y)],
+        check_deterministic=False,  # measurement_copy makes it deterministic; the check costs two passes
+    )
+
+
+def top_eigenvalues(op, k: int, tol: float, seed: int) -> tuple[np.ndarray, int]:
+    """The k largest eigenvalues (descending) of a symmetric curvlinops operator, and the number of
+    curvature-vector products Lanczos needed. The start vector is seeded, so results repeat."""
+    counted = _Counted(op.to_scipy())
+    n = counted.shape[0]
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    if k >= n - 1:  # ARPACK needs k < n; a tiny layer is cheaper to decompose densely anyway
+        dense = counted @ np.eye(n)
+        return np.sort(np.linalg.eigvalsh((dense + dense.T) / 2))[::-1][:k], counted.products
+    vals = eigsh(counted, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+    return np.sort(vals)[::-1], counted.products
+
+
+def spectral_density(op, top: float, cfg: CurvatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Grid and density of a positive semi-definite operator's spectrum on [0, top] (plus a margin)."""
+    grid, density = lanczos_approximate_spectrum(
+        op, cfg.density_vectors, num_points=cfg.density_points, num_repeats=cfg.density_repeats, boundaries=(0.0, top)
+    )
+    return grid.cpu().numpy(), density.cpu().numpy()
+
+
+def measure(model: Net, cfg: CurvatureConfig, x: torch.Tensor, y: torch.Tensor, step: int, seed: int) -> list[Row]:
+    """Every curvature row of one checkpoint: top-k eigenvalues per matrix (stat "rank", unit =
+    rank from 1), the products each took, and the GGN's density where asked for."""
+    rows: list[Row] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + step)  # the frozen draw and the quadrature's start vectors
+        m = measurement_copy(model)
+        for i, matrix in enumerate(cfg.matrices):
+            op = operator(m, cfg.layer, x, y, matrix)
+            vals, products = top_eigenvalues(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + i)
+            rows += [Row(step, f"{matrix}_eig", cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
+            rows.append(Row(step, f"{matrix}_products", cfg.layer, "value", None, float(products)))
+            if matrix == "ggn" and step in cfg.density_steps:
+                grid, density = spectral_density(op, float(max(vals[0], 1e-12)), cfg)
+                rows += [Row(step, "ggn_density_at", cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
+                rows += [Row(step, "ggn_density", cfg.layer, "grid", j, float(d)) for j, d in enumerate(density)]
+                n_products = cfg.density_repeats * cfg.density_vectors
+                rows.append(Row(step, "ggn_density_products", cfg.layer, "value", None, float(n_products)))
+    return rows

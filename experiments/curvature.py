@@ -1,0 +1,392 @@
+"""curvature (K8): the outlier eigenvalues that uncentered inputs give a layer's curvature.
+
+Grosse ch. 5, §3 and §4.2 (Eqs. 9, 13-14). When a layer's inputs h have a nonzero mean mu, the
+curvature with respect to its weights carries a near rank-one part from mu mu^T (times the
+output-side curvature, whose rank is at most C - 1 per example), which shows up as about C
+eigenvalues far above the rest. Centering the inputs (batch centering; the quasi-diagonal
+reparameterization of Eq. 9 does the same) removes that part, and so does batch norm right after
+the layer: the loss then ignores a shift of the inputs along mu. The chapter's reading of the
+Santurkar knockout is the same argument: noise after one BN layer shifts the next layer's inputs,
+but the next layer's BN still cancels the shift, so the outliers stay away.
+
+Each run trains one MLP and, at a few checkpoints, measures the generalized Gauss-Newton matrix
+(GGN) and the Hessian of the training loss with respect to one hidden layer's weights: the top-k
+eigenvalues by Lanczos, and the GGN's spectral density by stochastic Lanczos quadrature
+(engine/curvature.py). Arms: uncentered (no normalizer), centered (batch centering after every
+ReLU), BN in the next layer (BN before every ReLU, so right after the measured layer), BN after
+the previous activation, and the knockout (BN before every ReLU followed by the drifting random
+affine noise of the knockout experiment), on MNIST-1D and on a Gaussian mixture.
+
+An outlier is an eigenvalue above `outlier_factor` times the bulk scale, the median of the
+eigenvalues ranked C+1..k (ranks where outliers cannot sit if there are about C of them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlab.engine import config as C
+from normlab.engine import plots as P
+from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.config import param
+from normlab.engine.results import Tables
+from normlab.engine.runs import RunTask
+from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
+from normlab.engine.stats import paired_t, t_interval
+
+from .base import Experiment, arm_configs
+from .knockout import NoiseConfig, NoiseFactory
+
+_COUNT = "outliers per class (count / C) of the GGN of the measured layer at the last checkpoint, mean over seeds"
+_REMOVED = "paired by seed: (outliers of the uncentered arm - outliers of this arm) / C, GGN, last checkpoint"
+_ABOUT_C = "the uncentered network shows about C outliers (Grosse ch. 5, §3, §4.2)"
+_FEWER = "removes the outliers: far fewer than the uncentered network (Grosse ch. 5, §4.2)"
+_KNOCK = (
+    "Noise after BN does not bring the outliers back at the weights that follow it, because the next "
+    "layer's BN still cancels a shift of their inputs (Grosse ch. 5, §4.2, reading of Santurkar et al.)"
+)
+_TOP = (
+    "Centering the inputs (Eq. 9 / batch centering) lowers the top eigenvalue relative to the bulk by a "
+    "stated factor (Grosse ch. 5, §3); relative to the bulk because the scales of different networks differ"
+)
+_TOPSTAT = "paired by seed: geometric mean of (lambda_1 / bulk) uncentered over (lambda_1 / bulk) centered, GGN"
+
+CLAIMS = (
+    Claim("K8-mnist1d", MEASURED, f"MNIST-1D: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
+    Claim(
+        "K8-hessian-mnist1d",
+        MEASURED,
+        f"MNIST-1D, Hessian: {_ABOUT_C}",
+        _COUNT.replace("GGN", "Hessian"),
+        Rule("in", "about_c_band"),
+    ),
+    Claim(
+        "K8-centered-mnist1d", MEASURED, f"MNIST-1D: centering the inputs {_FEWER}", _REMOVED, Rule(">=", "removal_min")
+    ),
+    Claim(
+        "K8-bnnext-mnist1d", MEASURED, f"MNIST-1D: BN in the next layer {_FEWER}", _REMOVED, Rule(">=", "removal_min")
+    ),
+    Claim(
+        "K8-bnprev-mnist1d",
+        MEASURED,
+        f"MNIST-1D: BN after the previous activation {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim("K8-top-mnist1d", MEASURED, f"MNIST-1D: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
+    Claim(
+        "K8-knockout-mnist1d",
+        MEASURED,
+        f"MNIST-1D: {_KNOCK}",
+        _COUNT.replace("GGN", "GGN (knockout arm)"),
+        Rule("<", "return_max"),
+    ),
+    Claim("K8-mixture", MEASURED, f"Gaussian mixture: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
+    Claim(
+        "K8-hessian-mixture",
+        MEASURED,
+        f"Gaussian mixture, Hessian: {_ABOUT_C}",
+        _COUNT.replace("GGN", "Hessian"),
+        Rule("in", "about_c_band"),
+    ),
+    Claim(
+        "K8-centered-mixture",
+        MEASURED,
+        f"Gaussian mixture: centering the inputs {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim(
+        "K8-bnnext-mixture",
+        MEASURED,
+        f"Gaussian mixture: BN in the next layer {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim(
+        "K8-bnprev-mixture",
+        MEASURED,
+        f"Gaussian mixture: BN after the previous activation {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim("K8-top-mixture", MEASURED, f"Gaussian mixture: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
+    Claim(
+        "K8-knockout-mixture",
+        MEASURED,
+        f"Gaussian mixture: {_KNOCK}",
+        _COUNT.replace("GGN", "GGN (knockout arm)"),
+        Rule("<", "return_max"),
+    ),
+)
+BY_ID = {c.id: c for c in CLAIMS}
+REMOVERS = {"centered": "centered", "bnnext": "bn_next", "bnprev": "bn_prev"}  # claim word -> arm
+
+
+@dataclass
+class CurvatureDesign:
+    workloads: dict[str, dict[str, Any]] = param(
+        default_factory=lambda: {
+            "mnist1d": {"data.name": "mnist1d"},
+            "mixture": {"data.name": "synthetic", "data.synthetic_kind": "mixture"},
+        },
+        help="workload name -> overrides of `run` (every arm runs on every workload)",
+    )
+    noise_arms: list[str] = param(default_factory=lambda: ["knockout"], help="arms that get the knockout's noise")
+    noise_level: float = param(1.0, min=0.0, help="strength of that noise (the knockout experiment's scale)")
+
+
+@dataclass
+class CurvatureAnalysis(Analysis):
+    outlier_factor: float = param(5.0, min=1.0, help="an outlier exceeds this multiple of the bulk scale")
+    about_c_band: list[float] = param(
+        default_factory=lambda: [0.5, 2.0], help="'about C outliers': outliers per class inside this band"
+    )
+    removal_min: float = param(0.5, min=0.0, help="'far fewer': removes at least this many outliers per class")
+    return_max: float = param(0.5, min=0.0, help="knockout: outliers per class stay below this")
+    top_drop_min: float = param(2.0, min=1.0, help="centering lowers lambda_1 / bulk by more than this factor")
+
+
+@dataclass
+class CurvatureExperimentConfig(ExperimentConfig):
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    design: CurvatureDesign = field(default_factory=CurvatureDesign)
+    analysis: CurvatureAnalysis = field(default_factory=CurvatureAnalysis)
+
+    def check(self, path: str = "") -> None:
+        needed = {"uncentered", "centered", "bn_next", "bn_prev", "knockout"}
+        if not needed <= set(self.arms):
+            raise C.ConfigError(f"arms: the curvature verdicts need the arms {sorted(needed)}; add the missing ones")
+        if not self.run.curvature.steps:
+            raise C.ConfigError("run.curvature.steps: the experiment measures curvature; set e.g. [0, 1000]")
+        classes = 10 if self.run.data.name != "synthetic" else self.run.data.num_classes
+        if self.run.curvature.top_k < 3 * classes:
+            raise C.ConfigError(
+                f"run.curvature.top_k: needs >= 3C = {3 * classes} eigenvalues (the bulk scale is read from ranks "
+                f"C+1..k); set run.curvature.top_k={3 * classes}"
+            )
+
+
+def workload_arms(cfg: CurvatureExperimentConfig) -> dict[str, tuple[str, str, RunConfig]]:
+    """'workload-arm' -> (workload, arm, run config): every arm on every workload."""
+    out = {}
+    for arm, run in arm_configs(cfg).items():
+        base = C.to_dict(run)
+        for w, overrides in cfg.design.workloads.items():
+            raw = C.apply_overrides(base, overrides or {}, f"design.workloads.{w}")
+            out[f"{w}-{arm}"] = (w, arm, C.from_dict(RunConfig, raw, f"design.workloads.{w}"))
+    return out
+
+
+def spectra(tables: Tables, matrix: str) -> pd.DataFrame:
+    """Top-k eigenvalues: one row per run, step and rank (columns workload, arm, seed, step, rank, value)."""
+    m = tables.metrics
+    d = m[(m["metric"] == f"{matrix}_eig") & (m["stat"] == "rank")].copy()
+    d["workload"], d["kind"] = d["arm"].str.split("-", n=1).str[0], d["arm"].str.split("-", n=1).str[1]
+    d["rank"] = d["unit"].astype(int)
+    return d[["workload", "kind", "seed", "step", "rank", "value"]]
+
+
+def outliers(spec: pd.DataFrame, classes: int, factor: float) -> pd.DataFrame:
+    """Per (workload, arm, seed, step): lambda_1, bulk scale (median of ranks C+1..k), prominence
+    lambda_1 / bulk, and the outlier count (eigenvalues above factor x bulk)."""
+    rows = []
+    for (w, kind, seed, step), g in spec.groupby(["workload", "kind", "seed", "step"]):
+        vals = g.sort_values("rank")["value"].to_numpy()
+        bulk = float(np.median(vals[classes:])) if len(vals) > classes else float("nan")
+        count = int((vals > factor * bulk).sum()) if bulk > 0 else float("nan")
+        top = float(vals[0])
+        rows.append(
+            {
+                "workload": w,
+                "kind": kind,
+                "seed": int(seed),
+                "step": int(step),
+                "top": top,
+                "bulk": bulk,
+                "prominence": top / bulk if bulk > 0 else float("nan"),
+                "outliers": count,
+                "per_class": count / classes,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["workload", "kind", "seed", "step", "top", "bulk", "prominence", "outliers", "per_class"]
+    )
+
+
+def _by_seed(o: pd.DataFrame, kind: str, column: str, seeds: list[int]) -> list[float]:
+    d = o[o["kind"] == kind].set_index("seed")[column]
+    return [float(d.get(s, float("nan"))) for s in seeds]
+
+
+class Curvature(Experiment):
+    name = "curvature"
+    title = "K8: outlier eigenvalues of a layer's curvature, and what centering, BN and the knockout do to them"
+    claims = CLAIMS
+    config_class = CurvatureExperimentConfig
+
+    def tasks(self, cfg: CurvatureExperimentConfig) -> list[RunTask]:
+        noise = NoiseFactory(cfg.noise, level=cfg.design.noise_level)
+        return [
+            RunTask(f"{name}-s{seed}", name, seed, run, noise if arm in cfg.design.noise_arms else None)
+            for name, (_, arm, run) in workload_arms(cfg).items()
+            for seed in cfg.seed_list
+        ]
+
+    def _classes(self, cfg: CurvatureExperimentConfig, workload: str) -> int:
+        raw = C.apply_overrides(C.to_dict(cfg.run), cfg.design.workloads.get(workload) or {})
+        data = C.from_dict(RunConfig, raw).data
+        return 10 if data.name != "synthetic" else data.num_classes
+
+    def analyze(self, tables: Tables) -> list[ClaimRow]:
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        seeds = cfg.seed_list
+        rows = []
+        for w in ("mnist1d", "mixture"):
+            ids = [c for c in CLAIMS if c.id.endswith(f"-{w}")]
+            if w not in cfg.design.workloads:
+                rows += [missing(c, a, f"workload {w!r} is not in design.workloads") for c in ids]
+                continue
+            classes = self._classes(cfg, w)
+            per_matrix = {}
+            for matrix in ("ggn", "hessian"):
+                s = spectra(tables, matrix)
+                s = s[s["workload"] == w]
+                last = int(s["step"].max()) if len(s) else -1
+                per_matrix[matrix] = (outliers(s[s["step"] == last], classes, a.outlier_factor), last)
+            o, last = per_matrix["ggn"]
+            if o.empty:
+                rows += [missing(c, a, f"no GGN spectra for workload {w} (every run failed?)") for c in ids]
+                continue
+            unc = _by_seed(o, "uncentered", "per_class", seeds)
+            mean_counts = o.groupby("kind")["outliers"].mean()
+            counts = ", ".join(f"{k} {v:.1f}" for k, v in mean_counts.items())
+            where = f"step {last}, C = {classes}, outlier > {a.outlier_factor:g} x bulk; mean outliers: {counts}"
+            for matrix, cid in (("ggn", f"K8-{w}"), ("hessian", f"K8-hessian-{w}")):
+                om, step_m = per_matrix[matrix]
+                if om.empty:
+                    rows.append(missing(BY_ID[cid], a, f"no {matrix} spectra (add it to run.curvature.matrices)"))
+                    continue
+                vals = _by_seed(om, "uncentered", "per_class", seeds)
+                ci = t_interval(vals)
+                n = int(np.isfinite(vals).sum())
+                tops = _by_seed(om, "uncentered", "prominence", seeds)
+                rows.append(
+                    judge(
+                        BY_ID[cid],
+                        Estimate(
+                            float(np.nanmean(vals)) if n else float("nan"),
+                            ci,
+                            n,
+                            detail=f"{where}; uncentered lambda_1/bulk per seed: "
+                            + ", ".join(f"{v:.2f}" for v in tops),
+                        ),
+                        a,
+                    )
+                )
+            has_outliers = Check(
+                "the uncentered network has outliers to remove",
+                bool(np.nanmean(unc) >= a.about_c_band[0]) if np.isfinite(unc).any() else False,
+                f"the uncentered arm has {np.nanmean(unc):.2f} outliers per class (< {a.about_c_band[0]:g})",
+            )
+            for word, arm in REMOVERS.items():
+                other = _by_seed(o, arm, "per_class", seeds)
+                est, ci, n = paired_t(unc, other)
+                rows.append(judge(BY_ID[f"K8-{word}-{w}"], Estimate(est, ci, n, [has_outliers], where), a))
+            est, ci, n = paired_t(
+                _by_seed(o, "uncentered", "prominence", seeds), _by_seed(o, "centered", "prominence", seeds), True
+            )
+            lam = o.groupby("kind")[["top", "bulk"]].mean()
+            rows.append(
+                judge(
+                    BY_ID[f"K8-top-{w}"],
+                    Estimate(
+                        est,
+                        ci,
+                        n,
+                        detail="mean lambda_1 (bulk): "
+                        + ", ".join(f"{k} {r.top:.3g} ({r.bulk:.3g})" for k, r in lam.iterrows()),
+                    ),
+                    a,
+                )
+            )
+            knock = _by_seed(o, "knockout", "per_class", seeds)
+            n = int(np.isfinite(knock).sum())
+            rows.append(
+                judge(
+                    BY_ID[f"K8-knockout-{w}"],
+                    Estimate(float(np.nanmean(knock)) if n else float("nan"), t_interval(knock), n, detail=where),
+                    a,
+                )
+            )
+        return rows
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        s = spectra(tables, "ggn")
+        if s.empty:
+            return []
+        workloads = [w for w in cfg.design.workloads if w in set(s["workload"])]
+        kinds = list(cfg.arms)
+        col = P.colors(kinds)
+        fig, axes = P.figure(ncols=3, nrows=len(workloads), width=4.0, height=3.2)
+        for i, w in enumerate(workloads):
+            sw = s[s["workload"] == w]
+            last = int(sw["step"].max())
+            ax = axes[i, 0]
+            for k in kinds:
+                d = sw[(sw["kind"] == k) & (sw["step"] == last)]
+                if len(d):
+                    P.mean_band(ax, d, k, col[k], x="rank")
+            ax.set(yscale="log", xlabel="rank", ylabel="GGN eigenvalue", title=f"{w}: top eigenvalues at step {last}")
+            ax.legend(fontsize=6)
+            ax = axes[i, 1]
+            o = outliers(sw, self._classes(cfg, w), a.outlier_factor)
+            for k in kinds:
+                d = o[o["kind"] == k].rename(columns={"outliers": "value"})
+                if len(d):
+                    P.mean_band(ax, d, k, col[k])
+            ax.axhline(self._classes(cfg, w), color="k", ls=":", lw=1, label="C")
+            ax.set(
+                xlabel="step", ylabel=f"outliers (> {a.outlier_factor:g} x bulk)", title=f"{w}: outliers over training"
+            )
+            ax = axes[i, 2]
+            m = tables.metrics
+            dens = m[(m["metric"] == "ggn_density") & m["arm"].str.startswith(f"{w}-")]
+            at = m[(m["metric"] == "ggn_density_at") & m["arm"].str.startswith(f"{w}-")]
+            first_seed = dens["seed"].min() if len(dens) else None
+            for k in kinds:
+                d = dens[(dens["arm"] == f"{w}-{k}") & (dens["seed"] == first_seed)]
+                x = at[(at["arm"] == f"{w}-{k}") & (at["seed"] == first_seed)]
+                if len(d) and len(x):
+                    bulk = o[(o["kind"] == k) & (o["seed"] == first_seed) & (o["step"] == int(d["step"].max()))]["bulk"]
+                    scale = float(bulk.iloc[0]) if len(bulk) else 1.0
+                    ax.plot(x["value"].to_numpy() / scale, d["value"].to_numpy(), color=col[k], lw=1, label=k)
+            ax.set(
+                xscale="symlog",
+                yscale="log",
+                ylim=(1e-6, None),
+                xlabel="eigenvalue / bulk scale",
+                ylabel="density",
+                title=f"{w}: GGN spectral density (seed {first_seed})",
+            )
+            ax.axvline(a.outlier_factor, color="k", ls=":", lw=1)
+            ax.legend(fontsize=6)
+        paths = [P.save(fig, out / "curvature.png")]
+        runs = tables.runs
+        if "final_curvature_seconds" in runs:
+            fig, axes = P.figure(width=5.0)
+            ax = axes[0, 0]
+            share = runs["final_curvature_seconds"].astype(float) / runs["train_seconds"].astype(float)
+            g = pd.DataFrame({"arm": runs["arm"], "share": share}).groupby("arm")["share"].mean()
+            ax.barh(list(g.index), list(g.to_numpy()), color="#1f77b4")
+            ax.set(xlabel="share of run wall time spent measuring curvature", title="Cost of the Lanczos measurements")
+            paths.append(P.save(fig, out / "curvature_cost.png"))
+        return paths

@@ -7,6 +7,7 @@ from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .curvature import Curvature
+from .identities import Identities
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -23,6 +24,7 @@ REGISTRY: dict[str, Experiment] = {
         OptimizerTuning(),
         AdaptiveGotchas(),
         Curvature(),
+        Identities(),
     ]
 }
 

@@ -8,6 +8,7 @@ from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .curvature import Curvature
 from .identities import Identities
+from .fisher import Fisher
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -25,6 +26,7 @@ REGISTRY: dict[str, Experiment] = {
         AdaptiveGotchas(),
         Curvature(),
         Identities(),
+        Fisher(),
     ]
 }
 

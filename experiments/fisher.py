@@ -1,0 +1,323 @@
+"""fisher (K12): the empirical Fisher is not the Fisher (Kunstner, Balles & Hennig 2019, Fig. 2).
+
+Grosse ch. 5, §2.1. On linear regression with a Gaussian likelihood the Fisher equals the Hessian
+of the loss (the data part), so natural gradient descent is Newton's method and heads straight for
+theta*. The empirical Fisher (1/N) sum r_i^2 x_i x_i^T, the matrix whose diagonal Adam and RMSprop
+estimate, weights each example by its squared residual instead: far from theta* the residuals are
+large and uneven, and the preconditioned flow bends away from the natural gradient. Near theta*
+the residuals are the noise, whose variance is 1 here, and the two matrices nearly agree.
+
+Setup as in the paper: N = 1000, x = [1, LogNormal(0, 0.75)], theta_true = (2, 2),
+y = x theta_true + N(0, 1); loss = (1/N) sum (y_i - x_i theta)^2 / 2 + theta^T theta / (2 * 0.1 * N)
+(a Gaussian prior with variance 0.1, scaled by 1/N). Vector fields, as drawn in the paper:
+  GD   -(1/3) grad L
+  NGD  -(F + 1e-8 I)^-1 grad L        F = Hessian of L (constant for least squares)
+  EF   -3 (EF + 1e-8 I)^-1 grad L     EF = (1/N) sum r_i^2 x_i x_i^T, r_i the residual at theta
+Trajectories: 50,000 Euler steps of 0.001 from (2, 4.5), (1, 0), (4.5, 3) and (-0.5, 3). Every
+seed draws its own dataset (seed 0 is the paper's draw up to the random generator).
+No training loop runs: the tables are computed at run time and written next to the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from normlab.engine import plots as P
+from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.config import param
+from normlab.engine.results import Tables
+from normlab.engine.runs import RunTask
+from normlab.engine.spec import Analysis, ExperimentConfig
+
+from .base import Experiment
+
+K12_REACH = Claim(
+    "K12-reach",
+    EXACT,
+    "Gradient descent and natural gradient descent both reach the minimizer theta* from every start "
+    "(Kunstner et al. 2019, Fig. 2; Grosse ch. 5, §2.1)",
+    "max over seeds, starts and the two flows of ||theta_end - theta*|| / ||theta_start - theta*||",
+    Rule("<", "reach_tol"),
+)
+K12_DEVIATE = Claim(
+    "K12-deviate",
+    EXACT,
+    "Away from theta*, the empirical-Fisher flow points in a direction far from the natural gradient's "
+    "(Kunstner et al. 2019, Fig. 2; Grosse ch. 5, §2.1)",
+    "smallest over seeds of the share of grid points farther than far_radius from theta* where the angle "
+    "between the EF and NGD directions exceeds angle_min",
+    Rule(">", "share_min"),
+)
+K12_NEAR_MEDIAN = Claim(
+    "K12-near-median",
+    DESCRIPTIVE,
+    "The typical angle near theta* (added after a smoke run showed the maximum angle far above K12-near's "
+    "bound; K12-near's rule is unchanged)",
+    "median over seeds and points within near_radius of theta* of the angle between EF and NGD (degrees)",
+    Rule("none"),
+)
+K12_NEAR = Claim(
+    "K12-near",
+    EXACT,
+    "Near theta* the empirical Fisher is a fair stand-in: the two directions nearly agree (Kunstner et al. "
+    "2019; Grosse ch. 5, §2.1)",
+    "max over seeds and grid points within near_radius of theta* of the angle between the EF and NGD directions "
+    "(degrees)",
+    Rule("<", "near_angle_max", "degrees"),
+)
+
+
+@dataclass
+class FisherProblem:
+    n: int = param(1000, min=2, help="examples")
+    lognormal_sigma: float = param(0.75, min=0.0, help="x_2 ~ LogNormal(0, sigma)")
+    theta_true: list[float] = param(default_factory=lambda: [2.0, 2.0], help="parameters that generate y")
+    noise_std: float = param(1.0, min=0.0, help="std of the Gaussian noise on y")
+    prior_var: float = param(0.1, min=1e-12, help="variance of the Gaussian prior (its term is scaled by 1/N)")
+    damping: float = param(1e-8, min=0.0, help="added to both Fisher matrices before solving")
+    gd_scale: float = param(1.0 / 3.0, min=0.0, help="GD's field is -gd_scale * grad")
+    ef_scale: float = param(3.0, min=0.0, help="EF's field is -ef_scale * EF^-1 grad")
+    starts: list[list[float]] = param(
+        default_factory=lambda: [[2.0, 4.5], [1.0, 0.0], [4.5, 3.0], [-0.5, 3.0]], help="trajectory starts"
+    )
+    euler_steps: int = param(50000, min=1, help="Euler steps per trajectory")
+    euler_dt: float = param(0.001, min=0.0, help="Euler step size")
+    record_every: int = param(250, min=1, help="keep every k-th trajectory point")
+    grid_halfwidth: float = param(3.0, min=0.0, help="direction grid: theta* +- this in each coordinate")
+    grid_points: int = param(41, min=3, help="grid points per coordinate")
+
+
+@dataclass
+class FisherAnalysis(Analysis):
+    reach_tol: float = param(0.01, min=0.0, help="K12-reach: remaining fraction of the starting distance")
+    far_radius: float = param(1.0, min=0.0, help="K12-deviate: 'away from theta*' means farther than this")
+    angle_min: float = param(30.0, min=0.0, max=180.0, help="K12-deviate: an angle above this counts (degrees)")
+    share_min: float = param(0.25, min=0.0, max=1.0, help="K12-deviate: share of far grid points that must deviate")
+    near_radius: float = param(0.1, min=0.0, help="K12-near: 'near theta*' means within this distance")
+    near_angle_max: float = param(10.0, min=0.0, max=180.0, help="K12-near: largest angle allowed (degrees)")
+
+
+@dataclass
+class FisherConfig(ExperimentConfig):
+    problem: FisherProblem = field(default_factory=FisherProblem)
+    analysis: FisherAnalysis = field(default_factory=FisherAnalysis)
+
+
+@dataclass
+class Regression:
+    """The least-squares problem of one seed, with its gradient, Fisher and empirical Fisher."""
+
+    x: np.ndarray  # N x 2
+    y: np.ndarray  # N
+    p: FisherProblem
+
+    @classmethod
+    def draw(cls, p: FisherProblem, seed: int) -> "Regression":
+        rng = np.random.default_rng(seed)
+        x = np.stack([np.ones(p.n), rng.lognormal(0.0, p.lognormal_sigma, p.n)], axis=1)
+        y = x @ np.asarray(p.theta_true) + p.noise_std * rng.standard_normal(p.n)
+        return cls(x, y, p)
+
+    @property
+    def fisher(self) -> np.ndarray:
+        n = len(self.y)
+        return self.x.T @ self.x / n + np.eye(2) / (self.p.prior_var * n)
+
+    @property
+    def theta_star(self) -> np.ndarray:
+        return np.linalg.solve(self.fisher, self.x.T @ self.y / len(self.y))
+
+    def grad(self, theta: np.ndarray) -> np.ndarray:
+        """Gradients at many points (M x 2)."""
+        n = len(self.y)
+        r = self.y[None, :] - theta @ self.x.T  # M x N residuals
+        return -(r @ self.x) / n + theta / (self.p.prior_var * n)
+
+    def empirical_fisher(self, theta: np.ndarray) -> np.ndarray:
+        """(1/N) sum_i r_i^2 x_i x_i^T at many points (M x 2 x 2)."""
+        r2 = (self.y[None, :] - theta @ self.x.T) ** 2
+        return np.einsum("mn,ni,nj->mij", r2, self.x, self.x) / len(self.y)
+
+    def field(self, kind: str, theta: np.ndarray) -> np.ndarray:
+        g = self.grad(theta)
+        damp = self.p.damping * np.eye(2)
+        if kind == "gd":
+            return -self.p.gd_scale * g
+        if kind == "ngd":
+            return -np.linalg.solve(self.fisher + damp, g.T).T
+        return -self.p.ef_scale * np.linalg.solve(self.empirical_fisher(theta) + damp, g[..., None])[..., 0]
+
+
+def _angles(reg: Regression, theta: np.ndarray) -> np.ndarray:
+    """Angle in degrees between the EF and NGD directions at each point."""
+    a, b = reg.field("ef", theta), reg.field("ngd", theta)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def trajectories(reg: Regression, seed: int) -> pd.DataFrame:
+    p = reg.p
+    rows = []
+    for kind in ("gd", "ngd", "ef"):
+        theta = np.asarray(p.starts, dtype=float)
+        for k in range(p.euler_steps + 1):
+            if k % p.record_every == 0 or k == p.euler_steps:
+                rows += [
+                    {"seed": seed, "flow": kind, "start": i, "step": k, "theta1": t[0], "theta2": t[1]}
+                    for i, t in enumerate(theta)
+                ]
+            if k < p.euler_steps:
+                theta = theta + p.euler_dt * reg.field(kind, theta)
+    return pd.DataFrame(rows)
+
+
+def direction_grid(reg: Regression, seed: int) -> pd.DataFrame:
+    p, star = reg.p, reg.theta_star
+    axis = np.linspace(-p.grid_halfwidth, p.grid_halfwidth, p.grid_points)
+    t1, t2 = np.meshgrid(star[0] + axis, star[1] + axis)
+    theta = np.stack([t1.ravel(), t2.ravel()], axis=1)
+    dist = np.linalg.norm(theta - star, axis=1)
+    return pd.DataFrame(
+        {"seed": seed, "theta1": theta[:, 0], "theta2": theta[:, 1], "distance": dist, "angle": _angles(reg, theta)}
+    )
+
+
+def near_points(reg: Regression, seed: int, radius: float) -> pd.DataFrame:
+    """Points on circles of radius radius/4 .. radius around theta* (the grid is too coarse there)."""
+    star = reg.theta_star
+    phi = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    pts = [star + r * np.stack([np.cos(phi), np.sin(phi)], axis=1) for r in radius * np.array([0.25, 0.5, 1.0])]
+    theta = np.concatenate(pts)
+    dist = np.linalg.norm(theta - star, axis=1)
+    return pd.DataFrame(
+        {"seed": seed, "theta1": theta[:, 0], "theta2": theta[:, 1], "distance": dist, "angle": _angles(reg, theta)}
+    )
+
+
+class Fisher(Experiment):
+    name = "fisher"
+    title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
+    claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_MEDIAN)
+    config_class = FisherConfig
+
+    def tasks(self, cfg: FisherConfig) -> list[RunTask]:
+        return []  # no training runs: see derived()
+
+    def derived(self, cfg: FisherConfig) -> dict[str, pd.DataFrame]:
+        trajs, grids, optima = [], [], []
+        for seed in cfg.seed_list:
+            reg = Regression.draw(cfg.problem, seed)
+            trajs.append(trajectories(reg, seed))
+            grids += [direction_grid(reg, seed), near_points(reg, seed, cfg.analysis.near_radius)]
+            star = reg.theta_star
+            optima.append({"seed": seed, "theta1": star[0], "theta2": star[1]})
+        return {
+            "trajectories": pd.concat(trajs, ignore_index=True),
+            "directions": pd.concat(grids, ignore_index=True),
+            "optima": pd.DataFrame(optima),
+        }
+
+    def analyze(self, tables: Tables) -> list[ClaimRow]:
+        a = self.typed_config(tables).analysis
+        tr, dr, opt = tables.read("trajectories"), tables.read("directions"), tables.read("optima")
+        if tr.empty or dr.empty or opt.empty:
+            return [missing(c, a, "the derived tables are empty") for c in self.claims]
+        star = opt.set_index("seed")[["theta1", "theta2"]]
+        first = tr[tr["step"] == 0].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
+        last = tr[tr["step"] == tr["step"].max()].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
+        s = star.reindex(last.index.get_level_values("seed")).to_numpy()
+        frac = pd.Series(
+            np.linalg.norm(last.to_numpy() - s, axis=1)
+            / np.linalg.norm(first.reindex(last.index).to_numpy() - s, axis=1),
+            index=last.index,
+        )
+        by_flow = frac.groupby(level="flow").max()
+        reach = float(by_flow[["gd", "ngd"]].max())
+        rows = [
+            judge(
+                K12_REACH,
+                Estimate(
+                    reach,
+                    n=int(star.shape[0]),
+                    detail="worst remaining fraction per flow: "
+                    + ", ".join(f"{k} {v:.2g}" for k, v in by_flow.items())
+                    + " (the EF flow is reported, not judged)",
+                ),
+                a,
+            )
+        ]
+        far = dr[dr["distance"] > a.far_radius]
+        shares = far.groupby("seed")["angle"].apply(lambda v: float((v > a.angle_min).mean()))
+        rows.append(
+            judge(
+                K12_DEVIATE,
+                Estimate(
+                    float(shares.min()),
+                    n=len(shares),
+                    detail=f"share per seed: {', '.join(f'{v:.3f}' for v in shares)}; median angle away from theta*: "
+                    f"{far['angle'].median():.1f} deg, largest {far['angle'].max():.1f} deg",
+                ),
+                a,
+            )
+        )
+        near = dr[dr["distance"] <= a.near_radius]
+        rows.append(
+            judge(
+                K12_NEAR,
+                Estimate(
+                    float(near["angle"].max()),
+                    n=int(near["seed"].nunique()),
+                    detail=f"{len(near)} points within {a.near_radius:g} of theta*; "
+                    f"median angle {near['angle'].median():.2f} deg",
+                ),
+                a,
+            )
+        )
+        rows.append(
+            judge(
+                K12_NEAR_MEDIAN,
+                Estimate(float(near["angle"].median()), n=int(near["seed"].nunique())),
+                a,
+            )
+        )
+        return rows
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        cfg = self.typed_config(tables)
+        tr, opt = tables.read("trajectories"), tables.read("optima")
+        if tr.empty:
+            return []
+        seed = int(opt["seed"].min())
+        reg = Regression.draw(cfg.problem, seed)
+        star = reg.theta_star
+        lo, hi = star - cfg.problem.grid_halfwidth, star + cfg.problem.grid_halfwidth
+        t1, t2 = np.meshgrid(np.linspace(lo[0], hi[0], 15), np.linspace(lo[1], hi[1], 15))
+        theta = np.stack([t1.ravel(), t2.ravel()], axis=1)
+        titles = {"gd": "Gradient descent", "ngd": "Natural gradient (Fisher)", "ef": "Empirical Fisher"}
+        fig, axes = P.figure(ncols=4, width=3.4, height=3.3)
+        starts = P.colors([str(i) for i in range(len(cfg.problem.starts))])
+        for ax, kind in zip(axes[0, :3], ("gd", "ngd", "ef")):
+            v = reg.field(kind, theta)
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)  # directions, as in the paper
+            ax.quiver(theta[:, 0], theta[:, 1], v[:, 0], v[:, 1], color="#999999", angles="xy", width=0.004)
+            d = tr[(tr["seed"] == seed) & (tr["flow"] == kind)]
+            for i, g in d.groupby("start"):
+                ax.plot(g["theta1"], g["theta2"], color=starts[str(i)], lw=1.6)
+                ax.plot(g["theta1"].iloc[0], g["theta2"].iloc[0], "o", color=starts[str(i)], ms=4)
+            ax.plot(*star, "k*", ms=10, label="theta*")
+            ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="theta_1", ylabel="theta_2", title=titles[kind])
+        axes[0, 0].legend(loc="lower right")
+        ax = axes[0, 3]
+        dr = tables.read("directions")
+        d = dr[dr["seed"] == seed].sort_values("distance")
+        ax.scatter(d["distance"], d["angle"], s=3, color="#1f77b4", alpha=0.5)
+        a = cfg.analysis
+        ax.axhline(a.angle_min, color="#d62728", ls="--", lw=1, label=f"{a.angle_min:g} deg")
+        ax.axvline(a.far_radius, color="k", ls=":", lw=1, label="far radius")
+        ax.set(xlabel="||theta - theta*||", ylabel="angle EF vs NGD (deg)", title="How far EF turns from NGD")
+        ax.legend()
+        return [P.save(fig, out / "fisher.png")]

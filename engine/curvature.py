@@ -27,9 +27,11 @@ from .models import BatchCenter, Net
 from .runs import Row
 from .spec import CurvatureConfig
 
-with warnings.catch_warnings():  # a dependency of curvlinops warns about torch.jit.script on import
-    warnings.simplefilter("ignore", FutureWarning)
-    from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approximate_spectrum
+# curvlinops' dependency linear_operator, and torch's forward-mode decompositions on the first jvp,
+# call torch.jit.script, which warns that it is deprecated; nothing here uses it, so that is noise
+_JIT_NOISE = r".*torch\.jit\.script.*deprecated"
+warnings.filterwarnings("ignore", message=_JIT_NOISE, category=FutureWarning)
+from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approximate_spectrum  # noqa: E402
 
 OPERATORS = {"ggn": GGNLinearOperator, "hessian": HessianLinearOperator}
 
@@ -108,21 +110,30 @@ def spectral_density(op, top: float, cfg: CurvatureConfig) -> tuple[np.ndarray, 
 
 
 def measure(model: Net, cfg: CurvatureConfig, x: torch.Tensor, y: torch.Tensor, step: int, seed: int) -> list[Row]:
-    """Every curvature row of one checkpoint: top-k eigenvalues per matrix (stat "rank", unit =
-    rank from 1), the products each took, and the GGN's density where asked for."""
+    """Every curvature row of one checkpoint: top-k eigenvalues of each matrix asked for at this step
+    (stat "rank", unit = rank from 1), the curvature-vector products each took, and the GGN's density."""
+    wanted = [m for m, steps in (("ggn", cfg.steps), ("hessian", cfg.hessian_steps)) if step in steps]
+    density = step in cfg.density_steps
     rows: list[Row] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 1_000_003 + step)  # the frozen draw and the quadrature's start vectors
         m = measurement_copy(model)
-        for i, matrix in enumerate(cfg.matrices):
+        ggn_top = None
+        for i, matrix in enumerate(wanted):
             op = operator(m, cfg.layer, x, y, matrix)
             vals, products = top_eigenvalues(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + i)
             rows += [Row(step, f"{matrix}_eig", cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
             rows.append(Row(step, f"{matrix}_products", cfg.layer, "value", None, float(products)))
-            if matrix == "ggn" and step in cfg.density_steps:
-                grid, density = spectral_density(op, float(max(vals[0], 1e-12)), cfg)
-                rows += [Row(step, "ggn_density_at", cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
-                rows += [Row(step, "ggn_density", cfg.layer, "grid", j, float(d)) for j, d in enumerate(density)]
-                n_products = cfg.density_repeats * cfg.density_vectors
-                rows.append(Row(step, "ggn_density_products", cfg.layer, "value", None, float(n_products)))
+            ggn_top = float(vals[0]) if matrix == "ggn" else ggn_top
+        if density:
+            op = operator(m, cfg.layer, x, y, "ggn")
+            if ggn_top is None:  # the density's support needs the top eigenvalue
+                vals, products = top_eigenvalues(op, 1, cfg.tol, seed * 1_000_003 + step * 7 + 5)
+                ggn_top = float(vals[0])
+                rows.append(Row(step, "ggn_top_products", cfg.layer, "value", None, float(products)))
+            grid, dens = spectral_density(op, max(ggn_top, 1e-12), cfg)
+            rows += [Row(step, "ggn_density_at", cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
+            rows += [Row(step, "ggn_density", cfg.layer, "grid", j, float(d)) for j, d in enumerate(dens)]
+            n_products = cfg.density_repeats * cfg.density_vectors
+            rows.append(Row(step, "ggn_density_products", cfg.layer, "value", None, float(n_products)))
     return rows

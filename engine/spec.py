@@ -128,11 +128,11 @@ class CurvatureConfig:
     those examples and any random module frozen to one draw; training is left untouched.
     """
 
-    steps: list[int] = param(default_factory=list, help="measure after this many updates (e.g. [0, 1000]); [] = off")
-    layer: str = param("layer2", help="weight layer (layer1, layer2, ..., out) whose curvature is measured")
-    matrices: list[Literal["ggn", "hessian"]] = param(
-        default_factory=lambda: ["ggn"], help="ggn: generalized Gauss-Newton; hessian: the exact Hessian"
+    steps: list[int] = param(
+        default_factory=list, help="top-k eigenvalues of the GGN after this many updates (e.g. [0, 1000]); [] = off"
     )
+    hessian_steps: list[int] = param(default_factory=list, help="top-k eigenvalues of the exact Hessian here")
+    layer: str = param("layer2", help="weight layer (layer1, layer2, ..., out) whose curvature is measured")
     top_k: int = param(30, min=1, help="largest eigenvalues found by Lanczos (scipy eigsh)")
     examples: int = param(500, min=2, help="the first N training examples define the curvature")
     tol: float = param(1e-6, min=0.0, help="relative accuracy of the eigenvalues (0 = machine precision)")
@@ -172,7 +172,8 @@ class RunConfig:
             raise ConfigError(
                 f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
             )
-        bad = [s for s in self.curvature.steps + self.curvature.density_steps if not 0 <= s <= self.train.steps]
+        cv = self.curvature
+        bad = [s for s in cv.steps + cv.hessian_steps + cv.density_steps if not 0 <= s <= self.train.steps]
         if bad:
             raise ConfigError(
                 f"{_p(path)}curvature.steps: {bad} lie outside 0..train.steps ({self.train.steps}); "

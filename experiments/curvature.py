@@ -271,7 +271,9 @@ class Curvature(Experiment):
             for matrix, cid in (("ggn", f"K8-{w}"), ("hessian", f"K8-hessian-{w}")):
                 om, step_m = per_matrix[matrix]
                 if om.empty:
-                    rows.append(missing(BY_ID[cid], a, f"no {matrix} spectra (add it to run.curvature.matrices)"))
+                    rows.append(
+                        missing(BY_ID[cid], a, f"no {matrix} spectra (set run.curvature.hessian_steps, e.g. [1000])")
+                    )
                     continue
                 vals = _by_seed(om, "uncentered", "per_class", seeds)
                 ci = t_interval(vals)

@@ -533,7 +533,7 @@ def test_k9_eps_inconclusive_when_the_table_cannot_tell_the_placements_apart(tmp
 
 
 @pytest.mark.parametrize(
-    "name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point", "optimizer_tuning"]
+    "name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point", "optimizer_tuning", "curvature"]
 )
 @pytest.mark.parametrize("status", ["diverged", "failed"])
 def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(name, status, tmp_path):
@@ -569,3 +569,160 @@ def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(n
             assert r.verdict == "inconclusive" and r.detail, r.claim_id
         if r.kind == "descriptive":
             assert r.verdict == "not judged"
+
+
+# ---------- K8 ----------
+
+SPIKY = [100.0 - i for i in range(10)] + [1.0 - 0.01 * i for i in range(20)]  # 10 outliers over a flat bulk
+FLAT = [2.0 - 0.03 * i for i in range(30)]  # lambda_1 / bulk ~ 1.3: no outliers
+
+
+def _curvature(spectra: dict[str, list[float]], seeds=(0, 1, 2)):
+    """Metrics with GGN and Hessian top-30 spectra per arm on both workloads, at steps 0 and 1000."""
+    runs, rows = [], []
+    for w in ("mnist1d", "mixture"):
+        for kind, vals in spectra.items():
+            arm = f"{w}-{kind}"
+            for s in seeds:
+                rid = f"{arm}-s{s}"
+                runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok"})
+                for step in (0, 1000):
+                    for matrix in ("ggn", "hessian"):
+                        rows += [
+                            (rid, arm, s, step, f"{matrix}_eig", "layer2", "rank", r + 1, v * (1 + 0.01 * s))
+                            for r, v in enumerate(vals)
+                        ]
+    return _verdicts("curvature", runs, rows)
+
+
+def test_k8_supported_when_only_the_uncentered_network_has_about_c_outliers():
+    v = _curvature({"uncentered": SPIKY, "centered": FLAT, "bn_next": FLAT, "bn_prev": FLAT, "knockout": FLAT})
+    assert set(v.values()) == {"supported"}, v
+
+
+def test_k8_not_supported_when_nothing_is_removed_or_the_knockout_brings_them_back():
+    v = _curvature({"uncentered": SPIKY, "centered": SPIKY, "bn_next": SPIKY, "bn_prev": FLAT, "knockout": SPIKY})
+    for w in ("mnist1d", "mixture"):
+        assert v[f"K8-{w}"] == v[f"K8-hessian-{w}"] == "supported"
+        assert v[f"K8-centered-{w}"] == v[f"K8-bnnext-{w}"] == v[f"K8-top-{w}"] == "not supported"
+        assert v[f"K8-bnprev-{w}"] == "supported"
+        assert v[f"K8-knockout-{w}"] == "not supported"
+
+
+def test_k8_without_outliers_the_removal_rows_are_inconclusive_not_failures():
+    v = _curvature({k: FLAT for k in ("uncentered", "centered", "bn_next", "bn_prev", "knockout")})
+    assert v["K8-mnist1d"] == "not supported"
+    assert v["K8-centered-mnist1d"] == v["K8-bnnext-mnist1d"] == v["K8-bnprev-mnist1d"] == "inconclusive"
+
+
+def test_k8_two_seeds_are_inconclusive():
+    v = _curvature(
+        {"uncentered": SPIKY, "centered": FLAT, "bn_next": FLAT, "bn_prev": FLAT, "knockout": FLAT}, seeds=(0, 1)
+    )
+    assert set(v.values()) == {"inconclusive"}
+
+
+# ---------- K6, K7 ----------
+
+
+def _identities(tmp_path, orth=1e-12, scale=1e-11, center=1e-16):
+    rows = []
+    for s in range(3):
+        for eps in (1e-12, 1e-5):
+            rows.append(
+                {
+                    "seed": s,
+                    "position": "before",
+                    "eps": eps,
+                    "checkpoint": "init",
+                    "layer": "layer1",
+                    "check": "orth",
+                    "max_error": orth if eps == 1e-12 else 1e-4,
+                }
+            )
+            rows.append(
+                {
+                    "seed": s,
+                    "position": "before",
+                    "eps": eps,
+                    "checkpoint": "init",
+                    "layer": "layer1",
+                    "check": "scale",
+                    "max_error": scale,
+                }
+            )
+        for check in ("center", "gradcenter"):
+            rows.append(
+                {
+                    "seed": s,
+                    "position": "before",
+                    "eps": 0.0,
+                    "checkpoint": "init",
+                    "layer": "layer1",
+                    "check": check,
+                    "max_error": center,
+                }
+            )
+    pd.DataFrame(rows).to_csv(tmp_path / "identities.csv", index=False)
+    return _verdicts("identities", [], [], tmp_path)
+
+
+def test_k6_k7_supported_within_tolerance_and_not_beyond(tmp_path):
+    ok = _identities(tmp_path)
+    assert ok == {
+        "K6-orth": "supported",
+        "K6-scale": "supported",
+        "K6-eps": "not judged",
+        "K7": "supported",
+        "K7-gradcenter": "supported",
+    }
+    bad = _identities(tmp_path, orth=1e-6, scale=1e-3, center=1e-6)
+    assert {k: v for k, v in bad.items() if k != "K6-eps"} == dict.fromkeys(
+        ["K6-orth", "K6-scale", "K7", "K7-gradcenter"], "not supported"
+    )
+
+
+def test_k6_k7_missing_table_rows_are_inconclusive(tmp_path):
+    pd.DataFrame(columns=["seed", "position", "eps", "checkpoint", "layer", "check", "max_error"]).to_csv(
+        tmp_path / "identities.csv", index=False
+    )
+    t = Tables(tmp_path, _config("identities"), {}, pd.DataFrame(), pd.DataFrame(columns=COLS))
+    rows = REGISTRY["identities"].analyze(t)
+    assert {r.verdict for r in rows if r.kind == "exact"} == {"inconclusive"}
+
+
+# ---------- K12 ----------
+
+
+def _fisher(tmp_path, end_fraction=0.001, far_angles=(60.0, 5.0), near_angle=2.0):
+    """Trajectories that end at end_fraction of their starting distance; far points at the given
+    angles (half each); near points at near_angle."""
+    trs, dirs, opt = [], [], []
+    for s in range(3):
+        opt.append({"seed": s, "theta1": 2.0, "theta2": 2.0})
+        for flow in ("gd", "ngd", "ef"):
+            for i, start in enumerate([(2.0, 4.5), (1.0, 0.0)]):
+                end = (2 + end_fraction * (start[0] - 2), 2 + end_fraction * (start[1] - 2))
+                for step, (a, b) in ((0, start), (50000, end)):
+                    trs.append({"seed": s, "flow": flow, "start": i, "step": step, "theta1": a, "theta2": b})
+        for k, ang in enumerate(far_angles * 10):
+            dirs.append({"seed": s, "theta1": 0.0, "theta2": 0.0, "distance": 2.0 + k, "angle": ang})
+        dirs.append({"seed": s, "theta1": 2.0, "theta2": 2.05, "distance": 0.05, "angle": near_angle})
+    for name, rows in (("trajectories", trs), ("directions", dirs), ("optima", opt)):
+        pd.DataFrame(rows).to_csv(tmp_path / f"{name}.csv", index=False)
+    return _verdicts("fisher", [], [], tmp_path)
+
+
+def test_k12_supported_when_flows_converge_ef_turns_away_and_agrees_near_theta_star(tmp_path):
+    v = _fisher(tmp_path)
+    assert v == {
+        "K12-reach": "supported",
+        "K12-deviate": "supported",
+        "K12-near": "supported",
+        "K12-near-median": "not judged",
+    }
+
+
+def test_k12_not_supported_otherwise(tmp_path):
+    v = _fisher(tmp_path, end_fraction=0.5, far_angles=(5.0, 5.0), near_angle=40.0)
+    assert v["K12-reach"] == v["K12-deviate"] == v["K12-near"] == "not supported"

@@ -1,0 +1,117 @@
+"""The curvature measurement against independent dense computations (float64), and its promises:
+it never changes training, it repeats exactly, and the noise it freezes is one fixed function."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from normlab.engine import curvature as CV
+from normlab.engine.models import build_model
+from normlab.engine.runs import RunTask
+from normlab.engine.spec import CurvatureConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, ProbeConfig
+from normlab.engine.train import train
+from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+
+
+def _small(norm="none", position="before", noise=False):
+    torch.manual_seed(0)
+    cfg = ModelConfig(norm=norm, norm_position=position, width=8, depth=2)
+    return build_model(cfg, (5,), 3, NoiseFactory(NoiseConfig()) if noise else None)
+
+
+def _batch(n=40):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def _dense_ggn(model, x, y):
+    """GGN of the mean cross-entropy w.r.t. layer2's weight: (1/N) sum_n J_n^T (diag p - p p^T) J_n,
+    with the Jacobian of all logits taken at once (examples interact through batch statistics)."""
+    w = model.blocks[1].weight_layer.weight
+    w0 = w.detach().clone()
+
+    def logits(flat):
+        return torch.func.functional_call(model, {"blocks.1.weight_layer.weight": flat.view_as(w0)}, (x,))
+
+    J = torch.autograd.functional.jacobian(logits, w0.flatten())  # N x C x P
+    p = logits(w0.flatten()).softmax(1).detach()
+    H = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # N x C x C
+    return torch.einsum("ncp,ncd,ndq->pq", J, H, J) / len(x)
+
+
+def _dense_hessian(model, x, y):
+    w0 = model.blocks[1].weight_layer.weight.detach().clone()
+
+    def loss(flat):
+        out = torch.func.functional_call(model, {"blocks.1.weight_layer.weight": flat.view_as(w0)}, (x,))
+        return F.cross_entropy(out, y)
+
+    return torch.autograd.functional.hessian(loss, w0.flatten())
+
+
+def test_top_eigenvalues_match_a_dense_decomposition_to_1e_6():
+    x, y = _batch()
+    for norm, position in (("none", "before"), ("batch", "before"), ("center", "after")):
+        m = CV.measurement_copy(_small(norm, position))
+        for matrix, dense in (("ggn", _dense_ggn), ("hessian", _dense_hessian)):
+            exact = np.sort(np.linalg.eigvalsh(dense(m, x, y).numpy()))[::-1][:10]
+            op = CV.operator(m, "layer2", x, y, matrix)
+            vals, products = CV.top_eigenvalues(op, 10, 0.0, seed=0)
+            assert np.allclose(vals, exact, rtol=1e-6, atol=1e-12 * exact[0]), (norm, matrix, vals, exact)
+            assert products >= 10
+
+
+def test_a_measurement_does_not_change_training_and_repeats_exactly():
+    base = RunConfig(
+        data=DataConfig(name="synthetic", num_samples=300, input_shape=[10]),
+        model=ModelConfig(norm="batch", width=12, depth=2),
+        train=TrainConfig(steps=30, batch_size=32, eval_every=30),
+        probes=ProbeConfig(every=0),
+    )
+    measured = RunConfig(
+        **{
+            **vars(base),
+            "curvature": CurvatureConfig(
+                steps=[0, 15, 30], hessian_steps=[30], density_steps=[15], top_k=5, examples=50, density_vectors=8
+            ),
+        }
+    )
+    noise = NoiseFactory(NoiseConfig())
+    plain = train(RunTask("a", "a", 3, base, noise))
+    first = train(RunTask("b", "b", 3, measured, noise))
+    again = train(RunTask("c", "c", 3, measured, noise))
+    assert plain.final == {k: v for k, v in first.final.items() if k != "curvature_seconds"}
+    eig = [r for r in first.rows if r.metric == "ggn_eig"]
+    assert len(eig) == 3 * 5 and {r.step for r in eig} == {0, 15, 30}
+    assert [r.value for r in eig] == [r.value for r in again.rows if r.metric == "ggn_eig"]
+    assert {r.step for r in first.rows if r.metric == "hessian_eig"} == {30}
+    assert {r.step for r in first.rows if r.metric == "ggn_density"} == {15}
+
+
+def test_frozen_noise_is_one_function_and_the_copy_leaves_buffers_alone():
+    model = _small("batch", "before", noise=True).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    m = CV.measurement_copy(model)
+    x, _ = _batch()
+    assert torch.equal(m(x), m(x))  # no fresh draw per call, no running statistics in play
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(hasattr(mod, "frozen") for mod in m.modules())
+
+
+def test_the_density_is_a_probability_density():
+    x, y = _batch()
+    m = CV.measurement_copy(_small("batch"))
+    op = CV.operator(m, "layer2", x, y, "ggn")
+    top, _ = CV.top_eigenvalues(op, 3, 0.0, seed=0)
+    torch.manual_seed(0)
+    grid, dens = CV.spectral_density(op, float(top[0]), CurvatureConfig(density_vectors=20, density_repeats=2))
+    assert abs(np.trapezoid(dens, grid) - 1.0) < 0.05
+
+
+def test_an_unknown_layer_is_named_with_the_choices():
+    import pytest
+
+    from normlab.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"curvature.layer: 'layer9' .* choose one of \['layer1', 'layer2', 'out'\]"):
+        CV.weight_of(_small(), "layer9")

@@ -5,7 +5,7 @@ generalized Gauss-Newton matrix and the Hessian, built on torch.func); scipy's `
 implicitly restarted Lanczos) finds the top-k eigenvalues, and curvlinops' stochastic Lanczos
 quadrature (Papyan 2020, Alg. 2) the density. Both are restricted to one layer's weight tensor.
 
-A measurement never changes training: it runs on a float64 copy of the network whose
+A measurement never changes training: it runs on a copy (float64 by default) of the network whose
 normalizers use the batch statistics of the measured examples without touching running buffers,
 and whose random modules (anything with a `frozen()` method, such as the knockout's noise) are
 replaced by one fixed draw, so the operator is a fixed, symmetric matrix. Its random numbers
@@ -36,9 +36,9 @@ from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approxi
 OPERATORS = {"ggn": GGNLinearOperator, "hessian": HessianLinearOperator}
 
 
-def measurement_copy(model: Net) -> Net:
-    """A float64 copy of `model` that computes one fixed function of its input batch."""
-    m = copy.deepcopy(model).double().train()
+def measurement_copy(model: Net, dtype: torch.dtype = torch.float64) -> Net:
+    """A copy of `model` in `dtype` that computes one fixed function of its input batch."""
+    m = copy.deepcopy(model).to(dtype).train()
     for parent in list(m.modules()):
         for name, child in list(parent.named_children()):
             if hasattr(child, "frozen"):
@@ -83,7 +83,7 @@ def operator(model: Net, layer: str, x: torch.Tensor, y: torch.Tensor, matrix: s
         model,
         nn.CrossEntropyLoss(),
         [weight_of(model, layer)],
-        [(x.double(), y)],
+        [(x.to(next(model.parameters()).dtype), y)],
         check_deterministic=False,  # measurement_copy makes it deterministic; the check costs two passes
     )
 
@@ -117,7 +117,7 @@ def measure(model: Net, cfg: CurvatureConfig, x: torch.Tensor, y: torch.Tensor, 
     rows: list[Row] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 1_000_003 + step)  # the frozen draw and the quadrature's start vectors
-        m = measurement_copy(model)
+        m = measurement_copy(model, getattr(torch, cfg.dtype))
         ggn_top = None
         for i, matrix in enumerate(wanted):
             op = operator(m, cfg.layer, x, y, matrix)

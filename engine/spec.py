@@ -136,6 +136,9 @@ class CurvatureConfig:
     top_k: int = param(30, min=1, help="largest eigenvalues found by Lanczos (scipy eigsh)")
     examples: int = param(500, min=2, help="the first N training examples define the curvature")
     tol: float = param(1e-6, min=0.0, help="relative accuracy of the eigenvalues (0 = machine precision)")
+    dtype: Literal["float64", "float32"] = param(
+        "float64", help="precision of the measurement copy (float32 is about 1.5x faster; eigenvalues agree to ~1e-7)"
+    )
     density_steps: list[int] = param(
         default_factory=list, help="also estimate the GGN's spectral density (stochastic Lanczos quadrature) here"
     )

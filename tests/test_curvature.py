@@ -115,3 +115,13 @@ def test_an_unknown_layer_is_named_with_the_choices():
 
     with pytest.raises(ConfigError, match=r"curvature.layer: 'layer9' .* choose one of \['layer1', 'layer2', 'out'\]"):
         CV.weight_of(_small(), "layer9")
+
+
+def test_float32_measurements_agree_with_float64():
+    x, y = _batch(60)
+    model = _small("batch")
+    vals = {}
+    for dtype in (torch.float64, torch.float32):
+        op = CV.operator(CV.measurement_copy(model, dtype), "layer2", x, y, "ggn")
+        vals[dtype], _ = CV.top_eigenvalues(op, 5, 0.0, seed=0)
+    assert np.allclose(vals[torch.float32], vals[torch.float64], rtol=1e-5)

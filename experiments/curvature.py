@@ -370,9 +370,11 @@ class Curvature(Experiment):
                 if len(d) and len(x):
                     bulk = o[(o["kind"] == k) & (o["seed"] == first_seed) & (o["step"] == int(d["step"].max()))]["bulk"]
                     scale = float(bulk.iloc[0]) if len(bulk) else 1.0
-                    ax.plot(x["value"].to_numpy() / scale, d["value"].to_numpy(), color=col[k], lw=1, label=k)
+                    grid, density = x["value"].to_numpy() / scale, d["value"].to_numpy()
+                    keep = grid > 0  # the quadrature's grid has a margin below 0; the GGN has no negative eigenvalues
+                    ax.plot(grid[keep], density[keep], color=col[k], lw=1, label=k)
             ax.set(
-                xscale="symlog",
+                xscale="log",
                 yscale="log",
                 ylim=(1e-6, None),
                 xlabel="eigenvalue / bulk scale",

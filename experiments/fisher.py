@@ -319,5 +319,5 @@ class Fisher(Experiment):
         ax.axhline(a.angle_min, color="#d62728", ls="--", lw=1, label=f"{a.angle_min:g} deg")
         ax.axvline(a.far_radius, color="k", ls=":", lw=1, label="far radius")
         ax.set(xlabel="||theta - theta*||", ylabel="angle EF vs NGD (deg)", title="How far EF turns from NGD")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0), framealpha=0.9, frameon=True)
         return [P.save(fig, out / "fisher.png")]

@@ -265,9 +265,12 @@ class Curvature(Experiment):
                 rows += [missing(c, a, f"no GGN spectra for workload {w} (every run failed?)") for c in ids]
                 continue
             unc = _by_seed(o, "uncentered", "per_class", seeds)
-            mean_counts = o.groupby("kind")["outliers"].mean()
-            counts = ", ".join(f"{k} {v:.1f}" for k, v in mean_counts.items())
-            where = f"step {last}, C = {classes}, outlier > {a.outlier_factor:g} x bulk; mean outliers: {counts}"
+
+            def where(om: pd.DataFrame, step: int, matrix: str = "GGN") -> str:
+                counts = ", ".join(f"{k} {v:.1f}" for k, v in om.groupby("kind")["outliers"].mean().items())
+                rule = f"C = {classes}, outlier > {a.outlier_factor:g} x bulk"
+                return f"step {step}, {rule}; mean {matrix} outliers: {counts}"
+
             for matrix, cid in (("ggn", f"K8-{w}"), ("hessian", f"K8-hessian-{w}")):
                 om, step_m = per_matrix[matrix]
                 if om.empty:
@@ -286,8 +289,8 @@ class Curvature(Experiment):
                             float(np.nanmean(vals)) if n else float("nan"),
                             ci,
                             n,
-                            detail=f"{where}; uncentered lambda_1/bulk per seed: "
-                            + ", ".join(f"{v:.2f}" for v in tops),
+                            detail=f"{where(om, step_m, 'GGN' if matrix == 'ggn' else 'Hessian')}; "
+                            "uncentered lambda_1/bulk per seed: " + ", ".join(f"{v:.2f}" for v in tops),
                         ),
                         a,
                     )
@@ -300,7 +303,7 @@ class Curvature(Experiment):
             for word, arm in REMOVERS.items():
                 other = _by_seed(o, arm, "per_class", seeds)
                 est, ci, n = paired_t(unc, other)
-                rows.append(judge(BY_ID[f"K8-{word}-{w}"], Estimate(est, ci, n, [has_outliers], where), a))
+                rows.append(judge(BY_ID[f"K8-{word}-{w}"], Estimate(est, ci, n, [has_outliers], where(o, last)), a))
             est, ci, n = paired_t(
                 _by_seed(o, "uncentered", "prominence", seeds), _by_seed(o, "centered", "prominence", seeds), True
             )
@@ -323,7 +326,9 @@ class Curvature(Experiment):
             rows.append(
                 judge(
                     BY_ID[f"K8-knockout-{w}"],
-                    Estimate(float(np.nanmean(knock)) if n else float("nan"), t_interval(knock), n, detail=where),
+                    Estimate(
+                        float(np.nanmean(knock)) if n else float("nan"), t_interval(knock), n, detail=where(o, last)
+                    ),
                     a,
                 )
             )

@@ -26,13 +26,14 @@ from .runs import RunResult
 from .spec import CurvatureConfig, RunConfig
 
 DONE = ("ok", "diverged")
-_NO_CURVATURE = to_dict(CurvatureConfig())
+_NEWER_SECTIONS = {"curvature": to_dict(CurvatureConfig()), "plugins": []}
 
 
 def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
     cfg = to_dict(run)
-    if cfg.get("curvature") == _NO_CURVATURE:  # runs without curvature keep the keys they had before it existed
-        del cfg["curvature"]
+    for section, default in _NEWER_SECTIONS.items():  # runs that do not use them keep the keys they had before
+        if cfg.get(section) == default:
+            del cfg[section]
     blob = json.dumps({"run": cfg, "seed": seed, "extra": extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import plugins
 from .config import to_dict
 from .errors import DataError
 from .files import atomic_write
@@ -91,9 +92,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "fashion_mnist": _torchvision,
             "cifar10": _torchvision,
             "imagefolder": _imagefolder,
+            **plugins.DATASETS,  # a plugin returns x_train, y_train, x_test, y_test, num_classes
         }[cfg.name]
         x_tr, y_tr, x_te, y_te, classes = loader(cfg)
-        _MEMO[key] = _finish(cfg, x_tr, y_tr, x_te, y_te, classes)
+        _MEMO[key] = _finish(cfg, x_tr, y_tr, x_te, y_te, int(classes))
     return _MEMO[key]
 
 

@@ -242,4 +242,25 @@ def _init(model: Net, scheme: str) -> None:
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, after_norm: AfterNorm = None) -> Net:
+    from .plugins import MODELS
+
+    if cfg.arch in MODELS:
+        return _plugin_model(MODELS[cfg.arch](cfg, input_shape, num_classes))
     return Net(cfg, input_shape, num_classes, after_norm)
+
+
+def _plugin_model(model: nn.Module) -> nn.Module:
+    """Give a plugin's module what the optimizer and probes read: its weight layers (every Linear
+    and conv layer, none assumed scale invariant) and activation taps (none)."""
+    if not isinstance(model, nn.Module):
+        from .errors import ConfigError
+
+        raise ConfigError(f"model.arch: the plugin returned {type(model).__name__}, not a torch.nn.Module")
+    if not hasattr(model, "weight_layers"):
+        kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+        model.weight_layers = [
+            WeightLayer(name or "layer", m, None) for name, m in model.named_modules() if isinstance(m, kinds)
+        ]
+    if not hasattr(model, "taps"):
+        model.taps = lambda: []
+    return model

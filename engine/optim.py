@@ -56,7 +56,11 @@ class Optimizer:
         else:  # one group: fewer foreach launches per step
             groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
         self.decay_params = decay
-        if cfg.name == "sgd":
+        from .plugins import OPTIMIZERS
+
+        if cfg.name in OPTIMIZERS:  # a plugin's optimizer; schedule, decoupled decay and renorm still apply
+            self.opt = OPTIMIZERS[cfg.name](groups, cfg)
+        elif cfg.name == "sgd":
             self.opt = torch.optim.SGD(
                 groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
             )

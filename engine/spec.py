@@ -12,13 +12,16 @@ from typing import Any, Literal
 
 from .config import ConfigError, param
 
-DatasetName = Literal["mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder"]
+# Built-in names; plugins (engine/plugins.py) may add more, so the fields below are checked by name.
+DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
+ARCHS = ("mlp", "cnn1d", "cnn2d")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 NormName = Literal["none", "batch", "layer", "weight", "center"]
 
 
 @dataclass
 class DataConfig:
-    name: DatasetName = param("mnist1d", help="which dataset")
+    name: str = param("mnist1d", help=f"which dataset: {', '.join(DATASETS)}, or one a plugin registers")
     num_samples: int = param(5000, min=20, help="mnist1d/synthetic: examples generated in total")
     train_split: float = param(0.8, min=0.05, max=0.95, help="mnist1d/synthetic: train fraction")
     data_seed: int = param(42, min=0, help="seed of dataset generation (42 = MNIST-1D's own)")
@@ -37,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["mlp", "cnn1d", "cnn2d"] = param("mlp")
+    arch: str = param("mlp", help=f"network: {', '.join(ARCHS)}, or one a plugin registers")
     width: int = param(100, min=1, help="mlp: hidden units per layer")
     depth: int = param(2, min=0, help="mlp: hidden layers (0 = logistic regression)")
     residual: bool = param(False, help="mlp: add a skip connection around hidden layers 2..depth")
@@ -62,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = param("sgd")
+    name: str = param("sgd", help=f"optimizer: {', '.join(OPTIMIZERS)}, or one a plugin registers")
     lr: float = param(0.1, min=0.0, help="step size alpha (peak value when a schedule is used)")
     momentum: float = param(0.0, min=0.0, max=1.0, help="sgd/rmsprop momentum")
     nesterov: bool = param(False)
@@ -159,8 +162,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    plugins: list[str] = param(
+        default_factory=list, help="modules that register datasets, models or optimizers (see engine/plugins.py)"
+    )
 
     def check(self, path: str) -> None:
+        from . import plugins as PL
+
+        PL.load_plugins(self.plugins, f"{_p(path)}plugins")
+        PL.check_name(f"{_p(path)}data.name", self.data.name, DATASETS, PL.DATASETS)
+        PL.check_name(f"{_p(path)}model.arch", self.model.arch, ARCHS, PL.MODELS)
+        PL.check_name(f"{_p(path)}optim.name", self.optim.name, OPTIMIZERS, PL.OPTIMIZERS)
         m = self.model
         if m.arch != "mlp" and not (len(m.channels) == len(m.kernel_sizes)):
             raise ConfigError(

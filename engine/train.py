@@ -23,6 +23,7 @@ from .curvature import measure as measure_curvature
 from .data import Batcher, Dataset, load_dataset
 from .models import Net, build_model
 from .optim import Optimizer
+from .plugins import load_plugins
 from .probes import Probes
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import RunConfig
@@ -72,6 +73,7 @@ def train(task: RunTask, progress: Progress = None) -> RunResult:
 
 
 def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progress) -> RunResult:
+    load_plugins(cfg.plugins)  # this may be a fresh worker process: it needs the user's modules too
     data = load_dataset(cfg.data).to(device)
     model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
     steps = cfg.train.steps

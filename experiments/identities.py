@@ -17,12 +17,14 @@ No training loop runs: the tables are computed at run time and written next to t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from normlab.engine import config as C
+from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.data import load_dataset
@@ -237,3 +239,33 @@ class Identities(Experiment):
                 judge(claim, Estimate(float(d["max_error"].max()), n=int(d["seed"].nunique()), detail=detail), a)
             )
         return out
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        cfg = self.typed_config(tables)
+        a, p = cfg.analysis, cfg.problem
+        t = tables.read("identities")
+        if t.empty:
+            return []
+        checks = [
+            ("orth", p.eps_exact, "|cos(w, grad)|", a.orth_tol),
+            ("orth", p.eps_default, f"|cos(w, grad)|, eps {p.eps_default:g}", None),
+            ("scale", p.eps_exact, "grad J(gamma w) vs grad J(w)/gamma", a.scale_tol),
+            ("scale", p.eps_default, f"same, eps {p.eps_default:g}", None),
+            ("center", 0.0, "W_bar vs S_bar^T A_tilde", a.center_tol),
+            ("gradcenter", 0.0, "column means of R_bar", a.center_tol),
+        ]
+        fig, axes = P.figure(width=7.5, height=3.6)
+        ax = axes[0, 0]
+        for i, (check, eps, label, tol) in enumerate(checks):
+            v = t[(t["check"] == check) & (t["eps"] == eps)]["max_error"].clip(lower=1e-18)
+            ax.scatter(v, [i] * len(v), s=12, color="#1f77b4" if tol else "#7f7f7f", alpha=0.6)
+            if tol:
+                ax.plot([tol, tol], [i - 0.35, i + 0.35], color="#d62728", lw=2)
+        ax.set_yticks(range(len(checks)), [c[2] for c in checks])
+        ax.set(
+            xscale="log",
+            xlabel="relative error (every unit layer, checkpoint and seed; red: tolerance)",
+            title="Exact identities in float64 (K6: scale invariance, K7: batch centering)",
+        )
+        ax.invert_yaxis()
+        return [P.save(fig, out / "identities.png")]

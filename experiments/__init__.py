@@ -9,6 +9,7 @@ from .bn_placement import BNPlacement
 from .curvature import Curvature
 from .identities import Identities
 from .fisher import Fisher
+from .exp_lr import ExpLR
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -27,6 +28,7 @@ REGISTRY: dict[str, Experiment] = {
         Curvature(),
         Identities(),
         Fisher(),
+        ExpLR(),
     ]
 }
 

@@ -1,0 +1,253 @@
+"""exp_lr (K14): weight decay on a scale-invariant network is an exponentially growing learning rate.
+
+Li & Arora (2020); Grosse ch. 5, §5.1. If the loss is invariant to the scale of every trained
+weight, grad L(c w) = grad L(w) / c. Then SGD with learning rate eta and weight decay lambda,
+    w_{t+1} = (1 - eta lambda) w_t - eta grad L(w_t),
+and SGD without weight decay whose learning rate grows as eta_t = eta (1 - eta lambda)^(-2t-1),
+    v_{t+1} = v_t - eta_t grad L(v_t),
+visit the same functions: v_t = w_t (1 - eta lambda)^(-t) at every step (substitute and use the
+invariance). With heavy-ball momentum gamma the same holds with alpha, the larger root of
+x^2 - (1 + gamma - eta lambda) x + gamma = 0, in place of 1 - eta lambda: v_t = w_t alpha^(-t),
+eta_t = eta alpha^(-2t-1) and momentum gamma / alpha^2 for the no-decay run.
+
+The network: the engine's BN MLP (BN before every ReLU, no affine, no bias, BN eps 1e-12) with
+its read-out held fixed at its initialization, so every trained weight feeds BN. Both runs see the
+same batches, in float64, with hand-written updates (torch's momentum buffer folds a changing
+learning rate into the velocity differently from the heavy-ball form the equivalence uses).
+No training loop of the engine runs: the comparison is written to a table next to the results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from normlab.engine import config as C
+from normlab.engine import plots as P
+from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.config import param
+from normlab.engine.data import Batcher, load_dataset
+from normlab.engine.models import build_model
+from normlab.engine.results import Tables
+from normlab.engine.runs import RunTask
+from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
+
+from .base import Experiment
+
+_STAT = (
+    "max over logged steps and seeds of max(relative difference of the two networks' outputs on a fixed batch, "
+    "largest distance between their unit-normalized incoming weight vectors)"
+)
+K14 = Claim(
+    "K14",
+    EXACT,
+    "SGD with weight decay lambda on a scale-invariant network and SGD without it but with learning rate "
+    "eta (1 - eta lambda)^(-2t-1) compute the same function at every step (Li & Arora 2020; Grosse ch. 5, §5.1)",
+    _STAT,
+    Rule("<", "rel_tol"),
+)
+K14_MOMENTUM = Claim(
+    "K14-momentum",
+    EXACT,
+    "With heavy-ball momentum the same equivalence holds with alpha, the larger root of "
+    "x^2 - (1 + gamma - eta lambda) x + gamma = 0 (Li & Arora 2020)",
+    _STAT,
+    Rule("<", "rel_tol"),
+)
+K14_RANGE = Claim(
+    "K14-range",
+    DESCRIPTIVE,
+    "How far float64 carries the growing learning rate: the step at which eta_t would pass the largest float64",
+    "log10 of the largest eta_t reached in the run; the detail gives the overflow step",
+    Rule("none"),
+)
+
+
+@dataclass
+class ExpLRProblem:
+    steps: int = param(2000, min=1, help="updates of each run")
+    log_every: int = param(50, min=1, help="compare the two runs every this many steps")
+    lr: float = param(0.1, min=0.0, help="eta")
+    weight_decay: float = param(0.01, min=0.0, help="lambda of the run with weight decay")
+    momentum: float = param(0.9, min=0.0, max=0.999, help="gamma of the momentum variant")
+    batch_size: int = param(128, min=1)
+    probe_examples: int = param(256, min=1, help="the fixed batch whose outputs are compared")
+    width: int = param(100, min=1)
+    depth: int = param(2, min=1)
+    norm_eps: float = param(1e-12, min=1e-30, help="BN epsilon (breaks exact invariance if large)")
+
+
+@dataclass
+class ExpLRAnalysis(Analysis):
+    rel_tol: float = param(1e-6, min=0.0, help="largest relative difference allowed at any logged step")
+
+
+@dataclass
+class ExpLRConfig(ExperimentConfig):
+    problem: ExpLRProblem = field(default_factory=ExpLRProblem)
+    analysis: ExpLRAnalysis = field(default_factory=ExpLRAnalysis)
+
+
+def growth_root(lr: float, wd: float, momentum: float) -> float:
+    """alpha: 1 - eta lambda without momentum, else the larger root of x^2 - (1 + gamma - eta lambda) x + gamma."""
+    if momentum == 0:
+        return 1.0 - lr * wd
+    b = 1.0 + momentum - lr * wd
+    return (b + math.sqrt(b * b - 4.0 * momentum)) / 2.0
+
+
+def overflow_step(lr: float, alpha: float) -> float:
+    """The first t at which eta alpha^(-2t-1) exceeds the largest float64."""
+    if alpha >= 1.0:
+        return float("inf")
+    return (math.log(np.finfo(np.float64).max / lr) / -math.log(alpha) - 1.0) / 2.0
+
+
+def _network(cfg: ExpLRConfig, seed: int, shape, classes: int):
+    p = cfg.problem
+    raw = C.apply_overrides(
+        C.to_dict(cfg.run.model),
+        {"arch": "mlp", "width": p.width, "depth": p.depth, "norm": "batch", "norm_position": "before"},
+    )
+    raw.update({"norm_affine": False, "bias": "false", "norm_eps": p.norm_eps})
+    torch.manual_seed(seed)
+    model = build_model(C.from_dict(ModelConfig, raw), shape, classes).double().train()
+    for q in model.out.parameters():
+        q.requires_grad_(False)  # the read-out is fixed: every trained weight then feeds BN
+    return model
+
+
+def _compare(a, b, x) -> tuple[float, float]:
+    with torch.no_grad():
+        fa, fb = a(x), b(x)
+        out = float((fa - fb).norm() / fa.norm())
+        ang = 0.0
+        for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+            if pa.requires_grad:
+                ua, ub = pa / pa.norm(dim=1, keepdim=True), pb / pb.norm(dim=1, keepdim=True)
+                ang = max(ang, float((ua - ub).norm(dim=1).max()))
+    return out, ang
+
+
+def compare_runs(cfg: ExpLRConfig, seed: int, momentum: float) -> pd.DataFrame:
+    """Train the weight-decay run and the growing-LR run side by side on the same batches."""
+    p = cfg.problem
+    data = load_dataset(cfg.run.data)
+    x_probe = data.x_train[: p.probe_examples].double()
+    a = _network(cfg, seed, data.input_shape, data.num_classes)
+    b = _network(cfg, seed, data.input_shape, data.num_classes)
+    alpha = growth_root(p.lr, p.weight_decay, momentum)
+    gamma_b = momentum / alpha**2
+    params_a = [q for q in a.parameters() if q.requires_grad]
+    params_b = [q for q in b.parameters() if q.requires_grad]
+    prev_a = [q.detach().clone() for q in params_a]  # w_{-1} = w_0: no initial velocity
+    prev_b = [alpha * q.detach().clone() for q in params_b]  # v_{-1} = alpha w_{-1}
+    batches = Batcher(data.x_train, data.y_train, p.batch_size, torch.Generator().manual_seed(seed))
+    rows = []
+    for t in range(p.steps + 1):
+        if t % p.log_every == 0 or t == p.steps:
+            out, ang = _compare(a, b, x_probe)
+            lr_t = p.lr * alpha ** (-2 * t - 1)
+            norm_b = math.sqrt(sum(float(q.detach().pow(2).sum()) for q in params_b))
+            rows.append(
+                {"seed": seed, "momentum": momentum, "step": t, "output_rel_diff": out, "direction_diff": ang,
+                 "lr_growing": lr_t, "weight_norm_growing": norm_b, "alpha": alpha}
+            )  # fmt: skip
+        if t == p.steps:
+            break
+        x, y = batches.next()
+        x = x.double()
+        ga = torch.autograd.grad(F.cross_entropy(a(x), y), params_a)
+        gb = torch.autograd.grad(F.cross_entropy(b(x), y), params_b)
+        lr_t = p.lr * alpha ** (-2 * t - 1)
+        with torch.no_grad():
+            for q, prev, g in zip(params_a, prev_a, ga):  # heavy ball with coupled weight decay
+                step = momentum * (q - prev) - p.lr * (g + p.weight_decay * q)
+                prev.copy_(q)
+                q.add_(step)
+            for q, prev, g in zip(params_b, prev_b, gb):  # heavy ball, no decay, growing learning rate
+                step = gamma_b * (q - prev) - lr_t * g
+                prev.copy_(q)
+                q.add_(step)
+    return pd.DataFrame(rows)
+
+
+class ExpLR(Experiment):
+    name = "exp_lr"
+    title = "K14: weight decay on a scale-invariant network equals an exponentially growing learning rate"
+    claims = (K14, K14_MOMENTUM, K14_RANGE)
+    config_class = ExpLRConfig
+
+    def tasks(self, cfg: ExpLRConfig) -> list[RunTask]:
+        return []  # no engine training runs: see derived()
+
+    def derived(self, cfg: ExpLRConfig) -> dict[str, pd.DataFrame]:
+        with torch.random.fork_rng(devices=[]):
+            tables = [compare_runs(cfg, s, m) for m in (0.0, cfg.problem.momentum) for s in cfg.seed_list]
+        return {"equivalence": pd.concat(tables, ignore_index=True)}
+
+    def analyze(self, tables: Tables) -> list[ClaimRow]:
+        cfg = self.typed_config(tables)
+        a, p = cfg.analysis, cfg.problem
+        t = tables.read("equivalence")
+        rows = []
+        for claim, plain in ((K14, True), (K14_MOMENTUM, False)):
+            d = t[(t["momentum"] == 0) == plain] if len(t) else t
+            if d.empty:
+                rows.append(missing(claim, a, "no rows for this variant in equivalence.csv"))
+                continue
+            worst = d[["output_rel_diff", "direction_diff"]].max(axis=1)
+            at = d.loc[worst.idxmax()]
+            rows.append(
+                judge(
+                    claim,
+                    Estimate(
+                        float(worst.max()),
+                        n=int(d["seed"].nunique()),
+                        detail=f"{int(d['step'].max())} steps, eta {p.lr:g}, lambda {p.weight_decay:g}, alpha "
+                        f"{float(d['alpha'].iloc[0]):.6g}; worst at step {int(at['step'])} (seed {int(at['seed'])}): "
+                        f"outputs {at['output_rel_diff']:.2g}, directions {at['direction_diff']:.2g}; "
+                        f"the no-decay run's weight norm grew to {d['weight_norm_growing'].max():.3g}",
+                    ),
+                    a,
+                )
+            )
+        if len(t):
+            reach = [
+                f"{'momentum' if m else 'plain'}: overflow at step {overflow_step(p.lr, float(g['alpha'].iloc[0])):.3g}"
+                for m, g in t.groupby("momentum")
+            ]
+            value = float(np.log10(t["lr_growing"].max()))
+            rows.append(judge(K14_RANGE, Estimate(value, n=int(t["seed"].nunique()), detail="; ".join(reach)), a))
+        else:
+            rows.append(missing(K14_RANGE, a, "equivalence.csv is empty"))
+        return rows
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        a = self.typed_config(tables).analysis
+        t = tables.read("equivalence")
+        if t.empty:
+            return []
+        fig, axes = P.figure(ncols=2, width=4.4)
+        col = P.colors(["plain", "momentum"])
+        for m, g in t.groupby("momentum"):
+            name = "momentum" if m else "plain"
+            for column, ls in (("output_rel_diff", "-"), ("direction_diff", "--")):
+                d = g.rename(columns={column: "value"})[["seed", "step", "value"]]
+                d = d.assign(value=d["value"].clip(lower=1e-18))
+                P.mean_band(axes[0, 0], d, f"{name}: {column.replace('_', ' ')}", col[name])
+                axes[0, 0].lines[-1].set_linestyle(ls)
+            d = g.rename(columns={"lr_growing": "value"})[["seed", "step", "value"]]
+            P.mean_band(axes[0, 1], d, f"{name}: eta_t", col[name])
+        axes[0, 0].axhline(a.rel_tol, color="#d62728", lw=1, ls=":", label="tolerance")
+        axes[0, 0].set(yscale="log", xlabel="step", ylabel="difference", title="Weight decay vs growing LR")
+        axes[0, 0].legend(fontsize=6)
+        axes[0, 1].set(yscale="log", xlabel="step", ylabel="learning rate of the no-decay run", title="eta_t")
+        axes[0, 1].legend(fontsize=7)
+        return [P.save(fig, out / "exp_lr.png")]

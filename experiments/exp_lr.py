@@ -106,7 +106,7 @@ def overflow_step(lr: float, alpha: float) -> float:
     """The first t at which eta alpha^(-2t-1) exceeds the largest float64."""
     if alpha >= 1.0:
         return float("inf")
-    return (math.log(np.finfo(np.float64).max / lr) / -math.log(alpha) - 1.0) / 2.0
+    return ((math.log(np.finfo(np.float64).max) - math.log(lr)) / -math.log(alpha) - 1.0) / 2.0
 
 
 def _network(cfg: ExpLRConfig, seed: int, shape, classes: int):

@@ -726,3 +726,22 @@ def test_k12_supported_when_flows_converge_ef_turns_away_and_agrees_near_theta_s
 def test_k12_not_supported_otherwise(tmp_path):
     v = _fisher(tmp_path, end_fraction=0.5, far_angles=(5.0, 5.0), near_angle=40.0)
     assert v["K12-reach"] == v["K12-deviate"] == v["K12-near"] == "not supported"
+
+
+# ---------- K14 ----------
+
+
+def _exp_lr(tmp_path, plain=1e-10, momentum=1e-8):
+    rows = [
+        {"seed": s, "momentum": m, "step": t, "output_rel_diff": err * t / 100, "direction_diff": err * t / 200,
+         "lr_growing": 0.1 * 1.01**t, "weight_norm_growing": 10.0, "alpha": 0.999 if m == 0 else 0.99}
+        for s in range(3) for m, err in ((0.0, plain), (0.9, momentum)) for t in (0, 50, 100)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "equivalence.csv", index=False)
+    return _verdicts("exp_lr", [], [], tmp_path)
+
+
+def test_k14_supported_below_the_tolerance_and_not_above(tmp_path):
+    assert _exp_lr(tmp_path) == {"K14": "supported", "K14-momentum": "supported", "K14-range": "not judged"}
+    v = _exp_lr(tmp_path, plain=1e-3, momentum=5e-6)
+    assert v["K14"] == v["K14-momentum"] == "not supported"

@@ -10,6 +10,7 @@ from .curvature import Curvature
 from .identities import Identities
 from .fisher import Fisher
 from .exp_lr import ExpLR
+from .deep_linear import DeepLinear
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -29,6 +30,7 @@ REGISTRY: dict[str, Experiment] = {
         Identities(),
         Fisher(),
         ExpLR(),
+        DeepLinear(),
     ]
 }
 

@@ -745,3 +745,54 @@ def test_k14_supported_below_the_tolerance_and_not_above(tmp_path):
     assert _exp_lr(tmp_path) == {"K14": "supported", "K14-momentum": "supported", "K14-range": "not judged"}
     v = _exp_lr(tmp_path, plain=1e-3, momentum=5e-6)
     assert v["K14"] == v["K14-momentum"] == "not supported"
+
+
+# ---------- K15 ----------
+
+
+def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-9, reach=True):
+    fits, weights = [], []
+    for s in range(3):
+        for k, c in zip((1, 2, 3, 4), counts):
+            for lam, mse in (
+                (0.01, 0.01 if reach or k < 4 else 0.2),
+                (0.1, 0.04 if reach or k < 4 else 0.2),
+                (1.0, 0.5),
+            ):
+                fits.append(
+                    {
+                        "seed": s,
+                        "depth": k,
+                        "lambda": lam,
+                        "train_mse": mse,
+                        "beta_max": 1.0,
+                        "imbalance": imbalance,
+                        "penalty": 1.0 + penalty_err,
+                        "predicted_penalty": 1.0,
+                        "grad_max": 1e-13,
+                    }
+                )
+                weights += [
+                    {
+                        "seed": s,
+                        "depth": k,
+                        "lambda": lam,
+                        "index": i,
+                        "beta_abs": 1.0 if i < c + s else 0.0,
+                        "true_nonzero": i < 5,
+                    }
+                    for i in range(100)
+                ]
+    pd.DataFrame(fits).to_csv(tmp_path / "fits.csv", index=False)
+    pd.DataFrame(weights).to_csv(tmp_path / "weights.csv", index=False)
+    return _verdicts("deep_linear", [], [], tmp_path)
+
+
+def test_k15_supported_when_depth_sparsifies_and_fits_are_balanced(tmp_path):
+    assert set(_deep_linear(tmp_path).values()) == {"supported"}
+
+
+def test_k15_not_supported_or_inconclusive_otherwise(tmp_path):
+    v = _deep_linear(tmp_path, counts=(5, 8, 20, 40), imbalance=1e-2, penalty_err=1e-2)
+    assert v == {"K15-sparsity": "not supported", "K15-balance": "not supported", "K15-penalty": "not supported"}
+    assert _deep_linear(tmp_path, reach=False)["K15-sparsity"] == "inconclusive"

@@ -136,6 +136,8 @@ def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
             "imbalance": imbalance,
             "penalty": penalty,
             "predicted_penalty": predicted,
+            # in full precision here: the CSV keeps 9 digits, which would hide the difference
+            "penalty_rel_err": abs(penalty / predicted - 1.0) if predicted > 0 else float("nan"),
             "grad_max": grad_norm,
         }
 
@@ -207,7 +209,7 @@ class DeepLinear(Experiment):
                 a,
             )
         )
-        rel = (nontrivial["penalty"] / nontrivial["predicted_penalty"] - 1).abs()
+        rel = nontrivial["penalty_rel_err"]
         rows.append(
             judge(
                 K15_PENALTY,

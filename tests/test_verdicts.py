@@ -769,6 +769,7 @@ def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-
                         "imbalance": imbalance,
                         "penalty": 1.0 + penalty_err,
                         "predicted_penalty": 1.0,
+                        "penalty_rel_err": penalty_err,
                         "grad_max": 1e-13,
                     }
                 )

@@ -255,8 +255,11 @@ def count_table(fits: pd.DataFrame, weights: pd.DataFrame, a: SparseAnalysis) ->
     """Per fit: its training error and the number of non-negligible end-to-end weights."""
     w = weights.merge(fits[["seed", "depth", "lambda", "beta_max", "train_mse"]], on=["seed", "depth", "lambda"])
     w["big"] = w["beta_abs"] > a.negligible * w["beta_max"]
-    c = w.groupby(["seed", "depth", "lambda"]).agg(count=("big", "sum"), train_mse=("train_mse", "first"))
-    return c.reset_index()
+    c = w.groupby(["seed", "depth", "lambda"]).agg(
+        count=("big", "sum"), train_mse=("train_mse", "first"), beta_max=("beta_max", "first")
+    )
+    c["count"] = c["count"].where(c["beta_max"] > 1e-8)  # a product collapsed to 0 has no support to count
+    return c.reset_index().drop(columns="beta_max")
 
 
 def matched_counts(fits: pd.DataFrame, weights: pd.DataFrame, a: SparseAnalysis) -> pd.DataFrame:

@@ -40,6 +40,44 @@ def _decayed_params(cfg: OptimConfig, model: Net) -> set[int]:
     return {id(wl.module.weight) for wl in model.weight_layers if wl.invariance}
 
 
+def _torch_optimizer(name: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if name in ("adam", "adamw"):  # adamw = adam + decoupled decay, applied by Optimizer.step
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps, momentum=cfg.momentum)
+    return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
+
+
+class Graft:
+    """Layerwise grafting M#D (Agarwal et al. 2020): for every parameter tensor, the step has the
+    length of optimizer M's step and the direction of optimizer D's,
+        w <- w + ||step_M|| / (||step_D|| + eps) * step_D.
+    Both optimizers see every gradient and keep their own state. The schedule sets M's learning
+    rate (`param_groups` are M's); D's only scales a vector whose length is discarded."""
+
+    def __init__(self, magnitude: torch.optim.Optimizer, direction: torch.optim.Optimizer, eps: float = 1e-16):
+        self.magnitude, self.direction, self.eps = magnitude, direction, eps
+        self.param_groups = magnitude.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.magnitude.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        start = [p.detach().clone() for p in params]
+        self.magnitude.step()
+        lengths = [(p - w0).norm() for p, w0 in zip(params, start)]
+        for p, w0 in zip(params, start):
+            p.copy_(w0)
+        self.direction.step()
+        for p, w0, length in zip(params, start, lengths):
+            d = p - w0
+            p.copy_(w0 + d * (length / (d.norm() + self.eps)))
+
+
 class Optimizer:
     """A torch optimizer plus the schedule, decoupled decay and renormalization around it."""
 
@@ -60,16 +98,11 @@ class Optimizer:
 
         if cfg.name in OPTIMIZERS:  # a plugin's optimizer; schedule, decoupled decay and renorm still apply
             self.opt = OPTIMIZERS[cfg.name](groups, cfg)
-        elif cfg.name == "sgd":
-            self.opt = torch.optim.SGD(
-                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
-            )
-        elif cfg.name in ("adam", "adamw"):  # adamw = adam + decoupled decay, applied below
-            self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-        elif cfg.name == "rmsprop":
-            self.opt = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps, momentum=cfg.momentum)
+        elif "#" in cfg.name:  # grafting M#D: M's step length, D's direction
+            magnitude, direction = cfg.name.split("#")
+            self.opt = Graft(_torch_optimizer(magnitude, groups, cfg), _torch_optimizer(direction, groups, cfg))
         else:
-            self.opt = torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
+            self.opt = _torch_optimizer(cfg.name, groups, cfg)
         self.renorm = [
             (wl.module.weight, wl.invariance) for wl in model.weight_layers if cfg.renormalize and wl.invariance
         ]

@@ -15,7 +15,7 @@ from .config import ConfigError, param
 # Built-in names; plugins (engine/plugins.py) may add more, so the fields below are checked by name.
 DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
 ARCHS = ("mlp", "cnn1d", "cnn2d")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
 NormName = Literal["none", "batch", "layer", "weight", "center"]
 
 
@@ -65,7 +65,10 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = param("sgd", help=f"optimizer: {', '.join(OPTIMIZERS)}, or one a plugin registers")
+    name: str = param(
+        "sgd",
+        help=f"optimizer: {', '.join(OPTIMIZERS)} (M#D: M's step length, D's direction), or one a plugin registers",
+    )
     lr: float = param(0.1, min=0.0, help="step size alpha (peak value when a schedule is used)")
     momentum: float = param(0.0, min=0.0, max=1.0, help="sgd/rmsprop momentum")
     nesterov: bool = param(False)

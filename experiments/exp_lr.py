@@ -12,8 +12,9 @@ eta_t = eta alpha^(-2t-1) and momentum gamma / alpha^2 for the no-decay run.
 
 The network: the engine's BN MLP (BN before every ReLU, no affine, no bias, BN eps 1e-12) with
 its read-out held fixed at its initialization, so every trained weight feeds BN. Both runs see the
-same batches, in float64, with hand-written updates (torch's momentum buffer folds a changing
-learning rate into the velocity differently from the heavy-ball form the equivalence uses).
+same batches, in float64, with the updates written out in heavy-ball form. (In torch's buffer
+form, b = gamma b + g and w -= eta_t b, a learning rate that grows by alpha^-2 per step turns the
+same gamma into heavy-ball momentum gamma / alpha^2: that is Li & Arora's "same momentum".)
 No training loop of the engine runs: the comparison is written to a table next to the results.
 """
 

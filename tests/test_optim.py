@@ -68,3 +68,34 @@ def test_renormalize_keeps_scale_invariant_units_on_the_sphere():
     norms = after["blocks.0.weight_layer.weight"].norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-12)
     assert not math.isclose(after["out.weight"].norm(dim=1)[0].item(), 1.0, abs_tol=1e-6)
+
+
+def test_grafting_takes_m_s_step_length_and_d_s_direction_per_tensor():
+    """Adam#SGD and SGD#Adam against a hand computation over two steps (Agarwal et al. 2020)."""
+    from normlab.engine.optim import Optimizer
+    from normlab.engine.spec import OptimConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=6, depth=1), (4,), 3).double()
+    grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(2)]
+    lr, mom, b1, b2, eps = 0.05, 0.9, 0.9, 0.999, 1e-8
+    for name in ("adam#sgd", "sgd#adam"):
+        w = [p.detach().clone() for p in model.parameters()]
+        params = list(model.parameters())
+        opt = Optimizer(OptimConfig(name=name, lr=lr, momentum=mom, beta1=b1, beta2=b2, eps=eps), model, 10)
+        state = [dict(m=torch.zeros_like(p), v=torch.zeros_like(p), buf=None) for p in params]
+        for t, gs in enumerate(grads, start=1):
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            opt.step()
+            for i, g in enumerate(gs):  # the two steps by hand, from the same point
+                s = state[i]
+                s["m"] = b1 * s["m"] + (1 - b1) * g
+                s["v"] = b2 * s["v"] + (1 - b2) * g * g
+                adam = -lr * (s["m"] / (1 - b1**t)) / ((s["v"] / (1 - b2**t)).sqrt() + eps)
+                s["buf"] = g.clone() if s["buf"] is None else mom * s["buf"] + g
+                sgd = -lr * s["buf"]
+                length, direction = (adam, sgd) if name == "adam#sgd" else (sgd, adam)
+                w[i] = w[i] + direction * (length.norm() / direction.norm())
+            for p, expected in zip(params, w):
+                assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12), (name, t)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, MEASURED, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
@@ -76,6 +76,36 @@ K5_CNN_SHRINK = Claim(
     Rule("none"),
 )
 CLAIMS_OF_WORKLOAD = {"mlp": (K5_MLP, K5_MLP_SHRINK), "cnn": (K5_CNN, K5_CNN_SHRINK)}
+
+_GRAFT_STAT = (
+    "share of the careful protocol's SGD-Adam gap that {graft} closes: (acc_{graft} - acc_sgd) / (acc_adam - "
+    "acc_sgd), test accuracy of the selected configs over the shared fresh seeds, BCa interval"
+)
+_GRAFT = (
+    "Grafting Adam's per-layer step length onto SGD's direction (Adam#SGD) closes most of the SGD-Adam gap "
+    "(Grosse ch. 5, §2.2; Agarwal et al. 2020), under the same careful protocol and budget"
+)
+K11_MLP = Claim(
+    "K11-mlp", MEASURED, f"{_GRAFT}: MLP", _GRAFT_STAT.format(graft="adam#sgd"), Rule(">=", "graft_closed_min")
+)
+K11_CNN = Claim(
+    "K11-cnn", MEASURED, f"{_GRAFT}: 1-D CNN", _GRAFT_STAT.format(graft="adam#sgd"), Rule(">=", "graft_closed_min")
+)
+K11_MLP_REVERSE = Claim(
+    "K11-mlp-reverse",
+    DESCRIPTIVE,
+    "The reverse graft, SGD's step length with Adam's direction (SGD#Adam), on the MLP",
+    _GRAFT_STAT.format(graft="sgd#adam"),
+    Rule("none"),
+)
+K11_CNN_REVERSE = Claim(
+    "K11-cnn-reverse",
+    DESCRIPTIVE,
+    "The reverse graft, SGD's step length with Adam's direction (SGD#Adam), on the 1-D CNN",
+    _GRAFT_STAT.format(graft="sgd#adam"),
+    Rule("none"),
+)
+GRAFT_CLAIMS_OF_WORKLOAD = {"mlp": (K11_MLP, K11_MLP_REVERSE), "cnn": (K11_CNN, K11_CNN_REVERSE)}
 
 
 @dataclass
@@ -151,6 +181,7 @@ class TuningAnalysis(Analysis):
     equivalence_margin_points: float = param(
         1.0, min=0.0, help="K5: supported if the careful gap's CI contains 0 or lies within +- this many points"
     )
+    graft_closed_min: float = param(0.75, help="K11: Adam#SGD must close at least this share of the SGD-Adam gap")
 
 
 @dataclass
@@ -187,6 +218,8 @@ BAND_SEED = 0  # its own seed, so the figure regenerates byte for byte
 
 
 def _narrow(cfg: TuningConfig, opt: str) -> list[tuple[str, dict]]:
+    if "#" in opt:  # grafts are judged under the careful protocol only
+        return []
     if opt == "adam":
         return [(f"lr={lr:g}", {"optim.name": "adam", "optim.lr": lr}) for lr in cfg.narrow_adam_lrs]
     return [
@@ -227,6 +260,8 @@ def trials(cfg: TuningConfig) -> dict[str, Trial]:
     for workload in cfg.workloads:
         for opt in cfg.optimizers:
             for protocol, made in (("narrow", _narrow(cfg, opt)), ("careful", _careful(cfg, opt, cfg.run.train.steps))):
+                if not made:
+                    continue
                 for label, ov in made:
                     out[f"{workload}-{opt}-{protocol}-{label}"] = Trial(
                         workload, opt, protocol, label, tuple(ov.items())
@@ -244,7 +279,7 @@ def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
 class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
     title = "K5: SGD vs Adam under a narrow and a careful tuning protocol"
-    claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK)
+    claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK, K11_MLP, K11_CNN, K11_MLP_REVERSE, K11_CNN_REVERSE)
     config_class = TuningConfig
 
     def _run_config(self, cfg: TuningConfig, workload: str, overrides: dict) -> RunConfig:
@@ -356,6 +391,51 @@ class OptimizerTuning(Experiment):
                     a,
                 )
             )
+        rows += self._grafts(cfg, final)
+        return rows
+
+    def _grafts(self, cfg: TuningConfig, final: pd.DataFrame) -> list[ClaimRow]:
+        """K11: the share of the careful SGD-Adam gap each graft closes, on each workload."""
+        a, rows = cfg.analysis, []
+        for workload, (claim, reverse) in GRAFT_CLAIMS_OF_WORKLOAD.items():
+            if workload not in cfg.workloads:
+                continue
+            acc = {}
+            for opt in ("sgd", "adam", "adam#sgd", "sgd#adam"):
+                sel = final[(final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == "careful")]
+                acc[opt] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
+            for c, graft in ((claim, "adam#sgd"), (reverse, "sgd#adam")):
+                if not len(acc[graft]) or not len(acc["sgd"]) or not len(acc["adam"]):
+                    rows.append(missing(c, a, f"needs the careful finals of sgd, adam and {graft} (optimizers:)"))
+                    continue
+                seeds = sorted(set(acc["sgd"].index) & set(acc["adam"].index) & set(acc[graft].index))
+                s_, a_, g_ = (acc[o].reindex(seeds).to_numpy(dtype=float) for o in ("sgd", "adam", graft))
+                gap, gap_ci, _ = paired_t(a_, s_)
+                exists = Check(
+                    "a gap exists",
+                    bool(gap_ci.low > 0 or gap_ci.high < 0),
+                    f"the Adam - SGD gap's CI ({gap_ci.low:+.2f} to {gap_ci.high:+.2f} points) contains 0: "
+                    "there is no gap to close",
+                )
+
+                def closed(sv, av, gv):
+                    return (np.mean(gv) - np.mean(sv)) / (np.mean(av) - np.mean(sv))
+
+                est = float(closed(s_, a_, g_)) if len(seeds) else float("nan")
+                detail = (
+                    f"test acc: sgd {np.nanmean(s_):.1f}%, adam {np.nanmean(a_):.1f}%, {graft} {np.nanmean(g_):.1f}%; "
+                    f"gap adam - sgd {gap:+.2f} points ({gap_ci.low:+.2f} to {gap_ci.high:+.2f})"
+                )
+                interval = bca([s_, a_, g_], closed) if exists.ok else None
+                rows.append(
+                    judge(
+                        c,
+                        Estimate(est, interval, len(seeds), [exists], detail)
+                        if interval
+                        else Estimate(est, n=len(seeds), checks=[exists], detail=detail),
+                        a,
+                    )
+                )
         return rows
 
     # ---------------------------------------------------------------- figures
@@ -372,12 +452,13 @@ class OptimizerTuning(Experiment):
         r = _with_parts(tables.runs, trials(cfg))
         tried = r[(r["label"] != "final")]
         workloads = list(cfg.workloads)
-        col = P.colors(["sgd", "adam"])
+        opts = list(cfg.optimizers)
+        col = P.colors(opts)
         fig, axes = P.figure(ncols=len(workloads), nrows=3, width=4.0, height=3.0)
         rng = np.random.default_rng(BAND_SEED)
         for j, workload in enumerate(workloads):
             ax = axes[0, j]
-            for opt in ("sgd", "adam"):
+            for opt in opts:
                 pool = (
                     100
                     * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")][
@@ -409,7 +490,7 @@ class OptimizerTuning(Experiment):
             final = r[(r["label"] == "final") & (r["workload"] == workload)]
             labels, means, errs, colors = [], [], [], []
             for protocol in ("narrow", "careful"):
-                for opt in ("sgd", "adam"):
+                for opt in opts:
                     v = 100 * final[(final["opt"] == opt) & (final["protocol"] == protocol)]["final_test_acc"].dropna()
                     if len(v):
                         lo, hi = np.percentile(v, [0, 100])
@@ -425,7 +506,7 @@ class OptimizerTuning(Experiment):
                 title=f"{workload}: selected configs, fresh seeds (min-max)",
             )
             ax = axes[2, j]
-            for opt in ("sgd", "adam"):
+            for opt in opts:
                 t = tried[(tried["workload"] == workload) & (tried["opt"] == opt)]
                 for protocol, marker in (("careful", "o"), ("narrow", "s")):
                     d = t[t["protocol"] == protocol]

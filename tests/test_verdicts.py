@@ -440,13 +440,14 @@ def test_k4_inconclusive_with_two_seeds_or_no_equilibrium(tmp_path):
 # ---------- K5 ----------
 
 
-def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61)):
+def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61), grafts=None):
     sgd = [0.70, 0.705, 0.695, 0.70, 0.70]
     acc = {
         ("sgd", "careful"): sgd,
         ("adam", "careful"): careful_adam,
         ("sgd", "narrow"): sgd,
         ("adam", "narrow"): list(narrow_adam),
+        **{(g, "careful"): v for g, v in (grafts or {}).items()},
     }
     runs = []
     for workload in ("mlp", "cnn"):
@@ -479,6 +480,26 @@ def test_k5(careful_adam, expected):
     v = _k5(careful_adam)
     assert v["K5-mlp"] == expected and v["K5-cnn"] == expected
     assert v["K5-mlp-shrink"] == v["K5-cnn-shrink"] == "not judged"
+    assert v["K11-mlp"] == "inconclusive"  # no graft runs: missing, and it says so
+
+
+# ---------- K11 ----------
+
+ADAM_AHEAD = [0.80, 0.81, 0.79, 0.805, 0.80]  # a clear 10-point gap over sgd's 0.70
+
+
+@pytest.mark.parametrize(
+    "graft,adam,expected",
+    [
+        ([0.79, 0.80, 0.785, 0.80, 0.79], ADAM_AHEAD, "supported"),  # closes ~90% of the gap
+        ([0.72, 0.725, 0.715, 0.72, 0.72], ADAM_AHEAD, "not supported"),  # closes ~20%
+        ([0.79, 0.80, 0.785, 0.80, 0.79], [0.70, 0.71, 0.69, 0.70, 0.71], "inconclusive"),  # no gap to close
+    ],
+)
+def test_k11(graft, adam, expected):
+    v = _k5(adam, grafts={"adam#sgd": graft, "sgd#adam": graft})
+    assert v["K11-mlp"] == v["K11-cnn"] == expected
+    assert v["K11-mlp-reverse"] == v["K11-cnn-reverse"] == "not judged"
 
 
 # ---------- K9, K10 ----------

@@ -32,9 +32,8 @@ from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, Check, Claim, ClaimRow, Estimate, Rule, judge
-from normlab.engine.runs import RunTask
 
-from .base import Experiment
+from .base import TableExperiment
 
 K9_ADAGRAD = Claim(
     "K9-adagrad",
@@ -219,14 +218,11 @@ def _slope(d: pd.DataFrame, x: str, y: str) -> float:
     return float(np.polyfit(np.log(d[x]), np.log(d[y]), 1)[0]) if len(d) >= 3 else float("nan")
 
 
-class AdaptiveGotchas(Experiment):
+class AdaptiveGotchas(TableExperiment):
     name = "adaptive_gotchas"
     title = "K9, K10: Adagrad vs RMSprop decay, where epsilon sits, and Adam's batch-size dependence"
     claims = (K9_ADAGRAD, K9_RMSPROP, K9_EPS, K10, K10_STEP)
     config_class = GotchasConfig
-
-    def tasks(self, cfg: GotchasConfig) -> list[RunTask]:
-        return []  # no training runs: see derived()
 
     def derived(self, cfg: GotchasConfig) -> dict[str, pd.DataFrame]:
         p = cfg.problem

@@ -96,6 +96,14 @@ class Experiment:
         return C.from_dict(self.config_class, tables.config)
 
 
+class TableExperiment(Experiment):
+    """An experiment without engine training runs: `derived()` computes every table it judges
+    (exact checks, closed-form flows, small fits), written next to the results like any run's."""
+
+    def tasks(self, cfg: ExperimentConfig) -> list[RunTask]:
+        return []
+
+
 def arm_configs(cfg: ExperimentConfig) -> dict[str, RunConfig]:
     """The RunConfig of every arm (`run` with the arm's overrides), or just `run` if no arms."""
     if not cfg.arms:

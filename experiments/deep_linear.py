@@ -26,11 +26,10 @@ from normlab.engine import plots as P
 from normlab.engine.claims import EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.results import Tables
-from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import t_interval
 
-from .base import Experiment
+from .base import TableExperiment
 
 K15_SPARSE = Claim(
     "K15-sparsity",
@@ -142,14 +141,11 @@ def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
         }
 
 
-class DeepLinear(Experiment):
+class DeepLinear(TableExperiment):
     name = "deep_linear"
     title = "K15: L2 on a deep (diagonal) linear network as a sparsifying L_{2/K} penalty on the product"
     claims = (K15_SPARSE, K15_BALANCE, K15_PENALTY)
     config_class = DeepLinearConfig
-
-    def tasks(self, cfg: DeepLinearConfig) -> list[RunTask]:
-        return []  # no engine training runs: see derived()
 
     def derived(self, cfg: DeepLinearConfig) -> dict[str, pd.DataFrame]:
         p = cfg.problem

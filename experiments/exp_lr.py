@@ -36,10 +36,9 @@ from normlab.engine.config import param
 from normlab.engine.data import Batcher, load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
-from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 
-from .base import Experiment
+from .base import TableExperiment
 
 _STAT = (
     "max over logged steps and seeds of max(relative difference of the two networks' outputs on a fixed batch, "
@@ -179,14 +178,11 @@ def compare_runs(cfg: ExpLRConfig, seed: int, momentum: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-class ExpLR(Experiment):
+class ExpLR(TableExperiment):
     name = "exp_lr"
     title = "K14: weight decay on a scale-invariant network equals an exponentially growing learning rate"
     claims = (K14, K14_MOMENTUM, K14_RANGE)
     config_class = ExpLRConfig
-
-    def tasks(self, cfg: ExpLRConfig) -> list[RunTask]:
-        return []  # no engine training runs: see derived()
 
     def derived(self, cfg: ExpLRConfig) -> dict[str, pd.DataFrame]:
         with torch.random.fork_rng(devices=[]):

@@ -30,10 +30,9 @@ from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
 from normlab.engine.results import Tables
-from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 
-from .base import Experiment
+from .base import TableExperiment
 
 K12_REACH = Claim(
     "K12-reach",
@@ -198,14 +197,11 @@ def near_points(reg: Regression, seed: int, radius: float) -> pd.DataFrame:
     )
 
 
-class Fisher(Experiment):
+class Fisher(TableExperiment):
     name = "fisher"
     title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
     claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_MEDIAN)
     config_class = FisherConfig
-
-    def tasks(self, cfg: FisherConfig) -> list[RunTask]:
-        return []  # no training runs: see derived()
 
     def derived(self, cfg: FisherConfig) -> dict[str, pd.DataFrame]:
         trajs, grids, optima = [], [], []

@@ -30,10 +30,9 @@ from normlab.engine.config import param
 from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
-from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 
-from .base import Experiment
+from .base import TableExperiment
 
 K6_ORTH = Claim(
     "K6-orth",
@@ -193,14 +192,11 @@ def _center_rows(cfg: IdentitiesConfig, seed: int, x, y, shape, classes) -> list
     return rows
 
 
-class Identities(Experiment):
+class Identities(TableExperiment):
     name = "identities"
     title = "K6, K7: scale invariance and the batch-centering gradient identity, as exact checks"
     claims = (K6_ORTH, K6_SCALE, K6_EPS, K7, K7_GRAD)
     config_class = IdentitiesConfig
-
-    def tasks(self, cfg: IdentitiesConfig) -> list[RunTask]:
-        return []  # no training runs: see derived()
 
     def derived(self, cfg: IdentitiesConfig) -> dict[str, pd.DataFrame]:
         data = load_dataset(cfg.run.data)

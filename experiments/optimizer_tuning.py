@@ -278,7 +278,7 @@ def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
 
 class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
-    title = "K5: SGD vs Adam under a narrow and a careful tuning protocol"
+    title = "K5, K11: SGD vs Adam under a narrow and a careful tuning protocol, and Adam#SGD grafting"
     claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK, K11_MLP, K11_CNN, K11_MLP_REVERSE, K11_CNN_REVERSE)
     config_class = TuningConfig
 

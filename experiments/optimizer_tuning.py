@@ -500,7 +500,7 @@ class OptimizerTuning(Experiment):
                         colors.append(col[opt])
             for i, (mu, e, c) in enumerate(zip(means, errs, colors)):
                 ax.errorbar(i, mu, yerr=e, fmt="o", color=c, capsize=3)
-            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30)
             ax.set(
                 ylabel="test accuracy (%) of the selected config",
                 title=f"{workload}: selected configs, fresh seeds (min-max)",
@@ -510,6 +510,8 @@ class OptimizerTuning(Experiment):
                 t = tried[(tried["workload"] == workload) & (tried["opt"] == opt)]
                 for protocol, marker in (("careful", "o"), ("narrow", "s")):
                     d = t[t["protocol"] == protocol]
+                    if d.empty:  # the grafts have no narrow protocol
+                        continue
                     ax.scatter(
                         d["optim.lr"],
                         100 * d["final_val_acc"].fillna(0),

@@ -100,6 +100,9 @@ class Optimizer:
             self.opt = OPTIMIZERS[cfg.name](groups, cfg)
         elif "#" in cfg.name:  # grafting M#D: M's step length, D's direction
             magnitude, direction = cfg.name.split("#")
+            # Both get the same group dicts (torch keeps the dicts it is given, and the two optimizers'
+            # keys do not clash): the schedule's lr reaches both, and D's direction does not depend on it.
+            # Separate copies give the same steps up to rounding, but not the committed bytes.
             self.opt = Graft(_torch_optimizer(magnitude, groups, cfg), _torch_optimizer(direction, groups, cfg))
         else:
             self.opt = _torch_optimizer(cfg.name, groups, cfg)

@@ -99,7 +99,7 @@ def test_selected_trial_is_the_one_the_final_arm_reran():
     folder = Path(__file__).resolve().parent.parent / "results" / "reference" / "optimizer_tuning"
     tables = load_tables(folder)
     chosen = EXP.selected(tables)
-    assert len(chosen) == 8  # 2 workloads x 2 optimizers x 2 protocols
+    assert len(chosen) == 12  # 2 workloads x (sgd, adam under 2 protocols + 2 grafts under the careful one)
     runs = tables.runs.set_index("arm")
     for row in chosen.itertuples():
         final = runs.loc[[f"{row.workload}-{row.opt}-{row.protocol}-final"]]

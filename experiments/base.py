@@ -37,6 +37,7 @@ from normlab.engine.results import (
     write_manifest,
 )
 from normlab.engine.cells import CellStore, cell_key
+from normlab.engine.locks import folder_lock
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.claims import Claim, ClaimRow
 from normlab.engine.runs import Progress, RunResult, RunTask
@@ -282,16 +283,22 @@ def run_experiment(
     out = Path(out)
     ensure_free(out)
     check_backend(backend)  # before anything is written
-    work = partial_folder(out)
-    if work.exists() and (work / "config.yaml").is_file() and (work / "config.yaml").read_text() != C.dump_yaml(cfg):
-        raise NormlabError(
-            f"{work} holds an interrupted run of a different config; remove it or choose another output folder"
-        )
-    outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
-    shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
-    if out.exists():
-        out.rmdir()
-    os.replace(work, out)
-    outcome.folder = out
-    outcome.plots = [out / "plots" / p.name for p in outcome.plots]
+    with folder_lock(out):  # one command per output folder
+        ensure_free(out)  # again: another command may have finished it while this one started
+        work = partial_folder(out)
+        if (
+            work.exists()
+            and (work / "config.yaml").is_file()
+            and (work / "config.yaml").read_text() != C.dump_yaml(cfg)
+        ):
+            raise NormlabError(
+                f"{work} holds an interrupted run of a different config; remove it or choose another output folder"
+            )
+        outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
+        shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+        outcome.folder = out
+        outcome.plots = [out / "plots" / p.name for p in outcome.plots]
     return outcome

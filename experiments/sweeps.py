@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from normlab.engine import config as C
 from normlab.engine.executor import check_backend
 from normlab.engine.files import atomic_write_text
+from normlab.engine.locks import folder_lock
 from normlab.engine.sweep import SweepConfig, expand
 from normlab.engine.runs import Progress, RunResult
 
@@ -90,6 +91,11 @@ def run_sweep(
     """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
     check_backend(backend)  # before anything is written
     out = Path(out)
+    with folder_lock(out):  # one command per output folder
+        return _run_sweep(exp, cfg, sweep, out, jobs, progress, smoke, on_start, on_result, backend)
+
+
+def _run_sweep(exp, cfg, sweep, out, jobs, progress, smoke, on_start, on_result, backend) -> Outcome:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "sweep.yaml"
     resolved = C.dump_yaml(sweep)

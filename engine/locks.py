@@ -31,6 +31,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+EMPTY_GRACE_S = 5.0  # an empty lock younger than this may be a starting owner between create and write
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def lock_path(out: Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".lock")
@@ -53,7 +63,7 @@ def folder_lock(out: Path) -> Iterator[Path]:
             if host == me["host"] and pid and not _alive(pid):
                 path.unlink(missing_ok=True)  # its owner was killed: stale
                 continue
-            if host == me["host"] and not pid:  # unreadable (a kill while it was written): stale too
+            if not owner and _age(path) > EMPTY_GRACE_S:  # empty: its owner was killed while writing it
                 path.unlink(missing_ok=True)
                 continue
             who = f"process {pid} on {host or 'an unknown host'}" + (

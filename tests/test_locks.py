@@ -36,3 +36,13 @@ def test_a_stale_lock_from_a_killed_process_is_taken_over_and_released(tmp_path)
     r = CliRunner().invoke(app, ["run", "baselines", "--smoke", "--set", "seeds=1", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert (out / "claims.csv").is_file() and not lock_path(out).exists()
+
+
+def test_an_empty_lock_left_by_a_kill_during_its_write_is_stale_once_old(tmp_path):
+    out = tmp_path / "o"
+    lock_path(out).write_text("")
+    old = __import__("time").time() - 60
+    os.utime(lock_path(out), (old, old))
+    r = CliRunner().invoke(app, ["run", "baselines", "--smoke", "--set", "seeds=1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not lock_path(out).exists()

@@ -19,7 +19,6 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from .curvature import measure as measure_curvature
 from .data import Batcher, Dataset, load_dataset
 from .models import Net, build_model
 from .optim import Optimizer
@@ -101,6 +100,8 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     for step in range(steps + 1):
         # -- curvature of one layer at chosen checkpoints (on a copy: training is untouched)
         if step in curv_steps:
+            from .curvature import measure as measure_curvature  # curvlinops loads only where it is used
+
             t0 = time.perf_counter()
             rows += measure_curvature(model, curv, curv_x, curv_y, step, task.seed)
             curv_seconds += time.perf_counter() - t0

@@ -92,29 +92,15 @@ def run_sweep(
     check_backend(backend)  # before anything is written
     out = Path(out)
     with folder_lock(out):  # one command per output folder
-        return _run_sweep(exp, cfg, sweep, out, jobs, progress, smoke, on_start, on_result, backend)
-
-
-def _run_sweep(exp, cfg, sweep, out, jobs, progress, smoke, on_start, on_result, backend) -> Outcome:
-    out.mkdir(parents=True, exist_ok=True)
-    previous = out / "sweep.yaml"
-    resolved = C.dump_yaml(sweep)
-    if previous.is_file() and previous.read_text() != resolved:
-        # a changed grid keeps the finished cells it shares with the old one (same keys)
-        atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
-    atomic_write_text(previous, resolved)
-    return run_cells(
-        exp,
-        cfg,
-        out,
-        jobs,
-        progress,
-        smoke,
-        on_start,
-        on_result,
-        manifest={"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"},
-        backend=backend,
-    )
+        out.mkdir(parents=True, exist_ok=True)
+        previous = out / "sweep.yaml"
+        resolved = C.dump_yaml(sweep)
+        if previous.is_file() and previous.read_text() != resolved:
+            # a changed grid keeps the finished cells it shares with the old one (same keys)
+            atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
+        atomic_write_text(previous, resolved)
+        manifest = {"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"}
+        return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result, manifest, backend)
 
 
 __all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]

@@ -23,10 +23,10 @@ from .config import to_dict
 from .files import atomic_write_text
 from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
 from .runs import RunResult
-from .spec import CurvatureConfig, RunConfig
+from .spec import CurvatureConfig, KFACConfig, RunConfig
 
 DONE = ("ok", "diverged")
-_NEWER_SECTIONS = {"curvature": to_dict(CurvatureConfig()), "plugins": []}
+_NEWER_SECTIONS = {"curvature": to_dict(CurvatureConfig()), "kfac": to_dict(KFACConfig()), "plugins": []}
 
 
 def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:

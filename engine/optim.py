@@ -13,8 +13,10 @@ import math
 
 import torch
 
+from torch import nn
+
 from .models import Net
-from .spec import OptimConfig
+from .spec import KFACConfig, OptimConfig
 
 
 def lr_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
@@ -81,7 +83,7 @@ class Graft:
 class Optimizer:
     """A torch optimizer plus the schedule, decoupled decay and renormalization around it."""
 
-    def __init__(self, cfg: OptimConfig, model: Net, total_steps: int):
+    def __init__(self, cfg: OptimConfig, model: Net, total_steps: int, kfac: KFACConfig | None = None):
         self.cfg, self.total_steps = cfg, total_steps
         decayed_ids = _decayed_params(cfg, model)
         decay = [p for p in model.parameters() if id(p) in decayed_ids]
@@ -104,6 +106,14 @@ class Optimizer:
             # keys do not clash): the schedule's lr reaches both, and D's direction does not depend on it.
             # Separate copies give the same steps up to rounding, but not the committed bytes.
             self.opt = Graft(_torch_optimizer(magnitude, groups, cfg), _torch_optimizer(direction, groups, cfg))
+        elif cfg.name == "kfac":  # the linear weight layers preconditioned, everything else plain SGD
+            from .kfac import KFAC
+
+            k = kfac or KFACConfig()
+            layers = [wl.module for wl in model.weight_layers if type(wl.module) is nn.Linear]
+            self.opt = KFAC(
+                groups, layers, cfg.lr, k.damping, k.ema, k.cov_every, k.inverse_every, cfg.momentum, fisher=k.fisher
+            )
         else:
             self.opt = _torch_optimizer(cfg.name, groups, cfg)
         self.renorm = [
@@ -121,6 +131,11 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
+
+    def observe(self, outputs: torch.Tensor) -> None:
+        """Before the backward pass: optimizers that read curvature from the forward pass (K-FAC) do so here."""
+        if self.cfg.name == "kfac":
+            self.opt.observe(outputs)
 
     def step(self) -> None:
         if self.decoupled and self.cfg.weight_decay:

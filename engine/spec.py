@@ -15,7 +15,7 @@ from .config import ConfigError, param
 # Built-in names; plugins (engine/plugins.py) may add more, so the fields below are checked by name.
 DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
 ARCHS = ("mlp", "cnn1d", "cnn2d")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "kfac", "adam#sgd", "sgd#adam")  # M#D: grafting
 NormName = Literal["none", "batch", "layer", "weight", "center"]
 
 
@@ -153,6 +153,19 @@ class CurvatureConfig:
     density_points: int = param(200, min=10, help="grid points of the density")
 
 
+@dataclass
+class KFACConfig:
+    """K-FAC's own settings (optim.name: kfac; engine/kfac.py). lr, momentum and weight decay come from `optim`."""
+
+    damping: float = param(1e-3, min=0.0, help="eta added to the Kronecker-factored curvature (Grosse ch. 5, Eq. 26)")
+    ema: float = param(0.95, min=0.0, max=1.0, help="running-average decay of the factors A and S")
+    cov_every: int = param(1, min=1, help="update the factors every this many steps")
+    inverse_every: int = param(10, min=1, help="refresh the factors' eigendecompositions every this many steps")
+    fisher: Literal["mc", "exact"] = param(
+        "mc", help="mc: one target sampled from the model per example; exact: the full expectation over classes"
+    )
+
+
 def _p(path: str) -> str:
     return f"{path}." if path else ""
 
@@ -165,6 +178,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    kfac: KFACConfig = field(default_factory=KFACConfig)
     plugins: list[str] = param(
         default_factory=list, help="modules that register datasets, models or optimizers (see engine/plugins.py)"
     )

@@ -76,7 +76,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     data = load_dataset(cfg.data).to(device)
     model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
     steps = cfg.train.steps
-    opt = Optimizer(cfg.optim, model, steps)
+    opt = Optimizer(cfg.optim, model, steps, cfg.kfac)
     batches = Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(task.seed))
     probe_every = cfg.probes.every
     probes = Probes(cfg.probes, model) if probe_every else None
@@ -122,8 +122,9 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
             status = "diverged"
             rows.append(Row(step, "batch_loss", "", "value", None, loss_value))
             break
-        # -- backward
+        # -- backward (K-FAC first takes its curvature factors from this forward pass's graph)
         opt.zero_grad()
+        opt.observe(logits)
         loss.backward()
         window_loss, window_steps = window_loss + loss_value, window_steps + 1
         # -- probes: gradients and statistics of this step, before the update

@@ -26,14 +26,25 @@ from .runs import RunResult
 from .spec import CurvatureConfig, KFACConfig, RunConfig
 
 DONE = ("ok", "diverged")
-_NEWER_SECTIONS = {"curvature": to_dict(CurvatureConfig()), "kfac": to_dict(KFACConfig()), "plugins": []}
+# Sections and fields added after results were first committed: left out of the key while at their
+# defaults, so the runs that do not use them keep the keys (and the cells) they had before.
+_NEWER = {
+    "curvature": to_dict(CurvatureConfig()),
+    "kfac": to_dict(KFACConfig()),
+    "plugins": [],
+    "probes.jacobian_examples": 0,
+}
 
 
 def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
     cfg = to_dict(run)
-    for section, default in _NEWER_SECTIONS.items():  # runs that do not use them keep the keys they had before
-        if cfg.get(section) == default:
-            del cfg[section]
+    for path, default in _NEWER.items():
+        *parents, name = path.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part, {})
+        if name in node and node[name] == default:
+            del node[name]
     blob = json.dumps({"run": cfg, "seed": seed, "extra": extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

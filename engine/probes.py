@@ -48,6 +48,23 @@ from .spec import ProbeConfig
 _WEIGHT_METRICS = ("weight_norm_sq", "grad_norm", "w_dot_grad", "w_grad_cos", "normalized_grad_norm")
 
 
+def input_jacobian_sq_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Mean over the examples of ||d logits / d x||_F^2 (eval mode; one backward pass per class).
+    Grosse ch. 5, §5.3: with a Gauss-Newton preconditioner and no normalization, weight decay
+    penalizes this norm rather than the weights' own."""
+    was_training = model.training
+    model.eval()
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        total = 0.0
+        for c in range(logits.shape[1]):  # examples are independent in eval mode: one pass per output
+            (g,) = torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c + 1 < logits.shape[1])
+            total += g.pow(2).sum().item()
+    model.train(was_training)
+    return total / x.shape[0]
+
+
 def _feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and variance over the batch (and positions, for conv inputs)."""
     x = x.detach()

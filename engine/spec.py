@@ -124,6 +124,12 @@ class ProbeConfig:
     summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
         default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer"
     )
+    jacobian_examples: int = param(
+        0,
+        min=0,
+        help="at the end, mean over the first N test examples of ||d logits / d x||_F^2 (final metric "
+        "jacobian_fro_sq; 0 = off)",
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .data import Batcher, Dataset, load_dataset
 from .models import Net, build_model
 from .optim import Optimizer
 from .plugins import load_plugins
-from .probes import Probes
+from .probes import Probes, input_jacobian_sq_norm
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import RunConfig
 
@@ -158,6 +158,8 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         progress(task.run_id, steps, steps)
     if status == "diverged":  # final metrics of a diverged run are not numbers to average
         final = {k: float("nan") for k in final}
+    if cfg.probes.jacobian_examples and status == "ok":
+        final["jacobian_fro_sq"] = input_jacobian_sq_norm(model, data.x_test[: cfg.probes.jacobian_examples])
     if curv_steps:
         final["curvature_seconds"] = curv_seconds  # wall time, like train_seconds: not a result
     return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)

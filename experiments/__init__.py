@@ -11,6 +11,7 @@ from .identities import Identities
 from .fisher import Fisher
 from .exp_lr import ExpLR
 from .deep_linear import DeepLinear
+from .kfac import KFACExperiment
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -31,6 +32,7 @@ REGISTRY: dict[str, Experiment] = {
         Fisher(),
         ExpLR(),
         DeepLinear(),
+        KFACExperiment(),
     ]
 }
 

@@ -1,0 +1,334 @@
+"""kfac (K16): weight decay under K-FAC (Grosse ch. 5, §5.2-5.3; Zhang, Wang, Xu & Grosse 2019).
+
+Three claims about a natural-gradient optimizer, K-FAC (engine/kfac.py, exact damping of Eq. 26):
+
+(a) K-FAC does not suffer batch norm's implicit learning-rate decay. A BN MLP started at weight
+    scale 1 and at scale 10 computes the same function; with negligible damping K-FAC turns every
+    BN-fed weight by the same angle from both starts, while SGD's angle shrinks by about the square
+    of the scale (its effective LR is alpha/||w||^2, Eq. 18).
+(b) With BN, weight decay acts on K-FAC through the damping: as the weights grow, the curvature of
+    a BN-fed layer shrinks like 1/||w||^2 and the fixed damping eta takes over, so K-FAC drifts
+    towards a (slow) first-order method; decay keeps the norm down. Hence decay should raise the
+    late angular update more when eta matters (1e-3, Zhang et al.'s value) than when it does not (1e-9).
+(c) Without BN, decay under a Gauss-Newton preconditioner penalizes the C-norm of Eq. 27, which for a
+    bias-free ReLU MLP is (L+1)^2 E||f(x)||^2 = (L+1)^2 E||J_x x||^2 (f is homogeneous of degree L+1
+    in its weights and of degree 1 in its input). An exact row checks that identity on the GGN; a
+    measured row asks whether K-FAC with decay ends with a smaller input-output Jacobian.
+
+Angular update: ||w_j/||w_j|| after - w_j/||w_j|| before|| per BN-fed unit, averaged over units, BN-fed
+layers and probes (the probes' `angular_update`, stat mean). Every comparison is paired by seed (the
+arms share seeds, hence initial functions and batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from normlab.engine import plots as P
+from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.config import param
+from normlab.engine.data import load_dataset
+from normlab.engine.models import build_model
+from normlab.engine.results import Tables
+from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
+from normlab.engine.stats import geometric_t, paired_t
+
+from .base import Experiment, arm_configs
+from .common import final_metric, status_note, values_by_seed
+
+_ANG = "angular update of BN-fed units (mean over units, BN-fed layers and probes)"
+K16_IMMUNE = Claim(
+    "K16-immune",
+    MEASURED,
+    "K-FAC is immune to the implicit learning-rate decay: from the same BN network at weight scale 1 and "
+    "at scale 10, its angular updates agree (Grosse ch. 5, §5.2)",
+    f"geometric mean over seeds of scale-10 / scale-1 {_ANG}, K-FAC with negligible damping; paired by seed",
+    Rule("in", "immune_band"),
+)
+K16_SGD = Claim(
+    "K16-sgd",
+    MEASURED,
+    "Under SGD the same rescaling shrinks the angular update by about the square of the scale (effective LR "
+    "alpha/||w||^2, Grosse ch. 5, Eq. 18)",
+    f"geometric mean over seeds of (scale-10 / scale-1 {_ANG}) x scale^2, SGD; paired by seed",
+    Rule("in", "sgd_band"),
+)
+K16_DAMPING = Claim(
+    "K16-damping",
+    MEASURED,
+    "With BN, weight decay acts on K-FAC through the damping: it raises K-FAC's late angular update more "
+    "when the damping is substantial than when it is negligible (Grosse ch. 5, §5.2, Eq. 26)",
+    "per seed, [late angle with decay / without] at damping 1e-3 divided by the same at damping 1e-9 "
+    "(late = last quarter of training); geometric mean, t on the log",
+    Rule(">", "damping_effect_min"),
+)
+K16_JACOBIAN = Claim(
+    "K16-jacobian",
+    MEASURED,
+    "Without BN, weight decay under K-FAC regularizes the function: the trained network's input-output "
+    "Jacobian is smaller with decay than without (Grosse ch. 5, §5.3)",
+    "geometric mean over seeds of E||d logits/d x||_F^2 (test examples) with decay / without, K-FAC, no BN; "
+    "paired by seed",
+    Rule("<", "jacobian_max_ratio"),
+)
+K16_JACOBIAN_SGD = Claim(
+    "K16-jacobian-sgd",
+    DESCRIPTIVE,
+    "For comparison: the same ratio under SGD with the same per-step shrink lr x lambda",
+    "geometric mean over seeds of the Jacobian ratio with decay / without, SGD, no BN; paired by seed",
+    Rule("none"),
+)
+K16_GNNORM = Claim(
+    "K16-gnnorm",
+    EXACT,
+    "For a bias-free ReLU MLP with L hidden layers, the Gauss-Newton norm of the weights that decay penalizes "
+    "under a Gauss-Newton preconditioner equals (L+1)^2 E||J_x x||^2, a norm of the input-output Jacobian "
+    "(Grosse ch. 5, §5.3, Eq. 27)",
+    "max over depths and seeds of |theta^T G theta - (L+1)^2 E||J_x x||^2| / theta^T G theta (G: GGN of the "
+    "squared loss, float64, MNIST-1D test inputs)",
+    Rule("<", "gn_rel_tol"),
+)
+CLAIMS = (K16_IMMUNE, K16_SGD, K16_DAMPING, K16_JACOBIAN, K16_JACOBIAN_SGD, K16_GNNORM)
+
+
+@dataclass
+class KFACAnalysis(Analysis):
+    immune_band: list[float] = param(
+        default_factory=lambda: [0.8, 1.25], help="K16-immune: the CI of the K-FAC angle ratio must lie in this band"
+    )
+    sgd_band: list[float] = param(
+        default_factory=lambda: [0.5, 2.0], help="K16-sgd: the CI of SGD's ratio x scale^2 must lie in this band"
+    )
+    damping_effect_min: float = param(1.0, help="K16-damping: the CI of the ratio of decay effects must exceed this")
+    jacobian_max_ratio: float = param(
+        0.8, min=0.0, help="K16-jacobian: the CI of the Jacobian ratio (decay / none) must lie below this"
+    )
+    gn_rel_tol: float = param(1e-10, min=0.0, help="K16-gnnorm: tolerance of the identity's relative error")
+    late_fraction: float = param(0.25, min=0.0, max=1.0, help="K16-damping: the last fraction of steps compared")
+    gn_depths: list[int] = param(default_factory=lambda: [1, 2, 3], help="K16-gnnorm: hidden layers L checked")
+    gn_examples: int = param(500, min=1, help="K16-gnnorm: MNIST-1D test inputs in the expectation")
+
+
+@dataclass
+class KFACExperimentConfig(ExperimentConfig):
+    analysis: KFACAnalysis = field(default_factory=KFACAnalysis)
+
+
+# The arms the analysis reads (configs/kfac.yaml defines them; a missing one makes its rows inconclusive).
+ARMS = {
+    "immune": ("kfac_scale1", "kfac_scale10"),
+    "sgd": ("sgd_scale1", "sgd_scale10"),
+    # (no decay, decay) at negligible and at substantial damping
+    "negligible": ("kfac_scale1", "kfac_wd"),
+    "damped": ("kfac_damped", "kfac_damped_wd"),
+    "jacobian": ("nobn_kfac", "nobn_kfac_wd"),
+    "jacobian_sgd": ("nobn_sgd", "nobn_sgd_wd"),
+}
+
+
+def angle_per_run(tables: Tables, start_fraction: float = 0.0) -> pd.DataFrame:
+    """Per run: the mean angular update of BN-fed layers over the probes at or after
+    `start_fraction` of training (NaN for runs that did not finish)."""
+    m = tables.metrics
+    sel = m[(m["metric"] == "angular_update") & (m["stat"] == "mean")]
+    bn_fed = {
+        arm: {wl for wl in sel[sel["arm"] == arm]["layer"].unique() if wl != "out"} for arm in sel["arm"].unique()
+    }
+    runs = tables.runs
+    out = []
+    for r in runs.to_dict("records"):
+        d = sel[(sel["run_id"] == r["run_id"]) & sel["layer"].isin(bn_fed.get(r["arm"], set()))]
+        d = d[d["step"] >= start_fraction * float(r["train.steps"])]
+        value = float(d["value"].mean()) if (r["status"] == "ok" and len(d)) else float("nan")
+        out.append({"run_id": r["run_id"], "arm": r["arm"], "seed": r["seed"], "value": value})
+    return pd.DataFrame(out)
+
+
+def _pair(by_seed: dict[str, dict[int, float]], a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    seeds = sorted(set(by_seed.get(a, {})) & set(by_seed.get(b, {})))
+    return np.array([by_seed[a][s] for s in seeds]), np.array([by_seed[b][s] for s in seeds])
+
+
+def gn_norm_identity(depths: list[int], width: int, seeds: list[int], examples: int) -> pd.DataFrame:
+    """theta^T G theta (G: the squared-loss GGN, via one Jacobian-vector product along theta) against
+    (L+1)^2 E||J_x x||^2 (via one product along x), for fresh bias-free ReLU MLPs on MNIST-1D inputs."""
+    from torch.func import functional_call, jvp
+
+    from normlab.engine.spec import DataConfig
+
+    data = load_dataset(DataConfig(name="mnist1d"))
+    x = data.x_test[:examples].double()
+    rows = []
+    for depth in depths:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            cfg = ModelConfig(width=width, depth=depth, norm="none", bias="false")
+            net = build_model(cfg, data.input_shape, data.num_classes).double().eval()
+            with torch.no_grad():
+                net.out.bias.zero_()  # the read-out always has a bias; at zero the net is homogeneous
+            params = {k: v.detach() for k, v in net.named_parameters()}
+            _, along_theta = jvp(lambda p: functional_call(net, p, (x,)), (params,), (params,))
+            _, along_x = jvp(lambda inputs: functional_call(net, params, (inputs,)), (x,), (x,))
+            gn = float(along_theta.pow(2).sum(1).mean())
+            jac = float(along_x.pow(2).sum(1).mean())
+            rhs = (depth + 1) ** 2 * jac
+            rows.append(
+                {"depth": depth, "seed": seed, "gn_norm_sq": gn, "jacobian_term": jac, "rel_err": abs(gn - rhs) / gn}
+            )
+    return pd.DataFrame(rows)
+
+
+class KFACExperiment(Experiment):
+    name = "kfac"
+    title = "K16: weight decay under K-FAC: implicit decay, damping, Jacobian norm"
+    claims = CLAIMS
+    config_class = KFACExperimentConfig
+
+    def derived(self, cfg: KFACExperimentConfig) -> dict[str, pd.DataFrame]:
+        a = cfg.analysis
+        return {"gn_norm": gn_norm_identity(a.gn_depths, cfg.run.model.width, cfg.seed_list, a.gn_examples)}
+
+    def analyze(self, tables: Tables) -> list[ClaimRow]:
+        cfg = self.typed_config(tables)
+        a = cfg.analysis
+        arms = arm_configs(cfg)
+        whole = values_by_seed(angle_per_run(tables))
+        late = values_by_seed(angle_per_run(tables, 1.0 - a.late_fraction))
+        present = set(tables.runs["arm"])
+        rows: list[ClaimRow] = []
+
+        def absent(*names: str) -> str:
+            gone = [n for n in names if n not in present]
+            return f"needs arm(s) {', '.join(gone)}" if gone else ""
+
+        # (a) immunity, and the SGD contrast that shows the rescaling matters
+        sgd_ratio = float("nan")
+        sgd_ci = None
+        if absent(*ARMS["sgd"]):
+            rows.append(missing(K16_SGD, a, absent(*ARMS["sgd"])))
+        else:
+            s1, s10 = ARMS["sgd"]
+            scale = arms[s10].model.norm_init_scale / arms[s1].model.norm_init_scale
+            x1, x10 = _pair(whole, s1, s10)
+            sgd_ratio, sgd_ci, n = paired_t(x10, x1, log_ratio=True)
+            est = Estimate(
+                sgd_ratio * scale**2,
+                type(sgd_ci)(sgd_ci.low * scale**2, sgd_ci.high * scale**2, sgd_ci.method),
+                n,
+                detail=f"scale {scale:g}: SGD's angle ratio {sgd_ratio:.4g} (CI {sgd_ci.low:.4g}-{sgd_ci.high:.4g}), "
+                f"1/scale^2 = {1 / scale**2:.4g}. " + status_note(tables, list(ARMS["sgd"])),
+            )
+            rows.append(judge(K16_SGD, est, a))
+        if absent(*ARMS["immune"]):
+            rows.append(missing(K16_IMMUNE, a, absent(*ARMS["immune"])))
+        else:
+            k1, k10 = ARMS["immune"]
+            scale = arms[k10].model.norm_init_scale / arms[k1].model.norm_init_scale
+            x1, x10 = _pair(whole, k1, k10)
+            ratio, ci, n = paired_t(x10, x1, log_ratio=True)
+            check = Check(
+                "the rescaling changes SGD",
+                sgd_ci is not None and sgd_ci.high < 1.0 / scale,
+                "SGD's angle ratio between the two scales must have its CI below 1/scale "
+                f"({1 / scale:.3g}); it is {sgd_ratio:.3g}",
+            )
+            damping = arms[k1].kfac.damping
+            detail = (
+                f"K-FAC damping {damping:g}, lr {arms[k1].optim.lr:g}; mean angle {np.nanmean(x1):.4g} (scale 1) vs "
+                f"{np.nanmean(x10):.4g} (scale {scale:g}). " + status_note(tables, list(ARMS["immune"]))
+            )
+            rows.append(judge(K16_IMMUNE, Estimate(ratio, ci, n, [check], detail.strip()), a))
+
+        # (b) decay's effect on the late angle, with and without damping that matters
+        need = ARMS["negligible"] + ARMS["damped"]
+        if absent(*need):
+            rows.append(missing(K16_DAMPING, a, absent(*need)))
+        else:
+            seeds = sorted(set.intersection(*(set(late.get(arm, {})) for arm in need)))
+            eff = lambda off, on: np.array([late[on][s] / late[off][s] for s in seeds])  # noqa: E731
+            e_neg, e_damp = eff(*ARMS["negligible"]), eff(*ARMS["damped"])
+            value, ci, n = geometric_t(e_damp / e_neg, method="t on log ratio (paired by seed)")
+            g_neg, ci_neg, _ = geometric_t(e_neg)
+            g_damp, ci_damp, _ = geometric_t(e_damp)
+            lam = arms[ARMS["damped"][1]].optim.weight_decay
+            detail = (
+                f"decay lambda {lam:g} ({arms[ARMS['damped'][1]].optim.wd_mode}): late angle x{g_damp:.3g} "
+                f"(CI {ci_damp.low:.3g}-{ci_damp.high:.3g}) at damping {arms[ARMS['damped'][0]].kfac.damping:g}, "
+                f"x{g_neg:.3g} (CI {ci_neg.low:.3g}-{ci_neg.high:.3g}) at damping "
+                f"{arms[ARMS['negligible'][0]].kfac.damping:g}. " + status_note(tables, list(need))
+            )
+            rows.append(judge(K16_DAMPING, Estimate(value, ci, n, detail=detail.strip()), a))
+
+        # (c) the Jacobian norm without BN
+        jac = values_by_seed(final_metric(tables, "jacobian_fro_sq"))
+        for claim, key in ((K16_JACOBIAN, "jacobian"), (K16_JACOBIAN_SGD, "jacobian_sgd")):
+            off, on = ARMS[key]
+            if absent(off, on):
+                rows.append(missing(claim, a, absent(off, on)))
+                continue
+            x0, x1 = _pair(jac, off, on)
+            ratio, ci, n = paired_t(x1, x0, log_ratio=True)
+            o = arms[on].optim
+            detail = (
+                f"{o.name}, lambda {o.weight_decay:g} ({o.wd_mode}), lr x lambda = {o.lr * o.weight_decay:.3g}; "
+                f"E||J||_F^2 {np.nanmean(x0):.4g} without, {np.nanmean(x1):.4g} with. " + status_note(tables, [off, on])
+            )
+            rows.append(judge(claim, Estimate(ratio, ci, n, detail=detail.strip()), a))
+
+        # the exact identity behind (c)
+        gn = tables.read("gn_norm")
+        err = float(gn["rel_err"].max()) if len(gn) else float("nan")
+        detail = f"{len(gn)} networks (hidden layers {sorted(gn['depth'].unique().tolist())}), float64"
+        rows.append(judge(K16_GNNORM, Estimate(err, n=len(gn), detail=detail), a))
+        order = [c.id for c in CLAIMS]
+        return sorted(rows, key=lambda r: order.index(r.claim_id))
+
+    def plot(self, tables: Tables, out: Path) -> list[Path]:
+        m = tables.metrics
+        ang = m[(m["metric"] == "angular_update") & (m["stat"] == "mean") & (m["layer"] != "out")]
+        ang = ang.groupby(["arm", "seed", "step"])["value"].mean().reset_index()
+        norm = m[(m["metric"] == "weight_norm_sq") & (m["stat"] == "mean") & (m["layer"] != "out")]
+        norm = norm.groupby(["arm", "seed", "step"])["value"].mean().reset_index()
+        present = set(tables.runs["arm"])
+        paths = []
+        fig, axes = P.figure(ncols=3, width=4.0)
+        groups = (
+            (axes[0, 0], ARMS["immune"] + ARMS["sgd"], "(a) same function, weight scale 1 vs 10"),
+            (axes[0, 1], ARMS["negligible"] + ARMS["damped"], "(b) decay x damping: angular update"),
+            (axes[0, 2], ARMS["negligible"] + ARMS["damped"], "(b) decay x damping: weight norm"),
+        )
+        for i, (ax, names, title) in enumerate(groups):
+            names = [n for n in dict.fromkeys(names) if n in present]
+            col = P.colors(names)
+            src = norm if i == 2 else ang
+            for arm in names:
+                d = src[(src["arm"] == arm) & (src["step"] > 0)]
+                P.mean_band(ax, d, arm, col[arm])
+            ax.set(
+                yscale="log",
+                xlabel="step",
+                ylabel="mean ||w_j||^2 of BN-fed units" if i == 2 else "angular update per step (rad)",
+                title=title,
+            )
+            ax.legend(fontsize=7)
+        paths.append(P.save(fig, out / "kfac_angles.png"))
+
+        jac = final_metric(tables, "jacobian_fro_sq")
+        arms = [a for a in ARMS["jacobian"] + ARMS["jacobian_sgd"] if a in present]
+        if arms and jac["value"].notna().any():
+            fig, axes = P.figure(width=5.0)
+            ax = axes[0, 0]
+            col = P.colors(arms)
+            for i, arm in enumerate(arms):
+                v = jac[jac["arm"] == arm]["value"].dropna()
+                ax.scatter(np.full(len(v), i), v, color=col[arm], s=14, zorder=3)
+                ax.bar(i, v.mean() if len(v) else np.nan, color=col[arm], alpha=0.35)
+            ax.set_xticks(range(len(arms)), arms, rotation=20)
+            ax.set(yscale="log", ylabel="E ||d logits / d x||_F^2 (test)", title="(c) no BN: Jacobian norm at the end")
+            paths.append(P.save(fig, out / "kfac_jacobian.png"))
+        return paths

@@ -143,7 +143,8 @@ def angle_per_run(tables: Tables, start_fraction: float = 0.0) -> pd.DataFrame:
     out = []
     for r in runs.to_dict("records"):
         d = sel[(sel["run_id"] == r["run_id"]) & sel["layer"].isin(bn_fed.get(r["arm"], set()))]
-        d = d[d["step"] >= start_fraction * float(r["train.steps"])]
+        total = float(r["train.steps"]) if pd.notna(r.get("train.steps")) else float(d["step"].max())
+        d = d[d["step"] >= start_fraction * total]
         value = float(d["value"].mean()) if (r["status"] == "ok" and len(d)) else float("nan")
         out.append({"run_id": r["run_id"], "arm": r["arm"], "seed": r["seed"], "value": value})
     return pd.DataFrame(out)

@@ -554,7 +554,8 @@ def test_k9_eps_inconclusive_when_the_table_cannot_tell_the_placements_apart(tmp
 
 
 @pytest.mark.parametrize(
-    "name", ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point", "optimizer_tuning", "curvature"]
+    "name",
+    ["baselines", "knockout", "bn_placement", "eff_lr", "wd_fixed_point", "optimizer_tuning", "curvature", "kfac"],
 )
 @pytest.mark.parametrize("status", ["diverged", "failed"])
 def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(name, status, tmp_path):
@@ -818,3 +819,54 @@ def test_k15_not_supported_or_inconclusive_otherwise(tmp_path):
     v = _deep_linear(tmp_path, counts=(5, 8, 20, 40), imbalance=1e-2, penalty_err=1e-2)
     assert v == {"K15-sparsity": "not supported", "K15-balance": "not supported", "K15-penalty": "not supported"}
     assert _deep_linear(tmp_path, reach=False)["K15-sparsity"] == "inconclusive"
+
+
+# ---------- K16 ----------
+
+
+def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=3):
+    factor = {
+        "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
+        "kfac_wd": neg_effect, "kfac_damped": 1.0, "kfac_damped_wd": damp_effect,
+        "nobn_kfac": 1.0, "nobn_kfac_wd": jac_ratio, "nobn_sgd": 1.0, "nobn_sgd_wd": 0.5,
+    }  # fmt: skip
+    runs, metrics = [], []
+    for arm, f in factor.items():
+        for s in range(seeds):
+            jitter = f if f == 1.0 else f * (1 + 0.01 * s)  # seed-to-seed spread in every non-reference arm
+            base = 0.01 * (1 + 0.1 * s)
+            rid = f"{arm}-s{s}"
+            jac = 100.0 * (1 + 0.1 * s) * jitter if arm.startswith("nobn") else np.nan
+            runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "train.steps": 100,
+                         "final_jacobian_fro_sq": jac})  # fmt: skip
+            for step in range(0, 100, 10):
+                for layer in ("layer1", "layer2", "out"):
+                    v = base * (jitter if not arm.startswith("nobn") else 1.0)
+                    metrics.append((rid, arm, s, step, "angular_update", layer, "mean", pd.NA, v))
+    pd.DataFrame({"depth": [1, 2], "seed": [0, 0], "rel_err": [1e-16, 2e-16]}).to_csv(
+        tmp_path / "gn_norm.csv", index=False
+    )
+    return _verdicts("kfac", runs, metrics, tmp_path)
+
+
+def test_k16_supported_when_kfac_ignores_the_scale_and_sgd_does_not(tmp_path):
+    v = _kfac(tmp_path)
+    assert v == {
+        "K16-immune": "supported",
+        "K16-sgd": "supported",
+        "K16-damping": "supported",
+        "K16-jacobian": "supported",
+        "K16-jacobian-sgd": "not judged",
+        "K16-gnnorm": "supported",
+    }
+
+
+def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):
+    v = _kfac(tmp_path, kfac_ratio=0.1, neg_effect=1.5, damp_effect=1.0, jac_ratio=1.2)
+    assert v["K16-immune"] == "not supported"  # K-FAC slowed by the rescaling, like SGD
+    assert v["K16-damping"] == "not supported"  # decay helps more where damping is negligible
+    assert v["K16-jacobian"] == "not supported"
+    # when SGD barely notices the rescaling, the K-FAC row cannot be read as immunity
+    v = _kfac(tmp_path, sgd_ratio=0.5)
+    assert v["K16-immune"] == "inconclusive" and v["K16-sgd"] == "not supported"  # 0.5 x 100 = 50
+    assert _kfac(tmp_path, seeds=2)["K16-immune"] == "inconclusive"

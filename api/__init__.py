@@ -96,11 +96,11 @@ def run(
     `overrides` are dotted keys, e.g. {"run.optim.lr": 0.05}. Returns an Outcome (folder, claims,
     runs, plots). `out` defaults to results/<experiment>/<timestamp>; an interrupted run of the
     same call resumes from OUT.partial/."""
-    from normlab.engine.results import default_run_dir
+    from normlab.engine.results import default_run_dir, results_root
     from normlab.experiments import load_config, run_experiment
 
     exp, cfg = load_config(_config_path(experiment), _registry(), _overrides(overrides, seeds), smoke)
-    folder = Path(out) if out else default_run_dir(Path("results"), exp.name, smoke)
+    folder = Path(out) if out else default_run_dir(results_root(), exp.name, smoke)
     return run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, backend=backend)
 
 
@@ -113,10 +113,11 @@ def sweep(
     backend: str = "local",
 ):
     """Run a sweep (configs/sweeps/NAME.yaml or a sweep file) into `out`, resumably; returns an Outcome."""
+    from normlab.engine.results import results_root
     from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
 
     exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), dict(overrides or {}), smoke)
-    folder = Path(out) if out else Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
+    folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke, backend=backend)
 
 
@@ -152,12 +153,14 @@ def reproduce(
     from normlab.experiments import load_config, run_experiment
 
     check_backend(backend)
+    from normlab.engine.results import results_root
+
     registry = _registry()
     names = list(only) if only else list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ConfigError(f"only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
-    root = Path(out) if out else Path("results") / ("reproduce-smoke" if smoke else "reproduce")
+    root = Path(out) if out else results_root() / ("reproduce-smoke" if smoke else "reproduce")
     configs = {n: load_config(registry[n].default_config, registry, dict(overrides or {}), smoke) for n in names}
     for i, name in enumerate(names, 1):
         exp, cfg = configs[name]

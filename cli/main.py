@@ -33,7 +33,7 @@ app = typer.Typer(
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-    "(under a minute); `normlab reproduce` runs them for real (about 16 minutes on 2 cores) and writes "
+    "(about 90 seconds); `normlab reproduce` runs them for real (about 31 minutes on 2 cores) and writes "
     "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
 )
 console = Console()
@@ -287,7 +287,7 @@ def run(
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
     `normlab run baselines --set run.train.steps=4000`.
     """
-    from normlab.engine.results import default_run_dir
+    from normlab.engine.results import default_run_dir, results_root
     from normlab.experiments import load_config, run_experiment
 
     if backend not in ("local", "ray"):
@@ -296,7 +296,7 @@ def run(
     exp, cfg = load_config(path, _registry(), _cli_overrides(sets, seeds, device), smoke)
     if config is not None and exp.name != experiment and experiment in _registry():
         raise ConfigError(f"--config {config} is a `{exp.name}` config, not `{experiment}`")
-    folder = out or default_run_dir(Path("results"), exp.name, smoke)
+    folder = out or default_run_dir(results_root(), exp.name, smoke)
     n_jobs = _resolve_jobs(jobs)
 
     with _bars(18, " steps") as bars:
@@ -354,12 +354,13 @@ def sweep(
     cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
+    from normlab.engine.results import results_root
     from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
 
     overrides = _cli_overrides(sets, seeds, device, device_key="overrides.run.train.device")
     path = sweep_path(name)
     exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
-    folder = out or Path("results") / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
+    folder = out or results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     n_jobs = _resolve_jobs(jobs)
     from normlab.engine.executor import check_backend
 

@@ -97,6 +97,11 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def results_root() -> Path:
+    """Where results go unless --out says otherwise: $NORMLAB_RESULTS, else ./results."""
+    return Path(os.environ.get("NORMLAB_RESULTS") or "results")
+
+
 def default_run_dir(root: Path, experiment: str, smoke: bool) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / experiment / (f"{stamp}-smoke" if smoke else stamp)

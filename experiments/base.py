@@ -7,6 +7,7 @@ tables -> figures). The engine does the rest. Nothing here knows about the comma
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import shutil
@@ -43,7 +44,9 @@ from normlab.engine.claims import Claim, ClaimRow
 from normlab.engine.runs import Progress, RunResult, RunTask
 from normlab.engine.train import resolve_device
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs are package data (normlab.configs): the same files in a checkout, an editable
+# install and an installed wheel. Wheels install unpacked, so the resource is a real folder.
+CONFIG_ROOT = Path(str(importlib.resources.files("normlab.configs")))
 # Hyperparameters always shown in runs.csv, besides the ones that differ between runs.
 ALWAYS_SHOWN = (
     "model.arch",

@@ -48,3 +48,32 @@ def test_constraints_pin_versions_the_ranges_in_pyproject_admit():
 def test_ci_runs_exactly_the_readme_test_command():
     test_cmd = _bash_blocks()[1]
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_user_ci_recipe_is_what_ci_runs():
+    """examples/ci/normlab-smoke.yml: a workflow users copy. CI installs the built wheel outside the
+    checkout and runs the recipe's normlab- steps through .ci/workflow_steps.py, as written."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = ROOT / "examples" / "ci" / "normlab-smoke.yml"
+    steps = [s for job in yaml.safe_load(recipe.read_text())["jobs"].values() for s in job["steps"]]
+    ids = [s.get("id", "") for s in steps]
+    install = steps[ids.index("install")]["run"]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in install and "normlab" in install
+    tested = [s for s in steps if s.get("id", "").startswith("normlab-")]
+    assert ids.index("install") < ids.index(tested[0]["id"])  # normlab is installed before it is used
+    commands = " ".join(s["run"] for s in tested)
+    assert "normlab reproduce --smoke" in commands and "run.plugins=[my_plugin]" in commands
+    script = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "workflow_steps.py"), str(recipe)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert all(s["run"].strip() in script for s in tested) and "download.pytorch.org" not in script
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".ci/workflow_steps.py examples/ci/normlab-smoke.yml" in ci and "pip wheel" in ci
+    assert (ROOT / "examples" / "ci" / "my_plugin.py").is_file()

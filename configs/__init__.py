@@ -1,0 +1,1 @@
+"""The shipped experiment and sweep configs, as package data (read through importlib.resources)."""

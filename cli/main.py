@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 import yaml
@@ -25,11 +26,28 @@ import yaml
 from normlab.engine.config import ConfigError
 from normlab.engine.errors import NormlabError
 
+
+def _flags_without_a_type() -> None:
+    """Typer's help labels on/off flags `<bool>`, as if they took a value; show them bare, as flags."""
+    option = getattr(typer.core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_normlab", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if (getattr(self, "is_flag", False) and self.metavar is None) else original(self, ctx)
+
+    display_type_rich._normlab = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
 app = typer.Typer(
     name="normlab",
     no_args_is_help=True,
     rich_markup_mode="markdown",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
@@ -38,6 +56,35 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+_PLAIN = {"on": False}
+
+
+def _set_plain(value: bool) -> None:
+    """--plain: for pipes and scripts. Tables become tab-separated lines, nothing is wrapped or
+    coloured, and no progress bars are drawn."""
+    global console, err_console
+    _PLAIN["on"] = bool(value)
+    if value:
+        console = Console(no_color=True, highlight=False, soft_wrap=True, width=10_000)
+        err_console = Console(stderr=True, no_color=True, highlight=False, soft_wrap=True, width=10_000)
+    else:  # each invocation starts from the defaults (tests run many in one process)
+        console, err_console = Console(), Console(stderr=True)
+
+
+def _print_table(table: Table) -> None:
+    """A Rich table, or in --plain mode its title as a comment and its cells as tab-separated lines."""
+    if not _PLAIN["on"]:
+        console.print(table)
+        return
+    from rich.text import Text
+
+    cells = [
+        [Text.from_markup(str(c)).plain if isinstance(c, str) else str(c) for c in col.cells] for col in table.columns
+    ]
+    print(f"# {table.title}" if table.title else "", end="\n" if table.title else "")
+    print("\t".join(str(col.header) for col in table.columns))
+    for row in zip(*cells):
+        print("\t".join(row))
 
 
 def _show_version(value: bool) -> None:
@@ -52,6 +99,13 @@ def _show_version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+    plain: bool = typer.Option(
+        False,
+        "--plain",
+        callback=_set_plain,
+        is_eager=True,
+        help="For pipes and scripts: tables as tab-separated lines, no colours, no wrapping, no progress bars.",
     ),
 ) -> None:
     """Reproduce the claims of Grosse ch. 5 (see `normlab list`)."""
@@ -93,15 +147,29 @@ def as_flags(message: str) -> str:
 
 
 def _bars(label_width: int, unit: str = "", transient: bool = False) -> Progress:
-    """The progress bars every long command shows: label, bar, done/total, elapsed time."""
+    """The progress bars every long command shows: label, bar, done/total, elapsed time and, for
+    the overall bar, the time left. Off in --plain mode (and when stderr is not a terminal, Rich
+    draws nothing but the final state)."""
     return Progress(
         TextColumn(f"{{task.description:<{label_width}}}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}" + unit),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=err_console,
         transient=transient,
+        disable=_PLAIN["on"],
     )
+
+
+def _workers(backend: str, jobs: int, runs: int) -> str:
+    """What runs the work, for a header line: the pool's workers, or the Ray cluster's CPUs."""
+    if backend == "ray":
+        from normlab.engine.executor import ray_connect
+
+        return f"a Ray cluster of {ray_connect()} CPU(s)"
+    return f"{min(jobs, max(1, runs))} worker(s)"
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -182,7 +250,7 @@ def _print_claims(claims) -> None:
             str(r["threshold"]),
             str(r["n"]),
         )
-    console.print(table)
+    _print_table(table)
     console.print(
         "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
         "descriptive rows are not evidence[/]"
@@ -197,15 +265,23 @@ SetOpt = typer.Option(
     help="Override a config value by dotted key, e.g. `--set run.optim.lr=0.05`. Repeatable.",
 )
 SeedsOpt = typer.Option(None, "--seeds", help="Seeds per arm (overrides the config's `seeds`).")
-SmokeOpt = typer.Option(False, "--smoke", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI.")
+SmokeOpt = typer.Option(
+    False, "--smoke", metavar="", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI."
+)
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Parallel one-thread workers (default: number of cores).")
 BackendOpt = typer.Option(
     "local",
     "--backend",
+    metavar="[local|ray]",
     help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
     "extra).",
 )
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or auto (default: the config's, cpu).")
+DeviceOpt = typer.Option(
+    None,
+    "--device",
+    metavar="[cpu|cuda|auto]",
+    help="Where to train (default: the config's, cpu; auto = cuda if present).",
+)
 
 
 @app.command("list")
@@ -223,7 +299,7 @@ def list_cmd() -> None:
         table.add_row(
             name, ", ".join(dict.fromkeys(c.id.split("-")[0] for c in exp.claims)), shown(exp.default_config), exp.title
         )
-    console.print(table)
+    _print_table(table)
     from normlab.experiments.sweeps import SWEEP_ROOT
 
     sweeps = sorted(SWEEP_ROOT.glob("*.yaml"))
@@ -237,9 +313,16 @@ def validate(
     config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
     sets: List[str] = SetOpt,
     smoke: bool = SmokeOpt,
+    show: bool = typer.Option(
+        False, "--print", help="Also print the fully resolved config (defaults, --set and --smoke applied) as YAML."
+    ),
 ) -> None:
-    """Check a config or sweep file (keys, types, ranges, every arm) without running anything."""
-    from normlab.engine.config import read_yaml
+    """Check a config or sweep file (keys, types, ranges, every arm) without running anything.
+
+    `normlab validate kfac --smoke --print` shows exactly the config `normlab run kfac --smoke`
+    would run, every default filled in.
+    """
+    from normlab.engine.config import dump_yaml, read_yaml
     from normlab.experiments import load_config
     from normlab.experiments.base import arm_configs
 
@@ -259,7 +342,10 @@ def validate(
         else f"{len(arms)} arm(s), {len(tasks)} runs before any follow-up stage"
     )
     steps = arms if len(arms) <= 12 else sorted(set(arms.values()))
-    console.print(f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {count}; steps per arm: {steps}")
+    if show:
+        print(dump_yaml(cfg), end="")  # plain stdout: the YAML is meant to be piped or saved
+    message = f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {count}; steps per arm: {steps}"
+    (err_console if show else console).print(message)
 
 
 @app.command()
@@ -275,12 +361,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
     jobs: Optional[int] = JobsOpt,
     device: Optional[str] = DeviceOpt,
-    backend: str = typer.Option(
-        "local",
-        "--backend",
-        help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
-        "extra).",
-    ),
+    backend: str = BackendOpt,
 ) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
@@ -300,19 +381,33 @@ def run(
     n_jobs = _resolve_jobs(jobs)
 
     with _bars(18, " steps") as bars:
-        ids: dict[str, int] = {}
+        ids: dict[str, int] = {}  # a bar per run in flight only (at most --jobs rows), under one overall bar
+        done_steps: dict[str, int] = {}
+        overall: list[int] = []  # added when the runs are known, so an early error leaves no empty bar
+        planned: list[int] = []
 
         def on_start(tasks, reused: int) -> None:
             err_console.print(
-                f"{exp.name}: {len(tasks)} runs on {min(n_jobs, max(1, len(tasks)))} worker(s)"
+                f"{exp.name}: {len(tasks)} runs on {_workers(backend, n_jobs, len(tasks))}"
                 + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
                 + f" -> {folder}"
             )
-            for t in tasks:
-                ids[t.run_id] = bars.add_task(t.run_id, total=t.config.train.steps)
+            planned.append(sum(t.config.train.steps for t in tasks))  # a follow-up stage adds runs
+            if not overall:
+                overall.append(bars.add_task("all runs", total=sum(planned)))
+            else:
+                bars.update(overall[0], total=sum(planned))
 
         def progress(run_id: str, done: int, total: int) -> None:
+            if done_steps.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)
+                return
+            if run_id not in ids:
+                ids[run_id] = bars.add_task(run_id, total=total)
             bars.update(ids[run_id], completed=done)
+            bars.advance(overall[0], done - done_steps.get(run_id, 0))
+            done_steps[run_id] = done
+            if done >= total:
+                bars.remove_task(ids[run_id])
 
         try:
             outcome = run_experiment(
@@ -371,7 +466,7 @@ def sweep(
         def on_start(todo, skipped) -> None:
             err_console.print(
                 f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
-                f"finished, {len(todo)} to run on {min(n_jobs, max(1, len(todo)))} worker(s) -> {folder}"
+                f"finished, {len(todo)} to run on {_workers(backend, n_jobs, len(todo))} -> {folder}"
             )
             task = bars.tasks[overall]
             bars.update(overall, total=(task.total or 0) + len(todo) + skipped, completed=task.completed + skipped)
@@ -446,7 +541,7 @@ def reproduce(
     for n, claims in result.claims.items():
         for _, r in claims.iterrows():
             table.add_row(n, str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]")
-    console.print(table)
+    _print_table(table)
     console.print(f"report: {result.reports[0]} and {result.reports[1]}")
 
 
@@ -457,7 +552,9 @@ def report(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Report file (default: report.md, or REPRODUCE_DIR/report.md)."
     ),
-    fmt: str = typer.Option("md", "--format", "-f", help="md (for GitHub) or html (one self-contained file)."),
+    fmt: str = typer.Option(
+        "md", "--format", "-f", metavar="[md|html]", help="md (for GitHub) or html (one self-contained file)."
+    ),
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
     import normlab
@@ -489,14 +586,23 @@ def bench(
     repeats: int = typer.Option(5, help="Interleaved trials of each loop."),
     probe_every: Optional[int] = typer.Option(None, help="Probe interval (default: the engine's default)."),
     workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores)."),
+    ensemble_steps: int = typer.Option(300, help="Steps per batched-ensemble trial (0 = skip the ensemble rows)."),
 ) -> None:
-    """Engine throughput vs a plain PyTorch loop, probe cost, and process-pool scaling."""
+    """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
     from normlab.engine.bench import run_bench
 
     if steps < 10 or repeats < 1:
         raise ConfigError("--steps must be >= 10 and --repeats >= 1")
     console.print("MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop")
-    res = run_bench(steps=steps, repeats=repeats, probe_every=probe_every, workers=workers, log=console.print)
+    res = run_bench(
+        steps=steps,
+        repeats=repeats,
+        probe_every=probe_every,
+        workers=workers,
+        log=console.print,
+        ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
+        ensemble_steps=max(ensemble_steps, 1),
+    )
     table = Table(title="normlab bench (medians over interleaved repeats)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
@@ -510,7 +616,18 @@ def bench(
         table.add_row(
             f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else ""
         )
-    console.print(table)
+    if res.ensemble:
+        table.add_row("compute limit (large-matmul speed / FLOPs per step)", f"{res.compute_limit:.0f} steps/s", "")
+        table.add_row("engine, probes off, no BN", f"{res.engine_nobn:.0f} steps/s", "")
+        for (bn, m), rate in sorted(res.ensemble.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+            single = med(res.engine) if bn else res.engine_nobn
+            table.add_row(
+                f"ensemble of {m}, {'BN' if bn else 'no BN'} (1 thread)",
+                f"{rate:.0f} member-steps/s",
+                f"{rate / single:.2f}x the engine, {rate / res.compute_limit:.0%} of the limit"
+                + ("; goal >= 3x at M >= 8 with BN" if bn and m == 8 else ""),
+            )
+    _print_table(table)
 
 
 def main() -> None:

@@ -4,6 +4,9 @@
    (nn.Sequential, same layers, same data, batch, optimizer and thread count).
 2. probe cost: the engine with probes at the default interval against probes off.
 3. pool scaling: k one-thread workers training at once, total steps/s against one worker.
+4. batched ensembles (engine/ensemble.py): M members trained as one stacked MLP, with and without
+   BN, in member-steps/s, against the single-run engine and against the compute limit (this
+   thread's large-matmul speed times the FLOPs of one step).
 Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
 is the median over repeats.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -81,6 +84,9 @@ class BenchResult:
     probed: list[float]
     probe_every: int
     pool: dict[int, float]
+    ensemble: dict[tuple[bool, int], float] = field(default_factory=dict)  # (BN, M) -> member-steps/s
+    engine_nobn: float = 0.0  # single-run engine steps/s without BN
+    compute_limit: float = 0.0  # steps/s at this thread's large-matmul speed
 
     @property
     def engine_ratio(self) -> float:
@@ -98,6 +104,8 @@ def run_bench(
     pool_steps: int = 3000,
     workers: int | None = None,
     log=print,
+    ensemble_sizes=(1, 4, 8, 16, 32),
+    ensemble_steps: int = 300,
 ) -> BenchResult:
     probe_every = probe_every or ProbeConfig().every
     off, on = bench_config(steps, 0), bench_config(steps, probe_every)
@@ -119,4 +127,31 @@ def run_bench(
         results = execute([RunTask(f"w{i}", "bench", i, pool_cfg) for i in range(k)], jobs=k)
         res.pool[k] = sum(r.steps_done / r.train_seconds for r in results)
         log(f"  pool of {k} one-thread worker(s): {res.pool[k]:.0f} steps/s in total")
+    if ensemble_sizes:
+        ensemble_bench(res, ensemble_sizes, ensemble_steps, log)
     return res
+
+
+def ensemble_bench(res: BenchResult, sizes, steps: int, log=print) -> None:
+    from .ensemble import EnsembleMLP, matmul_gflops, mlp_flops_per_step, train_ensemble
+
+    cfg = bench_config(steps, 0)
+    data = load_dataset(cfg.data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nobn = replace(cfg, model=replace(cfg.model, norm="none"))
+        res.engine_nobn = statistics.median(engine_loop(nobn) for _ in range(3))
+        w = cfg.model.width
+        res.compute_limit = matmul_gflops() * 1e9 / mlp_flops_per_step([40, w, w, 10], cfg.train.batch_size)
+        for bn in (True, False):
+            model_cfg = cfg.model if bn else nobn.model
+            for m in sizes:
+                seeds = list(range(m))
+                model = EnsembleMLP.from_seeds(model_cfg, data.input_shape, data.num_classes, seeds)
+                t0 = time.perf_counter()
+                train_ensemble(model, data, seeds, [cfg.optim.lr] * m, steps, cfg.train.batch_size)
+                res.ensemble[(bn, m)] = m * steps / (time.perf_counter() - t0)
+                log(f"  ensemble of {m} ({'BN' if bn else 'no BN'}): {res.ensemble[(bn, m)]:.0f} member-steps/s")
+    finally:
+        torch.set_num_threads(threads)

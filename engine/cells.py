@@ -21,7 +21,7 @@ import pandas as pd
 from . import faults
 from .config import to_dict
 from .files import atomic_write_text
-from .results import METRIC_COLUMNS, atomic_write_csv, runs_frame
+from .results import LEGACY_METRIC_COLUMNS, METRIC_COLUMNS, atomic_write_csv, runs_frame
 from .runs import RunResult
 from .spec import CurvatureConfig, KFACConfig, RunConfig
 
@@ -69,8 +69,8 @@ class CellStore:
         return row is not None and row["status"] in DONE
 
     def save(self, key: str, result: RunResult, hyper: dict[str, Any]) -> None:
-        df = pd.DataFrame(result.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
-        df["unit"] = df["unit"].astype("Int64")
+        df = pd.DataFrame(result.rows, columns=["step", "metric", "layer", "stat", "item", "value"])
+        df["item"] = df["item"].astype("Int64")
         atomic_write_csv(self.cells / f"{key}.csv", df, fault_point="cell_write")
         row = runs_frame([result], {result.run_id: hyper}).iloc[0].to_dict()
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # numpy -> JSON
@@ -96,7 +96,7 @@ class CellStore:
                 dtype={"layer": str, "stat": str},
                 keep_default_na=False,
                 na_values={"value": ["nan", "NaN", ""]},
-            )
+            ).rename(columns=LEGACY_METRIC_COLUMNS)  # cells written before the rename
             df.insert(0, "seed", row["seed"])
             df.insert(0, "arm", row["arm"])
             df.insert(0, "run_id", row["run_id"])
@@ -107,7 +107,7 @@ class CellStore:
         if not metrics:
             return runs_df, None
         m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
-        m["unit"] = pd.to_numeric(m["unit"], errors="coerce").astype("Int64")
+        m["item"] = pd.to_numeric(m["item"], errors="coerce").astype("Int64")
         return runs_df, m[METRIC_COLUMNS]
 
 

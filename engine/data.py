@@ -131,7 +131,8 @@ def _mnist1d(cfg: DataConfig):
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError as exc:  # pragma: no cover - it is a declared dependency
             raise DataError(
-                f"mnist1d: the 'mnist1d' package is not installed ({exc}); run `pip install -e .` again"
+                f"mnist1d: the 'mnist1d' package is not installed ({exc}); run `pip install normlab` "
+                "(in a checkout: `pip install -e .`) again"
             ) from None
         args = get_dataset_args()
         args.num_samples, args.train_split, args.seed = cfg.num_samples, cfg.train_split, cfg.data_seed
@@ -192,7 +193,8 @@ def _import_torchvision(dataset: str):
         import torchvision.transforms as transforms
     except ImportError:
         raise DataError(
-            f"{dataset}: needs torchvision, an optional extra; install it with pip install -e '.[vision]' "
+            f"{dataset}: needs torchvision, an optional extra; install it with pip install 'normlab[vision]' "
+            "(in a checkout: pip install -e '.[vision]') "
             "(or choose data.name mnist1d or synthetic)"
         ) from None
     return tvd, transforms

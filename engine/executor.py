@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import re
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Optional
@@ -109,12 +110,10 @@ def _drain(q, progress: Progress) -> None:
             return
 
 
-def _ray_task(task: RunTask) -> RunResult:
-    # Ray reuses its workers; train() sets the run's thread count itself (interop threads can be
-    # set only once per process, so they are left alone here)
-    return _run_one(task, None)
-
-
+_NEEDS_RAY = (
+    "the ray backend needs Ray: pip install 'normlab[ray]' (in a checkout: pip install -e '.[ray]'), "
+    "or use the local backend"
+)
 RAY_CONNECT_TIMEOUT_S = 3.0  # how long a named Ray head may take to answer before we give up
 
 
@@ -150,8 +149,79 @@ def check_backend(backend: str) -> None:
         raise NormlabError(f"backend: {backend!r} is not allowed; choose local or ray")
     if backend == "ray":
         check_ray_address()
+        _runtime_env()
         if importlib.util.find_spec("ray") is None:
-            raise NormlabError("the ray backend needs Ray: pip install -e '.[ray]' (or use the local backend)")
+            raise NormlabError(_NEEDS_RAY)
+
+
+def _ray_task(task: RunTask) -> RunResult:
+    # Ray reuses its workers; train() sets the run's thread count itself (interop threads can be
+    # set only once per process, so they are left alone here)
+    if os.environ.get("NORMLAB_FAULT") == "worker_import":  # a worker without torch, as a test sees it
+        raise ModuleNotFoundError("No module named 'torch'")
+    return _run_one(task, None)
+
+
+def ray_connect() -> int:
+    """Connect to the cluster named by RAY_ADDRESS, or start a local Ray; return the cluster's CPUs.
+
+    A local Ray listens on the loopback address only, so it runs without token authentication:
+    otherwise Ray would write ~/.ray/auth_token, and a later connection to the user's own head (with
+    its own token) would be refused. A user's RAY_AUTH_MODE is left as it is."""
+    check_ray_address()
+    try:
+        import ray
+    except ImportError:
+        raise NormlabError(_NEEDS_RAY) from None
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        local = address in (None, "local")
+        if local:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(
+            address=address,
+            runtime_env=_runtime_env(),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **({"_node_ip_address": "127.0.0.1"} if local else {}),
+        )
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def _runtime_env() -> Optional[dict]:
+    """NORMLAB_RAY_RUNTIME_ENV: a JSON Ray runtime_env for the job (e.g. {"pip": ["normlab==0.1.0"]}
+    where the cluster's nodes can install packages, or {"env_vars": {...}})."""
+    import json
+
+    text = os.environ.get("NORMLAB_RAY_RUNTIME_ENV", "").strip()
+    if not text:
+        return None
+    try:
+        env = json.loads(text)
+    except json.JSONDecodeError as exc:
+        example = '\'{"pip": ["normlab"]}\''
+        raise NormlabError(f"NORMLAB_RAY_RUNTIME_ENV is not JSON ({exc.msg}); e.g. {example}") from None
+    if not isinstance(env, dict):
+        raise NormlabError('NORMLAB_RAY_RUNTIME_ENV must be a JSON object, e.g. \'{"pip": ["normlab"]}\'')
+    return env
+
+
+_WORKER_NEEDS = (
+    "every Ray node needs the driver's Python environment: the same Python, torch and normlab "
+    "(pip install normlab with the same version on each node, a shared venv, or a runtime_env in "
+    "NORMLAB_RAY_RUNTIME_ENV), or use the local backend"
+)
+
+
+def _explain_ray_failure(exc: BaseException) -> NormlabError:
+    """One line for a run that failed inside Ray because a worker could not import what it needs."""
+    text = str(exc)
+    missing = re.search(r"No module named '([\w.]+)'", text)
+    if missing:
+        return NormlabError(f"a Ray worker could not import {missing[1]}: {_WORKER_NEEDS}")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return NormlabError(f"a run failed inside Ray ({first[:200]}); {_WORKER_NEEDS}")
 
 
 def _execute_ray(
@@ -159,25 +229,21 @@ def _execute_ray(
 ) -> list[RunResult]:
     """One Ray task per run, one CPU and one torch thread each. Connects to the cluster named by
     RAY_ADDRESS, or starts a local Ray. Progress is reported per finished run."""
-    check_ray_address()
-    try:
-        import ray
-    except ImportError:
-        raise NormlabError("the ray backend needs Ray: pip install -e '.[ray]' (or use the local backend)") from None
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    ray_connect()
+    import ray
+
     remote = ray.remote(num_cpus=1)(_ray_task)
     pending = {remote.remote(t): t for t in tasks}
     results: dict[str, RunResult] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         task = pending.pop(done[0])
-        res = ray.get(done[0])
+        try:
+            res = ray.get(done[0])
+        except ray.exceptions.RayError as exc:  # not a training failure: the worker itself is unfit
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise _explain_ray_failure(exc) from None
         results[task.run_id] = res
         if progress:
             progress(task.run_id, task.config.train.steps, task.config.train.steps)

@@ -1,8 +1,10 @@
 """One matplotlib style for every figure, and helpers that read long-format tables.
 
 Curves are means over seeds with a band from the lowest to the highest seed (always positive,
-so it also works on log axes); the legend gives n. PNGs are
-written without timestamps, so the same CSVs give the same bytes.
+so it also works on log axes); the legend gives n. Every figure is written twice, as PNG (for
+the reports) and as PDF (vector, for papers), both without timestamps, so the same CSVs give the
+same bytes. Labels are typeset on the way out: the experiments write ASCII ("alpha", "||w||^2"),
+the figures show alpha, lambda, eta, ||w||^2 as the symbols a reader expects.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import re  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -26,9 +30,55 @@ STYLE = {
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
-    "legend.frameon": False,
+    "legend.frameon": True,  # a light box keeps a legend readable where it has to sit over data
+    "legend.framealpha": 0.8,
+    "legend.edgecolor": "none",
     "legend.fontsize": 8,
+    "pdf.fonttype": 42,  # TrueType in PDFs: text stays text for journals' checks
 }
+
+# ASCII in labels -> the symbols of the chapter. Whole words only, so "alphas" or arm names survive.
+_SYMBOLS = [
+    (re.compile(r"\|\|([^|]+)\|\|"), "\u2016\\1\u2016"),  # ||w|| -> ‖w‖
+    (re.compile(r"\^2\b"), "\u00b2"),
+    (re.compile(r"\^\(-?1/2\)|\^-0\.5\b"), "\u207b\u00bd"),
+    (re.compile(r"\bsqrt\("), "\u221a("),
+    (re.compile(r"\balpha\b"), "\u03b1"),
+    (re.compile(r"\blambda\b"), "\u03bb"),
+    (re.compile(r"\beta\b"), "\u03b7"),
+    (re.compile(r"\btheta\b"), "\u03b8"),
+    (re.compile(r"\bgamma\b"), "\u03b3"),
+    (re.compile(r"\bepsilon\b"), "\u03b5"),
+    (re.compile(r"\bmu\b"), "\u03bc"),
+    (re.compile(r"\bsigma\b"), "\u03c3"),
+    (re.compile(r"\bnabla\b"), "\u2207"),
+    (re.compile(r" x (?=[\d(])"), " \u00d7 "),
+]
+
+
+def typeset(text: str) -> str:
+    """ASCII maths in a label as Unicode symbols (alpha -> α, ||w||^2 -> ‖w‖², lambda -> λ)."""
+    if not text or "$" in text:  # mathtext is left alone
+        return text
+    for pattern, repl in _SYMBOLS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _typeset_figure(fig) -> None:
+    for ax in fig.get_axes():
+        for t in (ax.title, ax.xaxis.label, ax.yaxis.label, ax._left_title, ax._right_title):
+            t.set_text(typeset(t.get_text()))
+        legend = ax.get_legend()
+        if legend is not None:
+            for t in legend.get_texts():
+                t.set_text(typeset(t.get_text()))
+            if legend.get_title():
+                legend.get_title().set_text(typeset(legend.get_title().get_text()))
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.set_text(typeset(fig._suptitle.get_text()))
+
+
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -54,11 +104,15 @@ def mean_band(ax, df: pd.DataFrame, label: str, color: str, x: str = "step", y: 
 
 
 def save(fig, path: Path, tight: bool = True) -> Path:
+    """Write the figure as PATH (PNG) and beside it as PDF; returns the PNG's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _typeset_figure(fig)
     if tight:
         fig.tight_layout()
     try:
+        no_stamps = {"CreationDate": None, "Producer": None, "Creator": None}
+        atomic_write(path.with_suffix(".pdf"), lambda fh: fig.savefig(fh, format="pdf", metadata=no_stamps))
         return atomic_write(path, lambda fh: fig.savefig(fh, format="png", metadata={"Software": None}))
     finally:
         plt.close(fig)

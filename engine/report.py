@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -290,14 +291,65 @@ def build_report(
         return f"![{alt}](data:image/png;base64,{data})"
 
     html_body = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(embed(x) for x in md))
+    html_body, toc = _html_toc(html_body)
+    html_body = re.sub(  # verdicts in colour (the text stays, for printing and screen readers)
+        r"<strong>(supported|not supported|inconclusive|not judged)</strong>",
+        lambda m: '<strong class="v-{}">{}</strong>'.format(m[1].replace(" ", "-"), m[1]),
+        html_body,
+    )
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
         "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"
+        "nav.toc{background:#f7f7f7;border:1px solid #ddd;padding:.5em 1.2em;margin:1em 0}"
+        "nav.toc ul{margin:.2em 0;padding-left:1.2em}"
+        ".v-supported{color:#1a7f37}.v-not-supported{color:#c62828}.v-inconclusive{color:#b25e00}"
+        ".v-not-judged{color:#6e6e6e}"
     )
     doc = (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>normlab report</title>'
-        f"<style>{style}</style></head><body>\n" + html_body + "</body></html>\n"
+        f"<style>{style}</style></head><body>\n" + _insert_after_first_heading(html_body, toc) + "</body></html>\n"
     )
     atomic_write_text(out, doc)
     return out
+
+
+def _slug(text: str, used: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", re.sub(r"<[^>]+>", "", text).lower()).strip("-") or "section"
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}-{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def _html_toc(body: str) -> tuple[str, str]:
+    """Give every h2/h3 an id; return the body and a table of contents linking to them."""
+    used: set[str] = set()
+    entries: list[tuple[int, str, str]] = []
+
+    def tag(m: re.Match) -> str:
+        level, text = int(m[1]), m[2]
+        slug = _slug(text, used)
+        entries.append((level, slug, re.sub(r"<[^>]+>", "", text)))
+        return f'<h{level} id="{slug}">{text}</h{level}>'
+
+    body = re.sub(r"<h([23])>(.*?)</h\1>", tag, body)
+    if not entries:
+        return body, ""
+    items, open_li, open_sub = ["<ul>"], False, False
+    for level, slug, text in entries:
+        link = f'<a href="#{slug}">{text}</a>'  # already escaped by markdown-it
+        if level == 2 or not open_li:  # a section; its subsections nest inside its item
+            items += (["</ul>"] if open_sub else []) + (["</li>"] if open_li else []) + [f"<li>{link}"]
+            open_li, open_sub = True, False
+        else:
+            items += ([] if open_sub else ["<ul>"]) + [f"<li>{link}</li>"]
+            open_sub = True
+    items += (["</ul>"] if open_sub else []) + (["</li>"] if open_li else []) + ["</ul>"]
+    return body, '<nav class="toc"><strong>Contents</strong>' + "".join(items) + "</nav>\n"
+
+
+def _insert_after_first_heading(body: str, block: str) -> str:
+    end = body.find("</h1>")
+    return body if not block else (body[: end + 5] + "\n" + block + body[end + 5 :] if end >= 0 else block + body)

@@ -29,7 +29,10 @@ from .errors import NormlabError
 from .files import atomic_write_text
 from .runs import RunResult
 
-METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
+# `item` says which one of several values a row is (a unit's index, an eigenvalue's rank); metrics
+# files written before it was renamed call it `unit`, and are read the same way.
+METRIC_COLUMNS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "item", "value"]
+LEGACY_METRIC_COLUMNS = {"unit": "item"}
 CLAIM_COLUMNS = [
     "claim_id",
     "kind",
@@ -74,23 +77,61 @@ def git_commit() -> str | None:
         return None
 
 
+# Packages whose version can change a number or a figure normlab writes ("-" when not installed).
+RESULT_SHAPING = (
+    "normlab", "torch", "numpy", "pandas", "scipy", "matplotlib", "mnist1d", "torchvision",
+    "curvlinops-for-pytorch", "PyYAML", "ray",
+)  # fmt: skip
+
+
 def versions() -> dict[str, str]:
-    import numpy
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in RESULT_SHAPING:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def accelerator_info() -> dict[str, Any]:
+    """The GPU and CUDA (or none), as torch sees them."""
     import torch
 
-    try:
-        from importlib.metadata import version
+    if not torch.cuda.is_available():
+        return {"gpu": None, "cuda": torch.version.cuda}
+    return {"gpu": torch.cuda.get_device_name(0), "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda}
 
-        normlab_version = version("normlab")
-    except Exception:
-        normlab_version = "unknown"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pd.__version__,
-        "normlab": normlab_version,
-    }
+
+def sha256_of(obj: Any) -> str:
+    """A stable hash of a JSON-able object (a resolved config): sorted keys, no whitespace."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def dataset_sha256(data: Any) -> str:
+    """Hash of a loaded dataset's arrays (inputs and labels of every split), in a fixed order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        t = getattr(data, name).detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def now() -> str:
@@ -202,10 +243,18 @@ def load_tables(folder: Path, metrics: bool = True) -> Tables:
     table = pd.read_csv(
         metrics_path, dtype={"layer": str, "stat": str}, keep_default_na=False, na_values={"value": ["nan", "NaN", ""]}
     )
-    if "unit" in table:
-        table["unit"] = pd.to_numeric(table["unit"], errors="coerce").astype("Int64")
+    table = table.rename(columns=LEGACY_METRIC_COLUMNS)
+    if "item" in table:
+        table["item"] = pd.to_numeric(table["item"], errors="coerce").astype("Int64")
     return Tables(folder, config, manifest, runs, table)
 
 
 def host_info() -> dict[str, Any]:
-    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv}
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
+        **accelerator_info(),
+        "argv": sys.argv,
+    }

@@ -21,8 +21,8 @@ class Row(NamedTuple):
     step: int  # updates already applied when it was measured
     metric: str
     layer: str  # "" for whole-network values
-    stat: str  # "value", a summary over units (mean, median, ...) or "unit"
-    unit: Optional[int]  # the unit's index for stat "unit", else None
+    stat: str  # "value", a summary over units (mean, median, ...) or "unit" (one row per unit)
+    item: Optional[int]  # which one, where a metric has several: a unit's index (stat "unit"), an eigenvalue's rank
     value: float
 
 

@@ -10,7 +10,7 @@ stationary problems, so the answers are (nearly) exact rather than statistical:
        gradient scales (|g| ~ eps against |g| ~ sqrt(eps)).
   K10  Adam's second-moment estimate depends on the batch size: E[g_B^2] = mu^2 + sigma^2 / B
        per coordinate (for sampling without replacement, times (N - B)/(N - 1)), so the step
-       alpha m / sqrt(v) grows with B. Predicted from per-example gradients (torch.func),
+       alpha m / sqrt(v) grows with B. Predicted from per-example gradients (kept factored, LinearGradients),
        compared with Adam's own bias-corrected estimate.
 No training loop runs: every table is computed at run time and written next to the results.
 """
@@ -168,32 +168,75 @@ def _eps_table(p: GotchasConfigPart) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) -> pd.DataFrame:
-    from torch.func import functional_call, grad, vmap
+class LinearGradients:
+    """Per-example gradients of a network of linear layers, kept factored.
 
+    For a linear layer s = W a + b, example n's gradient is delta_n a_n^T (and delta_n for the
+    bias), with delta_n = d loss_n / d s_n. So the mean gradient over any set of examples is one
+    matmul, delta_B^T a_B / |B|, and the per-coordinate second moment over all examples is another,
+    (delta^2)^T (a^2) / N: no N x d matrix of gradients is ever formed. Needs examples that do not
+    interact (eval mode, no batch statistics) and every parameter inside an nn.Linear; coordinates
+    are in `named_parameters` order, weights row-major, as a flattened gradient would be."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        layers = {m for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        owner = {id(p): m for m in layers for p in m.parameters(recurse=False)}
+        names = [(n, p) for n, p in model.named_parameters()]
+        if any(id(p) not in owner for _, p in names):
+            raise ValueError("LinearGradients needs every parameter inside an nn.Linear")
+        captured: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = [m.register_forward_hook(lambda m, i, o: captured.__setitem__(m, (i[0].detach(), o))) for m in layers]
+        try:
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x), y, reduction="sum")  # sum: delta_n is example n's own
+                mods = list(captured)
+                deltas = torch.autograd.grad(loss, [captured[m][1] for m in mods])
+        finally:
+            for h in hooks:
+                h.remove()
+        self.factors = {m: (captured[m][0], d.detach()) for m, d in zip(mods, deltas)}
+        self.params = [(owner[id(p)], "bias" if p is owner[id(p)].bias else "weight") for _, p in names]
+        self.n = x.shape[0]
+
+    def _cat(self, pieces: dict) -> torch.Tensor:
+        return torch.cat([pieces[(m, kind)].reshape(-1) for m, kind in self.params])
+
+    def mean(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean gradient over the examples `index` (all when None)."""
+        pieces = {}
+        for m, (a, d) in self.factors.items():
+            a, d = (a, d) if index is None else (a[index], d[index])
+            pieces[(m, "weight")], pieces[(m, "bias")] = d.T @ a / a.shape[0], d.mean(0)
+        return self._cat(pieces)
+
+    def mean_square(self) -> torch.Tensor:
+        """Per coordinate, the mean over examples of the squared per-example gradient."""
+        pieces = {}
+        for m, (a, d) in self.factors.items():
+            pieces[(m, "weight")], pieces[(m, "bias")] = (d * d).T @ (a * a) / self.n, (d * d).mean(0)
+        return self._cat(pieces)
+
+
+def _batch_second_moment(p: GotchasConfigPart, cfg: GotchasConfig, seed: int) -> pd.DataFrame:
     data = load_dataset(cfg.run.data)
     x, y = data.x_train[: p.examples].double(), data.y_train[: p.examples]
     torch.manual_seed(seed)
     model = build_model(cfg.run.model, data.input_shape, data.num_classes).double().eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(prm, xi, yi):
-        return F.cross_entropy(functional_call(model, prm, (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
-    per_ex = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    G = torch.cat([v.flatten(1) for v in per_ex.values()], dim=1)  # N x d per-example gradients
-    n = G.shape[0]
-    mu2, var = G.mean(0) ** 2, G.var(0, unbiased=True)
+    grads = LinearGradients(model, x, y)
+    n = grads.n
+    mean = grads.mean()
+    mu2 = mean**2
+    var = (grads.mean_square() - mu2) * n / (n - 1)  # unbiased, as torch.var over the examples
     g = torch.Generator().manual_seed(seed + 1)
     rows = []
     for b in p.batch_sizes:
         if b > n:
             continue
         predicted = mu2 + var / b * (n - b) / (n - 1)  # E[g_B^2] per coordinate
-        w = torch.zeros(G.shape[1], dtype=torch.float64, requires_grad=True)
+        w = torch.zeros(mean.shape[0], dtype=torch.float64, requires_grad=True)
         adam = torch.optim.Adam([w], lr=0.0, betas=(0.9, p.beta2))
         for _ in range(p.adam_steps):
-            w.grad = G[torch.randperm(n, generator=g)[:b]].mean(0)
+            w.grad = grads.mean(torch.randperm(n, generator=g)[:b])
             adam.step()
         st = adam.state[w]
         t = p.adam_steps

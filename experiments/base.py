@@ -34,6 +34,8 @@ from normlab.engine.results import (
     host_info,
     load_tables,
     now,
+    dataset_sha256,
+    sha256_of,
     versions,
     write_manifest,
 )
@@ -245,6 +247,8 @@ def run_cells(
             "device": ",".join(sorted(devices)),
             "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
             "git_commit": git_commit(),
+            "config_sha256": sha256_of(C.to_dict(cfg)),
+            "datasets_sha256": _dataset_hashes(done),
             "versions": versions(),
             **host_info(),
             **(manifest or {}),
@@ -256,6 +260,25 @@ def run_cells(
     outcome = finish(exp, folder)
     outcome.ran, outcome.reused = ran, len(done) - ran
     return outcome
+
+
+def _dataset_hashes(tasks: list[RunTask]) -> dict[str, str]:
+    """name -> sha256 of the arrays every distinct dataset config of these runs loads (from the cache)."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for t in tasks:
+        key = json.dumps(C.to_dict(t.config.data), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        d = t.config.data
+        label = f"{d.name}" + (f"-n{d.num_samples}-seed{d.data_seed}" if d.name in ("mnist1d", "synthetic") else "")
+        try:
+            digest = dataset_sha256(load_dataset(d))
+        except Exception as exc:  # e.g. files only the cluster's workers have: the runs are still valid
+            digest = f"not hashed here ({type(exc).__name__})"
+        out[label if label not in out else f"{label}-{len(out)}"] = digest
+    return out
 
 
 def _module_key(factory) -> str:

@@ -188,7 +188,7 @@ def spectra(tables: Tables, matrix: str) -> pd.DataFrame:
     m = tables.metrics
     d = m[(m["metric"] == f"{matrix}_eig") & (m["stat"] == "rank")].copy()
     d["workload"], d["kind"] = d["arm"].str.split("-", n=1).str[0], d["arm"].str.split("-", n=1).str[1]
-    d["rank"] = d["unit"].astype(int)
+    d["rank"] = d["item"].astype(int)
     return d[["workload", "kind", "seed", "step", "rank", "value"]]
 
 

@@ -406,7 +406,7 @@ class EffLR(Experiment):
             pc, tc = arm_cfg[arm].probes, arm_cfg[arm].train
             first = int(np.ceil((1 - pc.unit_window) * tc.steps / pc.every) * pc.every)
             last = (tc.steps - 1) // pc.every * pc.every
-            d = unit[unit["arm"] == arm].pivot_table(index=["seed", "layer", "unit"], columns="metric", values="value")
+            d = unit[unit["arm"] == arm].pivot_table(index=["seed", "layer", "item"], columns="metric", values="value")
             if d.empty:
                 continue
             pred = np.sqrt(d["unit_u_first"] ** 2 + 2 * lr[arm] ** 2 * (last - first) * d["unit_g2_mean"])

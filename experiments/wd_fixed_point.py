@@ -166,7 +166,7 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
             eq = win.mean()
             ok = g[(g["value"] - eq).abs() <= a.settle_tolerance * eq]["step"]
             settle.append(float(ok.min()) if len(ok) else np.nan)
-        d = unit[unit["run_id"] == r["run_id"]].pivot_table(index=["layer", "unit"], columns="metric", values="value")
+        d = unit[unit["run_id"] == r["run_id"]].pivot_table(index=["layer", "item"], columns="metric", values="value")
         if d.empty or not drifts:
             continue
         u_pred = T.fixed_point(alpha, lam, np.sqrt(d["unit_g2_mean"]))

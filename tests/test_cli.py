@@ -212,5 +212,61 @@ def test_version_matches_the_package():
 def test_every_command_takes_backend_ray_and_without_ray_says_what_to_install(command, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     r = invoke(*command, "--smoke", "--backend", "ray", "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "--backend ray needs Ray: pip install -e '.[ray]'" in one_error_line(r)
+    line = one_error_line(r)
+    assert r.exit_code == 2 and "--backend ray needs Ray: pip install 'normlab[ray]' (in a checkout: pip" in line
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_help_shows_choices_as_choices_and_flags_as_flags():
+    r = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "160"})
+    assert r.exit_code == 0
+    assert "[cpu|cuda|auto]" in r.output and "[local|ray]" in r.output
+    assert "<bool>" not in r.output  # --smoke and --help take no value
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "160"}).output
+    assert "--install-completion" in top and "--plain" in top and "--version" in top
+    assert "[md|html]" in runner.invoke(app, ["report", "--help"], env={"COLUMNS": "160"}).output
+
+
+def test_plain_mode_prints_tables_as_tab_separated_lines():
+    r = invoke("--plain", "list")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    header = lines.index("experiment\tclaims\tconfig\twhat it asks")
+    rows = [ln.split("\t") for ln in lines[header + 1 :] if "\t" in ln]
+    from normlab.experiments import REGISTRY
+
+    assert sorted(row[0] for row in rows) == sorted(REGISTRY) and all(len(row) == 4 for row in rows)
+    assert "\x1b[" not in r.output and "┃" not in r.output
+    assert "┃" in invoke("list").output  # the next command is back to the default
+
+
+def test_validate_print_shows_the_resolved_config_which_validates_again(tmp_path):
+    r = runner.invoke(app, ["validate", "kfac", "--smoke", "--print", "--set", "seeds=3"])
+    assert r.exit_code == 0
+    text = r.stdout
+    import yaml
+
+    cfg = yaml.safe_load(text[: text.index("ok: ")] if "ok: " in text else text)
+    assert cfg["seeds"] == 3 and cfg["run"]["train"]["steps"] == 60 and cfg["run"]["kfac"]["fisher"] == "exact"
+    (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(cfg))
+    again = invoke("validate", tmp_path / "resolved.yaml")
+    assert again.exit_code == 0 and "3 seed(s)" in again.output
+
+
+def test_manifest_records_the_machine_the_versions_and_hashes_of_config_and_data(tmp_path):
+    from normlab.engine.data import load_dataset
+    from normlab.engine.results import dataset_sha256, sha256_of
+    from normlab.experiments import REGISTRY, load_config
+    from normlab.engine.config import to_dict
+
+    r = invoke("run", "baselines", "--smoke", "--set", "run.train.steps=4", "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    for key in ("cpu_model", "cpus", "gpu", "cuda"):
+        assert key in m
+    for pkg in ("torch", "numpy", "mnist1d", "matplotlib", "scipy", "torchvision", "ray"):
+        assert m["versions"][pkg]  # a version, or "-" where it is not installed
+    _, cfg = load_config(REGISTRY["baselines"].default_config, REGISTRY, {"run.train.steps": 4}, smoke=True)
+    assert m["config_sha256"] == sha256_of(to_dict(cfg))
+    (digest,) = m["datasets_sha256"].values()
+    assert digest == dataset_sha256(load_dataset(cfg.run.data)) and len(digest) == 64

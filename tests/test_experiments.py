@@ -152,7 +152,7 @@ def test_final_train_loss_window_uses_the_configured_steps():
         for a, v in (("plain", 1.0), ("bn", 0.1))
         for step in (0, 50, 95)
     ]
-    metrics = pd.DataFrame(rows, columns=["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"])
+    metrics = pd.DataFrame(rows, columns=["run_id", "arm", "seed", "step", "metric", "layer", "stat", "item", "value"])
     t = Tables(Path("."), {}, {}, runs, metrics)
     # probes at 0, 50, 95 of 100 steps; fraction 0.5 keeps steps >= 50
     t.metrics.loc[(t.metrics["step"] == 50), "value"] = 9.0

@@ -24,6 +24,17 @@ def test_reproduce_smoke_then_report_regenerates_identically_elsewhere(tmp_path)
     assert "**Smoke settings**" in md and "## What was not reproduced" in md
     assert html.count("data:image/png;base64,") == md.count("![")  # figures embedded
     assert 'src="plots/' not in html and "http" not in html.split("<body>")[1]  # self-contained
+    # a table of contents whose every link lands on a heading, and verdicts in colour
+    import re
+
+    toc = re.search(r'<nav class="toc">(.*?)</nav>', html, flags=re.S)[1]
+    links = re.findall(r'href="#([^"]+)"', toc)
+    ids = re.findall(r'<h[23] id="([^"]+)">', html)
+    assert links == ids and len(ids) == len(set(ids)) and any(REGISTRY["knockout"].title in t for t in [toc])
+    verdicts = re.findall(r"\*\*(supported|not supported|inconclusive|not judged)\*\*", md)
+    assert len(re.findall(r'<strong class="v-(?:supported|not-supported|inconclusive|not-judged)">', html)) == len(
+        verdicts
+    )
 
     # a second invocation reuses every finished experiment
     r = runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--only", "baselines,knockout,adaptive_gotchas"])

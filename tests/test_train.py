@@ -110,7 +110,7 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
-    with pytest.raises(NormlabError, match=r"the ray backend needs Ray: pip install -e '.\[ray\]'"):
+    with pytest.raises(NormlabError, match=r"the ray backend needs Ray: pip install 'normlab\[ray\]'"):
         execute([RunTask("r", "x", 0, tiny(steps=5))], backend="ray")
 
 
@@ -123,13 +123,13 @@ def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
     cfg = tiny(steps=40, probe_every=5)
     cfg.probes.per_unit, cfg.probes.unit_window = True, 0.5  # window: steps >= 20
     res = train(RunTask("u", "u", 0, cfg))
-    df = pd.DataFrame(res.rows, columns=["step", "metric", "layer", "stat", "unit", "value"])
+    df = pd.DataFrame(res.rows, columns=["step", "metric", "layer", "stat", "item", "value"])
     per = df[(df["stat"] == "unit") & (df["layer"] == "layer1")]
     win = per[(per["step"] >= 20) & (per["step"] < 40)]
-    u = win[win["metric"] == "weight_norm_sq"].pivot(index="step", columns="unit", values="value")
-    g = win[win["metric"] == "normalized_grad_norm"].pivot(index="step", columns="unit", values="value")
-    ang = win[win["metric"] == "angular_update"].pivot(index="step", columns="unit", values="value")
-    end = per[per["step"] == 40].set_index(["metric", "unit"])["value"]
+    u = win[win["metric"] == "weight_norm_sq"].pivot(index="step", columns="item", values="value")
+    g = win[win["metric"] == "normalized_grad_norm"].pivot(index="step", columns="item", values="value")
+    ang = win[win["metric"] == "angular_update"].pivot(index="step", columns="item", values="value")
+    end = per[per["step"] == 40].set_index(["metric", "item"])["value"]
     assert list(u.index) == [20, 25, 30, 35]
     np.testing.assert_allclose(end["unit_u_mean"].sort_index(), u.mean(), rtol=1e-6)
     np.testing.assert_allclose(end["unit_g2_mean"].sort_index(), (g**2).mean(), rtol=1e-5)

@@ -19,7 +19,7 @@ from normlab.experiments import eff_lr as E
 from normlab.experiments import wd_fixed_point as W
 
 ROOT = Path(__file__).resolve().parent.parent
-COLS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "unit", "value"]
+COLS = ["run_id", "arm", "seed", "step", "metric", "layer", "stat", "item", "value"]
 
 
 def _config(name: str, overrides=None) -> dict:

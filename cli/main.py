@@ -51,7 +51,7 @@ app = typer.Typer(
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-    "(about 90 seconds); `normlab reproduce` runs them for real (about 31 minutes on 2 cores) and writes "
+    "(about 90 seconds); `normlab reproduce` runs them for real (about 30 minutes on 2 cores) and writes "
     "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
 )
 console = Console()

@@ -61,12 +61,17 @@ class Batcher:
         self._order = torch.empty(0, dtype=torch.long)
         self._pos = 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_index(self) -> torch.Tensor:
+        """The indices of the next minibatch."""
         if self._pos + self.batch_size > len(self._order):  # drop the ragged tail of an epoch
             self._order = torch.randperm(self.n, generator=self.generator).to(self.x.device)
             self._pos = 0
         idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
+        return idx
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.next_index()
         return self.x[idx], self.y[idx]
 
 

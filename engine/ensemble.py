@@ -73,9 +73,11 @@ class EnsembleMLP:
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if i == last:
                 return h
-            if self.batch_norm:  # per member, over its own batch (biased variance, as in training mode)
-                var, mean = torch.var_mean(h, dim=1, keepdim=True, correction=0)
-                h = (h - mean) * torch.rsqrt(var + self.eps)
+            if self.batch_norm:  # per member and unit, over the member's own batch: as channels of one BN
+                m, b, w = h.shape
+                flat = h.transpose(0, 1).reshape(b, m * w)
+                flat = F.batch_norm(flat, None, None, training=True, eps=self.eps)
+                h = flat.view(b, m, w).transpose(0, 1)
             h = F.relu(h)
         return h
 
@@ -111,9 +113,8 @@ def train_ensemble(
     opt = EnsembleSGD(model.parameters(), torch.tensor(lrs, dtype=model.weights[0].dtype))
     losses = torch.empty(steps, model.members)
     for step in range(steps):
-        batches = [b.next() for b in batchers]
-        x = torch.stack([xb for xb, _ in batches])
-        y = torch.stack([yb for _, yb in batches])
+        idx = torch.stack([b.next_index() for b in batchers])  # (M, B): one gather for every member
+        x, y = data.x_train[idx], data.y_train[idx]
         logits = model.forward(x)
         per_member = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(model.members, -1)
         loss = per_member.mean(1)

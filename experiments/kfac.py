@@ -207,16 +207,21 @@ class KFACExperiment(Experiment):
             gone = [n for n in names if n not in present]
             return f"needs arm(s) {', '.join(gone)}" if gone else ""
 
+        def rescaled(pair: tuple[str, str]):
+            """(scale, angles at scale 1, at the larger scale, their paired ratio, CI, n)."""
+            small, large = pair
+            x1, x10 = _pair(whole, small, large)
+            return (arms[large].model.norm_init_scale / arms[small].model.norm_init_scale, x1, x10) + paired_t(
+                x10, x1, log_ratio=True
+            )
+
         # (a) immunity, and the SGD contrast that shows the rescaling matters
         sgd_ratio = float("nan")
         sgd_ci = None
         if absent(*ARMS["sgd"]):
             rows.append(missing(K16_SGD, a, absent(*ARMS["sgd"])))
         else:
-            s1, s10 = ARMS["sgd"]
-            scale = arms[s10].model.norm_init_scale / arms[s1].model.norm_init_scale
-            x1, x10 = _pair(whole, s1, s10)
-            sgd_ratio, sgd_ci, n = paired_t(x10, x1, log_ratio=True)
+            scale, _, _, sgd_ratio, sgd_ci, n = rescaled(ARMS["sgd"])
             est = Estimate(
                 sgd_ratio * scale**2,
                 type(sgd_ci)(sgd_ci.low * scale**2, sgd_ci.high * scale**2, sgd_ci.method),
@@ -228,10 +233,8 @@ class KFACExperiment(Experiment):
         if absent(*ARMS["immune"]):
             rows.append(missing(K16_IMMUNE, a, absent(*ARMS["immune"])))
         else:
-            k1, k10 = ARMS["immune"]
-            scale = arms[k10].model.norm_init_scale / arms[k1].model.norm_init_scale
-            x1, x10 = _pair(whole, k1, k10)
-            ratio, ci, n = paired_t(x10, x1, log_ratio=True)
+            k1 = ARMS["immune"][0]
+            scale, x1, x10, ratio, ci, n = rescaled(ARMS["immune"])
             check = Check(
                 "the rescaling changes SGD",
                 sgd_ci is not None and sgd_ci.high < 1.0 / scale,

@@ -90,6 +90,7 @@ def run(
     jobs: int = 1,
     smoke: bool = False,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ):
     """Train every arm x seed of an experiment (a name or a config file), judge, plot, report.
 
@@ -101,7 +102,7 @@ def run(
 
     exp, cfg = load_config(_config_path(experiment), _registry(), _overrides(overrides, seeds), smoke)
     folder = Path(out) if out else default_run_dir(results_root(), exp.name, smoke)
-    return run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, backend=backend)
+    return run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, backend=backend, ensemble=ensemble)
 
 
 def sweep(
@@ -111,6 +112,7 @@ def sweep(
     jobs: int = 1,
     smoke: bool = False,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ):
     """Run a sweep (configs/sweeps/NAME.yaml or a sweep file) into `out`, resumably; returns an Outcome."""
     from normlab.engine.results import results_root
@@ -118,7 +120,7 @@ def sweep(
 
     exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), dict(overrides or {}), smoke)
     folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
-    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke, backend=backend)
+    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke, backend=backend, ensemble=ensemble)
 
 
 @dataclass
@@ -141,6 +143,7 @@ def reproduce(
     on_start=None,
     on_result=None,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ) -> Reproduction:
     """Run every experiment's default config (or those in `only`) into OUT/<experiment>/, then
     write OUT/report.md and OUT/report.html. Finished experiments are reused, interrupted ones
@@ -153,6 +156,9 @@ def reproduce(
     from normlab.experiments import load_config, run_experiment
 
     check_backend(backend)
+    from normlab.engine.executor import resolve_ensemble
+
+    resolve_ensemble(ensemble)  # a bad value stops here, before anything is written
     from normlab.engine.results import results_root
 
     registry = _registry()
@@ -175,7 +181,15 @@ def reproduce(
             on_experiment(i, len(names), name, folder, reused)
         if not reused:
             run_experiment(
-                exp, cfg, folder, jobs=jobs, smoke=smoke, on_start=on_start, on_result=on_result, backend=backend
+                exp,
+                cfg,
+                folder,
+                jobs=jobs,
+                smoke=smoke,
+                on_start=on_start,
+                on_result=on_result,
+                backend=backend,
+                ensemble=ensemble,
             )
     titles = {n: e.title for n, e in registry.items()}
     reports = [  # exactly what `normlab report ROOT --format FMT` writes

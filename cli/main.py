@@ -276,6 +276,14 @@ BackendOpt = typer.Option(
     help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
     "extra).",
 )
+EnsembleOpt = typer.Option(
+    "auto",
+    "--ensemble",
+    metavar="[auto|off|N]",
+    help="Train compatible runs (same model, differing in seed, lr, momentum, betas, eps, decay) together as one "
+    "batched model: auto packs up to 16, N up to N, off trains every run alone. Each run's numbers agree with "
+    "its single-run path to float rounding (1e-5).",
+)
 DeviceOpt = typer.Option(
     None,
     "--device",
@@ -362,6 +370,7 @@ def run(
     jobs: Optional[int] = JobsOpt,
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
+    ensemble: str = EnsembleOpt,
 ) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
@@ -411,7 +420,15 @@ def run(
 
         try:
             outcome = run_experiment(
-                exp, cfg, folder, jobs=n_jobs, progress=progress, smoke=smoke, on_start=on_start, backend=backend
+                exp,
+                cfg,
+                folder,
+                jobs=n_jobs,
+                progress=progress,
+                smoke=smoke,
+                on_start=on_start,
+                backend=backend,
+                ensemble=ensemble,
             )
         except KeyboardInterrupt:
             err_console.print(
@@ -442,6 +459,7 @@ def sweep(
     jobs: Optional[int] = JobsOpt,
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
+    ensemble: str = EnsembleOpt,
 ) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
@@ -477,7 +495,16 @@ def sweep(
                 err_console.print(f"  {res.run_id}: {res.status}")
 
         outcome = run_sweep(
-            exp, cfg, spec, folder, jobs=n_jobs, smoke=smoke, on_start=on_start, on_result=on_cell, backend=backend
+            exp,
+            cfg,
+            spec,
+            folder,
+            jobs=n_jobs,
+            smoke=smoke,
+            on_start=on_start,
+            on_result=on_cell,
+            backend=backend,
+            ensemble=ensemble,
         )
     _print_claims(outcome.claims)
     console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
@@ -494,6 +521,7 @@ def reproduce(
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
+    ensemble: str = EnsembleOpt,
 ) -> None:
     """Run every experiment's default config, then write the combined report (md and html).
 
@@ -527,6 +555,7 @@ def reproduce(
                 on_start=on_start,
                 on_result=lambda res: bars.advance(current["task"]),
                 backend=backend,
+                ensemble=ensemble,
             )
         except KeyboardInterrupt:
             err_console.print(

@@ -4,7 +4,7 @@
    (nn.Sequential, same layers, same data, batch, optimizer and thread count).
 2. probe cost: the engine with probes at the default interval against probes off.
 3. pool scaling: k one-thread workers training at once, total steps/s against one worker.
-4. batched ensembles (engine/ensemble.py): M members trained as one stacked MLP, with and without
+4. batched ensembles (engine/ensemble.py): M runs trained as one stacked model, with and without
    BN, in member-steps/s, against the single-run engine and against the compute limit (this
    thread's large-matmul speed times the FLOPs of one step).
 Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
@@ -133,10 +133,11 @@ def run_bench(
 
 
 def ensemble_bench(res: BenchResult, sizes, steps: int, log=print) -> None:
-    from .ensemble import EnsembleMLP, matmul_gflops, mlp_flops_per_step, train_ensemble
+    """Member-steps/s of `train_ensemble` (the path `--ensemble` uses) on the bench model."""
+    from .ensemble import matmul_gflops, mlp_flops_per_step, train_ensemble
 
     cfg = bench_config(steps, 0)
-    data = load_dataset(cfg.data)
+    load_dataset(cfg.data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -145,13 +146,10 @@ def ensemble_bench(res: BenchResult, sizes, steps: int, log=print) -> None:
         w = cfg.model.width
         res.compute_limit = matmul_gflops() * 1e9 / mlp_flops_per_step([40, w, w, 10], cfg.train.batch_size)
         for bn in (True, False):
-            model_cfg = cfg.model if bn else nobn.model
+            run_cfg = cfg if bn else nobn
             for m in sizes:
-                seeds = list(range(m))
-                model = EnsembleMLP.from_seeds(model_cfg, data.input_shape, data.num_classes, seeds)
-                t0 = time.perf_counter()
-                train_ensemble(model, data, seeds, [cfg.optim.lr] * m, steps, cfg.train.batch_size)
-                res.ensemble[(bn, m)] = m * steps / (time.perf_counter() - t0)
+                results = train_ensemble([RunTask(f"m{i}", "bench", i, run_cfg) for i in range(m)])
+                res.ensemble[(bn, m)] = m * steps / (m * results[0].train_seconds)  # train_seconds: a member's share
                 log(f"  ensemble of {m} ({'BN' if bn else 'no BN'}): {res.ensemble[(bn, m)]:.0f} member-steps/s")
     finally:
         torch.set_num_threads(threads)

@@ -1,20 +1,25 @@
-"""Many MLP runs trained as one model with a leading "member" dimension (a first step of batched
-training; not yet used by the executor).
+"""Many runs trained as one model with a leading "member" dimension (batched training).
 
-Runs that share an architecture and differ only in seed and in elementwise settings (learning rate,
-weight decay, momentum) can be stacked: every weight gets shape (M, out, in), every member its own
-minibatch, and one batched matmul (bmm) replaces M small ones, so the per-op overhead that bounds a
-small model's speed is paid once per step instead of M times. Batch norm is computed per member
-over its own batch; the loss is the sum of the members' mean losses, so each member's gradient is
-exactly the one its own run would see.
+Runs that share an architecture and differ only in seed and in elementwise settings (learning rate
+and its schedule, momentum, betas, epsilon, weight decay) are stacked: a linear layer's weights get
+shape (M, out, in) and one batched matmul replaces M small ones; a conv layer becomes one grouped
+conv (groups = M); batch norm runs once over M x units channels, so every member is normalized over
+its own batch. The loss is the sum of the members' mean losses, so each member's gradient is exactly
+the one its own run would see, and the optimizers below apply torch.optim's update rules with a
+hyperparameter per member. The per-op overhead that bounds a small model's speed is then paid once
+per step instead of M times.
 
 Each member starts from the weights `build_model` gives its seed and draws the batches the engine's
-`Batcher` gives its seed, so member m follows run m's trajectory up to float rounding (tests/
-test_ensemble.py checks losses against the single-run engine).
+`Batcher` gives its seed, so member m follows run m's trajectory up to float rounding
+(tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
+stops being finite is recorded as diverged at that step, as the single-run loop does, and the
+others go on. Runs with probes, curvature, inserted modules, plugins, other architectures or
+optimizers take the single-run path (`packable` says why not).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,106 +27,392 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import Batcher, Dataset
+from .config import to_dict
+from .data import Batcher, load_dataset
 from .models import build_model
-from .spec import ModelConfig
+from .optim import lr_at
+from .runs import Progress, Row, RunResult, RunTask
+from .spec import ModelConfig, RunConfig
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+# Settings that may differ between the members of one ensemble; everything else must match.
+PER_MEMBER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup_steps", "step_every",
+              "step_gamma")  # fmt: skip
+_ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h: h}
+
+
+def packable(task: RunTask) -> str:
+    """'' when the run can join an ensemble, else the reason it takes the single-run path."""
+    cfg = task.config
+    m, o = cfg.model, cfg.optim
+    reasons = [
+        (task.after_norm is not None, "an inserted module"),
+        (m.arch not in ("mlp", "cnn1d"), f"architecture {m.arch}"),
+        (m.norm not in ("none", "batch") or m.norm_affine, "a normalizer other than batch norm without affine"),
+        (m.arch == "cnn1d" and m.residual, "a residual CNN"),
+        (cfg.probes.every > 0 or cfg.probes.jacobian_examples > 0, "probes"),
+        (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
+        (o.name not in OPTIMIZERS or o.nesterov or o.renormalize, f"optimizer {o.name}"),
+        (bool(cfg.plugins), "plugins"),
+    ]
+    return next((why for bad, why in reasons if bad), "")
+
+
+def pack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can be trained together."""
+    d = to_dict(cfg)
+    for k in PER_MEMBER:
+        d["optim"].pop(k, None)
+    return json.dumps(d, sort_keys=True)
 
 
 @dataclass
-class EnsembleMLP:
-    """Stacked weights of M MLPs (ReLU, optional batch norm before each ReLU without affine)."""
+class _Layer:
+    kind: str  # "linear" or "conv"
+    weight: torch.Tensor  # linear: (M, out, in); conv: (M * out, in, k)
+    bias: torch.Tensor | None  # linear: (M, out); conv: (M * out,)
+    stride: int = 1
+    padding: int = 0
 
-    weights: list[torch.Tensor]  # (M, out, in) per layer
-    biases: list[torch.Tensor | None]  # (M, out) or None (layers that feed batch norm)
-    batch_norm: bool
-    eps: float
+
+class EnsembleNet:
+    """M copies of one engine network (MLP or 1-D CNN, optional BN without affine), stacked."""
+
+    def __init__(self, cfg: ModelConfig, nets: list):
+        self.cfg, self.members = cfg, len(nets)
+        self.act = _ACT[cfg.activation]
+        self.layers: list[_Layer] = []
+        for i in range(len(nets[0].blocks)):
+            mods = [net.blocks[i].weight_layer for net in nets]
+            conv = isinstance(mods[0], torch.nn.Conv1d)
+            w = torch.cat([m.weight.detach() for m in mods]) if conv else torch.stack([m.weight.detach() for m in mods])
+            b = None
+            if mods[0].bias is not None:
+                b = (torch.cat if conv else torch.stack)([m.bias.detach() for m in mods])
+            if conv:
+                self.layers.append(_Layer("conv", w, b, mods[0].stride[0], mods[0].padding[0]))
+            else:
+                self.layers.append(_Layer("linear", w, b))
+        outs = [net.out for net in nets]
+        self.out = _Layer(
+            "linear", torch.stack([o.weight.detach() for o in outs]), torch.stack([o.bias.detach() for o in outs])
+        )
+        self.norm = [b.norm is not None for b in nets[0].blocks]
+        # the running statistics as each net has them (building a Net already runs one batch through it)
+        self.running = [
+            (
+                torch.cat([net.blocks[i].norm.running_mean for net in nets]).clone(),
+                torch.cat([net.blocks[i].norm.running_var for net in nets]).clone(),
+            )
+            if bn
+            else None
+            for i, bn in enumerate(self.norm)
+        ]
+        self.invariant = [nets[0].weight_layers[i].invariance is not None for i in range(len(self.layers))]
+        for t in self.parameters():
+            t.requires_grad_(True)
 
     @classmethod
-    def from_seeds(cls, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seeds: list[int]):
-        """The engine's initial weights for each seed, stacked (the same draws as `train` makes)."""
-        if cfg.arch != "mlp" or cfg.norm not in ("none", "batch") or cfg.norm_affine or cfg.residual:
-            raise ValueError("EnsembleMLP covers plain MLPs with no normalizer or BN before ReLU, no affine")
-        if cfg.norm == "batch" and cfg.norm_position != "before":
-            raise ValueError("EnsembleMLP puts batch norm before the ReLU only")
+    def from_seeds(cls, cfg: ModelConfig, input_shape, num_classes: int, seeds: list[int], device=None):
+        """The engine's initial weights for each seed, stacked (the same draws `train` makes)."""
+        if cfg.arch not in ("mlp", "cnn1d") or cfg.norm not in ("none", "batch") or cfg.norm_affine:
+            raise ValueError("EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with BN without affine")
         nets = []
         for seed in seeds:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 nets.append(build_model(cfg, input_shape, num_classes))
-        layers = [[wl.module for wl in net.weight_layers] for net in nets]
-        weights = [torch.stack([ls[i].weight.detach() for ls in layers]) for i in range(len(layers[0]))]
-        biases = [
-            torch.stack([ls[i].bias.detach() for ls in layers]) if layers[0][i].bias is not None else None
-            for i in range(len(layers[0]))
-        ]
-        for t in weights + [b for b in biases if b is not None]:
-            t.requires_grad_(True)
-        return cls(weights, biases, cfg.norm == "batch", cfg.norm_eps)
+        net = cls(cfg, nets)
+        if device is not None:
+            net.to(device)
+        return net
 
-    @property
-    def members(self) -> int:
-        return self.weights[0].shape[0]
+    def to(self, device) -> "EnsembleNet":
+        for lay in self.layers + [self.out]:
+            lay.weight = lay.weight.detach().to(device).requires_grad_(True)
+            if lay.bias is not None:
+                lay.bias = lay.bias.detach().to(device).requires_grad_(True)
+        self.running = [tuple(t.to(device) for t in r) if r else None for r in self.running]
+        return self
 
     def parameters(self) -> list[torch.Tensor]:
-        return self.weights + [b for b in self.biases if b is not None]
+        """Block by block (weight, then bias), the read-out last: the order of Net.parameters()."""
+        out = []
+        for lay in self.layers + [self.out]:
+            out += [lay.weight] + ([lay.bias] if lay.bias is not None else [])
+        return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (M, B, features) -> logits (M, B, classes)."""
-        h = x.flatten(2)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i == last:
-                return h
-            if self.batch_norm:  # per member and unit, over the member's own batch: as channels of one BN
-                m, b, w = h.shape
-                flat = h.transpose(0, 1).reshape(b, m * w)
-                flat = F.batch_norm(flat, None, None, training=True, eps=self.eps)
-                h = flat.view(b, m, w).transpose(0, 1)
-            h = F.relu(h)
-        return h
+    def weights(self, which: str) -> list[torch.Tensor]:
+        """The tensors weight decay reaches: 'all', 'weights' or 'scale_invariant'."""
+        if which == "all":
+            return self.parameters()
+        layers = self.layers + [self.out]
+        invariant = self.invariant + [False]
+        return [lay.weight for lay, inv in zip(layers, invariant) if which == "weights" or inv]
+
+    def _linear(self, lay: _Layer, h: torch.Tensor) -> torch.Tensor:
+        wt = lay.weight.transpose(1, 2)
+        if h.shape[0] != self.members:  # one batch shared by every member (evaluation)
+            return (
+                torch.matmul(h, wt)
+                if lay.bias is None
+                else torch.baddbmm(lay.bias.unsqueeze(1), h.expand(self.members, -1, -1), wt)
+            )
+        return torch.bmm(h, wt) if lay.bias is None else torch.baddbmm(lay.bias.unsqueeze(1), h, wt)
+
+    def _bn(self, i: int, h: torch.Tensor, training: bool, channels_last_member: bool) -> torch.Tensor:
+        rm, rv = self.running[i]
+        if channels_last_member:  # (M, B, W) -> (B, M * W): member x unit as channels
+            m, b, w = h.shape
+            flat = F.batch_norm(h.transpose(0, 1).reshape(b, m * w), rm, rv, training=training, momentum=0.1,
+                                eps=self.cfg.norm_eps)  # fmt: skip
+            return flat.view(b, m, w).transpose(0, 1)
+        return F.batch_norm(h, rm, rv, training=training, momentum=0.1, eps=self.cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, training: bool = True, shared: bool = False) -> torch.Tensor:
+        """x: (M, B, ...) one batch per member, or with `shared` (N, ...) one batch for all;
+        -> logits (M, B, C). `training`: batch statistics (updating the running ones) or running ones."""
+        m = self.members
+        before = self.cfg.norm_position == "before"
+        if self.cfg.arch == "mlp":
+            h = x.flatten(1).unsqueeze(0) if shared else x.flatten(2)
+            for i, lay in enumerate(self.layers):
+                z = self._linear(lay, h)
+                if self.norm[i] and before:
+                    z = self._bn(i, z, training, True)
+                z = self.act(z)
+                if self.norm[i] and not before:
+                    z = self._bn(i, z, training, True)
+                h = h + z if (self.cfg.residual and i > 0) else z
+            return self._linear(self.out, h)
+        # 1-D CNN: members as channel groups, (B, M * C, L)
+        if shared:
+            h = x.reshape(x.shape[0], 1, -1).expand(-1, m, -1).contiguous()
+        else:
+            h = x.reshape(m, x.shape[1], -1).transpose(0, 1).contiguous()
+        for i, lay in enumerate(self.layers):
+            h = F.conv1d(h, lay.weight, lay.bias, stride=lay.stride, padding=lay.padding, groups=m)
+            if self.norm[i] and before:
+                h = self._bn(i, h, training, False)
+            h = self.act(h)
+            if self.norm[i] and not before:
+                h = self._bn(i, h, training, False)
+        b = h.shape[0]
+        return self._linear(self.out, h.reshape(b, m, -1).transpose(0, 1))
 
 
-class EnsembleSGD:
-    """Plain SGD (optionally heavy-ball momentum and coupled L2 decay) with a learning rate, a
-    momentum and a decay per member, as torch.optim.SGD does for each run on its own."""
+class EnsembleOptimizer:
+    """torch.optim's SGD (heavy ball), Adam(W), RMSprop and Adagrad, with a learning rate, momentum,
+    betas, epsilon and weight decay per member; decoupled decay as the engine's Optimizer applies it.
+    Constant per-member settings are shaped against every parameter once; only the learning rate
+    (and Adam's bias corrections) change per step."""
 
-    def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, momentum: float = 0.0, weight_decay=None):
-        self.params, self.lr, self.momentum = params, lr, momentum
-        self.weight_decay = weight_decay
-        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+    def __init__(self, net: EnsembleNet, optims: list, total_steps: int):
+        self.net, self.optims, self.total_steps = net, optims, total_steps
+        o = optims[0]
+        self.name = o.name
+        self.decoupled = o.name == "adamw" or o.wd_mode == "decoupled"
+        self.params = net.parameters()
+        decayed = {id(p) for p in net.weights(o.wd_params)}
+        vec = lambda attr: torch.tensor([getattr(x, attr) for x in optims], dtype=torch.float64)  # noqa: E731
+        self.beta1, self.beta2 = vec("beta1"), vec("beta2")
+        momentum, eps, wd = vec("momentum"), vec("eps"), vec("weight_decay")
+        self.use_momentum = bool((momentum != 0).any())
+        self.wd = wd
+        self.per_param = []
+        for p in self.params:
+            e = lambda v: self._expand(p, v)  # noqa: E731
+            self.per_param.append(
+                {
+                    "decays": id(p) in decayed and bool((wd != 0).any()),
+                    "wd": e(wd),
+                    "momentum": e(momentum),
+                    "eps": e(eps),
+                    "beta1c": e(1 - self.beta1),
+                    "beta2": e(self.beta2),
+                    "beta2c": e(1 - self.beta2),
+                }
+            )
+        self.state: list[dict] = [{} for _ in self.params]
+        self.t = 0
+
+    def _expand(self, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A per-member vector shaped to broadcast against p (stacked or grouped along dim 0)."""
+        m = self.net.members
+        v = v.to(dtype=p.dtype, device=p.device)
+        if p.shape[0] != m:
+            v = v.repeat_interleave(p.shape[0] // m)
+        return v.view(-1, *([1] * (p.ndim - 1)))
 
     @torch.no_grad()
-    def step(self) -> None:
-        for i, p in enumerate(self.params):
-            shape = (-1,) + (1,) * (p.ndim - 1)
-            d = p.grad
-            if self.weight_decay is not None and p.ndim == 3:  # weights only, like wd_params: weights
-                d = d + self.weight_decay.view(shape) * p
-            if self.momentum:
-                buf = self.buffers[i]
-                self.buffers[i] = d = d.clone() if buf is None else buf.mul_(self.momentum).add_(d)
-            p.sub_(self.lr.view(shape) * d)
+    def step(self, lrs: list[float]) -> None:
+        self.t += 1
+        lr = torch.tensor(lrs, dtype=torch.float64)
+        adam = self.name in ("adam", "adamw")
+        if adam:
+            step_size = lr / (1 - self.beta1**self.t)
+            bc2_sqrt = (1 - self.beta2**self.t).sqrt()
+        expanded: dict[tuple, tuple] = {}  # per parameter layout: the step's per-member vectors
+        for p, h, st in zip(self.params, self.per_param, self.state):
+            g = p.grad
+            if g is None:
+                continue
+            layout = (p.shape[0], p.ndim)
+            if layout not in expanded:
+                extra = (self._expand(p, step_size), self._expand(p, bc2_sqrt)) if adam else ()
+                expanded[layout] = (self._expand(p, lr), self._expand(p, lr * self.wd)) + extra
+            lr_e, lr_wd_e, *adam_e = expanded[layout]
+            if h["decays"] and self.decoupled:
+                p.mul_(1.0 - lr_wd_e)
+            elif h["decays"]:
+                g = g + h["wd"] * p
+            if self.name == "sgd":
+                if self.use_momentum:
+                    buf = st.get("buf")
+                    st["buf"] = g = g.clone() if buf is None else buf.mul_(h["momentum"]).add_(g)
+                p.sub_(lr_e * g)
+            elif adam:
+                if not st:
+                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                st["m"].lerp_(g, h["beta1c"])
+                st["v"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
+                denom = (st["v"].sqrt() / adam_e[1]).add_(h["eps"])
+                p.sub_(adam_e[0] * st["m"] / denom)
+            elif self.name == "rmsprop":
+                if not st:
+                    st["sq"] = torch.zeros_like(p)
+                    if self.use_momentum:
+                        st["buf"] = torch.zeros_like(p)
+                st["sq"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
+                avg = st["sq"].sqrt().add_(h["eps"])
+                if "buf" in st:
+                    st["buf"].mul_(h["momentum"]).addcdiv_(g, avg)
+                    p.sub_(lr_e * st["buf"])
+                else:
+                    p.sub_(lr_e * g / avg)
+            else:  # adagrad
+                if not st:
+                    st["sum"] = torch.zeros_like(p)
+                st["sum"].addcmul_(g, g)
+                p.sub_(lr_e * g / st["sum"].sqrt().add_(h["eps"]))
             p.grad = None
 
 
-def train_ensemble(
-    model: EnsembleMLP, data: Dataset, seeds: list[int], lrs: list[float], steps: int, batch_size: int
-) -> torch.Tensor:
-    """SGD on every member with its own seed's batches; returns the (steps, M) training losses."""
-    batchers = [Batcher(data.x_train, data.y_train, batch_size, torch.Generator().manual_seed(s)) for s in seeds]
-    opt = EnsembleSGD(model.parameters(), torch.tensor(lrs, dtype=model.weights[0].dtype))
-    losses = torch.empty(steps, model.members)
+def _evaluate(net: EnsembleNet, data, batch_size: int) -> list[dict[str, float]]:
+    """Loss and accuracy on every split, in eval mode, for every member (as engine.train.evaluate)."""
+    m = net.members
+    out: list[dict[str, float]] = [{} for _ in range(m)]
+    with torch.no_grad():
+        for split, (x, y) in data.splits().items():
+            loss_sum, correct = [0.0] * m, [0] * m
+            for i in range(0, len(y), batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                logits = net.forward(xb, training=False, shared=True)
+                ls = F.cross_entropy(logits.flatten(0, 1), yb.repeat(m), reduction="none").view(m, -1).sum(1).tolist()
+                cs = (logits.argmax(2) == yb).sum(1).tolist()
+                loss_sum = [a + b for a, b in zip(loss_sum, ls)]
+                correct = [a + b for a, b in zip(correct, cs)]
+            for k in range(m):
+                out[k][f"{split}_loss"] = loss_sum[k] / len(y)
+                out[k][f"{split}_acc"] = correct[k] / len(y)
+    return out
+
+
+def train_ensemble(tasks: list[RunTask], progress: Progress = None) -> list[RunResult]:
+    """Train packable runs with equal `pack_key` together; one RunResult per run, as `train` gives."""
+    from .train import resolve_device
+
+    cfg = tasks[0].config
+    if any(pack_key(t.config) != pack_key(cfg) for t in tasks):
+        raise ValueError("train_ensemble: the runs differ in more than per-member settings")
+    device = resolve_device(cfg.train.device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads)
+    try:
+        return _train(tasks, cfg, device, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> list[RunResult]:
+    data = load_dataset(cfg.data).to(device)
+    seeds = [t.seed for t in tasks]
+    m, steps = len(tasks), cfg.train.steps
+    net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device)
+    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks], steps)
+    batchers = [
+        Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in seeds
+    ]
+    eval_every = cfg.train.eval_every or steps
+    report_every = max(1, steps // 50)
+    rows: list[list[Row]] = [[] for _ in range(m)]
+    finals = _evaluate(net, data, cfg.train.eval_batch_size)
+    for k in range(m):
+        rows[k] += [Row(0, key, "", "value", None, v) for key, v in finals[k].items()]
+    status, done = ["ok"] * m, [steps] * m
+    alive = torch.ones(m, dtype=torch.bool, device=device)
+    start = time.perf_counter()
     for step in range(steps):
+        lrs = [lr_at(t.config.optim, step, steps) for t in tasks]
         idx = torch.stack([b.next_index() for b in batchers])  # (M, B): one gather for every member
         x, y = data.x_train[idx], data.y_train[idx]
-        logits = model.forward(x)
-        per_member = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(model.members, -1)
-        loss = per_member.mean(1)
-        loss.sum().backward()
-        opt.step()
-        losses[step] = loss.detach()
-    return losses
+        logits = net.forward(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m, -1).mean(1)
+        values = loss.tolist()
+        for k, v in enumerate(values):
+            if status[k] == "ok" and not math.isfinite(v):  # this member stops here; the others go on
+                status[k], done[k] = "diverged", step
+                rows[k].append(Row(step, "batch_loss", "", "value", None, v))
+                alive[k] = False
+        if not bool(alive.any()):
+            break
+        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+        opt.step(lrs)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            results = _evaluate(net, data, cfg.train.eval_batch_size)
+            for k in range(m):
+                if status[k] != "ok":
+                    continue
+                rows[k] += [Row(step + 1, key, "", "value", None, v) for key, v in results[k].items()]
+                finals[k] = results[k]
+                if not math.isfinite(results[k]["train_loss"]):
+                    status[k], done[k] = "diverged", step + 1
+                    alive[k] = False
+        if progress and (step + 1) % report_every == 0:
+            for k, t in enumerate(tasks):
+                if status[k] == "ok":
+                    progress(t.run_id, step + 1, steps)
+    seconds = (time.perf_counter() - start) / m  # each member's share of the ensemble's wall time
+    out = []
+    for k, t in enumerate(tasks):
+        if progress:
+            progress(t.run_id, steps, steps)
+        final = {key: float("nan") for key in finals[k]} if status[k] == "diverged" else finals[k]
+        out.append(RunResult(t.run_id, t.arm, t.seed, status[k], done[k], seconds, final, rows[k]))
+    return out
+
+
+AUTO_SIZE = 16  # members per ensemble for --ensemble auto (the bench's best on CPU is 8-16)
+
+
+def pack(tasks: list[RunTask], size: int) -> list[list[RunTask]]:
+    """Tasks grouped into units: runs with equal `pack_key`, in task order, in ensembles of at most
+    `size`; every other run alone. The grouping depends on the tasks and `size` only (never on the
+    number of workers), so the same runs always share the same ensembles and give the same bytes."""
+    if size <= 1:
+        return [[t] for t in tasks]
+    groups: dict[str, list[RunTask]] = {}
+    units: list[list[RunTask]] = []
+    for t in tasks:
+        if packable(t):  # a reason not to pack
+            units.append([t])
+            continue
+        key = pack_key(t.config)
+        if key not in groups or len(groups[key]) == size:
+            groups[key] = []
+            units.append(groups[key])
+        groups[key].append(t)
+    return units
 
 
 def mlp_flops_per_step(sizes: list[int], batch: int) -> float:

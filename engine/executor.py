@@ -1,5 +1,10 @@
 """Run many RunTasks: in-process for jobs=1, else a pool of one-thread `spawn` workers, or Ray.
 
+With `ensemble` > 1, compatible runs (engine/ensemble.py: same architecture and shapes, differing
+only in seed and per-member optimizer settings) are packed into batched ensembles of up to that
+many members, each trained in one worker as one stacked model; every other run takes the
+single-run path. Either way each run yields its own RunResult.
+
 Every run uses `train.threads` torch threads wherever it executes, so the numbers do not depend
 on `--jobs`. Results come back in task order; `on_result` sees each one as soon as it finishes
 (sweeps use it to write rows as they go). A run that raises is recorded as `failed` with its
@@ -49,8 +54,40 @@ def _worker_init() -> None:
     torch.set_num_interop_threads(1)
 
 
-def _worker(task: RunTask, q) -> RunResult:
-    return _run_one(task, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
+def _run_unit(unit: list[RunTask], progress: Progress) -> list[RunResult]:
+    """One run, or an ensemble of packed runs (a crash inside it fails each of its runs, with the error)."""
+    if len(unit) == 1:
+        return [_run_one(unit[0], progress)]
+    from .ensemble import train_ensemble
+
+    try:
+        return train_ensemble(unit, progress)
+    except NormlabError:
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__} in an ensemble of {len(unit)}: {exc}\n{traceback.format_exc(limit=3)}"
+        return [RunResult(t.run_id, t.arm, t.seed, "failed", 0, 0.0, error=error) for t in unit]
+
+
+def _worker(unit: list[RunTask], q) -> list[RunResult]:
+    return _run_unit(unit, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
+
+
+def resolve_ensemble(ensemble: int | str | None) -> int:
+    """--ensemble: 'off' (or 1) trains every run alone, 'auto' packs up to AUTO_SIZE members, N up to N."""
+    from .ensemble import AUTO_SIZE
+
+    if ensemble in (None, "auto"):
+        return AUTO_SIZE
+    if ensemble == "off":
+        return 1
+    try:
+        size = int(ensemble)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise NormlabError(f"ensemble: {ensemble!r} is not allowed; choose auto, off or a number of members >= 1")
+    return size
 
 
 def execute(
@@ -59,17 +96,21 @@ def execute(
     progress: Progress = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
     backend: str = "local",
+    ensemble: int = 1,
 ) -> list[RunResult]:
+    from .ensemble import pack
+
+    units = pack(tasks, ensemble)
     if backend == "ray":
-        return _execute_ray(tasks, progress, on_result)
-    jobs = max(1, min(jobs, len(tasks))) if tasks else 1
+        return _execute_ray(tasks, units, progress, on_result)
+    jobs = max(1, min(jobs, len(units))) if units else 1
     results: dict[str, RunResult] = {}
     if jobs == 1:
-        for task in tasks:
-            res = _run_one(task, progress)
-            results[task.run_id] = res
-            if on_result:
-                on_result(res)
+        for unit in units:
+            for res in _run_unit(unit, progress):
+                results[res.run_id] = res
+                if on_result:
+                    on_result(res)
         return [results[t.run_id] for t in tasks]
 
     ctx = mp.get_context("spawn")
@@ -77,16 +118,16 @@ def execute(
     q = manager.Queue() if manager else None
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
     try:
-        pending = {pool.submit(_worker, t, q): t for t in tasks}
+        pending = {pool.submit(_worker, unit, q): unit for unit in units}
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(q, progress)
             for fut in done:
                 pending.pop(fut)
-                res = fut.result()  # re-raises NormlabError from the worker
-                results[res.run_id] = res
-                if on_result:
-                    on_result(res)
+                for res in fut.result():  # re-raises NormlabError from the worker
+                    results[res.run_id] = res
+                    if on_result:
+                        on_result(res)
         _drain(q, progress)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -154,12 +195,12 @@ def check_backend(backend: str) -> None:
             raise NormlabError(_NEEDS_RAY)
 
 
-def _ray_task(task: RunTask) -> RunResult:
+def _ray_task(unit: list[RunTask]) -> list[RunResult]:
     # Ray reuses its workers; train() sets the run's thread count itself (interop threads can be
     # set only once per process, so they are left alone here)
     if os.environ.get("NORMLAB_FAULT") == "worker_import":  # a worker without torch, as a test sees it
         raise ModuleNotFoundError("No module named 'torch'")
-    return _run_one(task, None)
+    return _run_unit(unit, None)
 
 
 def ray_connect() -> int:
@@ -225,28 +266,33 @@ def _explain_ray_failure(exc: BaseException) -> NormlabError:
 
 
 def _execute_ray(
-    tasks: list[RunTask], progress: Progress, on_result: Optional[Callable[[RunResult], None]]
+    tasks: list[RunTask],
+    units: list[list[RunTask]],
+    progress: Progress,
+    on_result: Optional[Callable[[RunResult], None]],
 ) -> list[RunResult]:
-    """One Ray task per run, one CPU and one torch thread each. Connects to the cluster named by
-    RAY_ADDRESS, or starts a local Ray. Progress is reported per finished run."""
+    """One Ray task per unit (a run, or an ensemble of packed runs), one CPU and one torch thread
+    each. Connects to the cluster named by RAY_ADDRESS, or starts a local Ray. Progress is reported
+    per finished run."""
     ray_connect()
     import ray
 
     remote = ray.remote(num_cpus=1)(_ray_task)
-    pending = {remote.remote(t): t for t in tasks}
+    pending = {remote.remote(unit): unit for unit in units}
     results: dict[str, RunResult] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        task = pending.pop(done[0])
+        unit = pending.pop(done[0])
         try:
-            res = ray.get(done[0])
+            finished = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # not a training failure: the worker itself is unfit
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise _explain_ray_failure(exc) from None
-        results[task.run_id] = res
-        if progress:
-            progress(task.run_id, task.config.train.steps, task.config.train.steps)
-        if on_result:
-            on_result(res)
+        for task, res in zip(unit, finished):
+            results[task.run_id] = res
+            if progress:
+                progress(task.run_id, task.config.train.steps, task.config.train.steps)
+            if on_result:
+                on_result(res)
     return [results[t.run_id] for t in tasks]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine.data import load_dataset
-from normlab.engine.executor import check_backend, execute
+from normlab.engine.executor import check_backend, execute, resolve_ensemble
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
 from normlab.engine.results import (
@@ -188,6 +188,7 @@ def run_cells(
     on_result: Optional[Callable[[RunResult], None]] = None,
     manifest: Optional[dict] = None,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ) -> Outcome:
     """Run every cell of `exp` not already finished in `folder`, then write the tables and analyze.
 
@@ -195,6 +196,7 @@ def run_cells(
     (`followup`). Finished cells are kept in folder/cells/, so running again resumes.
     """
     folder = Path(folder)
+    members = resolve_ensemble(ensemble)
     started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
@@ -223,7 +225,7 @@ def run_cells(
             if on_result:
                 on_result(res)
 
-        execute(todo, jobs=jobs, progress=progress, on_result=save, backend=backend)
+        execute(todo, jobs=jobs, progress=progress, on_result=save, backend=backend, ensemble=members)
         ran += len(todo)
         done += stage
         runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)
@@ -242,6 +244,7 @@ def run_cells(
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "jobs": jobs,
             "backend": backend,
+            "ensemble": members,  # most members per batched ensemble (1: every run trained alone)
             "runs_executed_now": ran,
             "runs_reused": len(done) - ran,
             "device": ",".join(sorted(devices)),
@@ -303,12 +306,14 @@ def run_experiment(
     on_start: OnStart = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ) -> Outcome:
     """Run into OUT.partial/ (resuming what a killed run of the same command left there) and
     rename it to OUT once everything is written."""
     out = Path(out)
     ensure_free(out)
     check_backend(backend)  # before anything is written
+    resolve_ensemble(ensemble)
     with folder_lock(out):  # one command per output folder
         ensure_free(out)  # again: another command may have finished it while this one started
         work = partial_folder(out)
@@ -320,7 +325,9 @@ def run_experiment(
             raise NormlabError(
                 f"{work} holds an interrupted run of a different config; remove it or choose another output folder"
             )
-        outcome = run_cells(exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend)
+        outcome = run_cells(
+            exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend, ensemble=ensemble
+        )
         shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
         if out.exists():
             out.rmdir()

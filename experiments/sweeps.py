@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from normlab.engine import config as C
-from normlab.engine.executor import check_backend
+from normlab.engine.executor import check_backend, resolve_ensemble
 from normlab.engine.files import atomic_write_text
 from normlab.engine.locks import folder_lock
 from normlab.engine.sweep import SweepConfig, expand
@@ -87,9 +87,11 @@ def run_sweep(
     on_start: OnStart = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
     backend: str = "local",
+    ensemble: int | str = "auto",
 ) -> Outcome:
     """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
     check_backend(backend)  # before anything is written
+    resolve_ensemble(ensemble)
     out = Path(out)
     with folder_lock(out):  # one command per output folder
         out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def run_sweep(
             atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
         atomic_write_text(previous, resolved)
         manifest = {"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"}
-        return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result, manifest, backend)
+        return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result, manifest, backend, ensemble)
 
 
 __all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]

@@ -1,50 +1,143 @@
-"""The batched ensemble (engine/ensemble.py) against the single-run engine: member m, started from
-seed m's weights and fed seed m's batches, must see the losses run m sees."""
+"""Batched training (engine/ensemble.py) against the single-run engine: member m, started from seed
+m's weights and fed seed m's batches, must end where run m ends (losses and accuracies to 1e-5
+relative), diverge where run m diverges, and leave the others untouched."""
+
+import math
 
 import pytest
 import torch
 
 from normlab.engine import config as C
-from normlab.engine.data import load_dataset
-from normlab.engine.ensemble import EnsembleMLP, train_ensemble
+from normlab.engine.ensemble import EnsembleNet, pack, packable, train_ensemble
 from normlab.engine.runs import RunTask
-from normlab.engine.spec import RunConfig
+from normlab.engine.spec import ModelConfig, RunConfig
 from normlab.engine.train import train
 
 
-def _single_run_losses(norm: str, seed: int, lr: float, steps: int) -> list[float]:
+def _task(seed: int, model: dict, optim: dict, steps: int = 30, eval_every: int = 10) -> RunTask:
     cfg = C.from_dict(
         RunConfig,
         {
-            "model": {"width": 32, "depth": 2, "norm": norm},
-            "optim": {"name": "sgd", "lr": lr},
-            "train": {"steps": steps, "batch_size": 64, "eval_every": 0},
-            "probes": {"every": 1, "weights": False, "inputs": False, "preacts": False},
+            "data": {"name": "mnist1d", "val_size": 100},
+            "model": {"width": 24, "depth": 2, **model},
+            "optim": optim,
+            "train": {"steps": steps, "batch_size": 32, "eval_every": eval_every},
+            "probes": {"every": 0},
         },
     )
-    rows = train(RunTask("r", "r", seed, cfg)).rows
-    return [r.value for r in rows if r.metric == "batch_loss"]
+    return RunTask(f"r{seed}", "a", seed, cfg)
 
 
-@pytest.mark.parametrize("norm", ["none", "batch"])
-def test_each_member_follows_its_own_single_run(norm):
-    from normlab.engine.spec import DataConfig, ModelConfig
+def _assert_same(single, member, rtol=1e-5):
+    assert (member.status, member.steps_done) == (single.status, single.steps_done)
+    assert member.final.keys() == single.final.keys()
+    for k, v in single.final.items():
+        if math.isnan(v):
+            assert math.isnan(member.final[k]), k
+        else:
+            assert member.final[k] == pytest.approx(v, rel=rtol, abs=1e-7), k
+    ours = [(r.step, r.metric, r.value) for r in member.rows]
+    theirs = [(r.step, r.metric, r.value) for r in single.rows]
+    assert [x[:2] for x in ours] == [x[:2] for x in theirs]
+    for (_, metric, a), (_, _, b) in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=rtol, abs=1e-7) or (math.isnan(a) and math.isnan(b)), metric
 
-    seeds, lrs, steps = [0, 1, 2], [0.05, 0.1, 0.2], 40
-    data = load_dataset(DataConfig())
-    torch.manual_seed(123)  # the ensemble must not depend on the global generator
-    model = EnsembleMLP.from_seeds(ModelConfig(width=32, depth=2, norm=norm), data.input_shape, 10, seeds)
-    losses = train_ensemble(model, data, seeds, lrs, steps, batch_size=64)
-    for m, (seed, lr) in enumerate(zip(seeds, lrs)):
-        single = torch.tensor(_single_run_losses(norm, seed, lr, steps))
-        torch.testing.assert_close(losses[:, m], single, rtol=1e-5, atol=1e-6)
-    assert len({round(float(losses[-1, m]), 4) for m in range(3)}) == 3  # the members really differ
+
+MODELS = {
+    "mlp": {},
+    "mlp_bn": {"norm": "batch"},
+    "mlp_bn_after_residual": {"norm": "batch", "norm_position": "after", "residual": True, "bias": "false"},
+    "cnn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]},
+    "cnn_bn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "batch"},
+}
+OPTIMS = {
+    "sgd": [{"name": "sgd", "lr": 0.05}, {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-3}],
+    "adam": [
+        {"name": "adam", "lr": 1e-3, "schedule": "cosine", "warmup_steps": 5},
+        {"name": "adam", "lr": 3e-3, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 1e-2},
+    ],
+    "adamw": [{"name": "adamw", "lr": 1e-3, "weight_decay": 0.1}, {"name": "adamw", "lr": 2e-3, "weight_decay": 0.01}],
+    "rmsprop": [
+        {"name": "rmsprop", "lr": 1e-3, "beta2": 0.9},
+        {"name": "rmsprop", "lr": 5e-4, "beta2": 0.99, "momentum": 0.5},
+    ],
+    "adagrad": [{"name": "adagrad", "lr": 0.05}, {"name": "adagrad", "lr": 0.01, "schedule": "linear"}],
+    "sgd_decoupled": [
+        {"name": "sgd", "lr": 0.1, "wd_mode": "decoupled", "weight_decay": 0.01, "wd_params": "all"},
+        {"name": "sgd", "lr": 0.05, "wd_mode": "decoupled", "weight_decay": 0.0, "wd_params": "all"},
+    ],
+}
+
+
+# every optimizer on the MLP, every model with SGD and Adam
+CASES = [("mlp", o) for o in OPTIMS] + [(m, o) for m in MODELS if m != "mlp" for o in ("sgd", "adam")]
+
+
+@pytest.mark.parametrize("model,optim", CASES)
+def test_every_member_ends_where_its_single_run_ends(model, optim):
+    tasks = [_task(s, MODELS[model], OPTIMS[optim][s % 2]) for s in range(3)]
+    tasks = [t for t in tasks if packable(t) == ""]
+    assert len(tasks) == 3
+    by_key = {}
+    for t in tasks:  # members must share everything but per-member settings: pair them by optimizer family
+        by_key.setdefault(t.config.optim.name + t.config.optim.wd_mode + t.config.optim.wd_params, []).append(t)
+    for group in by_key.values():
+        for single_task, member in zip(group, train_ensemble(group)):
+            _assert_same(train(single_task), member)
+
+
+def test_a_diverging_member_is_recorded_and_the_others_go_on():
+    tasks = [_task(s, {}, {"name": "sgd", "lr": lr}, steps=40) for s, lr in ((0, 0.05), (1, 1e6), (2, 0.1))]
+    results = train_ensemble(tasks)
+    assert [r.status for r in results] == ["ok", "diverged", "ok"]
+    for t, r in zip(tasks, results):
+        _assert_same(train(t), r)
+
+
+def test_packing_groups_compatible_runs_only():
+    a = [_task(s, {}, {"name": "sgd", "lr": 0.01 * (s + 1)}) for s in range(5)]
+    b = [_task(s, {}, {"name": "adam", "lr": 1e-3}) for s in range(2)]
+    probed = _task(0, {}, {"name": "sgd"})
+    probed.config.probes.every = 10
+    assert packable(probed) == "probes"
+    units = pack(a + b + [probed], size=4)
+    assert [[t.config.optim.name for t in u] for u in units] == [["sgd"] * 4, ["sgd"], ["adam"] * 2, ["sgd"]]
+    assert [[t.seed for t in u] for u in units[:1]] == [[0, 1, 2, 3]] and units[3] == [probed]
+    assert all(len(u) == 1 for u in pack(a, size=1))
 
 
 def test_unsupported_models_are_refused():
-    from normlab.engine.spec import ModelConfig
+    with pytest.raises(ValueError, match="MLPs and 1-D CNNs"):
+        EnsembleNet.from_seeds(ModelConfig(norm="layer"), (40,), 10, [0])
+    with pytest.raises(ValueError, match="MLPs and 1-D CNNs"):
+        EnsembleNet.from_seeds(ModelConfig(arch="cnn2d"), (1, 8, 8), 10, [0])
+    torch.manual_seed(0)
 
-    with pytest.raises(ValueError, match="before the ReLU"):
-        EnsembleMLP.from_seeds(ModelConfig(norm="batch", norm_position="after"), (40,), 10, [0])
-    with pytest.raises(ValueError, match="plain MLPs"):
-        EnsembleMLP.from_seeds(ModelConfig(arch="cnn1d"), (40,), 10, [0])
+
+def test_run_packs_by_default_same_bytes_whatever_jobs_and_agrees_with_off(tmp_path):
+    """`normlab run` packs compatible runs (--ensemble auto, the default): the files do not depend
+    on --jobs, and every number agrees with --ensemble off to float rounding."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from normlab.cli.main import app
+
+    runner = CliRunner()
+    args = ["run", "baselines", "--smoke", "--set", "seeds=3", "--set", "run.train.steps=30"]
+    for name, extra in (("one", ["--jobs", "1"]), ("two", ["--jobs", "2"]), ("off", ["--ensemble", "off"])):
+        r = runner.invoke(app, args + extra + ["--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    for f in ("metrics.csv", "claims.csv"):
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+    packed, alone = (pd.read_csv(tmp_path / n / "metrics.csv") for n in ("one", "off"))
+    assert packed[["run_id", "step", "metric"]].equals(alone[["run_id", "step", "metric"]])
+    assert ((packed["value"] - alone["value"]).abs() <= 1e-5 * alone["value"].abs() + 1e-7).all()
+    a, b = (pd.read_csv(tmp_path / n / "claims.csv") for n in ("one", "off"))
+    assert a["verdict"].tolist() == b["verdict"].tolist()
+    import json
+
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["ensemble"] == 16
+    assert json.loads((tmp_path / "off" / "manifest.json").read_text())["ensemble"] == 1
+    bad = runner.invoke(app, args + ["--ensemble", "many", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "ensemble: 'many' is not allowed" in bad.output
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()

@@ -38,3 +38,44 @@ def test_ray_gives_byte_identical_results(command, files, tmp_path):
             pd.testing.assert_frame_equal(a, b)
         else:
             assert local.read_bytes() == remote.read_bytes(), f
+
+
+def _subprocess(args, env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "normlab.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
+
+
+def test_ray_worker_that_cannot_import_torch_is_one_line_and_exit_2(tmp_path):
+    # The job's runtime_env (NORMLAB_RAY_RUNTIME_ENV) makes every worker fail as one without torch does.
+    env = {"NORMLAB_RAY_RUNTIME_ENV": '{"env_vars": {"NORMLAB_FAULT": "worker_import"}}'}
+    r = _subprocess(["run", "baselines", "--smoke", "--backend", "ray", "--out", tmp_path / "out"], env, tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "could not import torch" in errors[0] and "every Ray node needs" in errors[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_ray_bad_runtime_env_is_one_line_and_exit_2(tmp_path):
+    r = _subprocess(["run", "baselines", "--smoke", "--backend", "ray"], {"NORMLAB_RAY_RUNTIME_ENV": "{pip"}, tmp_path)
+    assert r.returncode == 2 and "NORMLAB_RAY_RUNTIME_ENV is not JSON" in r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_local_ray_leaves_no_auth_token_behind(tmp_path):
+    # Without RAY_ADDRESS normlab starts its own Ray (loopback only, no token authentication): it must
+    # not write ~/.ray/auth_token, which would make a later connection to the user's own head fail.
+    env = {"HOME": str(tmp_path), "RAY_ADDRESS": ""}
+    r = _subprocess(["run", "baselines", "--smoke", "--backend", "ray", "--out", tmp_path / "out"], env, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Ray cluster of" in r.stderr
+    assert not (tmp_path / ".ray" / "auth_token").exists()

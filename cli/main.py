@@ -645,17 +645,18 @@ def bench(
         table.add_row(
             f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else ""
         )
-    if res.ensemble:
-        table.add_row("compute limit (large-matmul speed / FLOPs per step)", f"{res.compute_limit:.0f} steps/s", "")
-        table.add_row("engine, probes off, no BN", f"{res.engine_nobn:.0f} steps/s", "")
-        for (bn, m), rate in sorted(res.ensemble.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
-            single = med(res.engine) if bn else res.engine_nobn
-            table.add_row(
-                f"ensemble of {m}, {'BN' if bn else 'no BN'} (1 thread)",
-                f"{rate:.0f} member-steps/s",
-                f"{rate / single:.2f}x the engine, {rate / res.compute_limit:.0%} of the limit"
-                + ("; goal >= 3x at M >= 8 with BN" if bn and m == 8 else ""),
-            )
+    for (name, bn), single in res.engine_by_model.items():
+        label = f"{name}, {'BN' if bn else 'no BN'}"
+        table.add_row(f"{label}: engine, one run", f"{single:.0f} steps/s", "")
+        table.add_row(f"{label}: compute limit", f"{res.limit_by_model[(name, bn)]:.0f} steps/s", "large-matmul speed")
+        for (n2, bn2, m), rate in res.ensemble.items():
+            if (n2, bn2) == (name, bn):
+                goal = "; goal >= 3x at M >= 8" if (name, bn, m) == ("MLP", True, 8) else ""
+                table.add_row(
+                    f"{label}: ensemble of {m}",
+                    f"{rate:.0f} member-steps/s",
+                    f"{rate / single:.2f}x the engine, {rate / res.limit_by_model[(name, bn)]:.0%} of the limit{goal}",
+                )
     _print_table(table)
 
 

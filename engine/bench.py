@@ -84,9 +84,9 @@ class BenchResult:
     probed: list[float]
     probe_every: int
     pool: dict[int, float]
-    ensemble: dict[tuple[bool, int], float] = field(default_factory=dict)  # (BN, M) -> member-steps/s
-    engine_nobn: float = 0.0  # single-run engine steps/s without BN
-    compute_limit: float = 0.0  # steps/s at this thread's large-matmul speed
+    ensemble: dict[tuple[str, bool, int], float] = field(default_factory=dict)  # (model, BN, M) -> member-steps/s
+    engine_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # single-run engine steps/s
+    limit_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # steps/s at large-matmul speed
 
     @property
     def engine_ratio(self) -> float:
@@ -133,23 +133,34 @@ def run_bench(
 
 
 def ensemble_bench(res: BenchResult, sizes, steps: int, log=print) -> None:
-    """Member-steps/s of `train_ensemble` (the path `--ensemble` uses) on the bench model."""
-    from .ensemble import matmul_gflops, mlp_flops_per_step, train_ensemble
+    """Member-steps/s of `train_ensemble` (the path `--ensemble` uses) for the bench MLP and the 1-D
+    CNN of the baselines, each with and without BN, against the single-run engine on the same model
+    and against the compute limit (this thread's large-matmul speed / FLOPs of one step)."""
+    from .ensemble import conv1d_flops_per_step, matmul_gflops, mlp_flops_per_step, train_ensemble
 
-    cfg = bench_config(steps, 0)
-    load_dataset(cfg.data)
+    base = bench_config(steps, 0)
+    data = load_dataset(base.data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        nobn = replace(cfg, model=replace(cfg.model, norm="none"))
-        res.engine_nobn = statistics.median(engine_loop(nobn) for _ in range(3))
-        w = cfg.model.width
-        res.compute_limit = matmul_gflops() * 1e9 / mlp_flops_per_step([40, w, w, 10], cfg.train.batch_size)
-        for bn in (True, False):
-            run_cfg = cfg if bn else nobn
-            for m in sizes:
-                results = train_ensemble([RunTask(f"m{i}", "bench", i, run_cfg) for i in range(m)])
-                res.ensemble[(bn, m)] = m * steps / (m * results[0].train_seconds)  # train_seconds: a member's share
-                log(f"  ensemble of {m} ({'BN' if bn else 'no BN'}): {res.ensemble[(bn, m)]:.0f} member-steps/s")
+        gflops = matmul_gflops()
+        cnn = ModelConfig(arch="cnn1d", channels=[25, 25, 25], kernel_sizes=[5, 3, 3], strides=[2, 2, 2])
+        b, w = base.train.batch_size, base.model.width
+        models = {
+            "MLP": (base.model, mlp_flops_per_step([40, w, w, 10], b), steps),
+            "CNN": (cnn, conv1d_flops_per_step(cnn, data.input_shape[-1], 10, b), max(1, steps // 4)),
+        }
+        for name, (model, flops, n_steps) in models.items():
+            for bn in (True, False):
+                cfg = replace(base, model=replace(model, norm="batch" if bn else "none"))
+                cfg = replace(cfg, train=replace(cfg.train, steps=n_steps))
+                key = (name, bn)
+                res.engine_by_model[key] = statistics.median(engine_loop(cfg) for _ in range(3))
+                res.limit_by_model[key] = gflops * 1e9 / flops
+                for m in sizes:
+                    results = train_ensemble([RunTask(f"m{i}", "bench", i, cfg) for i in range(m)])
+                    rate = n_steps / results[0].train_seconds  # train_seconds: each member's share of the wall time
+                    res.ensemble[(name, bn, m)] = rate
+                    log(f"  {name} ensemble of {m} ({'BN' if bn else 'no BN'}): {rate:.0f} member-steps/s")
     finally:
         torch.set_num_threads(threads)

@@ -49,7 +49,6 @@ def packable(task: RunTask) -> str:
         (task.after_norm is not None, "an inserted module"),
         (m.arch not in ("mlp", "cnn1d"), f"architecture {m.arch}"),
         (m.norm not in ("none", "batch") or m.norm_affine, "a normalizer other than batch norm without affine"),
-        (m.arch == "cnn1d" and m.residual, "a residual CNN"),
         (cfg.probes.every > 0 or cfg.probes.jacobian_examples > 0, "probes"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
         (o.name not in OPTIMIZERS or o.nesterov or o.renormalize, f"optimizer {o.name}"),
@@ -419,6 +418,17 @@ def mlp_flops_per_step(sizes: list[int], batch: int) -> float:
     """Multiply-adds x 2 of the matmuls in one forward + backward step (backward = 2x forward)."""
     macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * batch
     return 2.0 * macs * 3.0
+
+
+def conv1d_flops_per_step(cfg: ModelConfig, length: int, classes: int, batch: int) -> float:
+    """FLOPs of one forward + backward step of the engine's 1-D CNN (convs and read-out)."""
+    macs, c_in = 0, 1
+    for c, k, s in zip(cfg.channels, cfg.kernel_sizes, cfg.strides):
+        length = (length + 2 - k) // s + 1  # padding 1, as engine.models builds it
+        macs += c * c_in * k * length
+        c_in = c
+    macs += c_in * length * classes
+    return 2.0 * macs * batch * 3.0
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:

@@ -49,6 +49,8 @@ MODELS = {
     "mlp_bn_after_residual": {"norm": "batch", "norm_position": "after", "residual": True, "bias": "false"},
     "cnn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]},
     "cnn_bn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "batch"},
+    # the engine's CNN ignores `residual` (it applies to MLPs), and so does the ensemble
+    "cnn_residual_flag": {"arch": "cnn1d", "channels": [6], "kernel_sizes": [5], "strides": [2], "residual": True},
 }
 OPTIMS = {
     "sgd": [{"name": "sgd", "lr": 0.05}, {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-3}],

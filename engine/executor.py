@@ -73,21 +73,23 @@ def _worker(unit: list[RunTask], q) -> list[RunResult]:
     return _run_unit(unit, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
 
 
-def resolve_ensemble(ensemble: int | str | None) -> int:
-    """--ensemble: 'off' (or 1) trains every run alone, 'auto' packs up to AUTO_SIZE members, N up to N."""
-    from .ensemble import AUTO_SIZE
+def resolve_ensemble(ensemble: int | str | None) -> tuple[int, tuple[str, ...]]:
+    """--ensemble as (most members, architectures stacked): 'off' (or 1) trains every run alone,
+    'auto' stacks up to AUTO_SIZE runs of the architectures where stacking measured faster, N stacks
+    up to N runs of every architecture it can."""
+    from .ensemble import ARCHS, AUTO_ARCHS, AUTO_SIZE
 
     if ensemble in (None, "auto"):
-        return AUTO_SIZE
+        return AUTO_SIZE, AUTO_ARCHS
     if ensemble == "off":
-        return 1
+        return 1, ()
     try:
         size = int(ensemble)
     except (TypeError, ValueError):
         size = 0
     if size < 1:
         raise NormlabError(f"ensemble: {ensemble!r} is not allowed; choose auto, off or a number of members >= 1")
-    return size
+    return size, ARCHS
 
 
 def execute(
@@ -96,11 +98,11 @@ def execute(
     progress: Progress = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
     backend: str = "local",
-    ensemble: int = 1,
+    ensemble: tuple[int, tuple[str, ...]] = (1, ()),
 ) -> list[RunResult]:
     from .ensemble import pack
 
-    units = pack(tasks, ensemble)
+    units = pack(tasks, *ensemble)
     if backend == "ray":
         return _execute_ray(tasks, units, progress, on_result)
     jobs = max(1, min(jobs, len(units))) if units else 1

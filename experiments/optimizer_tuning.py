@@ -526,5 +526,6 @@ class OptimizerTuning(Experiment):
                 ylabel="val. accuracy (%)",
                 title=f"{workload}: sensitivity to lr (diverged: 0%)",
             )
-            ax.legend(fontsize=6)
+            # below the axes: the points fill the panel, so a legend inside would cover some
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
         return [P.save(fig, out / "optimizer_tuning.png")]

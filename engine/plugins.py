@@ -28,6 +28,7 @@ plugin model counts as a weight layer; only the built-in networks have activatio
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -79,6 +80,10 @@ def load_entry_points() -> None:
 def load_plugins(modules: list[str], path: str = "run.plugins") -> None:
     """Import every plugin module (and the installed entry points); idempotent."""
     load_entry_points()
+    if modules and os.getcwd() not in sys.path:
+        # A plugin file in the folder a command runs from is found, as for `python -m`; last on the
+        # path, so it never shadows an installed package. Spawned pool workers inherit sys.path.
+        sys.path.append(os.getcwd())
     for name in modules:
         if name in sys.modules:
             continue

@@ -1,6 +1,7 @@
 """A user's own dataset, model and optimizer, added through a plugin module without editing normlab."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +15,8 @@ from normlab.engine.spec import RunConfig
 from normlab.engine.train import train
 from normlab.engine import config as C
 
-PLUGIN_DIR = __import__("pathlib").Path(__file__).resolve().parent / "plugins"
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_DIR = ROOT / "tests" / "plugins"
 RUN = {
     "plugins": ["blob_plugin"],
     "data": {"name": "blobs", "num_samples": 300},
@@ -72,3 +74,25 @@ def test_entry_points_are_loaded(monkeypatch):
     monkeypatch.setattr(PL, "_entry_points_loaded", False)
     PL.load_plugins([])
     assert loaded == ["mine"]
+
+
+def test_a_plugin_file_in_the_folder_a_command_runs_from_is_found(tmp_path):
+    """`normlab` run from the folder that holds a plugin module finds it without PYTHONPATH (as the
+    error message promises), in the command and in its pool workers; plot and report of that run
+    folder work from there too."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "examples" / "ci" / "my_plugin.py", tmp_path / "cwd_plugin_example.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [str(Path(sys.executable).parent / "normlab")]  # the console script: `python -m` would add the cwd itself
+    sets = ["--set", "run.plugins=[cwd_plugin_example]", "--set", "run.optim.name=sign_sgd"]
+    run = [*cmd, "run", "baselines", "--smoke", *sets, "--set", "run.train.steps=5", "--jobs", "2", "--out", "own"]
+    r = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for args in (["plot", "own"], ["report", "own", "--out", "report.md"]):
+        r = subprocess.run([*cmd, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+    assert (tmp_path / "own" / "plots" / "baselines.pdf").is_file() and (tmp_path / "report.md").is_file()

@@ -213,8 +213,8 @@ class EnsembleOptimizer:
     Constant per-member settings are shaped against every parameter once; only the learning rate
     (and Adam's bias corrections) change per step."""
 
-    def __init__(self, net: EnsembleNet, optims: list, total_steps: int):
-        self.net, self.optims, self.total_steps = net, optims, total_steps
+    def __init__(self, net: EnsembleNet, optims: list):
+        self.net = net
         o = optims[0]
         self.name = o.name
         self.decoupled = o.name == "adamw" or o.wd_mode == "decoupled"
@@ -345,7 +345,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
     seeds = [t.seed for t in tasks]
     m, steps = len(tasks), cfg.train.steps
     net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device)
-    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks], steps)
+    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks])
     batchers = [
         Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in seeds
     ]

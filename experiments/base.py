@@ -205,6 +205,7 @@ def run_cells(
     done: list[RunTask] = []
     keys: dict[str, str] = {}
     ran = 0
+    data_hashes: dict[str, str] = {}
     stage = exp.tasks(cfg)
     while stage:
         hyper = _hyperparameters(stage)
@@ -215,8 +216,7 @@ def run_cells(
             if not store.finished(keys[t.run_id]) and keys[t.run_id] not in queued:
                 queued.add(keys[t.run_id])
                 todo.append(t)
-        for data_cfg in {json.dumps(C.to_dict(t.config.data), sort_keys=True): t.config.data for t in todo}.values():
-            load_dataset(data_cfg)  # fail early, with a clear message
+        _load_and_hash_datasets(stage, todo, data_hashes)  # fail early for the runs to come; one load each
         if on_start:
             on_start(todo, len(stage) - len(todo))
 
@@ -252,7 +252,7 @@ def run_cells(
             "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
             "git_commit": git_commit(),
             "config_sha256": sha256_of(C.to_dict(cfg)),
-            "datasets_sha256": _dataset_hashes(done),
+            "datasets_sha256": data_hashes,
             "versions": versions(),
             **host_info(),
             **(manifest or {}),
@@ -266,23 +266,29 @@ def run_cells(
     return outcome
 
 
-def _dataset_hashes(tasks: list[RunTask]) -> dict[str, str]:
-    """name -> sha256 of the arrays every distinct dataset config of these runs loads (from the cache)."""
-    out: dict[str, str] = {}
+def _load_and_hash_datasets(stage: list[RunTask], todo: list[RunTask], hashes: dict[str, str]) -> None:
+    """Load each distinct dataset config of a stage once: a load error for a run still to train
+    stops here, with its clear message; the arrays' sha256 goes into `hashes` (label -> digest)
+    for the manifest. A dataset only finished runs used may be missing here (files only a cluster's
+    workers have): it is recorded as not hashed, and its runs stay valid."""
+    needed = {json.dumps(C.to_dict(t.config.data), sort_keys=True) for t in todo}
     seen: set[str] = set()
-    for t in tasks:
+    for t in stage:
         key = json.dumps(C.to_dict(t.config.data), sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         d = t.config.data
-        label = f"{d.name}" + (f"-n{d.num_samples}-seed{d.data_seed}" if d.name in ("mnist1d", "synthetic") else "")
+        label = d.name + (f"-n{d.num_samples}-seed{d.data_seed}" if d.name in ("mnist1d", "synthetic") else "")
         try:
             digest = dataset_sha256(load_dataset(d))
-        except Exception as exc:  # e.g. files only the cluster's workers have: the runs are still valid
+        except Exception as exc:
+            if key in needed:
+                raise
             digest = f"not hashed here ({type(exc).__name__})"
-        out[label if label not in out else f"{label}-{len(out)}"] = digest
-    return out
+        if hashes.get(label, digest) != digest:
+            label = f"{label}-{len(hashes)}"
+        hashes[label] = digest
 
 
 def _module_key(factory) -> str:

@@ -5,7 +5,6 @@ relative), diverge where run m diverges, and leave the others untouched."""
 import math
 
 import pytest
-import torch
 
 from normlab.engine import config as C
 from normlab.engine.ensemble import EnsembleNet, pack, packable, train_ensemble
@@ -113,7 +112,6 @@ def test_unsupported_models_are_refused():
         EnsembleNet.from_seeds(ModelConfig(norm="layer"), (40,), 10, [0])
     with pytest.raises(ValueError, match="MLPs and 1-D CNNs"):
         EnsembleNet.from_seeds(ModelConfig(arch="cnn2d"), (1, 8, 8), 10, [0])
-    torch.manual_seed(0)
 
 
 def test_run_packs_by_default_same_bytes_whatever_jobs_and_agrees_with_off(tmp_path):

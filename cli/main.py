@@ -280,9 +280,9 @@ EnsembleOpt = typer.Option(
     "auto",
     "--ensemble",
     metavar="[auto|off|N]",
-    help="Train compatible runs (same model, differing in seed, lr, momentum, betas, eps, decay) together as one "
-    "batched model: auto stacks up to 16 MLP runs (where stacking measured faster), N up to N runs of MLPs and 1-D "
-    "CNNs, off trains every run alone. Numbers agree with the single-run path to float rounding.",
+    help="Train compatible runs (MLP or 1-D CNN, same model and optimizer, differing in seed, lr, momentum, betas, "
+    "eps, decay) together as one batched model: auto stacks up to 16 runs, N up to N, off trains every run alone. "
+    "Numbers agree with the single-run path to float rounding.",
 )
 DeviceOpt = typer.Option(
     None,

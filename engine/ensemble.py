@@ -2,19 +2,19 @@
 
 Runs that share an architecture and differ only in seed and in elementwise settings (learning rate
 and its schedule, momentum, betas, epsilon, weight decay) are stacked: a linear layer's weights get
-shape (M, out, in) and one batched matmul replaces M small ones; a conv layer becomes one grouped
-conv (groups = M); batch norm runs once over M x units channels, so every member is normalized over
-its own batch. The loss is the sum of the members' mean losses, so each member's gradient is exactly
-the one its own run would see, and the optimizers below apply torch.optim's update rules with a
-hyperparameter per member. The per-op overhead that bounds a small model's speed is then paid once
-per step instead of M times.
+shape (M, out, in) and one batched matmul replaces M small ones; a 1-D conv layer becomes one gather
+of every member's input windows and one batched matmul; batch norm runs once over M x units
+channels, so every member is normalized over its own batch. The loss is the sum of the members'
+mean losses, so each member's gradient is exactly the one its own run would see, and the optimizers
+below apply torch.optim's update rules (and the grafts M#D) with a hyperparameter per member. The per-op overhead that
+bounds a small model's speed is then paid once per step instead of M times.
 
 Each member starts from the weights `build_model` gives its seed and draws the batches the engine's
 `Batcher` gives its seed, so member m follows run m's trajectory up to float rounding
 (tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
 stops being finite is recorded as diverged at that step, as the single-run loop does, and the
 others go on. Runs with probes, curvature, inserted modules, plugins, other architectures or
-optimizers take the single-run path (`packable` says why not).
+optimizers (K-FAC) take the single-run path (`packable` says why not).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .optim import lr_at
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
 # Settings that may differ between the members of one ensemble; everything else must match.
 PER_MEMBER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup_steps", "step_every",
               "step_gamma")  # fmt: skip
@@ -42,10 +42,10 @@ _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h
 
 
 ARCHS = ("mlp", "cnn1d")  # what an ensemble can stack
-# What --ensemble auto stacks: where it measured faster on this 2-core CPU (normlab bench). The 1-D
-# CNN did not: a grouped conv and an unfold + bmm both ran at 0.65x-0.98x the single-run engine,
-# its small convs being bound by memory traffic, not by per-op overhead. `--ensemble N` stacks both.
-AUTO_ARCHS = ("mlp",)
+# What --ensemble auto stacks: where stacking measured faster than single runs on this 2-core CPU
+# (normlab bench): the MLP (1.5-1.7x at 4-32 members) and the 1-D CNN as im2col + bmm (1.1-1.4x; a
+# grouped conv had measured 0.65-0.98x).
+AUTO_ARCHS = ARCHS
 
 
 def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
@@ -75,10 +75,12 @@ def pack_key(cfg: RunConfig) -> str:
 @dataclass
 class _Layer:
     kind: str  # "linear" or "conv"
-    weight: torch.Tensor  # linear: (M, out, in); conv: (M * out, in, k)
-    bias: torch.Tensor | None  # linear: (M, out); conv: (M * out,)
+    weight: torch.Tensor  # linear: (M, out, in); conv: (M, out, in, k), each member's Conv1d weight
+    bias: torch.Tensor | None  # (M, out)
     stride: int = 1
     padding: int = 0
+    index: torch.Tensor | None = None  # conv: (L_out, k) input positions read by each output position
+    index_for: tuple = ()  # the (input length, device) `index` was built for
 
 
 class EnsembleNet:
@@ -90,19 +92,19 @@ class EnsembleNet:
         self.layers: list[_Layer] = []
         for i in range(len(nets[0].blocks)):
             mods = [net.blocks[i].weight_layer for net in nets]
-            conv = isinstance(mods[0], torch.nn.Conv1d)
-            w = torch.cat([m.weight.detach() for m in mods]) if conv else torch.stack([m.weight.detach() for m in mods])
-            b = None
-            if mods[0].bias is not None:
-                b = (torch.cat if conv else torch.stack)([m.bias.detach() for m in mods])
-            if conv:
+            w = torch.stack([m.weight.detach() for m in mods])
+            b = torch.stack([m.bias.detach() for m in mods]) if mods[0].bias is not None else None
+            if isinstance(mods[0], torch.nn.Conv1d):
                 self.layers.append(_Layer("conv", w, b, mods[0].stride[0], mods[0].padding[0]))
             else:
                 self.layers.append(_Layer("linear", w, b))
-        outs = [net.out for net in nets]
-        self.out = _Layer(
-            "linear", torch.stack([o.weight.detach() for o in outs]), torch.stack([o.bias.detach() for o in outs])
-        )
+        # The stacked CNN keeps activations as (M, B, L, C), so its flattened features run position-
+        # major; the read-out's columns are permuted once here to match (the function is unchanged).
+        w_out = torch.stack([net.out.weight.detach() for net in nets])
+        if cfg.arch == "cnn1d":
+            c = cfg.channels[-1]
+            w_out = w_out.view(len(nets), w_out.shape[1], c, -1).transpose(2, 3).reshape(w_out.shape)
+        self.out = _Layer("linear", w_out, torch.stack([net.out.bias.detach() for net in nets]))
         self.norm = [b.norm is not None for b in nets[0].blocks]
         # the running statistics as each net has them (building a Net already runs one batch through it)
         self.running = [
@@ -166,57 +168,62 @@ class EnsembleNet:
             )
         return torch.bmm(h, wt) if lay.bias is None else torch.baddbmm(lay.bias.unsqueeze(1), h, wt)
 
-    def _bn(self, i: int, h: torch.Tensor, training: bool, channels_last_member: bool) -> torch.Tensor:
+    def _conv(self, lay: _Layer, h: torch.Tensor) -> torch.Tensor:
+        """h: (M or 1, B, L, C_in) -> (M, B, L_out, C_out). Every member's input windows are gathered at
+        once (im2col) and convolved by one batched matmul, (M, B L_out, k C_in) @ (M, k C_in, C_out):
+        on this CPU about 1.7x a grouped conv, whose backward dominated the step (normlab bench)."""
+        m, c_out, c_in, k = lay.weight.shape
+        if lay.index_for != (h.shape[2], h.device):
+            l_out = (h.shape[2] + 2 * lay.padding - k) // lay.stride + 1
+            starts = torch.arange(l_out, device=h.device).unsqueeze(1) * lay.stride
+            lay.index, lay.index_for = starts + torch.arange(k, device=h.device), (h.shape[2], h.device)
+        padded = F.pad(h, (0, 0, lay.padding, lay.padding))
+        cols = padded[:, :, lay.index, :].reshape(h.shape[0], -1, k * c_in)  # columns ordered (tap, channel)
+        w = lay.weight.permute(0, 3, 2, 1).reshape(m, k * c_in, c_out)  # rows ordered the same way
+        cols = cols.expand(m, -1, -1)  # a shared batch (evaluation) is read by every member
+        out = torch.bmm(cols, w) if lay.bias is None else torch.baddbmm(lay.bias.unsqueeze(1), cols, w)
+        return out.view(m, h.shape[1], -1, c_out)
+
+    def _bn(self, i: int, h: torch.Tensor, training: bool) -> torch.Tensor:
+        """h: (M, B, W) or (M, B, L, C); one native batch norm over member x unit channels."""
         rm, rv = self.running[i]
-        if channels_last_member:  # (M, B, W) -> (B, M * W): member x unit as channels
-            m, b, w = h.shape
-            flat = F.batch_norm(h.transpose(0, 1).reshape(b, m * w), rm, rv, training=training, momentum=0.1,
-                                eps=self.cfg.norm_eps)  # fmt: skip
-            return flat.view(b, m, w).transpose(0, 1)
-        return F.batch_norm(h, rm, rv, training=training, momentum=0.1, eps=self.cfg.norm_eps)
+        moved = h.movedim(0, -2)  # (B, M, W) or (B, L, M, C)
+        flat = moved.reshape(-1, moved.shape[-2] * moved.shape[-1])
+        flat = F.batch_norm(flat, rm, rv, training=training, momentum=0.1, eps=self.cfg.norm_eps)
+        return flat.view(moved.shape).movedim(-2, 0)
 
     def forward(self, x: torch.Tensor, training: bool = True, shared: bool = False) -> torch.Tensor:
         """x: (M, B, ...) one batch per member, or with `shared` (N, ...) one batch for all;
         -> logits (M, B, C). `training`: batch statistics (updating the running ones) or running ones."""
-        m = self.members
         before = self.cfg.norm_position == "before"
-        if self.cfg.arch == "mlp":
+        mlp = self.cfg.arch == "mlp"
+        if mlp:
             h = x.flatten(1).unsqueeze(0) if shared else x.flatten(2)
-            for i, lay in enumerate(self.layers):
-                z = self._linear(lay, h)
-                if self.norm[i] and before:
-                    z = self._bn(i, z, training, True)
-                z = self.act(z)
-                if self.norm[i] and not before:
-                    z = self._bn(i, z, training, True)
-                h = h + z if (self.cfg.residual and i > 0) else z
-            return self._linear(self.out, h)
-        # 1-D CNN: members as channel groups, (B, M * C, L)
-        if shared:
-            h = x.reshape(x.shape[0], 1, -1).expand(-1, m, -1).contiguous()
-        else:
-            h = x.reshape(m, x.shape[1], -1).transpose(0, 1).contiguous()
+        else:  # 1-D CNN: (M or 1, B, L, 1), channels last
+            h = x.reshape(1, x.shape[0], -1, 1) if shared else x.reshape(x.shape[0], x.shape[1], -1, 1)
         for i, lay in enumerate(self.layers):
-            h = F.conv1d(h, lay.weight, lay.bias, stride=lay.stride, padding=lay.padding, groups=m)
+            z = self._linear(lay, h) if mlp else self._conv(lay, h)
             if self.norm[i] and before:
-                h = self._bn(i, h, training, False)
-            h = self.act(h)
+                z = self._bn(i, z, training)
+            z = self.act(z)
             if self.norm[i] and not before:
-                h = self._bn(i, h, training, False)
-        b = h.shape[0]
-        return self._linear(self.out, h.reshape(b, m, -1).transpose(0, 1))
+                z = self._bn(i, z, training)
+            h = h + z if (mlp and self.cfg.residual and i > 0) else z
+        return self._linear(self.out, h.flatten(2))
 
 
 class EnsembleOptimizer:
-    """torch.optim's SGD (heavy ball), Adam(W), RMSprop and Adagrad, with a learning rate, momentum,
-    betas, epsilon and weight decay per member; decoupled decay as the engine's Optimizer applies it.
-    Constant per-member settings are shaped against every parameter once; only the learning rate
-    (and Adam's bias corrections) change per step."""
+    """torch.optim's SGD (heavy ball), Adam(W), RMSprop and Adagrad, and the grafts M#D (engine.optim.Graft:
+    per member and tensor, M's step length along D's direction), with a learning rate, momentum, betas,
+    epsilon and weight decay per member; decoupled decay as the engine's Optimizer applies it. Constant
+    per-member settings are shaped against every parameter once; only the learning rate (and Adam's
+    bias corrections) change per step."""
 
     def __init__(self, net: EnsembleNet, optims: list):
         self.net = net
         o = optims[0]
         self.name = o.name
+        self.rules = o.name.split("#")  # one update rule, or a graft's magnitude and direction
         self.decoupled = o.name == "adamw" or o.wd_mode == "decoupled"
         self.params = net.parameters()
         decayed = {id(p) for p in net.weights(o.wd_params)}
@@ -239,68 +246,76 @@ class EnsembleOptimizer:
                     "beta2c": e(1 - self.beta2),
                 }
             )
-        self.state: list[dict] = [{} for _ in self.params]
+        self.state: list[dict] = [{rule: {} for rule in self.rules} for _ in self.params]
         self.t = 0
 
-    def _expand(self, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A per-member vector shaped to broadcast against p (stacked or grouped along dim 0)."""
-        m = self.net.members
-        v = v.to(dtype=p.dtype, device=p.device)
-        if p.shape[0] != m:
-            v = v.repeat_interleave(p.shape[0] // m)
-        return v.view(-1, *([1] * (p.ndim - 1)))
+    @staticmethod
+    def _expand(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A per-member vector shaped to broadcast against p (members along dim 0)."""
+        return v.to(dtype=p.dtype, device=p.device).view(-1, *([1] * (p.ndim - 1)))
+
+    def _update(self, rule: str, g: torch.Tensor, h: dict, st: dict, lr_e, adam_e) -> torch.Tensor:
+        """The step `rule` takes (to subtract from p), advancing its state `st`."""
+        if rule == "sgd":
+            if self.use_momentum:
+                buf = st.get("buf")
+                st["buf"] = g = g.clone() if buf is None else buf.mul_(h["momentum"]).add_(g)
+            return lr_e * g
+        if rule in ("adam", "adamw"):
+            if not st:
+                st["m"], st["v"] = torch.zeros_like(g), torch.zeros_like(g)
+            st["m"].lerp_(g, h["beta1c"])
+            st["v"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
+            denom = (st["v"].sqrt() / adam_e[1]).add_(h["eps"])
+            return adam_e[0] * st["m"] / denom
+        if rule == "rmsprop":
+            if not st:
+                st["sq"] = torch.zeros_like(g)
+                if self.use_momentum:
+                    st["buf"] = torch.zeros_like(g)
+            st["sq"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
+            avg = st["sq"].sqrt().add_(h["eps"])
+            if "buf" in st:
+                st["buf"].mul_(h["momentum"]).addcdiv_(g, avg)
+                return lr_e * st["buf"]
+            return lr_e * g / avg
+        if not st:  # adagrad
+            st["sum"] = torch.zeros_like(g)
+        st["sum"].addcmul_(g, g)
+        return lr_e * g / st["sum"].sqrt().add_(h["eps"])
+
+    @staticmethod
+    def _member_norms(d: torch.Tensor) -> torch.Tensor:
+        return d.flatten(1).norm(dim=1).view(-1, *([1] * (d.ndim - 1)))
 
     @torch.no_grad()
     def step(self, lrs: list[float]) -> None:
         self.t += 1
         lr = torch.tensor(lrs, dtype=torch.float64)
-        adam = self.name in ("adam", "adamw")
+        adam = any(r in ("adam", "adamw") for r in self.rules)
         if adam:
             step_size = lr / (1 - self.beta1**self.t)
             bc2_sqrt = (1 - self.beta2**self.t).sqrt()
-        expanded: dict[tuple, tuple] = {}  # per parameter layout: the step's per-member vectors
+        expanded: dict[int, tuple] = {}  # per parameter rank: the step's per-member vectors
         for p, h, st in zip(self.params, self.per_param, self.state):
             g = p.grad
             if g is None:
                 continue
-            layout = (p.shape[0], p.ndim)
-            if layout not in expanded:
+            if p.ndim not in expanded:
                 extra = (self._expand(p, step_size), self._expand(p, bc2_sqrt)) if adam else ()
-                expanded[layout] = (self._expand(p, lr), self._expand(p, lr * self.wd)) + extra
-            lr_e, lr_wd_e, *adam_e = expanded[layout]
+                expanded[p.ndim] = (self._expand(p, lr), self._expand(p, lr * self.wd)) + extra
+            lr_e, lr_wd_e, *adam_e = expanded[p.ndim]
             if h["decays"] and self.decoupled:
                 p.mul_(1.0 - lr_wd_e)
             elif h["decays"]:
                 g = g + h["wd"] * p
-            if self.name == "sgd":
-                if self.use_momentum:
-                    buf = st.get("buf")
-                    st["buf"] = g = g.clone() if buf is None else buf.mul_(h["momentum"]).add_(g)
-                p.sub_(lr_e * g)
-            elif adam:
-                if not st:
-                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-                st["m"].lerp_(g, h["beta1c"])
-                st["v"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
-                denom = (st["v"].sqrt() / adam_e[1]).add_(h["eps"])
-                p.sub_(adam_e[0] * st["m"] / denom)
-            elif self.name == "rmsprop":
-                if not st:
-                    st["sq"] = torch.zeros_like(p)
-                    if self.use_momentum:
-                        st["buf"] = torch.zeros_like(p)
-                st["sq"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
-                avg = st["sq"].sqrt().add_(h["eps"])
-                if "buf" in st:
-                    st["buf"].mul_(h["momentum"]).addcdiv_(g, avg)
-                    p.sub_(lr_e * st["buf"])
-                else:
-                    p.sub_(lr_e * g / avg)
-            else:  # adagrad
-                if not st:
-                    st["sum"] = torch.zeros_like(p)
-                st["sum"].addcmul_(g, g)
-                p.sub_(lr_e * g / st["sum"].sqrt().add_(h["eps"]))
+            if len(self.rules) == 1:
+                p.sub_(self._update(self.rules[0], g, h, st[self.rules[0]], lr_e, adam_e))
+            else:  # as Graft does it: both steps taken from p and measured as p's change, per member
+                magnitude, direction = self.rules
+                length = self._member_norms((p - self._update(magnitude, g, h, st[magnitude], lr_e, adam_e)) - p)
+                d = (p - self._update(direction, g, h, st[direction], lr_e, adam_e)) - p
+                p.add_(d * (length / (self._member_norms(d) + 1e-16)))
             p.grad = None
 
 

@@ -63,6 +63,15 @@ OPTIMS = {
         {"name": "rmsprop", "lr": 5e-4, "beta2": 0.99, "momentum": 0.5},
     ],
     "adagrad": [{"name": "adagrad", "lr": 0.05}, {"name": "adagrad", "lr": 0.01, "schedule": "linear"}],
+    # grafts M#D (engine.optim.Graft): per member and tensor, M's step length along D's direction
+    "adam#sgd": [
+        {"name": "adam#sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-3},
+        {"name": "adam#sgd", "lr": 3e-3, "momentum": 0.5, "beta1": 0.8, "eps": 1e-6, "schedule": "cosine"},
+    ],
+    "sgd#adam": [
+        {"name": "sgd#adam", "lr": 0.1, "momentum": 0.9, "warmup_steps": 5},
+        {"name": "sgd#adam", "lr": 0.05, "beta2": 0.99, "eps": 1e-3, "weight_decay": 1e-2},
+    ],
     "sgd_decoupled": [
         {"name": "sgd", "lr": 0.1, "wd_mode": "decoupled", "weight_decay": 0.01, "wd_params": "all"},
         {"name": "sgd", "lr": 0.05, "wd_mode": "decoupled", "weight_decay": 0.0, "wd_params": "all"},
@@ -72,6 +81,7 @@ OPTIMS = {
 
 # every optimizer on the MLP, every model with SGD and Adam
 CASES = [("mlp", o) for o in OPTIMS] + [(m, o) for m in MODELS if m != "mlp" for o in ("sgd", "adam")]
+CASES += [("cnn_bn", "adam#sgd"), ("cnn", "sgd#adam")]
 
 
 @pytest.mark.parametrize("model,optim", CASES)

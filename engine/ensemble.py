@@ -51,12 +51,13 @@ AUTO_ARCHS = ARCHS
 def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     """'' when the run can join an ensemble, else the reason it takes the single-run path."""
     cfg = task.config
-    m, o = cfg.model, cfg.optim
+    m, o, p = cfg.model, cfg.optim, cfg.probes
     reasons = [
-        (task.after_norm is not None, "an inserted module"),
+        (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
         (m.arch not in archs, f"architecture {m.arch}"),
         (m.norm not in ("none", "batch") or m.norm_affine, "a normalizer other than batch norm without affine"),
-        (cfg.probes.every > 0 or cfg.probes.jacobian_examples > 0, "probes"),
+        (cfg.probes.every > 0 and (p.weights or p.per_unit or p.unit_window > 0), "weight or per-unit probes"),
+        (p.jacobian_examples > 0, "the input-Jacobian probe"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
         (o.name not in OPTIMIZERS or o.nesterov or o.renormalize, f"optimizer {o.name}"),
         (bool(cfg.plugins), "plugins"),
@@ -64,11 +65,13 @@ def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     return next((why for bad, why in reasons if bad), "")
 
 
-def pack_key(cfg: RunConfig) -> str:
-    """Runs with equal keys can be trained together."""
-    d = to_dict(cfg)
+def pack_key(task: RunTask) -> str:
+    """Runs with equal keys can be trained together: the same config but for per-member settings, and
+    inserted modules of one stackable kind (whose settings may differ per member)."""
+    d = to_dict(task.config)
     for k in PER_MEMBER:
         d["optim"].pop(k, None)
+    d["inserted"] = getattr(task.after_norm, "stack_key", "") if task.after_norm is not None else None
     return json.dumps(d, sort_keys=True)
 
 
@@ -86,7 +89,7 @@ class _Layer:
 class EnsembleNet:
     """M copies of one engine network (MLP or 1-D CNN, optional BN without affine), stacked."""
 
-    def __init__(self, cfg: ModelConfig, nets: list):
+    def __init__(self, cfg: ModelConfig, nets: list, generators: list | None = None):
         self.cfg, self.members = cfg, len(nets)
         self.act = _ACT[cfg.activation]
         self.layers: list[_Layer] = []
@@ -106,6 +109,15 @@ class EnsembleNet:
             w_out = w_out.view(len(nets), w_out.shape[1], c, -1).transpose(2, 3).reshape(w_out.shape)
         self.out = _Layer("linear", w_out, torch.stack([net.out.bias.detach() for net in nets]))
         self.norm = [b.norm is not None for b in nets[0].blocks]
+        self.normalizes = [b.normalizes for b in nets[0].blocks]
+        # Modules inserted after the normalizer (StackedModule), stacked from each member's own; their
+        # randomness comes from `generators`, one per member, holding that member's run's RNG stream.
+        self.inserted = [
+            None
+            if b.after_norm is None
+            else type(b.after_norm).stack([n.blocks[i].after_norm for n in nets], generators)
+            for i, b in enumerate(nets[0].blocks)
+        ]
         # the running statistics as each net has them (building a Net already runs one batch through it)
         self.running = [
             (
@@ -121,19 +133,34 @@ class EnsembleNet:
             t.requires_grad_(True)
 
     @classmethod
-    def from_seeds(cls, cfg: ModelConfig, input_shape, num_classes: int, seeds: list[int], device=None):
-        """The engine's initial weights for each seed, stacked (the same draws `train` makes)."""
+    def from_seeds(
+        cls,
+        cfg: ModelConfig,
+        input_shape,
+        num_classes: int,
+        seeds: list[int],
+        device=None,
+        after_norm: list | None = None,
+    ):
+        """The engine's initial weights for each seed, stacked (the same draws `train` makes). With
+        `after_norm` (one factory per member), each member's inserted modules are built as its run
+        builds them and draw from a generator that continues its run's RNG stream."""
         if cfg.arch not in ("mlp", "cnn1d") or cfg.norm not in ("none", "batch") or cfg.norm_affine:
             raise ValueError("EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with BN without affine")
-        nets = []
-        for seed in seeds:
+        device = torch.device(device or "cpu")
+        nets, generators = [], []
+        for k, seed in enumerate(seeds):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                nets.append(build_model(cfg, input_shape, num_classes))
-        net = cls(cfg, nets)
-        if device is not None:
-            net.to(device)
-        return net
+                nets.append(build_model(cfg, input_shape, num_classes, after_norm[k] if after_norm else None))
+                gen = torch.Generator(device=device)
+                if device.type == "cpu":  # the CPU stream goes on from where building the model left it
+                    gen.set_state(torch.get_rng_state())
+                else:  # the run's draws on the device come from that device's generator, seeded alike
+                    gen.manual_seed(seed)
+                generators.append(gen)
+        net = cls(cfg, nets, generators)
+        return net.to(device)
 
     def to(self, device) -> "EnsembleNet":
         for lay in self.layers + [self.out]:
@@ -141,6 +168,9 @@ class EnsembleNet:
             if lay.bias is not None:
                 lay.bias = lay.bias.detach().to(device).requires_grad_(True)
         self.running = [tuple(t.to(device) for t in r) if r else None for r in self.running]
+        for mod in self.inserted:
+            if mod is not None:
+                mod.to(device)
         return self
 
     def parameters(self) -> list[torch.Tensor]:
@@ -192,24 +222,82 @@ class EnsembleNet:
         flat = F.batch_norm(flat, rm, rv, training=training, momentum=0.1, eps=self.cfg.norm_eps)
         return flat.view(moved.shape).movedim(-2, 0)
 
-    def forward(self, x: torch.Tensor, training: bool = True, shared: bool = False) -> torch.Tensor:
+    def _normalize(self, i: int, z: torch.Tensor, training: bool) -> torch.Tensor:
+        if self.norm[i]:
+            z = self._bn(i, z, training)
+        return self.inserted[i](z, training) if self.inserted[i] is not None else z
+
+    def forward(
+        self, x: torch.Tensor, training: bool = True, shared: bool = False, capture: dict | None = None
+    ) -> torch.Tensor:
         """x: (M, B, ...) one batch per member, or with `shared` (N, ...) one batch for all;
-        -> logits (M, B, C). `training`: batch statistics (updating the running ones) or running ones."""
+        -> logits (M, B, C). `training`: batch statistics (updating the running ones) or running ones.
+        `capture`: filled with what probes read, member first and features last: the input of every
+        weight layer (capture["inputs"]["layer1"], ..., ["out"]) and of every activation (["taps"])."""
         before = self.cfg.norm_position == "before"
         mlp = self.cfg.arch == "mlp"
+        inputs, taps = (
+            ({}, {}) if capture is None else (capture.setdefault("inputs", {}), capture.setdefault("taps", {}))
+        )
         if mlp:
             h = x.flatten(1).unsqueeze(0) if shared else x.flatten(2)
         else:  # 1-D CNN: (M or 1, B, L, 1), channels last
             h = x.reshape(1, x.shape[0], -1, 1) if shared else x.reshape(x.shape[0], x.shape[1], -1, 1)
         for i, lay in enumerate(self.layers):
+            name = f"layer{i + 1}"
+            if capture is not None:
+                inputs[name] = h
             z = self._linear(lay, h) if mlp else self._conv(lay, h)
-            if self.norm[i] and before:
-                z = self._bn(i, z, training)
+            if self.normalizes[i] and before:
+                z = self._normalize(i, z, training)
+            if capture is not None:
+                taps[name] = z
             z = self.act(z)
-            if self.norm[i] and not before:
-                z = self._bn(i, z, training)
+            if self.normalizes[i] and not before:
+                z = self._normalize(i, z, training)
             h = h + z if (mlp and self.cfg.residual and i > 0) else z
-        return self._linear(self.out, h.flatten(2))
+        h = h.flatten(2)
+        if capture is not None:
+            inputs["out"] = h
+        return self._linear(self.out, h)
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> dict:
+        """What `forward(capture=...)` captures, on one batch shared by every member, in a side pass
+        that leaves training unchanged (as engine.probes.Probes.observe): batch statistics in train
+        mode, then the running statistics and every inserted module's state put back."""
+        running = [tuple(t.clone() for t in r) if r else None for r in self.running]
+        states = [mod.save() if mod is not None else None for mod in self.inserted]
+        capture: dict = {}
+        self.forward(x, training=True, shared=True, capture=capture)
+        for r, saved in zip(self.running, running):
+            if r:
+                r[0].copy_(saved[0])
+                r[1].copy_(saved[1])
+        for mod, state in zip(self.inserted, states):
+            if mod is not None:
+                mod.load(state)
+        return capture
+
+
+class StackedModule:
+    """What an inserted module (a `RunTask.after_norm` factory's product) provides to be stacked: the
+    factory has a non-empty `stack_key` (modules with equal keys stack, their settings may differ per
+    member), and the module's class a `stack(modules, generators)` that returns one of these."""
+
+    def __call__(self, h: torch.Tensor, training: bool) -> torch.Tensor:
+        """h: (M, B, features) or (M, B, L, features) -> the same shape, member m as module m maps it."""
+        raise NotImplementedError
+
+    def save(self):
+        """A copy of the state (buffers, generator states) that `load` restores."""
+        raise NotImplementedError
+
+    def load(self, state) -> None:
+        raise NotImplementedError
+
+    def to(self, device) -> None:
+        raise NotImplementedError
 
 
 class EnsembleOptimizer:
@@ -319,6 +407,54 @@ class EnsembleOptimizer:
             p.grad = None
 
 
+class _MemberProbes:
+    """engine.probes.Probes' input and pre-activation statistics (not its weight metrics), for every
+    member at once: the same rows, in the same order, each member's from its own slice."""
+
+    def __init__(self, cfg, members: int):
+        self.cfg, self.members = cfg, members
+        self.quantiles = [None if s == "mean" else {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}[s]
+                          for s in cfg.summaries]  # fmt: skip
+        self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per member and feature: mean and variance over the batch (and positions); (M, features)."""
+        var, mean = torch.var_mean(t.detach(), dim=tuple(range(1, t.ndim - 1)), correction=0)
+        return mean.expand(self.members, -1), var.expand(self.members, -1)  # a shared input: the same for all
+
+    def _summaries(self, mat: torch.Tensor) -> torch.Tensor:
+        """(M, k metrics, n units) -> (M, k * len(summaries)), metric-major as Probes orders its keys."""
+        n = mat.shape[2]
+        srt = mat.sort(dim=2).values
+        cols = [mat.mean(dim=2) if q is None else srt[:, :, round(q * (n - 1))] for q in self.quantiles]
+        return torch.stack(cols, dim=2).flatten(1)
+
+    @torch.no_grad()
+    def record(self, step: int, captured: dict) -> list[list[Row]]:
+        keys: list[tuple] = []
+        values: list[torch.Tensor] = []  # each (M, some)
+        names = [(m, s) for m in ("preact_mean", "preact_var") for s in self.cfg.summaries]
+        if self.cfg.inputs:
+            for layer, h in captured["inputs"].items():
+                mean, var = self._stats(h)
+                keys += [("input_mean_sq_norm", layer, "value"), ("input_var_mean", layer, "value")]
+                values.append(torch.stack([(mean * mean).sum(1), var.mean(1)], dim=1))
+        if self.cfg.preacts:
+            for layer, z in captured["taps"].items():
+                mean, var = self._stats(z)
+                keys += [(metric, layer, stat) for metric, stat in names]
+                values.append(self._summaries(torch.stack([mean, var], dim=1)))
+                if layer in self._prev:
+                    pm, pv = self._prev[layer]
+                    keys += [("preact_mean_drift", layer, "value"), ("preact_var_drift", layer, "value")]
+                    values.append(torch.stack([(mean - pm).abs().mean(1), (var - pv).abs().mean(1)], dim=1))
+                self._prev[layer] = (mean, var)
+        flat = torch.cat(values, dim=1).tolist() if values else [[] for _ in range(self.members)]
+        return [
+            [Row(step, metric, layer, stat, None, v) for (metric, layer, stat), v in zip(keys, vals)] for vals in flat
+        ]
+
+
 def _evaluate(net: EnsembleNet, data, batch_size: int) -> list[dict[str, float]]:
     """Loss and accuracy on every split, in eval mode, for every member (as engine.train.evaluate)."""
     m = net.members
@@ -344,7 +480,7 @@ def train_ensemble(tasks: list[RunTask], progress: Progress = None) -> list[RunR
     from .train import resolve_device
 
     cfg = tasks[0].config
-    if any(pack_key(t.config) != pack_key(cfg) for t in tasks):
+    if any(pack_key(t) != pack_key(tasks[0]) for t in tasks):
         raise ValueError("train_ensemble: the runs differ in more than per-member settings")
     device = resolve_device(cfg.train.device)
     threads_before = torch.get_num_threads()
@@ -359,8 +495,13 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
     data = load_dataset(cfg.data).to(device)
     seeds = [t.seed for t in tasks]
     m, steps = len(tasks), cfg.train.steps
-    net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device)
+    after_norm = [t.after_norm for t in tasks] if tasks[0].after_norm is not None else None
+    net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device, after_norm)
     opt = EnsembleOptimizer(net, [t.config.optim for t in tasks])
+    probe_every = cfg.probes.every
+    probes = _MemberProbes(cfg.probes, m) if probe_every else None
+    fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
+    window_loss, window_steps = [0.0] * m, 0  # training loss averaged over each probe interval
     batchers = [
         Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in seeds
     ]
@@ -377,7 +518,13 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         lrs = [lr_at(t.config.optim, step, steps) for t in tasks]
         idx = torch.stack([b.next_index() for b in batchers])  # (M, B): one gather for every member
         x, y = data.x_train[idx], data.y_train[idx]
-        logits = net.forward(x)
+        probing = probes is not None and step % probe_every == 0
+        captured = net.observe(fixed_x) if (probing and fixed_x is not None) else None  # before the update
+        if probing and captured is None:
+            captured = {}  # the training batch's own statistics
+            logits = net.forward(x, capture=captured)
+        else:
+            logits = net.forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m, -1).mean(1)
         values = loss.tolist()
         for k, v in enumerate(values):
@@ -388,6 +535,19 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         if not bool(alive.any()):
             break
         torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+        window_loss, window_steps = [a + v for a, v in zip(window_loss, values)], window_steps + 1
+        if probing:  # as engine.train does: the batch's loss, accuracy and lr, then the probes' rows
+            acc = (logits.argmax(2) == y).float().mean(1).tolist()
+            measured = probes.record(step, captured)
+            for k in range(m):
+                if status[k] == "ok":
+                    rows[k] += [
+                        Row(step, "batch_loss", "", "value", None, values[k]),
+                        Row(step, "batch_loss_avg", "", "value", None, window_loss[k] / window_steps),
+                        Row(step, "batch_acc", "", "value", None, acc[k]),
+                        Row(step, "lr", "", "value", None, lrs[k]),
+                    ] + measured[k]
+            window_loss, window_steps = [0.0] * m, 0
         opt.step(lrs)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             results = _evaluate(net, data, cfg.train.eval_batch_size)
@@ -428,7 +588,7 @@ def pack(tasks: list[RunTask], size: int, archs: tuple[str, ...] = ARCHS) -> lis
         if packable(t, archs):  # a reason not to pack
             units.append([t])
             continue
-        key = pack_key(t.config)
+        key = pack_key(t)
         if key not in groups or len(groups[key]) == size:
             groups[key] = []
             units.append(groups[key])

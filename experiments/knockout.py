@@ -37,6 +37,7 @@ from normlab.engine import config as C
 from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
+from normlab.engine.ensemble import StackedModule
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, paired_t
@@ -233,12 +234,77 @@ class AffineNoise(nn.Module):
         gamma = self.log_scale.exp() * (1.0 + (c.scale_max - 1.0) * torch.rand(n, device=device))
         return m, gamma
 
+    @staticmethod
+    def stack(modules: list["AffineNoise"], generators: list[torch.Generator]) -> "StackedAffineNoise":
+        return StackedAffineNoise(modules, generators)
+
     def frozen(self) -> nn.Module:
         """One per-unit draw of the map, held fixed: the noisy network as one deterministic function
         (what a curvature measurement needs). The centers do not move."""
         with torch.no_grad():
             m, gamma = self._draw(self.center.device)
         return FixedAffine(gamma, m)
+
+
+class StackedAffineNoise(StackedModule):
+    """Every member's AffineNoise at once, for batched training (engine.ensemble): per-member settings
+    and drifting centers, and for each member the same draws in the same order as its own run makes
+    them, from a generator that carries that run's RNG stream. The arithmetic repeats AffineNoise's
+    operation by operation, so a member's noise equals its run's to the last bit."""
+
+    def __init__(self, modules: list[AffineNoise], generators: list[torch.Generator]):
+        self.generators = generators
+        self.iid = modules[0].iid
+        self.center = torch.stack([m.center for m in modules]).clone()  # (M, n)
+        self.log_scale = torch.stack([m.log_scale for m in modules]).clone()
+
+        def column(value) -> torch.Tensor:  # each member's Python float, cast as a scalar operand would be
+            return torch.tensor([value(m.cfg) for m in modules], dtype=self.center.dtype).unsqueeze(1)
+
+        self.halfwidth = column(lambda c: c.mean_halfwidth)
+        self.spread = column(lambda c: c.scale_max - 1.0)
+        self.eval_gain = column(lambda c: 1.0 + c.scale_max)
+        self.mean_walk = column(lambda c: c.mean_walk)
+        self.log_scale_walk = column(lambda c: c.log_scale_walk)
+
+    def _draw(self, fn, shape) -> torch.Tensor:
+        return torch.stack([fn(shape, generator=g, device=g.device) for g in self.generators])
+
+    def __call__(self, h: torch.Tensor, training: bool) -> torch.Tensor:
+        lead = [h.shape[0]] + [1] * (h.ndim - 2)  # members first, units last: (M, 1.., n)
+
+        def units(t: torch.Tensor) -> torch.Tensor:
+            return t.view(*lead, -1)
+
+        if not training:
+            gain = self.log_scale.exp() * self.eval_gain / 2.0
+            return h * units(gain) + units(self.center)
+        n = self.center.shape[1]
+        with torch.no_grad():
+            self.center.add_(self.mean_walk * self._draw(torch.randn, (n,)))
+            self.log_scale.add_(self.log_scale_walk * self._draw(torch.randn, (n,)))
+        if self.iid:
+            shape, cols = tuple(h.shape[1:]), lambda t: t.view(*lead, 1)  # noqa: E731
+            m = units(self.center) + cols(self.halfwidth) * (2.0 * self._draw(torch.rand, shape) - 1.0)
+            gamma = units(self.log_scale).exp() * (1.0 + cols(self.spread) * self._draw(torch.rand, shape))
+            return h * gamma + m
+        m = self.center + self.halfwidth * (2.0 * self._draw(torch.rand, (n,)) - 1.0)
+        gamma = self.log_scale.exp() * (1.0 + self.spread * self._draw(torch.rand, (n,)))
+        return h * units(gamma) + units(m)
+
+    def save(self):
+        return self.center.clone(), self.log_scale.clone(), [g.get_state() for g in self.generators]
+
+    def load(self, state) -> None:
+        center, log_scale, gens = state
+        self.center.copy_(center)
+        self.log_scale.copy_(log_scale)
+        for g, st in zip(self.generators, gens):
+            g.set_state(st)
+
+    def to(self, device) -> None:
+        for name in ("center", "log_scale", "halfwidth", "spread", "eval_gain", "mean_walk", "log_scale_walk"):
+            setattr(self, name, getattr(self, name).to(device))
 
 
 class FixedAffine(nn.Module):
@@ -263,6 +329,11 @@ class NoiseFactory:
     def __init__(self, cfg: NoiseConfig, iid: bool = False, level: float = 1.0):
         self.cfg = cfg.scaled(level)
         self.iid = iid
+
+    @property
+    def stack_key(self) -> str:
+        """Runs whose noise has this key can train as one ensemble (levels may differ per member)."""
+        return f"AffineNoise(iid={self.iid})"
 
     def __call__(self, index: int, features: int) -> nn.Module:
         return AffineNoise(features, self.cfg, self.iid)

@@ -55,7 +55,7 @@ def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     reasons = [
         (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
         (m.arch not in archs, f"architecture {m.arch}"),
-        (m.norm not in ("none", "batch") or m.norm_affine, "a normalizer other than batch norm without affine"),
+        (m.norm not in ("none", "batch"), "a normalizer other than batch norm"),
         (cfg.probes.every > 0 and (p.weights or p.per_unit or p.unit_window > 0), "weight or per-unit probes"),
         (p.jacobian_examples > 0, "the input-Jacobian probe"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
@@ -84,10 +84,16 @@ class _Layer:
     padding: int = 0
     index: torch.Tensor | None = None  # conv: (L_out, k) input positions read by each output position
     index_for: tuple = ()  # the (input length, device) `index` was built for
+    bn_weight: torch.Tensor | None = None  # (M, out): the affine batch norm's gain and shift, if any
+    bn_bias: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Its parameters in Net.parameters() order: weight, bias, then the normalizer's."""
+        return [t for t in (self.weight, self.bias, self.bn_weight, self.bn_bias) if t is not None]
 
 
 class EnsembleNet:
-    """M copies of one engine network (MLP or 1-D CNN, optional BN without affine), stacked."""
+    """M copies of one engine network (MLP or 1-D CNN, optional BN), stacked."""
 
     def __init__(self, cfg: ModelConfig, nets: list, generators: list | None = None):
         self.cfg, self.members = cfg, len(nets)
@@ -101,6 +107,10 @@ class EnsembleNet:
                 self.layers.append(_Layer("conv", w, b, mods[0].stride[0], mods[0].padding[0]))
             else:
                 self.layers.append(_Layer("linear", w, b))
+            norms = [net.blocks[i].norm for net in nets]
+            if norms[0] is not None and norms[0].affine:
+                self.layers[-1].bn_weight = torch.stack([n.weight.detach() for n in norms])
+                self.layers[-1].bn_bias = torch.stack([n.bias.detach() for n in norms])
         # The stacked CNN keeps activations as (M, B, L, C), so its flattened features run position-
         # major; the read-out's columns are permuted once here to match (the function is unchanged).
         w_out = torch.stack([net.out.weight.detach() for net in nets])
@@ -145,8 +155,8 @@ class EnsembleNet:
         """The engine's initial weights for each seed, stacked (the same draws `train` makes). With
         `after_norm` (one factory per member), each member's inserted modules are built as its run
         builds them and draw from a generator that continues its run's RNG stream."""
-        if cfg.arch not in ("mlp", "cnn1d") or cfg.norm not in ("none", "batch") or cfg.norm_affine:
-            raise ValueError("EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with BN without affine")
+        if cfg.arch not in ("mlp", "cnn1d") or cfg.norm not in ("none", "batch"):
+            raise ValueError("EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with batch norm")
         device = torch.device(device or "cpu")
         nets, generators = [], []
         for k, seed in enumerate(seeds):
@@ -164,9 +174,9 @@ class EnsembleNet:
 
     def to(self, device) -> "EnsembleNet":
         for lay in self.layers + [self.out]:
-            lay.weight = lay.weight.detach().to(device).requires_grad_(True)
-            if lay.bias is not None:
-                lay.bias = lay.bias.detach().to(device).requires_grad_(True)
+            for name in ("weight", "bias", "bn_weight", "bn_bias"):
+                if getattr(lay, name) is not None:
+                    setattr(lay, name, getattr(lay, name).detach().to(device).requires_grad_(True))
         self.running = [tuple(t.to(device) for t in r) if r else None for r in self.running]
         for mod in self.inserted:
             if mod is not None:
@@ -174,11 +184,8 @@ class EnsembleNet:
         return self
 
     def parameters(self) -> list[torch.Tensor]:
-        """Block by block (weight, then bias), the read-out last: the order of Net.parameters()."""
-        out = []
-        for lay in self.layers + [self.out]:
-            out += [lay.weight] + ([lay.bias] if lay.bias is not None else [])
-        return out
+        """Block by block (weight, bias, BN's gain and shift), the read-out last: Net.parameters()' order."""
+        return [t for lay in self.layers + [self.out] for t in lay.tensors()]
 
     def weights(self, which: str) -> list[torch.Tensor]:
         """The tensors weight decay reaches: 'all', 'weights' or 'scale_invariant'."""
@@ -219,7 +226,9 @@ class EnsembleNet:
         rm, rv = self.running[i]
         moved = h.movedim(0, -2)  # (B, M, W) or (B, L, M, C)
         flat = moved.reshape(-1, moved.shape[-2] * moved.shape[-1])
-        flat = F.batch_norm(flat, rm, rv, training=training, momentum=0.1, eps=self.cfg.norm_eps)
+        lay = self.layers[i]
+        gain, shift = (lay.bn_weight.flatten(), lay.bn_bias.flatten()) if lay.bn_weight is not None else (None, None)
+        flat = F.batch_norm(flat, rm, rv, gain, shift, training=training, momentum=0.1, eps=self.cfg.norm_eps)
         return flat.view(moved.shape).movedim(-2, 0)
 
     def _normalize(self, i: int, z: torch.Tensor, training: bool) -> torch.Tensor:

@@ -45,9 +45,18 @@ def _assert_same(single, member, rtol=1e-5, atol=1e-7):
 MODELS = {
     "mlp": {},
     "mlp_bn": {"norm": "batch"},
+    "mlp_bn_affine": {"norm": "batch", "norm_affine": True},
     "mlp_bn_after_residual": {"norm": "batch", "norm_position": "after", "residual": True, "bias": "false"},
     "cnn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]},
     "cnn_bn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "batch"},
+    "cnn_bn_affine": {
+        "arch": "cnn1d",
+        "channels": [6, 6],
+        "kernel_sizes": [5, 3],
+        "strides": [2, 2],
+        "norm": "batch",
+        "norm_affine": True,
+    },  # fmt: skip
     # the engine's CNN ignores `residual` (it applies to MLPs), and so does the ensemble
     "cnn_residual_flag": {"arch": "cnn1d", "channels": [6], "kernel_sizes": [5], "strides": [2], "residual": True},
 }
@@ -81,7 +90,12 @@ OPTIMS = {
 
 # every optimizer on the MLP, every model with SGD and Adam
 CASES = [("mlp", o) for o in OPTIMS] + [(m, o) for m in MODELS if m != "mlp" for o in ("sgd", "adam")]
-CASES += [("cnn_bn", "adam#sgd"), ("cnn", "sgd#adam")]
+CASES += [
+    ("cnn_bn", "adam#sgd"),
+    ("cnn", "sgd#adam"),
+    ("mlp_bn_affine", "sgd_decoupled"),
+    ("mlp_bn_affine", "adam#sgd"),
+]
 
 
 @pytest.mark.parametrize("model,optim", CASES)

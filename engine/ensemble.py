@@ -31,6 +31,7 @@ from .config import to_dict
 from .data import Batcher, load_dataset
 from .models import build_model
 from .optim import lr_at
+from .probes import _WEIGHT_METRICS
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -56,7 +57,7 @@ def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
         (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
         (m.arch not in archs, f"architecture {m.arch}"),
         (m.norm not in ("none", "batch"), "a normalizer other than batch norm"),
-        (cfg.probes.every > 0 and (p.weights or p.per_unit or p.unit_window > 0), "weight or per-unit probes"),
+        (cfg.probes.every > 0 and p.per_unit, "per-unit probe rows"),
         (p.jacobian_examples > 0, "the input-Jacobian probe"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
         (o.name not in OPTIMIZERS or o.nesterov or o.renormalize, f"optimizer {o.name}"),
@@ -417,14 +418,23 @@ class EnsembleOptimizer:
 
 
 class _MemberProbes:
-    """engine.probes.Probes' input and pre-activation statistics (not its weight metrics), for every
-    member at once: the same rows, in the same order, each member's from its own slice."""
+    """engine.probes.Probes for every member at once (all but per-unit rows): weight metrics and the
+    angular update of every unit, the unit windows, input and pre-activation statistics. The same rows
+    in the same order as Probes writes them, each member's from its own slice, in one copy per probe."""
 
-    def __init__(self, cfg, members: int):
-        self.cfg, self.members = cfg, members
+    def __init__(self, cfg, net: EnsembleNet, window_start: float):
+        self.cfg, self.net, self.members = cfg, net, net.members
         self.quantiles = [None if s == "mean" else {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}[s]
                           for s in cfg.summaries]  # fmt: skip
+        self.window_start = window_start
+        self.names = [f"layer{i + 1}" for i in range(len(net.layers))] + ["out"]
+        self.invariant = net.invariant + [False]
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._directions: dict[str, torch.Tensor] = {}
+        self._unit_sums: dict[tuple[str, str], torch.Tensor] = {}
+        self._unit_counts: dict[tuple[str, str], int] = {}
+        self._unit_first: dict[str, torch.Tensor] = {}
+        self._unit_last: dict[str, torch.Tensor] = {}
 
     def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per member and feature: mean and variance over the batch (and positions); (M, features)."""
@@ -438,26 +448,87 @@ class _MemberProbes:
         cols = [mat.mean(dim=2) if q is None else srt[:, :, round(q * (n - 1))] for q in self.quantiles]
         return torch.stack(cols, dim=2).flatten(1)
 
+    def _accumulate(self, metric: str, layer: str, values: torch.Tensor) -> None:
+        values = values.detach().double()
+        if metric == "unit_u_mean":  # also the first and last value in the window
+            self._unit_first.setdefault(layer, values.clone())
+            self._unit_last[layer] = values.clone()
+        key = (metric, layer)
+        self._unit_sums[key] = self._unit_sums.get(key, 0) + values
+        self._unit_counts[key] = self._unit_counts.get(key, 0) + 1
+
+    def _matrix(self, keys: list, values: list, metrics: list[str], layer: str, rows: list[torch.Tensor]) -> None:
+        keys += [(metric, layer, stat) for metric in metrics for stat in self.cfg.summaries]
+        values.append(self._summaries(torch.stack(rows, dim=1)))
+
     @torch.no_grad()
-    def record(self, step: int, captured: dict) -> list[list[Row]]:
+    def record(self, step: int, captured: dict, lrs: list[float]) -> list[list[Row]]:
+        """After backward, before the update (as Probes.record)."""
         keys: list[tuple] = []
         values: list[torch.Tensor] = []  # each (M, some)
-        names = [(m, s) for m in ("preact_mean", "preact_var") for s in self.cfg.summaries]
-        if self.cfg.inputs:
-            for layer, h in captured["inputs"].items():
-                mean, var = self._stats(h)
-                keys += [("input_mean_sq_norm", layer, "value"), ("input_var_mean", layer, "value")]
+        layers = self.net.layers + [self.net.out]
+        for name, lay, invariant in zip(self.names, layers, self.invariant):
+            if self.cfg.weights and lay.weight.grad is not None:
+                w, g = lay.weight.flatten(2), lay.weight.grad.flatten(2)  # (M, units, fan-in)
+                wn2 = (w * w).sum(2)
+                wn = wn2.sqrt()
+                gn = g.norm(dim=2)
+                wdg = (w * g).sum(2)
+                rows = [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn]
+                metrics = list(_WEIGHT_METRICS)
+                if invariant:  # BN: each unit's incoming weights ("unit" invariance)
+                    lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)
+                    rows += [wn2.reciprocal() * lr, lr * gn / wn]  # as `lr / wn2` evaluates for a float lr
+                    metrics += ["eff_lr", "eff_step"]
+                    if step >= self.window_start:
+                        self._accumulate("unit_u_mean", name, wn2)
+                        self._accumulate("unit_g2_mean", name, (wn * gn) ** 2)
+                    self._directions[name] = w / wn.unsqueeze(2)
+                self._matrix(keys, values, metrics, name, rows)
+            if self.cfg.inputs and name in captured.get("inputs", {}):
+                mean, var = self._stats(captured["inputs"][name])
+                keys += [("input_mean_sq_norm", name, "value"), ("input_var_mean", name, "value")]
                 values.append(torch.stack([(mean * mean).sum(1), var.mean(1)], dim=1))
         if self.cfg.preacts:
-            for layer, z in captured["taps"].items():
+            for layer, z in captured.get("taps", {}).items():
                 mean, var = self._stats(z)
-                keys += [(metric, layer, stat) for metric, stat in names]
-                values.append(self._summaries(torch.stack([mean, var], dim=1)))
+                self._matrix(keys, values, ["preact_mean", "preact_var"], layer, [mean, var])
                 if layer in self._prev:
                     pm, pv = self._prev[layer]
                     keys += [("preact_mean_drift", layer, "value"), ("preact_var_drift", layer, "value")]
                     values.append(torch.stack([(mean - pm).abs().mean(1), (var - pv).abs().mean(1)], dim=1))
                 self._prev[layer] = (mean, var)
+        return self._rows(step, keys, values)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> list[list[Row]]:
+        """The angle every scale-invariant unit turned by across the update (as Probes.after_step)."""
+        keys: list[tuple] = []
+        values: list[torch.Tensor] = []
+        for name, lay in zip(self.names, self.net.layers):
+            before = self._directions.pop(name, None)
+            if before is None:
+                continue
+            w = lay.weight.flatten(2)
+            turn = (w / w.norm(dim=2, keepdim=True) - before).norm(dim=2)  # (M, units)
+            if step >= self.window_start:
+                self._accumulate("unit_ang2_mean", name, turn**2)
+            self._matrix(keys, values, ["angular_update"], name, [turn])
+        return self._rows(step, keys, values)
+
+    def unit_rows(self, step: int) -> list[list[Row]]:
+        """The per-unit window means, per member (as Probes.unit_rows)."""
+        out: list[list[Row]] = [[] for _ in range(self.members)]
+        tables = [((metric, layer), total / self._unit_counts[(metric, layer)])
+                  for (metric, layer), total in self._unit_sums.items()]  # fmt: skip
+        tables += [(("unit_u_first", layer), v) for layer, v in self._unit_first.items()]
+        tables += [(("unit_u_last", layer), v) for layer, v in self._unit_last.items()]
+        for (metric, layer), mat in tables:
+            for k, vec in enumerate(mat.tolist()):
+                out[k].extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(vec))
+        return out
+
+    def _rows(self, step: int, keys: list[tuple], values: list[torch.Tensor]) -> list[list[Row]]:
         flat = torch.cat(values, dim=1).tolist() if values else [[] for _ in range(self.members)]
         return [
             [Row(step, metric, layer, stat, None, v) for (metric, layer, stat), v in zip(keys, vals)] for vals in flat
@@ -508,7 +579,8 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
     net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device, after_norm)
     opt = EnsembleOptimizer(net, [t.config.optim for t in tasks])
     probe_every = cfg.probes.every
-    probes = _MemberProbes(cfg.probes, m) if probe_every else None
+    window_start = (1.0 - cfg.probes.unit_window) * steps if cfg.probes.unit_window else float("inf")
+    probes = _MemberProbes(cfg.probes, net, window_start) if probe_every else None
     fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
     window_loss, window_steps = [0.0] * m, 0  # training loss averaged over each probe interval
     batchers = [
@@ -547,7 +619,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         window_loss, window_steps = [a + v for a, v in zip(window_loss, values)], window_steps + 1
         if probing:  # as engine.train does: the batch's loss, accuracy and lr, then the probes' rows
             acc = (logits.argmax(2) == y).float().mean(1).tolist()
-            measured = probes.record(step, captured)
+            measured = probes.record(step, captured, lrs)
             for k in range(m):
                 if status[k] == "ok":
                     rows[k] += [
@@ -558,6 +630,11 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
                     ] + measured[k]
             window_loss, window_steps = [0.0] * m, 0
         opt.step(lrs)
+        if probing and cfg.probes.weights:
+            turned = probes.after_step(step)
+            for k in range(m):
+                if status[k] == "ok":
+                    rows[k] += turned[k]
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             results = _evaluate(net, data, cfg.train.eval_batch_size)
             for k in range(m):
@@ -572,6 +649,10 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
             for k, t in enumerate(tasks):
                 if status[k] == "ok":
                     progress(t.run_id, step + 1, steps)
+    if probes is not None:
+        for k, unit in enumerate(probes.unit_rows(steps)):
+            if status[k] == "ok":
+                rows[k] += unit
     seconds = (time.perf_counter() - start) / m  # each member's share of the ensemble's wall time
     out = []
     for k, t in enumerate(tasks):

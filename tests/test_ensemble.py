@@ -124,7 +124,8 @@ def test_packing_groups_compatible_runs_only():
     b = [_task(s, {}, {"name": "adam", "lr": 1e-3}) for s in range(2)]
     probed = _task(0, {}, {"name": "sgd"})
     probed.config.probes.every = 10
-    assert packable(probed) == "weight or per-unit probes"
+    probed.config.probes.per_unit = True
+    assert packable(probed) == "per-unit probe rows"
     units = pack(a + b + [probed], size=4)
     assert [[t.config.optim.name for t in u] for u in units] == [["sgd"] * 4, ["sgd"], ["adam"] * 2, ["sgd"]]
     assert [[t.seed for t in u] for u in units[:1]] == [[0, 1, 2, 3]] and units[3] == [probed]
@@ -201,3 +202,21 @@ def test_inserted_noise_and_activation_probes_match_the_single_runs():
             assert sum(r.metric == "preact_mean_drift" for r in single.rows) > 0
             # means over a batch of O(1) activations cancel to near 0: their rounding is absolute, ~1e-7 x 10
             _assert_same(single, member, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_weight_probes_and_unit_windows_match_the_single_runs(optim):
+    """Every weight metric, the effective LR and step of BN-fed units, their angular update across
+    the real step, and the per-unit window means written at the end, per member as its run has them."""
+    probes = {"every": 4, "weights": True, "inputs": True, "preacts": False, "unit_window": 0.5,
+              "summaries": ["mean", "median", "min", "max"]}  # fmt: skip
+    tasks = []
+    for s in range(3):
+        t = _task(s, {"norm": "batch", "depth": 3}, OPTIMS[optim][s % 2], steps=24, eval_every=8)
+        t.config.probes = C.from_dict(type(t.config.probes), probes)
+        tasks.append(t)
+    for single_task, member in zip(tasks, train_ensemble(tasks)):  # lr, momentum, decay differ per member
+        single = train(single_task)
+        metrics = {r.metric for r in single.rows}
+        assert {"eff_step", "angular_update", "unit_u_mean", "unit_ang2_mean", "unit_u_last"} <= metrics
+        _assert_same(single, member, rtol=1e-5, atol=1e-6)

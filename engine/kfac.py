@@ -103,13 +103,12 @@ class KFAC(torch.optim.Optimizer):
             return
         mods = list(self._captured)
         acts = [self._captured[m][1] for m in mods]
-        vectors = self._output_vectors(outputs)
-        grads = [torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype, device=a.device) for a in acts]
+        vectors = self._output_vectors(outputs)  # (K, B, C)
         batch = outputs.shape[0]
-        for h in vectors:  # d(sum_i h_i . z_i)/ds = the per-example gradients for these targets
-            gs = torch.autograd.grad(outputs, acts, grad_outputs=h, retain_graph=True)
-            for k, g in enumerate(gs):
-                grads[k].addmm_(g.T, g, alpha=1.0 / batch)
+        # d(sum_i h_i . z_i)/ds = the per-example gradients for targets h: all K vectors in one
+        # vmapped backward pass (is_grads_batched), rather than K passes through the graph.
+        gs = torch.autograd.grad(outputs, acts, grad_outputs=vectors, retain_graph=True, is_grads_batched=True)
+        grads = [g.reshape(-1, g.shape[-1]).T @ g.reshape(-1, g.shape[-1]) / batch for g in gs]
         for m, S_new in zip(mods, grads):
             a = self._captured[m][0]
             if m.bias is not None:

@@ -19,7 +19,7 @@ import queue
 import re
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from .errors import NormlabError
 from .runs import Progress, RunResult, RunTask
@@ -99,10 +99,32 @@ def execute(
     on_result: Optional[Callable[[RunResult], None]] = None,
     backend: str = "local",
     ensemble: tuple[int, tuple[str, ...]] = (1, ()),
+    finished: Collection[str] = (),
 ) -> list[RunResult]:
+    """Train `tasks` (packed into ensembles by `ensemble`) and return their results in task order.
+
+    `finished`: run_ids whose results are already stored (a resumed run). The packing is made over
+    every task, finished or not, so that each run keeps the ensemble, and hence the numbers, of an
+    uninterrupted run; a unit whose runs are all finished is skipped, and in a unit with some, those
+    are trained again with the others but neither reported nor returned."""
     from .ensemble import pack
 
-    units = pack(tasks, *ensemble)
+    finished = set(finished)
+    units = [u for u in pack(tasks, *ensemble) if any(t.run_id not in finished for t in u)]
+    if finished:
+        report, show = on_result, progress
+        tasks = [t for t in tasks if t.run_id not in finished]
+
+        def on_result(res: RunResult) -> None:
+            if res.run_id not in finished and report:
+                report(res)
+
+        if show:
+
+            def progress(run_id: str, done: int, total: int) -> None:
+                if run_id not in finished:
+                    show(run_id, done, total)
+
     if backend == "ray":
         return _execute_ray(tasks, units, progress, on_result)
     jobs = max(1, min(jobs, len(units))) if units else 1
@@ -113,7 +135,7 @@ def execute(
                 results[res.run_id] = res
                 if on_result:
                     on_result(res)
-        return [results[t.run_id] for t in tasks]
+        return [results[t.run_id] for t in tasks]  # the unfinished ones
 
     ctx = mp.get_context("spawn")
     manager = ctx.Manager() if progress else None

@@ -211,11 +211,13 @@ def run_cells(
         hyper = _hyperparameters(stage)
         for t in stage:
             keys[t.run_id] = cell_key(t.config, t.seed, _module_key(t.after_norm))
-        todo, queued = [], set()
+        unique, seen = [], set()
         for t in stage:  # arms with identical configs share a cell: computed once
-            if not store.finished(keys[t.run_id]) and keys[t.run_id] not in queued:
-                queued.add(keys[t.run_id])
-                todo.append(t)
+            if keys[t.run_id] not in seen:
+                seen.add(keys[t.run_id])
+                unique.append(t)
+        finished = {t.run_id for t in unique if store.finished(keys[t.run_id])}
+        todo = [t for t in unique if t.run_id not in finished]
         _load_and_hash_datasets(stage, todo, data_hashes)  # fail early for the runs to come; one load each
         if on_start:
             on_start(todo, len(stage) - len(todo))
@@ -225,7 +227,8 @@ def run_cells(
             if on_result:
                 on_result(res)
 
-        execute(todo, jobs=jobs, progress=progress, on_result=save, backend=backend, ensemble=members)
+        # every cell's run, finished or not, goes to the packer: a resumed run keeps its ensemble
+        execute(unique, jobs, progress, save, backend, members, finished=finished)
         ran += len(todo)
         done += stage
         runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)

@@ -29,7 +29,7 @@ def test_list_names_every_experiment_and_config():
 
 def test_validate_ok_and_typo(tmp_path):
     r = invoke("validate", "baselines")
-    assert r.exit_code == 0 and "3 arm(s) x 3 seed(s) = 9 runs" in r.output
+    assert r.exit_code == 0 and "3 arm(s) x 5 seed(s) = 15 runs" in r.output
     bad = tmp_path / "typo.yaml"
     bad.write_text("experiment: baselines\nrun:\n  optim: {lerning_rate: 0.1}\n")
     r = invoke("validate", bad)

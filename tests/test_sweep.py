@@ -83,7 +83,7 @@ def test_validate_accepts_sweep_files():
     from normlab.experiments.sweeps import SWEEP_ROOT
 
     r = runner.invoke(app, ["validate", str(SWEEP_ROOT / "wd.yaml")])
-    assert r.exit_code == 0 and "9 arm(s) x 3 seed(s) = 27 runs" in " ".join(r.output.split())
+    assert r.exit_code == 0 and "9 arm(s) x 5 seed(s) = 45 runs" in " ".join(r.output.split())
 
 
 def test_sweep_overrides_and_bad_input(tmp_path):

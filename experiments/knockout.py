@@ -40,7 +40,7 @@ from normlab.engine.config import param
 from normlab.engine.ensemble import StackedModule
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
-from normlab.engine.stats import bca, paired_t
+from normlab.engine.stats import Interval, bca, paired_t
 from normlab.engine.runs import RunTask
 
 from .base import Experiment
@@ -91,7 +91,16 @@ K1_NOBN = Claim(
     "geometric mean over seeds of L_plain_noise / L_plain (eval-mode training-set loss)",
     Rule("none"),
 )
-CLAIMS = (K1, K1_BESTLR, K1_TRAINLOSS, K1_IID, K1_NOBN)
+K1_BESTLR_SELECTION = Claim(
+    "K1-bestlr-selection",
+    DESCRIPTIVE,
+    "How much K1-bestlr depends on which learning rate each arm wins by: the same statistic with the "
+    "choice made again in every bootstrap resample of the seeds",
+    "G(s*) as in K1-bestlr; percentile interval over resamples that redo every arm's LR choice",
+    Rule("none"),
+)
+CLAIMS = (K1, K1_BESTLR, K1_TRAINLOSS, K1_IID, K1_NOBN, K1_BESTLR_SELECTION)
+SELECTION_RESAMPLES = 2000
 
 
 @dataclass
@@ -526,7 +535,62 @@ class Knockout(Experiment):
             rows.append(judge(claim, est, a))
         rows.append(self._iid_row(specs, eval_loss, drift, a, d))
         rows.append(self._nobn_row(specs, eval_loss, a, d))
+        rows.append(self._selection_row(specs, best, val_loss, eval_loss, drift, a, d))
         return rows
+
+    def _selection_row(self, specs, best, val, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+        """K1-bestlr's interval resamples seeds with each arm's learning rate held at the full-sample
+        choice; this row redoes the choice (lowest mean validation loss) inside every resample, so
+        its interval also carries the uncertainty of a near-tied choice."""
+        candidates: dict[tuple[str, float], list[tuple[float, str]]] = {}
+        for arm, sp in specs.items():
+            if sp.role in ("plain", "bn", "noise"):
+                candidates.setdefault((sp.role, sp.level), []).append((sp.lr, arm))
+        arms = [arm for group in candidates.values() for _, arm in group]
+        if not all(arm in val and arm in loss for arm in arms):
+            return missing(K1_BESTLR_SELECTION, a, "needs every plain, bn and noise arm at every learning rate")
+        needs_drift = [arm for (role, _), group in candidates.items() if role != "bn" for _, arm in group]
+        seeds = sorted(
+            set.intersection(*(set(val[x]) & set(loss[x]) for x in arms), *(set(drift.get(x, {})) for x in needs_drift))
+        )
+        if len(seeds) < 3:
+            return missing(K1_BESTLR_SELECTION, a, f"{len(seeds)} seeds shared by every arm; needs >= 3")
+        col = lambda table, arm: np.array([table[arm][s] for s in seeds], dtype=float)  # noqa: E731
+        V, L = {x: col(val, x) for x in arms}, {x: col(loss, x) for x in arms}
+        D = {x: col(drift, x) for x in needs_drift}
+        levels = np.asarray(d.levels, dtype=float)
+        stat = Curve([], *(np.zeros(0),) * 5, {}, levels).statistic
+
+        def g_of(arm: dict, idx: np.ndarray) -> float:
+            noise = [arm[("noise", float(s))] for s in levels]
+            plain = arm[("plain", 0.0)]
+            return stat(L[plain][idx], L[arm[("bn", 0.0)]][idx], D[plain][idx],
+                        *(L[x][idx] for x in noise), *(D[x][idx] for x in noise))  # fmt: skip
+
+        chosen = {k: next(x for lr, x in group if lr == best.get(k)) for k, group in candidates.items()}
+        point = g_of(chosen, np.arange(len(seeds)))
+        rng = np.random.default_rng(0)
+        values, same = [], 0
+        for _ in range(SELECTION_RESAMPLES):
+            idx = rng.integers(0, len(seeds), len(seeds))
+            pick = {}
+            for key, group in candidates.items():  # a diverged seed rules a learning rate out, as best_lrs does
+                scores = [(V[x][idx].mean() if np.isfinite(V[x][idx]).all() else np.inf, lr, x) for lr, x in group]
+                pick[key] = min(scores)[1:]
+            same += all(pick[k][0] == best.get(k) for k in pick)
+            values.append(g_of({k: v[1] for k, v in pick.items()}, idx))
+        g = np.array(values, dtype=float)
+        finite = g[np.isfinite(g)]
+        lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+        above = float(np.mean(finite >= a.max_gap_ratio)) if len(finite) else np.nan
+        detail = (
+            f"{SELECTION_RESAMPLES} resamples of {len(seeds)} seeds: every arm's choice equals the full-sample one in "
+            f"{same / SELECTION_RESAMPLES:.0%}; G(s*) in [{lo:.3g}, {hi:.3g}] (2.5-97.5%), at or above the "
+            f"{a.max_gap_ratio:g} bound in {above:.0%} of the resamples with a crossing; no crossing in "
+            f"{1 - len(finite) / len(g):.0%}"
+        )
+        ci = Interval(float(lo), float(hi), "percentile bootstrap, LR choice redone per resample")
+        return judge(K1_BESTLR_SELECTION, Estimate(point, ci, len(seeds), [], detail), a)
 
     def _iid_row(self, specs, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
         def find(role: str, level: float = 0.0):

@@ -142,6 +142,7 @@ def test_k1(noisy, ratios, expected):
         "K1-trainloss": expected,
         "K1-iid": expected if ratios != (0.2, 0.5) else "supported",
         "K1-nobn": "not judged",
+        "K1-bestlr-selection": "not judged",
     }
 
 
@@ -173,6 +174,31 @@ def test_k1_best_lr_protocol_picks_each_arm_by_validation_loss():
             r["final_train_loss"] = 0.9
     v = _verdicts("knockout", runs, rows, overrides=K1_DESIGN)
     assert v["K1"] == "supported" and v["K1-bestlr"] == "not supported"
+
+
+def _rows(name, runs, metrics, overrides=None):
+    t = Tables(Path("."), _config(name, overrides), {}, pd.DataFrame(runs), pd.DataFrame(metrics, columns=COLS))
+    return {r.claim_id: r for r in REGISTRY[name].analyze(t)}
+
+
+def test_k1_selection_row_redoes_the_lr_choice_in_every_resample():
+    """A clear choice (lr 0.03 worse by 0.5 on validation) survives every resample: the interval is
+    K1-bestlr's own kind. A near tie (noise arms' lr 0.03 better on two seeds, worse on two) makes
+    the choice move between resamples, and with it the statistic."""
+    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11])
+    clear = _rows("knockout", runs, rows, K1_DESIGN)["K1-bestlr-selection"]
+    assert clear.verdict == "not judged" and clear.value == pytest.approx(
+        _rows("knockout", runs, rows, K1_DESIGN)["K1-bestlr"].value
+    )
+    assert "equals the full-sample one in 100%" in clear.detail
+    for r in runs:  # near tie for the noisy arms: lr 0.03 trains worse (loss 0.9), wins validation on seeds 0, 1
+        if r["arm"].startswith("noise") and "lr0.03" in r["arm"]:
+            r["final_train_loss"] = 0.9
+            r["final_val_loss"] = [0.06, 0.07, 0.16, 0.17][r["seed"]]  # mean 0.115 against lr 0.1's 0.11
+    tie = _rows("knockout", runs, rows, K1_DESIGN)["K1-bestlr-selection"]
+    share = int(re.search(r"full-sample one in (\d+)%", tie.detail).group(1))
+    assert 0 < share < 100
+    assert tie.ci_high - tie.ci_low > 0.5  # the resamples that pick lr 0.03 give G near 0.9
 
 
 # ---------- K2 ----------

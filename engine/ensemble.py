@@ -31,7 +31,7 @@ from .config import to_dict
 from .data import Batcher, load_dataset
 from .models import build_model
 from .optim import lr_at
-from .probes import _WEIGHT_METRICS
+from .probes import _WEIGHT_METRICS, weight_metrics
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -469,12 +469,8 @@ class _MemberProbes:
         layers = self.net.layers + [self.net.out]
         for name, lay, invariant in zip(self.names, layers, self.invariant):
             if self.cfg.weights and lay.weight.grad is not None:
-                w, g = lay.weight.flatten(2), lay.weight.grad.flatten(2)  # (M, units, fan-in)
-                wn2 = (w * w).sum(2)
-                wn = wn2.sqrt()
-                gn = g.norm(dim=2)
-                wdg = (w * g).sum(2)
-                rows = [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn]
+                w = lay.weight.flatten(2)  # (M, units, fan-in)
+                rows, wn2, wn, gn = weight_metrics(w, lay.weight.grad.flatten(2))
                 metrics = list(_WEIGHT_METRICS)
                 if invariant:  # BN: each unit's incoming weights ("unit" invariance)
                     lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)

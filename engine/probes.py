@@ -48,6 +48,18 @@ from .spec import ProbeConfig
 _WEIGHT_METRICS = ("weight_norm_sq", "grad_norm", "w_dot_grad", "w_grad_cos", "normalized_grad_norm")
 
 
+def weight_metrics(
+    w: torch.Tensor, g: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per unit (its incoming weights w and their gradient g along the last dimension): the rows of
+    _WEIGHT_METRICS, then ||w||^2, ||w|| and ||g||. Shared by the single-run and the ensemble probes."""
+    wn2 = (w * w).sum(-1)
+    wn = wn2.sqrt()
+    gn = g.norm(dim=-1)
+    wdg = (w * g).sum(-1)
+    return [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn], wn2, wn, gn
+
+
 def input_jacobian_sq_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Mean over the examples of ||d logits / d x||_F^2 (eval mode; one backward pass per class).
     Grosse ch. 5, §5.3: with a Gauss-Newton preconditioner and no normalization, weight decay
@@ -180,11 +192,7 @@ class Probes:
             if self.cfg.weights and wl.module.weight.grad is not None:
                 w = wl.module.weight.flatten(1)
                 g = wl.module.weight.grad.flatten(1)
-                wn2 = (w * w).sum(1)
-                wn = wn2.sqrt()
-                gn = g.norm(dim=1)
-                wdg = (w * g).sum(1)
-                rows = [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn]
+                rows, wn2, wn, gn = weight_metrics(w, g)
                 names = list(_WEIGHT_METRICS)
                 if wl.invariance == "unit":
                     rows += [lr / wn2, lr * gn / wn]

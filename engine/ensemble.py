@@ -31,7 +31,7 @@ from .config import to_dict
 from .data import Batcher, load_dataset
 from .models import build_model
 from .optim import lr_at
-from .probes import _WEIGHT_METRICS, weight_metrics
+from .probes import _WEIGHT_METRICS, UnitWindow, summarize, weight_metrics
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -417,24 +417,19 @@ class EnsembleOptimizer:
             p.grad = None
 
 
-class _MemberProbes:
+class _MemberProbes(UnitWindow):
     """engine.probes.Probes for every member at once (all but per-unit rows): weight metrics and the
     angular update of every unit, the unit windows, input and pre-activation statistics. The same rows
     in the same order as Probes writes them, each member's from its own slice, in one copy per probe."""
 
     def __init__(self, cfg, net: EnsembleNet, window_start: float):
+        super().__init__()
         self.cfg, self.net, self.members = cfg, net, net.members
-        self.quantiles = [None if s == "mean" else {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}[s]
-                          for s in cfg.summaries]  # fmt: skip
         self.window_start = window_start
         self.names = [f"layer{i + 1}" for i in range(len(net.layers))] + ["out"]
         self.invariant = net.invariant + [False]
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}
-        self._unit_sums: dict[tuple[str, str], torch.Tensor] = {}
-        self._unit_counts: dict[tuple[str, str], int] = {}
-        self._unit_first: dict[str, torch.Tensor] = {}
-        self._unit_last: dict[str, torch.Tensor] = {}
 
     def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per member and feature: mean and variance over the batch (and positions); (M, features)."""
@@ -443,19 +438,7 @@ class _MemberProbes:
 
     def _summaries(self, mat: torch.Tensor) -> torch.Tensor:
         """(M, k metrics, n units) -> (M, k * len(summaries)), metric-major as Probes orders its keys."""
-        n = mat.shape[2]
-        srt = mat.sort(dim=2).values
-        cols = [mat.mean(dim=2) if q is None else srt[:, :, round(q * (n - 1))] for q in self.quantiles]
-        return torch.stack(cols, dim=2).flatten(1)
-
-    def _accumulate(self, metric: str, layer: str, values: torch.Tensor) -> None:
-        values = values.detach().double()
-        if metric == "unit_u_mean":  # also the first and last value in the window
-            self._unit_first.setdefault(layer, values.clone())
-            self._unit_last[layer] = values.clone()
-        key = (metric, layer)
-        self._unit_sums[key] = self._unit_sums.get(key, 0) + values
-        self._unit_counts[key] = self._unit_counts.get(key, 0) + 1
+        return summarize(mat, self.cfg.summaries).flatten(1)
 
     def _matrix(self, keys: list, values: list, metrics: list[str], layer: str, rows: list[torch.Tensor]) -> None:
         keys += [(metric, layer, stat) for metric in metrics for stat in self.cfg.summaries]
@@ -515,11 +498,7 @@ class _MemberProbes:
     def unit_rows(self, step: int) -> list[list[Row]]:
         """The per-unit window means, per member (as Probes.unit_rows)."""
         out: list[list[Row]] = [[] for _ in range(self.members)]
-        tables = [((metric, layer), total / self._unit_counts[(metric, layer)])
-                  for (metric, layer), total in self._unit_sums.items()]  # fmt: skip
-        tables += [(("unit_u_first", layer), v) for layer, v in self._unit_first.items()]
-        tables += [(("unit_u_last", layer), v) for layer, v in self._unit_last.items()]
-        for (metric, layer), mat in tables:
+        for metric, layer, mat in self.unit_tables():
             for k, vec in enumerate(mat.tolist()):
                 out[k].extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(vec))
         return out

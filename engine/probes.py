@@ -86,15 +86,23 @@ def _feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-class Probes:
-    def __init__(self, cfg: ProbeConfig, model: Net):
-        self.cfg = cfg
-        self.model = model
-        self.stats = list(cfg.summaries)
-        self._inputs: dict[str, torch.Tensor] = {}
-        self._taps: dict[str, torch.Tensor] = {}
-        self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
+QUANTILES = {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}  # nearest rank
+
+
+def summarize(mat: torch.Tensor, stats: list[str]) -> torch.Tensor:
+    """(..., k metrics, n units) -> (..., k, len(stats)): each metric summarized over its units."""
+    n = mat.shape[-1]
+    srt = mat.sort(dim=-1).values
+    cols = [mat.mean(dim=-1) if s == "mean" else srt[..., round(QUANTILES[s] * (n - 1))] for s in stats]
+    return torch.stack(cols, dim=-1)
+
+
+class UnitWindow:
+    """The per-unit running means of probes.unit_window (see the module docstring): sums of u_j, g_j^2
+    and the squared angular update from `window_start` on, and u_j at the window's first and last
+    probe. Values are per unit, (units,), or per member and unit, (members, units)."""
+
+    def __init__(self) -> None:
         self.window_start = float("inf")  # set by the loop when unit_window > 0
         self._unit_sums: dict[tuple[str, str], torch.Tensor] = {}
         self._unit_counts: dict[tuple[str, str], int] = {}
@@ -109,15 +117,30 @@ class Probes:
         self._unit_sums[key] = self._unit_sums.get(key, 0) + values.detach().double()
         self._unit_counts[key] = self._unit_counts.get(key, 0) + 1
 
+    def unit_tables(self) -> list[tuple[str, str, torch.Tensor]]:
+        """(metric, layer, values) in the order the rows are written."""
+        out = [(metric, layer, total / self._unit_counts[(metric, layer)])
+               for (metric, layer), total in self._unit_sums.items()]  # fmt: skip
+        out += [("unit_u_first", layer, v) for layer, v in self._unit_first.items()]
+        return out + [("unit_u_last", layer, v) for layer, v in self._unit_last.items()]
+
+
+class Probes(UnitWindow):
+    def __init__(self, cfg: ProbeConfig, model: Net):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.stats = list(cfg.summaries)
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._taps: dict[str, torch.Tensor] = {}
+        self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
+
     def unit_rows(self, step: int) -> list[Row]:
         """The per-unit window means, one row per unit and metric (empty when the window is off)."""
         out = []
-        for (metric, layer), total in self._unit_sums.items():
-            mean = (total / self._unit_counts[(metric, layer)]).tolist()
-            out.extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(mean))
-        for metric, store in (("unit_u_first", self._unit_first), ("unit_u_last", self._unit_last)):
-            for layer, vec in store.items():
-                out.extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
+        for metric, layer, vec in self.unit_tables():
+            out.extend(Row(step, metric, layer, "unit", j, v) for j, v in enumerate(vec.tolist()))
         return out
 
     @torch.no_grad()
@@ -159,16 +182,7 @@ class Probes:
 
     def _summaries(self, m: torch.Tensor) -> torch.Tensor:
         """m: (k metrics, n units) -> (k, len(stats)) summaries over units."""
-        n = m.shape[1]
-        srt = m.sort(dim=1).values
-        cols = []
-        for s in self.stats:
-            if s == "mean":
-                cols.append(m.mean(dim=1))
-            else:
-                q = {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}[s]
-                cols.append(srt[:, round(q * (n - 1))])
-        return torch.stack(cols, dim=1)
+        return summarize(m, self.stats)
 
     @torch.no_grad()
     def record(self, step: int, lr: float) -> list[Row]:

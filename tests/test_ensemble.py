@@ -224,8 +224,8 @@ def test_weight_probes_and_unit_windows_match_the_single_runs(optim):
 
 def test_a_resumed_run_keeps_its_ensemble_and_its_numbers():
     """Resuming with some runs finished trains the same ensembles as an uninterrupted run (the
-    finished members again, unreported), so the remaining runs give the same bytes; a run trained
-    alone instead would differ by rounding."""
+    finished members again, unreported), so the remaining runs give the same bytes (a run trained
+    alone takes the single-run path, whose sums may round differently)."""
     from normlab.engine.executor import execute
 
     tasks = [_task(s, {"norm": "batch"}, {"name": "sgd", "lr": 0.05 * (s + 1), "momentum": 0.9}) for s in range(3)]
@@ -234,6 +234,4 @@ def test_a_resumed_run_keeps_its_ensemble_and_its_numbers():
     resumed = execute(tasks, ensemble=(8, ("mlp",)), finished={"r1"}, on_result=lambda r: reported.append(r.run_id))
     assert reported == ["r0", "r2"] and [r.run_id for r in resumed] == ["r0", "r2"]
     assert [r.rows for r in resumed] == [full[0].rows, full[2].rows]
-    alone = execute([tasks[2]], ensemble=(8, ("mlp",)))[0]  # a unit of one: the single-run path
-    assert alone.rows != full[2].rows
     assert execute(tasks, ensemble=(8, ("mlp",)), finished={"r0", "r1", "r2"}) == []

@@ -608,6 +608,13 @@ def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `norm
         console.print(f"wrote {p}")
 
 
+def torch_device_name(device) -> str:
+    """`cpu`, or `cuda (NVIDIA H100 80GB HBM3)`: the card a bench's numbers belong to."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
 @app.command()
 @user_errors
 def bench(
@@ -616,13 +623,21 @@ def bench(
     probe_every: Optional[int] = typer.Option(None, help="Probe interval (default: the engine's default)."),
     workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores)."),
     ensemble_steps: int = typer.Option(300, help="Steps per batched-ensemble trial (0 = skip the ensemble rows)."),
+    device: str = typer.Option(
+        "cpu", "--device", metavar="[cpu|cuda|auto]", help="Where every loop trains (auto = cuda if present)."
+    ),
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
     from normlab.engine.bench import run_bench
+    from normlab.engine.train import resolve_device
 
     if steps < 10 or repeats < 1:
         raise ConfigError("--steps must be >= 10 and --repeats >= 1")
-    console.print("MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop")
+    if device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
+    where = resolve_device(device)  # a cuda asked for where none is visible stops here, with the way out
+    name = torch_device_name(where)
+    console.print(f"MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop, on {name}")
     res = run_bench(
         steps=steps,
         repeats=repeats,
@@ -631,6 +646,7 @@ def bench(
         log=console.print,
         ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
         ensemble_steps=max(ensemble_steps, 1),
+        device=str(where),
     )
     table = Table(title="normlab bench (medians over interleaved repeats)")
     for col in ("measure", "value", "target"):

@@ -7,6 +7,8 @@
 4. batched ensembles (engine/ensemble.py): M runs trained as one stacked model, with and without
    BN, in member-steps/s, against the single-run engine and against the compute limit (this
    thread's large-matmul speed times the FLOPs of one step).
+Every loop runs on one device (`device`, cpu by default; cuda times a GPU the same way, with the
+device synchronized before each clock read, and the limit measured by a large matmul there).
 Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
 is the median over repeats.
 """
@@ -25,24 +27,31 @@ from .data import load_dataset
 from .executor import default_jobs, execute
 from .spec import DataConfig, ModelConfig, OptimConfig, ProbeConfig, RunConfig, TrainConfig
 from .runs import RunTask
-from .train import train
+from .train import resolve_device, train
 
 
-def bench_config(steps: int, probe_every: int) -> RunConfig:
+def bench_config(steps: int, probe_every: int, device: str = "cpu") -> RunConfig:
     """MLP 40-100-100-10 with BN before ReLU, SGD, batch 128, on MNIST-1D."""
     return RunConfig(
         data=DataConfig(name="mnist1d"),
         model=ModelConfig(arch="mlp", width=100, depth=2, norm="batch"),
         optim=OptimConfig(name="sgd", lr=0.1),
-        train=TrainConfig(steps=steps, batch_size=128, eval_every=0, threads=1),
+        train=TrainConfig(steps=steps, batch_size=128, eval_every=0, threads=1, device=device),
         probes=ProbeConfig(every=probe_every),
     )
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a host clock read after it covers that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
     """Steps/s of a hand-written loop over the same data, model shape, batch and optimizer."""
     torch.set_num_threads(cfg.train.threads)
-    data = load_dataset(cfg.data)
+    device = resolve_device(cfg.train.device)
+    data = load_dataset(cfg.data).to(device)
     torch.manual_seed(seed)
     w = cfg.model.width
     model = nn.Sequential(
@@ -53,22 +62,24 @@ def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
         nn.BatchNorm1d(w, affine=False),
         nn.ReLU(),
         nn.Linear(w, 10),
-    )
+    ).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
     x_all, y_all = data.x_train, data.y_train
     n, bs = len(y_all), cfg.train.batch_size
     gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(n, generator=gen), 0
+    order, pos = torch.randperm(n, generator=gen).to(device), 0
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(cfg.train.steps):
         if pos + bs > n:
-            order, pos = torch.randperm(n, generator=gen), 0
+            order, pos = torch.randperm(n, generator=gen).to(device), 0
         idx = order[pos : pos + bs]
         pos += bs
         loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    synchronize(device)
     return cfg.train.steps / (time.perf_counter() - start)
 
 
@@ -106,9 +117,10 @@ def run_bench(
     log=print,
     ensemble_sizes=(1, 4, 8, 16, 32),
     ensemble_steps: int = 300,
+    device: str = "cpu",
 ) -> BenchResult:
     probe_every = probe_every or ProbeConfig().every
-    off, on = bench_config(steps, 0), bench_config(steps, probe_every)
+    off, on = bench_config(steps, 0, device), bench_config(steps, probe_every, device)
     load_dataset(off.data)
     plain_loop(replace(off, train=replace(off.train, steps=200)))  # warm up kernels and caches
     engine_loop(replace(off, train=replace(off.train, steps=200)))
@@ -122,28 +134,28 @@ def run_bench(
             f"engine+probes {res.probed[-1]:.0f} steps/s"
         )
     workers = workers or default_jobs()
-    pool_cfg = bench_config(pool_steps, 0)
+    pool_cfg = bench_config(pool_steps, 0, device)
     for k in sorted({1, workers}):
         results = execute([RunTask(f"w{i}", "bench", i, pool_cfg) for i in range(k)], jobs=k)
         res.pool[k] = sum(r.steps_done / r.train_seconds for r in results)
         log(f"  pool of {k} one-thread worker(s): {res.pool[k]:.0f} steps/s in total")
     if ensemble_sizes:
-        ensemble_bench(res, ensemble_sizes, ensemble_steps, log)
+        ensemble_bench(res, ensemble_sizes, ensemble_steps, log, device)
     return res
 
 
-def ensemble_bench(res: BenchResult, sizes, steps: int, log=print) -> None:
+def ensemble_bench(res: BenchResult, sizes, steps: int, log=print, device: str = "cpu") -> None:
     """Member-steps/s of `train_ensemble` (the path `--ensemble` uses) for the bench MLP and the 1-D
     CNN of the baselines, each with and without BN, against the single-run engine on the same model
     and against the compute limit (this thread's large-matmul speed / FLOPs of one step)."""
     from .ensemble import conv1d_flops_per_step, matmul_gflops, mlp_flops_per_step, train_ensemble
 
-    base = bench_config(steps, 0)
+    base = bench_config(steps, 0, device)
     data = load_dataset(base.data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gflops = matmul_gflops()
+        gflops = matmul_gflops(device=resolve_device(device))
         cnn = ModelConfig(arch="cnn1d", channels=[25, 25, 25], kernel_sizes=[5, 3, 3], strides=[2, 2, 2])
         b, w = base.train.batch_size, base.model.width
         models = {

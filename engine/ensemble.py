@@ -678,13 +678,24 @@ def conv1d_flops_per_step(cfg: ModelConfig, length: int, classes: int, batch: in
     return 2.0 * macs * batch * 3.0
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """This thread's large-matmul speed, the compute limit the bench compares against."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """This thread's (or this GPU's, in float32 as torch is set to compute it) large-matmul speed,
+    the compute limit the bench compares against."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        n *= 8  # a GPU needs a larger product to reach its speed
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
+    sync()
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9

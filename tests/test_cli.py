@@ -46,6 +46,7 @@ def test_validate_ok_and_typo(tmp_path):
         (("run", "baselines", "--set", "oops"), "expected KEY=VALUE"),
         (("run", "baselines", "--jobs", "0"), "--jobs: must be at least 1"),
         (("run", "baselines", "--device", "tpu"), "--device: 'tpu' is not allowed"),
+        (("bench", "--device", "gpu"), "--device: 'gpu' is not allowed"),
         (("plot", "no/such/run"), "no/such/run does not exist"),
         (("run", "baselines", "--set", "run.optim.lr=.nan"), "run.optim.lr: nan is not a finite number"),
         (("run", "baselines", "--set", "run.optim.lr=.inf"), "run.optim.lr: inf is not a finite number"),
@@ -59,6 +60,16 @@ def test_bad_input_exits_2_with_one_clear_line(args, expected, tmp_path):
     assert r.exit_code == 2
     assert expected in one_error_line(r)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_bench_on_a_missing_gpu_names_the_way_out():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    r = invoke("bench", "--device", "cuda", "--steps", "10", "--repeats", "1")
+    assert r.exit_code == 2
+    assert "no CUDA device is visible" in one_error_line(r) and "--device cpu" in one_error_line(r)
 
 
 def test_a_binary_file_as_config_is_one_clear_line(tmp_path):

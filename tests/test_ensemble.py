@@ -7,7 +7,7 @@ import math
 import pytest
 
 from normlab.engine import config as C
-from normlab.engine.ensemble import EnsembleNet, pack, packable, train_ensemble
+from normlab.engine.ensemble import EnsembleNet, pack, packable, stacked_conv1d, train_ensemble
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import ModelConfig, RunConfig
 from normlab.engine.train import train
@@ -235,3 +235,33 @@ def test_a_resumed_run_keeps_its_ensemble_and_its_numbers():
     assert reported == ["r0", "r2"] and [r.run_id for r in resumed] == ["r0", "r2"]
     assert [r.rows for r in resumed] == [full[0].rows, full[2].rows]
     assert execute(tasks, ensemble=(8, ("mlp",)), finished={"r0", "r1", "r2"}) == []
+
+
+@pytest.mark.parametrize(
+    "k,stride,padding,length", [(5, 2, 1, 40), (3, 2, 1, 20), (3, 1, 0, 7), (4, 3, 2, 11), (3, 2, 1, 2)]
+)
+def test_stacked_conv1d_is_each_members_conv1d(k, stride, padding, length):
+    """Every member's slice of the batch-last stacked conv equals torch's Conv1d on that member's
+    weights and inputs (float64, fresh random draws), for each batch of its own and for one batch
+    shared by all; the gradients reaching the weights and inputs agree as well."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(k * 100 + stride * 10 + padding)
+    m, c_in, c_out, b = 3, 4, 5, 6
+    w = torch.randn(m, c_out, c_in, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(m, c_out, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(m, b, c_in, length, generator=g, dtype=torch.float64, requires_grad=True)
+    got = stacked_conv1d(x.permute(0, 2, 3, 1), w, bias, stride, padding)  # (M, C_out, L_out, B)
+    want = torch.stack([F.conv1d(x[i], w[i], bias[i], stride, padding) for i in range(m)])  # (M, B, C_out, L_out)
+    assert got.shape == want.permute(0, 2, 3, 1).shape
+    assert torch.allclose(got, want.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * probe).sum(), (w, bias, x))
+    ref = torch.autograd.grad((want * probe.permute(0, 3, 1, 2)).sum(), (w, bias, x))
+    for a, r in zip(grads, ref):
+        assert torch.allclose(a, r, rtol=1e-12, atol=1e-12)
+    shared = x[0].detach()  # one batch read by every member (evaluation)
+    got = stacked_conv1d(shared.permute(1, 2, 0).unsqueeze(0), w, bias, stride, padding)
+    want = torch.stack([F.conv1d(shared, w[i], bias[i], stride, padding) for i in range(m)])
+    assert torch.allclose(got, want.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)

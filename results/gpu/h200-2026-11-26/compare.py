@@ -1,16 +1,20 @@
-"""Verdicts of this GPU reproduction beside the CPU reference: python compare.py > claims_vs_cpu_reference.csv"""
+"""Verdicts of this GPU reproduction beside the CPU reference of the same code (results/reference/ at
+commit 8e814ef, read from git): python compare.py > claims_vs_cpu_reference.csv"""
 
+import io
 import pathlib
+import subprocess
 import sys
 
 import pandas as pd
 
 here = pathlib.Path(__file__).parent
-reference = here.parents[1] / "reference"
+CODE = "8e814ef"  # the commit the GPU ran; its results/reference/ is the CPU reference of that code
 rows = []
 for claims in sorted((here / "reproduce").glob("*/claims.csv")):
     gpu = pd.read_csv(claims)
-    cpu = pd.read_csv(reference / claims.parent.name / "claims.csv")
+    show = f"{CODE}:results/reference/{claims.parent.name}/claims.csv"
+    cpu = pd.read_csv(io.StringIO(subprocess.check_output(["git", "show", show], cwd=here, text=True)))
     both = gpu.merge(cpu, on="claim_id", suffixes=("_gpu", "_cpu"))
     for _, r in both.iterrows():
         rows.append(

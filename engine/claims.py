@@ -39,9 +39,10 @@ Op = Literal["<", "<=", ">", ">=", "in", "abs<=", "contains0_or_abs<=", "none"]
 class Rule:
     """`value OP threshold`, the threshold read from the analysis config field `key`.
 
-    `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m; `contains0_or_abs<=` (an
-    equivalence rule, used for K5) is supported when the CI contains 0 or lies within [-m, m],
-    not supported when the CI excludes 0 and lies entirely outside [-m, m]."""
+    `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m; `contains0_or_abs<=` (K5's
+    rule, from CLAIMS.md) is supported when the CI contains 0 or lies within [-m, m], not supported
+    when the CI excludes 0 and lies entirely outside [-m, m]. Only the second door is an equivalence
+    test; a row that passes by the first alone says so in its detail."""
 
     op: Op
     key: str = ""
@@ -156,8 +157,13 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
         return INCONCLUSIVE, "the confidence interval could not be computed"
     if rule.op == "contains0_or_abs<=":
         m = rule.bounds(analysis)[1]
-        if lo <= 0 <= hi or (-m <= lo and hi <= m):
+        if -m <= lo and hi <= m:
             return SUPPORTED, ""
+        if lo <= 0 <= hi:  # the rule's other door: say how little it shows when the CI is wide
+            return SUPPORTED, (
+                f"supported because the CI contains 0; it reaches beyond +-{m:g}, so it shows no gap, "
+                "not a match within the margin"
+            )
         if hi < -m or lo > m:
             return NOT_SUPPORTED, ""
         return INCONCLUSIVE, "the CI excludes 0 but overlaps the margin"

@@ -15,6 +15,7 @@ is the median over repeats.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,23 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that a host clock read after it covers that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """This thread's (or this GPU's, in float32 as torch is set to compute it) large-matmul speed,
+    the compute limit the bench compares against."""
+    device = torch.device(device)
+    n = n * 8 if device.type == "cuda" else n  # a GPU needs a larger product to reach its speed
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    synchronize(device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
@@ -148,7 +166,7 @@ def ensemble_bench(res: BenchResult, sizes, steps: int, log=print, device: str =
     """Member-steps/s of `train_ensemble` (the path `--ensemble` uses) for the bench MLP and the 1-D
     CNN of the baselines, each with and without BN, against the single-run engine on the same model
     and against the compute limit (this thread's large-matmul speed / FLOPs of one step)."""
-    from .ensemble import conv1d_flops_per_step, matmul_gflops, mlp_flops_per_step, train_ensemble
+    from .ensemble import conv1d_flops_per_step, mlp_flops_per_step, train_ensemble
 
     base = bench_config(steps, 0, device)
     data = load_dataset(base.data)

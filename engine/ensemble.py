@@ -270,16 +270,16 @@ class EnsembleNet:
         else:  # 1-D CNN: (M or 1, 1 channel, L, B), batch last
             h = x.reshape(1, x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)  # (M|1, B, L)
             h = h.transpose(1, 2).unsqueeze(1)
-        batch_last = (lambda t: t) if mlp else (lambda t: t.permute(0, 3, 2, 1))  # noqa: E731
+        as_probed = (lambda t: t) if mlp else (lambda t: t.permute(0, 3, 2, 1))  # noqa: E731  (M, B, L, C) views
         for i, lay in enumerate(self.layers):
             name = f"layer{i + 1}"
             if capture is not None:
-                inputs[name] = batch_last(h)
+                inputs[name] = as_probed(h)
             z = self._linear(lay, h) if mlp else self._conv(lay, h)
             if self.normalizes[i] and before:
                 z = self._normalize(i, z, training)
             if capture is not None:
-                taps[name] = batch_last(z)
+                taps[name] = as_probed(z)
             z = self.act(z)
             if self.normalizes[i] and not before:
                 z = self._normalize(i, z, training)
@@ -702,26 +702,3 @@ def conv1d_flops_per_step(cfg: ModelConfig, length: int, classes: int, batch: in
         c_in = c
     macs += c_in * length * classes
     return 2.0 * macs * batch * 3.0
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """This thread's (or this GPU's, in float32 as torch is set to compute it) large-matmul speed,
-    the compute limit the bench compares against."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        n *= 8  # a GPU needs a larger product to reach its speed
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    sync()
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9

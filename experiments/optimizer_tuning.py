@@ -270,6 +270,12 @@ def trials(cfg: TuningConfig) -> dict[str, Trial]:
     return out
 
 
+def _span(values: np.ndarray) -> str:
+    """'62.8-93.5%': the lowest and highest finished value (a diverged run is NaN, left out)."""
+    ok = values[np.isfinite(values)]
+    return f"{ok.min():.1f}-{ok.max():.1f}%" if len(ok) else "no finished run"
+
+
 def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
     """runs plus the workload/opt/protocol/label of each run's arm, from the typed trial table."""
     get = lambda f: runs["arm"].map(lambda a: getattr(arms[a], f) if a in arms else None)  # noqa: E731
@@ -364,6 +370,8 @@ class OptimizerTuning(Experiment):
             accs = "test acc: " + ", ".join(
                 f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam")
             )
+            # the spread over the fresh seeds shows a selected config that fails on some of them
+            accs += "; careful, per seed: " + ", ".join(f"{o} {_span(v[(o, 'careful')])}" for o in ("sgd", "adam"))
             rows.append(
                 judge(
                     claim,

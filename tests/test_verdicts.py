@@ -467,6 +467,10 @@ def test_k4_inconclusive_with_two_seeds_or_no_equilibrium(tmp_path):
 
 
 def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61), grafts=None):
+    return _verdicts("optimizer_tuning", _k5_runs(careful_adam, narrow_adam, grafts), [])
+
+
+def _k5_runs(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61), grafts=None):
     sgd = [0.70, 0.705, 0.695, 0.70, 0.70]
     acc = {
         ("sgd", "careful"): sgd,
@@ -489,7 +493,22 @@ def _k5(careful_adam, narrow_adam=(0.60, 0.61, 0.59, 0.60, 0.61), grafts=None):
                         "final_val_acc": v,
                     }
                 )
-    return _verdicts("optimizer_tuning", runs, [])
+    return runs
+
+
+def test_k5_detail_shows_the_spread_over_fresh_seeds():
+    """A selected config that fails on one fresh seed shows in the row, not only in the mean."""
+    adam_fails_once = [0.705, 0.70, 0.40, 0.71, 0.70]
+    t = Tables(
+        Path("."),
+        _config("optimizer_tuning", None),
+        {},
+        pd.DataFrame(_k5_runs(adam_fails_once)),
+        pd.DataFrame(columns=COLS),
+    )
+    row = next(r for r in REGISTRY["optimizer_tuning"].analyze(t) if r.claim_id == "K5-cnn")
+    assert "careful, per seed: sgd 69.5-70.5%, adam 40.0-71.0%" in row.detail
+    assert row.verdict == "supported" and "shows no gap, not a match within the margin" in row.detail
 
 
 @pytest.mark.parametrize(

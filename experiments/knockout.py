@@ -433,11 +433,16 @@ class Knockout(Experiment):
     @staticmethod
     def best_lrs(specs: dict[str, ArmSpec], val: dict[str, dict[int, float]]) -> dict[tuple[str, float], float]:
         """(role, level) -> the LR of the grid with the lowest mean validation loss (eval mode)."""
+        return Knockout.choose_lrs(specs, {arm: np.array(list(v.values()), dtype=float) for arm, v in val.items()})
+
+    @staticmethod
+    def choose_lrs(specs: dict[str, ArmSpec], val: dict[str, np.ndarray]) -> dict[tuple[str, float], float]:
+        """best_lrs on each arm's validation losses as an array (a bootstrap resample repeats seeds)."""
         best: dict[tuple[str, float], tuple[float, float]] = {}
         for arm, sp in specs.items():
             if sp.role not in ("plain", "bn", "noise") or arm not in val:
                 continue
-            v = np.array(list(val[arm].values()), dtype=float)
+            v = val[arm]
             score = (
                 float(np.mean(v)) if len(v) and np.isfinite(v).all() else float("inf")
             )  # a diverged seed rules it out
@@ -573,12 +578,9 @@ class Knockout(Experiment):
         values, same = [], 0
         for _ in range(SELECTION_RESAMPLES):
             idx = rng.integers(0, len(seeds), len(seeds))
-            pick = {}
-            for key, group in candidates.items():  # a diverged seed rules a learning rate out, as best_lrs does
-                scores = [(V[x][idx].mean() if np.isfinite(V[x][idx]).all() else np.inf, lr, x) for lr, x in group]
-                pick[key] = min(scores)[1:]
-            same += all(pick[k][0] == best.get(k) for k in pick)
-            values.append(g_of({k: v[1] for k, v in pick.items()}, idx))
+            lrs = self.choose_lrs(specs, {x: V[x][idx] for x in arms})  # the choice, made as best_lrs makes it
+            same += all(lrs[k] == best.get(k) for k in candidates)
+            values.append(g_of({k: next(x for lr, x in group if lr == lrs[k]) for k, group in candidates.items()}, idx))
         g = np.array(values, dtype=float)
         finite = g[np.isfinite(g)]
         lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)

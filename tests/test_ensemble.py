@@ -265,3 +265,18 @@ def test_stacked_conv1d_is_each_members_conv1d(k, stride, padding, length):
     got = stacked_conv1d(shared.permute(1, 2, 0).unsqueeze(0), w, bias, stride, padding)
     want = torch.stack([F.conv1d(shared, w[i], bias[i], stride, padding) for i in range(m)])
     assert torch.allclose(got, want.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_inserted_noise_on_the_batch_last_cnn_matches_the_single_runs():
+    """The stacked CNN hands an inserted module its activations as (M, B, L, C) and takes them back
+    batch-last: each member with its own noise level ends where its single run ends."""
+    from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+
+    group = []
+    for s, level in enumerate((0.5, 2.0)):
+        t = _task(s, {**MODELS["cnn"], "norm": "batch"}, {"name": "sgd", "lr": 0.05, "momentum": 0.9})
+        t.after_norm = NoiseFactory(NoiseConfig(), iid=False, level=level)
+        assert packable(t) == ""
+        group.append(t)
+    for single_task, member in zip(group, train_ensemble(group)):
+        _assert_same(train(single_task), member)

@@ -243,7 +243,8 @@ def test_a_resumed_run_keeps_its_ensemble_and_its_numbers():
 def test_stacked_conv1d_is_each_members_conv1d(k, stride, padding, length):
     """Every member's slice of the batch-last stacked conv equals torch's Conv1d on that member's
     weights and inputs (float64, fresh random draws), for each batch of its own and for one batch
-    shared by all; the gradients reaching the weights and inputs agree as well."""
+    shared by all; the gradients reaching the weights and inputs agree as well (the inputs' through
+    the window buffer's hand-written backward)."""
     import torch
     import torch.nn.functional as F
 
@@ -261,10 +262,14 @@ def test_stacked_conv1d_is_each_members_conv1d(k, stride, padding, length):
     ref = torch.autograd.grad((want * probe.permute(0, 3, 1, 2)).sum(), (w, bias, x))
     for a, r in zip(grads, ref):
         assert torch.allclose(a, r, rtol=1e-12, atol=1e-12)
-    shared = x[0].detach()  # one batch read by every member (evaluation)
+    shared = x[0].detach().requires_grad_()  # one batch read by every member (evaluation)
     got = stacked_conv1d(shared.permute(1, 2, 0).unsqueeze(0), w, bias, stride, padding)
     want = torch.stack([F.conv1d(shared, w[i], bias[i], stride, padding) for i in range(m)])
     assert torch.allclose(got, want.permute(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    # the shared batch's gradient sums every member's (the window buffer's own backward, then expand's)
+    (a,) = torch.autograd.grad((got * probe).sum(), (shared,))
+    (r,) = torch.autograd.grad((want * probe.permute(0, 3, 1, 2)).sum(), (shared,))
+    assert torch.allclose(a, r, rtol=1e-12, atol=1e-12)
 
 
 def test_inserted_noise_on_the_batch_last_cnn_matches_the_single_runs():

@@ -163,6 +163,36 @@ def execute(
     return [results[t.run_id] for t in tasks]
 
 
+ParallelMap = Callable[[Callable, list], list]
+
+
+def serial_map(fn: Callable, items: list) -> list:
+    """fn over items in this process, in order, with one torch thread (as `map_in_workers`)."""
+    return map_in_workers(fn, items, jobs=1)
+
+
+def map_in_workers(fn: Callable, items: list, jobs: int = 1) -> list:
+    """[fn(x) for x in items], in order: in this process for jobs == 1, else in a pool of up to
+    `jobs` one-thread `spawn` workers (fn and the items must pickle: a module-level function and
+    plain data). Work without training runs (an experiment's `derived` tables: hundreds of small
+    fits, independent simulations) spreads over the cores this way. Either way torch uses one
+    thread, so the numbers do not depend on `jobs`."""
+    items = list(items)
+    jobs = max(1, min(jobs, len(items)))
+    if jobs == 1:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return [fn(x) for x in items]
+        finally:
+            torch.set_num_threads(before)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        # chunks: a few per worker, so that uneven items still balance and small ones pay little overhead
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * jobs))))
+
+
 def _drain(q, progress: Progress) -> None:
     if q is None or progress is None:
         return

@@ -32,6 +32,7 @@ from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, Check, Claim, ClaimRow, Estimate, Rule, judge
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import TableExperiment
 
@@ -267,7 +268,7 @@ class AdaptiveGotchas(TableExperiment):
     claims = (K9_ADAGRAD, K9_RMSPROP, K9_EPS, K10, K10_STEP)
     config_class = GotchasConfig
 
-    def derived(self, cfg: GotchasConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: GotchasConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         p = cfg.problem
         streams = pd.concat(
             [_stream_steps(o, p, s) for o in ("adagrad", "rmsprop") for s in cfg.seed_list], ignore_index=True

@@ -7,6 +7,7 @@ tables -> figures). The engine does the rest. Nothing here knows about the comma
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import os
@@ -21,7 +22,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine.data import load_dataset
-from normlab.engine.executor import check_backend, execute, resolve_ensemble
+from normlab.engine.executor import ParallelMap, check_backend, execute, map_in_workers, resolve_ensemble, serial_map
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
 from normlab.engine.results import (
@@ -83,8 +84,10 @@ class Experiment:
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, run_cfg, self.after_norm(cfg, arm)))
         return tasks
 
-    def derived(self, cfg: ExperimentConfig) -> dict[str, pd.DataFrame]:
-        """Tables computed without training (e.g. exact theory curves), written as NAME.csv."""
+    def derived(self, cfg: ExperimentConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
+        """Tables computed without training (e.g. exact theory curves), written as NAME.csv.
+        `pmap(fn, items)` is [fn(x) for x in items] spread over the run's --jobs workers (fn at
+        module level, items plain data); the numbers are the same whatever --jobs is."""
         return {}
 
     def followup(self, cfg: ExperimentConfig, runs: pd.DataFrame, done: list[RunTask]) -> list[RunTask]:
@@ -200,7 +203,7 @@ def run_cells(
     started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
-    for name, table in exp.derived(cfg).items():
+    for name, table in exp.derived(cfg, functools.partial(map_in_workers, jobs=jobs)).items():
         atomic_write_csv(folder / f"{name}.csv", table)
     done: list[RunTask] = []
     keys: dict[str, str] = {}

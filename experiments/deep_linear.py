@@ -28,6 +28,7 @@ from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import t_interval
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import TableExperiment
 
@@ -141,27 +142,33 @@ def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
         }
 
 
+def fit_rows(job: tuple[SparseProblem, int, int, float]) -> tuple[dict, list[dict]]:
+    """One fit (problem, seed, depth, lambda): its row of fits.csv and its rows of weights.csv. The
+    data are drawn again from the seed, so a worker needs nothing but the job."""
+    p, seed, depth, lam = job
+    X, y, beta_true = sparse_data(p, seed)
+    r = fit(X, y, depth, lam, p, seed)
+    babs = r.pop("beta_abs")
+    weights = [
+        {"seed": seed, "depth": depth, "lambda": lam, "index": i, "beta_abs": float(b),
+         "true_nonzero": bool(beta_true[i] != 0)}
+        for i, b in enumerate(babs)
+    ]  # fmt: skip
+    return {"seed": seed, **r}, weights
+
+
 class DeepLinear(TableExperiment):
     name = "deep_linear"
     title = "K15: L2 on a deep (diagonal) linear network as a sparsifying L_{2/K} penalty on the product"
     claims = (K15_SPARSE, K15_BALANCE, K15_PENALTY)
     config_class = DeepLinearConfig
 
-    def derived(self, cfg: DeepLinearConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: DeepLinearConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         p = cfg.problem
-        fits, weights = [], []
-        for seed in cfg.seed_list:
-            X, y, beta_true = sparse_data(p, seed)
-            for depth in p.depths:
-                for lam in p.lambdas:
-                    r = fit(X, y, depth, lam, p, seed)
-                    babs = r.pop("beta_abs")
-                    fits.append({"seed": seed, **r})
-                    weights += [
-                        {"seed": seed, "depth": depth, "lambda": lam, "index": i, "beta_abs": float(b),
-                         "true_nonzero": bool(beta_true[i] != 0)}
-                        for i, b in enumerate(babs)
-                    ]  # fmt: skip
+        jobs = [(p, seed, depth, lam) for seed in cfg.seed_list for depth in p.depths for lam in p.lambdas]
+        done = pmap(fit_rows, jobs)  # hundreds of independent L-BFGS fits: spread over the workers
+        fits = [row for row, _ in done]
+        weights = [w for _, rows in done for w in rows]
         return {"fits": pd.DataFrame(fits), "weights": pd.DataFrame(weights)}
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:

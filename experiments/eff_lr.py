@@ -26,6 +26,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import CONTROL, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.stats import bca, geometric_t, t_interval
+from normlab.engine.executor import ParallelMap, serial_map
 
 from . import theory as T
 from .base import Experiment, arm_configs
@@ -207,7 +208,7 @@ class EffLR(Experiment):
     claims = (K3_THEORY, K3_EULER, K3_GROWTH, K3_EQ19, K3_SLOPE, K3_ADAM, K3_SPREAD, K3_RENORM, K13)
     config_class = EffLRConfig
 
-    def derived(self, cfg: EffLRConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: EffLRConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         return {"theory": theory_curves(cfg.theory)}
 
     # ---------------------------------------------------------------- claims

@@ -37,6 +37,7 @@ from normlab.engine.data import Batcher, load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import TableExperiment
 
@@ -178,15 +179,21 @@ def compare_runs(cfg: ExpLRConfig, seed: int, momentum: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compare_job(job: tuple[ExpLRConfig, int, float]) -> pd.DataFrame:
+    """compare_runs(cfg, seed, momentum) for one job of `pmap`."""
+    return compare_runs(*job)
+
+
 class ExpLR(TableExperiment):
     name = "exp_lr"
     title = "K14: weight decay on a scale-invariant network equals an exponentially growing learning rate"
     claims = (K14, K14_MOMENTUM, K14_RANGE)
     config_class = ExpLRConfig
 
-    def derived(self, cfg: ExpLRConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: ExpLRConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         with torch.random.fork_rng(devices=[]):
-            tables = [compare_runs(cfg, s, m) for m in (0.0, cfg.problem.momentum) for s in cfg.seed_list]
+            jobs = [(cfg, s, m) for m in (0.0, cfg.problem.momentum) for s in cfg.seed_list]
+            tables = pmap(compare_job, jobs)  # independent pairs of runs: spread over the workers
         return {"equivalence": pd.concat(tables, ignore_index=True)}
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:

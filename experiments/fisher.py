@@ -31,6 +31,7 @@ from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate,
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import TableExperiment
 
@@ -158,10 +159,13 @@ def _angles(reg: Regression, theta: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def trajectories(reg: Regression, seed: int) -> pd.DataFrame:
+FLOWS = ("gd", "ngd", "ef")
+
+
+def trajectories(reg: Regression, seed: int, flows: tuple[str, ...] = FLOWS) -> pd.DataFrame:
     p = reg.p
     rows = []
-    for kind in ("gd", "ngd", "ef"):
+    for kind in flows:
         theta = np.asarray(p.starts, dtype=float)
         for k in range(p.euler_steps + 1):
             if k % p.record_every == 0 or k == p.euler_steps:
@@ -197,19 +201,32 @@ def near_points(reg: Regression, seed: int, radius: float) -> pd.DataFrame:
     )
 
 
+def fisher_job(job: tuple[FisherProblem, float, int, str]) -> list[pd.DataFrame]:
+    """(problem, near_radius, seed, part): one flow's trajectories, or for part "grid" the direction
+    grid and the near points, of one seed's regression (drawn again from the seed)."""
+    p, near_radius, seed, part = job
+    reg = Regression.draw(p, seed)
+    if part == "grid":
+        return [direction_grid(reg, seed), near_points(reg, seed, near_radius)]
+    return [trajectories(reg, seed, (part,))]
+
+
 class Fisher(TableExperiment):
     name = "fisher"
     title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
     claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_MEDIAN)
     config_class = FisherConfig
 
-    def derived(self, cfg: FisherConfig) -> dict[str, pd.DataFrame]:
-        trajs, grids, optima = [], [], []
+    def derived(self, cfg: FisherConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
+        # one job per seed and flow (the Euler loops are most of the time), one per seed for the grids
+        jobs = [(cfg.problem, cfg.analysis.near_radius, seed, part) for seed in cfg.seed_list for part in FLOWS]
+        jobs += [(cfg.problem, cfg.analysis.near_radius, seed, "grid") for seed in cfg.seed_list]
+        tables = pmap(fisher_job, jobs)
+        trajs = [t for job, ts in zip(jobs, tables) if job[3] != "grid" for t in ts]
+        grids = [t for job, ts in zip(jobs, tables) if job[3] == "grid" for t in ts]
+        optima = []
         for seed in cfg.seed_list:
-            reg = Regression.draw(cfg.problem, seed)
-            trajs.append(trajectories(reg, seed))
-            grids += [direction_grid(reg, seed), near_points(reg, seed, cfg.analysis.near_radius)]
-            star = reg.theta_star
+            star = Regression.draw(cfg.problem, seed).theta_star
             optima.append({"seed": seed, "theta1": star[0], "theta2": star[1]})
         return {
             "trajectories": pd.concat(trajs, ignore_index=True),

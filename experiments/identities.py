@@ -31,6 +31,7 @@ from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import TableExperiment
 
@@ -198,7 +199,7 @@ class Identities(TableExperiment):
     claims = (K6_ORTH, K6_SCALE, K6_EPS, K7, K7_GRAD)
     config_class = IdentitiesConfig
 
-    def derived(self, cfg: IdentitiesConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: IdentitiesConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         data = load_dataset(cfg.run.data)
         x, y = data.x_train[: cfg.problem.examples].double(), data.y_train[: cfg.problem.examples]
         rows = []

@@ -37,6 +37,7 @@ from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.stats import geometric_t, paired_t
+from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import Experiment, arm_configs
 from .common import final_metric, status_note, values_by_seed
@@ -190,7 +191,7 @@ class KFACExperiment(Experiment):
     claims = CLAIMS
     config_class = KFACExperimentConfig
 
-    def derived(self, cfg: KFACExperimentConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: KFACExperimentConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         a = cfg.analysis
         return {"gn_norm": gn_norm_identity(a.gn_depths, cfg.run.model.width, cfg.seed_list, a.gn_examples)}
 

@@ -27,6 +27,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.stats import geometric_t, paired_t, t_interval
+from normlab.engine.executor import ParallelMap, serial_map
 
 from . import theory as T
 from .base import Experiment, arm_configs
@@ -216,7 +217,7 @@ class WDFixedPoint(Experiment):
     claims = (K4_THEORY, K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
     config_class = WDConfig
 
-    def derived(self, cfg: WDConfig) -> dict[str, pd.DataFrame]:
+    def derived(self, cfg: WDConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         return {"theory": theory_curves(cfg.theory)}
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:

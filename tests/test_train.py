@@ -153,3 +153,46 @@ def test_norm_init_scale_scales_the_normalizer_fed_weights_only_and_keeps_the_fu
     x = torch.randn(64, 12)
     a.train(), b.train()  # batch statistics: scale drops out
     assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def _threads_and_square(x: int) -> tuple[int, int]:
+    return torch.get_num_threads(), x * x
+
+
+def _fails_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_map_in_workers_keeps_order_and_one_torch_thread_and_raises_what_a_job_raises():
+    from normlab.engine.executor import map_in_workers
+
+    items = list(range(7))
+    for jobs in (1, 2):
+        assert map_in_workers(_threads_and_square, items, jobs) == [(1, x * x) for x in items]
+        with pytest.raises(ValueError, match="three"):
+            map_in_workers(_fails_on_three, items, jobs)
+    before = torch.get_num_threads()
+    map_in_workers(_threads_and_square, items, 1)
+    assert torch.get_num_threads() == before  # the caller's setting is put back
+
+
+@pytest.mark.parametrize("name", ["deep_linear", "fisher", "exp_lr"])
+def test_derived_tables_are_the_same_with_one_worker_or_two(name):
+    """The experiments whose tables need no training runs spread their jobs over --jobs workers;
+    the tables (rows in order, every digit) must not depend on how many."""
+    import functools
+
+    from normlab import _registry
+    from normlab.engine.executor import map_in_workers
+    from normlab.experiments import load_config
+
+    registry = _registry()
+    fewer = {"deep_linear": {"problem.depths": [1, 3], "problem.lambdas": [0.01, 0.1]}}.get(name, {})
+    exp, cfg = load_config(registry[name].default_config, registry, fewer, smoke=True)
+    one = exp.derived(cfg)
+    two = exp.derived(cfg, functools.partial(map_in_workers, jobs=2))
+    assert one.keys() == two.keys() and all(len(t) > 0 for t in one.values())
+    for key in one:
+        assert one[key].equals(two[key]), key

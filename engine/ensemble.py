@@ -2,7 +2,7 @@
 
 Runs that share an architecture and differ only in seed and in elementwise settings (learning rate
 and its schedule, momentum, betas, epsilon, weight decay) are stacked: a linear layer's weights get
-shape (M, out, in) and one batched matmul replaces M small ones; a 1-D conv layer becomes one gather
+shape (M, out, in) and one batched matmul replaces M small ones; a 1-D conv layer becomes one buffer
 of every member's input windows and one batched matmul; batch norm runs once over M x units
 channels, so every member is normalized over its own batch. The loss is the sum of the members'
 mean losses, so each member's gradient is exactly the one its own run would see, and the optimizers

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import queue
 import re
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Collection, Optional
@@ -164,6 +165,10 @@ def execute(
 
 
 ParallelMap = Callable[[Callable, list], list]
+# Starting a pool of spawn workers that import torch and normlab takes about 2.5-3 s here (measured
+# on smoke configs: exp_lr 0.4 -> 3.1 s, fisher 0.5 -> 3.3 s with a pool of two); work expected to
+# take less than twice that one item after another stays in this process.
+POOL_WORTH_S = 6.0
 
 
 def serial_map(fn: Callable, items: list) -> list:
@@ -171,26 +176,33 @@ def serial_map(fn: Callable, items: list) -> list:
     return map_in_workers(fn, items, jobs=1)
 
 
-def map_in_workers(fn: Callable, items: list, jobs: int = 1) -> list:
-    """[fn(x) for x in items], in order: in this process for jobs == 1, else in a pool of up to
-    `jobs` one-thread `spawn` workers (fn and the items must pickle: a module-level function and
-    plain data). Work without training runs (an experiment's `derived` tables: hundreds of small
-    fits, independent simulations) spreads over the cores this way. Either way torch uses one
-    thread, so the numbers do not depend on `jobs`."""
+def map_in_workers(fn: Callable, items: list, jobs: int = 1, pool_worth_s: float = POOL_WORTH_S) -> list:
+    """[fn(x) for x in items], in order, spread over up to `jobs` one-thread `spawn` workers (fn
+    and the items must pickle: a module-level function and plain data). Work without training runs
+    (an experiment's `derived` tables: hundreds of small fits, independent simulations) spreads
+    over the cores this way. The first two items run in this process and the second is timed (the
+    first pays one-time costs); the rest go to workers only if, at that pace, they would take
+    longer than `pool_worth_s` here. Torch uses one thread wherever an item runs, so the numbers do
+    not depend on `jobs` or on that choice."""
+    import torch
+
     items = list(items)
     jobs = max(1, min(jobs, len(items)))
-    if jobs == 1:
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return [fn(x) for x in items]
-        finally:
-            torch.set_num_threads(before)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = [fn(x) for x in items[:1]]
+        start = time.perf_counter()
+        out += [fn(x) for x in items[1:2]]
+        rest = items[2:]
+        if jobs == 1 or not rest or (time.perf_counter() - start) * len(rest) < pool_worth_s:
+            return out + [fn(x) for x in rest]
+    finally:
+        torch.set_num_threads(before)
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(rest)), mp_context=ctx, initializer=_worker_init) as pool:
         # chunks: a few per worker, so that uneven items still balance and small ones pay little overhead
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * jobs))))
+        return out + list(pool.map(fn, rest, chunksize=max(1, len(rest) // (4 * jobs))))
 
 
 def _drain(q, progress: Progress) -> None:

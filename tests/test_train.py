@@ -159,6 +159,12 @@ def _threads_and_square(x: int) -> tuple[int, int]:
     return torch.get_num_threads(), x * x
 
 
+def _pid(x: int) -> int:
+    import os
+
+    return os.getpid()
+
+
 def _fails_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("three")
@@ -169,10 +175,18 @@ def test_map_in_workers_keeps_order_and_one_torch_thread_and_raises_what_a_job_r
     from normlab.engine.executor import map_in_workers
 
     items = list(range(7))
-    for jobs in (1, 2):
-        assert map_in_workers(_threads_and_square, items, jobs) == [(1, x * x) for x in items]
+    for jobs in (1, 2):  # pool_worth_s=0: the pool even for this little work
+        assert map_in_workers(_threads_and_square, items, jobs, pool_worth_s=0) == [(1, x * x) for x in items]
         with pytest.raises(ValueError, match="three"):
-            map_in_workers(_fails_on_three, items, jobs)
+            map_in_workers(_fails_on_three, items, jobs, pool_worth_s=0)
+    assert map_in_workers(_threads_and_square, [], 2) == []
+    import os
+
+    # little work stays in this process (starting workers would cost more); with no such bound the
+    # first two items still run here (the second timed), the others in the workers
+    assert set(map_in_workers(_pid, items, 2)) == {os.getpid()}
+    pids = map_in_workers(_pid, items, 2, pool_worth_s=0)
+    assert pids[:2] == [os.getpid()] * 2 and os.getpid() not in pids[2:]
     before = torch.get_num_threads()
     map_in_workers(_threads_and_square, items, 1)
     assert torch.get_num_threads() == before  # the caller's setting is put back
@@ -192,7 +206,7 @@ def test_derived_tables_are_the_same_with_one_worker_or_two(name):
     fewer = {"deep_linear": {"problem.depths": [1, 3], "problem.lambdas": [0.01, 0.1]}}.get(name, {})
     exp, cfg = load_config(registry[name].default_config, registry, fewer, smoke=True)
     one = exp.derived(cfg)
-    two = exp.derived(cfg, functools.partial(map_in_workers, jobs=2))
+    two = exp.derived(cfg, functools.partial(map_in_workers, jobs=2, pool_worth_s=0))  # a pool, even for smoke
     assert one.keys() == two.keys() and all(len(t) > 0 for t in one.values())
     for key in one:
         assert one[key].equals(two[key]), key

@@ -141,6 +141,33 @@ KIND_NOTE = (
 )
 
 
+def time_table(items: list[dict]) -> list[str]:
+    """Where each folder's time went, from its manifest and runs.csv: wall time, workers, runs, and
+    the runs' own training time (a stacked member counts its share of the ensemble's), also as a
+    share of the worker time the wall clock offered."""
+    rows = [
+        "## Where the time went",
+        "",
+        "Training is the sum of the runs' own clocks (runs.csv `train_seconds`; a stacked member counts "
+        "its share of its ensemble's time), in core-seconds. The rest of each wall time is tables computed "
+        "without training runs, workers idle at the end of a stage, pool start and writing the CSVs; "
+        "analysis, figures and reports come after the manifest's clock stops.",
+        "",
+        "| experiment | wall time (s) | workers | runs | training (core-s) | training / (wall x workers) |",
+        "|---|---|---|---|---|---|",
+    ]
+    total_wall = total_train = total_runs = 0.0
+    for it in items:
+        m, runs = it["manifest"], it["runs"]
+        wall, jobs = float(m.get("wall_seconds", float("nan"))), int(m.get("jobs") or 1)
+        train = float(runs["train_seconds"].sum()) if "train_seconds" in runs and len(runs) else 0.0
+        busy = f"{train / (wall * jobs):.0%}" if wall > 0 and train > 0 else "-"
+        rows.append(f"| {_label(it)} | {wall:.1f} | {jobs} | {len(runs)} | {train:.1f} | {busy} |")
+        total_wall, total_train, total_runs = total_wall + wall, total_train + train, total_runs + len(runs)
+    rows += [f"| all | {total_wall:.1f} | | {int(total_runs)} | {total_train:.1f} | |", ""]
+    return rows
+
+
 def build_report(
     folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None, titles: dict[str, str] | None = None
 ) -> Path:
@@ -256,6 +283,7 @@ def build_report(
         for p in it["plots"]:
             md += [f"![{p.stem}]({rel(p)})", ""]
 
+    md += time_table(items)
     md += ["## What was not reproduced", ""]
     missing = [e for e in (expected or []) if e not in {it["config"].get("experiment") for it in items}]
     lines = []

@@ -69,3 +69,30 @@ def test_report_bad_input():
     assert r.exit_code == 2 and "holds no run folders" in r.output
     r = runner.invoke(app, ["reproduce", "--only", "nope"])
     assert r.exit_code == 2 and "--only: nope not known" in r.output
+
+
+def test_the_report_says_where_each_folders_time_went(tmp_path):
+    """The time table's numbers are each folder's manifest wall time and workers and the sum of its
+    runs' train_seconds (recomputed here from the CSVs), with a total row."""
+    import json
+
+    import pandas as pd
+
+    from normlab.engine.report import build_report
+
+    ref = Path(__file__).resolve().parents[1] / "results" / "reference"
+    names = ["baselines", "identities"]  # one with runs, one with tables only
+    for n in names:
+        shutil.copytree(ref / n, tmp_path / n)
+    out = build_report([tmp_path / n for n in names], tmp_path / "report.md", "md")
+    lines = out.read_text().split("## Where the time went", 1)[1].splitlines()
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines if ln.startswith("| ")}
+    walls, trains, counts = [], [], []
+    for n in names:
+        m = json.loads((tmp_path / n / "manifest.json").read_text())
+        runs = pd.read_csv(tmp_path / n / "runs.csv")
+        train = float(runs["train_seconds"].sum()) if len(runs) else 0.0
+        assert rows[n][:4] == [f"{m['wall_seconds']:.1f}", str(m["jobs"]), str(len(runs)), f"{train:.1f}"]
+        walls, trains, counts = walls + [m["wall_seconds"]], trains + [train], counts + [len(runs)]
+    assert rows["baselines"][4] == f"{trains[0] / (walls[0] * 2):.0%}" and rows["identities"][4] == "-"
+    assert rows["all"][:4] == [f"{sum(walls):.1f}", "", str(sum(counts)), f"{sum(trains):.1f}"]

@@ -1,6 +1,7 @@
 """The training loop and executor: determinism, parallel = serial, divergence and failures kept."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -160,8 +161,6 @@ def _threads_and_square(x: int) -> tuple[int, int]:
 
 
 def _pid(x: int) -> int:
-    import os
-
     return os.getpid()
 
 
@@ -180,16 +179,18 @@ def test_map_in_workers_keeps_order_and_one_torch_thread_and_raises_what_a_job_r
         with pytest.raises(ValueError, match="three"):
             map_in_workers(_fails_on_three, items, jobs, pool_worth_s=0)
     assert map_in_workers(_threads_and_square, [], 2) == []
-    import os
-
     # little work stays in this process (starting workers would cost more); with no such bound the
     # first two items still run here (the second timed), the others in the workers
     assert set(map_in_workers(_pid, items, 2)) == {os.getpid()}
     pids = map_in_workers(_pid, items, 2, pool_worth_s=0)
     assert pids[:2] == [os.getpid()] * 2 and os.getpid() not in pids[2:]
     before = torch.get_num_threads()
-    map_in_workers(_threads_and_square, items, 1)
-    assert torch.get_num_threads() == before  # the caller's setting is put back
+    torch.set_num_threads(2)
+    try:
+        assert map_in_workers(_threads_and_square, items, 1)[0][0] == 1
+        assert torch.get_num_threads() == 2  # the caller's setting is put back
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", ["deep_linear", "fisher", "exp_lr"])

@@ -4,7 +4,8 @@ Runs that share an architecture and differ only in seed and in elementwise setti
 and its schedule, momentum, betas, epsilon, weight decay) are stacked: a linear layer's weights get
 shape (M, out, in) and one batched matmul replaces M small ones; a 1-D conv layer becomes one buffer
 of every member's input windows and one batched matmul; batch norm runs once over M x units
-channels, so every member is normalized over its own batch. The loss is the sum of the members'
+channels, so every member is normalized over its own batch; batch centering, layer norm and weight
+norm are computed per member the same way. The loss is the sum of the members'
 mean losses, so each member's gradient is exactly the one its own run would see, and the optimizers
 below apply torch.optim's update rules (and the grafts M#D) with a hyperparameter per member. The per-op overhead that
 bounds a small model's speed is then paid once per step instead of M times.
@@ -13,8 +14,9 @@ Each member starts from the weights `build_model` gives its seed and draws the b
 `Batcher` gives its seed, so member m follows run m's trajectory up to float rounding
 (tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
 stops being finite is recorded as diverged at that step, as the single-run loop does, and the
-others go on. Runs with probes, curvature, inserted modules, plugins, other architectures or
-optimizers (K-FAC) take the single-run path (`packable` says why not).
+others go on. Runs with per-unit probe rows, the Jacobian probe, curvature, unstackable inserted
+modules, plugins, other architectures or optimizers (K-FAC) take the single-run path (`packable`
+says why not).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from .config import to_dict
 from .data import Batcher, load_dataset
-from .models import build_model
+from .models import WNLinear, build_model
 from .optim import lr_at
 from .probes import _WEIGHT_METRICS, UnitWindow, summarize, weight_metrics
 from .runs import Progress, Row, RunResult, RunTask
@@ -43,6 +45,7 @@ _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h
 
 
 ARCHS = ("mlp", "cnn1d")  # what an ensemble can stack
+NORMS = ("none", "batch", "center", "layer", "weight")  # weight norm: the engine builds it for MLPs only
 # What --ensemble auto stacks: where stacking measured faster than single runs on this 2-core CPU
 # (normlab bench): the MLP (1.5-1.7x at 4-32 members) and the 1-D CNN as im2col + bmm (1.1-1.4x; a
 # grouped conv had measured 0.65-0.98x).
@@ -56,11 +59,11 @@ def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     reasons = [
         (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
         (m.arch not in archs, f"architecture {m.arch}"),
-        (m.norm not in ("none", "batch"), "a normalizer other than batch norm"),
+        (m.norm not in NORMS or (m.norm == "weight" and m.arch != "mlp"), f"normalizer {m.norm} on {m.arch}"),
         (cfg.probes.every > 0 and p.per_unit, "per-unit probe rows"),
         (p.jacobian_examples > 0, "the input-Jacobian probe"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
-        (o.name not in OPTIMIZERS or o.nesterov or o.renormalize, f"optimizer {o.name}"),
+        (o.name not in OPTIMIZERS or o.nesterov, f"optimizer {o.name}"),
         (bool(cfg.plugins), "plugins"),
     ]
     return next((why for bad, why in reasons if bad), "")
@@ -83,12 +86,23 @@ class _Layer:
     bias: torch.Tensor | None  # (M, out)
     stride: int = 1
     padding: int = 0
-    bn_weight: torch.Tensor | None = None  # (M, out): the affine batch norm's gain and shift, if any
+    # weight norm (engine.models.WNLinear): `weight` is v, the layer uses gain * v / ||v|| per unit
+    wn_gain: torch.Tensor | None = None  # (M, out)
+    wn_gain_learned: bool = False  # a parameter (norm_affine) or a constant buffer of ones
+    bn_weight: torch.Tensor | None = None  # (M, out): the affine normalizer's gain and shift, if any
     bn_bias: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
-        """Its parameters in Net.parameters() order: weight, bias, then the normalizer's."""
-        return [t for t in (self.weight, self.bias, self.bn_weight, self.bn_bias) if t is not None]
+        """Its parameters in Net.parameters() order: weight, bias, a learned weight-norm gain, then the
+        normalizer's gain and shift."""
+        gain = self.wn_gain if self.wn_gain_learned else None
+        return [t for t in (self.weight, self.bias, gain, self.bn_weight, self.bn_bias) if t is not None]
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer applies: `weight` itself, or under weight norm gain * v / ||v||."""
+        if self.wn_gain is None:
+            return self.weight
+        return self.weight * (self.wn_gain / self.weight.norm(dim=2)).unsqueeze(2)
 
 
 def _windows(length: int, k: int, stride: int, padding: int, l_out: int):
@@ -167,13 +181,18 @@ class EnsembleNet:
                 self.layers.append(_Layer("conv", w, b, mods[0].stride[0], mods[0].padding[0]))
             else:
                 self.layers.append(_Layer("linear", w, b))
+            if isinstance(mods[0], WNLinear):
+                self.layers[-1].wn_gain = torch.stack([m.gain.detach() for m in mods])
+                self.layers[-1].wn_gain_learned = isinstance(mods[0].gain, torch.nn.Parameter)
             norms = [net.blocks[i].norm for net in nets]
-            if norms[0] is not None and norms[0].affine:
+            affine = getattr(norms[0], "affine", False) or getattr(norms[0], "elementwise_affine", False)
+            if affine:
                 self.layers[-1].bn_weight = torch.stack([n.weight.detach() for n in norms])
                 self.layers[-1].bn_bias = torch.stack([n.bias.detach() for n in norms])
         w_out = torch.stack([net.out.weight.detach() for net in nets])
         self.out = _Layer("linear", w_out, torch.stack([net.out.bias.detach() for net in nets]))
-        self.norm = [b.norm is not None for b in nets[0].blocks]
+        # each block's normalizer: "batch", "center", "layer" or None (weight norm lives in the layer)
+        self.norm = [None if b.norm is None else cfg.norm for b in nets[0].blocks]
         self.normalizes = [b.normalizes for b in nets[0].blocks]
         # Modules inserted after the normalizer (StackedModule), stacked from each member's own; their
         # randomness comes from `generators`, one per member, holding that member's run's RNG stream.
@@ -183,17 +202,17 @@ class EnsembleNet:
             else type(b.after_norm).stack([n.blocks[i].after_norm for n in nets], generators)
             for i, b in enumerate(nets[0].blocks)
         ]
-        # the running statistics as each net has them (building a Net already runs one batch through it)
+        # the running statistics as each net has them (building a Net already runs one batch through it):
+        # batch norm's mean and variance, batch centering's mean
+        buffers = {"batch": ("running_mean", "running_var"), "center": ("running_mean",)}
         self.running = [
-            (
-                torch.cat([net.blocks[i].norm.running_mean for net in nets]).clone(),
-                torch.cat([net.blocks[i].norm.running_var for net in nets]).clone(),
-            )
-            if bn
+            tuple(torch.cat([getattr(net.blocks[i].norm, b) for net in nets]).clone() for b in buffers[kind])
+            if kind in buffers
             else None
-            for i, bn in enumerate(self.norm)
+            for i, kind in enumerate(self.norm)
         ]
-        self.invariant = [nets[0].weight_layers[i].invariance is not None for i in range(len(self.layers))]
+        # "unit", "layer" or None: which rescaling of a layer's weights leaves the loss unchanged
+        self.invariance = [nets[0].weight_layers[i].invariance for i in range(len(self.layers))]
         for t in self.parameters():
             t.requires_grad_(True)
 
@@ -210,8 +229,11 @@ class EnsembleNet:
         """The engine's initial weights for each seed, stacked (the same draws `train` makes). With
         `after_norm` (one factory per member), each member's inserted modules are built as its run
         builds them and draw from a generator that continues its run's RNG stream."""
-        if cfg.arch not in ("mlp", "cnn1d") or cfg.norm not in ("none", "batch"):
-            raise ValueError("EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with batch norm")
+        if cfg.arch not in ARCHS or cfg.norm not in NORMS or (cfg.norm == "weight" and cfg.arch != "mlp"):
+            raise ValueError(
+                "EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with batch norm, batch centering or"
+                " layer norm, and MLPs with weight norm"
+            )
         device = torch.device(device or "cpu")
         nets, generators = [], []
         for k, seed in enumerate(seeds):
@@ -229,9 +251,10 @@ class EnsembleNet:
 
     def to(self, device) -> "EnsembleNet":
         for lay in self.layers + [self.out]:
-            for name in ("weight", "bias", "bn_weight", "bn_bias"):
+            for name in ("weight", "bias", "wn_gain", "bn_weight", "bn_bias"):
                 if getattr(lay, name) is not None:
-                    setattr(lay, name, getattr(lay, name).detach().to(device).requires_grad_(True))
+                    learned = name != "wn_gain" or lay.wn_gain_learned
+                    setattr(lay, name, getattr(lay, name).detach().to(device).requires_grad_(learned))
         self.running = [tuple(t.to(device) for t in r) if r else None for r in self.running]
         for mod in self.inserted:
             if mod is not None:
@@ -247,11 +270,22 @@ class EnsembleNet:
         if which == "all":
             return self.parameters()
         layers = self.layers + [self.out]
-        invariant = self.invariant + [False]
-        return [lay.weight for lay, inv in zip(layers, invariant) if which == "weights" or inv]
+        invariance = self.invariance + [None]
+        return [lay.weight for lay, inv in zip(layers, invariance) if which == "weights" or inv]
+
+    @torch.no_grad()
+    def renormalize(self) -> None:
+        """Put every scale-invariant unit's incoming weights (or a whole layer's, under layer norm) back
+        on the unit sphere, per member (as engine.optim.Optimizer does for `renormalize`)."""
+        for lay, kind in zip(self.layers, self.invariance):
+            w = lay.weight
+            if kind == "unit":
+                w.div_(w.flatten(2).norm(dim=2).view(*w.shape[:2], *([1] * (w.ndim - 2))))
+            elif kind == "layer":
+                w.div_(w.flatten(1).norm(dim=1).view(-1, *([1] * (w.ndim - 1))))
 
     def _linear(self, lay: _Layer, h: torch.Tensor) -> torch.Tensor:
-        wt = lay.weight.transpose(1, 2)
+        wt = lay.effective_weight().transpose(1, 2)
         if h.shape[0] != self.members:  # one batch shared by every member (evaluation)
             return (
                 torch.matmul(h, wt)
@@ -262,6 +296,34 @@ class EnsembleNet:
 
     def _conv(self, lay: _Layer, h: torch.Tensor) -> torch.Tensor:
         return stacked_conv1d(h, lay.weight, lay.bias, lay.stride, lay.padding)
+
+    def _norm(self, i: int, h: torch.Tensor, training: bool) -> torch.Tensor:
+        """Block i's normalizer on h: (M, B, W) (MLP) or (M, C, L, B) (CNN)."""
+        kind = self.norm[i]
+        if kind == "batch":
+            return self._bn(i, h, training)
+        lay = self.layers[i]
+        if kind == "center":  # Eq. 13: each member's batch mean per feature, the running mean at eval
+            (rm,) = self.running[i]
+            dims = (2, 3) if h.ndim == 4 else (1,)
+            if training:
+                mean = h.mean(dim=dims)  # (M, features)
+                with torch.no_grad():
+                    rm.lerp_(mean.detach().flatten(), 0.1)
+            else:
+                mean = rm.view(h.shape[0], -1)
+            return h - (mean.view(*mean.shape, 1, 1) if h.ndim == 4 else mean.unsqueeze(1))
+        # layer norm: over one example's features (nn.LayerNorm), or its channels and positions
+        # (GroupNorm with one group) in the CNN
+        if h.ndim == 3:
+            z = F.layer_norm(h, h.shape[-1:], eps=self.cfg.norm_eps)
+        else:
+            var, mean = torch.var_mean(h, dim=(1, 2), keepdim=True, correction=0)
+            z = (h - mean) * torch.rsqrt(var + self.cfg.norm_eps)
+        if lay.bn_weight is None:
+            return z
+        shape = (*lay.bn_weight.shape, *([1] * (h.ndim - 2))) if h.ndim == 4 else (h.shape[0], 1, -1)
+        return torch.addcmul(lay.bn_bias.view(shape), z, lay.bn_weight.view(shape))
 
     def _bn(self, i: int, h: torch.Tensor, training: bool) -> torch.Tensor:
         """h: (M, B, W) (MLP) or (M, C, L, B) (CNN); one native batch norm over member x unit channels."""
@@ -279,7 +341,7 @@ class EnsembleNet:
 
     def _normalize(self, i: int, z: torch.Tensor, training: bool) -> torch.Tensor:
         if self.norm[i]:
-            z = self._bn(i, z, training)
+            z = self._norm(i, z, training)
         if self.inserted[i] is None:
             return z
         if z.ndim == 4:  # an inserted module sees the CNN's activations as (M, B, L, C)
@@ -341,9 +403,8 @@ class EnsembleNet:
         capture: dict = {}
         self.forward(x, training=True, shared=True, capture=capture)
         for r, saved in zip(self.running, running):
-            if r:
-                r[0].copy_(saved[0])
-                r[1].copy_(saved[1])
+            for t, t0 in zip(r or (), saved or ()):
+                t.copy_(t0)
         for mod, state in zip(self.inserted, states):
             if mod is not None:
                 mod.load(state)
@@ -487,7 +548,7 @@ class _MemberProbes(UnitWindow):
         self.cfg, self.net, self.members = cfg, net, net.members
         self.window_start = window_start
         self.names = [f"layer{i + 1}" for i in range(len(net.layers))] + ["out"]
-        self.invariant = net.invariant + [False]
+        self.invariance = net.invariance + [None]
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}
 
@@ -510,20 +571,27 @@ class _MemberProbes(UnitWindow):
         keys: list[tuple] = []
         values: list[torch.Tensor] = []  # each (M, some)
         layers = self.net.layers + [self.net.out]
-        for name, lay, invariant in zip(self.names, layers, self.invariant):
+        for name, lay, invariance in zip(self.names, layers, self.invariance):
             if self.cfg.weights and lay.weight.grad is not None:
                 w = lay.weight.flatten(2)  # (M, units, fan-in)
-                rows, wn2, wn, gn = weight_metrics(w, lay.weight.grad.flatten(2))
+                g = lay.weight.grad.flatten(2)
+                rows, wn2, wn, gn = weight_metrics(w, g)
                 metrics = list(_WEIGHT_METRICS)
-                if invariant:  # BN: each unit's incoming weights ("unit" invariance)
-                    lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)
+                lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
+                if invariance == "unit":  # BN, weight norm: each unit's incoming weights
                     rows += [wn2.reciprocal() * lr, lr * gn / wn]  # as `lr / wn2` evaluates for a float lr
                     metrics += ["eff_lr", "eff_step"]
                     if step >= self.window_start:
                         self._accumulate("unit_u_mean", name, wn2)
                         self._accumulate("unit_g2_mean", name, (wn * gn) ** 2)
+                if invariance:
                     self._directions[name] = w / wn.unsqueeze(2)
                 self._matrix(keys, values, metrics, name, rows)
+                if invariance == "layer":  # layer norm: only the whole matrix's scale drops out
+                    total = wn2.sum(1, keepdim=True)  # (M, 1)
+                    keys += [("eff_lr", name, "value"), ("normalized_grad_norm_layer", name, "value")]
+                    grad_norm = g.flatten(1).norm(dim=1, keepdim=True)
+                    values.append(torch.cat([total.reciprocal() * lr, total.sqrt() * grad_norm], 1))
             if self.cfg.inputs and name in captured.get("inputs", {}):
                 mean, var = self._stats(captured["inputs"][name])
                 keys += [("input_mean_sq_norm", name, "value"), ("input_var_mean", name, "value")]
@@ -550,7 +618,7 @@ class _MemberProbes(UnitWindow):
                 continue
             w = lay.weight.flatten(2)
             turn = (w / w.norm(dim=2, keepdim=True) - before).norm(dim=2)  # (M, units)
-            if step >= self.window_start:
+            if step >= self.window_start and self.invariance[self.names.index(name)] == "unit":
                 self._accumulate("unit_ang2_mean", name, turn**2)
             self._matrix(keys, values, ["angular_update"], name, [turn])
         return self._rows(step, keys, values)
@@ -665,6 +733,8 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
                     ] + measured[k]
             window_loss, window_steps = [0.0] * m, 0
         opt.step(lrs)
+        if tasks[0].config.optim.renormalize:
+            net.renormalize()
         if probing and cfg.probes.weights:
             turned = probes.after_step(step)
             for k in range(m):

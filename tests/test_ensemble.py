@@ -57,6 +57,21 @@ MODELS = {
         "norm": "batch",
         "norm_affine": True,
     },  # fmt: skip
+    "mlp_center": {"norm": "center"},
+    "mlp_center_after": {"norm": "center", "norm_position": "after"},
+    "mlp_ln": {"norm": "layer", "bias": "false"},
+    "mlp_ln_affine": {"norm": "layer", "norm_affine": True},
+    "mlp_wn": {"norm": "weight"},
+    "mlp_wn_gain": {"norm": "weight", "norm_affine": True},
+    "cnn_center": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "center"},
+    "cnn_ln_affine": {
+        "arch": "cnn1d",
+        "channels": [6, 6],
+        "kernel_sizes": [5, 3],
+        "strides": [2, 2],
+        "norm": "layer",
+        "norm_affine": True,
+    },  # fmt: skip
     # the engine's CNN ignores `residual` (it applies to MLPs), and so does the ensemble
     "cnn_residual_flag": {"arch": "cnn1d", "channels": [6], "kernel_sizes": [5], "strides": [2], "residual": True},
 }
@@ -95,6 +110,8 @@ CASES += [
     ("cnn", "sgd#adam"),
     ("mlp_bn_affine", "sgd_decoupled"),
     ("mlp_bn_affine", "adam#sgd"),
+    ("mlp_wn_gain", "sgd_decoupled"),
+    ("mlp_ln_affine", "adamw"),
 ]
 
 
@@ -134,7 +151,7 @@ def test_packing_groups_compatible_runs_only():
 
 def test_unsupported_models_are_refused():
     with pytest.raises(ValueError, match="MLPs and 1-D CNNs"):
-        EnsembleNet.from_seeds(ModelConfig(norm="layer"), (40,), 10, [0])
+        EnsembleNet.from_seeds(ModelConfig(arch="cnn1d", norm="weight"), (40,), 10, [0])
     with pytest.raises(ValueError, match="MLPs and 1-D CNNs"):
         EnsembleNet.from_seeds(ModelConfig(arch="cnn2d"), (1, 8, 8), 10, [0])
 
@@ -219,6 +236,32 @@ def test_weight_probes_and_unit_windows_match_the_single_runs(optim):
         single = train(single_task)
         metrics = {r.metric for r in single.rows}
         assert {"eff_step", "angular_update", "unit_u_mean", "unit_ang2_mean", "unit_u_last"} <= metrics
+        _assert_same(single, member, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["mlp_ln", "mlp_wn", "mlp_bn", "cnn_ln_affine"])
+def test_renormalized_and_layer_invariant_probes_match_the_single_runs(model):
+    """The unit-sphere control (`optim.renormalize`) per member, and the probes of every invariance
+    kind: per-unit effective LR under BN and weight norm, the whole layer's effective LR and
+    normalized gradient norm under layer norm, angular updates of both."""
+    probes = {"every": 4, "weights": True, "inputs": False, "preacts": False, "unit_window": 0.5,
+              "summaries": ["mean", "max"]}  # fmt: skip
+    tasks = []
+    for s in range(3):
+        # no bias: layer norm's scale invariance. Small steps: on the unit sphere a whole layer's
+        # entries are ~0.02, so lr 0.3 is a huge effective step and rounding grows ~10x per 2 steps
+        model_cfg = {**MODELS[model], "depth": 3, "bias": "false"}
+        t = _task(s, model_cfg, {"name": "sgd", "lr": 0.02 * (s + 1)}, steps=24, eval_every=8)
+        t.config.probes = C.from_dict(type(t.config.probes), probes)
+        t.config.optim.renormalize = model != "cnn_ln_affine"
+        tasks.append(t)
+    assert all(packable(t) == "" for t in tasks) and len(pack(tasks, 16)) == 1
+    for single_task, member in zip(tasks, train_ensemble(tasks)):
+        single = train(single_task)
+        metrics = {r.metric for r in single.rows}
+        assert {"eff_lr", "angular_update"} <= metrics
+        if "ln" in model:
+            assert "normalized_grad_norm_layer" in metrics and "unit_u_mean" not in metrics
         _assert_same(single, member, rtol=1e-5, atol=1e-6)
 
 

@@ -42,36 +42,23 @@ def _assert_same(single, member, rtol=1e-5, atol=1e-7):
         assert a == pytest.approx(b, rel=rtol, abs=atol) or (math.isnan(a) and math.isnan(b)), metric
 
 
+CNN = {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]}
 MODELS = {
     "mlp": {},
     "mlp_bn": {"norm": "batch"},
     "mlp_bn_affine": {"norm": "batch", "norm_affine": True},
     "mlp_bn_after_residual": {"norm": "batch", "norm_position": "after", "residual": True, "bias": "false"},
-    "cnn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]},
-    "cnn_bn": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "batch"},
-    "cnn_bn_affine": {
-        "arch": "cnn1d",
-        "channels": [6, 6],
-        "kernel_sizes": [5, 3],
-        "strides": [2, 2],
-        "norm": "batch",
-        "norm_affine": True,
-    },  # fmt: skip
     "mlp_center": {"norm": "center"},
     "mlp_center_after": {"norm": "center", "norm_position": "after"},
     "mlp_ln": {"norm": "layer", "bias": "false"},
     "mlp_ln_affine": {"norm": "layer", "norm_affine": True},
     "mlp_wn": {"norm": "weight"},
     "mlp_wn_gain": {"norm": "weight", "norm_affine": True},
-    "cnn_center": {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2], "norm": "center"},
-    "cnn_ln_affine": {
-        "arch": "cnn1d",
-        "channels": [6, 6],
-        "kernel_sizes": [5, 3],
-        "strides": [2, 2],
-        "norm": "layer",
-        "norm_affine": True,
-    },  # fmt: skip
+    "cnn": CNN,
+    "cnn_bn": {**CNN, "norm": "batch"},
+    "cnn_bn_affine": {**CNN, "norm": "batch", "norm_affine": True},
+    "cnn_center": {**CNN, "norm": "center"},
+    "cnn_ln_affine": {**CNN, "norm": "layer", "norm_affine": True},
     # the engine's CNN ignores `residual` (it applies to MLPs), and so does the ensemble
     "cnn_residual_flag": {"arch": "cnn1d", "channels": [6], "kernel_sizes": [5], "strides": [2], "residual": True},
 }

@@ -168,7 +168,7 @@ def stacked_conv1d(
 
 
 class EnsembleNet:
-    """M copies of one engine network (MLP or 1-D CNN, optional BN), stacked."""
+    """M copies of one engine network (MLP or 1-D CNN, with any normalizer the engine builds for it), stacked."""
 
     def __init__(self, cfg: ModelConfig, nets: list, generators: list | None = None):
         self.cfg, self.members = cfg, len(nets)

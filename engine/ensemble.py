@@ -46,11 +46,17 @@ _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h
 
 ARCHS = ("mlp", "cnn1d")  # what an ensemble can stack
 NORMS = ("none", "batch", "center", "layer", "weight")  # weight norm: the engine builds it for MLPs only
+
 # What --ensemble auto stacks: where stacking measured faster than single runs on this 2-core CPU
 # (normlab bench): the MLP (1.5-1.7x at 4-32 members) and the 1-D CNN as im2col + bmm (1.1-1.4x; a
 # grouped conv had measured 0.65-0.98x). Layer norm, weight norm and the renormalized control stack
 # as well (eff_lr's arms, 5 members: 1.3-1.9x their single runs, interleaved).
 AUTO_ARCHS = ARCHS
+
+
+def _stacks_norm(m: ModelConfig) -> bool:
+    """Whether an ensemble computes m's normalizer (every one the engine builds for the model)."""
+    return m.norm in NORMS and (m.norm != "weight" or m.arch == "mlp")
 
 
 def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
@@ -60,7 +66,7 @@ def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     reasons = [
         (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
         (m.arch not in archs, f"architecture {m.arch}"),
-        (m.norm not in NORMS or (m.norm == "weight" and m.arch != "mlp"), f"normalizer {m.norm} on {m.arch}"),
+        (not _stacks_norm(m), f"normalizer {m.norm} on {m.arch}"),
         (cfg.probes.every > 0 and p.per_unit, "per-unit probe rows"),
         (p.jacobian_examples > 0, "the input-Jacobian probe"),
         (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
@@ -230,7 +236,7 @@ class EnsembleNet:
         """The engine's initial weights for each seed, stacked (the same draws `train` makes). With
         `after_norm` (one factory per member), each member's inserted modules are built as its run
         builds them and draw from a generator that continues its run's RNG stream."""
-        if cfg.arch not in ARCHS or cfg.norm not in NORMS or (cfg.norm == "weight" and cfg.arch != "mlp"):
+        if cfg.arch not in ARCHS or not _stacks_norm(cfg):
             raise ValueError(
                 "EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with batch norm, batch centering or"
                 " layer norm, and MLPs with weight norm"
@@ -578,15 +584,15 @@ class _MemberProbes(UnitWindow):
                 g = lay.weight.grad.flatten(2)
                 rows, wn2, wn, gn = weight_metrics(w, g)
                 metrics = list(_WEIGHT_METRICS)
-                lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
+                if invariance:
+                    lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
+                    self._directions[name] = w / wn.unsqueeze(2)
                 if invariance == "unit":  # BN, weight norm: each unit's incoming weights
                     rows += [wn2.reciprocal() * lr, lr * gn / wn]  # as `lr / wn2` evaluates for a float lr
                     metrics += ["eff_lr", "eff_step"]
                     if step >= self.window_start:
                         self._accumulate("unit_u_mean", name, wn2)
                         self._accumulate("unit_g2_mean", name, (wn * gn) ** 2)
-                if invariance:
-                    self._directions[name] = w / wn.unsqueeze(2)
                 self._matrix(keys, values, metrics, name, rows)
                 if invariance == "layer":  # layer norm: only the whole matrix's scale drops out
                     total = wn2.sum(1, keepdim=True)  # (M, 1)
@@ -613,13 +619,13 @@ class _MemberProbes(UnitWindow):
         """The angle every scale-invariant unit turned by across the update (as Probes.after_step)."""
         keys: list[tuple] = []
         values: list[torch.Tensor] = []
-        for name, lay in zip(self.names, self.net.layers):
+        for name, lay, invariance in zip(self.names, self.net.layers, self.invariance):
             before = self._directions.pop(name, None)
             if before is None:
                 continue
             w = lay.weight.flatten(2)
             turn = (w / w.norm(dim=2, keepdim=True) - before).norm(dim=2)  # (M, units)
-            if step >= self.window_start and self.invariance[self.names.index(name)] == "unit":
+            if step >= self.window_start and invariance == "unit":
                 self._accumulate("unit_ang2_mean", name, turn**2)
             self._matrix(keys, values, ["angular_update"], name, [turn])
         return self._rows(step, keys, values)
@@ -734,7 +740,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
                     ] + measured[k]
             window_loss, window_steps = [0.0] * m, 0
         opt.step(lrs)
-        if tasks[0].config.optim.renormalize:
+        if cfg.optim.renormalize:  # the same for every member (not a per-member setting)
             net.renormalize()
         if probing and cfg.probes.weights:
             turned = probes.after_step(step)

@@ -1,7 +1,8 @@
 """normlab as a library: the operations of the command line, for notebooks and scripts.
 
     import normlab
-    out = normlab.run("knockout", overrides={"run.train.steps": 300}, seeds=3, out="results/k1-short")
+    out = normlab.run("knockout", overrides={"run.train.steps": 300}, seeds=3, out="results/k1-short",
+                      execution=normlab.Execution(jobs=2))
     out.claims                                  # one row per claim (pandas)
     folder = normlab.load("results/reference/knockout")
     folder.runs, folder.metrics, folder.claims  # the run folder's tables, typed by pandas
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from normlab.engine.errors import ConfigError, NormlabError
+from normlab.engine.execution import Execution
 
 try:
     from importlib.metadata import version as _version
@@ -33,16 +35,24 @@ except Exception:  # not installed (e.g. run from a source tree)
 __all__ = [
     "__version__",
     "ConfigError",
+    "Execution",
     "NormlabError",
+    "Plan",
     "RunFolder",
+    "Validation",
+    "bench",
     "judge",
     "list_experiments",
+    "list_sweeps",
     "load",
+    "plan",
+    "plan_sweep",
     "plot",
     "report",
     "reproduce",
     "run",
     "sweep",
+    "validate",
 ]
 
 
@@ -62,6 +72,7 @@ def list_experiments() -> pd.DataFrame:
 
 
 def _config_path(name_or_path: str | Path) -> Path:
+    """An experiment name means its shipped config; anything else is a path to a YAML file."""
     registry = _registry()
     if str(name_or_path) in registry:
         return registry[str(name_or_path)].default_config
@@ -69,58 +80,215 @@ def _config_path(name_or_path: str | Path) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     raise ConfigError(
-        f"{str(name_or_path)!r} is neither a known experiment ({', '.join(sorted(registry))}) nor a config file"
+        f"{str(name_or_path)!r} is neither a known experiment ({', '.join(sorted(registry))}) "
+        "nor a config file; see `normlab list`"
     )
 
 
-def _overrides(overrides: Optional[dict[str, Any]], seeds: Optional[int]) -> dict[str, Any]:
+def _overrides(overrides: Optional[dict[str, Any]], seeds: Optional[int], execution: Execution, key: str) -> dict:
+    """The dotted overrides of a call: the caller's, the seeds and the execution's device."""
     out = dict(overrides or {})
     if seeds is not None:
         if seeds < 1:
-            raise ConfigError("seeds: must be at least 1")
+            raise ConfigError("must be at least 1", key="seeds")
         out["seeds"] = seeds
-    return out
+    return {**out, **execution.overrides(key)}
+
+
+@dataclass
+class Plan:
+    """A command's work, loaded and checked, before anything is written: the experiment, its fully
+    resolved config, the output folder and (for a sweep) the sweep file's settings."""
+
+    experiment: Any  # normlab.experiments.Experiment
+    config: Any  # its typed ExperimentConfig
+    folder: Path
+    smoke: bool = False
+    sweep: Any = None  # the SweepConfig of a sweep
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+
+def list_sweeps() -> dict[str, Path]:
+    """The shipped sweeps (`normlab sweep NAME`): name -> sweep file."""
+    from normlab.experiments.sweeps import SWEEP_ROOT
+
+    return {p.stem: p for p in sorted(SWEEP_ROOT.glob("*.yaml"))}
+
+
+def _check_devices(cfg, execution: Execution) -> None:
+    """Every arm's train.device exists here (a cuda asked for without a GPU stops before any output)."""
+    from normlab.experiments.base import arm_configs
+
+    for arm, run_cfg in arm_configs(cfg).items():
+        own = run_cfg.train.device != cfg.run.train.device  # the arm sets it, not `run`
+        execution.check_device(run_cfg.train.device, f"arms.{arm}.train.device" if own else "run.train.device")
+
+
+def plan(
+    experiment: str | Path,
+    config: Optional[str | Path] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    seeds: Optional[int] = None,
+    smoke: bool = False,
+    out: Optional[str | Path] = None,
+    execution: Optional[Execution] = None,
+) -> Plan:
+    """Load and check what `run` would run (nothing is written): `experiment` is a name or a
+    config file; `config` another config file for that experiment."""
+    from normlab.engine.results import default_run_dir, ensure_free, results_root
+    from normlab.experiments import load_config
+
+    execution = execution or Execution()
+    path = Path(config) if config is not None else _config_path(experiment)
+    exp, cfg = load_config(path, _registry(), _overrides(overrides, seeds, execution, "run.train.device"), smoke)
+    if config is not None and exp.name != str(experiment) and str(experiment) in _registry():
+        raise ConfigError(f"{config} is a `{exp.name}` config, not `{experiment}`", key="config")
+    _check_devices(cfg, execution)
+    folder = Path(out) if out else default_run_dir(results_root(), exp.name, smoke)
+    ensure_free(folder)  # a run never writes into a finished folder: say so before any output
+    return Plan(exp, cfg, folder, smoke)
+
+
+def plan_sweep(
+    name_or_path: str | Path,
+    overrides: Optional[dict[str, Any]] = None,
+    seeds: Optional[int] = None,
+    smoke: bool = False,
+    out: Optional[str | Path] = None,
+    execution: Optional[Execution] = None,
+) -> Plan:
+    """Load and check what `sweep` would run (configs/sweeps/NAME.yaml or a sweep file)."""
+    from normlab.engine.results import results_root
+    from normlab.experiments.sweeps import load_sweep, sweep_path
+
+    execution = execution or Execution()
+    raw = _overrides(overrides, seeds, execution, "overrides.run.train.device")
+    exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), raw, smoke)
+    _check_devices(cfg, execution)
+    folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
+    return Plan(exp, cfg, folder, smoke, spec)
 
 
 def run(
-    experiment: str | Path,
+    experiment: str | Path | Plan,
     overrides: Optional[dict[str, Any]] = None,
     seeds: Optional[int] = None,
     out: Optional[str | Path] = None,
-    jobs: int = 1,
     smoke: bool = False,
-    backend: str = "local",
-    ensemble: int | str = "auto",
+    execution: Optional[Execution] = None,
 ):
-    """Train every arm x seed of an experiment (a name or a config file), judge, plot, report.
+    """Train every arm x seed of an experiment (a name, a config file or a `plan`), judge, plot,
+    report. `overrides` are dotted keys, e.g. {"run.optim.lr": 0.05}; `execution` says how the
+    runs train (normlab.Execution(jobs=2), the default one worker). Returns an Outcome (folder,
+    claims, runs, plots). `out` defaults to results/<experiment>/<timestamp>; an interrupted run
+    of the same call resumes from OUT.partial/."""
+    from normlab.experiments import run_experiment
 
-    `overrides` are dotted keys, e.g. {"run.optim.lr": 0.05}. Returns an Outcome (folder, claims,
-    runs, plots). `out` defaults to results/<experiment>/<timestamp>; an interrupted run of the
-    same call resumes from OUT.partial/."""
-    from normlab.engine.results import default_run_dir, results_root
-    from normlab.experiments import load_config, run_experiment
-
-    exp, cfg = load_config(_config_path(experiment), _registry(), _overrides(overrides, seeds), smoke)
-    folder = Path(out) if out else default_run_dir(results_root(), exp.name, smoke)
-    return run_experiment(exp, cfg, folder, jobs=jobs, smoke=smoke, backend=backend, ensemble=ensemble)
+    execution = execution or Execution()
+    p = experiment if isinstance(experiment, Plan) else plan(experiment, None, overrides, seeds, smoke, out, execution)
+    return run_experiment(p.experiment, p.config, p.folder, execution, p.smoke)
 
 
 def sweep(
-    name_or_path: str | Path,
+    name_or_path: str | Path | Plan,
     overrides: Optional[dict[str, Any]] = None,
+    seeds: Optional[int] = None,
     out: Optional[str | Path] = None,
-    jobs: int = 1,
     smoke: bool = False,
-    backend: str = "local",
-    ensemble: int | str = "auto",
+    execution: Optional[Execution] = None,
 ):
-    """Run a sweep (configs/sweeps/NAME.yaml or a sweep file) into `out`, resumably; returns an Outcome."""
-    from normlab.engine.results import results_root
-    from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
+    """Run a sweep (configs/sweeps/NAME.yaml, a sweep file or a `plan_sweep`) into `out`,
+    resumably; returns an Outcome."""
+    from normlab.experiments.sweeps import run_sweep
 
-    exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), dict(overrides or {}), smoke)
-    folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
-    return run_sweep(exp, cfg, spec, folder, jobs=jobs, smoke=smoke, backend=backend, ensemble=ensemble)
+    execution = execution or Execution()
+    p = (
+        name_or_path
+        if isinstance(name_or_path, Plan)
+        else plan_sweep(name_or_path, overrides, seeds, smoke, out, execution)
+    )
+    return run_sweep(p.experiment, p.config, p.sweep, p.folder, execution, p.smoke)
+
+
+@dataclass
+class Validation:
+    """What `validate` found: the plan, the runs of its first stage and the steps of each arm."""
+
+    plan: Plan
+    runs: int
+    arms: dict[str, int]  # arm -> train.steps
+
+    @property
+    def summary(self) -> str:
+        """e.g. '3 arm(s) x 5 seed(s) = 15 runs; steps per arm: {...}'."""
+        cfg = self.plan.config
+        count = (
+            f"{len(self.arms)} arm(s) x {cfg.seeds} seed(s) = {self.runs} runs"
+            if self.runs == len(self.arms) * cfg.seeds
+            else f"{len(self.arms)} arm(s), {self.runs} runs before any follow-up stage"
+        )
+        steps = self.arms if len(self.arms) <= 12 else sorted(set(self.arms.values()))
+        return f"{count}; steps per arm: {steps}"
+
+    @property
+    def yaml(self) -> str:
+        """The fully resolved config (defaults, overrides and smoke applied)."""
+        from normlab.engine.config import dump_yaml
+
+        return dump_yaml(self.plan.config)
+
+
+def validate(config: str | Path, overrides: Optional[dict[str, Any]] = None, smoke: bool = False) -> Validation:
+    """Check a config or sweep file (or an experiment's shipped config) without running anything:
+    keys, types, ranges, every arm and the runs the experiment builds from them."""
+    from normlab.engine.config import read_yaml
+
+    path = _config_path(config)
+    p = (
+        plan_sweep(path, overrides, smoke=smoke)
+        if "sweep" in read_yaml(path)
+        else plan(path, None, overrides, None, smoke)
+    )
+    tasks = p.experiment.tasks(p.config)  # the experiment's own arms (some build them from a design)
+    return Validation(p, len(tasks), {t.arm: t.config.train.steps for t in tasks})
+
+
+def bench(
+    steps: int = 2000,
+    repeats: int = 5,
+    probe_every: Optional[int] = None,
+    workers: Optional[int] = None,
+    ensemble_steps: int = 300,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+):
+    """Engine throughput against a plain PyTorch loop, probe cost, pool scaling and batched
+    ensembles, measured side by side; returns a BenchResult (its `rows()` are the table).
+    `log` gets one line per trial as it finishes."""
+    from normlab.engine.bench import run_bench
+    from normlab.engine.execution import DEVICES
+    from normlab.engine.train import resolve_device
+
+    if steps < 10:
+        raise ConfigError(f"must be at least 10, got {steps}", key="steps")
+    if repeats < 1:
+        raise ConfigError(f"must be at least 1, got {repeats}", key="repeats")
+    if device not in DEVICES:
+        raise ConfigError(f"{device!r} is not allowed; choose cpu, cuda or auto", key="device")
+    where = resolve_device(device, key="device")  # a cuda asked for where none is visible stops here
+    return run_bench(
+        steps=steps,
+        repeats=repeats,
+        probe_every=probe_every,
+        workers=workers,
+        log=log,
+        ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
+        ensemble_steps=max(ensemble_steps, 1),
+        device=str(where),
+    )
 
 
 @dataclass
@@ -137,37 +305,28 @@ def reproduce(
     out: Optional[str | Path] = None,
     smoke: bool = False,
     only: Optional[list[str]] = None,
-    jobs: int = 1,
     overrides: Optional[dict[str, Any]] = None,
+    execution: Optional[Execution] = None,
     on_experiment: Optional[Callable[[int, int, str, Path, bool], None]] = None,
-    on_start=None,
-    on_result=None,
-    backend: str = "local",
-    ensemble: int | str = "auto",
 ) -> Reproduction:
     """Run every experiment's default config (or those in `only`) into OUT/<experiment>/, then
     write OUT/report.md and OUT/report.html. Finished experiments are reused, interrupted ones
-    resume. `on_experiment(i, n, name, folder, reused)` is called before each experiment;
-    `on_start` and `on_result` are passed to every run (progress)."""
+    resume. `on_experiment(i, n, name, folder, reused)` is called before each experiment; the
+    execution's callbacks are passed to every run (progress)."""
     from normlab.engine.config import dump_yaml
-    from normlab.engine.executor import check_backend
     from normlab.engine.report import build_report
-    from normlab.engine.results import read_claims
+    from normlab.engine.results import read_claims, results_root
     from normlab.experiments import load_config, run_experiment
 
-    check_backend(backend)
-    from normlab.engine.executor import resolve_ensemble
-
-    resolve_ensemble(ensemble)  # a bad value stops here, before anything is written
-    from normlab.engine.results import results_root
-
+    execution = execution or Execution()
     registry = _registry()
     names = list(only) if only else list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ConfigError(f"only: {', '.join(unknown)} not known; choose from {', '.join(registry)}")
+        raise ConfigError(f"{', '.join(unknown)} not known; choose from {', '.join(registry)}", key="only")
     root = Path(out) if out else results_root() / ("reproduce-smoke" if smoke else "reproduce")
-    configs = {n: load_config(registry[n].default_config, registry, dict(overrides or {}), smoke) for n in names}
+    raw = _overrides(overrides, None, execution, "run.train.device")
+    configs = {n: load_config(registry[n].default_config, registry, raw, smoke) for n in names}
     for i, name in enumerate(names, 1):
         exp, cfg = configs[name]
         folder = root / name
@@ -175,22 +334,12 @@ def reproduce(
         if reused and (folder / "config.yaml").read_text() != dump_yaml(cfg):
             raise ConfigError(
                 f"{folder} holds {name} results of a different config; remove that folder to rerun it, "
-                "or choose another output folder"
+                "or choose another output folder ({out})"
             )
         if on_experiment:
             on_experiment(i, len(names), name, folder, reused)
         if not reused:
-            run_experiment(
-                exp,
-                cfg,
-                folder,
-                jobs=jobs,
-                smoke=smoke,
-                on_start=on_start,
-                on_result=on_result,
-                backend=backend,
-                ensemble=ensemble,
-            )
+            run_experiment(exp, cfg, folder, execution, smoke)
     titles = {n: e.title for n, e in registry.items()}
     reports = [  # exactly what `normlab report ROOT --format FMT` writes
         build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
@@ -237,15 +386,19 @@ def plot(folder: str | Path) -> list[Path]:
     return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
 
 
-def report(folders: list[str | Path], out: str | Path, fmt: str = "md") -> Path:
-    """One report (md or html) over run folders or a reproduce output folder."""
+def report(folders: list[str | Path], out: Optional[str | Path] = None, fmt: str = "md") -> Path:
+    """One report (md or html) over run folders or a reproduce output folder. `out` defaults to
+    report.FMT in the current folder, or inside the one reproduce folder given."""
     from normlab.engine.report import build_report, is_collection
 
     if fmt not in ("md", "html"):
-        raise ConfigError(f"format: {fmt!r} is not allowed; choose md or html")
+        raise ConfigError(f"{fmt!r} is not allowed; choose md or html", key="format")
     registry = _registry()
     paths = [Path(f) for f in folders]
-    expected = list(registry) if any(is_collection(p) for p in paths) else None
+    collection = any(is_collection(p) for p in paths)
+    if out is None:
+        out = (paths[0] if len(paths) == 1 and collection else Path(".")) / f"report.{fmt}"
+    expected = list(registry) if collection else None
     return build_report(paths, Path(out), fmt, expected=expected, titles={n: e.title for n, e in registry.items()})
 
 

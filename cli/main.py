@@ -8,7 +8,6 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import functools
-import re
 import math
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ from rich.table import Table
 
 import yaml
 
-from normlab.engine.config import ConfigError
-from normlab.engine.errors import NormlabError
+import normlab
+from normlab import ConfigError, NormlabError
 
 
 def _flags_without_a_type() -> None:
@@ -118,7 +117,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set run.train.steps=500")
         try:
             out[key] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as exc:
@@ -126,24 +125,23 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-# The engine speaks of config keys; on the command line the same advice reads as flags.
-_AS_FLAGS = [
-    (
-        re.compile(r"\b([Ss])et (run\.[\w.]+=\S+?)(?=[ ;,)]|$)"),
-        lambda m: f"{'P' if m[1] == 'S' else 'p'}ass --set {m[2]}",
-    ),
-    (re.compile(r"set train\.device to cpu or auto"), "use --device cpu or --device auto"),
-    (re.compile(r"choose another output folder"), "pass another --out"),
-    (re.compile(r"use the local backend"), "use --backend local"),
-    (re.compile(r"the ray backend needs Ray"), "--backend ray needs Ray"),
-    (re.compile(r"^only: "), "--only: "),
-]
-
-
-def as_flags(message: str) -> str:
-    for pattern, repl in _AS_FLAGS:
-        message = pattern.sub(repl, message)
-    return message
+# The engine and the API speak of config keys and settings; on the command line the same keys are
+# these flags (engine/errors.py renders an error's key and its {set:KEY=VALUE} fixes with them).
+FLAGS = {
+    "run.train.device": "--device",
+    "overrides.run.train.device": "--device",
+    "device": "--device",
+    "seeds": "--seeds",
+    "jobs": "--jobs",
+    "backend": "--backend",
+    "ensemble": "--ensemble",
+    "out": "--out",
+    "only": "--only",
+    "format": "--format",
+    "config": "--config",
+    "steps": "--steps",
+    "repeats": "--repeats",
+}
 
 
 def _bars(label_width: int, unit: str = "", transient: bool = False) -> Progress:
@@ -163,15 +161,6 @@ def _bars(label_width: int, unit: str = "", transient: bool = False) -> Progress
     )
 
 
-def _workers(backend: str, jobs: int, runs: int) -> str:
-    """What runs the work, for a header line: the pool's workers, or the Ray cluster's CPUs."""
-    if backend == "ray":
-        from normlab.engine.executor import ray_connect
-
-        return f"a Ray cluster of {ray_connect()} CPU(s)"
-    return f"{min(jobs, max(1, runs))} worker(s)"
-
-
 def user_errors(fn: Callable) -> Callable:
     """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
 
@@ -180,7 +169,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except NormlabError as exc:
-            message = escape(as_flags(str(exc)))  # brackets such as '.[ray]' are text, not markup
+            message = escape(exc.text(FLAGS))  # brackets such as '.[ray]' are text, not markup
             err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
@@ -190,61 +179,24 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _registry():
-    from normlab.experiments import REGISTRY
-
-    return REGISTRY
-
-
-def _config_path(name_or_path: str) -> Path:
-    """An experiment name means its shipped config; anything else is a path to a YAML file."""
-    registry = _registry()
-    if name_or_path in registry:
-        return registry[name_or_path].default_config
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    raise ConfigError(
-        f"{name_or_path!r} is neither a known experiment ({', '.join(sorted(registry))}) "
-        "nor a config file; see `normlab list`"
-    )
+def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
+    """The command's options as one checked normlab.Execution (jobs: every core by default)."""
+    return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
 
 
-def _cli_overrides(
-    sets: List[str], seeds: Optional[int], device: Optional[str], device_key: str = "run.train.device"
-) -> dict:
-    """--set, --seeds and --device as one dict of dotted overrides (checked here, once)."""
-    overrides = parse_set(sets)
-    if seeds is not None:
-        if seeds < 1:
-            raise ConfigError("--seeds: must be at least 1")
-        overrides["seeds"] = seeds
-    if device is not None:
-        if device not in ("cpu", "cuda", "auto"):
-            raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
-        overrides[device_key] = device
-    return overrides
-
-
-def _resolve_jobs(jobs: Optional[int]) -> int:
-    from normlab.engine.executor import default_jobs
-
-    if jobs is not None and jobs < 1:
-        raise ConfigError("--jobs: must be at least 1")
-    return jobs or default_jobs()
+_COLORS = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
 
 
 def _print_claims(claims) -> None:
     table = Table(title="Claims", show_lines=False)
     for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
         table.add_column(col)
-    colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
     for _, r in claims.iterrows():
         ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
         table.add_row(
             str(r["claim_id"]),
             str(r["kind"]),
-            f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+            f"[{_COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]",
             f"{r['value']:.4g}",
             ci,
             str(r["threshold"]),
@@ -302,17 +254,14 @@ def list_cmd() -> None:
     table.add_column("config", overflow="fold")  # never cut a path a user will copy
     table.add_column("what it asks")
     here = Path.cwd()
-    shown = lambda p: str(p.relative_to(here) if p.is_relative_to(here) else p)  # noqa: E731
-    for name, exp in sorted(_registry().items()):
-        table.add_row(
-            name, ", ".join(dict.fromkeys(c.id.split("-")[0] for c in exp.claims)), shown(exp.default_config), exp.title
-        )
+    shown = lambda p: str(p.relative_to(here) if Path(p).is_relative_to(here) else p)  # noqa: E731
+    for row in normlab.list_experiments().sort_values("experiment").itertuples():
+        claims = ", ".join(dict.fromkeys(c.split("-")[0] for c in row.claims))
+        table.add_row(row.experiment, claims, shown(Path(row.config)), row.title)
     _print_table(table)
-    from normlab.experiments.sweeps import SWEEP_ROOT
-
-    sweeps = sorted(SWEEP_ROOT.glob("*.yaml"))
+    sweeps = normlab.list_sweeps()
     if sweeps:
-        console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{p.stem} ({shown(p)})" for p in sweeps))
+        console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{n} ({shown(p)})" for n, p in sweeps.items()))
 
 
 @app.command()
@@ -330,30 +279,37 @@ def validate(
     `normlab validate kfac --smoke --print` shows exactly the config `normlab run kfac --smoke`
     would run, every default filled in.
     """
-    from normlab.engine.config import dump_yaml, read_yaml
-    from normlab.experiments import load_config
-    from normlab.experiments.base import arm_configs
-
-    path = _config_path(str(config))
-    if "sweep" in read_yaml(path):
-        from normlab.experiments.sweeps import load_sweep
-
-        exp, cfg, _ = load_sweep(path, _registry(), parse_set(sets), smoke)
-    else:
-        exp, cfg = load_config(path, _registry(), parse_set(sets), smoke)
-    arm_configs(cfg)
-    tasks = exp.tasks(cfg)  # the experiment's own arms (some build them from a design)
-    arms = {t.arm: t.config.train.steps for t in tasks}
-    count = (
-        f"{len(arms)} arm(s) x {cfg.seeds} seed(s) = {len(tasks)} runs"
-        if len(tasks) == len(arms) * cfg.seeds
-        else f"{len(arms)} arm(s), {len(tasks)} runs before any follow-up stage"
-    )
-    steps = arms if len(arms) <= 12 else sorted(set(arms.values()))
+    checked = normlab.validate(str(config), parse_set(sets), smoke)
     if show:
-        print(dump_yaml(cfg), end="")  # plain stdout: the YAML is meant to be piped or saved
-    message = f"[green]ok[/green]: {config} is a valid `{exp.name}` config: {count}; steps per arm: {steps}"
+        print(checked.yaml, end="")  # plain stdout: the YAML is meant to be piped or saved
+    message = f"[green]ok[/green]: {config} is a valid `{checked.plan.name}` config: {checked.summary}"
     (err_console if show else console).print(message)
+
+
+class _RunBars:
+    """A bar per run in flight (at most --jobs rows) under one overall bar of every step."""
+
+    def __init__(self, bars: Progress):
+        self.bars, self.ids, self.done, self.planned = bars, {}, {}, 0
+        self.overall: Optional[int] = None  # added when the runs are known: an early error leaves no bar
+
+    def start(self, steps: int) -> None:
+        self.planned += steps  # a follow-up stage adds runs
+        if self.overall is None:
+            self.overall = self.bars.add_task("all runs", total=self.planned)
+        else:
+            self.bars.update(self.overall, total=self.planned)
+
+    def progress(self, run_id: str, done: int, total: int) -> None:
+        if self.done.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)
+            return
+        if run_id not in self.ids:
+            self.ids[run_id] = self.bars.add_task(run_id, total=total)
+        self.bars.update(self.ids[run_id], completed=done)
+        self.bars.advance(self.overall, done - self.done.get(run_id, 0))
+        self.done[run_id] = done
+        if done >= total:
+            self.bars.remove_task(self.ids[run_id])
 
 
 @app.command()
@@ -377,59 +333,22 @@ def run(
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
     `normlab run baselines --set run.train.steps=4000`.
     """
-    from normlab.engine.results import default_run_dir, results_root
-    from normlab.experiments import load_config, run_experiment
-
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"--backend: {backend!r} is not allowed; choose local or ray")
-    path = config if config is not None else _config_path(experiment)
-    exp, cfg = load_config(path, _registry(), _cli_overrides(sets, seeds, device), smoke)
-    if config is not None and exp.name != experiment and experiment in _registry():
-        raise ConfigError(f"--config {config} is a `{exp.name}` config, not `{experiment}`")
-    folder = out or default_run_dir(results_root(), exp.name, smoke)
-    n_jobs = _resolve_jobs(jobs)
-
+    execution = _execution(jobs, backend, ensemble, device)
+    plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
+    folder = plan.folder
     with _bars(18, " steps") as bars:
-        ids: dict[str, int] = {}  # a bar per run in flight only (at most --jobs rows), under one overall bar
-        done_steps: dict[str, int] = {}
-        overall: list[int] = []  # added when the runs are known, so an early error leaves no empty bar
-        planned: list[int] = []
+        runs = _RunBars(bars)
 
         def on_start(tasks, reused: int) -> None:
             err_console.print(
-                f"{exp.name}: {len(tasks)} runs on {_workers(backend, n_jobs, len(tasks))}"
+                f"{plan.name}: {len(tasks)} runs on {execution.workers(len(tasks))}"
                 + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
                 + f" -> {folder}"
             )
-            planned.append(sum(t.config.train.steps for t in tasks))  # a follow-up stage adds runs
-            if not overall:
-                overall.append(bars.add_task("all runs", total=sum(planned)))
-            else:
-                bars.update(overall[0], total=sum(planned))
-
-        def progress(run_id: str, done: int, total: int) -> None:
-            if done_steps.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)
-                return
-            if run_id not in ids:
-                ids[run_id] = bars.add_task(run_id, total=total)
-            bars.update(ids[run_id], completed=done)
-            bars.advance(overall[0], done - done_steps.get(run_id, 0))
-            done_steps[run_id] = done
-            if done >= total:
-                bars.remove_task(ids[run_id])
+            runs.start(sum(t.config.train.steps for t in tasks))
 
         try:
-            outcome = run_experiment(
-                exp,
-                cfg,
-                folder,
-                jobs=n_jobs,
-                progress=progress,
-                smoke=smoke,
-                on_start=on_start,
-                backend=backend,
-                ensemble=ensemble,
-            )
+            outcome = normlab.run(plan, execution=execution.with_callbacks(progress=runs.progress, on_start=on_start))
         except KeyboardInterrupt:
             err_console.print(
                 f"interrupted: finished runs are kept in {folder}.partial/; run the same "
@@ -467,24 +386,15 @@ def sweep(
     cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
-    from normlab.engine.results import results_root
-    from normlab.experiments.sweeps import load_sweep, run_sweep, sweep_path
-
-    overrides = _cli_overrides(sets, seeds, device, device_key="overrides.run.train.device")
-    path = sweep_path(name)
-    exp, cfg, spec = load_sweep(path, _registry(), overrides, smoke)
-    folder = out or results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
-    n_jobs = _resolve_jobs(jobs)
-    from normlab.engine.executor import check_backend
-
-    check_backend(backend)
+    execution = _execution(jobs, backend, ensemble, device)
+    plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution)
     with _bars(18) as bars:
         overall = bars.add_task("cells", total=0)
 
         def on_start(todo, skipped) -> None:
             err_console.print(
-                f"sweep {spec.sweep} ({exp.name}): {len(todo) + skipped} cells, {skipped} already "
-                f"finished, {len(todo)} to run on {_workers(backend, n_jobs, len(todo))} -> {folder}"
+                f"sweep {plan.sweep.sweep} ({plan.name}): {len(todo) + skipped} cells, {skipped} already "
+                f"finished, {len(todo)} to run on {execution.workers(len(todo))} -> {plan.folder}"
             )
             task = bars.tasks[overall]
             bars.update(overall, total=(task.total or 0) + len(todo) + skipped, completed=task.completed + skipped)
@@ -494,20 +404,9 @@ def sweep(
             if res.status != "ok":
                 err_console.print(f"  {res.run_id}: {res.status}")
 
-        outcome = run_sweep(
-            exp,
-            cfg,
-            spec,
-            folder,
-            jobs=n_jobs,
-            smoke=smoke,
-            on_start=on_start,
-            on_result=on_cell,
-            backend=backend,
-            ensemble=ensemble,
-        )
+        outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
     _print_claims(outcome.claims)
-    console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
+    console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
 
 
 @app.command()
@@ -528,9 +427,8 @@ def reproduce(
     Experiments already finished in the output folder are reused and interrupted ones resume, so
     running the same command again continues where it stopped.
     """
-    import normlab
-
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
+    execution = _execution(jobs, backend, ensemble, device)
     current: dict = {}
     with _bars(24, transient=True) as bars:
 
@@ -549,13 +447,10 @@ def reproduce(
                 out=out,
                 smoke=smoke,
                 only=names,
-                jobs=_resolve_jobs(jobs),
-                overrides=_cli_overrides([], None, device),
+                execution=execution.with_callbacks(
+                    on_start=on_start, on_result=lambda res: bars.advance(current["task"])
+                ),
                 on_experiment=on_experiment,
-                on_start=on_start,
-                on_result=lambda res: bars.advance(current["task"]),
-                backend=backend,
-                ensemble=ensemble,
             )
         except KeyboardInterrupt:
             err_console.print(
@@ -566,10 +461,9 @@ def reproduce(
     table = Table(title="Claims")
     for col in ("experiment", "claim", "verdict"):
         table.add_column(col)
-    colors = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
     for n, claims in result.claims.items():
         for _, r in claims.iterrows():
-            table.add_row(n, str(r["claim_id"]), f"[{colors.get(r['verdict'], 'white')}]{r['verdict']}[/]")
+            table.add_row(n, str(r["claim_id"]), f"[{_COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
     _print_table(table)
     console.print(f"report: {result.reports[0]} and {result.reports[1]}")
 
@@ -586,33 +480,15 @@ def report(
     ),
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
-    import normlab
-    from normlab.engine.report import is_collection
-
-    if fmt not in ("md", "html"):
-        raise ConfigError(f"--format: {fmt!r} is not allowed; choose md or html")
-    collection = any(is_collection(p) for p in run_dirs)
-    if out is None:
-        out = (Path(run_dirs[0]) if len(run_dirs) == 1 and collection else Path(".")) / f"report.{fmt}"
-    path = normlab.report(list(run_dirs), out, fmt)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {normlab.report(list(run_dirs), out, fmt)}")
 
 
 @app.command()
 @user_errors
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
-    import normlab
-
     for p in normlab.plot(run_dir):
         console.print(f"wrote {p}")
-
-
-def torch_device_name(device) -> str:
-    """`cpu`, or `cuda (NVIDIA H100 80GB HBM3)`: the card a bench's numbers belong to."""
-    import torch
-
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 @app.command()
@@ -628,51 +504,12 @@ def bench(
     ),
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
-    from normlab.engine.bench import run_bench
-    from normlab.engine.train import resolve_device
-
-    if steps < 10 or repeats < 1:
-        raise ConfigError("--steps must be >= 10 and --repeats >= 1")
-    if device not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"--device: {device!r} is not allowed; choose cpu, cuda or auto")
-    where = resolve_device(device)  # a cuda asked for where none is visible stops here, with the way out
-    name = torch_device_name(where)
-    console.print(f"MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop, on {name}")
-    res = run_bench(
-        steps=steps,
-        repeats=repeats,
-        probe_every=probe_every,
-        workers=workers,
-        log=console.print,
-        ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
-        ensemble_steps=max(ensemble_steps, 1),
-        device=str(where),
-    )
+    res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=console.print)
     table = Table(title="normlab bench (medians over interleaved repeats)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    table.add_row("plain PyTorch loop", f"{med(res.plain):.0f} steps/s", "")
-    table.add_row("engine, probes off", f"{med(res.engine):.0f} steps/s", "")
-    table.add_row("engine / plain", f"{res.engine_ratio:.3f}x", ">= 0.95x")
-    table.add_row(f"probe cost (every {res.probe_every} steps)", f"{100 * res.probe_cost:.1f}%", "<= 10%")
-    base = res.pool.get(1)
-    for k, rate in sorted(res.pool.items()):
-        table.add_row(
-            f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else ""
-        )
-    for (name, bn), single in res.engine_by_model.items():
-        label = f"{name}, {'BN' if bn else 'no BN'}"
-        table.add_row(f"{label}: engine, one run", f"{single:.0f} steps/s", "")
-        table.add_row(f"{label}: compute limit", f"{res.limit_by_model[(name, bn)]:.0f} steps/s", "large-matmul speed")
-        for (n2, bn2, m), rate in res.ensemble.items():
-            if (n2, bn2) == (name, bn):
-                goal = "; goal >= 3x at M >= 8" if (name, bn, m) == ("MLP", True, 8) else ""
-                table.add_row(
-                    f"{label}: ensemble of {m}",
-                    f"{rate:.0f} member-steps/s",
-                    f"{rate / single:.2f}x the engine, {rate / res.limit_by_model[(name, bn)]:.0%} of the limit{goal}",
-                )
+    for row in res.rows():
+        table.add_row(*row)
     _print_table(table)
 
 

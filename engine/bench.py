@@ -125,6 +125,40 @@ class BenchResult:
     def probe_cost(self) -> float:
         return 1.0 - statistics.median(q / e for q, e in zip(self.probed, self.engine))
 
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The bench's table: (measure, value, target), medians over the interleaved repeats."""
+        rows = [
+            ("plain PyTorch loop", f"{statistics.median(self.plain):.0f} steps/s", ""),
+            ("engine, probes off", f"{statistics.median(self.engine):.0f} steps/s", ""),
+            ("engine / plain", f"{self.engine_ratio:.3f}x", ">= 0.95x"),
+            (f"probe cost (every {self.probe_every} steps)", f"{100 * self.probe_cost:.1f}%", "<= 10%"),
+        ]
+        base = self.pool.get(1)
+        for k, rate in sorted(self.pool.items()):
+            rows.append(
+                (f"pool of {k} worker(s)", f"{rate:.0f} steps/s", f"{rate / base:.2f}x of 1 worker" if base else "")
+            )
+        for (name, bn), single in self.engine_by_model.items():
+            label, limit = f"{name}, {'BN' if bn else 'no BN'}", self.limit_by_model[(name, bn)]
+            rows.append((f"{label}: engine, one run", f"{single:.0f} steps/s", ""))
+            rows.append((f"{label}: compute limit", f"{limit:.0f} steps/s", "large-matmul speed"))
+            for (n2, bn2, m), rate in self.ensemble.items():
+                if (n2, bn2) == (name, bn):
+                    goal = "; goal >= 3x at M >= 8" if (name, bn, m) == ("MLP", True, 8) else ""
+                    rows.append(
+                        (
+                            f"{label}: ensemble of {m}",
+                            f"{rate:.0f} member-steps/s",
+                            f"{rate / single:.2f}x the engine, {rate / limit:.0%} of the limit{goal}",
+                        )
+                    )
+        return rows
+
+
+def device_name(device: torch.device) -> str:
+    """`cpu`, or `cuda (NVIDIA H100 80GB HBM3)`: the card a bench's numbers belong to."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
 
 def run_bench(
     steps: int = 2000,
@@ -139,6 +173,10 @@ def run_bench(
 ) -> BenchResult:
     probe_every = probe_every or ProbeConfig().every
     off, on = bench_config(steps, 0, device), bench_config(steps, probe_every, device)
+    log(
+        "MLP 40-100-100-10 + BN, batch 128, SGD, MNIST-1D, 1 torch thread per loop, on "
+        f"{device_name(resolve_device(device, key='device'))}"
+    )
     load_dataset(off.data)
     plain_loop(replace(off, train=replace(off.train, steps=200)))  # warm up kernels and caches
     engine_loop(replace(off, train=replace(off.train, steps=200)))

@@ -212,13 +212,13 @@ def _torchvision(cfg: DataConfig):
     root = _data_root(cfg)
     cls = getattr(tvd, cls_name)
     hint = (
-        f"{cfg.name}: dataset files not found under {root}. Either set run.data.download=true "
+        f"{cfg.name}: dataset files not found under {root}. Either {{set:run.data.download=true}} "
         f"on a machine with internet access, or put the files "
-        f"torchvision's {cls_name} reads there (or set run.data.root=DIR to the folder that holds them)"
+        f"torchvision's {cls_name} reads there (or {{set:run.data.root=DIR}} to the folder that holds them)"
     )
     offline = (
         f"{cfg.name}: download to {root} failed (no internet here?). Copy torchvision's "
-        f"{cls_name} files into {root}, or set run.data.root=DIR to the folder that holds them, and run "
+        f"{cls_name} files into {root}, or {{set:run.data.root=DIR}} to the folder that holds them, and run "
         "without download"
     )
     try:
@@ -258,7 +258,7 @@ def _imagefolder(cfg: DataConfig):
     if root is None or not (root / "train").is_dir() or not (root / "test").is_dir():
         raise DataError(
             f"imagefolder: expected folders ROOT/train/<class>/ and ROOT/test/<class>/ "
-            f"with images; got root={cfg.root!r}. Set run.data.root=DIR"
+            f"with images; got root={cfg.root!r}. {{Set:run.data.root=DIR}}"
         )
     size = cfg.image_size or 32
     tf = T.Compose([T.Resize((size, size)), T.ToTensor()])

@@ -89,7 +89,7 @@ def resolve_ensemble(ensemble: int | str | None) -> tuple[int, tuple[str, ...]]:
     except (TypeError, ValueError):
         size = 0
     if size < 1:
-        raise NormlabError(f"ensemble: {ensemble!r} is not allowed; choose auto, off or a number of members >= 1")
+        raise NormlabError(f"{ensemble!r} is not allowed; choose auto, off or a number of members >= 1", key="ensemble")
     return size, ARCHS
 
 
@@ -218,8 +218,8 @@ def _drain(q, progress: Progress) -> None:
 
 
 _NEEDS_RAY = (
-    "the ray backend needs Ray: pip install 'normlab[ray]' (in a checkout: pip install -e '.[ray]'), "
-    "or use the local backend"
+    "{backend} ray needs Ray: pip install 'normlab[ray]' (in a checkout: pip install -e '.[ray]'), "
+    "or {set:backend=local}"
 )
 RAY_CONNECT_TIMEOUT_S = 3.0  # how long a named Ray head may take to answer before we give up
 
@@ -253,7 +253,7 @@ def check_backend(backend: str) -> None:
     import importlib.util
 
     if backend not in ("local", "ray"):
-        raise NormlabError(f"backend: {backend!r} is not allowed; choose local or ray")
+        raise NormlabError(f"{backend!r} is not allowed; choose local or ray", key="backend")
     if backend == "ray":
         check_ray_address()
         _runtime_env()
@@ -317,7 +317,7 @@ def _runtime_env() -> Optional[dict]:
 _WORKER_NEEDS = (
     "every Ray node needs the driver's Python environment: the same Python, torch and normlab "
     "(pip install normlab with the same version on each node, a shared venv, or a runtime_env in "
-    "NORMLAB_RAY_RUNTIME_ENV), or use the local backend"
+    "NORMLAB_RAY_RUNTIME_ENV), or {set:backend=local}"
 )
 
 

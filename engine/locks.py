@@ -70,7 +70,7 @@ def folder_lock(out: Path) -> Iterator[Path]:
                 f" ({owner['command']})" if owner.get("command") else ""
             )
             raise NormlabError(
-                f"{out} is being written by {who}; wait for it to finish or choose another output folder "
+                f"{out} is being written by {who}; wait for it to finish or choose another output folder ({{out}}) "
                 f"(if that process is gone, remove {path})"
             )
         with os.fdopen(fd, "w") as fh:

@@ -152,7 +152,8 @@ def ensure_free(final: Path) -> None:
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise NormlabError(
-            f"output folder {final} already exists and is not empty; choose another output folder or remove it"
+            f"output folder {final} already exists and is not empty; choose another output folder ({{out}}) or "
+            "remove it"
         )
 
 

@@ -28,15 +28,14 @@ from .runs import Progress, Row, RunResult, RunTask
 from .spec import RunConfig
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "run.train.device") -> torch.device:
+    """`name` (cpu, cuda or auto) as a device; a cuda that is not there is an error about `key`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import ConfigError
 
-        raise ConfigError(
-            "train.device: cuda was asked for but no CUDA device is visible; set train.device to cpu or auto"
-        )
+        raise ConfigError(f"cuda was asked for but no CUDA device is visible; {{set:{key}=cpu|auto}}", key=key)
     return torch.device(name)
 
 

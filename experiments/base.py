@@ -16,13 +16,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine.data import load_dataset
-from normlab.engine.executor import ParallelMap, check_backend, execute, map_in_workers, resolve_ensemble, serial_map
+from normlab.engine.execution import Execution
+from normlab.engine.executor import ParallelMap, execute, map_in_workers, serial_map
 from normlab.engine.report import write_run_report
 from normlab.engine.errors import NormlabError
 from normlab.engine.results import (
@@ -44,7 +45,7 @@ from normlab.engine.cells import CellStore, cell_key
 from normlab.engine.locks import folder_lock
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.claims import Claim, ClaimRow
-from normlab.engine.runs import Progress, RunResult, RunTask
+from normlab.engine.runs import RunResult, RunTask
 from normlab.engine.train import resolve_device
 
 # The shipped configs are package data (normlab.configs): the same files in a checkout, an editable
@@ -177,21 +178,13 @@ def finish(exp: Experiment, folder: Path) -> Outcome:
     return Outcome(folder, claims, tables.runs, plots)
 
 
-OnStart = Optional[Callable[[list[RunTask], int], None]]
-
-
 def run_cells(
     exp: Experiment,
     cfg: ExperimentConfig,
     folder: Path,
-    jobs: int = 1,
-    progress: Progress = None,
+    execution: Execution,
     smoke: bool = False,
-    on_start: OnStart = None,
-    on_result: Optional[Callable[[RunResult], None]] = None,
     manifest: Optional[dict] = None,
-    backend: str = "local",
-    ensemble: int | str = "auto",
 ) -> Outcome:
     """Run every cell of `exp` not already finished in `folder`, then write the tables and analyze.
 
@@ -199,7 +192,7 @@ def run_cells(
     (`followup`). Finished cells are kept in folder/cells/, so running again resumes.
     """
     folder = Path(folder)
-    members = resolve_ensemble(ensemble)
+    jobs, members = execution.jobs, execution.members
     started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
@@ -222,16 +215,16 @@ def run_cells(
         finished = {t.run_id for t in unique if store.finished(keys[t.run_id])}
         todo = [t for t in unique if t.run_id not in finished]
         _load_and_hash_datasets(stage, todo, data_hashes)  # fail early for the runs to come; one load each
-        if on_start:
-            on_start(todo, len(stage) - len(todo))
+        if execution.on_start:
+            execution.on_start(todo, len(stage) - len(todo))
 
         def save(res: RunResult, hyper=hyper) -> None:
             store.save(keys[res.run_id], res, hyper[res.run_id])
-            if on_result:
-                on_result(res)
+            if execution.on_result:
+                execution.on_result(res)
 
         # every cell's run, finished or not, goes to the packer: a resumed run keeps its ensemble
-        execute(unique, jobs, progress, save, backend, members, finished=finished)
+        execute(unique, jobs, execution.progress, save, execution.backend, members, finished=finished)
         ran += len(todo)
         done += stage
         runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)
@@ -249,7 +242,7 @@ def run_cells(
             "finished": now(),
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "jobs": jobs,
-            "backend": backend,
+            "backend": execution.backend,
             "ensemble": members[0],  # most members per batched ensemble (1: every run trained alone)
             "ensemble_archs": list(members[1]),  # the architectures stacked
             "runs_executed_now": ran,
@@ -310,23 +303,12 @@ def partial_folder(out: Path) -> Path:
 
 
 def run_experiment(
-    exp: Experiment,
-    cfg: ExperimentConfig,
-    out: Path,
-    jobs: int = 1,
-    progress: Progress = None,
-    smoke: bool = False,
-    on_start: OnStart = None,
-    on_result: Optional[Callable[[RunResult], None]] = None,
-    backend: str = "local",
-    ensemble: int | str = "auto",
+    exp: Experiment, cfg: ExperimentConfig, out: Path, execution: Execution = Execution(), smoke: bool = False
 ) -> Outcome:
     """Run into OUT.partial/ (resuming what a killed run of the same command left there) and
-    rename it to OUT once everything is written."""
+    rename it to OUT once everything is written. `execution` was checked when it was built."""
     out = Path(out)
     ensure_free(out)
-    check_backend(backend)  # before anything is written
-    resolve_ensemble(ensemble)
     with folder_lock(out):  # one command per output folder
         ensure_free(out)  # again: another command may have finished it while this one started
         work = partial_folder(out)
@@ -336,11 +318,10 @@ def run_experiment(
             and (work / "config.yaml").read_text() != C.dump_yaml(cfg)
         ):
             raise NormlabError(
-                f"{work} holds an interrupted run of a different config; remove it or choose another output folder"
+                f"{work} holds an interrupted run of a different config; remove it or choose another output "
+                "folder ({out})"
             )
-        outcome = run_cells(
-            exp, cfg, work, jobs, progress, smoke, on_start, on_result, backend=backend, ensemble=ensemble
-        )
+        outcome = run_cells(exp, cfg, work, execution, smoke)
         shutil.rmtree(work / "cells")  # only needed to resume; runs.csv and metrics.csv hold it all now
         if out.exists():
             out.rmdir()

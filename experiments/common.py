@@ -62,5 +62,5 @@ def needs_probes(run: RunConfig, experiment: str, kind: str, why: str) -> None:
     if run.probes.every <= 0 or not getattr(run.probes, kind):
         raise ConfigError(
             f"run.probes: {experiment} needs probes.every > 0 and probes.{kind}: true ({why}); "
-            f"set run.probes.every=50 and run.probes.{kind}=true"
+            f"{{set:run.probes.every=50}} and {{set:run.probes.{kind}=true}}"
         )

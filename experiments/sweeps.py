@@ -7,16 +7,15 @@ the experiment's own `analyze` and `plot` read it exactly like the folder of `no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from normlab.engine import config as C
-from normlab.engine.executor import check_backend, resolve_ensemble
+from normlab.engine.execution import Execution
 from normlab.engine.files import atomic_write_text
 from normlab.engine.locks import folder_lock
 from normlab.engine.sweep import SweepConfig, expand
-from normlab.engine.runs import Progress, RunResult
 
-from .base import CONFIG_ROOT, Experiment, OnStart, Outcome, arm_configs, load_config, run_cells
+from .base import CONFIG_ROOT, Experiment, Outcome, arm_configs, load_config, run_cells
 
 SWEEP_ROOT = CONFIG_ROOT / "sweeps"
 
@@ -77,21 +76,10 @@ def _apply(raw: dict, overrides: dict) -> dict:
 
 
 def run_sweep(
-    exp: Experiment,
-    cfg,
-    sweep: SweepConfig,
-    out: Path,
-    jobs: int = 1,
-    progress: Progress = None,
-    smoke: bool = False,
-    on_start: OnStart = None,
-    on_result: Optional[Callable[[RunResult], None]] = None,
-    backend: str = "local",
-    ensemble: int | str = "auto",
+    exp: Experiment, cfg, sweep: SweepConfig, out: Path, execution: Execution = Execution(), smoke: bool = False
 ) -> Outcome:
-    """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze."""
-    check_backend(backend)  # before anything is written
-    resolve_ensemble(ensemble)
+    """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze.
+    `execution` was checked when it was built."""
     out = Path(out)
     with folder_lock(out):  # one command per output folder
         out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +90,7 @@ def run_sweep(
             atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
         atomic_write_text(previous, resolved)
         manifest = {"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"}
-        return run_cells(exp, cfg, out, jobs, progress, smoke, on_start, on_result, manifest, backend, ensemble)
+        return run_cells(exp, cfg, out, execution, smoke, manifest)
 
 
 __all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]

@@ -107,7 +107,56 @@ def test_errors_speak_of_config_keys_in_the_api_and_of_flags_on_the_command_line
     assert r.exit_code == 2 and "pass --set run.data.download=true" in r.output
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(normlab.NormlabError, match="choose another output folder"):
+    with pytest.raises(normlab.NormlabError, match=r"choose another output folder \(out\)"):
         normlab.run("baselines", smoke=True, out=tmp_path / "full")
     r = CliRunner().invoke(app, ["run", "baselines", "--smoke", "--out", str(tmp_path / "full")])
-    assert r.exit_code == 2 and "pass another --out" in r.output
+    assert r.exit_code == 2 and "choose another output folder (--out)" in r.output
+
+
+def test_an_error_names_its_key_and_fix_as_config_keys_and_the_cli_spells_them_as_flags():
+    import pickle
+
+    from normlab.cli.main import FLAGS
+
+    e = normlab.ConfigError("cuda is not here; {set:run.train.device=cpu|auto}", key="run.train.device")
+    assert str(e) == "run.train.device: cuda is not here; set run.train.device to cpu or auto"
+    assert e.text(FLAGS) == "--device: cuda is not here; use --device cpu or --device auto"
+    f = normlab.NormlabError("{Set:run.data.root=DIR}, or choose another folder ({out})")
+    assert str(f) == "Set run.data.root=DIR, or choose another folder (out)"
+    assert f.text(FLAGS) == "Pass --set run.data.root=DIR, or choose another folder (--out)"
+    back = pickle.loads(pickle.dumps(e))  # as a worker's error reaches the parent process
+    assert type(back) is normlab.ConfigError and back.key == e.key and back.text(FLAGS) == e.text(FLAGS)
+
+
+def test_execution_is_checked_once_when_it_is_built():
+    with pytest.raises(normlab.ConfigError, match="^jobs: must be at least 1"):
+        normlab.Execution(jobs=0)
+    with pytest.raises(normlab.NormlabError, match="^ensemble: '3x' is not allowed"):
+        normlab.Execution(ensemble="3x")
+    with pytest.raises(normlab.NormlabError, match="^backend: 'slurm' is not allowed"):
+        normlab.Execution(backend="slurm")
+    with pytest.raises(normlab.ConfigError, match="^run.train.device: 'tpu' is not allowed"):
+        normlab.Execution(device="tpu")
+    ex = normlab.Execution(jobs=None, ensemble="off")
+    assert ex.jobs >= 1 and ex.members == (1, ()) and ex.overrides() == {}
+    assert normlab.Execution(device="cpu").overrides("overrides.run.train.device") == {
+        "overrides.run.train.device": "cpu"
+    }
+
+
+def test_validate_returns_the_plan_and_its_runs():
+    checked = normlab.validate("baselines", {"seeds": 2})
+    assert checked.plan.name == "baselines" and checked.runs == 6 and set(checked.arms) == {"logistic", "mlp", "cnn"}
+    assert checked.summary.startswith("3 arm(s) x 2 seed(s) = 6 runs")
+    assert "experiment: baselines" in checked.yaml
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_a_missing_gpu_stops_a_command_before_any_folder_exists(tmp_path):
+    with pytest.raises(normlab.ConfigError, match="^run.train.device: cuda was asked for"):
+        normlab.run("baselines", smoke=True, out=tmp_path / "o", overrides={"run.train.device": "cuda"})
+    with pytest.raises(normlab.ConfigError, match="^arms.mlp.train.device: cuda was asked for"):
+        normlab.validate("baselines", {"arms.mlp.train.device": "cuda"})
+    with pytest.raises(normlab.ConfigError, match="^run.train.device: cuda was asked for"):
+        normlab.Execution(device="cuda")
+    assert list(tmp_path.iterdir()) == []

@@ -111,7 +111,7 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
-    with pytest.raises(NormlabError, match=r"the ray backend needs Ray: pip install 'normlab\[ray\]'"):
+    with pytest.raises(NormlabError, match=r"backend ray needs Ray: pip install 'normlab\[ray\]'"):
         execute([RunTask("r", "x", 0, tiny(steps=5))], backend="ray")
 
 

@@ -97,7 +97,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             "fashion_mnist": _torchvision,
             "cifar10": _torchvision,
             "imagefolder": _imagefolder,
-            **plugins.DATASETS,  # a plugin returns x_train, y_train, x_test, y_test, num_classes
+            **plugins.PLUGIN_DATASETS,  # a plugin returns x_train, y_train, x_test, y_test, num_classes
         }[cfg.name]
         x_tr, y_tr, x_te, y_te, classes = loader(cfg)
         _MEMO[key] = _finish(cfg, x_tr, y_tr, x_te, y_te, int(classes))

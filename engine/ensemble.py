@@ -15,8 +15,9 @@ Each member starts from the weights `build_model` gives its seed and draws the b
 (tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
 stops being finite is recorded as diverged at that step, as the single-run loop does, and the
 others go on. Runs with per-unit probe rows, the Jacobian probe, curvature, unstackable inserted
-modules, plugins, other architectures or optimizers (K-FAC) take the single-run path (`packable`
-says why not).
+modules, plugins, other architectures or optimizers (K-FAC) take the single-run path
+(`why_not_packable` says why). `SHARED`, `REFUSED` and `GATED` below say, for every field of a run's
+config, how this path handles it; tests/test_ensemble_fields.py fails on a field none of them names.
 """
 
 from __future__ import annotations
@@ -37,10 +38,45 @@ from .probes import _WEIGHT_METRICS, UnitWindow, summarize, weight_metrics
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
-# Settings that may differ between the members of one ensemble; everything else must match.
+STACKED_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
+# Settings (of `optim`) that may differ between the members of one ensemble; everything else must match.
 PER_MEMBER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup_steps", "step_every",
               "step_gamma")  # fmt: skip
+
+# How the batched path handles every other field of a run's config. A new field must be named in one
+# of these (tests/test_ensemble_fields.py walks RunConfig), so that none is silently ignored here:
+# SHARED: equal in all members (part of `pack_key`) and computed by the stacked model as `train` does
+# (data and initial weights come from the single-run path's own `load_dataset` and `build_model`).
+SHARED = frozenset(
+    [f"data.{k}" for k in ("name", "num_samples", "train_split", "data_seed", "val_size", "max_train", "max_test",
+                           "root", "download", "synthetic_kind", "input_shape", "num_classes", "noise", "image_size")]
+    + [f"model.{k}" for k in ("width", "depth", "residual", "channels", "kernel_sizes", "strides", "pool_every",
+                              "activation", "norm_position", "norm_affine", "norm_eps", "bias", "init",
+                              "norm_init_scale")]
+    + ["optim.wd_mode", "optim.wd_params", "optim.renormalize"]
+    + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
+    + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries")]
+)  # fmt: skip
+# REFUSED: settings the batched path computes only for some values; any other sends the run to the
+# single-run path, with this reason (`why_not_packable`).
+REFUSED = {
+    "model.arch": "architecture",  # an architecture not in `archs`
+    "model.norm": "normalizer",  # a normalizer the stacked model does not compute for the architecture
+    "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (K-FAC, a plugin's)
+    "optim.nesterov": "Nesterov momentum",
+    "probes.per_unit": "per-unit probe rows",
+    "probes.jacobian_examples": "the input-Jacobian probe",
+    "curvature.steps": "curvature",
+    "curvature.hessian_steps": "curvature",
+    "curvature.density_steps": "curvature",
+    "plugins": "plugins",
+}
+# GATED: read only while a refused setting is on (so never by a packed run): field -> that setting.
+GATED = {
+    **{f"curvature.{k}": "curvature.steps" for k in ("layer", "top_k", "examples", "tol", "dtype", "density_vectors",
+                                                     "density_repeats", "density_points")},
+    **{f"kfac.{k}": "optim.name" for k in ("damping", "ema", "cov_every", "inverse_every", "fisher")},
+}  # fmt: skip
 _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h: h}
 
 
@@ -59,21 +95,26 @@ def _stacks_norm(m: ModelConfig) -> bool:
     return m.norm in NORMS and (m.norm != "weight" or m.arch == "mlp")
 
 
-def packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
-    """'' when the run can join an ensemble, else the reason it takes the single-run path."""
+def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
+    """The reason the run takes the single-run path, or '' when it can join an ensemble."""
     cfg = task.config
-    m, o, p = cfg.model, cfg.optim, cfg.probes
-    reasons = [
-        (task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""), "an inserted module"),
-        (m.arch not in archs, f"architecture {m.arch}"),
-        (not _stacks_norm(m), f"normalizer {m.norm} on {m.arch}"),
-        (cfg.probes.every > 0 and p.per_unit, "per-unit probe rows"),
-        (p.jacobian_examples > 0, "the input-Jacobian probe"),
-        (bool(cfg.curvature.steps or cfg.curvature.hessian_steps or cfg.curvature.density_steps), "curvature"),
-        (o.name not in OPTIMIZERS or o.nesterov, f"optimizer {o.name}"),
-        (bool(cfg.plugins), "plugins"),
-    ]
-    return next((why for bad, why in reasons if bad), "")
+    m, o, p, cv = cfg.model, cfg.optim, cfg.probes, cfg.curvature
+    if task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""):
+        return "an inserted module"
+    refused = {  # field of REFUSED -> whether this run's value of it is one the batched path refuses
+        "model.arch": m.arch not in archs,
+        "model.norm": not _stacks_norm(m),
+        "optim.name": o.name not in STACKED_OPTIMIZERS,
+        "optim.nesterov": o.nesterov,
+        "probes.per_unit": p.every > 0 and p.per_unit,
+        "probes.jacobian_examples": p.jacobian_examples > 0,
+        "curvature.steps": bool(cv.steps),
+        "curvature.hessian_steps": bool(cv.hessian_steps),
+        "curvature.density_steps": bool(cv.density_steps),
+        "plugins": bool(cfg.plugins),
+    }
+    detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": f" {o.name}"}
+    return next((REFUSED[k] + detail.get(k, "") for k, bad in refused.items() if bad), "")
 
 
 def pack_key(task: RunTask) -> str:
@@ -787,7 +828,7 @@ def pack(tasks: list[RunTask], size: int, archs: tuple[str, ...] = ARCHS) -> lis
     groups: dict[str, list[RunTask]] = {}
     units: list[list[RunTask]] = []
     for t in tasks:
-        if packable(t, archs):  # a reason not to pack
+        if why_not_packable(t, archs):
             units.append([t])
             continue
         key = pack_key(t)

@@ -242,10 +242,10 @@ def _init(model: Net, scheme: str) -> None:
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, after_norm: AfterNorm = None) -> Net:
-    from .plugins import MODELS
+    from .plugins import PLUGIN_MODELS
 
-    if cfg.arch in MODELS:
-        return _plugin_model(MODELS[cfg.arch](cfg, input_shape, num_classes))
+    if cfg.arch in PLUGIN_MODELS:
+        return _plugin_model(PLUGIN_MODELS[cfg.arch](cfg, input_shape, num_classes))
     return Net(cfg, input_shape, num_classes, after_norm)
 
 

@@ -96,10 +96,10 @@ class Optimizer:
         else:  # one group: fewer foreach launches per step
             groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
         self.decay_params = decay
-        from .plugins import OPTIMIZERS
+        from .plugins import PLUGIN_OPTIMIZERS
 
-        if cfg.name in OPTIMIZERS:  # a plugin's optimizer; schedule, decoupled decay and renorm still apply
-            self.opt = OPTIMIZERS[cfg.name](groups, cfg)
+        if cfg.name in PLUGIN_OPTIMIZERS:  # a plugin's optimizer; schedule, decoupled decay and renorm still apply
+            self.opt = PLUGIN_OPTIMIZERS[cfg.name](groups, cfg)
         elif "#" in cfg.name:  # grafting M#D: M's step length, D's direction
             magnitude, direction = cfg.name.split("#")
             # Both get the same group dicts (torch keeps the dicts it is given, and the two optimizers'

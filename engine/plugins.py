@@ -34,9 +34,9 @@ from typing import Callable
 
 from .errors import ConfigError
 
-DATASETS: dict[str, Callable] = {}
-MODELS: dict[str, Callable] = {}
-OPTIMIZERS: dict[str, Callable] = {}
+PLUGIN_DATASETS: dict[str, Callable] = {}
+PLUGIN_MODELS: dict[str, Callable] = {}
+PLUGIN_OPTIMIZERS: dict[str, Callable] = {}
 ENTRY_POINT_GROUP = "normlab.plugins"
 _entry_points_loaded = False
 
@@ -52,15 +52,15 @@ def _register(table: dict[str, Callable], kind: str, name: str):
 
 
 def register_dataset(name: str):
-    return _register(DATASETS, "dataset", name)
+    return _register(PLUGIN_DATASETS, "dataset", name)
 
 
 def register_model(name: str):
-    return _register(MODELS, "model", name)
+    return _register(PLUGIN_MODELS, "model", name)
 
 
 def register_optimizer(name: str):
-    return _register(OPTIMIZERS, "optimizer", name)
+    return _register(PLUGIN_OPTIMIZERS, "optimizer", name)
 
 
 def load_entry_points() -> None:

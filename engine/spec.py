@@ -13,15 +13,15 @@ from typing import Any, Literal
 from .config import ConfigError, param
 
 # Built-in names; plugins (engine/plugins.py) may add more, so the fields below are checked by name.
-DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
-ARCHS = ("mlp", "cnn1d", "cnn2d")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "kfac", "adam#sgd", "sgd#adam")  # M#D: grafting
+BUILTIN_DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
+BUILTIN_ARCHS = ("mlp", "cnn1d", "cnn2d")
+BUILTIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "kfac", "adam#sgd", "sgd#adam")  # M#D: grafting
 NormName = Literal["none", "batch", "layer", "weight", "center"]
 
 
 @dataclass
 class DataConfig:
-    name: str = param("mnist1d", help=f"which dataset: {', '.join(DATASETS)}, or one a plugin registers")
+    name: str = param("mnist1d", help=f"which dataset: {', '.join(BUILTIN_DATASETS)}, or one a plugin registers")
     num_samples: int = param(5000, min=20, help="mnist1d/synthetic: examples generated in total")
     train_split: float = param(0.8, min=0.05, max=0.95, help="mnist1d/synthetic: train fraction")
     data_seed: int = param(42, min=0, help="seed of dataset generation (42 = MNIST-1D's own)")
@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = param("mlp", help=f"network: {', '.join(ARCHS)}, or one a plugin registers")
+    arch: str = param("mlp", help=f"network: {', '.join(BUILTIN_ARCHS)}, or one a plugin registers")
     width: int = param(100, min=1, help="mlp: hidden units per layer")
     depth: int = param(2, min=0, help="mlp: hidden layers (0 = logistic regression)")
     residual: bool = param(False, help="mlp: add a skip connection around hidden layers 2..depth")
@@ -67,7 +67,8 @@ class ModelConfig:
 class OptimConfig:
     name: str = param(
         "sgd",
-        help=f"optimizer: {', '.join(OPTIMIZERS)} (M#D: M's step length, D's direction), or one a plugin registers",
+        help=f"optimizer: {', '.join(BUILTIN_OPTIMIZERS)} (M#D: M's step length, D's direction), or one a plugin "
+        "registers",
     )
     lr: float = param(0.1, min=0.0, help="step size alpha (peak value when a schedule is used)")
     momentum: float = param(0.0, min=0.0, max=1.0, help="sgd/rmsprop momentum")
@@ -193,9 +194,9 @@ class RunConfig:
         from . import plugins as PL
 
         PL.load_plugins(self.plugins, f"{_p(path)}plugins")
-        PL.check_name(f"{_p(path)}data.name", self.data.name, DATASETS, PL.DATASETS)
-        PL.check_name(f"{_p(path)}model.arch", self.model.arch, ARCHS, PL.MODELS)
-        PL.check_name(f"{_p(path)}optim.name", self.optim.name, OPTIMIZERS, PL.OPTIMIZERS)
+        PL.check_name(f"{_p(path)}data.name", self.data.name, BUILTIN_DATASETS, PL.PLUGIN_DATASETS)
+        PL.check_name(f"{_p(path)}model.arch", self.model.arch, BUILTIN_ARCHS, PL.PLUGIN_MODELS)
+        PL.check_name(f"{_p(path)}optim.name", self.optim.name, BUILTIN_OPTIMIZERS, PL.PLUGIN_OPTIMIZERS)
         m = self.model
         if m.arch != "mlp" and not (len(m.channels) == len(m.kernel_sizes)):
             raise ConfigError(

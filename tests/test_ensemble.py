@@ -7,7 +7,7 @@ import math
 import pytest
 
 from normlab.engine import config as C
-from normlab.engine.ensemble import EnsembleNet, pack, packable, stacked_conv1d, train_ensemble
+from normlab.engine.ensemble import EnsembleNet, pack, why_not_packable, stacked_conv1d, train_ensemble
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import ModelConfig, RunConfig
 from normlab.engine.train import train
@@ -27,7 +27,16 @@ def _task(seed: int, model: dict, optim: dict, steps: int = 30, eval_every: int 
     return RunTask(f"r{seed}", "a", seed, cfg)
 
 
+# A batch mean of activations that cancel (a pre-activation's or an input's mean) carries the rounding
+# of the terms it sums, not of its own small value: float32 eps x their spread (sqrt of the matching
+# variance, the largest over the layer's summaries at that step). Measured here: 2e-7 of that spread,
+# against 1.4e-5 of the mean's own value, which a relative tolerance on the mean read as a failure.
+SPREAD_OF = {"preact_mean": "preact_var"}
+
+
 def _assert_same(single, member, rtol=1e-5, atol=1e-7):
+    """Every final metric and row of a member equals its single run's within rtol (for a batch mean,
+    rtol of the spread of what it averages) and atol."""
     assert (member.status, member.steps_done) == (single.status, single.steps_done)
     assert member.final.keys() == single.final.keys()
     for k, v in single.final.items():
@@ -38,8 +47,15 @@ def _assert_same(single, member, rtol=1e-5, atol=1e-7):
     ours = [(r.step, r.metric, r.value) for r in member.rows]
     theirs = [(r.step, r.metric, r.value) for r in single.rows]
     assert [x[:2] for x in ours] == [x[:2] for x in theirs]
-    for (_, metric, a), (_, _, b) in zip(ours, theirs):
-        assert a == pytest.approx(b, rel=rtol, abs=atol) or (math.isnan(a) and math.isnan(b)), metric
+    spread: dict = {}
+    for r in single.rows:
+        if r.metric in SPREAD_OF.values() and math.isfinite(r.value):
+            key = (r.step, r.metric, r.layer)
+            spread[key] = max(spread.get(key, 0.0), math.sqrt(max(r.value, 0.0)))
+    for r, (_, metric, a) in zip(single.rows, ours):
+        b = r.value
+        scale = spread.get((r.step, SPREAD_OF.get(metric), r.layer), abs(b))
+        assert abs(a - b) <= max(rtol * max(scale, abs(b)), atol) or (math.isnan(a) and math.isnan(b)), metric
 
 
 CNN = {"arch": "cnn1d", "channels": [6, 6], "kernel_sizes": [5, 3], "strides": [2, 2]}
@@ -105,7 +121,7 @@ CASES += [
 @pytest.mark.parametrize("model,optim", CASES)
 def test_every_member_ends_where_its_single_run_ends(model, optim):
     tasks = [_task(s, MODELS[model], OPTIMS[optim][s % 2]) for s in range(3)]
-    tasks = [t for t in tasks if packable(t) == ""]
+    tasks = [t for t in tasks if why_not_packable(t) == ""]
     assert len(tasks) == 3
     by_key = {}
     for t in tasks:  # members must share everything but per-member settings: pair them by optimizer family
@@ -129,7 +145,7 @@ def test_packing_groups_compatible_runs_only():
     probed = _task(0, {}, {"name": "sgd"})
     probed.config.probes.every = 10
     probed.config.probes.per_unit = True
-    assert packable(probed) == "per-unit probe rows"
+    assert why_not_packable(probed) == "per-unit probe rows"
     units = pack(a + b + [probed], size=4)
     assert [[t.config.optim.name for t in u] for u in units] == [["sgd"] * 4, ["sgd"], ["adam"] * 2, ["sgd"]]
     assert [[t.seed for t in u] for u in units[:1]] == [[0, 1, 2, 3]] and units[3] == [probed]
@@ -196,7 +212,7 @@ def test_inserted_noise_and_activation_probes_match_the_single_runs():
             t = _task(s, {"norm": norm}, {"name": "sgd", "lr": 0.05 * (s + 1), "momentum": 0.9})
             t.config.probes = C.from_dict(type(t.config.probes), {**probes, "fixed_batch": fixed})
             t.after_norm = NoiseFactory(NoiseConfig(), iid=iid, level=level)
-            assert packable(t) == ""
+            assert why_not_packable(t) == ""
             group.append(t)
         groups.append(group)
     assert len(pack([t for g in groups for t in g], size=8)) == 3  # iid and non-iid noise do not mix
@@ -242,7 +258,7 @@ def test_renormalized_and_layer_invariant_probes_match_the_single_runs(model):
         t.config.probes = C.from_dict(type(t.config.probes), probes)
         t.config.optim.renormalize = model != "cnn_ln_affine"
         tasks.append(t)
-    assert all(packable(t) == "" for t in tasks) and len(pack(tasks, 16)) == 1
+    assert all(why_not_packable(t) == "" for t in tasks) and len(pack(tasks, 16)) == 1
     for single_task, member in zip(tasks, train_ensemble(tasks)):
         single = train(single_task)
         metrics = {r.metric for r in single.rows}
@@ -311,7 +327,7 @@ def test_inserted_noise_on_the_batch_last_cnn_matches_the_single_runs():
     for s, level in enumerate((0.5, 2.0)):
         t = _task(s, {**MODELS["cnn"], "norm": "batch"}, {"name": "sgd", "lr": 0.05, "momentum": 0.9})
         t.after_norm = NoiseFactory(NoiseConfig(), iid=False, level=level)
-        assert packable(t) == ""
+        assert why_not_packable(t) == ""
         group.append(t)
     for single_task, member in zip(group, train_ensemble(group)):
         _assert_same(train(single_task), member)

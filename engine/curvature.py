@@ -15,7 +15,6 @@ replaced by one fixed draw, so the operator is a fixed, symmetric matrix. Its ra
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import torch
@@ -23,15 +22,12 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import metrics as M
 from .models import BatchCenter, Net
 from .runs import Row
 from .spec import CurvatureConfig
 
-# curvlinops' dependency linear_operator, and torch's forward-mode decompositions on the first jvp,
-# call torch.jit.script, which warns that it is deprecated; nothing here uses it, so that is noise
-_JIT_NOISE = r".*torch\.jit\.script.*deprecated"
-warnings.filterwarnings("ignore", message=_JIT_NOISE, category=FutureWarning)
-from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approximate_spectrum  # noqa: E402
+from curvlinops import GGNLinearOperator, HessianLinearOperator, lanczos_approximate_spectrum
 
 OPERATORS = {"ggn": GGNLinearOperator, "hessian": HessianLinearOperator}
 
@@ -122,18 +118,18 @@ def measure(model: Net, cfg: CurvatureConfig, x: torch.Tensor, y: torch.Tensor, 
         for i, matrix in enumerate(wanted):
             op = operator(m, cfg.layer, x, y, matrix)
             vals, products = top_eigenvalues(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + i)
-            rows += [Row(step, f"{matrix}_eig", cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
-            rows.append(Row(step, f"{matrix}_products", cfg.layer, "value", None, float(products)))
+            rows += [Row(step, M.eig(matrix), cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
+            rows.append(Row(step, M.products(matrix), cfg.layer, "value", None, float(products)))
             ggn_top = float(vals[0]) if matrix == "ggn" else ggn_top
         if density:
             op = operator(m, cfg.layer, x, y, "ggn")
             if ggn_top is None:  # the density's support needs the top eigenvalue
                 vals, products = top_eigenvalues(op, 1, cfg.tol, seed * 1_000_003 + step * 7 + 5)
                 ggn_top = float(vals[0])
-                rows.append(Row(step, "ggn_top_products", cfg.layer, "value", None, float(products)))
+                rows.append(Row(step, M.GGN_TOP_PRODUCTS, cfg.layer, "value", None, float(products)))
             grid, dens = spectral_density(op, max(ggn_top, 1e-12), cfg)
-            rows += [Row(step, "ggn_density_at", cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
-            rows += [Row(step, "ggn_density", cfg.layer, "grid", j, float(d)) for j, d in enumerate(dens)]
+            rows += [Row(step, M.GGN_DENSITY_AT, cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
+            rows += [Row(step, M.GGN_DENSITY, cfg.layer, "grid", j, float(d)) for j, d in enumerate(dens)]
             n_products = cfg.density_repeats * cfg.density_vectors
-            rows.append(Row(step, "ggn_density_products", cfg.layer, "value", None, float(n_products)))
+            rows.append(Row(step, M.GGN_DENSITY_PRODUCTS, cfg.layer, "value", None, float(n_products)))
     return rows

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import metrics as M
 from .config import to_dict
 from .data import Batcher, load_dataset
 from .models import WNLinear, build_model
 from .optim import lr_at
-from .probes import _WEIGHT_METRICS, UnitWindow, summarize, weight_metrics
+from .probes import UnitWindow, summarize, weight_metrics
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -624,33 +625,33 @@ class _MemberProbes(UnitWindow):
                 w = lay.weight.flatten(2)  # (M, units, fan-in)
                 g = lay.weight.grad.flatten(2)
                 rows, wn2, wn, gn = weight_metrics(w, g)
-                metrics = list(_WEIGHT_METRICS)
+                metrics = list(M.WEIGHT_METRICS)
                 if invariance:
                     lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
                     self._directions[name] = w / wn.unsqueeze(2)
                 if invariance == "unit":  # BN, weight norm: each unit's incoming weights
                     rows += [wn2.reciprocal() * lr, lr * gn / wn]  # as `lr / wn2` evaluates for a float lr
-                    metrics += ["eff_lr", "eff_step"]
+                    metrics += [M.EFF_LR, M.EFF_STEP]
                     if step >= self.window_start:
-                        self._accumulate("unit_u_mean", name, wn2)
-                        self._accumulate("unit_g2_mean", name, (wn * gn) ** 2)
+                        self._accumulate(M.UNIT_U_MEAN, name, wn2)
+                        self._accumulate(M.UNIT_G2_MEAN, name, (wn * gn) ** 2)
                 self._matrix(keys, values, metrics, name, rows)
                 if invariance == "layer":  # layer norm: only the whole matrix's scale drops out
                     total = wn2.sum(1, keepdim=True)  # (M, 1)
-                    keys += [("eff_lr", name, "value"), ("normalized_grad_norm_layer", name, "value")]
+                    keys += [(M.EFF_LR, name, "value"), (M.NORMALIZED_GRAD_NORM_LAYER, name, "value")]
                     grad_norm = g.flatten(1).norm(dim=1, keepdim=True)
                     values.append(torch.cat([total.reciprocal() * lr, total.sqrt() * grad_norm], 1))
             if self.cfg.inputs and name in captured.get("inputs", {}):
                 mean, var = self._stats(captured["inputs"][name])
-                keys += [("input_mean_sq_norm", name, "value"), ("input_var_mean", name, "value")]
+                keys += [(M.INPUT_MEAN_SQ_NORM, name, "value"), (M.INPUT_VAR_MEAN, name, "value")]
                 values.append(torch.stack([(mean * mean).sum(1), var.mean(1)], dim=1))
         if self.cfg.preacts:
             for layer, z in captured.get("taps", {}).items():
                 mean, var = self._stats(z)
-                self._matrix(keys, values, ["preact_mean", "preact_var"], layer, [mean, var])
+                self._matrix(keys, values, [M.PREACT_MEAN, M.PREACT_VAR], layer, [mean, var])
                 if layer in self._prev:
                     pm, pv = self._prev[layer]
-                    keys += [("preact_mean_drift", layer, "value"), ("preact_var_drift", layer, "value")]
+                    keys += [(M.PREACT_MEAN_DRIFT, layer, "value"), (M.PREACT_VAR_DRIFT, layer, "value")]
                     values.append(torch.stack([(mean - pm).abs().mean(1), (var - pv).abs().mean(1)], dim=1))
                 self._prev[layer] = (mean, var)
         return self._rows(step, keys, values)
@@ -667,8 +668,8 @@ class _MemberProbes(UnitWindow):
             w = lay.weight.flatten(2)
             turn = (w / w.norm(dim=2, keepdim=True) - before).norm(dim=2)  # (M, units)
             if step >= self.window_start and invariance == "unit":
-                self._accumulate("unit_ang2_mean", name, turn**2)
-            self._matrix(keys, values, ["angular_update"], name, [turn])
+                self._accumulate(M.UNIT_ANG2_MEAN, name, turn**2)
+            self._matrix(keys, values, [M.ANGULAR_UPDATE], name, [turn])
         return self._rows(step, keys, values)
 
     def unit_rows(self, step: int) -> list[list[Row]]:
@@ -762,7 +763,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         for k, v in enumerate(values):
             if status[k] == "ok" and not math.isfinite(v):  # this member stops here; the others go on
                 status[k], done[k] = "diverged", step
-                rows[k].append(Row(step, "batch_loss", "", "value", None, v))
+                rows[k].append(Row(step, M.BATCH_LOSS, "", "value", None, v))
                 alive[k] = False
         if not bool(alive.any()):
             break
@@ -774,10 +775,10 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
             for k in range(m):
                 if status[k] == "ok":
                     rows[k] += [
-                        Row(step, "batch_loss", "", "value", None, values[k]),
-                        Row(step, "batch_loss_avg", "", "value", None, window_loss[k] / window_steps),
-                        Row(step, "batch_acc", "", "value", None, acc[k]),
-                        Row(step, "lr", "", "value", None, lrs[k]),
+                        Row(step, M.BATCH_LOSS, "", "value", None, values[k]),
+                        Row(step, M.BATCH_LOSS_AVG, "", "value", None, window_loss[k] / window_steps),
+                        Row(step, M.BATCH_ACC, "", "value", None, acc[k]),
+                        Row(step, M.LR, "", "value", None, lrs[k]),
                     ] + measured[k]
             window_loss, window_steps = [0.0] * m, 0
         opt.step(lrs)
@@ -795,7 +796,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
                     continue
                 rows[k] += [Row(step + 1, key, "", "value", None, v) for key, v in results[k].items()]
                 finals[k] = results[k]
-                if not math.isfinite(results[k]["train_loss"]):
+                if not math.isfinite(results[k][M.TRAIN_LOSS]):
                     status[k], done[k] = "diverged", step + 1
                     alive[k] = False
         if progress and (step + 1) % report_every == 0:

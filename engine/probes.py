@@ -41,18 +41,16 @@ from typing import Iterator
 import torch
 
 from .models import Net
+from . import metrics as M
 from .runs import Row
 from .spec import ProbeConfig
-
-
-_WEIGHT_METRICS = ("weight_norm_sq", "grad_norm", "w_dot_grad", "w_grad_cos", "normalized_grad_norm")
 
 
 def weight_metrics(
     w: torch.Tensor, g: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per unit (its incoming weights w and their gradient g along the last dimension): the rows of
-    _WEIGHT_METRICS, then ||w||^2, ||w|| and ||g||. Shared by the single-run and the ensemble probes."""
+    metrics.WEIGHT_METRICS, then ||w||^2, ||w|| and ||g||. Shared by the single-run and the ensemble probes."""
     wn2 = (w * w).sum(-1)
     wn = wn2.sqrt()
     gn = g.norm(dim=-1)
@@ -110,7 +108,7 @@ class UnitWindow:
         self._unit_last: dict[str, torch.Tensor] = {}
 
     def _accumulate(self, metric: str, layer: str, values: torch.Tensor) -> None:
-        if metric == "unit_u_mean":  # also the first and last value in the window
+        if metric == M.UNIT_U_MEAN:  # also the first and last value in the window
             self._unit_first.setdefault(layer, values.detach().double().clone())
             self._unit_last[layer] = values.detach().double().clone()
         key = (metric, layer)
@@ -121,8 +119,8 @@ class UnitWindow:
         """(metric, layer, values) in the order the rows are written."""
         out = [(metric, layer, total / self._unit_counts[(metric, layer)])
                for (metric, layer), total in self._unit_sums.items()]  # fmt: skip
-        out += [("unit_u_first", layer, v) for layer, v in self._unit_first.items()]
-        return out + [("unit_u_last", layer, v) for layer, v in self._unit_last.items()]
+        out += [(M.UNIT_U_FIRST, layer, v) for layer, v in self._unit_first.items()]
+        return out + [(M.UNIT_U_LAST, layer, v) for layer, v in self._unit_last.items()]
 
 
 class Probes(UnitWindow):
@@ -207,36 +205,36 @@ class Probes(UnitWindow):
                 w = wl.module.weight.flatten(1)
                 g = wl.module.weight.grad.flatten(1)
                 rows, wn2, wn, gn = weight_metrics(w, g)
-                names = list(_WEIGHT_METRICS)
+                names = list(M.WEIGHT_METRICS)
                 if wl.invariance == "unit":
                     rows += [lr / wn2, lr * gn / wn]
-                    names += ["eff_lr", "eff_step"]
+                    names += [M.EFF_LR, M.EFF_STEP]
                     if step >= self.window_start:
-                        self._accumulate("unit_u_mean", wl.name, wn2)
-                        self._accumulate("unit_g2_mean", wl.name, (wn * gn) ** 2)
+                        self._accumulate(M.UNIT_U_MEAN, wl.name, wn2)
+                        self._accumulate(M.UNIT_G2_MEAN, wl.name, (wn * gn) ** 2)
                 if wl.invariance:
                     self._directions[wl.name] = w / wn.unsqueeze(1)
                 add_matrix(names, wl.name, torch.stack(rows))
                 if wl.invariance == "layer":  # only the whole matrix's scale drops out
                     total = wn2.sum()
                     add_scalars(
-                        ["eff_lr", "normalized_grad_norm_layer"],
+                        [M.EFF_LR, M.NORMALIZED_GRAD_NORM_LAYER],
                         wl.name,
                         torch.stack([lr / total, total.sqrt() * g.norm()]),
                     )
             if wl.name in self._inputs:
                 mean, var = _feature_stats(self._inputs[wl.name])
                 add_scalars(
-                    ["input_mean_sq_norm", "input_var_mean"], wl.name, torch.stack([(mean * mean).sum(), var.mean()])
+                    [M.INPUT_MEAN_SQ_NORM, M.INPUT_VAR_MEAN], wl.name, torch.stack([(mean * mean).sum(), var.mean()])
                 )
         if self._taps:
             for name, out in self._taps.items():
                 mean, var = _feature_stats(out)
-                add_matrix(["preact_mean", "preact_var"], name, torch.stack([mean, var]))
+                add_matrix([M.PREACT_MEAN, M.PREACT_VAR], name, torch.stack([mean, var]))
                 if name in self._prev:
                     pm, pv = self._prev[name]
                     add_scalars(
-                        ["preact_mean_drift", "preact_var_drift"],
+                        [M.PREACT_MEAN_DRIFT, M.PREACT_VAR_DRIFT],
                         name,
                         torch.stack([(mean - pm).abs().mean(), (var - pv).abs().mean()]),
                     )
@@ -259,11 +257,11 @@ class Probes(UnitWindow):
             w = wl.module.weight.flatten(1)
             turn = (w / w.norm(dim=1, keepdim=True) - before).norm(dim=1).unsqueeze(0)
             if step >= self.window_start and wl.invariance == "unit":
-                self._accumulate("unit_ang2_mean", wl.name, turn[0] ** 2)
-            keys.extend(("angular_update", wl.name, s, None) for s in self.stats)
+                self._accumulate(M.UNIT_ANG2_MEAN, wl.name, turn[0] ** 2)
+            keys.extend((M.ANGULAR_UPDATE, wl.name, s, None) for s in self.stats)
             values.append(self._summaries(turn).flatten())
             if self.cfg.per_unit:
-                per_unit.append(("angular_update", wl.name, turn[0]))
+                per_unit.append((M.ANGULAR_UPDATE, wl.name, turn[0]))
         return self._rows(step, keys, values, per_unit)
 
     @staticmethod

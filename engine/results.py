@@ -20,11 +20,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 import yaml
 
+from . import metrics as M
 from .errors import NormlabError
 from .files import atomic_write_text
 from .runs import RunResult
@@ -198,11 +199,36 @@ class Tables:
             raise NormlabError(f"{self.folder} lacks {name}.csv; it is written by `normlab run`")
         return pd.read_csv(path)
 
-    def curve(self, metric: str, layer: str = "", stat: str = "value") -> pd.DataFrame:
+    def has(self, metric: str) -> bool:
+        """Whether any run of this folder wrote `metric` (a name from engine/metrics.py)."""
+        return metric in self._written()
+
+    def _written(self) -> frozenset:
+        """The metric names in `metrics`, computed once per table (an analysis may swap the table)."""
+        cached = getattr(self, "_names", None)
+        if cached is None or cached[0] is not self.metrics:
+            names = frozenset(self.metrics["metric"].unique()) if len(self.metrics) else frozenset()
+            self._names = cached = (self.metrics, names)
+        return cached[1]
+
+    def series(self, metric: str, stat: Optional[str] = None, layer: Optional[str] = None) -> pd.DataFrame:
+        """The metrics.csv rows of `metric` (of one `stat` and one `layer`, where given). A name the
+        engine never writes is an error (a mistyped metric must not read as missing data); a known
+        one that no run wrote here (every run diverged at its first step, a probe this config has
+        off) gives an empty table, which analyses report as missing, with the reason."""
+        if metric not in M.ALL:
+            raise NormlabError(f"metric {metric!r} is not one the engine writes; see engine/metrics.py")
         m = self.metrics
-        sel = (m["metric"] == metric) & (m["stat"] == stat)
-        sel &= m["layer"].fillna("") == layer
-        return m.loc[sel, ["run_id", "arm", "seed", "step", "value"]]
+        sel = m["metric"] == metric
+        if stat is not None:
+            sel &= m["stat"] == stat
+        if layer is not None:
+            sel &= m["layer"].fillna("") == layer
+        return m.loc[sel]
+
+    def curve(self, metric: str, layer: str = "", stat: str = "value") -> pd.DataFrame:
+        """One whole-network (or one layer's) series per run: run_id, arm, seed, step, value."""
+        return self.series(metric, stat, layer)[["run_id", "arm", "seed", "step", "value"]]
 
 
 CLAIM_NUMERIC = ("value", "ci_low", "ci_high", "bound_low", "bound_high")

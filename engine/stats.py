@@ -41,6 +41,19 @@ def clean(values: Sequence[float]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+def mean(values: Sequence[float]) -> float:
+    """np.mean, but NaN without a warning when there is nothing to average (missing data is NaN,
+    and analyses report it as missing; a warning printed to the user would say nothing more)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()) if a.size else float("nan")
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """np.nanmean, but NaN without a warning when every value is NaN."""
+    a = np.asarray(values, dtype=float)
+    return float(np.nanmean(a)) if (~np.isnan(a)).any() else float("nan")
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     a = clean(values)
     if not len(a):

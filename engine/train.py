@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from . import metrics as M
 from .data import Batcher, Dataset, load_dataset
 from .models import Net, build_model
 from .optim import Optimizer
@@ -119,7 +120,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             status = "diverged"
-            rows.append(Row(step, "batch_loss", "", "value", None, loss_value))
+            rows.append(Row(step, M.BATCH_LOSS, "", "value", None, loss_value))
             break
         # -- backward (K-FAC first takes its curvature factors from this forward pass's graph)
         opt.zero_grad()
@@ -130,10 +131,10 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         if probing:
             acc = (logits.argmax(1) == y).float().mean().item()
             rows += [
-                Row(step, "batch_loss", "", "value", None, loss_value),
-                Row(step, "batch_loss_avg", "", "value", None, window_loss / window_steps),
-                Row(step, "batch_acc", "", "value", None, acc),
-                Row(step, "lr", "", "value", None, lr),
+                Row(step, M.BATCH_LOSS, "", "value", None, loss_value),
+                Row(step, M.BATCH_LOSS_AVG, "", "value", None, window_loss / window_steps),
+                Row(step, M.BATCH_ACC, "", "value", None, acc),
+                Row(step, M.LR, "", "value", None, lr),
             ]
             rows += probes.record(step, lr)
             window_loss, window_steps = 0.0, 0
@@ -145,7 +146,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             final = evaluate(model, data, cfg.train.eval_batch_size)
             rows += [Row(step + 1, k, "", "value", None, v) for k, v in final.items()]
-            if not math.isfinite(final["train_loss"]):
+            if not math.isfinite(final[M.TRAIN_LOSS]):
                 status, step = "diverged", step + 1
                 break
         if progress and (step + 1) % report_every == 0:
@@ -158,7 +159,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     if status == "diverged":  # final metrics of a diverged run are not numbers to average
         final = {k: float("nan") for k in final}
     if cfg.probes.jacobian_examples and status == "ok":
-        final["jacobian_fro_sq"] = input_jacobian_sq_norm(model, data.x_test[: cfg.probes.jacobian_examples])
+        final[M.JACOBIAN_FRO_SQ] = input_jacobian_sq_norm(model, data.x_test[: cfg.probes.jacobian_examples])
     if curv_steps:
         final["curvature_seconds"] = curv_seconds  # wall time, like train_seconds: not a result
     return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)

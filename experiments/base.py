@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -169,9 +168,7 @@ class Outcome:
 def finish(exp: Experiment, folder: Path) -> Outcome:
     """Claims, plots and report of a run folder, from its CSVs alone."""
     tables = load_tables(folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # means of empty (all-missing) slices are NaN: missing
-        claims = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
+    claims = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
     atomic_write_csv(folder / "claims.csv", claims)
     plots = exp.plot(tables, folder / "plots")
     write_run_report(tables, claims, plots, exp.title or exp.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.claims import MEASURED, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
@@ -104,7 +105,7 @@ class Baselines(Experiment):
         fig, axes = P.figure(ncols=2)
         ax = axes[0, 0]
         for arm in arms:
-            curve = tables.curve("test_acc")
+            curve = tables.curve(M.TEST_ACC)
             curve = curve[curve["arm"] == arm].assign(value=lambda d: 100 * d["value"])
             P.mean_band(ax, curve, arm, col[arm])
             pub = cfg.analysis.published_test_acc_pct.get(arm)
@@ -114,7 +115,7 @@ class Baselines(Experiment):
         ax.legend(loc="lower right")
         ax = axes[0, 1]
         for arm in arms:
-            curve = tables.curve("train_loss")
+            curve = tables.curve(M.TRAIN_LOSS)
             P.mean_band(ax, curve[curve["arm"] == arm], arm, col[arm])
         ax.set(xlabel="step", ylabel="train loss (full set, eval mode)", yscale="log", title="Training loss")
         ax.legend()

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normlab.engine import stats as S
+from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import ConfigError, param
@@ -106,10 +108,9 @@ class PlacementConfig(ExperimentConfig):
 def centering(tables: Tables) -> pd.DataFrame:
     """Per run and layer: mean over probes of ||m||^2 / mean_j var_j of the layer's inputs.
     The first layer (its input is the data, the same for every arm) is left out."""
-    m = tables.metrics
     key = ["run_id", "arm", "seed", "layer", "step"]
-    msq = m[m["metric"] == "input_mean_sq_norm"].set_index(key)["value"]
-    var = m[m["metric"] == "input_var_mean"].set_index(key)["value"]
+    msq = tables.series(M.INPUT_MEAN_SQ_NORM).set_index(key)["value"]
+    var = tables.series(M.INPUT_VAR_MEAN).set_index(key)["value"]
     ratio = (msq / var.reindex(msq.index)).rename("value").reset_index()
     ratio = ratio[ratio["layer"] != "layer1"]
     return ratio.groupby(["run_id", "arm", "seed", "layer"], sort=False)["value"].mean().reset_index()
@@ -135,7 +136,7 @@ def grid_arms(cfg: PlacementConfig) -> dict[str, GridArm]:
 def mean_log_loss(tables: Tables) -> pd.DataFrame:
     """Per run: the mean over probes (after step 0) of log(training loss over the probe interval).
     Runs that did not finish are missing (NaN)."""
-    c = tables.curve("batch_loss_avg")
+    c = tables.curve(M.BATCH_LOSS_AVG)
     c = c[c["step"] > 0]
     per = c.assign(value=np.log(c["value"])).groupby("run_id")["value"].mean()
     runs = tables.runs
@@ -173,7 +174,7 @@ class BNPlacement(Experiment):
         grid = grid_arms(cfg)
         logloss = mean_log_loss(tables)
         chosen = self.best(grid, logloss)
-        test = by_arm(final_metric(tables, "test_acc"))
+        test = by_arm(final_metric(tables, M.TEST_ACC))
         cent_arm = centering(tables).groupby("arm")["value"].median().to_dict()
         rows = []
         for claim in CLAIMS:
@@ -206,7 +207,7 @@ class BNPlacement(Experiment):
                 + ", ".join(f"{g.lr:g}" for g in grid.values() if g.base == base_of[x])
                 for x in (before, after)
             )
-            geo = lambda arm: float(np.exp(np.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
+            geo = lambda arm: float(np.exp(S.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
             detail = (
                 f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
                 f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
@@ -234,7 +235,7 @@ class BNPlacement(Experiment):
         for j, (label, roles) in enumerate(groups):
             ax = axes[0, j]
             for place in ("none", "before", "after"):
-                c = tables.curve("batch_loss_avg")
+                c = tables.curve(M.BATCH_LOSS_AVG)
                 P.mean_band(ax, c[(c["arm"] == roles.get(place, "")) & (c["step"] > 0)], place, col[place])
             ax.set(
                 yscale="log",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from normlab.engine import metrics as M
 from normlab.engine.errors import ConfigError
 from normlab.engine.results import Tables
 from normlab.engine.spec import RunConfig
@@ -15,7 +16,7 @@ def final_train_loss(tables: Tables, fraction: float) -> pd.DataFrame:
     interval, in training mode) averaged over the last `fraction` of its steps. Runs that did not
     finish normally get NaN: they are counted as missing, never as a number."""
     runs = tables.runs
-    curve = tables.curve("batch_loss_avg")
+    curve = tables.curve(M.BATCH_LOSS_AVG)
     out = []
     for r in runs.to_dict("records"):  # records keep dotted column names such as "train.steps"
         c = curve[curve["run_id"] == r["run_id"]]
@@ -39,6 +40,8 @@ def values_by_seed(df: pd.DataFrame) -> dict[str, dict[int, float]]:
 
 def final_metric(tables: Tables, metric: str) -> pd.DataFrame:
     """Per run: the final evaluation value of `metric` (from runs.csv's final_<metric>)."""
+    if metric not in M.FINAL:
+        raise ValueError(f"final_metric: {metric!r} is not a final metric ({', '.join(M.FINAL)})")
     col = f"final_{metric}"
     runs = tables.runs
     vals = runs[col].astype(float) if col in runs else pd.Series(np.nan, index=runs.index)

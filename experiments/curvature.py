@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normlab.engine import metrics as M
 from normlab.engine import config as C
 from normlab.engine import plots as P
 from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
@@ -185,8 +186,9 @@ def workload_arms(cfg: CurvatureExperimentConfig) -> dict[str, tuple[str, str, R
 
 def spectra(tables: Tables, matrix: str) -> pd.DataFrame:
     """Top-k eigenvalues: one row per run, step and rank (columns workload, arm, seed, step, rank, value)."""
-    m = tables.metrics
-    d = m[(m["metric"] == f"{matrix}_eig") & (m["stat"] == "rank")].copy()
+    if not tables.has(M.eig(matrix)):  # the Hessian's spectra are optional (curvature.hessian_steps)
+        return pd.DataFrame(columns=["workload", "kind", "seed", "step", "rank", "value"])
+    d = tables.series(M.eig(matrix), "rank").copy()
     d["workload"], d["kind"] = d["arm"].str.split("-", n=1).str[0], d["arm"].str.split("-", n=1).str[1]
     d["rank"] = d["item"].astype(int)
     return d[["workload", "kind", "seed", "step", "rank", "value"]]
@@ -365,9 +367,9 @@ class Curvature(Experiment):
                 xlabel="step", ylabel=f"outliers (> {a.outlier_factor:g} x bulk)", title=f"{w}: outliers over training"
             )
             ax = axes[i, 2]
-            m = tables.metrics
-            dens = m[(m["metric"] == "ggn_density") & m["arm"].str.startswith(f"{w}-")]
-            at = m[(m["metric"] == "ggn_density_at") & m["arm"].str.startswith(f"{w}-")]
+            dens = tables.series(M.GGN_DENSITY) if tables.has(M.GGN_DENSITY) else tables.metrics.iloc[:0]
+            at = tables.series(M.GGN_DENSITY_AT) if tables.has(M.GGN_DENSITY_AT) else tables.metrics.iloc[:0]
+            dens, at = dens[dens["arm"].str.startswith(f"{w}-")], at[at["arm"].str.startswith(f"{w}-")]
             first_seed = dens["seed"].min() if len(dens) else None
             for k in kinds:
                 d = dens[(dens["arm"] == f"{w}-{k}") & (dens["seed"] == first_seed)]

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normlab.engine import stats as S
+from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.config import param
 from normlab.engine.results import Tables
@@ -149,8 +151,7 @@ class EffLRConfig(ExperimentConfig):
 
 def _layer_series(tables: Tables, metric: str, stat: str, invariant_only: bool = True) -> pd.DataFrame:
     """Rows of `metric`/`stat` for the hidden (normalizer-fed) layers, i.e. all but `out`."""
-    m = tables.metrics
-    sel = m[(m["metric"] == metric) & (m["stat"] == stat)]
+    sel = tables.series(metric, stat)
     if invariant_only:
         sel = sel[sel["layer"] != "out"]
     return sel
@@ -226,18 +227,18 @@ class EffLR(Experiment):
             return rows + [missing(c, a, "no SGD arm ran") for c in (K3_EULER, K3_GROWTH, K3_EQ19, K3_SLOPE)]
 
         # Euler: w_j . grad_j = 0 for normalizer-fed units; the read-out is the reference
-        cos = _layer_series(tables, "w_grad_cos", "q75")
-        cos25 = _layer_series(tables, "w_grad_cos", "q25")
+        cos = _layer_series(tables, M.W_GRAD_COS, "q75")
+        cos25 = _layer_series(tables, M.W_GRAD_COS, "q25")
         mag = pd.concat([cos, cos25])
         mag["value"] = mag["value"].abs()
         per_seed = _seed_means([_per_seed_dict(mag, arm, lambda g: g["value"].median()) for arm in sgd])
-        out_cos = _layer_series(tables, "w_grad_cos", "median", invariant_only=False)
+        out_cos = _layer_series(tables, M.W_GRAD_COS, "median", invariant_only=False)
         out_cos = out_cos[(out_cos["layer"] == "out") & out_cos["arm"].isin(sgd)]["value"].abs().median()
         rows.append(
             judge(
                 K3_EULER,
                 Estimate(
-                    float(np.mean(per_seed)),
+                    S.mean(per_seed),
                     t_interval(per_seed),
                     len(per_seed),
                     [],
@@ -251,9 +252,9 @@ class EffLR(Experiment):
         rows.append(self._eq19_row(tables, sgd, lr, arm_cfg, a))
 
         # Late-phase slope of the effective LR; every SGD arm must be past its transient
-        eff = _layer_series(tables, "eff_lr", "median")
-        u = _layer_series(tables, "weight_norm_sq", "median")
-        gn = _layer_series(tables, "normalized_grad_norm", "median")
+        eff = _layer_series(tables, M.EFF_LR, "median")
+        u = _layer_series(tables, M.WEIGHT_NORM_SQ, "median")
+        gn = _layer_series(tables, M.NORMALIZED_GRAD_NORM, "median")
         start = (1 - a.late_fraction) * steps
         k0s = {}
         for arm in sgd:
@@ -273,7 +274,7 @@ class EffLR(Experiment):
             judge(
                 K3_SLOPE,
                 Estimate(
-                    float(np.mean(slopes)),
+                    S.mean(slopes),
                     t_interval(slopes),
                     len(slopes),
                     [past],
@@ -283,7 +284,7 @@ class EffLR(Experiment):
             )
         )
 
-        ang = _layer_series(tables, "angular_update", "median")
+        ang = _layer_series(tables, M.ANGULAR_UPDATE, "median")
         adam = [x for x in a.adam_arms if x in arms]
         if adam:
             adam_slopes = _seed_means([_per_seed_dict(ang, arm, lambda g: _slope(g, start)) for arm in adam])
@@ -292,7 +293,7 @@ class EffLR(Experiment):
                 judge(
                     K3_ADAM,
                     Estimate(
-                        float(np.mean(adam_slopes)),
+                        S.mean(adam_slopes),
                         ci,
                         len(adam_slopes),
                         [],
@@ -312,7 +313,7 @@ class EffLR(Experiment):
             groups = [[d[s] for s in seeds] for d in per]
             alpha_spread = max(lr[x] for x in sgd) / min(lr[x] for x in sgd)
             spread = lambda *m: (max(m) / min(m)) / alpha_spread  # noqa: E731
-            means = [float(np.mean(g)) for g in groups]
+            means = [S.mean(g) for g in groups]
             ci = bca(groups, lambda *g: spread(*(x.mean() for x in g)))
             rows.append(
                 judge(
@@ -398,8 +399,9 @@ class EffLR(Experiment):
 
     def _eq19_row(self, tables: Tables, sgd: list[str], lr: dict, arm_cfg: dict, a: EffLRAnalysis) -> ClaimRow:
         """Per unit: u_K predicted from u_0 at the window's first probe and the run-mean g_j^2."""
-        m = tables.metrics
-        unit = m[(m["stat"] == "unit") & m["metric"].isin(["unit_u_first", "unit_u_last", "unit_g2_mean"])]
+        if not tables.has(M.UNIT_U_FIRST):  # the window is optional (probes.unit_window)
+            return missing(K3_EQ19, a, "no per-unit window statistics (set run.probes.unit_window)")
+        unit = pd.concat([tables.series(k, "unit") for k in (M.UNIT_U_FIRST, M.UNIT_U_LAST, M.UNIT_G2_MEAN)])
         if unit.empty:
             return missing(K3_EQ19, a, "no per-unit window statistics (set run.probes.unit_window)")
         per_arm = []
@@ -410,8 +412,8 @@ class EffLR(Experiment):
             d = unit[unit["arm"] == arm].pivot_table(index=["seed", "layer", "item"], columns="metric", values="value")
             if d.empty:
                 continue
-            pred = np.sqrt(d["unit_u_first"] ** 2 + 2 * lr[arm] ** 2 * (last - first) * d["unit_g2_mean"])
-            ratio = (d["unit_u_last"] / pred).groupby(level="seed").median()
+            pred = np.sqrt(d[M.UNIT_U_FIRST] ** 2 + 2 * lr[arm] ** 2 * (last - first) * d[M.UNIT_G2_MEAN])
+            ratio = (d[M.UNIT_U_LAST] / pred).groupby(level="seed").median()
             per_arm.append(ratio.rename(arm))
         if not per_arm:
             return missing(K3_EQ19, a, "no per-unit statistics for the SGD arms")
@@ -431,7 +433,7 @@ class EffLR(Experiment):
         )
 
     def _growth_row(self, claim: Claim, tables: Tables, arms: list[str], stat: str, a: EffLRAnalysis) -> ClaimRow:
-        u = _layer_series(tables, "weight_norm_sq", stat)
+        u = _layer_series(tables, M.WEIGHT_NORM_SQ, stat)
 
         def growth(g: pd.DataFrame) -> float:
             fr = [
@@ -440,22 +442,8 @@ class EffLR(Experiment):
             return float(np.mean(fr))
 
         per = _seed_means([_per_seed_dict(u, arm, growth) for arm in arms])
-        ratio = {
-            arm: float(
-                np.mean(
-                    list(
-                        _per_seed_dict(
-                            u,
-                            arm,
-                            lambda g: (
-                                g[g["step"] == g["step"].max()]["value"].mean() / g[g["step"] == 0]["value"].mean()
-                            ),
-                        ).values()
-                    )
-                )
-            )
-            for arm in arms
-        }
+        last_over_first = lambda g: g[g["step"] == g["step"].max()]["value"].mean() / g[g["step"] == 0]["value"].mean()  # noqa: E731
+        ratio = {arm: S.mean(list(_per_seed_dict(u, arm, last_over_first).values())) for arm in arms}
         value = float(np.mean(per)) if per else float("nan")
         return judge(
             claim,
@@ -501,9 +489,9 @@ class EffLR(Experiment):
         arms = list(dict.fromkeys(tables.runs["arm"]))
         col = P.colors(arms)
         fig, axes = P.figure(ncols=3, width=3.8)
-        u = _layer_series(tables, "weight_norm_sq", "median")
-        eff = _layer_series(tables, "eff_lr", "median")
-        ang = _layer_series(tables, "angular_update", "median")
+        u = _layer_series(tables, M.WEIGHT_NORM_SQ, "median")
+        eff = _layer_series(tables, M.EFF_LR, "median")
+        ang = _layer_series(tables, M.ANGULAR_UPDATE, "median")
         for arm in arms:
             layer_mean = lambda d: d[d["arm"] == arm].groupby(["seed", "step"])["value"].mean().reset_index()  # noqa: E731
             if arm in a.sgd_arms or arm in a.extra_norm_arms:
@@ -543,8 +531,8 @@ class EffLR(Experiment):
         if runs.empty:
             return None
         alpha, steps = float(runs["optim.lr"].iloc[0]), int(runs["train.steps"].iloc[0])
-        u = _layer_series(tables, "weight_norm_sq", "median")
-        g = _layer_series(tables, "normalized_grad_norm", "median")
+        u = _layer_series(tables, M.WEIGHT_NORM_SQ, "median")
+        g = _layer_series(tables, M.NORMALIZED_GRAD_NORM, "median")
         u, g = u[u["arm"] == arm], g[g["arm"] == arm]
         curves = []
         for (seed, layer), gg in g.groupby(["seed", "layer"]):

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from normlab.engine import stats as S
+from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
 from normlab.engine.config import param
@@ -135,8 +137,7 @@ ARMS = {
 def angle_per_run(tables: Tables, start_fraction: float = 0.0) -> pd.DataFrame:
     """Per run: the mean angular update of BN-fed layers over the probes at or after
     `start_fraction` of training (NaN for runs that did not finish)."""
-    m = tables.metrics
-    sel = m[(m["metric"] == "angular_update") & (m["stat"] == "mean")]
+    sel = tables.series(M.ANGULAR_UPDATE, "mean")
     bn_fed = {
         arm: {wl for wl in sel[sel["arm"] == arm]["layer"].unique() if wl != "out"} for arm in sel["arm"].unique()
     }
@@ -244,8 +245,8 @@ class KFACExperiment(Experiment):
             )
             damping = arms[k1].kfac.damping
             detail = (
-                f"K-FAC damping {damping:g}, lr {arms[k1].optim.lr:g}; mean angle {np.nanmean(x1):.4g} (scale 1) vs "
-                f"{np.nanmean(x10):.4g} (scale {scale:g}). " + status_note(tables, list(ARMS["immune"]))
+                f"K-FAC damping {damping:g}, lr {arms[k1].optim.lr:g}; mean angle {S.nanmean(x1):.4g} (scale 1) vs "
+                f"{S.nanmean(x10):.4g} (scale {scale:g}). " + status_note(tables, list(ARMS["immune"]))
             )
             rows.append(judge(K16_IMMUNE, Estimate(ratio, ci, n, [check], detail.strip()), a))
 
@@ -270,7 +271,7 @@ class KFACExperiment(Experiment):
             rows.append(judge(K16_DAMPING, Estimate(value, ci, n, detail=detail.strip()), a))
 
         # (c) the Jacobian norm without BN
-        jac = values_by_seed(final_metric(tables, "jacobian_fro_sq"))
+        jac = values_by_seed(final_metric(tables, M.JACOBIAN_FRO_SQ))
         for claim, key in ((K16_JACOBIAN, "jacobian"), (K16_JACOBIAN_SGD, "jacobian_sgd")):
             off, on = ARMS[key]
             if absent(off, on):
@@ -281,7 +282,7 @@ class KFACExperiment(Experiment):
             o = arms[on].optim
             detail = (
                 f"{o.name}, lambda {o.weight_decay:g} ({o.wd_mode}), lr x lambda = {o.lr * o.weight_decay:.3g}; "
-                f"E||J||_F^2 {np.nanmean(x0):.4g} without, {np.nanmean(x1):.4g} with. " + status_note(tables, [off, on])
+                f"E||J||_F^2 {S.nanmean(x0):.4g} without, {S.nanmean(x1):.4g} with. " + status_note(tables, [off, on])
             )
             rows.append(judge(claim, Estimate(ratio, ci, n, detail=detail.strip()), a))
 
@@ -294,10 +295,10 @@ class KFACExperiment(Experiment):
         return sorted(rows, key=lambda r: order.index(r.claim_id))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
-        m = tables.metrics
-        ang = m[(m["metric"] == "angular_update") & (m["stat"] == "mean") & (m["layer"] != "out")]
-        ang = ang.groupby(["arm", "seed", "step"])["value"].mean().reset_index()
-        norm = m[(m["metric"] == "weight_norm_sq") & (m["stat"] == "mean") & (m["layer"] != "out")]
+        ang = tables.series(M.ANGULAR_UPDATE, "mean")
+        ang = ang[ang["layer"] != "out"].groupby(["arm", "seed", "step"])["value"].mean().reset_index()
+        norm = tables.series(M.WEIGHT_NORM_SQ, "mean")
+        norm = norm[norm["layer"] != "out"]
         norm = norm.groupby(["arm", "seed", "step"])["value"].mean().reset_index()
         present = set(tables.runs["arm"])
         paths = []
@@ -323,7 +324,7 @@ class KFACExperiment(Experiment):
             ax.legend(fontsize=7)
         paths.append(P.save(fig, out / "kfac_angles.png"))
 
-        jac = final_metric(tables, "jacobian_fro_sq")
+        jac = final_metric(tables, M.JACOBIAN_FRO_SQ)
         arms = [a for a in ARMS["jacobian"] + ARMS["jacobian_sgd"] if a in present]
         if arms and jac["value"].notna().any():
             fig, axes = P.figure(width=5.0)

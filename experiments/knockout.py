@@ -30,9 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 
+from normlab.engine import stats as S
+from normlab.engine import metrics as M
 from normlab.engine import config as C
 from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
@@ -353,12 +356,13 @@ def relative_drift(tables: Tables, arm: str) -> tuple[list[float], list[float], 
     at the input of each activation: |change of the means| / typical std, and |change of the
     variances| / typical variance (typical = median over units at that probe). Scale-free,
     because BN outputs have unit variance while a plain network's can be 0.02 or 2."""
-    m = tables.metrics
-    sel = m[(m["arm"] == arm) & (m["step"] > 0)]
     key = ["seed", "layer", "step"]
-    var = sel[(sel["metric"] == "preact_var") & (sel["stat"] == "median")].set_index(key)["value"]
-    mdrift = sel[sel["metric"] == "preact_mean_drift"].set_index(key)["value"]
-    vdrift = sel[sel["metric"] == "preact_var_drift"].set_index(key)["value"]
+
+    def of_arm(df: pd.DataFrame) -> pd.Series:
+        return df[(df["arm"] == arm) & (df["step"] > 0)].set_index(key)["value"]
+
+    var = of_arm(tables.series(M.PREACT_VAR, "median"))
+    mdrift, vdrift = of_arm(tables.series(M.PREACT_MEAN_DRIFT)), of_arm(tables.series(M.PREACT_VAR_DRIFT))
     rel_mean = (mdrift / np.sqrt(var.reindex(mdrift.index))).groupby(level="seed").mean()
     rel_var = (vdrift / var.reindex(vdrift.index)).groupby(level="seed").mean()
     rel_mean, rel_var = rel_mean.sort_index(), rel_var.reindex(rel_mean.index)
@@ -512,9 +516,9 @@ class Knockout(Experiment):
         cfg = self.typed_config(tables)
         a, d = cfg.analysis, cfg.design
         specs = arm_specs(cfg)
-        eval_loss = values_by_seed(final_metric(tables, "train_loss"))
+        eval_loss = values_by_seed(final_metric(tables, M.TRAIN_LOSS))
         train_loss = values_by_seed(final_train_loss(tables, a.final_fraction))
-        val_loss = values_by_seed(final_metric(tables, "val_loss"))
+        val_loss = values_by_seed(final_metric(tables, M.VAL_LOSS))
         drift = drift_index(tables)
         common = {(sp.role, sp.level): d.common_lr for sp in specs.values()}
         best = self.best_lrs(specs, val_loss)
@@ -605,7 +609,7 @@ class Knockout(Experiment):
             return missing(K1_IID, a, "needs plain, bn and the i.i.d.-noise arm at common_lr")
         seeds = sorted(set(loss[plain]) & set(loss[bn]) & set(loss[iid]))
         v = [np.array([loss[x][s] for s in seeds]) for x in (plain, bn, iid)]
-        ratio = np.mean([drift[iid][s] for s in drift[iid]]) / np.mean([drift[plain][s] for s in drift[plain]])
+        ratio = S.mean([drift[iid][s] for s in drift[iid]]) / S.mean([drift[plain][s] for s in drift[plain]])
         man = Check(
             "manipulation check",
             bool(ratio >= a.min_drift_ratio),
@@ -626,7 +630,7 @@ class Knockout(Experiment):
             int(keep.sum()),
             [man, helps],
             f"level {d.iid_level:g}, lr {d.common_lr:g}; drift ratio x{ratio:.3g}; "
-            f"L plain {v[0].mean():.4g}, bn {v[1].mean():.4g}, iid {v[2].mean():.4g}",
+            f"L plain {S.mean(v[0]):.4g}, bn {S.mean(v[1]):.4g}, iid {S.mean(v[2]):.4g}",
         )
         return judge(K1_IID, est, a)
 
@@ -661,9 +665,9 @@ class Knockout(Experiment):
         col = P.colors(list(arms))
         fig, axes = P.figure(ncols=2)
         for label, arm in arms.items():
-            c = tables.curve("batch_loss_avg")
+            c = tables.curve(M.BATCH_LOSS_AVG)
             P.mean_band(axes[0, 0], c[(c["arm"] == arm) & (c["step"] > 0)], label, col[label])
-            t = tables.curve("test_acc")
+            t = tables.curve(M.TEST_ACC)
             P.mean_band(axes[0, 1], t[t["arm"] == arm].assign(value=lambda x: 100 * x["value"]), label, col[label])
         axes[0, 0].set(
             xlabel="step",
@@ -680,7 +684,7 @@ class Knockout(Experiment):
         layer = cfg.analysis.noisy_layer
         fig, axes = P.figure(ncols=len(arms), nrows=2, width=3.4, height=2.6, sharey="row")
         for j, (label, arm) in enumerate(arms.items()):
-            for i, metric in enumerate(("preact_mean", "preact_var")):
+            for i, metric in enumerate((M.PREACT_MEAN, M.PREACT_VAR)):
                 ax = axes[i, j]
                 for stat, ls in (("q25", ":"), ("median", "-"), ("q75", ":")):
                     c = tables.curve(metric, layer, stat)
@@ -688,7 +692,7 @@ class Knockout(Experiment):
                     ax.plot(g.index, g.values, ls=ls, color=col[label], label=stat)
                 ax.set_title(f"{label}: {layer} {metric.split('_')[1]}", fontsize=7)
                 ax.set_xlabel("step" if i else "")
-                if metric == "preact_var":
+                if metric == M.PREACT_VAR:
                     ax.set_yscale("log")
                 if j == 0:
                     ax.set_ylabel(f"per-unit {metric.split('_')[1]}\n(quartiles over units, fixed batch)")
@@ -699,11 +703,11 @@ class Knockout(Experiment):
     def _plot_dose(self, tables: Tables, cfg: KnockoutConfig, specs, out: Path) -> Path:
         """Gap ratio against drift ratio, one point per noise level, for both LR protocols."""
         a, d = cfg.analysis, cfg.design
-        loss = values_by_seed(final_metric(tables, "train_loss"))
+        loss = values_by_seed(final_metric(tables, M.TRAIN_LOSS))
         drift = drift_index(tables)
         protocols = {
             f"same lr {d.common_lr:g}": {(sp.role, sp.level): d.common_lr for sp in specs.values()},
-            "best lr per arm": self.best_lrs(specs, values_by_seed(final_metric(tables, "val_loss"))),
+            "best lr per arm": self.best_lrs(specs, values_by_seed(final_metric(tables, M.VAL_LOSS))),
         }
         fig, axes = P.figure(ncols=1, width=5.0, height=3.6)
         ax = axes[0, 0]

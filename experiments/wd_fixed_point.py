@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normlab.engine import metrics as M
 from normlab.engine import config as C
 from normlab.engine import plots as P
 from normlab.engine.config import param
@@ -148,9 +149,11 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
     lambda come from each arm's resolved config."""
     cfg = C.from_dict(WDConfig, tables.config)
     arm_cfg = arm_configs(cfg)
-    m = tables.metrics
-    summ = m[(m["layer"] != "out") & (m["stat"] == "median") & (m["step"] > 0) & (m["metric"] == "angular_update")]
-    unit = m[(m["stat"] == "unit") & m["metric"].isin(["unit_u_mean", "unit_g2_mean", "unit_ang2_mean"])]
+    summ = tables.series(M.ANGULAR_UPDATE, "median")
+    summ = summ[(summ["layer"] != "out") & (summ["step"] > 0)]
+    unit = tables.metrics.iloc[:0]
+    if tables.has(M.UNIT_U_MEAN):  # the per-unit window is optional (probes.unit_window)
+        unit = pd.concat([tables.series(k, "unit") for k in (M.UNIT_U_MEAN, M.UNIT_G2_MEAN, M.UNIT_ANG2_MEAN)])
     rows = []
     for r in tables.runs.to_dict("records"):
         if r["status"] != "ok" or r["arm"] not in arm_cfg:
@@ -170,9 +173,9 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
         d = unit[unit["run_id"] == r["run_id"]].pivot_table(index=["layer", "item"], columns="metric", values="value")
         if d.empty or not drifts:
             continue
-        u_pred = T.fixed_point(alpha, lam, np.sqrt(d["unit_g2_mean"]))
-        norm_ratio = d["unit_u_mean"] / u_pred
-        step_ratio = np.sqrt(d["unit_ang2_mean"]) / float(T.equilibrium_step(alpha, lam))
+        u_pred = T.fixed_point(alpha, lam, np.sqrt(d[M.UNIT_G2_MEAN]))
+        norm_ratio = d[M.UNIT_U_MEAN] / u_pred
+        step_ratio = np.sqrt(d[M.UNIT_ANG2_MEAN]) / float(T.equilibrium_step(alpha, lam))
         rows.append(
             {
                 "run_id": r["run_id"],
@@ -187,8 +190,8 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
                 "step_ratio": float(step_ratio.median()),
                 "step_q10": float(step_ratio.quantile(0.1)),
                 "step_q90": float(step_ratio.quantile(0.9)),
-                "ang_rms": float(np.sqrt(d["unit_ang2_mean"]).median()),
-                "u_meas": float(d["unit_u_mean"].median()),
+                "ang_rms": float(np.sqrt(d[M.UNIT_ANG2_MEAN]).median()),
+                "u_meas": float(d[M.UNIT_U_MEAN].median()),
                 "u_pred": float(np.median(u_pred)),
                 "drift": _nanmax(drifts),
                 "settle_step": _nanmax(settle),
@@ -391,13 +394,8 @@ class WDFixedPoint(Experiment):
         paths.append(P.save(fig, out / "wd_theory_and_norms.png"))
 
         fig, axes = P.figure(ncols=2)
-        ang = tables.metrics
-        ang = ang[
-            (ang["metric"] == "angular_update")
-            & (ang["stat"] == "median")
-            & (ang["layer"] != "out")
-            & (ang["step"] > 0)
-        ]
+        ang = tables.series(M.ANGULAR_UPDATE, "median")
+        ang = ang[(ang["layer"] != "out") & (ang["step"] > 0)]
         runs = tables.runs.drop_duplicates("arm").set_index("arm")
         products = sorted(
             {float(runs.loc[x, "optim.lr"]) * float(runs.loc[x, "optim.weight_decay"]) for x in runs.index}

@@ -60,3 +60,21 @@ def test_reference_report_labels_the_sweep_and_says_what_it_counts_twice():
         f"supported {evidence.get('supported', 0)}, inconclusive {evidence.get('inconclusive', 0)}, "
         f"not supported {evidence.get('not supported', 0)}"
     ) in md
+
+
+def test_a_metric_name_the_engine_never_writes_is_an_error_not_missing_data():
+    from normlab.engine import metrics as M
+    from normlab.engine.errors import NormlabError
+
+    tables = load_tables(REFERENCE / "baselines")
+    assert len(tables.series(M.TEST_ACC)) > 0 and set(tables.series(M.TEST_ACC)["metric"]) == {M.TEST_ACC}
+    with pytest.raises(NormlabError, match="'test_accuracy' is not one the engine writes"):
+        tables.series("test_accuracy")
+    assert tables.series(M.ANGULAR_UPDATE).empty  # a known metric this folder's probes did not write
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_every_metric_a_reference_run_wrote_is_named_in_engine_metrics(folder):
+    from normlab.engine import metrics as M
+
+    assert set(load_tables(folder).metrics["metric"].unique()) <= M.ALL

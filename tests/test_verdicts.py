@@ -628,7 +628,7 @@ def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(n
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # means of all-missing slices: NaN, as finish() does
+        warnings.simplefilter("error", RuntimeWarning)  # missing data is reported in the rows, not as warnings
         out = exp.analyze(t)
     assert {r.claim_id for r in out} == {c.id for c in exp.claims}
     for r in out:

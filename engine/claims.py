@@ -110,6 +110,12 @@ class Estimate:
     checks: list[Check] = field(default_factory=list)
     detail: str = ""
 
+    @classmethod
+    def missing(cls, why: str) -> "Estimate":
+        """The estimate of a claim whose data is absent (an arm missing, every run diverged): its
+        verdict is `inconclusive`, and the row says why."""
+        return cls(float("nan"), checks=[Check("data present", False, why)])
+
 
 @dataclass
 class ClaimRow:
@@ -202,7 +208,18 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
 
 def missing(claim: Claim, analysis: Any, why: str) -> ClaimRow:
     """A claim whose data is absent (an arm missing, every run diverged): `inconclusive`, saying why."""
-    return judge(claim, Estimate(float("nan"), checks=[Check("data present", False, why)]), analysis)
+    return judge(claim, Estimate.missing(why), analysis)
+
+
+def judge_each(estimators: dict[Claim, Any], setting: Any, analysis: Any) -> list[ClaimRow]:
+    """`analyze` as a loop: each claim's estimator (setting -> Estimate, or None where the claim has
+    no row in this folder, e.g. an optional control arm that did not run), judged in order."""
+    rows = []
+    for claim, estimate in estimators.items():
+        est = estimate(setting)
+        if est is not None:
+            rows.append(judge(claim, est, analysis))
+    return rows
 
 
 def find(claims: tuple[Claim, ...], claim_id: str) -> Optional[Claim]:

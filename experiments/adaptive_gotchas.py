@@ -31,10 +31,10 @@ from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.claims import EXACT, Check, Claim, ClaimRow, Estimate, Rule, judge
+from normlab.engine.claims import EXACT, Check, Claim, Estimate, Rule
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import TableExperiment
+from .base import Setting, TableExperiment
 
 K9_ADAGRAD = Claim(
     "K9-adagrad",
@@ -262,11 +262,83 @@ def _slope(d: pd.DataFrame, x: str, y: str) -> float:
     return float(np.polyfit(np.log(d[x]), np.log(d[y]), 1)[0]) if len(d) >= 3 else float("nan")
 
 
+# ---------------------------------------------------------------- claims: one estimator each
+def _decay_slope(s: Setting, opt: str, band: list[float]) -> Estimate:
+    """The late log-log slope of the median |step| per seed; the seed farthest from the band's centre."""
+    st = s.tables.read("streams")
+    start = s.a.fit_from * st["step"].max()
+    slopes = [
+        _slope(g[g["step"] >= start], "step", "median_abs_step") for _, g in st[st["optimizer"] == opt].groupby("seed")
+    ]
+    centre = (band[0] + band[1]) / 2
+    worst = max(slopes, key=lambda v: abs(v - centre)) if slopes else float("nan")
+    detail = f"fit over t >= {start:.0f}; slope per seed " + ", ".join(f"{v:.4f}" for v in slopes)
+    return Estimate(worst, n=len(slopes), detail=detail)
+
+
+def k9_adagrad(s: Setting) -> Estimate:
+    return _decay_slope(s, "adagrad", s.a.adagrad_band)
+
+
+def k9_rmsprop(s: Setting) -> Estimate:
+    return _decay_slope(s, "rmsprop", s.a.rmsprop_band)
+
+
+def k9_eps(s: Setting) -> Estimate:
+    """Torch's Adam against epsilon outside the root, where the inside-the-root formula differs."""
+    eps = s.tables.read("eps_table")
+    err_out = float((eps["torch_adam"] - eps["outside"]).abs().max())
+    err_in = float((eps["torch_adam"] - eps["inside"]).abs().max())
+    half = [
+        f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside"
+        for e, _ in eps.groupby("eps")
+    ]
+    differ = Check(
+        "the placements differ on this table",
+        err_in > s.a.eps_differ_min,
+        f"the inside-the-root formula is within {err_in:.3g} of torch's Adam everywhere, so the table "
+        "cannot tell the placements apart",
+    )
+    detail = f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half)
+    return Estimate(err_out, n=len(eps), checks=[differ], detail=detail)
+
+
+def _moments(s: Setting) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The batch-size table and its means by batch size."""
+    bm = s.tables.read("batch_moments")
+    return bm, bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean()
+
+
+def k10(s: Setting) -> Estimate:
+    """Adam's second moment against its prediction from the batch size (Eq. 4)."""
+    bm, m = _moments(s)
+    rel = (bm["v_adam"] / bm["v_predicted"] - 1).abs()
+    detail = f"{bm['seed'].nunique()} seeds; v by batch size: " + ", ".join(
+        f"B={b}: {r.v_adam:.3g} (pred {r.v_predicted:.3g})" for b, r in m.iterrows()
+    )
+    return Estimate(float(rel.max()), n=len(bm), detail=detail)
+
+
+def k10_step(s: Setting) -> Estimate:
+    """The slope of Adam's step size on the batch size, the smallest over seeds."""
+    bm, m = _moments(s)
+    step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
+    detail = (
+        "slope per seed "
+        + ", ".join(f"{v:.3f}" for v in step_slopes)
+        + "; median step by batch size: "
+        + ", ".join(f"B={b}: {r.step_adam:.3g}" for b, r in m.iterrows())
+        + f"; {CONTRADICTION}"
+    )
+    return Estimate(float(min(step_slopes)) if step_slopes else float("nan"), n=len(step_slopes), detail=detail)
+
+
 class AdaptiveGotchas(TableExperiment):
     name = "adaptive_gotchas"
     title = "K9, K10: Adagrad vs RMSprop decay, where epsilon sits, and Adam's batch-size dependence"
     claims = (K9_ADAGRAD, K9_RMSPROP, K9_EPS, K10, K10_STEP)
     config_class = GotchasConfig
+    estimators = {K9_ADAGRAD: k9_adagrad, K9_RMSPROP: k9_rmsprop, K9_EPS: k9_eps, K10: k10, K10_STEP: k10_step}
 
     def derived(self, cfg: GotchasConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         p = cfg.problem
@@ -275,92 +347,6 @@ class AdaptiveGotchas(TableExperiment):
         )
         batches = pd.concat([_batch_second_moment(p, cfg, s) for s in cfg.seed_list], ignore_index=True)
         return {"streams": streams, "eps_table": _eps_table(p), "batch_moments": batches}
-
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        st = tables.read("streams")
-        start = a.fit_from * st["step"].max()
-        rows = []
-        for claim, opt, band in ((K9_ADAGRAD, "adagrad", a.adagrad_band), (K9_RMSPROP, "rmsprop", a.rmsprop_band)):
-            slopes = [
-                _slope(g[g["step"] >= start], "step", "median_abs_step")
-                for _, g in st[st["optimizer"] == opt].groupby("seed")
-            ]
-            centre = (band[0] + band[1]) / 2
-            worst = max(slopes, key=lambda v: abs(v - centre)) if slopes else float("nan")
-            rows.append(
-                judge(
-                    claim,
-                    Estimate(
-                        worst,
-                        n=len(slopes),
-                        detail=(f"fit over t >= {start:.0f}; slope per seed " + ", ".join(f"{v:.4f}" for v in slopes)),
-                    ),
-                    a,
-                )
-            )
-        eps = tables.read("eps_table")
-        err_out = float((eps["torch_adam"] - eps["outside"]).abs().max())
-        err_in = float((eps["torch_adam"] - eps["inside"]).abs().max())
-        half = [
-            f"eps {e:g}: step halves at |g| = {e:g} outside the root, at |g| = {np.sqrt(e / 3):.2g} inside"
-            for e, _ in eps.groupby("eps")
-        ]
-        differ = Check(
-            "the placements differ on this table",
-            err_in > a.eps_differ_min,
-            f"the inside-the-root formula is within {err_in:.3g} of torch's Adam everywhere, so the table "
-            "cannot tell the placements apart",
-        )
-        rows.append(
-            judge(
-                K9_EPS,
-                Estimate(
-                    err_out,
-                    n=len(eps),
-                    checks=[differ],
-                    detail=(f"largest gap to the inside-the-root formula: {err_in:.3g}; " + "; ".join(half)),
-                ),
-                a,
-            )
-        )
-        bm = tables.read("batch_moments")
-        rel = (bm["v_adam"] / bm["v_predicted"] - 1).abs()
-        m = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean()
-        rows.append(
-            judge(
-                K10,
-                Estimate(
-                    float(rel.max()),
-                    n=len(bm),
-                    detail=(
-                        f"{bm['seed'].nunique()} seeds; v by batch size: "
-                        + ", ".join(f"B={b}: {r.v_adam:.3g} (pred {r.v_predicted:.3g})" for b, r in m.iterrows())
-                    ),
-                ),
-                a,
-            )
-        )
-        step_slopes = [_slope(g, "batch_size", "step_adam") for _, g in bm.groupby("seed")]
-        rows.append(
-            judge(
-                K10_STEP,
-                Estimate(
-                    float(min(step_slopes)) if step_slopes else float("nan"),
-                    n=len(step_slopes),
-                    detail=(
-                        "slope per seed "
-                        + ", ".join(f"{v:.3f}" for v in step_slopes)
-                        + "; median step by batch size: "
-                        + ", ".join(f"B={b}: {r.step_adam:.3g}" for b, r in m.iterrows())
-                        + f"; {CONTRADICTION}"
-                    ),
-                ),
-                a,
-            )
-        )
-        return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         fig, axes = P.figure(ncols=3, width=3.8)

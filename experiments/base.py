@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -43,7 +43,7 @@ from normlab.engine.results import (
 from normlab.engine.cells import CellStore, cell_key
 from normlab.engine.locks import folder_lock
 from normlab.engine.spec import ExperimentConfig, RunConfig
-from normlab.engine.claims import Claim, ClaimRow
+from normlab.engine.claims import Claim, ClaimRow, Estimate, judge_each
 from normlab.engine.runs import RunResult, RunTask
 from normlab.engine.train import resolve_device
 
@@ -95,14 +95,38 @@ class Experiment:
         fresh seeds); [] when there is nothing more to run."""
         return []
 
+    # claim -> its estimator: a function of `setting(tables)` returning the claim's Estimate (or
+    # None where the claim has no row in this folder). `analyze` judges them in this order.
+    estimators: dict[Claim, Callable[[Any], Optional[Estimate]]] = {}
+
+    def setting(self, tables: Tables) -> Any:
+        """What the estimators read: by default the tables and the typed config (`Setting`)."""
+        return Setting(tables, self.typed_config(tables))
+
     def analyze(self, tables: Tables) -> list[ClaimRow]:
-        raise NotImplementedError
+        """CSV tables -> claim rows: each claim's estimator, then `judge` under its rule."""
+        if not self.estimators:
+            raise NotImplementedError(f"{type(self).__name__} has no estimators")
+        s = self.setting(tables)
+        return judge_each(self.estimators, s, s.cfg.analysis)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         return []
 
     def typed_config(self, tables: Tables) -> ExperimentConfig:
         return C.from_dict(self.config_class, tables.config)
+
+
+@dataclass
+class Setting:
+    """The run folder's tables and its typed config, as the estimators of a claim read them."""
+
+    tables: Tables
+    cfg: ExperimentConfig
+
+    @property
+    def a(self) -> Any:
+        return self.cfg.analysis
 
 
 class TableExperiment(Experiment):

@@ -24,6 +24,7 @@ eigenvalues ranked C+1..k (ranks where outliers cannot sit if there are about C 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,17 @@ import numpy as np
 import pandas as pd
 
 from normlab.engine import metrics as M
+from normlab.engine import stats as S
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .base import Experiment, arm_configs
+from .base import Experiment, Setting, arm_configs
 from .knockout import NoiseConfig, NoiseFactory
 
 _COUNT = "outliers per class (count / C) of the GGN of the measured layer at the last checkpoint, mean over seeds"
@@ -57,76 +59,58 @@ _TOP = (
 )
 _TOPSTAT = "paired by seed: geometric mean of (lambda_1 / bulk) uncentered over (lambda_1 / bulk) centered, GGN"
 
-CLAIMS = (
-    Claim("K8-mnist1d", MEASURED, f"MNIST-1D: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
-    Claim(
-        "K8-hessian-mnist1d",
-        MEASURED,
-        f"MNIST-1D, Hessian: {_ABOUT_C}",
-        _COUNT.replace("GGN", "Hessian"),
-        Rule("in", "about_c_band"),
-    ),
-    Claim(
-        "K8-centered-mnist1d", MEASURED, f"MNIST-1D: centering the inputs {_FEWER}", _REMOVED, Rule(">=", "removal_min")
-    ),
-    Claim(
-        "K8-bnnext-mnist1d", MEASURED, f"MNIST-1D: BN in the next layer {_FEWER}", _REMOVED, Rule(">=", "removal_min")
-    ),
-    Claim(
-        "K8-bnprev-mnist1d",
-        MEASURED,
-        f"MNIST-1D: BN after the previous activation {_FEWER}",
-        _REMOVED,
-        Rule(">=", "removal_min"),
-    ),
-    Claim("K8-top-mnist1d", MEASURED, f"MNIST-1D: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
-    Claim(
-        "K8-knockout-mnist1d",
-        MEASURED,
-        f"MNIST-1D: {_KNOCK}",
-        _COUNT.replace("GGN", "GGN (knockout arm)"),
-        Rule("<", "return_max"),
-    ),
-    Claim("K8-mixture", MEASURED, f"Gaussian mixture: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
-    Claim(
-        "K8-hessian-mixture",
-        MEASURED,
-        f"Gaussian mixture, Hessian: {_ABOUT_C}",
-        _COUNT.replace("GGN", "Hessian"),
-        Rule("in", "about_c_band"),
-    ),
-    Claim(
-        "K8-centered-mixture",
-        MEASURED,
-        f"Gaussian mixture: centering the inputs {_FEWER}",
-        _REMOVED,
-        Rule(">=", "removal_min"),
-    ),
-    Claim(
-        "K8-bnnext-mixture",
-        MEASURED,
-        f"Gaussian mixture: BN in the next layer {_FEWER}",
-        _REMOVED,
-        Rule(">=", "removal_min"),
-    ),
-    Claim(
-        "K8-bnprev-mixture",
-        MEASURED,
-        f"Gaussian mixture: BN after the previous activation {_FEWER}",
-        _REMOVED,
-        Rule(">=", "removal_min"),
-    ),
-    Claim("K8-top-mixture", MEASURED, f"Gaussian mixture: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
-    Claim(
-        "K8-knockout-mixture",
-        MEASURED,
-        f"Gaussian mixture: {_KNOCK}",
-        _COUNT.replace("GGN", "GGN (knockout arm)"),
-        Rule("<", "return_max"),
-    ),
-)
-BY_ID = {c.id: c for c in CLAIMS}
-REMOVERS = {"centered": "centered", "bnnext": "bn_next", "bnprev": "bn_prev"}  # claim word -> arm
+WORKLOADS = ("mnist1d", "mixture")  # the workloads the claims name
+_TITLE = {"mnist1d": "MNIST-1D", "mixture": "Gaussian mixture"}
+# Each workload's claims by role: the GGN's and the Hessian's count, a remover's removal, the top
+# eigenvalue's drop and the knockout's count. Every id is spelled out where its claim is defined.
+K8 = {
+    w: {
+        "ggn": Claim(f"K8-{w}", MEASURED, f"{_TITLE[w]}: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
+        "hessian": Claim(
+            f"K8-hessian-{w}",
+            MEASURED,
+            f"{_TITLE[w]}, Hessian: {_ABOUT_C}",
+            _COUNT.replace("GGN", "Hessian"),
+            Rule("in", "about_c_band"),
+        ),
+        "centered": Claim(
+            f"K8-centered-{w}",
+            MEASURED,
+            f"{_TITLE[w]}: centering the inputs {_FEWER}",
+            _REMOVED,
+            Rule(">=", "removal_min"),
+        ),
+        "bn_next": Claim(
+            f"K8-bnnext-{w}",
+            MEASURED,
+            f"{_TITLE[w]}: BN in the next layer {_FEWER}",
+            _REMOVED,
+            Rule(">=", "removal_min"),
+        ),
+        "bn_prev": Claim(
+            f"K8-bnprev-{w}",
+            MEASURED,
+            f"{_TITLE[w]}: BN after the previous activation {_FEWER}",
+            _REMOVED,
+            Rule(">=", "removal_min"),
+        ),
+        "top": Claim(f"K8-top-{w}", MEASURED, f"{_TITLE[w]}: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
+        "knockout": Claim(
+            f"K8-knockout-{w}",
+            MEASURED,
+            f"{_TITLE[w]}: {_KNOCK}",
+            _COUNT.replace("GGN", "GGN (knockout arm)"),
+            Rule("<", "return_max"),
+        ),
+    }
+    for w in WORKLOADS
+}
+# The ids as a reader greps them: "K8-mnist1d", "K8-hessian-mnist1d", "K8-centered-mnist1d",
+# "K8-bnnext-mnist1d", "K8-bnprev-mnist1d", "K8-top-mnist1d", "K8-knockout-mnist1d", "K8-mixture",
+# "K8-hessian-mixture", "K8-centered-mixture", "K8-bnnext-mixture", "K8-bnprev-mixture",
+# "K8-top-mixture", "K8-knockout-mixture".
+CLAIMS = tuple(c for w in WORKLOADS for c in K8[w].values())
+REMOVERS = ("centered", "bn_next", "bn_prev")  # the arms judged by their removal (their claims' roles)
 
 
 @dataclass
@@ -173,23 +157,36 @@ class CurvatureExperimentConfig(ExperimentConfig):
             )
 
 
+def run_arm(workload: str, arm: str) -> str:
+    """The name of an arm's runs on a workload in runs.csv and metrics.csv (the one place it is made)."""
+    return f"{workload}-{arm}"
+
+
 def workload_arms(cfg: CurvatureExperimentConfig) -> dict[str, tuple[str, str, RunConfig]]:
-    """'workload-arm' -> (workload, arm, run config): every arm on every workload."""
+    """run_arm(workload, arm) -> (workload, arm, run config): every arm on every workload."""
     out = {}
     for arm, run in arm_configs(cfg).items():
         base = C.to_dict(run)
         for w, overrides in cfg.design.workloads.items():
             raw = C.apply_overrides(base, overrides or {}, f"design.workloads.{w}")
-            out[f"{w}-{arm}"] = (w, arm, C.from_dict(RunConfig, raw, f"design.workloads.{w}"))
+            out[run_arm(w, arm)] = (w, arm, C.from_dict(RunConfig, raw, f"design.workloads.{w}"))
     return out
 
 
-def spectra(tables: Tables, matrix: str) -> pd.DataFrame:
-    """Top-k eigenvalues: one row per run, step and rank (columns workload, arm, seed, step, rank, value)."""
+def with_workload(d: pd.DataFrame, cfg: CurvatureExperimentConfig) -> pd.DataFrame:
+    """Rows of metrics.csv with the workload and the arm ("kind") of each run, from the design."""
+    arms = workload_arms(cfg)
+    d = d.copy()
+    d["workload"] = d["arm"].map(lambda name: arms[name][0])
+    d["kind"] = d["arm"].map(lambda name: arms[name][1])
+    return d
+
+
+def spectra(tables: Tables, matrix: str, cfg: CurvatureExperimentConfig) -> pd.DataFrame:
+    """Top-k eigenvalues: one row per run, step and rank (columns workload, kind, seed, step, rank, value)."""
     if not tables.has(M.eig(matrix)):  # the Hessian's spectra are optional (curvature.hessian_steps)
         return pd.DataFrame(columns=["workload", "kind", "seed", "step", "rank", "value"])
-    d = tables.series(M.eig(matrix), "rank").copy()
-    d["workload"], d["kind"] = d["arm"].str.split("-", n=1).str[0], d["arm"].str.split("-", n=1).str[1]
+    d = with_workload(tables.series(M.eig(matrix), "rank"), cfg)
     d["rank"] = d["item"].astype(int)
     return d[["workload", "kind", "seed", "step", "rank", "value"]]
 
@@ -226,11 +223,134 @@ def _by_seed(o: pd.DataFrame, kind: str, column: str, seeds: list[int]) -> list[
     return [float(d.get(s, float("nan"))) for s in seeds]
 
 
+def classes_of(cfg: CurvatureExperimentConfig, workload: str) -> int:
+    """C, the number of classes of a workload's data."""
+    raw = C.apply_overrides(C.to_dict(cfg.run), cfg.design.workloads.get(workload) or {})
+    data = C.from_dict(RunConfig, raw).data
+    return 10 if data.name != "synthetic" else data.num_classes
+
+
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class Measured:
+    """One workload's outlier tables at the last checkpoint of each matrix."""
+
+    classes: int
+    per_matrix: dict[str, tuple[pd.DataFrame, int]]  # ggn / hessian -> (outliers per run, step)
+    factor: float
+
+    @property
+    def ggn(self) -> pd.DataFrame:
+        return self.per_matrix["ggn"][0]
+
+    def where(self, matrix: str = "ggn") -> str:
+        om, step = self.per_matrix[matrix]
+        counts = ", ".join(f"{k} {v:.1f}" for k, v in om.groupby("kind")["outliers"].mean().items())
+        rule = f"C = {self.classes}, outlier > {self.factor:g} x bulk"
+        return f"step {step}, {rule}; mean {'GGN' if matrix == 'ggn' else 'Hessian'} outliers: {counts}"
+
+
+@dataclass
+class CurvatureSetting(Setting):
+    """Each workload's outlier tables (or why there are none), computed once for its claims."""
+
+    def __post_init__(self) -> None:
+        self._measured: dict[str, Measured | str] = {}
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.cfg.seed_list
+
+    def measured(self, w: str) -> Measured | str:
+        if w not in self._measured:
+            self._measured[w] = self._measure(w)
+        return self._measured[w]
+
+    def _measure(self, w: str) -> Measured | str:
+        if w not in self.cfg.design.workloads:
+            return f"workload {w!r} is not in design.workloads"
+        classes, factor = classes_of(self.cfg, w), self.a.outlier_factor
+        per_matrix = {}
+        for matrix in ("ggn", "hessian"):
+            sp = spectra(self.tables, matrix, self.cfg)
+            sp = sp[sp["workload"] == w]
+            last = int(sp["step"].max()) if len(sp) else -1
+            per_matrix[matrix] = (outliers(sp[sp["step"] == last], classes, factor), last)
+        if per_matrix["ggn"][0].empty:
+            return f"no GGN spectra for workload {w} (every run failed?)"
+        return Measured(classes, per_matrix, factor)
+
+
+def k8_count(s: CurvatureSetting, w: str, matrix: str) -> Estimate:
+    """About C outliers in the uncentered network's GGN (or Hessian), per class, mean over seeds."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    om, _ = m.per_matrix[matrix]
+    if om.empty:
+        return Estimate.missing(f"no {matrix} spectra (set run.curvature.hessian_steps, e.g. [1000])")
+    vals = _by_seed(om, "uncentered", "per_class", s.seeds)
+    n = int(np.isfinite(vals).sum())
+    tops = _by_seed(om, "uncentered", "prominence", s.seeds)
+    detail = f"{m.where(matrix)}; uncentered lambda_1/bulk per seed: " + ", ".join(f"{v:.2f}" for v in tops)
+    return Estimate(float(np.nanmean(vals)) if n else float("nan"), t_interval(vals), n, detail=detail)
+
+
+def k8_removal(s: CurvatureSetting, w: str, arm: str) -> Estimate:
+    """Outliers per class the arm removes, paired by seed against the uncentered arm."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    unc = _by_seed(m.ggn, "uncentered", "per_class", s.seeds)
+    has_outliers = Check(
+        "the uncentered network has outliers to remove",
+        bool(np.nanmean(unc) >= s.a.about_c_band[0]) if np.isfinite(unc).any() else False,
+        f"the uncentered arm has {S.nanmean(unc):.2f} outliers per class (< {s.a.about_c_band[0]:g})",
+    )
+    est, ci, n = paired_t(unc, _by_seed(m.ggn, arm, "per_class", s.seeds))
+    return Estimate(est, ci, n, [has_outliers], m.where())
+
+
+def k8_top(s: CurvatureSetting, w: str) -> Estimate:
+    """lambda_1 / bulk, uncentered over centered, paired by seed."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    o = m.ggn
+    est, ci, n = paired_t(
+        _by_seed(o, "uncentered", "prominence", s.seeds), _by_seed(o, "centered", "prominence", s.seeds), True
+    )
+    lam = o.groupby("kind")[["top", "bulk"]].mean()
+    detail = "mean lambda_1 (bulk): " + ", ".join(f"{k} {r.top:.3g} ({r.bulk:.3g})" for k, r in lam.iterrows())
+    return Estimate(est, ci, n, detail=detail)
+
+
+def k8_knockout(s: CurvatureSetting, w: str) -> Estimate:
+    """Outliers per class of the knockout arm."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    knock = _by_seed(m.ggn, "knockout", "per_class", s.seeds)
+    n = int(np.isfinite(knock).sum())
+    return Estimate(float(np.nanmean(knock)) if n else float("nan"), t_interval(knock), n, detail=m.where())
+
+
+ESTIMATORS = {}
+for _w in WORKLOADS:
+    ESTIMATORS[K8[_w]["ggn"]] = partial(k8_count, w=_w, matrix="ggn")
+    ESTIMATORS[K8[_w]["hessian"]] = partial(k8_count, w=_w, matrix="hessian")
+    for _arm in REMOVERS:
+        ESTIMATORS[K8[_w][_arm]] = partial(k8_removal, w=_w, arm=_arm)
+    ESTIMATORS[K8[_w]["top"]] = partial(k8_top, w=_w)
+    ESTIMATORS[K8[_w]["knockout"]] = partial(k8_knockout, w=_w)
+
+
 class Curvature(Experiment):
     name = "curvature"
     title = "K8: outlier eigenvalues of a layer's curvature, and what centering, BN and the knockout do to them"
     claims = CLAIMS
     config_class = CurvatureExperimentConfig
+    estimators = ESTIMATORS
 
     def tasks(self, cfg: CurvatureExperimentConfig) -> list[RunTask]:
         noise = NoiseFactory(cfg.noise, level=cfg.design.noise_level)
@@ -240,106 +360,13 @@ class Curvature(Experiment):
             for seed in cfg.seed_list
         ]
 
-    def _classes(self, cfg: CurvatureExperimentConfig, workload: str) -> int:
-        raw = C.apply_overrides(C.to_dict(cfg.run), cfg.design.workloads.get(workload) or {})
-        data = C.from_dict(RunConfig, raw).data
-        return 10 if data.name != "synthetic" else data.num_classes
-
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        seeds = cfg.seed_list
-        rows = []
-        for w in ("mnist1d", "mixture"):
-            ids = [c for c in CLAIMS if c.id.endswith(f"-{w}")]
-            if w not in cfg.design.workloads:
-                rows += [missing(c, a, f"workload {w!r} is not in design.workloads") for c in ids]
-                continue
-            classes = self._classes(cfg, w)
-            per_matrix = {}
-            for matrix in ("ggn", "hessian"):
-                s = spectra(tables, matrix)
-                s = s[s["workload"] == w]
-                last = int(s["step"].max()) if len(s) else -1
-                per_matrix[matrix] = (outliers(s[s["step"] == last], classes, a.outlier_factor), last)
-            o, last = per_matrix["ggn"]
-            if o.empty:
-                rows += [missing(c, a, f"no GGN spectra for workload {w} (every run failed?)") for c in ids]
-                continue
-            unc = _by_seed(o, "uncentered", "per_class", seeds)
-
-            def where(om: pd.DataFrame, step: int, matrix: str = "GGN") -> str:
-                counts = ", ".join(f"{k} {v:.1f}" for k, v in om.groupby("kind")["outliers"].mean().items())
-                rule = f"C = {classes}, outlier > {a.outlier_factor:g} x bulk"
-                return f"step {step}, {rule}; mean {matrix} outliers: {counts}"
-
-            for matrix, cid in (("ggn", f"K8-{w}"), ("hessian", f"K8-hessian-{w}")):
-                om, step_m = per_matrix[matrix]
-                if om.empty:
-                    rows.append(
-                        missing(BY_ID[cid], a, f"no {matrix} spectra (set run.curvature.hessian_steps, e.g. [1000])")
-                    )
-                    continue
-                vals = _by_seed(om, "uncentered", "per_class", seeds)
-                ci = t_interval(vals)
-                n = int(np.isfinite(vals).sum())
-                tops = _by_seed(om, "uncentered", "prominence", seeds)
-                rows.append(
-                    judge(
-                        BY_ID[cid],
-                        Estimate(
-                            float(np.nanmean(vals)) if n else float("nan"),
-                            ci,
-                            n,
-                            detail=f"{where(om, step_m, 'GGN' if matrix == 'ggn' else 'Hessian')}; "
-                            "uncentered lambda_1/bulk per seed: " + ", ".join(f"{v:.2f}" for v in tops),
-                        ),
-                        a,
-                    )
-                )
-            has_outliers = Check(
-                "the uncentered network has outliers to remove",
-                bool(np.nanmean(unc) >= a.about_c_band[0]) if np.isfinite(unc).any() else False,
-                f"the uncentered arm has {np.nanmean(unc):.2f} outliers per class (< {a.about_c_band[0]:g})",
-            )
-            for word, arm in REMOVERS.items():
-                other = _by_seed(o, arm, "per_class", seeds)
-                est, ci, n = paired_t(unc, other)
-                rows.append(judge(BY_ID[f"K8-{word}-{w}"], Estimate(est, ci, n, [has_outliers], where(o, last)), a))
-            est, ci, n = paired_t(
-                _by_seed(o, "uncentered", "prominence", seeds), _by_seed(o, "centered", "prominence", seeds), True
-            )
-            lam = o.groupby("kind")[["top", "bulk"]].mean()
-            rows.append(
-                judge(
-                    BY_ID[f"K8-top-{w}"],
-                    Estimate(
-                        est,
-                        ci,
-                        n,
-                        detail="mean lambda_1 (bulk): "
-                        + ", ".join(f"{k} {r.top:.3g} ({r.bulk:.3g})" for k, r in lam.iterrows()),
-                    ),
-                    a,
-                )
-            )
-            knock = _by_seed(o, "knockout", "per_class", seeds)
-            n = int(np.isfinite(knock).sum())
-            rows.append(
-                judge(
-                    BY_ID[f"K8-knockout-{w}"],
-                    Estimate(
-                        float(np.nanmean(knock)) if n else float("nan"), t_interval(knock), n, detail=where(o, last)
-                    ),
-                    a,
-                )
-            )
-        return rows
+    def setting(self, tables: Tables) -> "CurvatureSetting":
+        return CurvatureSetting(tables, self.typed_config(tables))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
         a = cfg.analysis
-        s = spectra(tables, "ggn")
+        s = spectra(tables, "ggn", cfg)
         if s.empty:
             return []
         workloads = [w for w in cfg.design.workloads if w in set(s["workload"])]
@@ -357,23 +384,24 @@ class Curvature(Experiment):
             ax.set(yscale="log", xlabel="rank", ylabel="GGN eigenvalue", title=f"{w}: top eigenvalues at step {last}")
             ax.legend(fontsize=6)
             ax = axes[i, 1]
-            o = outliers(sw, self._classes(cfg, w), a.outlier_factor)
+            o = outliers(sw, classes_of(cfg, w), a.outlier_factor)
             for k in kinds:
                 d = o[o["kind"] == k].rename(columns={"outliers": "value"})
                 if len(d):
                     P.mean_band(ax, d, k, col[k])
-            ax.axhline(self._classes(cfg, w), color="k", ls=":", lw=1, label="C")
+            ax.axhline(classes_of(cfg, w), color="k", ls=":", lw=1, label="C")
             ax.set(
                 xlabel="step", ylabel=f"outliers (> {a.outlier_factor:g} x bulk)", title=f"{w}: outliers over training"
             )
             ax = axes[i, 2]
             dens = tables.series(M.GGN_DENSITY) if tables.has(M.GGN_DENSITY) else tables.metrics.iloc[:0]
             at = tables.series(M.GGN_DENSITY_AT) if tables.has(M.GGN_DENSITY_AT) else tables.metrics.iloc[:0]
-            dens, at = dens[dens["arm"].str.startswith(f"{w}-")], at[at["arm"].str.startswith(f"{w}-")]
+            names = {run_arm(w, k) for k in kinds}
+            dens, at = dens[dens["arm"].isin(names)], at[at["arm"].isin(names)]
             first_seed = dens["seed"].min() if len(dens) else None
             for k in kinds:
-                d = dens[(dens["arm"] == f"{w}-{k}") & (dens["seed"] == first_seed)]
-                x = at[(at["arm"] == f"{w}-{k}") & (at["seed"] == first_seed)]
+                d = dens[(dens["arm"] == run_arm(w, k)) & (dens["seed"] == first_seed)]
+                x = at[(at["arm"] == run_arm(w, k)) & (at["seed"] == first_seed)]
                 if len(d) and len(x):
                     bulk = o[(o["kind"] == k) & (o["seed"] == first_seed) & (o["step"] == int(d["step"].max()))]["bulk"]
                     scale = float(bulk.iloc[0]) if len(bulk) else 1.0

@@ -15,6 +15,7 @@ the control for the Euler identity.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,12 @@ from normlab.engine import plots as P
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.claims import CONTROL, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import CONTROL, EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.stats import bca, geometric_t, t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
 from . import theory as T
-from .base import Experiment, arm_configs
+from .base import Experiment, Setting, arm_configs
 from .common import needs_probes, status_note
 
 K3_THEORY = Claim(
@@ -203,259 +204,254 @@ def theory_curves(cfg: TheoryConfig) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class EffLRSetting(Setting):
+    """What every K3/K13 estimator reads: the arms that ran, each arm's step size, and the fit
+    window of the late-phase rows with its transient check (shared by K3-slope and K3-spread)."""
+
+    @cached_property
+    def arms(self) -> set[str]:
+        return set(self.tables.runs["arm"])
+
+    @cached_property
+    def arm_cfg(self) -> dict:
+        return arm_configs(self.cfg)
+
+    @cached_property
+    def lr(self) -> dict[str, float]:
+        return {arm: c.optim.lr for arm, c in self.arm_cfg.items()}
+
+    @cached_property
+    def sgd(self) -> list[str]:
+        return [x for x in self.a.sgd_arms if x in self.arms]
+
+    @cached_property
+    def note(self) -> str:
+        return status_note(self.tables, sorted(self.arms))
+
+    @cached_property
+    def start(self) -> float:
+        """First step of the late-phase fit window."""
+        return (1 - self.a.late_fraction) * max(c.train.steps for c in self.arm_cfg.values())
+
+    @cached_property
+    def eff(self) -> pd.DataFrame:
+        return _layer_series(self.tables, M.EFF_LR, "median")
+
+    @cached_property
+    def k0s(self) -> dict[str, float]:
+        """Each SGD arm's transient k0 from its measured u0 and normalized-gradient norm."""
+        u = _layer_series(self.tables, M.WEIGHT_NORM_SQ, "median")
+        gn = _layer_series(self.tables, M.NORMALIZED_GRAD_NORM, "median")
+        out = {}
+        for arm in self.sgd:
+            u0 = u[(u["arm"] == arm) & (u["step"] == 0)]["value"].median()
+            g = gn[(gn["arm"] == arm) & (gn["step"] <= self.start)]["value"].median()
+            out[arm] = float(T.transient(self.lr[arm], u0, g))
+        return out
+
+    @cached_property
+    def past(self) -> Check:
+        """Every SGD arm is past its transient when the fit window starts."""
+        a, start = self.a, self.start
+        transient = [x for x in self.sgd if start < a.transient_factor * self.k0s[x]]
+        return Check(
+            "past the transient",
+            not transient,
+            "still in the transient at the fit window's start (step "
+            f"{start:.0f} < {a.transient_factor:g} k0): "
+            + ", ".join(f"{x} (k0 ~ {self.k0s[x]:.0f})" for x in transient),
+        )
+
+
+def k3_theory(s: EffLRSetting) -> Estimate:
+    """Asymptotic rule: at the horizon the relative error is below the tolerance, and it fell
+    over each of the last two decades. A "1% at 100 k0" rule would fail for large alpha on the
+    exact recurrence's (alpha^2/2) ln k correction, which only dies out slowly."""
+    th = s.tables.read("theory")
+    horizon = int(th["step"].max())
+    errs, falling, per_alpha, still = [], [], [], []
+    for alpha, g in th.groupby("alpha"):
+        k0 = float(T.transient(alpha, s.cfg.theory.u0))
+        if horizon < 100 * k0:
+            still.append(f"{alpha:g} (k0 = {k0:.3g})")
+            continue
+        rel = (g["eff_lr"] * np.sqrt(2 * g["step"]) - 1).abs().to_numpy()
+        at = lambda k: float(np.interp(k, g["step"], rel))  # noqa: E731
+        decades = [at(horizon / 100), at(horizon / 10), at(horizon)]
+        errs.append(decades[-1])
+        falling.append(decades[0] > decades[1] > decades[2])
+        per_alpha.append(
+            f"alpha {alpha:g}: " + " -> ".join(f"{e:.3%}" for e in decades) + " at k = horizon/100, /10, horizon"
+        )
+    checks = [
+        Check("past the transient", bool(errs), "no alpha reaches 100 k0 within the horizon"),
+        Check("still falling", all(falling), "the error did not fall over the last two decades"),
+    ]
+    return Estimate(
+        max(errs) if errs else float("nan"),
+        n=len(errs),
+        checks=checks,
+        detail=(
+            "exact iteration, no sampling; "
+            + "; ".join(per_alpha)
+            + "; alphas in their transient at the horizon (not judged): "
+            + (", ".join(still) or "none")
+            + ". The recurrence's correction (alpha^2/2) ln k is why a fixed '1% at 100 k0' rule would fail"
+        ),
+    )
+
+
+NO_SGD = "no SGD arm ran"
+
+
+def k3_euler(s: EffLRSetting) -> Estimate:
+    """w_j . grad_j = 0 for normalizer-fed units; the read-out is the reference."""
+    if not s.sgd:
+        return Estimate.missing(NO_SGD)
+    cos = _layer_series(s.tables, M.W_GRAD_COS, "q75")
+    cos25 = _layer_series(s.tables, M.W_GRAD_COS, "q25")
+    mag = pd.concat([cos, cos25])
+    mag["value"] = mag["value"].abs()
+    per_seed = _seed_means([_per_seed_dict(mag, arm, lambda g: g["value"].median()) for arm in s.sgd])
+    out_cos = _layer_series(s.tables, M.W_GRAD_COS, "median", invariant_only=False)
+    out_cos = out_cos[(out_cos["layer"] == "out") & out_cos["arm"].isin(s.sgd)]["value"].abs().median()
+    detail = f"read-out layer (reference): median |cos| {out_cos:.3g}" + (f"; {s.note}" if s.note else "")
+    return Estimate(S.mean(per_seed), t_interval(per_seed), len(per_seed), [], detail)
+
+
+def _growth(s: EffLRSetting, arms: list[str], stat: str) -> Estimate:
+    """The fraction of probe intervals in which ||w_j||^2 (summarized by `stat`) grew."""
+    u = _layer_series(s.tables, M.WEIGHT_NORM_SQ, stat)
+
+    def growth(g: pd.DataFrame) -> float:
+        fr = [float((np.diff(lg.sort_values("step")["value"].to_numpy()) > 0).mean()) for _, lg in g.groupby("layer")]
+        return float(np.mean(fr))
+
+    per = _seed_means([_per_seed_dict(u, arm, growth) for arm in arms])
+    last_over_first = lambda g: g[g["step"] == g["step"].max()]["value"].mean() / g[g["step"] == 0]["value"].mean()  # noqa: E731
+    ratio = {arm: S.mean(list(_per_seed_dict(u, arm, last_over_first).values())) for arm in arms}
+    value = float(np.mean(per)) if per else float("nan")
+    detail = "final/initial ||w||^2: " + ", ".join(f"{k} x{v:.3g}" for k, v in ratio.items())
+    return Estimate(value, t_interval(per), len(per), [], detail)
+
+
+def k3_growth(s: EffLRSetting) -> Estimate:
+    return _growth(s, s.sgd, "median") if s.sgd else Estimate.missing(NO_SGD)
+
+
+def k3_eq19(s: EffLRSetting) -> Estimate:
+    """Per unit: u_K predicted from u_0 at the window's first probe and the run-mean g_j^2."""
+    if not s.sgd:
+        return Estimate.missing(NO_SGD)
+    tables = s.tables
+    if not tables.has(M.UNIT_U_FIRST):  # the window is optional (probes.unit_window)
+        return Estimate.missing("no per-unit window statistics (set run.probes.unit_window)")
+    unit = pd.concat([tables.series(k, "unit") for k in (M.UNIT_U_FIRST, M.UNIT_U_LAST, M.UNIT_G2_MEAN)])
+    if unit.empty:
+        return Estimate.missing("no per-unit window statistics (set run.probes.unit_window)")
+    per_arm = []
+    for arm in s.sgd:
+        pc, tc = s.arm_cfg[arm].probes, s.arm_cfg[arm].train
+        first = int(np.ceil((1 - pc.unit_window) * tc.steps / pc.every) * pc.every)
+        last = (tc.steps - 1) // pc.every * pc.every
+        d = unit[unit["arm"] == arm].pivot_table(index=["seed", "layer", "item"], columns="metric", values="value")
+        if d.empty:
+            continue
+        pred = np.sqrt(d[M.UNIT_U_FIRST] ** 2 + 2 * s.lr[arm] ** 2 * (last - first) * d[M.UNIT_G2_MEAN])
+        ratio = (d[M.UNIT_U_LAST] / pred).groupby(level="seed").median()
+        per_arm.append(ratio.rename(arm))
+    if not per_arm:
+        return Estimate.missing("no per-unit statistics for the SGD arms")
+    table = pd.concat(per_arm, axis=1)
+    est, ci, n = geometric_t(np.exp(np.log(table).mean(axis=1)))  # per seed: geometric mean over arms
+    detail = "median measured/predicted per arm: " + ", ".join(
+        f"{c} {np.exp(np.log(table[c]).mean()):.3f}" for c in table.columns
+    )
+    return Estimate(est, ci, n, [], detail)
+
+
+def k3_slope(s: EffLRSetting) -> Estimate:
+    """Late-phase slope of the effective LR; every SGD arm must be past its transient."""
+    if not s.sgd:
+        return Estimate.missing(NO_SGD)
+    k0_text = "k0 from the measured u0 and g: " + ", ".join(f"{x} {s.k0s[x]:.3g}" for x in s.sgd)
+    slopes = _seed_means([_per_seed_dict(s.eff, arm, lambda g: _slope(g, s.start)) for arm in s.sgd])
+    return Estimate(
+        S.mean(slopes), t_interval(slopes), len(slopes), [s.past], f"fit over steps >= {s.start:.0f}; {k0_text}"
+    )
+
+
+def k3_adam(s: EffLRSetting) -> Estimate:
+    adam = [x for x in s.a.adam_arms if x in s.arms]
+    if not adam:
+        return Estimate.missing("no Adam arm ran")
+    ang = _layer_series(s.tables, M.ANGULAR_UPDATE, "median")
+    slopes = _seed_means([_per_seed_dict(ang, arm, lambda g: _slope(g, s.start)) for arm in adam])
+    detail = f"fit over steps >= {s.start:.0f}; per-seed slopes " + ", ".join(f"{v:.3f}" for v in slopes)
+    return Estimate(S.mean(slopes), t_interval(slopes), len(slopes), [], detail)
+
+
+def k3_spread(s: EffLRSetting) -> Estimate:
+    """Spread of late effective LRs across alphas (seeds shared by the arms: paired BCa)."""
+    sgd, lr = s.sgd, s.lr
+    if len(sgd) < 2:
+        return Estimate.missing("needs at least two SGD step sizes")
+    final = s.eff[s.eff["step"] >= s.start]
+    per = [_per_seed_dict(final, arm, lambda g: g["value"].mean()) for arm in sgd]
+    seeds = sorted(set.intersection(*(set(d) for d in per)))
+    groups = [[d[seed] for seed in seeds] for d in per]
+    alpha_spread = max(lr[x] for x in sgd) / min(lr[x] for x in sgd)
+    spread = lambda *m: (max(m) / min(m)) / alpha_spread  # noqa: E731
+    means = [S.mean(g) for g in groups]
+    ci = bca(groups, lambda *g: spread(*(x.mean() for x in g)))
+    detail = (
+        "late mean eff. LR per arm: "
+        + ", ".join(f"{x} {m:.3g}" for x, m in zip(sgd, means))
+        + f"; alpha spread {alpha_spread:g}x"
+    )
+    return Estimate(spread(*means), ci, len(seeds), [s.past], detail)
+
+
+def k3_renorm(s: EffLRSetting) -> Estimate | None:
+    """The control arm's effective LR against alpha; no row where the control did not run."""
+    arm = s.a.renorm_arm
+    if arm not in s.arms:
+        return None
+    r = s.eff[(s.eff["arm"] == arm) & (s.eff["step"] > 0)]
+    dev = list(_per_seed_dict(r, arm, lambda g: float((g["value"] / s.lr[arm]).median() - 1)).values())
+    worst = max(dev, key=abs) if dev else float("nan")
+    return Estimate(worst, n=len(dev), detail="control: true by construction, not evidence for the claim")
+
+
+def k13(s: EffLRSetting) -> Estimate:
+    extra = [x for x in s.a.extra_norm_arms if x in s.arms]
+    return _growth(s, extra, "mean") if extra else Estimate.missing("no layer-norm or weight-norm arm ran")
+
+
 class EffLR(Experiment):
     name = "eff_lr"
     title = "K3: batch norm's implicit learning-rate decay (and K13: weight norm, layer norm)"
     claims = (K3_THEORY, K3_EULER, K3_GROWTH, K3_EQ19, K3_SLOPE, K3_ADAM, K3_SPREAD, K3_RENORM, K13)
     config_class = EffLRConfig
+    estimators = {
+        K3_THEORY: k3_theory,
+        K3_EULER: k3_euler,
+        K3_GROWTH: k3_growth,
+        K3_EQ19: k3_eq19,
+        K3_SLOPE: k3_slope,
+        K3_ADAM: k3_adam,
+        K3_SPREAD: k3_spread,
+        K3_RENORM: k3_renorm,
+        K13: k13,
+    }
+
+    def setting(self, tables: Tables) -> EffLRSetting:
+        return EffLRSetting(tables, self.typed_config(tables))
 
     def derived(self, cfg: EffLRConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         return {"theory": theory_curves(cfg.theory)}
-
-    # ---------------------------------------------------------------- claims
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        arms = set(tables.runs["arm"])
-        arm_cfg = arm_configs(cfg)
-        lr = {arm: c.optim.lr for arm, c in arm_cfg.items()}
-        steps = max(c.train.steps for c in arm_cfg.values())
-        rows = [self._theory_row(tables, cfg.theory, a)]
-        sgd = [x for x in a.sgd_arms if x in arms]
-        note = status_note(tables, sorted(arms))
-        if not sgd:
-            return rows + [missing(c, a, "no SGD arm ran") for c in (K3_EULER, K3_GROWTH, K3_EQ19, K3_SLOPE)]
-
-        # Euler: w_j . grad_j = 0 for normalizer-fed units; the read-out is the reference
-        cos = _layer_series(tables, M.W_GRAD_COS, "q75")
-        cos25 = _layer_series(tables, M.W_GRAD_COS, "q25")
-        mag = pd.concat([cos, cos25])
-        mag["value"] = mag["value"].abs()
-        per_seed = _seed_means([_per_seed_dict(mag, arm, lambda g: g["value"].median()) for arm in sgd])
-        out_cos = _layer_series(tables, M.W_GRAD_COS, "median", invariant_only=False)
-        out_cos = out_cos[(out_cos["layer"] == "out") & out_cos["arm"].isin(sgd)]["value"].abs().median()
-        rows.append(
-            judge(
-                K3_EULER,
-                Estimate(
-                    S.mean(per_seed),
-                    t_interval(per_seed),
-                    len(per_seed),
-                    [],
-                    f"read-out layer (reference): median |cos| {out_cos:.3g}" + (f"; {note}" if note else ""),
-                ),
-                a,
-            )
-        )
-
-        rows.append(self._growth_row(K3_GROWTH, tables, sgd, "median", a))
-        rows.append(self._eq19_row(tables, sgd, lr, arm_cfg, a))
-
-        # Late-phase slope of the effective LR; every SGD arm must be past its transient
-        eff = _layer_series(tables, M.EFF_LR, "median")
-        u = _layer_series(tables, M.WEIGHT_NORM_SQ, "median")
-        gn = _layer_series(tables, M.NORMALIZED_GRAD_NORM, "median")
-        start = (1 - a.late_fraction) * steps
-        k0s = {}
-        for arm in sgd:
-            u0 = u[(u["arm"] == arm) & (u["step"] == 0)]["value"].median()
-            g = gn[(gn["arm"] == arm) & (gn["step"] <= start)]["value"].median()
-            k0s[arm] = float(T.transient(lr[arm], u0, g))
-        transient = [x for x in sgd if start < a.transient_factor * k0s[x]]
-        past = Check(
-            "past the transient",
-            not transient,
-            "still in the transient at the fit window's start (step "
-            f"{start:.0f} < {a.transient_factor:g} k0): " + ", ".join(f"{x} (k0 ~ {k0s[x]:.0f})" for x in transient),
-        )
-        k0_text = "k0 from the measured u0 and g: " + ", ".join(f"{x} {k0s[x]:.3g}" for x in sgd)
-        slopes = _seed_means([_per_seed_dict(eff, arm, lambda g: _slope(g, start)) for arm in sgd])
-        rows.append(
-            judge(
-                K3_SLOPE,
-                Estimate(
-                    S.mean(slopes),
-                    t_interval(slopes),
-                    len(slopes),
-                    [past],
-                    f"fit over steps >= {start:.0f}; {k0_text}",
-                ),
-                a,
-            )
-        )
-
-        ang = _layer_series(tables, M.ANGULAR_UPDATE, "median")
-        adam = [x for x in a.adam_arms if x in arms]
-        if adam:
-            adam_slopes = _seed_means([_per_seed_dict(ang, arm, lambda g: _slope(g, start)) for arm in adam])
-            ci = t_interval(adam_slopes)
-            rows.append(
-                judge(
-                    K3_ADAM,
-                    Estimate(
-                        S.mean(adam_slopes),
-                        ci,
-                        len(adam_slopes),
-                        [],
-                        f"fit over steps >= {start:.0f}; per-seed slopes " + ", ".join(f"{v:.3f}" for v in adam_slopes),
-                    ),
-                    a,
-                )
-            )
-        else:
-            rows.append(missing(K3_ADAM, a, "no Adam arm ran"))
-
-        # Spread of late effective LRs across alphas (seeds shared by the arms: paired BCa)
-        final = eff[eff["step"] >= start]
-        per = [_per_seed_dict(final, arm, lambda g: g["value"].mean()) for arm in sgd]
-        if len(sgd) >= 2:
-            seeds = sorted(set.intersection(*(set(d) for d in per)))
-            groups = [[d[s] for s in seeds] for d in per]
-            alpha_spread = max(lr[x] for x in sgd) / min(lr[x] for x in sgd)
-            spread = lambda *m: (max(m) / min(m)) / alpha_spread  # noqa: E731
-            means = [S.mean(g) for g in groups]
-            ci = bca(groups, lambda *g: spread(*(x.mean() for x in g)))
-            rows.append(
-                judge(
-                    K3_SPREAD,
-                    Estimate(
-                        spread(*means),
-                        ci,
-                        len(seeds),
-                        [past],
-                        "late mean eff. LR per arm: "
-                        + ", ".join(f"{x} {m:.3g}" for x, m in zip(sgd, means))
-                        + f"; alpha spread {alpha_spread:g}x",
-                    ),
-                    a,
-                )
-            )
-        else:
-            rows.append(missing(K3_SPREAD, a, "needs at least two SGD step sizes"))
-
-        if a.renorm_arm in arms:
-            r = eff[(eff["arm"] == a.renorm_arm) & (eff["step"] > 0)]
-            dev = list(
-                _per_seed_dict(r, a.renorm_arm, lambda g: float((g["value"] / lr[a.renorm_arm]).median() - 1)).values()
-            )
-            worst = max(dev, key=abs) if dev else float("nan")
-            rows.append(
-                judge(
-                    K3_RENORM,
-                    Estimate(worst, n=len(dev), detail="control: true by construction, not evidence for the claim"),
-                    a,
-                )
-            )
-
-        extra = [x for x in a.extra_norm_arms if x in arms]
-        rows.append(
-            self._growth_row(K13, tables, extra, "mean", a)
-            if extra
-            else missing(K13, a, "no layer-norm or weight-norm arm ran")
-        )
-        return rows
-
-    def _theory_row(self, tables: Tables, cfg: TheoryConfig, a: EffLRAnalysis) -> ClaimRow:
-        """Asymptotic rule: at the horizon the relative error is below the tolerance, and it fell
-        over each of the last two decades. A "1% at 100 k0" rule would fail for large alpha on the
-        exact recurrence's (alpha^2/2) ln k correction, which only dies out slowly."""
-        th = tables.read("theory")
-        horizon = int(th["step"].max())
-        errs, falling, per_alpha, still = [], [], [], []
-        for alpha, g in th.groupby("alpha"):
-            k0 = float(T.transient(alpha, cfg.u0))
-            if horizon < 100 * k0:
-                still.append(f"{alpha:g} (k0 = {k0:.3g})")
-                continue
-            rel = (g["eff_lr"] * np.sqrt(2 * g["step"]) - 1).abs().to_numpy()
-            at = lambda k: float(np.interp(k, g["step"], rel))  # noqa: E731
-            decades = [at(horizon / 100), at(horizon / 10), at(horizon)]
-            errs.append(decades[-1])
-            falling.append(decades[0] > decades[1] > decades[2])
-            per_alpha.append(
-                f"alpha {alpha:g}: " + " -> ".join(f"{e:.3%}" for e in decades) + " at k = horizon/100, /10, horizon"
-            )
-        checks = [
-            Check("past the transient", bool(errs), "no alpha reaches 100 k0 within the horizon"),
-            Check("still falling", all(falling), "the error did not fall over the last two decades"),
-        ]
-        value = max(errs) if errs else float("nan")
-        return judge(
-            K3_THEORY,
-            Estimate(
-                value,
-                n=len(errs),
-                checks=checks,
-                detail=(
-                    "exact iteration, no sampling; "
-                    + "; ".join(per_alpha)
-                    + "; alphas in their transient at the horizon (not judged): "
-                    + (", ".join(still) or "none")
-                    + ". The recurrence's correction (alpha^2/2) ln k is why a fixed '1% at 100 k0' rule would fail"
-                ),
-            ),
-            a,
-        )
-
-    def _eq19_row(self, tables: Tables, sgd: list[str], lr: dict, arm_cfg: dict, a: EffLRAnalysis) -> ClaimRow:
-        """Per unit: u_K predicted from u_0 at the window's first probe and the run-mean g_j^2."""
-        if not tables.has(M.UNIT_U_FIRST):  # the window is optional (probes.unit_window)
-            return missing(K3_EQ19, a, "no per-unit window statistics (set run.probes.unit_window)")
-        unit = pd.concat([tables.series(k, "unit") for k in (M.UNIT_U_FIRST, M.UNIT_U_LAST, M.UNIT_G2_MEAN)])
-        if unit.empty:
-            return missing(K3_EQ19, a, "no per-unit window statistics (set run.probes.unit_window)")
-        per_arm = []
-        for arm in sgd:
-            pc, tc = arm_cfg[arm].probes, arm_cfg[arm].train
-            first = int(np.ceil((1 - pc.unit_window) * tc.steps / pc.every) * pc.every)
-            last = (tc.steps - 1) // pc.every * pc.every
-            d = unit[unit["arm"] == arm].pivot_table(index=["seed", "layer", "item"], columns="metric", values="value")
-            if d.empty:
-                continue
-            pred = np.sqrt(d[M.UNIT_U_FIRST] ** 2 + 2 * lr[arm] ** 2 * (last - first) * d[M.UNIT_G2_MEAN])
-            ratio = (d[M.UNIT_U_LAST] / pred).groupby(level="seed").median()
-            per_arm.append(ratio.rename(arm))
-        if not per_arm:
-            return missing(K3_EQ19, a, "no per-unit statistics for the SGD arms")
-        table = pd.concat(per_arm, axis=1)
-        est, ci, n = geometric_t(np.exp(np.log(table).mean(axis=1)))  # per seed: geometric mean over arms
-        return judge(
-            K3_EQ19,
-            Estimate(
-                est,
-                ci,
-                n,
-                [],
-                "median measured/predicted per arm: "
-                + ", ".join(f"{c} {np.exp(np.log(table[c]).mean()):.3f}" for c in table.columns),
-            ),
-            a,
-        )
-
-    def _growth_row(self, claim: Claim, tables: Tables, arms: list[str], stat: str, a: EffLRAnalysis) -> ClaimRow:
-        u = _layer_series(tables, M.WEIGHT_NORM_SQ, stat)
-
-        def growth(g: pd.DataFrame) -> float:
-            fr = [
-                float((np.diff(lg.sort_values("step")["value"].to_numpy()) > 0).mean()) for _, lg in g.groupby("layer")
-            ]
-            return float(np.mean(fr))
-
-        per = _seed_means([_per_seed_dict(u, arm, growth) for arm in arms])
-        last_over_first = lambda g: g[g["step"] == g["step"].max()]["value"].mean() / g[g["step"] == 0]["value"].mean()  # noqa: E731
-        ratio = {arm: S.mean(list(_per_seed_dict(u, arm, last_over_first).values())) for arm in arms}
-        value = float(np.mean(per)) if per else float("nan")
-        return judge(
-            claim,
-            Estimate(
-                value,
-                t_interval(per),
-                len(per),
-                [],
-                "final/initial ||w||^2: " + ", ".join(f"{k} x{v:.3g}" for k, v in ratio.items()),
-            ),
-            a,
-        )
 
     # ---------------------------------------------------------------- figures
     def plot(self, tables: Tables, out: Path) -> list[Path]:

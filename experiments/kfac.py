@@ -23,6 +23,7 @@ arms share seeds, hence initial functions and batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 from normlab.engine import stats as S
 from normlab.engine import metrics as M
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
@@ -41,7 +42,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.stats import geometric_t, paired_t
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Experiment, arm_configs
+from .base import Experiment, Setting, arm_configs
 from .common import final_metric, status_note, values_by_seed
 
 _ANG = "angular update of BN-fed units (mean over units, BN-fed layers and probes)"
@@ -186,113 +187,153 @@ def gn_norm_identity(depths: list[int], width: int, seeds: list[int], examples: 
     return pd.DataFrame(rows)
 
 
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class KFACSetting(Setting):
+    """What every K16 estimator reads: the arms, and each run's mean angular update (whole run and late)."""
+
+    @cached_property
+    def arms(self) -> dict:
+        return arm_configs(self.cfg)
+
+    @cached_property
+    def present(self) -> set[str]:
+        return set(self.tables.runs["arm"])
+
+    @cached_property
+    def whole(self) -> dict[str, dict[int, float]]:
+        return values_by_seed(angle_per_run(self.tables))
+
+    @cached_property
+    def late(self) -> dict[str, dict[int, float]]:
+        return values_by_seed(angle_per_run(self.tables, 1.0 - self.a.late_fraction))
+
+    def absent(self, *names: str) -> str:
+        gone = [n for n in names if n not in self.present]
+        return f"needs arm(s) {', '.join(gone)}" if gone else ""
+
+    def rescaled(self, pair: tuple[str, str]):
+        """(scale, angles at scale 1, at the larger scale, their paired ratio, CI, n)."""
+        small, large = pair
+        x1, x10 = _pair(self.whole, small, large)
+        scale = self.arms[large].model.norm_init_scale / self.arms[small].model.norm_init_scale
+        return (scale, x1, x10) + paired_t(x10, x1, log_ratio=True)
+
+    @cached_property
+    def sgd(self):
+        """SGD's (scale, x1, x10, ratio, CI, n) between the two scales, or None without its arms:
+        the contrast K16-sgd judges and K16-immune's precondition reads."""
+        return None if self.absent(*ARMS["sgd"]) else self.rescaled(ARMS["sgd"])
+
+
+def k16_sgd(s: KFACSetting) -> Estimate:
+    """SGD's angle ratio between the two scales, times scale^2 (1 when SGD feels the rescaling fully)."""
+    if s.sgd is None:
+        return Estimate.missing(s.absent(*ARMS["sgd"]))
+    scale, _, _, ratio, ci, n = s.sgd
+    return Estimate(
+        ratio * scale**2,
+        type(ci)(ci.low * scale**2, ci.high * scale**2, ci.method),
+        n,
+        detail=f"scale {scale:g}: SGD's angle ratio {ratio:.4g} (CI {ci.low:.4g}-{ci.high:.4g}), "
+        f"1/scale^2 = {1 / scale**2:.4g}. " + status_note(s.tables, list(ARMS["sgd"])),
+    )
+
+
+def k16_immune(s: KFACSetting) -> Estimate:
+    """K-FAC's angle ratio between the two scales, where the rescaling demonstrably changes SGD."""
+    if s.absent(*ARMS["immune"]):
+        return Estimate.missing(s.absent(*ARMS["immune"]))
+    k1 = ARMS["immune"][0]
+    scale, x1, x10, ratio, ci, n = s.rescaled(ARMS["immune"])
+    sgd_ratio, sgd_ci = (s.sgd[3], s.sgd[4]) if s.sgd is not None else (float("nan"), None)
+    check = Check(
+        "the rescaling changes SGD",
+        sgd_ci is not None and sgd_ci.high < 1.0 / scale,
+        "SGD's angle ratio between the two scales must have its CI below 1/scale "
+        f"({1 / scale:.3g}); it is {sgd_ratio:.3g}",
+    )
+    damping = s.arms[k1].kfac.damping
+    detail = (
+        f"K-FAC damping {damping:g}, lr {s.arms[k1].optim.lr:g}; mean angle {S.nanmean(x1):.4g} (scale 1) vs "
+        f"{S.nanmean(x10):.4g} (scale {scale:g}). " + status_note(s.tables, list(ARMS["immune"]))
+    )
+    return Estimate(ratio, ci, n, [check], detail.strip())
+
+
+def k16_damping(s: KFACSetting) -> Estimate:
+    """Decay's effect on the late angle, with and without damping that matters."""
+    need = ARMS["negligible"] + ARMS["damped"]
+    if s.absent(*need):
+        return Estimate.missing(s.absent(*need))
+    late, arms = s.late, s.arms
+    seeds = sorted(set.intersection(*(set(late.get(arm, {})) for arm in need)))
+    eff = lambda off, on: np.array([late[on][seed] / late[off][seed] for seed in seeds])  # noqa: E731
+    e_neg, e_damp = eff(*ARMS["negligible"]), eff(*ARMS["damped"])
+    value, ci, n = geometric_t(e_damp / e_neg, method="t on log ratio (paired by seed)")
+    g_neg, ci_neg, _ = geometric_t(e_neg)
+    g_damp, ci_damp, _ = geometric_t(e_damp)
+    lam = arms[ARMS["damped"][1]].optim.weight_decay
+    detail = (
+        f"decay lambda {lam:g} ({arms[ARMS['damped'][1]].optim.wd_mode}): late angle x{g_damp:.3g} "
+        f"(CI {ci_damp.low:.3g}-{ci_damp.high:.3g}) at damping {arms[ARMS['damped'][0]].kfac.damping:g}, "
+        f"x{g_neg:.3g} (CI {ci_neg.low:.3g}-{ci_neg.high:.3g}) at damping "
+        f"{arms[ARMS['negligible'][0]].kfac.damping:g}. " + status_note(s.tables, list(need))
+    )
+    return Estimate(value, ci, n, detail=detail.strip())
+
+
+def _jacobian(s: KFACSetting, key: str) -> Estimate:
+    """The input-output Jacobian norm without BN, with decay over without, paired by seed."""
+    off, on = ARMS[key]
+    if s.absent(off, on):
+        return Estimate.missing(s.absent(off, on))
+    x0, x1 = _pair(values_by_seed(final_metric(s.tables, M.JACOBIAN_FRO_SQ)), off, on)
+    ratio, ci, n = paired_t(x1, x0, log_ratio=True)
+    o = s.arms[on].optim
+    detail = (
+        f"{o.name}, lambda {o.weight_decay:g} ({o.wd_mode}), lr x lambda = {o.lr * o.weight_decay:.3g}; "
+        f"E||J||_F^2 {S.nanmean(x0):.4g} without, {S.nanmean(x1):.4g} with. " + status_note(s.tables, [off, on])
+    )
+    return Estimate(ratio, ci, n, detail=detail.strip())
+
+
+def k16_jacobian(s: KFACSetting) -> Estimate:
+    return _jacobian(s, "jacobian")
+
+
+def k16_jacobian_sgd(s: KFACSetting) -> Estimate:
+    return _jacobian(s, "jacobian_sgd")
+
+
+def k16_gnnorm(s: KFACSetting) -> Estimate:
+    """The exact identity behind K16-jacobian, on fresh networks (derived table gn_norm)."""
+    gn = s.tables.read("gn_norm")
+    err = float(gn["rel_err"].max()) if len(gn) else float("nan")
+    detail = f"{len(gn)} networks (hidden layers {sorted(gn['depth'].unique().tolist())}), float64"
+    return Estimate(err, n=len(gn), detail=detail)
+
+
 class KFACExperiment(Experiment):
     name = "kfac"
     title = "K16: weight decay under K-FAC: implicit decay, damping, Jacobian norm"
     claims = CLAIMS
     config_class = KFACExperimentConfig
+    estimators = {
+        K16_IMMUNE: k16_immune,
+        K16_SGD: k16_sgd,
+        K16_DAMPING: k16_damping,
+        K16_JACOBIAN: k16_jacobian,
+        K16_JACOBIAN_SGD: k16_jacobian_sgd,
+        K16_GNNORM: k16_gnnorm,
+    }
 
     def derived(self, cfg: KFACExperimentConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         a = cfg.analysis
         return {"gn_norm": gn_norm_identity(a.gn_depths, cfg.run.model.width, cfg.seed_list, a.gn_examples)}
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        arms = arm_configs(cfg)
-        whole = values_by_seed(angle_per_run(tables))
-        late = values_by_seed(angle_per_run(tables, 1.0 - a.late_fraction))
-        present = set(tables.runs["arm"])
-        rows: list[ClaimRow] = []
-
-        def absent(*names: str) -> str:
-            gone = [n for n in names if n not in present]
-            return f"needs arm(s) {', '.join(gone)}" if gone else ""
-
-        def rescaled(pair: tuple[str, str]):
-            """(scale, angles at scale 1, at the larger scale, their paired ratio, CI, n)."""
-            small, large = pair
-            x1, x10 = _pair(whole, small, large)
-            return (arms[large].model.norm_init_scale / arms[small].model.norm_init_scale, x1, x10) + paired_t(
-                x10, x1, log_ratio=True
-            )
-
-        # (a) immunity, and the SGD contrast that shows the rescaling matters
-        sgd_ratio = float("nan")
-        sgd_ci = None
-        if absent(*ARMS["sgd"]):
-            rows.append(missing(K16_SGD, a, absent(*ARMS["sgd"])))
-        else:
-            scale, _, _, sgd_ratio, sgd_ci, n = rescaled(ARMS["sgd"])
-            est = Estimate(
-                sgd_ratio * scale**2,
-                type(sgd_ci)(sgd_ci.low * scale**2, sgd_ci.high * scale**2, sgd_ci.method),
-                n,
-                detail=f"scale {scale:g}: SGD's angle ratio {sgd_ratio:.4g} (CI {sgd_ci.low:.4g}-{sgd_ci.high:.4g}), "
-                f"1/scale^2 = {1 / scale**2:.4g}. " + status_note(tables, list(ARMS["sgd"])),
-            )
-            rows.append(judge(K16_SGD, est, a))
-        if absent(*ARMS["immune"]):
-            rows.append(missing(K16_IMMUNE, a, absent(*ARMS["immune"])))
-        else:
-            k1 = ARMS["immune"][0]
-            scale, x1, x10, ratio, ci, n = rescaled(ARMS["immune"])
-            check = Check(
-                "the rescaling changes SGD",
-                sgd_ci is not None and sgd_ci.high < 1.0 / scale,
-                "SGD's angle ratio between the two scales must have its CI below 1/scale "
-                f"({1 / scale:.3g}); it is {sgd_ratio:.3g}",
-            )
-            damping = arms[k1].kfac.damping
-            detail = (
-                f"K-FAC damping {damping:g}, lr {arms[k1].optim.lr:g}; mean angle {S.nanmean(x1):.4g} (scale 1) vs "
-                f"{S.nanmean(x10):.4g} (scale {scale:g}). " + status_note(tables, list(ARMS["immune"]))
-            )
-            rows.append(judge(K16_IMMUNE, Estimate(ratio, ci, n, [check], detail.strip()), a))
-
-        # (b) decay's effect on the late angle, with and without damping that matters
-        need = ARMS["negligible"] + ARMS["damped"]
-        if absent(*need):
-            rows.append(missing(K16_DAMPING, a, absent(*need)))
-        else:
-            seeds = sorted(set.intersection(*(set(late.get(arm, {})) for arm in need)))
-            eff = lambda off, on: np.array([late[on][s] / late[off][s] for s in seeds])  # noqa: E731
-            e_neg, e_damp = eff(*ARMS["negligible"]), eff(*ARMS["damped"])
-            value, ci, n = geometric_t(e_damp / e_neg, method="t on log ratio (paired by seed)")
-            g_neg, ci_neg, _ = geometric_t(e_neg)
-            g_damp, ci_damp, _ = geometric_t(e_damp)
-            lam = arms[ARMS["damped"][1]].optim.weight_decay
-            detail = (
-                f"decay lambda {lam:g} ({arms[ARMS['damped'][1]].optim.wd_mode}): late angle x{g_damp:.3g} "
-                f"(CI {ci_damp.low:.3g}-{ci_damp.high:.3g}) at damping {arms[ARMS['damped'][0]].kfac.damping:g}, "
-                f"x{g_neg:.3g} (CI {ci_neg.low:.3g}-{ci_neg.high:.3g}) at damping "
-                f"{arms[ARMS['negligible'][0]].kfac.damping:g}. " + status_note(tables, list(need))
-            )
-            rows.append(judge(K16_DAMPING, Estimate(value, ci, n, detail=detail.strip()), a))
-
-        # (c) the Jacobian norm without BN
-        jac = values_by_seed(final_metric(tables, M.JACOBIAN_FRO_SQ))
-        for claim, key in ((K16_JACOBIAN, "jacobian"), (K16_JACOBIAN_SGD, "jacobian_sgd")):
-            off, on = ARMS[key]
-            if absent(off, on):
-                rows.append(missing(claim, a, absent(off, on)))
-                continue
-            x0, x1 = _pair(jac, off, on)
-            ratio, ci, n = paired_t(x1, x0, log_ratio=True)
-            o = arms[on].optim
-            detail = (
-                f"{o.name}, lambda {o.weight_decay:g} ({o.wd_mode}), lr x lambda = {o.lr * o.weight_decay:.3g}; "
-                f"E||J||_F^2 {S.nanmean(x0):.4g} without, {S.nanmean(x1):.4g} with. " + status_note(tables, [off, on])
-            )
-            rows.append(judge(claim, Estimate(ratio, ci, n, detail=detail.strip()), a))
-
-        # the exact identity behind (c)
-        gn = tables.read("gn_norm")
-        err = float(gn["rel_err"].max()) if len(gn) else float("nan")
-        detail = f"{len(gn)} networks (hidden layers {sorted(gn['depth'].unique().tolist())}), float64"
-        rows.append(judge(K16_GNNORM, Estimate(err, n=len(gn), detail=detail), a))
-        order = [c.id for c in CLAIMS]
-        return sorted(rows, key=lambda r: order.index(r.claim_id))
+    def setting(self, tables: Tables) -> KFACSetting:
+        return KFACSetting(tables, self.typed_config(tables))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         ang = tables.series(M.ANGULAR_UPDATE, "mean")

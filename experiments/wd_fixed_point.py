@@ -14,6 +14,7 @@ that include pairs with equal alpha*lambda; `normlab sweep wd` runs a larger gri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import combinations
 from pathlib import Path
 
@@ -26,12 +27,12 @@ from normlab.engine import plots as P
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.claims import EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.stats import geometric_t, paired_t, t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
 from . import theory as T
-from .base import Experiment, arm_configs
+from .base import Experiment, Setting, arm_configs
 from .common import needs_probes, status_note
 
 K4_THEORY = Claim(
@@ -214,132 +215,148 @@ def _geo_over_seeds(eq: pd.DataFrame, col: str):
     return geometric_t(np.exp(np.log(eq[col]).groupby(eq["seed"]).mean()))
 
 
-class WDFixedPoint(Experiment):
-    name = "wd_fixed_point"
-    title = "K4: the weight-decay fixed point of the effective learning rate"
-    claims = (K4_THEORY, K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
-    config_class = WDConfig
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class WDSetting(Setting):
+    """What every K4 estimator reads: the per-run equilibrium table and the runs used (equilibrated)."""
 
-    def derived(self, cfg: WDConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
-        return {"theory": theory_curves(cfg.theory)}
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        return cell_table(self.tables, self.a)
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        rows = [self._theory_row(tables, a)]
-        cells = cell_table(tables, a)
-        note = status_note(tables, sorted(set(tables.runs["arm"])))
-        if cells.empty:
-            return rows + [
-                missing(c, a, "no finished run with per-unit statistics (run.probes.unit_window)")
-                for c in (K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
-            ]
-        eq = cells[cells["equilibrated"]]
-        share = cells.groupby("arm", sort=False)["equilibrated"].agg(["sum", "count"])
-        eq_note = (
+    @cached_property
+    def eq(self) -> pd.DataFrame:
+        return self.cells[self.cells["equilibrated"]]
+
+    @cached_property
+    def note(self) -> str:
+        return status_note(self.tables, sorted(set(self.tables.runs["arm"])))
+
+    @cached_property
+    def eq_note(self) -> str:
+        a = self.a
+        share = self.cells.groupby("arm", sort=False)["equilibrated"].agg(["sum", "count"])
+        return (
             f"{int(share['sum'].sum())} of {int(share['count'].sum())} runs equilibrated (angular update moved "
             f"< {a.max_drift:.0%} between the halves of the last {a.eq_fraction:.0%} of steps, every layer); "
             "only those are used. Per cell: "
             + ", ".join(f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in share.iterrows())
         )
-        for claim, col, q in ((K4_NORM, "norm_ratio", "norm"), (K4_STEP, "step_ratio", "step")):
-            est, ci, n = _geo_over_seeds(eq, col)
-            spread = (
-                (
-                    f"units' measured/predicted, medians over runs of q10 {eq[f'{q}_q10'].median():.3f}, "
-                    f"q50 {eq[col].median():.3f}, q90 {eq[f'{q}_q90'].median():.3f}"
-                )
-                if len(eq)
-                else ""
-            )
-            rows.append(judge(claim, Estimate(est, ci, n, [], "; ".join(x for x in (spread, eq_note, note) if x)), a))
 
-        # equal-product pairs: the same rms angular update although alpha differs
-        per_cell = eq.pivot_table(index="seed", columns="arm", values="ang_rms")
-        prod = eq.groupby("arm")[["product", "alpha"]].first()
-        pairs = []
-        for a1, a2 in combinations(prod.index, 2):
-            if np.isclose(prod.loc[a1, "product"], prod.loc[a2, "product"], rtol=1e-6) and not np.isclose(
-                prod.loc[a1, "alpha"], prod.loc[a2, "alpha"]
-            ):
-                ratio, ci, n = paired_t(per_cell[a1].to_numpy(), per_cell[a2].to_numpy(), log_ratio=True)
-                pairs.append((a1, a2, ratio, ci, n))
-        usable = [p for p in pairs if p[4] > 0]
-        if usable:
-            worst = max(usable, key=lambda p: abs(np.log(p[2])))
-            rows.append(
-                judge(
-                    K4_PAIRS,
-                    Estimate(
-                        worst[2],
-                        worst[3],
-                        worst[4],
-                        [],
-                        "pairs (ratio, CI, n): "
-                        + "; ".join(
-                            f"{x} / {y}: {r:.3f} [{c.low:.3f}, {c.high:.3f}], n {n}" for x, y, r, c, n in pairs
-                        ),
-                    ),
-                    a,
-                )
-            )
-        else:
-            rows.append(missing(K4_PAIRS, a, "no equal-product pair with a seed equilibrated in both cells"))
 
-        # time to equilibrium shrinks as alpha*lambda grows: per seed, the fraction of ordered pairs
-        fractions = []
-        for _, g in eq.groupby("seed"):
-            ordered = total = 0
-            for (_, r1), (_, r2) in combinations(g.iterrows(), 2):
-                if np.isclose(r1["product"], r2["product"], rtol=1e-6):
-                    continue
-                total += 1
-                fast, slow = (r1, r2) if r1["product"] > r2["product"] else (r2, r1)
-                ordered += fast["settle_step"] <= slow["settle_step"]
-            if total:
-                fractions.append(ordered / total)
-        settle = eq.groupby("arm")[["product", "settle_step"]].mean().sort_values("product")
-        enough = Check(
-            "cells with different products",
-            eq["product"].nunique() >= 2,
-            "needs equilibrated cells at two or more values of alpha*lambda",
-        )
-        rows.append(
-            judge(
-                K4_TIME,
-                Estimate(
-                    float(np.mean(fractions)) if fractions else float("nan"),
-                    t_interval(fractions),
-                    len(fractions),
-                    [enough],
-                    "mean settling step per cell: "
-                    + ", ".join(f"{arm} {r.settle_step:.0f}" for arm, r in settle.iterrows()),
-                ),
-                a,
-            )
-        )
-        return rows
+NO_CELLS = "no finished run with per-unit statistics (run.probes.unit_window)"
 
-    def _theory_row(self, tables: Tables, a: WDAnalysis) -> ClaimRow:
-        th = tables.read("theory")
-        last = th[th["step"] == th["step"].max()]
-        err = (last["u"] / T.fixed_point(last["alpha"], last["lam"]) - 1).abs()
-        approx = float(
-            (T.equilibrium_step(last["alpha"], last["lam"]) / np.sqrt(2 * last["alpha"] * last["lam"]) - 1).abs().max()
+
+def k4_theory(s: WDSetting) -> Estimate:
+    th = s.tables.read("theory")
+    last = th[th["step"] == th["step"].max()]
+    err = (last["u"] / T.fixed_point(last["alpha"], last["lam"]) - 1).abs()
+    approx = float(
+        (T.equilibrium_step(last["alpha"], last["lam"]) / np.sqrt(2 * last["alpha"] * last["lam"]) - 1).abs().max()
+    )
+    return Estimate(
+        float(err.max()),
+        n=len(last),
+        detail=(
+            f"exact iteration to K = {int(th['step'].max())}; largest gap between sqrt(alpha lambda (2 - "
+            f"alpha lambda)) "
+            f"and its approximation sqrt(2 alpha lambda) on this grid: {approx:.2%}"
+        ),
+    )
+
+
+def _ratio_to_prediction(s: WDSetting, col: str, q: str) -> Estimate:
+    """Geometric mean over seeds of the units' measured / predicted `col` (norm or step)."""
+    if s.cells.empty:
+        return Estimate.missing(NO_CELLS)
+    eq = s.eq
+    est, ci, n = _geo_over_seeds(eq, col)
+    spread = (
+        (
+            f"units' measured/predicted, medians over runs of q10 {eq[f'{q}_q10'].median():.3f}, "
+            f"q50 {eq[col].median():.3f}, q90 {eq[f'{q}_q90'].median():.3f}"
         )
-        return judge(
-            K4_THEORY,
-            Estimate(
-                float(err.max()),
-                n=len(last),
-                detail=(
-                    f"exact iteration to K = {int(th['step'].max())}; largest gap between sqrt(alpha lambda (2 - "
-                    f"alpha lambda)) "
-                    f"and its approximation sqrt(2 alpha lambda) on this grid: {approx:.2%}"
-                ),
-            ),
-            a,
-        )
+        if len(eq)
+        else ""
+    )
+    return Estimate(est, ci, n, [], "; ".join(x for x in (spread, s.eq_note, s.note) if x))
+
+
+def k4_norm(s: WDSetting) -> Estimate:
+    return _ratio_to_prediction(s, "norm_ratio", "norm")
+
+
+def k4_step(s: WDSetting) -> Estimate:
+    return _ratio_to_prediction(s, "step_ratio", "step")
+
+
+def k4_pairs(s: WDSetting) -> Estimate:
+    """Equal-product pairs: the same rms angular update although alpha differs."""
+    if s.cells.empty:
+        return Estimate.missing(NO_CELLS)
+    eq = s.eq
+    per_cell = eq.pivot_table(index="seed", columns="arm", values="ang_rms")
+    prod = eq.groupby("arm")[["product", "alpha"]].first()
+    pairs = []
+    for a1, a2 in combinations(prod.index, 2):
+        if np.isclose(prod.loc[a1, "product"], prod.loc[a2, "product"], rtol=1e-6) and not np.isclose(
+            prod.loc[a1, "alpha"], prod.loc[a2, "alpha"]
+        ):
+            ratio, ci, n = paired_t(per_cell[a1].to_numpy(), per_cell[a2].to_numpy(), log_ratio=True)
+            pairs.append((a1, a2, ratio, ci, n))
+    usable = [p for p in pairs if p[4] > 0]
+    if not usable:
+        return Estimate.missing("no equal-product pair with a seed equilibrated in both cells")
+    worst = max(usable, key=lambda p: abs(np.log(p[2])))
+    detail = "pairs (ratio, CI, n): " + "; ".join(
+        f"{x} / {y}: {r:.3f} [{c.low:.3f}, {c.high:.3f}], n {n}" for x, y, r, c, n in pairs
+    )
+    return Estimate(worst[2], worst[3], worst[4], [], detail)
+
+
+def k4_time(s: WDSetting) -> Estimate:
+    """Time to equilibrium shrinks as alpha*lambda grows: per seed, the fraction of ordered pairs."""
+    if s.cells.empty:
+        return Estimate.missing(NO_CELLS)
+    eq = s.eq
+    fractions = []
+    for _, g in eq.groupby("seed"):
+        ordered = total = 0
+        for (_, r1), (_, r2) in combinations(g.iterrows(), 2):
+            if np.isclose(r1["product"], r2["product"], rtol=1e-6):
+                continue
+            total += 1
+            fast, slow = (r1, r2) if r1["product"] > r2["product"] else (r2, r1)
+            ordered += fast["settle_step"] <= slow["settle_step"]
+        if total:
+            fractions.append(ordered / total)
+    settle = eq.groupby("arm")[["product", "settle_step"]].mean().sort_values("product")
+    enough = Check(
+        "cells with different products",
+        eq["product"].nunique() >= 2,
+        "needs equilibrated cells at two or more values of alpha*lambda",
+    )
+    return Estimate(
+        float(np.mean(fractions)) if fractions else float("nan"),
+        t_interval(fractions),
+        len(fractions),
+        [enough],
+        "mean settling step per cell: " + ", ".join(f"{arm} {r.settle_step:.0f}" for arm, r in settle.iterrows()),
+    )
+
+
+class WDFixedPoint(Experiment):
+    name = "wd_fixed_point"
+    title = "K4: the weight-decay fixed point of the effective learning rate"
+    claims = (K4_THEORY, K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
+    config_class = WDConfig
+    estimators = {K4_THEORY: k4_theory, K4_NORM: k4_norm, K4_STEP: k4_step, K4_PAIRS: k4_pairs, K4_TIME: k4_time}
+
+    def derived(self, cfg: WDConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
+        return {"theory": theory_curves(cfg.theory)}
+
+    def setting(self, tables: Tables) -> WDSetting:
+        return WDSetting(tables, self.typed_config(tables))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

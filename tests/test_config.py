@@ -1,11 +1,15 @@
 """Config loading: every bad value is rejected with its full dotted path and what is allowed."""
 
+from pathlib import Path
+
 import pytest
 
 from normlab.cli.main import parse_set
 from normlab.engine.config import ConfigError, apply_overrides, from_dict, to_dict
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.experiments import REGISTRY, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_round_trip():
@@ -91,3 +95,47 @@ def test_every_shipped_config_validates():
         for smoke in (False, True):
             got, cfg = load_config(exp.default_config, REGISTRY, smoke=smoke)
             assert got is exp and cfg.experiment == name
+
+
+def _run_keys_with_lines(text: str):
+    """(dotted key under `run:`, its value, the text of its line) for every leaf of a config file."""
+    import yaml
+
+    root = yaml.compose(text)
+    lines = text.splitlines()
+    run = next((v for k, v in root.value if k.value == "run"), None) if root is not None else None
+    out = []
+
+    def walk(node, prefix):
+        for k, v in node.value:
+            if isinstance(v, yaml.MappingNode):
+                walk(v, f"{prefix}{k.value}.")
+            else:
+                out.append((f"{prefix}{k.value}", yaml.safe_load(yaml.serialize(v)), lines[k.start_mark.line]))
+
+    if run is not None:
+        walk(run, "")
+    return out
+
+
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_a_shipped_config_holds_only_what_differs_unless_its_comment_says_why(path):
+    """nanoGPT's rule: a config holds what its experiment changes. A `run:` key equal to the engine's
+    default is allowed only with a comment on its line saying why it is spelled out."""
+    from normlab.engine.config import flatten, to_dict
+    from normlab.engine.spec import RunConfig
+
+    defaults = flatten(to_dict(RunConfig()))
+    bare = [key for key, value, line in _run_keys_with_lines(path.read_text()) if defaults.get(key, object()) == value
+            and "#" not in line]  # fmt: skip
+    assert not bare, f"{path.name}: run keys equal to their defaults, without a comment saying why: {bare}"
+
+
+def test_the_default_rule_sees_a_bare_default_and_accepts_a_commented_one():
+    bare = "experiment: x\nrun:\n  model:\n    width: 100\n    depth: 3\n"
+    commented = "experiment: x\nrun:\n  model:\n    width: 100  # spelled out: the claim is about this width\n"
+    assert [k for k, v, line in _run_keys_with_lines(bare)] == ["model.width", "model.depth"]
+    assert "#" not in _run_keys_with_lines(bare)[0][2] and "#" in _run_keys_with_lines(commented)[0][2]

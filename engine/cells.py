@@ -23,28 +23,46 @@ from .config import to_dict
 from .files import atomic_write_text
 from .results import LEGACY_METRIC_COLUMNS, METRIC_COLUMNS, atomic_write_csv, runs_frame
 from .runs import RunResult
-from .spec import CurvatureConfig, KFACConfig, RunConfig
+from .spec import RunConfig
 
 DONE = ("ok", "diverged")
-# Sections and fields added after results were first committed: left out of the key while at their
-# defaults, so the runs that do not use them keep the keys (and the cells) they had before.
-_NEWER = {
-    "curvature": to_dict(CurvatureConfig()),
-    "kfac": to_dict(KFACConfig()),
-    "plugins": [],
-    "probes.jacobian_examples": 0,
-}
+# The fields of a run config that every cell key has held since keys were first fixed. Any field or
+# section added since (curvature, kfac, plugins and probes.jacobian_examples so far, and whatever
+# comes next) is left out of the key while at its default, so the runs that do not use it keep the
+# keys, and the cells, they had: a new field needs no entry here. A section added whole (curvature)
+# enters the key whole once any of its fields is set, as it always has.
+KEYED_FIELDS = frozenset(
+    [f"data.{k}" for k in ("name", "num_samples", "train_split", "data_seed", "val_size", "max_train", "max_test",
+                           "root", "download", "synthetic_kind", "input_shape", "num_classes", "noise", "image_size")]
+    + [f"model.{k}" for k in ("arch", "width", "depth", "residual", "channels", "kernel_sizes", "strides",
+                              "pool_every", "activation", "norm", "norm_position", "norm_affine", "norm_eps", "bias",
+                              "init", "norm_init_scale")]
+    + [f"optim.{k}" for k in ("name", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay",
+                              "wd_mode", "wd_params", "schedule", "warmup_steps", "step_every", "step_gamma",
+                              "renormalize")]
+    + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
+    + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "per_unit", "fixed_batch", "unit_window",
+                               "summaries")]
+)  # fmt: skip
+
+
+def keyed(cfg: dict, default: dict, prefix: str = "") -> dict:
+    """`cfg` (a run config as a dict) without the fields that came after KEYED_FIELDS and are at
+    their defaults (`default`: the same dict for the default config)."""
+    out = {}
+    for name, value in cfg.items():
+        path = f"{prefix}{name}"
+        if path in KEYED_FIELDS:
+            out[name] = value
+        elif isinstance(value, dict) and any(f.startswith(f"{path}.") for f in KEYED_FIELDS):
+            out[name] = keyed(value, default.get(name, {}), f"{path}.")  # a section keyed from the start
+        elif name not in default or value != default[name]:
+            out[name] = value  # a newer field (or whole section) that this run sets
+    return out
 
 
 def cell_key(run: RunConfig, seed: int, extra: str = "") -> str:
-    cfg = to_dict(run)
-    for path, default in _NEWER.items():
-        *parents, name = path.split(".")
-        node = cfg
-        for part in parents:
-            node = node.get(part, {})
-        if name in node and node[name] == default:
-            del node[name]
+    cfg = keyed(to_dict(run), to_dict(RunConfig()))
     blob = json.dumps({"run": cfg, "seed": seed, "extra": extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

@@ -10,17 +10,18 @@ here produced, that data, models, optimizer and loop are right.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from normlab.engine import metrics as M
 from normlab.engine import plots as P
-from normlab.engine.claims import MEASURED, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import mean_std, t_interval
 
-from .base import Experiment
+from .base import Experiment, Setting
 
 _RULE = Rule("abs<=", "tolerance_pct_points", "points")
 _STAT = "mean final test accuracy minus the published one (percentage points), over seeds"
@@ -79,24 +80,23 @@ def accuracy_gap(runs, arm: str, published: float) -> Estimate:
     )
 
 
+def b1(s: Setting, arm: str) -> Estimate | None:
+    """The arm's mean test accuracy against its published figure (no row without a published one)."""
+    published = s.a.published_test_acc_pct.get(arm)
+    if published is None:
+        return None
+    if not (s.tables.runs["arm"] == arm).any():
+        return Estimate.missing(f"no runs of arm {arm!r}")
+    return accuracy_gap(s.tables.runs, arm, published)
+
+
 class Baselines(Experiment):
     name = "baselines"
     title = "Baselines: MNIST-1D test accuracy against the published figures"
     claims = (B1_LOGISTIC, B1_MLP, B1_CNN)
     config_class = BaselinesConfig
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        a = self.typed_config(tables).analysis
-        rows = []
-        for arm, published in a.published_test_acc_pct.items():
-            claim = CLAIM_OF_ARM.get(arm)
-            if claim is None:
-                continue  # an arm without a published figure to compare with
-            if not (tables.runs["arm"] == arm).any():
-                rows.append(missing(claim, a, f"no runs of arm {arm!r}"))
-                continue
-            rows.append(judge(claim, accuracy_gap(tables.runs, arm, published), a))
-        return rows
+    estimators = {claim: partial(b1, arm=arm) for arm, claim in CLAIM_OF_ARM.items()}
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

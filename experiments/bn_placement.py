@@ -20,6 +20,7 @@ layer's inputs, measured as ||m||^2 / mean_j var_j of every linear layer's input
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,14 @@ import pandas as pd
 from normlab.engine import stats as S
 from normlab.engine import metrics as M
 from normlab.engine import plots as P
-from normlab.engine.claims import MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import ConfigError, param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.runs import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
-from .base import Experiment, arm_configs
+from .base import Experiment, Setting, arm_configs
 from .common import by_arm, final_metric, needs_probes, status_note
 
 _STAT = (
@@ -144,6 +145,75 @@ def mean_log_loss(tables: Tables) -> pd.DataFrame:
     return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": value})
 
 
+def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
+    """BN before vs after at each one's best LR: the paired ratio of geometric-mean training losses,
+    with the centering order as the precondition (no row for a comparison the config does not make)."""
+    a, grid, logloss, chosen, tables = s.a, s.grid, s.logloss, s.chosen, s.tables
+    roles = a.comparisons.get(claim_id)
+    if roles is None:
+        return None
+    if roles["before"] not in chosen or roles["after"] not in chosen:
+        return Estimate.missing(f"needs arms {roles['before']} and {roles['after']}")
+    test, cent_arm = s.test, s.centering
+    before, after, none = (chosen.get(roles[r], "") for r in ("before", "after", "none"))
+    present = set(logloss["arm"])
+    base_of = {before: roles["before"], after: roles["after"]}
+    seeds = sorted(set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"]))
+    pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
+    lb, la = pick(before), pick(after)
+    ratio, ci, n = paired_t(np.exp(lb), np.exp(la), log_ratio=True)
+    c_before, c_after = cent_arm.get(before, np.nan), cent_arm.get(after, np.nan)
+    centered = Check(
+        "centering order",
+        bool(c_after < a.centered_max and c_before > a.uncentered_min),
+        f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
+        f"{c_before:.3g} (needs > {a.uncentered_min:g})",
+    )
+    oc = grid[before].config.optim
+    acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
+    grids = "; ".join(
+        f"{base_of[x]} best lr {grid[x].lr:g} of "
+        + ", ".join(f"{g.lr:g}" for g in grid.values() if g.base == base_of[x])
+        for x in (before, after)
+    )
+    geo = lambda arm: float(np.exp(S.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
+    detail = (
+        f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
+        f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
+        + (f", none {geo(none):.4g}" if none in present else "")
+        + "; test acc "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
+        + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}"
+    )
+    note = status_note(tables, [x for x in (none, before, after) if x])
+    return Estimate(ratio, ci, n, [centered], detail + (f"; {note}" if note else ""))
+
+
+@dataclass
+class PlacementSetting(Setting):
+    """The LR grid's arms, each run's mean log training loss, each arm's best LR, test accuracy and centering."""
+
+    @cached_property
+    def grid(self) -> dict:
+        return grid_arms(self.cfg)
+
+    @cached_property
+    def logloss(self) -> pd.DataFrame:
+        return mean_log_loss(self.tables)
+
+    @cached_property
+    def chosen(self) -> dict[str, str]:
+        return BNPlacement.best(self.grid, self.logloss)
+
+    @cached_property
+    def test(self) -> dict[str, list[float]]:
+        return by_arm(final_metric(self.tables, M.TEST_ACC))
+
+    @cached_property
+    def centering(self) -> dict[str, float]:
+        return centering(self.tables).groupby("arm")["value"].median().to_dict()
+
+
 class BNPlacement(Experiment):
     name = "bn_placement"
     title = "K2: batch norm before vs after the activation"
@@ -168,57 +238,10 @@ class BNPlacement(Experiment):
                 out[g.base] = name
         return out
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        grid = grid_arms(cfg)
-        logloss = mean_log_loss(tables)
-        chosen = self.best(grid, logloss)
-        test = by_arm(final_metric(tables, M.TEST_ACC))
-        cent_arm = centering(tables).groupby("arm")["value"].median().to_dict()
-        rows = []
-        for claim in CLAIMS:
-            roles = a.comparisons.get(claim.id)
-            if roles is None:
-                continue
-            if roles["before"] not in chosen or roles["after"] not in chosen:
-                rows.append(missing(claim, a, f"needs arms {roles['before']} and {roles['after']}"))
-                continue
-            before, after, none = (chosen.get(roles[r], "") for r in ("before", "after", "none"))
-            present = set(logloss["arm"])
-            base_of = {before: roles["before"], after: roles["after"]}
-            seeds = sorted(
-                set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"])
-            )
-            pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
-            lb, la = pick(before), pick(after)
-            ratio, ci, n = paired_t(np.exp(lb), np.exp(la), log_ratio=True)
-            c_before, c_after = cent_arm.get(before, np.nan), cent_arm.get(after, np.nan)
-            centered = Check(
-                "centering order",
-                bool(c_after < a.centered_max and c_before > a.uncentered_min),
-                f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
-                f"{c_before:.3g} (needs > {a.uncentered_min:g})",
-            )
-            oc = grid[before].config.optim
-            acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
-            grids = "; ".join(
-                f"{base_of[x]} best lr {grid[x].lr:g} of "
-                + ", ".join(f"{g.lr:g}" for g in grid.values() if g.base == base_of[x])
-                for x in (before, after)
-            )
-            geo = lambda arm: float(np.exp(S.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
-            detail = (
-                f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
-                f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
-                + (f", none {geo(none):.4g}" if none in present else "")
-                + "; test acc "
-                + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
-                + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}"
-            )
-            note = status_note(tables, [x for x in (none, before, after) if x])
-            rows.append(judge(claim, Estimate(ratio, ci, n, [centered], detail + (f"; {note}" if note else "")), a))
-        return rows
+    estimators = {claim: partial(k2, claim_id=claim.id) for claim in CLAIMS}
+
+    def setting(self, tables: Tables) -> "PlacementSetting":
+        return PlacementSetting(tables, self.typed_config(tables))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

@@ -16,6 +16,7 @@ initialization. No training loop of the engine runs: the fits are written to a t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +24,14 @@ import pandas as pd
 import torch
 
 from normlab.engine import plots as P
-from normlab.engine.claims import EXACT, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import TableExperiment
+from .base import Setting, TableExperiment
 
 K15_SPARSE = Claim(
     "K15-sparsity",
@@ -157,10 +158,78 @@ def fit_rows(job: tuple[SparseProblem, int, int, float]) -> tuple[dict, list[dic
     return {"seed": seed, **r}, weights
 
 
+@dataclass
+class FitsSetting(Setting):
+    """The fits of every (K, lambda, seed), and those with a nonzero product at depth >= 2."""
+
+    @cached_property
+    def fits(self) -> pd.DataFrame:
+        return self.tables.read("fits")
+
+    @cached_property
+    def nontrivial(self) -> pd.DataFrame:
+        deep = self.fits[self.fits["depth"] >= 2]
+        return deep[deep["beta_max"] > 1e-8]  # fits that collapsed to 0 are balanced trivially; skip them
+
+
+NO_FITS = "fits.csv is empty"
+
+
+def k15_sparse(s: FitsSetting) -> Estimate:
+    """Per seed, the slope of log2(non-negligible weights) on K at the matched training error."""
+    if s.fits.empty:
+        return Estimate.missing(NO_FITS)
+    a = s.a
+    matched = matched_counts(s.fits, s.tables.read("weights"), a)
+    slopes = []
+    for seed, g in matched.groupby("seed"):
+        g = g.dropna(subset=["count"])
+        if len(g) >= 2 and (g["count"] > 0).all():
+            slopes.append(float(np.polyfit(g["depth"], np.log2(g["count"]), 1)[0]))
+    by_depth = matched.groupby("depth")["count"].mean()
+    detail = "mean non-negligible weights by K: " + ", ".join(f"K={k}: {v:.1f}" for k, v in by_depth.items())
+    reached = Check(
+        "every depth reaches the matched training error",
+        bool(matched["count"].notna().all()),
+        f"some (K, seed) never reach train MSE <= {a.target_mse:g} over the lambda grid",
+    )
+    est = float(np.mean(slopes)) if slopes else float("nan")
+    return Estimate(est, t_interval(slopes), len(slopes), [reached], detail)
+
+
+def k15_balance(s: FitsSetting) -> Estimate:
+    """The largest imbalance between the layers' norms at a fit with a nonzero product."""
+    if s.fits.empty:
+        return Estimate.missing(NO_FITS)
+    nontrivial = s.nontrivial
+    worst = nontrivial.loc[nontrivial["imbalance"].idxmax()] if len(nontrivial) else None
+    detail = (
+        f"{len(nontrivial)} fits with a nonzero product; worst at K={int(worst['depth'])}, "
+        f"lambda {worst['lambda']:.3g}; largest gradient entry at the end {nontrivial['grad_max'].max():.2g}"
+        if worst is not None
+        else ""
+    )
+    value = float(nontrivial["imbalance"].max()) if len(nontrivial) else float("nan")
+    return Estimate(value, n=int(nontrivial["seed"].nunique()), detail=detail)
+
+
+def k15_penalty(s: FitsSetting) -> Estimate:
+    """The L2 penalty of the factors against the L_{2/K} penalty of the product, relative error."""
+    if s.fits.empty:
+        return Estimate.missing(NO_FITS)
+    rel = s.nontrivial["penalty_rel_err"]
+    return Estimate(float(rel.max()) if len(rel) else float("nan"), n=int(s.nontrivial["seed"].nunique()))
+
+
 class DeepLinear(TableExperiment):
     name = "deep_linear"
     title = "K15: L2 on a deep (diagonal) linear network as a sparsifying L_{2/K} penalty on the product"
     claims = (K15_SPARSE, K15_BALANCE, K15_PENALTY)
+    estimators = {K15_SPARSE: k15_sparse, K15_BALANCE: k15_balance, K15_PENALTY: k15_penalty}
+
+    def setting(self, tables: Tables) -> "FitsSetting":
+        return FitsSetting(tables, self.typed_config(tables))
+
     config_class = DeepLinearConfig
 
     def derived(self, cfg: DeepLinearConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
@@ -170,57 +239,6 @@ class DeepLinear(TableExperiment):
         fits = [row for row, _ in done]
         weights = [w for _, rows in done for w in rows]
         return {"fits": pd.DataFrame(fits), "weights": pd.DataFrame(weights)}
-
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        a = self.typed_config(tables).analysis
-        fits, weights = tables.read("fits"), tables.read("weights")
-        if fits.empty:
-            return [missing(c, a, "fits.csv is empty") for c in self.claims]
-        matched = matched_counts(fits, weights, a)
-        slopes, details = [], []
-        for seed, g in matched.groupby("seed"):
-            g = g.dropna(subset=["count"])
-            if len(g) >= 2 and (g["count"] > 0).all():
-                slopes.append(float(np.polyfit(g["depth"], np.log2(g["count"]), 1)[0]))
-        by_depth = matched.groupby("depth")["count"].mean()
-        details.append("mean non-negligible weights by K: " + ", ".join(f"K={k}: {v:.1f}" for k, v in by_depth.items()))
-        reached = Check(
-            "every depth reaches the matched training error",
-            bool(matched["count"].notna().all()),
-            f"some (K, seed) never reach train MSE <= {a.target_mse:g} over the lambda grid",
-        )
-        ci = t_interval(slopes)
-        est = float(np.mean(slopes)) if slopes else float("nan")
-        rows = [judge(K15_SPARSE, Estimate(est, ci, len(slopes), [reached], "; ".join(details)), a)]
-        deep = fits[fits["depth"] >= 2]
-        nontrivial = deep[deep["beta_max"] > 1e-8]  # fits that collapsed to 0 are balanced trivially; skip them
-        worst_bal = nontrivial.loc[nontrivial["imbalance"].idxmax()] if len(nontrivial) else None
-        rows.append(
-            judge(
-                K15_BALANCE,
-                Estimate(
-                    float(nontrivial["imbalance"].max()) if len(nontrivial) else float("nan"),
-                    n=int(nontrivial["seed"].nunique()),
-                    detail=(
-                        f"{len(nontrivial)} fits with a nonzero product; worst at K={int(worst_bal['depth'])}, "
-                        f"lambda {worst_bal['lambda']:.3g}; largest gradient entry at the end "
-                        f"{nontrivial['grad_max'].max():.2g}"
-                    )
-                    if worst_bal is not None
-                    else "",
-                ),
-                a,
-            )
-        )
-        rel = nontrivial["penalty_rel_err"]
-        rows.append(
-            judge(
-                K15_PENALTY,
-                Estimate(float(rel.max()) if len(rel) else float("nan"), n=int(nontrivial["seed"].nunique())),
-                a,
-            )
-        )
-        return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         a = self.typed_config(tables).analysis

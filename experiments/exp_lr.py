@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.data import Batcher, load_dataset
 from normlab.engine.models import build_model
@@ -39,7 +40,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import TableExperiment
+from .base import Setting, TableExperiment
 
 _STAT = (
     "max over logged steps and seeds of max(relative difference of the two networks' outputs on a fixed batch, "
@@ -184,10 +185,41 @@ def compare_job(job: tuple[ExpLRConfig, int, float]) -> pd.DataFrame:
     return compare_runs(*job)
 
 
+def twin_gap(s: Setting, plain: bool) -> Estimate:
+    """The largest gap between the two twins (outputs and unit directions), over steps and seeds."""
+    p, t = s.cfg.problem, s.tables.read("equivalence")
+    d = t[(t["momentum"] == 0) == plain] if len(t) else t
+    if d.empty:
+        return Estimate.missing("no rows for this variant in equivalence.csv")
+    worst = d[["output_rel_diff", "direction_diff"]].max(axis=1)
+    at = d.loc[worst.idxmax()]
+    return Estimate(
+        float(worst.max()),
+        n=int(d["seed"].nunique()),
+        detail=f"{int(d['step'].max())} steps, eta {p.lr:g}, lambda {p.weight_decay:g}, alpha "
+        f"{float(d['alpha'].iloc[0]):.6g}; worst at step {int(at['step'])} (seed {int(at['seed'])}): "
+        f"outputs {at['output_rel_diff']:.2g}, directions {at['direction_diff']:.2g}; "
+        f"the no-decay run's weight norm grew to {d['weight_norm_growing'].max():.3g}",
+    )
+
+
+def lr_range(s: Setting) -> Estimate:
+    """How far (log10) the growing learning rate climbed, and where float64 would overflow."""
+    p, t = s.cfg.problem, s.tables.read("equivalence")
+    if not len(t):
+        return Estimate.missing("equivalence.csv is empty")
+    reach = [
+        f"{'momentum' if m else 'plain'}: overflow at step {overflow_step(p.lr, float(g['alpha'].iloc[0])):.3g}"
+        for m, g in t.groupby("momentum")
+    ]
+    return Estimate(float(np.log10(t["lr_growing"].max())), n=int(t["seed"].nunique()), detail="; ".join(reach))
+
+
 class ExpLR(TableExperiment):
     name = "exp_lr"
     title = "K14: weight decay on a scale-invariant network equals an exponentially growing learning rate"
     claims = (K14, K14_MOMENTUM, K14_RANGE)
+    estimators = {K14: partial(twin_gap, plain=True), K14_MOMENTUM: partial(twin_gap, plain=False), K14_RANGE: lr_range}
     config_class = ExpLRConfig
 
     def derived(self, cfg: ExpLRConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
@@ -195,43 +227,6 @@ class ExpLR(TableExperiment):
             jobs = [(cfg, s, m) for m in (0.0, cfg.problem.momentum) for s in cfg.seed_list]
             tables = pmap(compare_job, jobs)  # independent pairs of runs: spread over the workers
         return {"equivalence": pd.concat(tables, ignore_index=True)}
-
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a, p = cfg.analysis, cfg.problem
-        t = tables.read("equivalence")
-        rows = []
-        for claim, plain in ((K14, True), (K14_MOMENTUM, False)):
-            d = t[(t["momentum"] == 0) == plain] if len(t) else t
-            if d.empty:
-                rows.append(missing(claim, a, "no rows for this variant in equivalence.csv"))
-                continue
-            worst = d[["output_rel_diff", "direction_diff"]].max(axis=1)
-            at = d.loc[worst.idxmax()]
-            rows.append(
-                judge(
-                    claim,
-                    Estimate(
-                        float(worst.max()),
-                        n=int(d["seed"].nunique()),
-                        detail=f"{int(d['step'].max())} steps, eta {p.lr:g}, lambda {p.weight_decay:g}, alpha "
-                        f"{float(d['alpha'].iloc[0]):.6g}; worst at step {int(at['step'])} (seed {int(at['seed'])}): "
-                        f"outputs {at['output_rel_diff']:.2g}, directions {at['direction_diff']:.2g}; "
-                        f"the no-decay run's weight norm grew to {d['weight_norm_growing'].max():.3g}",
-                    ),
-                    a,
-                )
-            )
-        if len(t):
-            reach = [
-                f"{'momentum' if m else 'plain'}: overflow at step {overflow_step(p.lr, float(g['alpha'].iloc[0])):.3g}"
-                for m, g in t.groupby("momentum")
-            ]
-            value = float(np.log10(t["lr_growing"].max()))
-            rows.append(judge(K14_RANGE, Estimate(value, n=int(t["seed"].nunique()), detail="; ".join(reach)), a))
-        else:
-            rows.append(missing(K14_RANGE, a, "equivalence.csv is empty"))
-        return rows
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         a = self.typed_config(tables).analysis

@@ -21,19 +21,20 @@ No training loop runs: the tables are computed at run time and written next to t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import TableExperiment
+from .base import Setting, TableExperiment
 
 K12_REACH = Claim(
     "K12-reach",
@@ -211,6 +212,87 @@ def fisher_job(job: tuple[FisherProblem, float, int, str]) -> list[pd.DataFrame]
     return [trajectories(reg, seed, (part,))]
 
 
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class FlowSetting(Setting):
+    """The derived tables: the flows' trajectories, the update directions along them and the optima."""
+
+    @cached_property
+    def trajectories(self) -> pd.DataFrame:
+        return self.tables.read("trajectories")
+
+    @cached_property
+    def directions(self) -> pd.DataFrame:
+        return self.tables.read("directions")
+
+    @cached_property
+    def optima(self) -> pd.DataFrame:
+        return self.tables.read("optima")
+
+    @property
+    def empty(self) -> bool:
+        return self.trajectories.empty or self.directions.empty or self.optima.empty
+
+    @property
+    def near(self) -> pd.DataFrame:
+        return self.directions[self.directions["distance"] <= self.a.near_radius]
+
+
+EMPTY = "the derived tables are empty"
+
+
+def k12_reach(s: FlowSetting) -> Estimate:
+    """The largest fraction of the starting distance to theta* a GD or NGD flow has left at the end."""
+    if s.empty:
+        return Estimate.missing(EMPTY)
+    tr = s.trajectories
+    star = s.optima.set_index("seed")[["theta1", "theta2"]]
+    first = tr[tr["step"] == 0].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
+    last = tr[tr["step"] == tr["step"].max()].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
+    at_star = star.reindex(last.index.get_level_values("seed")).to_numpy()
+    frac = pd.Series(
+        np.linalg.norm(last.to_numpy() - at_star, axis=1)
+        / np.linalg.norm(first.reindex(last.index).to_numpy() - at_star, axis=1),
+        index=last.index,
+    )
+    by_flow = frac.groupby(level="flow").max()
+    detail = (
+        "worst remaining fraction per flow: "
+        + ", ".join(f"{k} {v:.2g}" for k, v in by_flow.items())
+        + " (the EF flow is reported, not judged)"
+    )
+    return Estimate(float(by_flow[["gd", "ngd"]].max()), n=int(star.shape[0]), detail=detail)
+
+
+def k12_deviate(s: FlowSetting) -> Estimate:
+    """Away from theta*: the smallest share, over seeds, of points where EF and NGD directions differ."""
+    if s.empty:
+        return Estimate.missing(EMPTY)
+    a = s.a
+    far = s.directions[s.directions["distance"] > a.far_radius]
+    shares = far.groupby("seed")["angle"].apply(lambda v: float((v > a.angle_min).mean()))
+    detail = (
+        f"share per seed: {', '.join(f'{v:.3f}' for v in shares)}; median angle away from theta*: "
+        f"{far['angle'].median():.1f} deg, largest {far['angle'].max():.1f} deg"
+    )
+    return Estimate(float(shares.min()), n=len(shares), detail=detail)
+
+
+def k12_near(s: FlowSetting) -> Estimate:
+    """Near theta*: the largest angle between the EF and NGD directions."""
+    if s.empty:
+        return Estimate.missing(EMPTY)
+    near = s.near
+    detail = f"{len(near)} points within {s.a.near_radius:g} of theta*; median angle {near['angle'].median():.2f} deg"
+    return Estimate(float(near["angle"].max()), n=int(near["seed"].nunique()), detail=detail)
+
+
+def k12_near_median(s: FlowSetting) -> Estimate:
+    if s.empty:
+        return Estimate.missing(EMPTY)
+    return Estimate(float(s.near["angle"].median()), n=int(s.near["seed"].nunique()))
+
+
 class Fisher(TableExperiment):
     name = "fisher"
     title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
@@ -234,70 +316,10 @@ class Fisher(TableExperiment):
             "optima": pd.DataFrame(optima),
         }
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        a = self.typed_config(tables).analysis
-        tr, dr, opt = tables.read("trajectories"), tables.read("directions"), tables.read("optima")
-        if tr.empty or dr.empty or opt.empty:
-            return [missing(c, a, "the derived tables are empty") for c in self.claims]
-        star = opt.set_index("seed")[["theta1", "theta2"]]
-        first = tr[tr["step"] == 0].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
-        last = tr[tr["step"] == tr["step"].max()].set_index(["seed", "flow", "start"])[["theta1", "theta2"]]
-        s = star.reindex(last.index.get_level_values("seed")).to_numpy()
-        frac = pd.Series(
-            np.linalg.norm(last.to_numpy() - s, axis=1)
-            / np.linalg.norm(first.reindex(last.index).to_numpy() - s, axis=1),
-            index=last.index,
-        )
-        by_flow = frac.groupby(level="flow").max()
-        reach = float(by_flow[["gd", "ngd"]].max())
-        rows = [
-            judge(
-                K12_REACH,
-                Estimate(
-                    reach,
-                    n=int(star.shape[0]),
-                    detail="worst remaining fraction per flow: "
-                    + ", ".join(f"{k} {v:.2g}" for k, v in by_flow.items())
-                    + " (the EF flow is reported, not judged)",
-                ),
-                a,
-            )
-        ]
-        far = dr[dr["distance"] > a.far_radius]
-        shares = far.groupby("seed")["angle"].apply(lambda v: float((v > a.angle_min).mean()))
-        rows.append(
-            judge(
-                K12_DEVIATE,
-                Estimate(
-                    float(shares.min()),
-                    n=len(shares),
-                    detail=f"share per seed: {', '.join(f'{v:.3f}' for v in shares)}; median angle away from theta*: "
-                    f"{far['angle'].median():.1f} deg, largest {far['angle'].max():.1f} deg",
-                ),
-                a,
-            )
-        )
-        near = dr[dr["distance"] <= a.near_radius]
-        rows.append(
-            judge(
-                K12_NEAR,
-                Estimate(
-                    float(near["angle"].max()),
-                    n=int(near["seed"].nunique()),
-                    detail=f"{len(near)} points within {a.near_radius:g} of theta*; "
-                    f"median angle {near['angle'].median():.2f} deg",
-                ),
-                a,
-            )
-        )
-        rows.append(
-            judge(
-                K12_NEAR_MEDIAN,
-                Estimate(float(near["angle"].median()), n=int(near["seed"].nunique())),
-                a,
-            )
-        )
-        return rows
+    estimators = {K12_REACH: k12_reach, K12_DEVIATE: k12_deviate, K12_NEAR: k12_near, K12_NEAR_MEDIAN: k12_near_median}
+
+    def setting(self, tables: Tables) -> "FlowSetting":
+        return FlowSetting(tables, self.typed_config(tables))
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

@@ -17,6 +17,7 @@ No training loop runs: the tables are computed at run time and written next to t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.data import load_dataset
 from normlab.engine.models import build_model
@@ -33,7 +34,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import TableExperiment
+from .base import Setting, TableExperiment
 
 K6_ORTH = Claim(
     "K6-orth",
@@ -193,10 +194,35 @@ def _center_rows(cfg: IdentitiesConfig, seed: int, x, y, shape, classes) -> list
     return rows
 
 
+def max_error(s: Setting, check: str, eps: str) -> Estimate:
+    """The largest error of one identity over layers, checkpoints and seeds (eps: BN's epsilon in the
+    check, `exact` or `default` from the config's problem section, `none` for the centering rows)."""
+    t, p = s.tables.read("identities"), s.cfg.problem
+    value = {"exact": p.eps_exact, "default": p.eps_default, "none": 0.0}[eps]
+    d = t[(t["check"] == check) & (t["eps"] == value)] if len(t) else t
+    if d.empty:
+        return Estimate.missing(f"no '{check}' rows in identities.csv")
+    worst = d.loc[d["max_error"].idxmax()]
+    where = ", ".join(f"{k} {worst[k]}" for k in ("layer", "position", "checkpoint", "seed"))
+    by_ckpt = d.groupby("checkpoint")["max_error"].max()
+    detail = f"worst at {where}; by checkpoint: " + ", ".join(f"{k} {v:.2g}" for k, v in by_ckpt.items())
+    if (check, eps) == ("orth", "exact"):
+        dflt = t[(t["check"] == "orth") & (t["eps"] == p.eps_default)]["max_error"].max()
+        detail += f"; at eps {p.eps_default:g} the same maximum is {dflt:.2g}"
+    return Estimate(float(d["max_error"].max()), n=int(d["seed"].nunique()), detail=detail)
+
+
 class Identities(TableExperiment):
     name = "identities"
     title = "K6, K7: scale invariance and the batch-centering gradient identity, as exact checks"
     claims = (K6_ORTH, K6_SCALE, K6_EPS, K7, K7_GRAD)
+    estimators = {
+        K6_ORTH: partial(max_error, check="orth", eps="exact"),
+        K6_SCALE: partial(max_error, check="scale", eps="exact"),
+        K6_EPS: partial(max_error, check="orth", eps="default"),
+        K7: partial(max_error, check="center", eps="none"),
+        K7_GRAD: partial(max_error, check="gradcenter", eps="none"),
+    }
     config_class = IdentitiesConfig
 
     def derived(self, cfg: IdentitiesConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
@@ -208,34 +234,6 @@ class Identities(TableExperiment):
                 rows += _scale_rows(cfg, seed, x, y, data.input_shape, data.num_classes)
                 rows += _center_rows(cfg, seed, x, y, data.input_shape, data.num_classes)
         return {"identities": pd.DataFrame(rows)}
-
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a, p = cfg.analysis, cfg.problem
-        t = tables.read("identities")
-        out = []
-        for claim, check, eps in (
-            (K6_ORTH, "orth", p.eps_exact),
-            (K6_SCALE, "scale", p.eps_exact),
-            (K6_EPS, "orth", p.eps_default),
-            (K7, "center", 0.0),
-            (K7_GRAD, "gradcenter", 0.0),
-        ):
-            d = t[(t["check"] == check) & (t["eps"] == eps)] if len(t) else t
-            if d.empty:
-                out.append(missing(claim, a, f"no '{check}' rows in identities.csv"))
-                continue
-            worst = d.loc[d["max_error"].idxmax()]
-            where = ", ".join(f"{k} {worst[k]}" for k in ("layer", "position", "checkpoint", "seed"))
-            by_ckpt = d.groupby("checkpoint")["max_error"].max()
-            detail = f"worst at {where}; by checkpoint: " + ", ".join(f"{k} {v:.2g}" for k, v in by_ckpt.items())
-            if claim is K6_ORTH:
-                dflt = t[(t["check"] == "orth") & (t["eps"] == p.eps_default)]["max_error"].max()
-                detail += f"; at eps {p.eps_default:g} the same maximum is {dflt:.2g}"
-            out.append(
-                judge(claim, Estimate(float(d["max_error"].max()), n=int(d["seed"].nunique()), detail=detail), a)
-            )
-        return out
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

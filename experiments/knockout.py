@@ -26,6 +26,7 @@ validation loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +39,7 @@ from normlab.engine import stats as S
 from normlab.engine import metrics as M
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.ensemble import StackedModule
 from normlab.engine.results import Tables
@@ -46,7 +47,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import Interval, bca, paired_t
 from normlab.engine.runs import RunTask
 
-from .base import Experiment
+from .base import Experiment, Setting
 from .common import final_metric, final_train_loss, needs_probes, status_note, values_by_seed
 
 _STATEMENT = (
@@ -416,6 +417,35 @@ class Curve:
         return [self.plain, self.bn, self.drift_plain, *self.noise, *self.drift_noise]
 
 
+@dataclass
+class KnockoutSetting(Setting):
+    """What every K1 estimator reads: the typed arms, each run's losses and drift, each arm's best LR."""
+
+    @cached_property
+    def specs(self) -> dict[str, ArmSpec]:
+        return arm_specs(self.cfg)
+
+    @cached_property
+    def eval_loss(self) -> dict[str, dict[int, float]]:
+        return values_by_seed(final_metric(self.tables, M.TRAIN_LOSS))
+
+    @cached_property
+    def train_loss(self) -> dict[str, dict[int, float]]:
+        return values_by_seed(final_train_loss(self.tables, self.a.final_fraction))
+
+    @cached_property
+    def val_loss(self) -> dict[str, dict[int, float]]:
+        return values_by_seed(final_metric(self.tables, M.VAL_LOSS))
+
+    @cached_property
+    def drift(self) -> dict[str, dict[int, float]]:
+        return drift_index(self.tables)
+
+    @cached_property
+    def best(self) -> dict[tuple[str, float], float]:
+        return Knockout.best_lrs(self.specs, self.val_loss)
+
+
 class Knockout(Experiment):
     name = "knockout"
     title = "K1: the knockout of internal covariate shift (Santurkar et al. 2018)"
@@ -512,58 +542,61 @@ class Knockout(Experiment):
         )
         return Estimate(value, bca(arrays, c.statistic), n, [helps, crosses], detail)
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a, d = cfg.analysis, cfg.design
-        specs = arm_specs(cfg)
-        eval_loss = values_by_seed(final_metric(tables, M.TRAIN_LOSS))
-        train_loss = values_by_seed(final_train_loss(tables, a.final_fraction))
-        val_loss = values_by_seed(final_metric(tables, M.VAL_LOSS))
-        drift = drift_index(tables)
-        common = {(sp.role, sp.level): d.common_lr for sp in specs.values()}
-        best = self.best_lrs(specs, val_loss)
-        rows = []
-        for claim, lrs, loss, what in (
-            (K1, common, eval_loss, f"every arm at lr {d.common_lr:g}"),
-            (
-                K1_BESTLR,
-                best,
-                eval_loss,
-                "each arm at its best LR: "
-                + ", ".join(f"{r}{'' if not s else f' s={s:g}'} {lr:g}" for (r, s), lr in best.items()),
-            ),
-            (K1_TRAINLOSS, common, train_loss, f"noise-on training loss, lr {d.common_lr:g}"),
-        ):
-            c = self.curve(specs, lrs, loss, drift, d.levels)
-            if c is None or len(c.seeds) == 0:
-                rows.append(missing(claim, a, "needs plain, bn and every noise level with finished runs"))
-                continue
-            est = self.estimate(c, what)
-            note = status_note(tables, [x for x in c.arms.values() if x])
-            est.detail += f"; {note}" if note else ""
-            rows.append(judge(claim, est, a))
-        rows.append(self._iid_row(specs, eval_loss, drift, a, d))
-        rows.append(self._nobn_row(specs, eval_loss, a, d))
-        rows.append(self._selection_row(specs, best, val_loss, eval_loss, drift, a, d))
-        return rows
+    @property
+    def estimators(self) -> dict:
+        return {
+            K1: partial(self._gap, protocol="common"),
+            K1_BESTLR: partial(self._gap, protocol="best"),
+            K1_TRAINLOSS: partial(self._gap, protocol="trainloss"),
+            K1_IID: self._iid,
+            K1_NOBN: self._nobn,
+            K1_BESTLR_SELECTION: self._selection,
+        }
 
-    def _selection_row(self, specs, best, val, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+    def setting(self, tables: Tables) -> "KnockoutSetting":
+        return KnockoutSetting(tables, self.typed_config(tables))
+
+    def _gap(self, s: "KnockoutSetting", protocol: str) -> Estimate:
+        """The gap ratio G at the strength s* where the noisy network drifts as much as the plain one:
+        every arm at common_lr (K1), each at its best LR (K1-bestlr), or on the noise-on training loss."""
+        d = s.cfg.design
+        common = {(sp.role, sp.level): d.common_lr for sp in s.specs.values()}
+        lrs, loss, what = {
+            "common": (common, s.eval_loss, f"every arm at lr {d.common_lr:g}"),
+            "best": (
+                s.best,
+                s.eval_loss,
+                "each arm at its best LR: "
+                + ", ".join(f"{r}{'' if not lv else f' s={lv:g}'} {lr:g}" for (r, lv), lr in s.best.items()),
+            ),
+            "trainloss": (common, s.train_loss, f"noise-on training loss, lr {d.common_lr:g}"),
+        }[protocol]
+        c = self.curve(s.specs, lrs, loss, s.drift, d.levels)
+        if c is None or len(c.seeds) == 0:
+            return Estimate.missing("needs plain, bn and every noise level with finished runs")
+        est = self.estimate(c, what)
+        note = status_note(s.tables, [x for x in c.arms.values() if x])
+        est.detail += f"; {note}" if note else ""
+        return est
+
+    def _selection(self, s: "KnockoutSetting") -> Estimate:
         """K1-bestlr's interval resamples seeds with each arm's learning rate held at the full-sample
         choice; this row redoes the choice (lowest mean validation loss) inside every resample, so
         its interval also carries the uncertainty of a near-tied choice."""
+        specs, best, val, loss, drift, a, d = s.specs, s.best, s.val_loss, s.eval_loss, s.drift, s.a, s.cfg.design
         candidates: dict[tuple[str, float], list[tuple[float, str]]] = {}
         for arm, sp in specs.items():
             if sp.role in ("plain", "bn", "noise"):
                 candidates.setdefault((sp.role, sp.level), []).append((sp.lr, arm))
         arms = [arm for group in candidates.values() for _, arm in group]
         if not all(arm in val and arm in loss for arm in arms):
-            return missing(K1_BESTLR_SELECTION, a, "needs every plain, bn and noise arm at every learning rate")
+            return Estimate.missing("needs every plain, bn and noise arm at every learning rate")
         needs_drift = [arm for (role, _), group in candidates.items() if role != "bn" for _, arm in group]
         seeds = sorted(
             set.intersection(*(set(val[x]) & set(loss[x]) for x in arms), *(set(drift.get(x, {})) for x in needs_drift))
         )
         if len(seeds) < 3:
-            return missing(K1_BESTLR_SELECTION, a, f"{len(seeds)} seeds shared by every arm; needs >= 3")
+            return Estimate.missing(f"{len(seeds)} seeds shared by every arm; needs >= 3")
         col = lambda table, arm: np.array([table[arm][s] for s in seeds], dtype=float)  # noqa: E731
         V, L = {x: col(val, x) for x in arms}, {x: col(loss, x) for x in arms}
         D = {x: col(drift, x) for x in needs_drift}
@@ -596,9 +629,12 @@ class Knockout(Experiment):
             f"{1 - len(finite) / len(g):.0%}"
         )
         ci = Interval(float(lo), float(hi), "percentile bootstrap, LR choice redone per resample")
-        return judge(K1_BESTLR_SELECTION, Estimate(point, ci, len(seeds), [], detail), a)
+        return Estimate(point, ci, len(seeds), [], detail)
 
-    def _iid_row(self, specs, loss, drift, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+    def _iid(self, s: "KnockoutSetting") -> Estimate:
+        """Santurkar et al.'s i.i.d.-per-example noise at common_lr: its gap ratio, with the drift check."""
+        specs, loss, drift, a, d = s.specs, s.eval_loss, s.drift, s.a, s.cfg.design
+
         def find(role: str, level: float = 0.0):
             return next(
                 (x for x, sp in specs.items() if (sp.role, sp.level, sp.lr) == (role, level, d.common_lr)), None
@@ -606,10 +642,10 @@ class Knockout(Experiment):
 
         plain, bn, iid = find("plain"), find("bn"), find("iid", d.iid_level)
         if any(x not in loss for x in (plain, bn, iid)) or plain not in drift or iid not in drift:
-            return missing(K1_IID, a, "needs plain, bn and the i.i.d.-noise arm at common_lr")
+            return Estimate.missing("needs plain, bn and the i.i.d.-noise arm at common_lr")
         seeds = sorted(set(loss[plain]) & set(loss[bn]) & set(loss[iid]))
-        v = [np.array([loss[x][s] for s in seeds]) for x in (plain, bn, iid)]
-        ratio = S.mean([drift[iid][s] for s in drift[iid]]) / S.mean([drift[plain][s] for s in drift[plain]])
+        v = [np.array([loss[x][seed] for seed in seeds]) for x in (plain, bn, iid)]
+        ratio = S.mean(list(drift[iid].values())) / S.mean(list(drift[plain].values()))
         man = Check(
             "manipulation check",
             bool(ratio >= a.min_drift_ratio),
@@ -624,7 +660,7 @@ class Knockout(Experiment):
         keep = np.isfinite(np.vstack(v)).all(axis=0)
         v = [x[keep] for x in v]
         value = gap_ratio(*(x.mean() for x in v)) if keep.any() else float("nan")
-        est = Estimate(
+        return Estimate(
             value,
             bca(v, lambda p, b, z: gap_ratio(p.mean(), b.mean(), z.mean())),
             int(keep.sum()),
@@ -632,16 +668,17 @@ class Knockout(Experiment):
             f"level {d.iid_level:g}, lr {d.common_lr:g}; drift ratio x{ratio:.3g}; "
             f"L plain {S.mean(v[0]):.4g}, bn {S.mean(v[1]):.4g}, iid {S.mean(v[2]):.4g}",
         )
-        return judge(K1_IID, est, a)
 
-    def _nobn_row(self, specs, loss, a: KnockoutAnalysis, d: KnockoutDesign) -> ClaimRow:
+    def _nobn(self, s: "KnockoutSetting") -> Estimate:
+        """The noise without BN: the loss ratio noisy / plain, paired by seed."""
+        specs, loss, d = s.specs, s.eval_loss, s.cfg.design
         plain = next((x for x, sp in specs.items() if sp.role == "plain" and sp.lr == d.common_lr), None)
         noisy = next((x for x, sp in specs.items() if sp.role == "plain_noise"), None)
         if plain not in loss or noisy not in loss:
-            return missing(K1_NOBN, a, "needs the plain and plain_noise arms")
+            return Estimate.missing("needs the plain and plain_noise arms")
         seeds = sorted(set(loss[plain]) & set(loss[noisy]))
-        ratio, ci, n = paired_t([loss[noisy][s] for s in seeds], [loss[plain][s] for s in seeds], log_ratio=True)
-        return judge(K1_NOBN, Estimate(ratio, ci, n, [], f"level {d.plain_noise_level:g}, lr {d.common_lr:g}"), a)
+        ratio, ci, n = paired_t([loss[noisy][x] for x in seeds], [loss[plain][x] for x in seeds], log_ratio=True)
+        return Estimate(ratio, ci, n, [], f"level {d.plain_noise_level:g}, lr {d.common_lr:g}")
 
     # ---------------------------------------------------------------- figures
     def plot(self, tables: Tables, out: Path) -> list[Path]:

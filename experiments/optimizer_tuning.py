@@ -20,6 +20,7 @@ narrow protocol is a descriptive row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from math import comb
 from pathlib import Path
 from typing import Any, Literal
@@ -29,14 +30,15 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, ClaimRow, Estimate, Rule, judge, missing
+from normlab.engine import stats as S
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, mean_std, paired_t
 from normlab.engine.runs import RunTask
 
-from .base import Experiment
+from .base import Experiment, Setting
 
 _GAP = Rule("contains0_or_abs<=", "equivalence_margin_points", "points")
 _GAP_STAT = (
@@ -282,6 +284,85 @@ def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
     return runs.assign(workload=get("workload"), opt=get("opt"), protocol=get("protocol"), label=get("label"))
 
 
+# ---------------------------------------------------------------- claims: one estimator each
+@dataclass
+class TuningSetting(Setting):
+    """The final runs (the selected configs on fresh seeds), with each run's workload, optimizer and protocol."""
+
+    @cached_property
+    def final(self) -> pd.DataFrame:
+        r = _with_parts(self.tables.runs, trials(self.cfg))
+        return r[r["label"] == "final"]
+
+    def test_acc(self, workload: str, opt: str, protocol: str) -> pd.Series:
+        """Test accuracy (points) of the selected config's final runs, by seed (NaN where a run failed)."""
+        f = self.final
+        sel = f[(f["workload"] == workload) & (f["opt"] == opt) & (f["protocol"] == protocol)]
+        return (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
+
+
+def k5(s: TuningSetting, workload: str, row: str) -> Estimate | None:
+    """K5 (row "gap"): the careful protocol's SGD - Adam gap, paired by seed; K5-shrink (row
+    "shrink"): how much the gap shrinks from the narrow to the careful protocol."""
+    if workload not in s.cfg.workloads:
+        return None
+    acc = {(opt, protocol): s.test_acc(workload, opt, protocol) for protocol in ("narrow", "careful")
+           for opt in ("sgd", "adam")}  # fmt: skip
+    if not all(len(v) for v in acc.values()):
+        why = (
+            "needs the selected configs of both optimizers under both protocols"
+            if row == "gap"
+            else "needs both protocols"
+        )
+        return Estimate.missing(why)
+    seeds = sorted(set.intersection(*(set(v.index) for v in acc.values())))
+    v = {k: x.reindex(seeds).to_numpy(dtype=float) for k, x in acc.items()}
+    gap, ci, n = paired_t(v[("sgd", "careful")], v[("adam", "careful")])
+    narrow, ci_n, _ = paired_t(v[("sgd", "narrow")], v[("adam", "narrow")])
+    if row == "shrink":
+        shrink = lambda sn, an, sc, ac: abs(sn.mean() - an.mean()) - abs(sc.mean() - ac.mean())  # noqa: E731
+        arrays = [v[("sgd", "narrow")], v[("adam", "narrow")], v[("sgd", "careful")], v[("adam", "careful")]]
+        detail = f"narrow gap {narrow:+.2f}, careful gap {gap:+.2f} points"
+        return Estimate(shrink(*arrays), bca(arrays, shrink), n, [], detail)
+    m = {k: mean_std(x)[0] for k, x in v.items()}
+    accs = "test acc: " + ", ".join(f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam"))
+    # the spread over the fresh seeds shows a selected config that fails on some of them
+    accs += "; careful, per seed: " + ", ".join(f"{o} {_span(v[(o, 'careful')])}" for o in ("sgd", "adam"))
+    detail = f"narrow gap {narrow:+.2f} points ({ci_n.method} CI {ci_n.low:+.2f} to {ci_n.high:+.2f}); {accs}"
+    return Estimate(gap, ci, n, [], detail)
+
+
+def k11(s: TuningSetting, workload: str, graft: str) -> Estimate | None:
+    """K11: the share of the careful SGD-Adam gap the graft closes, where a gap exists."""
+    if workload not in s.cfg.workloads:
+        return None
+    acc = {opt: s.test_acc(workload, opt, "careful") for opt in ("sgd", "adam", graft)}
+    if not len(acc[graft]) or not len(acc["sgd"]) or not len(acc["adam"]):
+        return Estimate.missing(f"needs the careful finals of sgd, adam and {graft} (optimizers:)")
+    seeds = sorted(set(acc["sgd"].index) & set(acc["adam"].index) & set(acc[graft].index))
+    s_, a_, g_ = (acc[o].reindex(seeds).to_numpy(dtype=float) for o in ("sgd", "adam", graft))
+    gap, gap_ci, _ = paired_t(a_, s_)
+    exists = Check(
+        "a gap exists",
+        bool(gap_ci.low > 0 or gap_ci.high < 0),
+        f"the Adam - SGD gap's CI ({gap_ci.low:+.2f} to {gap_ci.high:+.2f} points) contains 0: "
+        "there is no gap to close",
+    )
+
+    def closed(sv, av, gv):
+        return (np.mean(gv) - np.mean(sv)) / (np.mean(av) - np.mean(sv))
+
+    est = float(closed(s_, a_, g_)) if len(seeds) else float("nan")
+    detail = (
+        f"test acc: sgd {S.nanmean(s_):.1f}%, adam {S.nanmean(a_):.1f}%, {graft} {S.nanmean(g_):.1f}%; "
+        f"gap adam - sgd {gap:+.2f} points ({gap_ci.low:+.2f} to {gap_ci.high:+.2f})"
+    )
+    interval = bca([s_, a_, g_], closed) if exists.ok else None
+    if interval:
+        return Estimate(est, interval, len(seeds), [exists], detail)
+    return Estimate(est, n=len(seeds), checks=[exists], detail=detail)
+
+
 class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
     title = "K5, K11: SGD vs Adam under a narrow and a careful tuning protocol, and Adam#SGD grafting"
@@ -335,116 +416,21 @@ class OptimizerTuning(Experiment):
         )
         return best
 
-    def analyze(self, tables: Tables) -> list[ClaimRow]:
-        cfg = self.typed_config(tables)
-        a = cfg.analysis
-        r = _with_parts(tables.runs, trials(cfg))
-        final = r[r["label"] == "final"]
-        rows = []
-        for workload in cfg.workloads:
-            if workload not in CLAIMS_OF_WORKLOAD:
-                continue
-            claim, shrink_claim = CLAIMS_OF_WORKLOAD[workload]
-            acc = {}
-            for protocol in ("narrow", "careful"):
-                for opt in ("sgd", "adam"):
-                    sel = final[
-                        (final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == protocol)
-                    ]
-                    acc[(opt, protocol)] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(
-                        sel["seed"]
-                    )
-            if not all(len(v) for v in acc.values()):
-                rows += [
-                    missing(claim, a, "needs the selected configs of both optimizers under both protocols"),
-                    missing(shrink_claim, a, "needs both protocols"),
-                ]
-                continue
-            seeds = sorted(set.intersection(*(set(v.index) for v in acc.values())))
-            v = {k: x.reindex(seeds).to_numpy(dtype=float) for k, x in acc.items()}
-            m = {k: mean_std(x)[0] for k, x in v.items()}
-            gap, ci, n = paired_t(v[("sgd", "careful")], v[("adam", "careful")])
-            narrow, ci_n, _ = paired_t(v[("sgd", "narrow")], v[("adam", "narrow")])
-            shrink = lambda sn, an, sc, ac: abs(sn.mean() - an.mean()) - abs(sc.mean() - ac.mean())  # noqa: E731
-            arrays = [v[("sgd", "narrow")], v[("adam", "narrow")], v[("sgd", "careful")], v[("adam", "careful")]]
-            accs = "test acc: " + ", ".join(
-                f"{o} {p} {m[(o, p)]:.1f}%" for p in ("narrow", "careful") for o in ("sgd", "adam")
-            )
-            # the spread over the fresh seeds shows a selected config that fails on some of them
-            accs += "; careful, per seed: " + ", ".join(f"{o} {_span(v[(o, 'careful')])}" for o in ("sgd", "adam"))
-            rows.append(
-                judge(
-                    claim,
-                    Estimate(
-                        gap,
-                        ci,
-                        n,
-                        [],
-                        f"narrow gap {narrow:+.2f} points ({ci_n.method} CI "
-                        f"{ci_n.low:+.2f} to {ci_n.high:+.2f}); {accs}",
-                    ),
-                    a,
-                )
-            )
-            rows.append(
-                judge(
-                    shrink_claim,
-                    Estimate(
-                        shrink(*arrays),
-                        bca(arrays, shrink),
-                        n,
-                        [],
-                        f"narrow gap {narrow:+.2f}, careful gap {gap:+.2f} points",
-                    ),
-                    a,
-                )
-            )
-        rows += self._grafts(cfg, final)
-        return rows
+    estimators = {
+        **{
+            c: partial(k5, workload=w, row=r)
+            for w, pair in CLAIMS_OF_WORKLOAD.items()
+            for c, r in zip(pair, ("gap", "shrink"))
+        },
+        **{
+            c: partial(k11, workload=w, graft=g)
+            for w, pair in GRAFT_CLAIMS_OF_WORKLOAD.items()
+            for c, g in zip(pair, ("adam#sgd", "sgd#adam"))
+        },
+    }
 
-    def _grafts(self, cfg: TuningConfig, final: pd.DataFrame) -> list[ClaimRow]:
-        """K11: the share of the careful SGD-Adam gap each graft closes, on each workload."""
-        a, rows = cfg.analysis, []
-        for workload, (claim, reverse) in GRAFT_CLAIMS_OF_WORKLOAD.items():
-            if workload not in cfg.workloads:
-                continue
-            acc = {}
-            for opt in ("sgd", "adam", "adam#sgd", "sgd#adam"):
-                sel = final[(final["workload"] == workload) & (final["opt"] == opt) & (final["protocol"] == "careful")]
-                acc[opt] = (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
-            for c, graft in ((claim, "adam#sgd"), (reverse, "sgd#adam")):
-                if not len(acc[graft]) or not len(acc["sgd"]) or not len(acc["adam"]):
-                    rows.append(missing(c, a, f"needs the careful finals of sgd, adam and {graft} (optimizers:)"))
-                    continue
-                seeds = sorted(set(acc["sgd"].index) & set(acc["adam"].index) & set(acc[graft].index))
-                s_, a_, g_ = (acc[o].reindex(seeds).to_numpy(dtype=float) for o in ("sgd", "adam", graft))
-                gap, gap_ci, _ = paired_t(a_, s_)
-                exists = Check(
-                    "a gap exists",
-                    bool(gap_ci.low > 0 or gap_ci.high < 0),
-                    f"the Adam - SGD gap's CI ({gap_ci.low:+.2f} to {gap_ci.high:+.2f} points) contains 0: "
-                    "there is no gap to close",
-                )
-
-                def closed(sv, av, gv):
-                    return (np.mean(gv) - np.mean(sv)) / (np.mean(av) - np.mean(sv))
-
-                est = float(closed(s_, a_, g_)) if len(seeds) else float("nan")
-                detail = (
-                    f"test acc: sgd {np.nanmean(s_):.1f}%, adam {np.nanmean(a_):.1f}%, {graft} {np.nanmean(g_):.1f}%; "
-                    f"gap adam - sgd {gap:+.2f} points ({gap_ci.low:+.2f} to {gap_ci.high:+.2f})"
-                )
-                interval = bca([s_, a_, g_], closed) if exists.ok else None
-                rows.append(
-                    judge(
-                        c,
-                        Estimate(est, interval, len(seeds), [exists], detail)
-                        if interval
-                        else Estimate(est, n=len(seeds), checks=[exists], detail=detail),
-                        a,
-                    )
-                )
-        return rows
+    def setting(self, tables: Tables) -> "TuningSetting":
+        return TuningSetting(tables, self.typed_config(tables))
 
     # ---------------------------------------------------------------- figures
     @staticmethod

@@ -163,3 +163,11 @@ def test_final_train_loss_window_uses_the_configured_steps():
     assert final_train_loss(t, 0.5).set_index("arm")["value"]["bn"] == 0.1
     t.runs.loc[0, "status"] = "diverged"  # a diverged run is missing, not a number
     assert np.isnan(final_train_loss(t, 0.5).set_index("arm")["value"]["plain"])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_claim_has_exactly_one_estimator(name):
+    """analyze is a loop over the claims' estimators: none missing, none for a claim the experiment lacks."""
+    exp = REGISTRY[name]
+    assert sorted(c.id for c in exp.estimators) == sorted(c.id for c in exp.claims)
+    assert all(callable(f) for f in exp.estimators.values())

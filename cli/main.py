@@ -1,29 +1,27 @@
 """normlab: reproduce the claims of Grosse ch. 5 (adaptive methods, normalization, weight decay).
 
-Thin layer over `normlab.experiments`: every command parses its options, loads and validates a
-config, hands it to an experiment or the engine, and prints. Bad input ends with one line on
-stderr and exit code 2.
+Typer options and printing over the Python API: every command is one call of `normlab.*`, and
+cli/output.py prints what it returns. Bad input ends with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
 import typer.core
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 import yaml
 
 import normlab
 from normlab import ConfigError, NormlabError
+
+from .output import COLORS, RunBars, ui
 
 
 def _flags_without_a_type() -> None:
@@ -50,47 +48,16 @@ app = typer.Typer(
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-    "(about 90 seconds); `normlab reproduce` runs them for real (about 30 minutes on 2 cores) and writes "
+    "(about 100 seconds); `normlab reproduce` runs them for real (about 20 minutes on 2 cores) and writes "
     "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
 )
-console = Console()
-err_console = Console(stderr=True)
-_PLAIN = {"on": False}
-
-
-def _set_plain(value: bool) -> None:
-    """--plain: for pipes and scripts. Tables become tab-separated lines, nothing is wrapped or
-    coloured, and no progress bars are drawn."""
-    global console, err_console
-    _PLAIN["on"] = bool(value)
-    if value:
-        console = Console(no_color=True, highlight=False, soft_wrap=True, width=10_000)
-        err_console = Console(stderr=True, no_color=True, highlight=False, soft_wrap=True, width=10_000)
-    else:  # each invocation starts from the defaults (tests run many in one process)
-        console, err_console = Console(), Console(stderr=True)
-
-
-def _print_table(table: Table) -> None:
-    """A Rich table, or in --plain mode its title as a comment and its cells as tab-separated lines."""
-    if not _PLAIN["on"]:
-        console.print(table)
-        return
-    from rich.text import Text
-
-    cells = [
-        [Text.from_markup(str(c)).plain if isinstance(c, str) else str(c) for c in col.cells] for col in table.columns
-    ]
-    print(f"# {table.title}" if table.title else "", end="\n" if table.title else "")
-    print("\t".join(str(col.header) for col in table.columns))
-    for row in zip(*cells):
-        print("\t".join(row))
 
 
 def _show_version(value: bool) -> None:
     if value:
         import normlab
 
-        console.print(f"normlab {normlab.__version__}")
+        ui.console.print(f"normlab {normlab.__version__}")
         raise typer.Exit()
 
 
@@ -102,7 +69,7 @@ def _main(
     plain: bool = typer.Option(
         False,
         "--plain",
-        callback=_set_plain,
+        callback=ui.set_plain,
         is_eager=True,
         help="For pipes and scripts: tables as tab-separated lines, no colours, no wrapping, no progress bars.",
     ),
@@ -144,23 +111,6 @@ FLAGS = {
 }
 
 
-def _bars(label_width: int, unit: str = "", transient: bool = False) -> Progress:
-    """The progress bars every long command shows: label, bar, done/total, elapsed time and, for
-    the overall bar, the time left. Off in --plain mode (and when stderr is not a terminal, Rich
-    draws nothing but the final state)."""
-    return Progress(
-        TextColumn(f"{{task.description:<{label_width}}}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}" + unit),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=transient,
-        disable=_PLAIN["on"],
-    )
-
-
 def user_errors(fn: Callable) -> Callable:
     """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
 
@@ -170,10 +120,10 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except NormlabError as exc:
             message = escape(exc.text(FLAGS))  # brackets such as '.[ray]' are text, not markup
-            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            ui.err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            err_console.print("interrupted: finished runs are kept; the same command resumes")
+            ui.err.print("interrupted: finished runs are kept; the same command resumes")
             raise typer.Exit(130)
 
     return wrapper
@@ -182,31 +132,6 @@ def user_errors(fn: Callable) -> Callable:
 def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
     """The command's options as one checked normlab.Execution (jobs: every core by default)."""
     return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
-
-
-_COLORS = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
-
-
-def _print_claims(claims) -> None:
-    table = Table(title="Claims", show_lines=False)
-    for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
-        table.add_column(col)
-    for _, r in claims.iterrows():
-        ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
-        table.add_row(
-            str(r["claim_id"]),
-            str(r["kind"]),
-            f"[{_COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]",
-            f"{r['value']:.4g}",
-            ci,
-            str(r["threshold"]),
-            str(r["n"]),
-        )
-    _print_table(table)
-    console.print(
-        "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
-        "descriptive rows are not evidence[/]"
-    )
 
 
 SetOpt = typer.Option(
@@ -258,10 +183,10 @@ def list_cmd() -> None:
     for row in normlab.list_experiments().sort_values("experiment").itertuples():
         claims = ", ".join(dict.fromkeys(c.split("-")[0] for c in row.claims))
         table.add_row(row.experiment, claims, shown(Path(row.config)), row.title)
-    _print_table(table)
+    ui.table(table)
     sweeps = normlab.list_sweeps()
     if sweeps:
-        console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{n} ({shown(p)})" for n, p in sweeps.items()))
+        ui.console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{n} ({shown(p)})" for n, p in sweeps.items()))
 
 
 @app.command()
@@ -283,33 +208,7 @@ def validate(
     if show:
         print(checked.yaml, end="")  # plain stdout: the YAML is meant to be piped or saved
     message = f"[green]ok[/green]: {config} is a valid `{checked.plan.name}` config: {checked.summary}"
-    (err_console if show else console).print(message)
-
-
-class _RunBars:
-    """A bar per run in flight (at most --jobs rows) under one overall bar of every step."""
-
-    def __init__(self, bars: Progress):
-        self.bars, self.ids, self.done, self.planned = bars, {}, {}, 0
-        self.overall: Optional[int] = None  # added when the runs are known: an early error leaves no bar
-
-    def start(self, steps: int) -> None:
-        self.planned += steps  # a follow-up stage adds runs
-        if self.overall is None:
-            self.overall = self.bars.add_task("all runs", total=self.planned)
-        else:
-            self.bars.update(self.overall, total=self.planned)
-
-    def progress(self, run_id: str, done: int, total: int) -> None:
-        if self.done.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)
-            return
-        if run_id not in self.ids:
-            self.ids[run_id] = self.bars.add_task(run_id, total=total)
-        self.bars.update(self.ids[run_id], completed=done)
-        self.bars.advance(self.overall, done - self.done.get(run_id, 0))
-        self.done[run_id] = done
-        if done >= total:
-            self.bars.remove_task(self.ids[run_id])
+    (ui.err if show else ui.console).print(message)
 
 
 @app.command()
@@ -336,11 +235,11 @@ def run(
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
     folder = plan.folder
-    with _bars(18, " steps") as bars:
-        runs = _RunBars(bars)
+    with ui.bars(18, " steps") as bars:
+        runs = RunBars(bars)
 
         def on_start(tasks, reused: int) -> None:
-            err_console.print(
+            ui.err.print(
                 f"{plan.name}: {len(tasks)} runs on {execution.workers(len(tasks))}"
                 + (f" ({reused} finished runs reused from {folder}.partial)" if reused else "")
                 + f" -> {folder}"
@@ -350,19 +249,19 @@ def run(
         try:
             outcome = normlab.run(plan, execution=execution.with_callbacks(progress=runs.progress, on_start=on_start))
         except KeyboardInterrupt:
-            err_console.print(
+            ui.err.print(
                 f"interrupted: finished runs are kept in {folder}.partial/; run the same "
                 f"command with --out {folder} to resume"
             )
             raise typer.Exit(130)
-    _print_claims(outcome.claims)
+    ui.claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad):
-        console.print(
+        ui.console.print(
             f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
             + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
         )
-    console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
+    ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
 
 
 @app.command()
@@ -388,11 +287,11 @@ def sweep(
     """
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution)
-    with _bars(18) as bars:
+    with ui.bars(18) as bars:
         overall = bars.add_task("cells", total=0)
 
         def on_start(todo, skipped) -> None:
-            err_console.print(
+            ui.err.print(
                 f"sweep {plan.sweep.sweep} ({plan.name}): {len(todo) + skipped} cells, {skipped} already "
                 f"finished, {len(todo)} to run on {execution.workers(len(todo))} -> {plan.folder}"
             )
@@ -402,11 +301,11 @@ def sweep(
         def on_cell(res) -> None:
             bars.advance(overall)
             if res.status != "ok":
-                err_console.print(f"  {res.run_id}: {res.status}")
+                ui.err.print(f"  {res.run_id}: {res.status}")
 
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
-    _print_claims(outcome.claims)
-    console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
+    ui.claims(outcome.claims)
+    ui.console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
 
 
 @app.command()
@@ -430,7 +329,7 @@ def reproduce(
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
     execution = _execution(jobs, backend, ensemble, device)
     current: dict = {}
-    with _bars(24, transient=True) as bars:
+    with ui.bars(24, transient=True) as bars:
 
         def on_experiment(i: int, n: int, name: str, folder: Path, reused: bool) -> None:
             if "task" in current:
@@ -453,7 +352,7 @@ def reproduce(
                 on_experiment=on_experiment,
             )
         except KeyboardInterrupt:
-            err_console.print(
+            ui.err.print(
                 "interrupted: run the same command again to continue "
                 f"({current.get('folder', 'the output folder')}.partial keeps the finished runs)"
             )
@@ -463,9 +362,9 @@ def reproduce(
         table.add_column(col)
     for n, claims in result.claims.items():
         for _, r in claims.iterrows():
-            table.add_row(n, str(r["claim_id"]), f"[{_COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
-    _print_table(table)
-    console.print(f"report: {result.reports[0]} and {result.reports[1]}")
+            table.add_row(n, str(r["claim_id"]), f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
+    ui.table(table)
+    ui.console.print(f"report: {result.reports[0]} and {result.reports[1]}")
 
 
 @app.command()
@@ -480,7 +379,7 @@ def report(
     ),
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
-    console.print(f"wrote {normlab.report(list(run_dirs), out, fmt)}")
+    ui.console.print(f"wrote {normlab.report(list(run_dirs), out, fmt)}")
 
 
 @app.command()
@@ -488,7 +387,7 @@ def report(
 def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
     for p in normlab.plot(run_dir):
-        console.print(f"wrote {p}")
+        ui.console.print(f"wrote {p}")
 
 
 @app.command()
@@ -504,13 +403,13 @@ def bench(
     ),
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
-    res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=console.print)
+    res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=ui.console.print)
     table = Table(title="normlab bench (medians over interleaved repeats)")
     for col in ("measure", "value", "target"):
         table.add_column(col)
     for row in res.rows():
         table.add_row(*row)
-    _print_table(table)
+    ui.table(table)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes, one-line errors, files, regenerable plots."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -281,3 +282,16 @@ def test_manifest_records_the_machine_the_versions_and_hashes_of_config_and_data
     assert m["config_sha256"] == sha256_of(to_dict(cfg))
     (digest,) = m["datasets_sha256"].values()
     assert digest == dataset_sha256(load_dataset(cfg.run.data)) and len(digest) == 64
+
+
+def test_the_cli_calls_only_the_python_api():
+    """cli/ is options and printing over `normlab.*`: it imports neither the engine nor the experiments."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "cli"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith(("normlab.engine", "normlab.experiments"))]
+            assert not bad, f"{path.name} imports {bad}: call normlab.* instead"

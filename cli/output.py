@@ -1,0 +1,112 @@
+"""What the commands print: tables (Rich, or tab-separated lines with --plain), progress bars and
+the claim table. Everything goes through the one `ui` object, so --plain switches all of it."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+COLORS = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+
+
+class Output:
+    """stdout and stderr consoles; `plain` (--plain): for pipes and scripts, tables become
+    tab-separated lines, nothing is wrapped or coloured and no progress bars are drawn."""
+
+    def __init__(self) -> None:
+        self.set_plain(False)
+
+    def set_plain(self, plain: bool) -> None:
+        self.plain = bool(plain)
+        if plain:
+            self.console = Console(no_color=True, highlight=False, soft_wrap=True, width=10_000)
+            self.err = Console(stderr=True, no_color=True, highlight=False, soft_wrap=True, width=10_000)
+        else:  # each invocation starts from the defaults (tests run many in one process)
+            self.console, self.err = Console(), Console(stderr=True)
+
+    def table(self, table: Table) -> None:
+        """A Rich table, or in plain mode its title as a comment and its cells as tab-separated lines."""
+        if not self.plain:
+            self.console.print(table)
+            return
+        from rich.text import Text
+
+        cells = [
+            [Text.from_markup(str(c)).plain if isinstance(c, str) else str(c) for c in col.cells]
+            for col in table.columns
+        ]
+        print(f"# {table.title}" if table.title else "", end="\n" if table.title else "")
+        print("\t".join(str(col.header) for col in table.columns))
+        for row in zip(*cells):
+            print("\t".join(row))
+
+    def bars(self, label_width: int, unit: str = "", transient: bool = False) -> Progress:
+        """The progress bars every long command shows: label, bar, done/total, elapsed time and, for
+        the overall bar, the time left. Off in plain mode (and when stderr is not a terminal, Rich
+        draws nothing but the final state)."""
+        return Progress(
+            TextColumn(f"{{task.description:<{label_width}}}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}" + unit),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=transient,
+            disable=self.plain,
+        )
+
+    def claims(self, claims) -> None:
+        """The claim rows of a run: verdict, value, interval, threshold, n."""
+        table = Table(title="Claims", show_lines=False)
+        for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
+            table.add_column(col)
+        for _, r in claims.iterrows():
+            ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
+            table.add_row(
+                str(r["claim_id"]),
+                str(r["kind"]),
+                f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]",
+                f"{r['value']:.4g}",
+                ci,
+                str(r["threshold"]),
+                str(r["n"]),
+            )
+        self.table(table)
+        self.console.print(
+            "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
+            "descriptive rows are not evidence[/]"
+        )
+
+
+class RunBars:
+    """A bar per run in flight (at most --jobs rows) under one overall bar of every step."""
+
+    def __init__(self, bars: Progress):
+        self.bars, self.ids, self.done, self.planned = bars, {}, {}, 0
+        self.overall: Optional[int] = None  # added when the runs are known: an early error leaves no bar
+
+    def start(self, steps: int) -> None:
+        self.planned += steps  # a follow-up stage adds runs
+        if self.overall is None:
+            self.overall = self.bars.add_task("all runs", total=self.planned)
+        else:
+            self.bars.update(self.overall, total=self.planned)
+
+    def progress(self, run_id: str, done: int, total: int) -> None:
+        if self.done.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)
+            return
+        if run_id not in self.ids:
+            self.ids[run_id] = self.bars.add_task(run_id, total=total)
+        self.bars.update(self.ids[run_id], completed=done)
+        self.bars.advance(self.overall, done - self.done.get(run_id, 0))
+        self.done[run_id] = done
+        if done >= total:
+            self.bars.remove_task(self.ids[run_id])
+
+
+ui = Output()

@@ -59,57 +59,79 @@ _TOP = (
 )
 _TOPSTAT = "paired by seed: geometric mean of (lambda_1 / bulk) uncentered over (lambda_1 / bulk) centered, GGN"
 
-WORKLOADS = ("mnist1d", "mixture")  # the workloads the claims name
-_TITLE = {"mnist1d": "MNIST-1D", "mixture": "Gaussian mixture"}
-# Each workload's claims by role: the GGN's and the Hessian's count, a remover's removal, the top
-# eigenvalue's drop and the knockout's count. Every id is spelled out where its claim is defined.
-K8 = {
-    w: {
-        "ggn": Claim(f"K8-{w}", MEASURED, f"{_TITLE[w]}: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
-        "hessian": Claim(
-            f"K8-hessian-{w}",
-            MEASURED,
-            f"{_TITLE[w]}, Hessian: {_ABOUT_C}",
-            _COUNT.replace("GGN", "Hessian"),
-            Rule("in", "about_c_band"),
-        ),
-        "centered": Claim(
-            f"K8-centered-{w}",
-            MEASURED,
-            f"{_TITLE[w]}: centering the inputs {_FEWER}",
-            _REMOVED,
-            Rule(">=", "removal_min"),
-        ),
-        "bn_next": Claim(
-            f"K8-bnnext-{w}",
-            MEASURED,
-            f"{_TITLE[w]}: BN in the next layer {_FEWER}",
-            _REMOVED,
-            Rule(">=", "removal_min"),
-        ),
-        "bn_prev": Claim(
-            f"K8-bnprev-{w}",
-            MEASURED,
-            f"{_TITLE[w]}: BN after the previous activation {_FEWER}",
-            _REMOVED,
-            Rule(">=", "removal_min"),
-        ),
-        "top": Claim(f"K8-top-{w}", MEASURED, f"{_TITLE[w]}: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
-        "knockout": Claim(
-            f"K8-knockout-{w}",
-            MEASURED,
-            f"{_TITLE[w]}: {_KNOCK}",
-            _COUNT.replace("GGN", "GGN (knockout arm)"),
-            Rule("<", "return_max"),
-        ),
-    }
-    for w in WORKLOADS
-}
-# The ids as a reader greps them: "K8-mnist1d", "K8-hessian-mnist1d", "K8-centered-mnist1d",
-# "K8-bnnext-mnist1d", "K8-bnprev-mnist1d", "K8-top-mnist1d", "K8-knockout-mnist1d", "K8-mixture",
-# "K8-hessian-mixture", "K8-centered-mixture", "K8-bnnext-mixture", "K8-bnprev-mixture",
-# "K8-top-mixture", "K8-knockout-mixture".
-CLAIMS = tuple(c for w in WORKLOADS for c in K8[w].values())
+WORKLOADS = ("mnist1d", "mixture")  # the workloads the claims name, in the order their claims follow
+CLAIMS = (
+    Claim("K8-mnist1d", MEASURED, f"MNIST-1D: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
+    Claim(
+        "K8-hessian-mnist1d",
+        MEASURED,
+        f"MNIST-1D, Hessian: {_ABOUT_C}",
+        _COUNT.replace("GGN", "Hessian"),
+        Rule("in", "about_c_band"),
+    ),
+    Claim(
+        "K8-centered-mnist1d", MEASURED, f"MNIST-1D: centering the inputs {_FEWER}", _REMOVED, Rule(">=", "removal_min")
+    ),
+    Claim(
+        "K8-bnnext-mnist1d", MEASURED, f"MNIST-1D: BN in the next layer {_FEWER}", _REMOVED, Rule(">=", "removal_min")
+    ),
+    Claim(
+        "K8-bnprev-mnist1d",
+        MEASURED,
+        f"MNIST-1D: BN after the previous activation {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim("K8-top-mnist1d", MEASURED, f"MNIST-1D: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
+    Claim(
+        "K8-knockout-mnist1d",
+        MEASURED,
+        f"MNIST-1D: {_KNOCK}",
+        _COUNT.replace("GGN", "GGN (knockout arm)"),
+        Rule("<", "return_max"),
+    ),
+    Claim("K8-mixture", MEASURED, f"Gaussian mixture: {_ABOUT_C}", _COUNT, Rule("in", "about_c_band")),
+    Claim(
+        "K8-hessian-mixture",
+        MEASURED,
+        f"Gaussian mixture, Hessian: {_ABOUT_C}",
+        _COUNT.replace("GGN", "Hessian"),
+        Rule("in", "about_c_band"),
+    ),
+    Claim(
+        "K8-centered-mixture",
+        MEASURED,
+        f"Gaussian mixture: centering the inputs {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim(
+        "K8-bnnext-mixture",
+        MEASURED,
+        f"Gaussian mixture: BN in the next layer {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim(
+        "K8-bnprev-mixture",
+        MEASURED,
+        f"Gaussian mixture: BN after the previous activation {_FEWER}",
+        _REMOVED,
+        Rule(">=", "removal_min"),
+    ),
+    Claim("K8-top-mixture", MEASURED, f"Gaussian mixture: {_TOP}", _TOPSTAT, Rule(">", "top_drop_min")),
+    Claim(
+        "K8-knockout-mixture",
+        MEASURED,
+        f"Gaussian mixture: {_KNOCK}",
+        _COUNT.replace("GGN", "GGN (knockout arm)"),
+        Rule("<", "return_max"),
+    ),
+)
+# Each workload's claims by role, in the order they are defined above: the GGN's and the Hessian's
+# count, each remover's removal, the top eigenvalue's drop and the knockout's count.
+ROLES = ("ggn", "hessian", "centered", "bn_next", "bn_prev", "top", "knockout")
+K8 = {w: dict(zip(ROLES, CLAIMS[i * len(ROLES) : (i + 1) * len(ROLES)])) for i, w in enumerate(WORKLOADS)}
 REMOVERS = ("centered", "bn_next", "bn_prev")  # the arms judged by their removal (their claims' roles)
 
 

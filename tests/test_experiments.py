@@ -171,3 +171,12 @@ def test_every_claim_has_exactly_one_estimator(name):
     exp = REGISTRY[name]
     assert sorted(c.id for c in exp.estimators) == sorted(c.id for c in exp.claims)
     assert all(callable(f) for f in exp.estimators.values())
+
+
+def test_curvature_claims_by_role_are_the_ones_their_ids_name():
+    from normlab.experiments.curvature import K8
+
+    word = {"ggn": "", "hessian": "hessian-", "centered": "centered-", "bn_next": "bnnext-", "bn_prev": "bnprev-",
+            "top": "top-", "knockout": "knockout-"}  # fmt: skip
+    for w, roles in K8.items():
+        assert {role: c.id for role, c in roles.items()} == {role: f"K8-{word[role]}{w}" for role in word}

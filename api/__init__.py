@@ -16,7 +16,7 @@ line that names the config key and the fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -299,6 +299,7 @@ class Reproduction:
     folders: dict[str, Path]
     claims: dict[str, pd.DataFrame]
     reports: list[Path]
+    crashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # experiment -> (run_id, error)
 
 
 def reproduce(
@@ -317,6 +318,7 @@ def reproduce(
     from normlab.engine.report import build_report
     from normlab.engine.results import read_claims, results_root
     from normlab.experiments import load_config, run_experiment
+    from normlab.experiments.base import crashes
 
     execution = execution or Execution()
     registry = _registry()
@@ -345,7 +347,14 @@ def reproduce(
         build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
         for fmt in ("md", "html")
     ]
-    return Reproduction(root, {n: root / n for n in names}, {n: read_claims(root / n) for n in names}, reports)
+    crashed = {n: crashes(pd.read_csv(root / n / "runs.csv")) for n in names if (root / n / "runs.csv").is_file()}
+    return Reproduction(
+        root,
+        {n: root / n for n in names},
+        {n: read_claims(root / n) for n in names},
+        reports,
+        {n: c for n, c in crashed.items() if c},
+    )
 
 
 @dataclass

@@ -129,6 +129,21 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _exit_on_crashes(crashed: list[tuple[str, str]], folder: Path, total: Optional[int] = None) -> None:
+    """A run that raised is an error (a diverged one is data): the folder is complete, the command
+    says which run crashed and where the tracebacks are, and exits 1 so that a CI job fails."""
+    if crashed:
+        run_id, message = crashed[0]
+        ui.err.print(
+            f"[red]error:[/red] {len(crashed)}{f' of {total}' if total else ''} run(s) crashed; first: {run_id}: "
+            f"{escape(message)}; "
+            f"tracebacks in {folder}/crashes.log",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
     """The command's options as one checked normlab.Execution (jobs: every core by default)."""
     return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
@@ -262,6 +277,7 @@ def run(
             + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
         )
     ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
+    _exit_on_crashes(outcome.crashes, folder, len(outcome.runs))
 
 
 @app.command()
@@ -306,6 +322,7 @@ def sweep(
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
     ui.claims(outcome.claims)
     ui.console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
+    _exit_on_crashes(outcome.crashes, plan.folder, len(outcome.runs))
 
 
 @app.command()
@@ -365,6 +382,11 @@ def reproduce(
             table.add_row(n, str(r["claim_id"]), f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
     ui.table(table)
     ui.console.print(f"report: {result.reports[0]} and {result.reports[1]}")
+    for name, crashed in result.crashes.items():
+        ui.err.print(f"{name}: {len(crashed)} run(s) crashed; tracebacks in {result.folders[name]}/crashes.log")
+    if result.crashes:
+        first = next(iter(result.crashes))
+        _exit_on_crashes(result.crashes[first], result.folders[first])
 
 
 @app.command()

@@ -92,10 +92,23 @@ class CellStore:
         atomic_write_csv(self.cells / f"{key}.csv", df, fault_point="cell_write")
         row = runs_frame([result], {result.run_id: hyper}).iloc[0].to_dict()
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}  # numpy -> JSON
+        if result.error:  # the whole traceback, for the folder's crashes.log (runs.csv keeps its first line)
+            atomic_write_text(self.cells / f"{key}.err", result.error)
         atomic_write_text(self.cells / f"{key}.json", json.dumps(row) + "\n")
         self._done[key] = row
         if faults.hit("cell_saved"):  # tests only: a kill -9 between two runs
             faults.die()
+
+    def crash_log(self, cells: list[tuple[str, str, str]]) -> str:
+        """The tracebacks of the given (key, run_id, arm) cells that crashed, one section each."""
+        out = []
+        for key, run_id, arm in cells:
+            row = self._done.get(key)
+            if row is not None and row["status"] == "failed":
+                path = self.cells / f"{key}.err"
+                text = path.read_text() if path.is_file() else str(row.get("error", ""))
+                out.append(f"== {run_id} (arm {arm}, seed {row['seed']})\n{text.rstrip()}\n")
+        return "\n".join(out)
 
     def assemble(
         self, cells: list[tuple[str, str, str]], metrics: bool = True

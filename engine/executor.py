@@ -44,7 +44,7 @@ def _run_one(task: RunTask, progress: Progress) -> RunResult:
             "failed",
             0,
             0.0,
-            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}",
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
         )
 
 
@@ -66,7 +66,7 @@ def _run_unit(unit: list[RunTask], progress: Progress) -> list[RunResult]:
     except NormlabError:
         raise
     except Exception as exc:
-        error = f"{type(exc).__name__} in an ensemble of {len(unit)}: {exc}\n{traceback.format_exc(limit=3)}"
+        error = f"{type(exc).__name__} in an ensemble of {len(unit)}: {exc}\n{traceback.format_exc()}"
         return [RunResult(t.run_id, t.arm, t.seed, "failed", 0, 0.0, error=error) for t in unit]
 
 

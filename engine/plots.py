@@ -103,6 +103,13 @@ def mean_band(ax, df: pd.DataFrame, label: str, color: str, x: str = "step", y: 
         ax.fill_between(g[x], g["min"], g["max"], color=color, alpha=0.18, lw=0)
 
 
+def legend(ax, **kwargs) -> None:
+    """ax.legend(**kwargs) where the axes have labelled artists; nothing where they have none (a figure
+    of runs that all crashed), instead of matplotlib's warning about an empty legend."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def save(fig, path: Path, tight: bool = True) -> Path:
     """Write the figure as PATH (PNG) and beside it as PDF; returns the PNG's path."""
     path = Path(path)

@@ -366,7 +366,7 @@ class AdaptiveGotchas(TableExperiment):
             ylabel="median |step| per coordinate",
             title="Stationary gradient stream",
         )
-        axes[0, 0].legend()
+        P.legend(axes[0, 0])
         eps = tables.read("eps_table")
         ecol = P.colors([f"{e:g}" for e in sorted(eps["eps"].unique())])
         for e, g in eps.groupby("eps"):
@@ -375,7 +375,7 @@ class AdaptiveGotchas(TableExperiment):
         axes[0, 1].set(
             xscale="log", xlabel="|gradient|", ylabel="first step / lr", title="Where epsilon sits (solid: outside)"
         )
-        axes[0, 1].legend(fontsize=6)
+        P.legend(axes[0, 1], fontsize=6)
         bm = tables.read("batch_moments")
         ax = axes[0, 2]
         g = bm.groupby("batch_size")[["v_adam", "v_predicted", "step_adam"]].mean().reset_index()
@@ -388,5 +388,5 @@ class AdaptiveGotchas(TableExperiment):
         ax2.plot(g["batch_size"], g["step_adam"], "s:", color="#d62728", label="median Adam step")
         ax2.set_ylabel("median Adam step", color="#d62728")
         ax2.set_yscale("log")
-        ax.legend(fontsize=6, loc="lower left")
+        P.legend(ax, fontsize=6, loc="lower left")
         return [P.save(fig, out / "adaptive_gotchas.png")]

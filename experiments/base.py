@@ -179,6 +179,19 @@ def _hyperparameters(tasks: list[RunTask]) -> dict[str, dict[str, Any]]:
     return {rid: {k: (json.dumps(f[k]) if isinstance(f[k], list) else f[k]) for k in shown} for rid, f in flat.items()}
 
 
+CRASH_LOG = "crashes.log"  # in a run folder where some run raised: each crash's traceback
+
+
+def crashes(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(run_id, first line of its error) of every run that crashed (status `failed`), in order.
+    Diverged runs are data and are not listed."""
+    if "status" not in runs:
+        return []
+    failed = runs[runs["status"] == "failed"]
+    errors = failed["error"] if "error" in failed else pd.Series("", index=failed.index)
+    return [(str(r), str(e) if isinstance(e, str) else "") for r, e in zip(failed["run_id"], errors)]
+
+
 @dataclass
 class Outcome:
     folder: Path
@@ -187,6 +200,11 @@ class Outcome:
     plots: list[Path]
     ran: int = 0
     reused: int = 0
+
+    @property
+    def crashes(self) -> list[tuple[str, str]]:
+        """The runs that raised (their tracebacks are in FOLDER/crashes.log): errors, not results."""
+        return crashes(self.runs)
 
 
 def finish(exp: Experiment, folder: Path) -> Outcome:
@@ -250,7 +268,13 @@ def run_cells(
         done += stage
         runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)
         stage = exp.followup(cfg, runs, done)
-    runs, metrics = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done])
+    cells = [(keys[t.run_id], t.run_id, t.arm) for t in done]
+    runs, metrics = store.assemble(cells)
+    crashes = store.crash_log(cells)
+    if crashes:  # a crash is an error to fix, not data: its traceback goes next to the results
+        atomic_write_text(folder / CRASH_LOG, crashes)
+    elif (folder / CRASH_LOG).exists():  # a resumed sweep whose crashed cells now ran
+        (folder / CRASH_LOG).unlink()
     atomic_write_csv(folder / "runs.csv", runs)
     atomic_write_csv(folder / "metrics.csv", metrics)
     devices = {str(resolve_device(t.config.train.device)) for t in done}

@@ -112,11 +112,11 @@ class Baselines(Experiment):
             if pub is not None:
                 ax.axhline(pub, color=col[arm], ls=":", lw=1)
         ax.set(xlabel="step", ylabel="test accuracy (%)", title="Test accuracy (dotted: published)")
-        ax.legend(loc="lower right")
+        P.legend(ax, loc="lower right")
         ax = axes[0, 1]
         for arm in arms:
             curve = tables.curve(M.TRAIN_LOSS)
             P.mean_band(ax, curve[curve["arm"] == arm], arm, col[arm])
         ax.set(xlabel="step", ylabel="train loss (full set, eval mode)", yscale="log", title="Training loss")
-        ax.legend()
+        P.legend(ax)
         return [P.save(fig, out / "baselines.png")]

@@ -266,7 +266,7 @@ class BNPlacement(Experiment):
                 ylabel="training loss (train mode)",
                 title=f"{label}: training loss, best lr per arm",
             )
-            ax.legend()
+            P.legend(ax)
             ax = axes[1, j]
             for place in ("none", "before", "after"):
                 c = cent[cent["arm"] == roles.get(place, "")]
@@ -282,5 +282,5 @@ class BNPlacement(Experiment):
             ax.set(
                 yscale="log", ylabel="||m||^2 / mean var of input (floor 1e-6)", title=f"{label}: centering of inputs"
             )
-            ax.legend()
+            P.legend(ax)
         return [P.save(fig, out / "bn_placement.png")]

@@ -404,7 +404,7 @@ class Curvature(Experiment):
                 if len(d):
                     P.mean_band(ax, d, k, col[k], x="rank")
             ax.set(yscale="log", xlabel="rank", ylabel="GGN eigenvalue", title=f"{w}: top eigenvalues at step {last}")
-            ax.legend(fontsize=6)
+            P.legend(ax, fontsize=6)
             ax = axes[i, 1]
             o = outliers(sw, classes_of(cfg, w), a.outlier_factor)
             for k in kinds:
@@ -439,7 +439,7 @@ class Curvature(Experiment):
                 title=f"{w}: GGN spectral density (seed {first_seed})",
             )
             ax.axvline(a.outlier_factor, color="k", ls=":", lw=1)
-            ax.legend(fontsize=6)
+            P.legend(ax, fontsize=6)
         paths = [P.save(fig, out / "curvature.png")]
         runs = tables.runs
         if "final_curvature_seconds" in runs:

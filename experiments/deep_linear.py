@@ -257,7 +257,7 @@ class DeepLinear(TableExperiment):
         axes[0, 1].axhline(a.target_mse, color="k", ls=":", lw=1, label="matched error")
         axes[0, 1].set(xscale="log", yscale="log", xlabel="lambda", ylabel="train MSE", title="Training error")
         for ax in axes[0, :2]:
-            ax.legend(fontsize=7)
+            P.legend(ax, fontsize=7)
         matched = matched_counts(fits, weights, a)
         ax = axes[0, 2]
         for seed, g in matched.groupby("seed"):

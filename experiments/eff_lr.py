@@ -478,8 +478,8 @@ class EffLR(Experiment):
             ylabel="effective LR alpha/||w_k||^2",
             title="Eq. 19: effective LR (cf. Fig. 6 right)",
         )
-        axes[0, 0].legend()
-        axes[0, 1].legend()
+        P.legend(axes[0, 0])
+        P.legend(axes[0, 1])
         paths.append(P.save(fig, out / "theory_fig6.png"))
 
         arms = list(dict.fromkeys(tables.runs["arm"]))
@@ -517,7 +517,7 @@ class EffLR(Experiment):
             title="Angular update",
         )
         for ax in axes[0]:
-            ax.legend(fontsize=6)
+            P.legend(ax, fontsize=6)
         paths.append(P.save(fig, out / "eff_lr_measured.png"))
         return paths
 

@@ -246,7 +246,7 @@ class ExpLR(TableExperiment):
             P.mean_band(axes[0, 1], d, f"{name}: eta_t", col[name])
         axes[0, 0].axhline(a.rel_tol, color="#d62728", lw=1, ls=":", label="tolerance")
         axes[0, 0].set(yscale="log", xlabel="step", ylabel="difference", title="Weight decay vs growing LR")
-        axes[0, 0].legend(fontsize=6)
+        P.legend(axes[0, 0], fontsize=6)
         axes[0, 1].set(yscale="log", xlabel="step", ylabel="learning rate of the no-decay run", title="eta_t")
-        axes[0, 1].legend(fontsize=7)
+        P.legend(axes[0, 1], fontsize=7)
         return [P.save(fig, out / "exp_lr.png")]

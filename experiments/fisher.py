@@ -345,7 +345,7 @@ class Fisher(TableExperiment):
                 ax.plot(g["theta1"].iloc[0], g["theta2"].iloc[0], "o", color=starts[str(i)], ms=4)
             ax.plot(*star, "k*", ms=10, label="theta*")
             ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="theta_1", ylabel="theta_2", title=titles[kind])
-        axes[0, 0].legend(loc="lower right")
+        P.legend(axes[0, 0], loc="lower right")
         ax = axes[0, 3]
         dr = tables.read("directions")
         d = dr[dr["seed"] == seed].sort_values("distance")
@@ -354,5 +354,5 @@ class Fisher(TableExperiment):
         ax.axhline(a.angle_min, color="#d62728", ls="--", lw=1, label=f"{a.angle_min:g} deg")
         ax.axvline(a.far_radius, color="k", ls=":", lw=1, label="far radius")
         ax.set(xlabel="||theta - theta*||", ylabel="angle EF vs NGD (deg)", title="How far EF turns from NGD")
-        ax.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0), framealpha=0.9, frameon=True)
+        P.legend(ax, loc="upper left", bbox_to_anchor=(0.0, 1.0), framealpha=0.9, frameon=True)
         return [P.save(fig, out / "fisher.png")]

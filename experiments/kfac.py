@@ -362,7 +362,7 @@ class KFACExperiment(Experiment):
                 ylabel="mean ||w_j||^2 of BN-fed units" if i == 2 else "angular update per step (rad)",
                 title=title,
             )
-            ax.legend(fontsize=7)
+            P.legend(ax, fontsize=7)
         paths.append(P.save(fig, out / "kfac_angles.png"))
 
         jac = final_metric(tables, M.JACOBIAN_FRO_SQ)

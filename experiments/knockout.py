@@ -713,8 +713,8 @@ class Knockout(Experiment):
             title=f"Training loss (lr {d.common_lr:g})",
         )
         axes[0, 1].set(xlabel="step", ylabel="test accuracy (%)", title="Test accuracy")
-        axes[0, 0].legend(fontsize=6)
-        axes[0, 1].legend(loc="lower right", fontsize=6)
+        P.legend(axes[0, 0], fontsize=6)
+        P.legend(axes[0, 1], loc="lower right", fontsize=6)
         paths = [P.save(fig, out / "knockout_curves.png")]
         paths.append(self._plot_dose(tables, cfg, specs, out))
 
@@ -733,7 +733,7 @@ class Knockout(Experiment):
                     ax.set_yscale("log")
                 if j == 0:
                     ax.set_ylabel(f"per-unit {metric.split('_')[1]}\n(quartiles over units, fixed batch)")
-        axes[0, 0].legend()
+        P.legend(axes[0, 0])
         paths.append(P.save(fig, out / "knockout_distributions.png"))
         return paths
 
@@ -776,5 +776,5 @@ class Knockout(Experiment):
             ylabel="gap ratio G = (L_noise - L_bn) / (L_plain - L_bn)",
             title="Dose-response: the verdict reads G where R = 1\n(bars: seed range; y linear below 0.1, log above)",
         )
-        ax.legend(fontsize=6)
+        P.legend(ax, fontsize=6)
         return P.save(fig, out / "knockout_dose.png")

@@ -479,7 +479,7 @@ class OptimizerTuning(Experiment):
                 ylabel="expected best val. accuracy (%)",
                 title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)",
             )
-            ax.legend(fontsize=6)
+            P.legend(ax, fontsize=6)
             ax = axes[1, j]
             final = r[(r["label"] == "final") & (r["workload"] == workload)]
             labels, means, errs, colors = [], [], [], []
@@ -521,5 +521,5 @@ class OptimizerTuning(Experiment):
                 title=f"{workload}: sensitivity to lr (diverged: 0%)",
             )
             # below the axes: the points fill the panel, so a legend inside would cover some
-            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+            P.legend(ax, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
         return [P.save(fig, out / "optimizer_tuning.png")]

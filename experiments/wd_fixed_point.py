@@ -380,7 +380,7 @@ class WDFixedPoint(Experiment):
             ylabel="effective LR alpha/u_k",
             title="Eq. 23 (cf. Fig. 7): lines sqrt(2 alpha lambda);\nu0 = 0.01 dotted, 1 solid, 100 dashed",
         )
-        axes[0, 0].legend(fontsize=6)
+        P.legend(axes[0, 0], fontsize=6)
         cells = cell_table(tables, cfg.analysis)
         ax = axes[0, 1]
         if len(cells):
@@ -407,7 +407,7 @@ class WDFixedPoint(Experiment):
                 ylabel="measured ||w_j||^2",
                 title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)",
             )
-            ax.legend(fontsize=6)
+            P.legend(ax, fontsize=6)
         paths.append(P.save(fig, out / "wd_theory_and_norms.png"))
 
         fig, axes = P.figure(ncols=2)
@@ -436,7 +436,7 @@ class WDFixedPoint(Experiment):
             title="Angular update; equal colour = equal alpha*lambda,\nthin lines: sqrt(alpha lambda (2 - alpha "
             "lambda))",
         )
-        axes[0, 0].legend(fontsize=6)
+        P.legend(axes[0, 0], fontsize=6)
         ax = axes[0, 1]
         acc = (
             tables.runs[tables.runs["status"] == "ok"]

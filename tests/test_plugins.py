@@ -96,3 +96,26 @@ def test_a_plugin_file_in_the_folder_a_command_runs_from_is_found(tmp_path):
         r = subprocess.run([*cmd, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-1500:]
     assert (tmp_path / "own" / "plots" / "baselines.pdf").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_a_run_whose_runs_crash_finishes_its_folder_logs_each_traceback_and_exits_1(tmp_path):
+    """Crashed runs are errors, diverged runs are data: a user's CI must be able to fail on a crash."""
+    from typer.testing import CliRunner
+
+    from normlab.cli.main import app
+
+    cfg = {"experiment": "baselines", "run": {**RUN, "plugins": ["crash_plugin", "blob_plugin"],
+           "optim": {"name": "boom", "lr": 0.01}}, "arms": {}, "seeds": 2}  # fmt: skip
+    path = tmp_path / "crash.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "--jobs", "1"])
+    assert r.exit_code == 1, r.output
+    assert "2 of 2 run(s) crashed; first: main-s0: RuntimeError: boom: the plugin optimizer failed" in r.output
+    log = (tmp_path / "o" / "crashes.log").read_text()
+    assert log.count("== main-s") == 2 and "in step" in log and "Traceback" in log  # the whole traceback
+    assert (tmp_path / "o" / "claims.csv").is_file()  # the folder is finished all the same
+    runs = pd.read_csv(tmp_path / "o" / "runs.csv")
+    assert list(runs["status"]) == ["failed", "failed"]
+    out = normlab.load(tmp_path / "o")
+    assert [rid for rid, _ in normlab.run(path, out=tmp_path / "p").crashes] == ["main-s0", "main-s1"]
+    assert out.runs["error"].str.startswith("RuntimeError: boom").all()

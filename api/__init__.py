@@ -98,13 +98,16 @@ def _overrides(overrides: Optional[dict[str, Any]], seeds: Optional[int], execut
 @dataclass
 class Plan:
     """A command's work, loaded and checked, before anything is written: the experiment, its fully
-    resolved config, the output folder and (for a sweep) the sweep file's settings."""
+    resolved config, the output folder, (for a sweep) the sweep file's settings, and for each `run.*`
+    override how many of the runs it reaches (`reach`; a warning in `notes` when it misses some)."""
 
     experiment: Any  # normlab.experiments.Experiment
     config: Any  # its typed ExperimentConfig
     folder: Path
     smoke: bool = False
     sweep: Any = None  # the SweepConfig of a sweep
+    reach: dict[str, tuple[int, int]] = field(default_factory=dict)  # override key -> (runs reached, runs)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -116,6 +119,85 @@ def list_sweeps() -> dict[str, Path]:
     from normlab.experiments.sweeps import SWEEP_ROOT
 
     return {p.stem: p for p in sorted(SWEEP_ROOT.glob("*.yaml"))}
+
+
+def _reach(
+    exp, cfg, overrides: dict[str, Any], load: Callable[[dict], Any], prefix: str = "run.", axes: tuple = ()
+) -> tuple:
+    """For each override of a `run.` key, the runs of the first stage it reaches: those whose value
+    of the key it changes (also when an experiment derives the value, as an LR grid's multiples) or
+    that train with the value asked for. None reached is an error naming what sets the key instead
+    (arms, or the experiment's design); some missed is a note naming those arms. What a user asks
+    for must be what runs: an override that changes no run must not pass as if it did. `load` builds
+    the config from other overrides (to compare with the config without this one)."""
+    from normlab.engine import config as C
+
+    tasks = exp.tasks(cfg)
+    keys = [k for k in overrides if k.startswith(prefix) and k != f"{prefix}plugins"]
+    if not tasks or not keys:
+        return {}, []  # nothing trains (a table-only experiment): no run to count
+    flat = [C.flatten(C.to_dict(t.config)) for t in tasks]
+    reach, notes = {}, []
+    for key in keys:
+        path = key[len(prefix) :]
+        if path not in flat[0]:
+            continue  # a whole section (run.optim={...}): its fields are checked where they are used
+        wanted = C.flatten(C.to_dict(cfg.run)).get(path, overrides[key]) if prefix == "run." else overrides[key]
+        before = [
+            C.flatten(C.to_dict(t.config)) for t in exp.tasks(load({k: v for k, v in overrides.items() if k != key}))
+        ]
+        same_runs = len(before) == len(flat)
+        hit = [
+            t
+            for i, (t, f) in enumerate(zip(tasks, flat))
+            if f.get(path) == wanted or (same_runs and before[i].get(path) != f.get(path))
+        ]
+        reach[key] = (len(hit), len(tasks))
+        setters = [
+            arm for arm, ov in (cfg.arms or {}).items() if any(k == path or k.startswith(f"{path}.") for k in ov)
+        ]
+        if not hit:
+            if path in axes:  # a sweep's grid point sets it
+                where = f"the sweep's axis axes.{path} sets it"
+            elif setters:
+                more = f" and {len(setters) - 3} more" if len(setters) > 3 else ""
+                where = ", ".join(f"arms.{arm}.{path}" for arm in setters[:3]) + more
+                where += " set it" if len(setters) > 1 else " sets it"
+            else:
+                named = _who_sets(C.to_dict(cfg), path)
+                where = f"{', '.join(named[:4]) or 'the experiment'} set{'s' if len(named) < 2 else ''} it"
+            raise ConfigError(f"reaches none of the {len(tasks)} runs: {where}; override that instead", key=key)
+        if len(hit) < len(tasks):
+            missed = sorted({t.arm for t in tasks} - {t.arm for t in hit})
+            shown = ", ".join(missed[:6]) + (f" and {len(missed) - 6} more" if len(missed) > 6 else "")
+            named = _who_sets(C.to_dict(cfg), path)
+            notes.append(
+                f"{key} reaches {len(hit)} of {len(tasks)} runs; not {shown}"
+                + (f" ({', '.join(named)} set theirs)" if named and not setters else "")
+            )
+    return reach, notes
+
+
+def _who_sets(tree: dict, path: str) -> list[str]:
+    """The config's own settings that look like the source of `path` for an experiment that builds its
+    runs itself: a key named after its field (design.lr_grid, design.common_lr for optim.lr), a list
+    whose entries name it (search.sgd for a search space), an axis of a sweep (axes.optim.lr)."""
+    leaf, found = path.split(".")[-1], []
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not where and k in ("run", "arms", "smoke", "analysis", "description", "experiment"):
+                    continue
+                words = str(k).split("_")
+                if k == path or leaf in words or f"{leaf}s" in words:
+                    found.append(f"{where}{k}")
+                walk(v, f"{where}{k}.")
+        elif isinstance(node, list) and any(isinstance(x, dict) and x.get("key") == path for x in node):
+            found.append(where.rstrip("."))
+
+    walk(tree, "")
+    return list(dict.fromkeys(found))
 
 
 def _check_devices(cfg, execution: Execution) -> None:
@@ -147,9 +229,11 @@ def plan(
     if config is not None and exp.name != str(experiment) and str(experiment) in _registry():
         raise ConfigError(f"{config} is a `{exp.name}` config, not `{experiment}`", key="config")
     _check_devices(cfg, execution)
+    load = lambda raw: load_config(path, _registry(), raw, smoke)[1]  # noqa: E731
+    reach, notes = _reach(exp, cfg, _overrides(overrides, seeds, execution, "run.train.device"), load)
     folder = Path(out) if out else default_run_dir(results_root(), exp.name, smoke)
     ensure_free(folder)  # a run never writes into a finished folder: say so before any output
-    return Plan(exp, cfg, folder, smoke)
+    return Plan(exp, cfg, folder, smoke, reach=reach, notes=notes)
 
 
 def plan_sweep(
@@ -168,8 +252,10 @@ def plan_sweep(
     raw = _overrides(overrides, seeds, execution, "overrides.run.train.device")
     exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), raw, smoke)
     _check_devices(cfg, execution)
+    load = lambda raw: load_sweep(sweep_path(str(name_or_path)), _registry(), raw, smoke)[1]  # noqa: E731
+    reach, notes = _reach(exp, cfg, raw, load, prefix="overrides.run.", axes=tuple(spec.axes))
     folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
-    return Plan(exp, cfg, folder, smoke, spec)
+    return Plan(exp, cfg, folder, smoke, spec, reach, notes)
 
 
 def run(

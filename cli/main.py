@@ -144,6 +144,11 @@ def _exit_on_crashes(crashed: list[tuple[str, str]], folder: Path, total: Option
         raise typer.Exit(1)
 
 
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        ui.err.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+
+
 def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
     """The command's options as one checked normlab.Execution (jobs: every core by default)."""
     return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
@@ -223,7 +228,11 @@ def validate(
     if show:
         print(checked.yaml, end="")  # plain stdout: the YAML is meant to be piped or saved
     message = f"[green]ok[/green]: {config} is a valid `{checked.plan.name}` config: {checked.summary}"
-    (ui.err if show else ui.console).print(message)
+    shown = ui.err if show else ui.console
+    shown.print(message)
+    for key, (hit, total) in checked.plan.reach.items():
+        shown.print(f"  --set {key}: reaches {hit} of {total} runs")
+    _warn(checked.plan.notes)
 
 
 @app.command()
@@ -249,6 +258,7 @@ def run(
     """
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
+    _warn(plan.notes)
     folder = plan.folder
     with ui.bars(18, " steps") as bars:
         runs = RunBars(bars)
@@ -303,6 +313,7 @@ def sweep(
     """
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution)
+    _warn(plan.notes)
     with ui.bars(18) as bars:
         overall = bars.add_task("cells", total=0)
 

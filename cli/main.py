@@ -43,6 +43,7 @@ _flags_without_a_type()
 app = typer.Typer(
     name="normlab",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="markdown",
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
@@ -64,7 +65,7 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _main(
     version: bool = typer.Option(
-        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."
     ),
     plain: bool = typer.Option(
         False,
@@ -446,6 +447,10 @@ def bench(
 
 
 def main() -> None:
+    # --plain is an option of the program, but users write it after the subcommand too
+    args = sys.argv[1:]
+    if "--plain" in args[1:] and args[0] != "--plain" and "--" not in args[: args.index("--plain")]:
+        sys.argv[1:] = ["--plain"] + [a for a in args if a != "--plain"]
     try:
         app()
     except SystemExit as exc:

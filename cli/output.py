@@ -4,6 +4,7 @@ the claim table. Everything goes through the one `ui` object, so --plain switche
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
 
 from rich.console import Console
@@ -26,7 +27,15 @@ class Output:
             self.console = Console(no_color=True, highlight=False, soft_wrap=True, width=10_000)
             self.err = Console(stderr=True, no_color=True, highlight=False, soft_wrap=True, width=10_000)
         else:  # each invocation starts from the defaults (tests run many in one process)
-            self.console, self.err = Console(), Console(stderr=True)
+            self.console, self.err = self._console(sys.stdout, False), self._console(sys.stderr, True)
+
+    @staticmethod
+    def _console(stream, stderr: bool) -> Console:
+        """A terminal's own width; a pipe or a file (a CI log) gets whole lines, never wrapped at 80
+        columns or cut ("inconclus…"). Rich honours NO_COLOR either way."""
+        if stream.isatty():
+            return Console(stderr=stderr)
+        return Console(stderr=stderr, soft_wrap=True, width=10_000)
 
     def table(self, table: Table) -> None:
         """A Rich table, or in plain mode its title as a comment and its cells as tab-separated lines."""

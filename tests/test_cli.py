@@ -295,3 +295,25 @@ def test_the_cli_calls_only_the_python_api():
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad = [n for n in names if n.startswith(("normlab.engine", "normlab.experiments"))]
             assert not bad, f"{path.name} imports {bad}: call normlab.* instead"
+
+
+def test_piped_output_keeps_whole_rows_and_plain_is_accepted_after_the_subcommand():
+    """A CI log or a pipe is not a terminal: rows are never wrapped at 80 columns or cut with '…'."""
+    import subprocess
+    import sys
+
+    from normlab.experiments import REGISTRY
+
+    r = invoke("list")
+    title = REGISTRY["knockout"].title
+    assert any(title in line for line in r.output.splitlines()) and "…" not in r.output
+    p = subprocess.run([sys.executable, "-m", "normlab.cli.main", "list", "--plain"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.splitlines()[1] == "experiment\tclaims\tconfig\twhat it asks"
+
+
+def test_short_help_and_version_flags():
+    import normlab
+
+    assert invoke("-V").output.strip() == f"normlab {normlab.__version__}"
+    r = invoke("run", "-h")
+    assert r.exit_code == 0 and "Usage: normlab run" in r.output

@@ -150,6 +150,18 @@ def _warn(notes: list[str]) -> None:
         ui.err.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
 
+def _records(df) -> list[dict]:
+    """A table's rows as JSON objects (NaN as null)."""
+    import json
+
+    return json.loads(df.to_json(orient="records")) if len(df) else []
+
+
+def _runs_doc(runs) -> list[dict]:
+    cols = [c for c in ("run_id", "arm", "seed", "status", "steps_done", "error") if c in runs]
+    return _records(runs[cols])
+
+
 def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
     """The command's options as one checked normlab.Execution (jobs: every core by default)."""
     return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
@@ -182,6 +194,13 @@ EnsembleOpt = typer.Option(
     "eps, decay) together as one batched model: auto stacks up to 16 runs, N up to N, off trains every run alone. "
     "Numbers agree with the single-run path to float rounding.",
 )
+JsonOpt = typer.Option(
+    False,
+    "--json",
+    metavar="",
+    help="Print one JSON document on stdout (the folder, each run's status, the claim rows) and nothing else there; "
+    "messages go to stderr. For scripts: no table to parse.",
+)
 DeviceOpt = typer.Option(
     None,
     "--device",
@@ -192,8 +211,12 @@ DeviceOpt = typer.Option(
 
 @app.command("list")
 @user_errors
-def list_cmd() -> None:
+def list_cmd(as_json: bool = JsonOpt) -> None:
     """List the experiments, the claims each tests and their default configs."""
+    if as_json:
+        table = normlab.list_experiments().assign(config=lambda d: d["config"].astype(str))
+        ui.emit({"experiments": _records(table), "sweeps": {n: str(p) for n, p in normlab.list_sweeps().items()}})
+        return
     table = Table(title="normlab experiments")
     table.add_column("experiment", no_wrap=True)
     table.add_column("claims", no_wrap=True)
@@ -219,6 +242,7 @@ def validate(
     show: bool = typer.Option(
         False, "--print", help="Also print the fully resolved config (defaults, --set and --smoke applied) as YAML."
     ),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Check a config or sweep file (keys, types, ranges, every arm) without running anything.
 
@@ -226,6 +250,11 @@ def validate(
     would run, every default filled in.
     """
     checked = normlab.validate(str(config), parse_set(sets), smoke)
+    if as_json:
+        reach = {k: {"reached": h, "runs": t} for k, (h, t) in checked.plan.reach.items()}
+        doc = {"config": str(config), "experiment": checked.plan.name, "runs": checked.runs, "arms": checked.arms}
+        ui.emit({**doc, "reach": reach, "warnings": checked.plan.notes, **({"resolved": checked.yaml} if show else {})})
+        return
     if show:
         print(checked.yaml, end="")  # plain stdout: the YAML is meant to be piped or saved
     message = f"[green]ok[/green]: {config} is a valid `{checked.plan.name}` config: {checked.summary}"
@@ -251,12 +280,15 @@ def run(
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
     ensemble: str = EnsembleOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
     `normlab run baselines --set run.train.steps=4000`.
     """
+    if as_json:
+        ui.set_json()
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
     _warn(plan.notes)
@@ -288,6 +320,9 @@ def run(
             + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
         )
     ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
+    if as_json:
+        ui.emit({"experiment": plan.name, "folder": str(folder), "runs": _runs_doc(outcome.runs),
+                 "claims": _records(outcome.claims), "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip
     _exit_on_crashes(outcome.crashes, folder, len(outcome.runs))
 
 
@@ -305,6 +340,7 @@ def sweep(
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
     ensemble: str = EnsembleOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
@@ -312,6 +348,8 @@ def sweep(
     cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
+    if as_json:
+        ui.set_json()
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution)
     _warn(plan.notes)
@@ -334,6 +372,10 @@ def sweep(
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
     ui.claims(outcome.claims)
     ui.console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
+    if as_json:
+        ui.emit({"sweep": plan.sweep.sweep, "experiment": plan.name, "folder": str(plan.folder),
+                 "runs": _runs_doc(outcome.runs), "claims": _records(outcome.claims),
+                 "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip
     _exit_on_crashes(outcome.crashes, plan.folder, len(outcome.runs))
 
 
@@ -349,6 +391,7 @@ def reproduce(
     device: Optional[str] = DeviceOpt,
     backend: str = BackendOpt,
     ensemble: str = EnsembleOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Run every experiment's default config, then write the combined report (md and html).
 
@@ -356,6 +399,8 @@ def reproduce(
     running the same command again continues where it stopped.
     """
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
+    if as_json:
+        ui.set_json()
     execution = _execution(jobs, backend, ensemble, device)
     current: dict = {}
     with ui.bars(24, transient=True) as bars:
@@ -394,6 +439,11 @@ def reproduce(
             table.add_row(n, str(r["claim_id"]), f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
     ui.table(table)
     ui.console.print(f"report: {result.reports[0]} and {result.reports[1]}")
+    if as_json:
+        experiments = {n: {"folder": str(result.folders[n]), "claims": _records(c)} for n, c in result.claims.items()}
+        crashed = {n: [r for r, _ in c] for n, c in result.crashes.items()}
+        ui.emit({"root": str(result.root), "reports": [str(p) for p in result.reports], "experiments": experiments,
+                 "crashed": crashed})  # fmt: skip
     for name, crashed in result.crashes.items():
         ui.err.print(f"{name}: {len(crashed)} run(s) crashed; tracebacks in {result.folders[name]}/crashes.log")
     if result.crashes:
@@ -411,9 +461,15 @@ def report(
     fmt: str = typer.Option(
         "md", "--format", "-f", metavar="[md|html]", help="md (for GitHub) or html (one self-contained file)."
     ),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
-    ui.console.print(f"wrote {normlab.report(list(run_dirs), out, fmt)}")
+    path = normlab.report(list(run_dirs), out, fmt)
+    if as_json:
+        ui.set_json()
+        ui.emit({"report": str(path), "format": fmt, "folders": [str(p) for p in run_dirs]})
+    else:
+        ui.console.print(f"wrote {path}")
 
 
 @app.command()

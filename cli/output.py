@@ -22,7 +22,7 @@ class Output:
         self.set_plain(False)
 
     def set_plain(self, plain: bool) -> None:
-        self.plain = bool(plain)
+        self.plain, self.json = bool(plain), False
         if plain:
             self.console = Console(no_color=True, highlight=False, soft_wrap=True, width=10_000)
             self.err = Console(stderr=True, no_color=True, highlight=False, soft_wrap=True, width=10_000)
@@ -37,8 +37,23 @@ class Output:
             return Console(stderr=stderr)
         return Console(stderr=stderr, soft_wrap=True, width=10_000)
 
+    def set_json(self) -> None:
+        """--json: stdout carries one JSON document (`emit`) and nothing else; messages go to stderr,
+        plain, and neither tables nor progress bars are drawn."""
+        self.set_plain(True)
+        self.json = True
+        self.console = self.err
+
+    def emit(self, doc: dict) -> None:
+        """The command's one JSON document, on stdout (NaN as null)."""
+        import json
+
+        print(json.dumps(doc, indent=1, default=str))
+
     def table(self, table: Table) -> None:
         """A Rich table, or in plain mode its title as a comment and its cells as tab-separated lines."""
+        if self.json:
+            return
         if not self.plain:
             self.console.print(table)
             return
@@ -71,6 +86,8 @@ class Output:
 
     def claims(self, claims) -> None:
         """The claim rows of a run: verdict, value, interval, threshold, n."""
+        if self.json:
+            return
         table = Table(title="Claims", show_lines=False)
         for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
             table.add_column(col)

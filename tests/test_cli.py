@@ -317,3 +317,23 @@ def test_short_help_and_version_flags():
     assert invoke("-V").output.strip() == f"normlab {normlab.__version__}"
     r = invoke("run", "-h")
     assert r.exit_code == 0 and "Usage: normlab run" in r.output
+
+
+def test_json_gives_scripts_one_document_on_stdout(tmp_path):
+    from typer.testing import CliRunner
+
+    runner = CliRunner()  # stdout alone: what a script reads (messages go to stderr)
+    r = runner.invoke(app, ["run", "baselines", "--smoke", "--json", "--out", str(tmp_path / "o")])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["folder"] == str(tmp_path / "o") and doc["crashed"] == []
+    assert [x["status"] for x in doc["runs"]] == ["ok"] * 3
+    assert [c["claim_id"] for c in doc["claims"]] == ["B1-logistic", "B1-mlp", "B1-cnn"]
+    assert all(c["verdict"] in ("supported", "not supported", "inconclusive") for c in doc["claims"])
+    listed = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    assert "knockout" in {e["experiment"] for e in listed["experiments"]} and "wd" in listed["sweeps"]
+    checked = json.loads(runner.invoke(app, ["validate", "eff_lr", "--json", "--set", "run.model.norm=layer"]).stdout)
+    assert checked["runs"] == 35 and checked["reach"]["run.model.norm"] == {"reached": 30, "runs": 35}
+    rep = json.loads(
+        runner.invoke(app, ["report", str(tmp_path / "o"), "--json", "--out", str(tmp_path / "r.md")]).stdout
+    )
+    assert rep["report"] == str(tmp_path / "r.md") and (tmp_path / "r.md").is_file()

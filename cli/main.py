@@ -167,6 +167,23 @@ def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optiona
     return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
 
 
+def _completer(choices) -> Callable[[str], list[str]]:
+    """Tab completion (`normlab --install-completion`) of a fixed set of choices, or of a function's."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in (choices() if callable(choices) else choices) if c.startswith(incomplete)]
+
+    return complete
+
+
+complete_experiment = _completer(lambda: sorted(normlab.list_experiments()["experiment"]))
+complete_sweep = _completer(lambda: list(normlab.list_sweeps()))
+complete_device = _completer(["cpu", "cuda", "auto"])
+complete_backend = _completer(["local", "ray"])
+complete_ensemble = _completer(["auto", "off", "4", "8", "16", "32"])
+complete_format = _completer(["md", "html"])
+
+
 SetOpt = typer.Option(
     [],
     "--set",
@@ -183,6 +200,7 @@ BackendOpt = typer.Option(
     "local",
     "--backend",
     metavar="[local|ray]",
+    autocompletion=complete_backend,
     help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
     "extra).",
 )
@@ -190,6 +208,7 @@ EnsembleOpt = typer.Option(
     "auto",
     "--ensemble",
     metavar="[auto|off|N]",
+    autocompletion=complete_ensemble,
     help="Train compatible runs (MLP or 1-D CNN, same model and optimizer, differing in seed, lr, momentum, betas, "
     "eps, decay) together as one batched model: auto stacks up to 16 runs, N up to N, off trains every run alone. "
     "Numbers agree with the single-run path to float rounding.",
@@ -205,6 +224,7 @@ DeviceOpt = typer.Option(
     None,
     "--device",
     metavar="[cpu|cuda|auto]",
+    autocompletion=complete_device,
     help="Where to train (default: the config's, cpu; auto = cuda if present).",
 )
 
@@ -236,7 +256,9 @@ def list_cmd(as_json: bool = JsonOpt) -> None:
 @app.command()
 @user_errors
 def validate(
-    config: Path = typer.Argument(..., help="A YAML config file, or an experiment name."),
+    config: Path = typer.Argument(
+        ..., help="A YAML config file, or an experiment name.", autocompletion=complete_experiment
+    ),
     sets: List[str] = SetOpt,
     smoke: bool = SmokeOpt,
     show: bool = typer.Option(
@@ -268,7 +290,9 @@ def validate(
 @app.command()
 @user_errors
 def run(
-    experiment: str = typer.Argument(..., help="Experiment name (see `normlab list`) or a config file."),
+    experiment: str = typer.Argument(
+        ..., help="Experiment name (see `normlab list`) or a config file.", autocompletion=complete_experiment
+    ),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Config file (default: configs/EXPERIMENT.yaml)."
     ),
@@ -329,7 +353,9 @@ def run(
 @app.command()
 @user_errors
 def sweep(
-    name: str = typer.Argument(..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file."),
+    name: str = typer.Argument(
+        ..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file.", autocompletion=complete_sweep
+    ),
     sets: List[str] = SetOpt,
     seeds: Optional[int] = SeedsOpt,
     smoke: bool = SmokeOpt,
@@ -459,7 +485,12 @@ def report(
         None, "--out", "-o", help="Report file (default: report.md, or REPRODUCE_DIR/report.md)."
     ),
     fmt: str = typer.Option(
-        "md", "--format", "-f", metavar="[md|html]", help="md (for GitHub) or html (one self-contained file)."
+        "md",
+        "--format",
+        "-f",
+        metavar="[md|html]",
+        autocompletion=complete_format,
+        help="md (for GitHub) or html (one self-contained file).",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -489,7 +520,11 @@ def bench(
     workers: Optional[int] = typer.Option(None, help="Pool size for the scaling test (default: cores)."),
     ensemble_steps: int = typer.Option(300, help="Steps per batched-ensemble trial (0 = skip the ensemble rows)."),
     device: str = typer.Option(
-        "cpu", "--device", metavar="[cpu|cuda|auto]", help="Where every loop trains (auto = cuda if present)."
+        "cpu",
+        "--device",
+        metavar="[cpu|cuda|auto]",
+        autocompletion=complete_device,
+        help="Where every loop trains (auto = cuda if present).",
     ),
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""

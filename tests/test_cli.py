@@ -337,3 +337,28 @@ def test_json_gives_scripts_one_document_on_stdout(tmp_path):
         runner.invoke(app, ["report", str(tmp_path / "o"), "--json", "--out", str(tmp_path / "r.md")]).stdout
     )
     assert rep["report"] == str(tmp_path / "r.md") and (tmp_path / "r.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "words,cword,expected",
+    [
+        ("normlab run kn", 2, ["knockout"]),
+        ("normlab validate eff", 2, ["eff_lr"]),
+        ("normlab sweep ", 2, ["wd"]),
+        ("normlab run knockout --device c", 4, ["cpu", "cuda"]),
+        ("normlab run knockout --backend ", 4, ["local", "ray"]),
+        ("normlab reproduce --ensemble o", 3, ["off"]),
+        ("normlab report x --format ", 4, ["md", "html"]),
+    ],
+)
+def test_tab_completion_offers_experiment_and_sweep_names_and_every_choice(words, cword, expected):
+    """What `normlab --install-completion` wires into the shell: the console script answers the
+    shell's completion request with the names and choices that fit."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "normlab"
+    env = {**os.environ, "_NORMLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    p = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == expected, p.stdout + p.stderr

@@ -243,16 +243,31 @@ def plan_sweep(
     smoke: bool = False,
     out: Optional[str | Path] = None,
     execution: Optional[Execution] = None,
+    grid: Optional[dict[str, list]] = None,
 ) -> Plan:
-    """Load and check what `sweep` would run (configs/sweeps/NAME.yaml or a sweep file)."""
+    """Load and check what `sweep` would run: configs/sweeps/NAME.yaml or a sweep file, or, with
+    `grid` ({"run.optim.lr": [0.01, 0.1]}), an experiment's config over that grid (an ad-hoc sweep,
+    with the same cells, resume and backends). A grid on a sweep file sets those axes."""
     from normlab.engine.results import results_root
-    from normlab.experiments.sweeps import load_sweep, sweep_path
+    from normlab.experiments.sweeps import grid_sweep, load_sweep, sweep_path
 
     execution = execution or Execution()
+    overrides = dict(overrides or {})
+    axes = {}
+    for key, values in (grid or {}).items():
+        if not key.startswith("run.") or not isinstance(values, list) or not values:
+            raise ConfigError(f"expected run.KEY=V1,V2,... (a run config key and its values), got {key!r}", key="grid")
+        axes[key[len("run.") :]] = values
+    if axes and str(name_or_path) in _registry():  # an ad-hoc grid over an experiment's own config
+        source = grid_sweep(str(name_or_path), axes, _registry())
+        overrides = {(f"overrides.{k}" if k.startswith("run.") else k): v for k, v in overrides.items()}
+    else:
+        source = sweep_path(str(name_or_path))
+        overrides.update({f"axes.{k}": v for k, v in axes.items()})
     raw = _overrides(overrides, seeds, execution, "overrides.run.train.device")
-    exp, cfg, spec = load_sweep(sweep_path(str(name_or_path)), _registry(), raw, smoke)
+    exp, cfg, spec = load_sweep(source, _registry(), raw, smoke)
     _check_devices(cfg, execution)
-    load = lambda raw: load_sweep(sweep_path(str(name_or_path)), _registry(), raw, smoke)[1]  # noqa: E731
+    load = lambda raw: load_sweep(source, _registry(), raw, smoke)[1]  # noqa: E731
     reach, notes = _reach(exp, cfg, raw, load, prefix="overrides.run.", axes=tuple(spec.axes))
     folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     return Plan(exp, cfg, folder, smoke, spec, reach, notes)
@@ -285,16 +300,17 @@ def sweep(
     out: Optional[str | Path] = None,
     smoke: bool = False,
     execution: Optional[Execution] = None,
+    grid: Optional[dict[str, list]] = None,
 ):
-    """Run a sweep (configs/sweeps/NAME.yaml, a sweep file or a `plan_sweep`) into `out`,
-    resumably; returns an Outcome."""
+    """Run a sweep (configs/sweeps/NAME.yaml, a sweep file, an experiment with a `grid`, or a
+    `plan_sweep`) into `out`, resumably; returns an Outcome."""
     from normlab.experiments.sweeps import run_sweep
 
     execution = execution or Execution()
     p = (
         name_or_path
         if isinstance(name_or_path, Plan)
-        else plan_sweep(name_or_path, overrides, seeds, smoke, out, execution)
+        else plan_sweep(name_or_path, overrides, seeds, smoke, out, execution, grid)
     )
     return run_sweep(p.experiment, p.config, p.sweep, p.folder, execution, p.smoke)
 

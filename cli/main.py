@@ -93,6 +93,20 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """`--grid run.optim.lr=0.01,0.1` items as {key: [values]}, each value read as YAML."""
+    out: dict[str, list] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid run.optim.lr=0.01,0.1")
+        try:
+            out[key.strip()] = [yaml.safe_load(v) for v in text.split(",")]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--grid {item!r}: a value is not valid YAML ({exc.problem})") from None
+    return out
+
+
 # The engine and the API speak of config keys and settings; on the command line the same keys are
 # these flags (engine/errors.py renders an error's key and its {set:KEY=VALUE} fixes with them).
 FLAGS = {
@@ -107,6 +121,7 @@ FLAGS = {
     "only": "--only",
     "format": "--format",
     "config": "--config",
+    "grid": "--grid",
     "steps": "--steps",
     "repeats": "--repeats",
 }
@@ -354,7 +369,17 @@ def run(
 @user_errors
 def sweep(
     name: str = typer.Argument(
-        ..., help="A sweep in configs/sweeps/ (e.g. `wd`) or a sweep YAML file.", autocompletion=complete_sweep
+        ...,
+        help="A sweep in configs/sweeps/ (e.g. `wd`), a sweep YAML file, or an experiment with --grid.",
+        autocompletion=complete_sweep,
+    ),
+    grid: List[str] = typer.Option(
+        [],
+        "--grid",
+        "-g",
+        metavar="KEY=V1,V2,...",
+        help="An axis of the grid, e.g. `--grid run.optim.lr=0.01,0.1` (repeatable: the grid is the product). On an "
+        "experiment it sweeps that experiment's own config; on a sweep file it sets that axis.",
     ),
     sets: List[str] = SetOpt,
     seeds: Optional[int] = SeedsOpt,
@@ -377,7 +402,7 @@ def sweep(
     if as_json:
         ui.set_json()
     execution = _execution(jobs, backend, ensemble, device)
-    plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution)
+    plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution, parse_grid(grid))
     _warn(plan.notes)
     with ui.bars(18) as bars:
         overall = bars.add_task("cells", total=0)

@@ -27,13 +27,41 @@ def sweep_path(name_or_path: str) -> Path:
     path = SWEEP_ROOT / f"{name_or_path}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(q.stem for q in SWEEP_ROOT.glob("*.yaml")))
-        raise C.ConfigError(f"{name_or_path!r} is neither a sweep ({known}) nor a sweep file")
+        raise C.ConfigError(
+            f"{name_or_path!r} is neither a sweep ({known}) nor a sweep file (an experiment takes a grid: "
+            "--grid run.KEY=V1,V2)"
+        )
     return path
 
 
-def load_sweep(path: Path, registry: dict[str, Experiment], overrides: Optional[dict] = None, smoke: bool = False):
-    """-> (experiment, its config with the grid as arms, the sweep config)."""
-    raw = C.read_yaml(path)
+def grid_sweep(experiment: str, axes: dict[str, list], registry: dict[str, Experiment]) -> dict:
+    """An ad-hoc sweep (`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`) as the sweep file it stands
+    for: the grid's keys as axes over the experiment's own config, with its seeds, and its smoke
+    block (seeds and overrides) for --smoke."""
+    if experiment not in registry:
+        raise C.ConfigError(f"{experiment!r} is not a known experiment; choose one of {', '.join(sorted(registry))}")
+    raw = C.read_yaml(registry[experiment].default_config)
+    smoke = dict(raw.get("smoke") or {})
+    return {
+        "sweep": f"{experiment}-grid",
+        "experiment": experiment,
+        "description": "grid from the command line: " + "; ".join(f"{k} in {v}" for k, v in axes.items()),
+        "axes": axes,
+        "seeds": raw.get("seeds", 3),
+        "seed_offset": raw.get("seed_offset", 0),
+        "smoke": {
+            **({"seeds": smoke.pop("seeds")} if "seeds" in smoke else {}),
+            **({"overrides": smoke} if smoke else {}),
+        },
+    }
+
+
+def load_sweep(
+    path: Path | dict, registry: dict[str, Experiment], overrides: Optional[dict] = None, smoke: bool = False
+):
+    """-> (experiment, its config with the grid as arms, the sweep config). `path`: a sweep file, or
+    the raw mapping of one (an ad-hoc grid)."""
+    raw = dict(path) if isinstance(path, dict) else C.read_yaml(path)
     if smoke:
         raw = _apply(raw, raw.get("smoke") or {})
     if overrides:
@@ -93,4 +121,4 @@ def run_sweep(
         return run_cells(exp, cfg, out, execution, smoke, manifest)
 
 
-__all__ = ["load_sweep", "run_sweep", "sweep_path", "load_config"]
+__all__ = ["grid_sweep", "load_sweep", "run_sweep", "sweep_path", "load_config"]

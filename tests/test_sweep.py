@@ -107,3 +107,29 @@ def test_cells_with_different_inserted_modules_get_different_keys():
     b = _module_key(noisy())
     other_level = next(t.after_norm for t in exp.tasks(cfg) if t.arm == "noise0.3-lr0.1")
     assert a != b != _module_key(other_level) and "scale_max" in a and _module_key(None) == ""
+
+
+def test_an_ad_hoc_grid_from_the_command_line_runs_as_a_sweep_and_resumes(tmp_path):
+    """`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`, as Hydra's multirun users expect: the product
+    of the axes over the experiment's own config, with the same cells and resume as a sweep file."""
+    args = ["sweep", "baselines", "--smoke", "--grid", "run.optim.lr=0.01,0.1", "--grid", "run.train.batch_size=32,128"]
+    args += ["--out", str(tmp_path / "g"), "--jobs", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "sweep baselines-grid (baselines): 4 cells, 0 already finished, 4 to run" in r.output
+    runs = pd.read_csv(tmp_path / "g" / "runs.csv")
+    assert sorted(set(runs["arm"])) == sorted(
+        ["lr=0.01,batch_size=32", "lr=0.01,batch_size=128", "lr=0.1,batch_size=32", "lr=0.1,batch_size=128"]
+    )
+    assert sorted(zip(runs["optim.lr"], runs["train.batch_size"])) == [(0.01, 32), (0.01, 128), (0.1, 32), (0.1, 128)]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "4 cells, 4 already finished, 0 to run" in again.output
+
+
+def test_a_grid_needs_a_run_key_and_values():
+    import normlab
+
+    with pytest.raises(normlab.ConfigError, match=r"^grid: expected run.KEY=V1,V2"):
+        normlab.plan_sweep("baselines", grid={"optim.lr": [0.1]})
+    r = CliRunner().invoke(app, ["sweep", "baselines", "--grid", "run.optim.lr"])
+    assert r.exit_code == 2 and "--grid 'run.optim.lr': expected KEY=V1,V2" in r.output

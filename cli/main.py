@@ -21,7 +21,7 @@ import yaml
 import normlab
 from normlab import ConfigError, NormlabError
 
-from .output import COLORS, RunBars, ui
+from .output import COLORS, RunBars, finals_table, ui
 
 
 def _flags_without_a_type() -> None:
@@ -351,6 +351,7 @@ def run(
                 f"command with --out {folder} to resume"
             )
             raise typer.Exit(130)
+    ui.table(finals_table(outcome.runs, "Final metrics per arm (mean over finished runs)"))
     ui.claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad):
@@ -421,6 +422,7 @@ def sweep(
                 ui.err.print(f"  {res.run_id}: {res.status}")
 
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
+    ui.table(finals_table(outcome.runs, "Final metrics per cell (mean over finished runs)"))
     ui.claims(outcome.claims)
     ui.console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
     if as_json:

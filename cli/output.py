@@ -109,6 +109,26 @@ class Output:
         )
 
 
+def finals_table(runs, title: str, most: int = 30) -> Table:
+    """Per arm (a sweep's cell): runs finished / in all, and the mean final metrics over the finished
+    ones, so that a run on a user's own data or model shows its own results beside the claims. At
+    most `most` arms (a search of hundreds of trials is in runs.csv)."""
+    table = Table(title=title)
+    metrics = [
+        c for c in ("final_train_loss", "final_val_acc", "final_test_acc") if c in runs and runs[c].notna().any()
+    ]
+    for col in ("arm", "ok / runs", *(m.removeprefix("final_") for m in metrics)):
+        table.add_column(col)
+    groups = list(runs.groupby("arm", sort=False))
+    for arm, g in groups[:most]:
+        ok = g[g["status"] == "ok"]
+        values = [f"{ok[m].astype(float).mean():.4g}" if len(ok) else "" for m in metrics]
+        table.add_row(str(arm), f"{len(ok)} / {len(g)}", *values)
+    if len(groups) > most:
+        table.add_row(f"... {len(groups) - most} more arms", "(runs.csv)", *[""] * len(metrics))
+    return table
+
+
 class RunBars:
     """A bar per run in flight (at most --jobs rows) under one overall bar of every step."""
 

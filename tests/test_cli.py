@@ -362,3 +362,22 @@ def test_tab_completion_offers_experiment_and_sweep_names_and_every_choice(words
     env = {**os.environ, "_NORMLAB_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
     p = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert p.stdout.split() == expected, p.stdout + p.stderr
+
+
+def test_a_run_prints_its_own_final_metrics_per_arm(tmp_path):
+    """A run on a user's own data or model shows the user's results, not only the claim rows."""
+    r = invoke("--plain", "run", "baselines", "--smoke", "--out", tmp_path / "o")
+    lines = r.output.splitlines()
+    at = lines.index("# Final metrics per arm (mean over finished runs)")
+    assert lines[at + 1] == "arm\tok / runs\ttrain_loss\ttest_acc"
+    runs = pd.read_csv(tmp_path / "o" / "runs.csv").set_index("arm")
+    mlp = next(line.split("\t") for line in lines[at:] if line.startswith("mlp\t"))
+    assert mlp[1] == "1 / 1" and float(mlp[3]) == pytest.approx(runs.loc["mlp", "final_test_acc"], rel=1e-3)
+
+
+def test_a_bad_option_value_is_one_line_with_no_blank_line_before_it(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    for args in (["--out", tmp_path / "full"], ["--ensemble", "3x", "--out", tmp_path / "o"]):
+        r = invoke("run", "baselines", "--smoke", *args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output

@@ -331,6 +331,8 @@ def run(
     execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
     _warn(plan.notes)
+    if device is not None and not plan.experiment.tasks(plan.config):
+        ui.err.print(f"{plan.name}: trains no runs; its tables are computed on the CPU whatever --device says")
     folder = plan.folder
     with ui.bars(18, " steps") as bars:
         runs = RunBars(bars)

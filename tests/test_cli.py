@@ -381,3 +381,8 @@ def test_a_bad_option_value_is_one_line_with_no_blank_line_before_it(tmp_path):
     for args in (["--out", tmp_path / "full"], ["--ensemble", "3x", "--out", tmp_path / "o"]):
         r = invoke("run", "baselines", "--smoke", *args)
         assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+
+
+def test_an_experiment_that_trains_nothing_says_its_tables_ignore_the_device(tmp_path):
+    r = invoke("run", "identities", "--smoke", "--device", "cpu", "--out", tmp_path / "o")
+    assert r.exit_code == 0 and "identities: trains no runs; its tables are computed on the CPU" in r.output

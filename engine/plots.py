@@ -134,7 +134,7 @@ VERDICT_COLORS = {
 
 
 def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
-    """Claims at a glance: one row per claim, its value and interval against the region its rule
+    """Every claim row (the report's second figure): its value and interval against the region its rule
     accepts (shaded), coloured by verdict. Each row has its own x-axis, because every claim has
     its own units; a row spanning orders of magnitude gets a logarithmic axis."""
     import math
@@ -143,9 +143,8 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
 
     n = len(claims)
     fig, axes = figure(ncols=1, nrows=max(n, 1), width=9.0, height=0.5)
-    fig.subplots_adjust(
-        left=0.3, right=0.78, top=1 - 0.9 / (0.5 * max(n, 1)), bottom=0.4 / (0.5 * max(n, 1)), hspace=1.1
-    )
+    inches = 0.5 * max(n, 1)  # the title keeps 1.2 inches above the first row, whatever the number of rows
+    fig.subplots_adjust(left=0.3, right=0.78, top=1 - 1.2 / inches, bottom=0.4 / inches, hspace=1.1)
     for ax, r in zip(axes[:, 0], claims.to_dict("records")):
         nums = [float(r[k]) for k in ("value", "ci_low", "ci_high", "bound_low", "bound_high")]
         v, lo, hi, b_lo, b_hi = nums
@@ -191,9 +190,54 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
             ax.plot([v], [0], "o", color=color, ms=4.5)
         ax.set_ylim(-0.6, 0.6)
     fig.suptitle(
-        "Claims at a glance: value (dot) and 95% interval (line) against the region the rule accepts "
+        "Every claim row: value (dot) and 95% interval (line) against the region the rule accepts "
         "(shaded);\neach row has its own scale. Green supported, red not supported, orange inconclusive, "
         "grey not judged",
         fontsize=8,
+        y=1 - 0.2 / inches,
+        va="top",
     )
     return save(fig, path, tight=False)
+
+
+def claim_family(claim_id: str) -> str:
+    """B1, K1, ..., K16: the claim of CLAIMS.md a row belongs to (K3-euler -> K3)."""
+    return str(claim_id).split("-")[0]
+
+
+GLANCE_VERDICTS = ("supported", "inconclusive", "not supported")
+
+
+def glance_counts(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per claim (B1, K1-K16, in that order): its evidence rows (measured and exact) by verdict.
+    Control and descriptive rows are not evidence and are not counted."""
+    evidence = claims[claims["kind"].isin(["measured", "exact"])] if "kind" in claims else claims
+    family = evidence["claim_id"].map(claim_family)
+    order = sorted(set(family), key=lambda c: (c[0], int(re.sub(r"\D", "", c) or 0)))
+    table = pd.crosstab(family, evidence["verdict"]).reindex(index=order, columns=list(GLANCE_VERDICTS))
+    return table.fillna(0).astype(int)
+
+
+def claims_summary(claims: pd.DataFrame, path: Path) -> Path:
+    """Claims at a glance: one bar per claim (`glance_counts`), its rows coloured by verdict."""
+    from matplotlib.patches import Patch
+
+    counts = glance_counts(claims)
+    fig, axes = figure(width=7.0, height=0.32 * max(len(counts), 1) + 1.1)
+    ax = axes[0, 0]
+    for i, (fam, row) in enumerate(counts.iterrows()):
+        left = 0
+        for v in GLANCE_VERDICTS:
+            if row[v]:
+                ax.barh(i, row[v], left=left, color=VERDICT_COLORS[v], height=0.7)
+                ax.text(left + row[v] / 2, i, str(row[v]), ha="center", va="center", fontsize=7, color="white")
+                left += row[v]
+    ax.set_yticks(range(len(counts)), list(counts.index), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("evidence rows (measured and exact) by verdict", fontsize=8)
+    ax.grid(False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(handles=[Patch(color=VERDICT_COLORS[v], label=v) for v in GLANCE_VERDICTS], fontsize=7, loc="lower right")
+    ax.set_title("Claims at a glance: each claim's rows by verdict", fontsize=9)
+    return save(fig, path)

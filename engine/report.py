@@ -17,7 +17,12 @@ def _fmt(v) -> str:
     """A table cell: 4 significant digits for numbers, pipes escaped for Markdown."""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
-    return str(v).replace("|", "\\|")
+    return _text(str(v)).replace("|", "\\|")
+
+
+def _text(s) -> str:
+    """Claim text as Markdown shows it literally: `alpha*lambda` is a product, not emphasis."""
+    return str(s).replace("*", "\\*")
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
@@ -29,9 +34,9 @@ def claims_markdown(claims: pd.DataFrame) -> str:
         lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     out = "\n".join(lines) + "\n\n"
     for _, r in claims.iterrows():
-        out += f"- **{r['claim_id']}** ({r['verdict']}): {r['statement']}"
+        out += f"- **{r['claim_id']}** ({r['verdict']}): {_text(r['statement'])}"
         if isinstance(r.get("detail"), str) and r["detail"]:
-            out += f" _{r['detail']}_"
+            out += f" _{_text(r['detail'])}_"
         out += "\n"
     return out
 
@@ -206,10 +211,12 @@ def build_report(
         pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
     )
     if every is not None and "bound_low" in every:
-        from .plots import claims_forest
+        from .plots import claims_forest, claims_summary
 
-        forest = claims_forest(every, out.parent / "claims_at_a_glance.png")
-        md += ["", f"![claims at a glance]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
+        glance = claims_summary(every, out.parent / "claims_at_a_glance.png")
+        forest = claims_forest(every, out.parent / "claims_forest.png")
+        md += ["", f"![claims at a glance]({os.path.relpath(glance, out.parent).replace(os.sep, '/')})"]
+        md += ["", f"![every claim row]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
     evidence = [
         it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
         for it in items
@@ -234,11 +241,6 @@ def build_report(
             "sweep of it)"
         ]
     md += [""]
-    # a collection may carry a hand-written account of why verdicts moved since its previous version
-    for f in folders:
-        notes = Path(f) / "changes.md"
-        if is_collection(f) and notes.is_file():
-            md += [notes.read_text().strip(), ""]
     smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
     if smoke:
         md += [
@@ -271,14 +273,14 @@ def build_report(
             md += [
                 f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})",
                 "",
-                f"{r['statement']}",
+                _text(r["statement"]),
                 "",
-                f"- statistic: {r['statistic']}",
+                f"- statistic: {_text(r['statistic'])}",
                 f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
-                f"- threshold for `supported`: {r['threshold']}",
+                f"- threshold for `supported`: {_text(r['threshold'])}",
             ]
             if isinstance(r.get("detail"), str) and r["detail"]:
-                md.append(f"- detail: {r['detail']}")
+                md.append(f"- detail: {_text(r['detail'])}")
             md.append("")
         for p in it["plots"]:
             md += [f"![{p.stem}]({rel(p)})", ""]
@@ -301,6 +303,12 @@ def build_report(
                 lines.append(f"- {name}: {n} run(s) {status} (recorded in runs.csv, never dropped)")
     lines += [f"- {e}: not run (no run folder given)" for e in missing]
     md += (lines or ["- nothing: every claim row is supported and every run finished"]) + [""]
+    # a collection may carry a hand-written account of why verdicts moved since its previous version:
+    # the engineering history, after the results
+    for f in folders:
+        notes = Path(f) / "changes.md"
+        if is_collection(f) and notes.is_file():
+            md += [notes.read_text().strip(), ""]
     text = "\n".join(md)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "md":
@@ -375,7 +383,8 @@ def _html_toc(body: str) -> tuple[str, str]:
             items += ([] if open_sub else ["<ul>"]) + [f"<li>{link}</li>"]
             open_sub = True
     items += (["</ul>"] if open_sub else []) + (["</li>"] if open_li else []) + ["</ul>"]
-    return body, '<nav class="toc"><strong>Contents</strong>' + "".join(items) + "</nav>\n"
+    # collapsed: the first screen shows the summary and its verdicts, the contents open on a click
+    return body, '<nav class="toc"><details><summary>Contents</summary>' + "".join(items) + "</details></nav>\n"
 
 
 def _insert_after_first_heading(body: str, block: str) -> str:

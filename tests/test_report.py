@@ -96,3 +96,37 @@ def test_the_report_says_where_each_folders_time_went(tmp_path):
         walls, trains, counts = walls + [m["wall_seconds"]], trains + [train], counts + [len(runs)]
     assert rows["baselines"][4] == f"{trains[0] / (walls[0] * 2):.0%}" and rows["identities"][4] == "-"
     assert rows["all"][:4] == [f"{sum(walls):.1f}", "", str(sum(counts)), f"{sum(trains):.1f}"]
+
+
+def test_the_reference_report_opens_on_its_verdicts_and_shows_claim_text_literally():
+    """The first screen is the summary (the contents collapse; the changelog comes last), the first
+    figure has one row per claim, and `alpha*lambda` in a claim's text is a product, not emphasis."""
+    import re
+
+    md = (ROOT / "results" / "reference" / "report.md").read_text()
+    html = (ROOT / "results" / "reference" / "report.html").read_text()
+    sections = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert sections[0] == "Summary" and sections[-1] == "Changes since the previous reference"
+    assert sections.index("What was not reproduced") == len(sections) - 2
+    assert '<nav class="toc"><details><summary>Contents</summary>' in html
+    assert "alpha*lambda" in html and not re.search(r"alpha<em>|<em>lambda", html)
+    assert md.index("![claims at a glance](claims_at_a_glance.png)") < md.index("![every claim row](claims_forest.png)")
+
+
+def test_claims_at_a_glance_has_one_bar_per_claim_in_the_claims_order(tmp_path):
+    import pandas as pd
+
+    from normlab.engine.plots import claim_family, claims_summary, glance_counts
+
+    rows = pd.DataFrame(
+        {
+            "claim_id": ["K10", "K3-euler", "K3-slope", "B1-mlp", "K1", "K3-renorm"],
+            "kind": ["exact", "measured", "measured", "measured", "measured", "control"],
+            "verdict": ["supported", "supported", "inconclusive", "supported", "not supported", "supported"],
+        }
+    )
+    assert [claim_family(c) for c in rows["claim_id"]] == ["K10", "K3", "K3", "B1", "K1", "K3"]
+    counts = glance_counts(rows)  # the control row is not evidence
+    assert list(counts.index) == ["B1", "K1", "K3", "K10"]
+    assert counts.to_dict("index")["K3"] == {"supported": 1, "inconclusive": 1, "not supported": 0}
+    assert claims_summary(rows, tmp_path / "g.png").is_file()

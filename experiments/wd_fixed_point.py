@@ -18,6 +18,7 @@ from functools import cached_property
 from itertools import combinations
 from pathlib import Path
 
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -407,6 +408,11 @@ class WDFixedPoint(Experiment):
                 ylabel="measured ||w_j||^2",
                 title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)",
             )
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            for axis in (ax.xaxis, ax.yaxis):  # labels at 1, 2 and 5 per decade: 2x .. 9x overlapped
+                axis.set_major_formatter(plain)
+                axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+                axis.set_minor_formatter(plain)
             P.legend(ax, fontsize=6)
         paths.append(P.save(fig, out / "wd_theory_and_norms.png"))
 

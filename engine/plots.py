@@ -143,7 +143,8 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
 
     n = len(claims)
     fig, axes = figure(ncols=1, nrows=max(n, 1), width=9.0, height=0.5)
-    inches = 0.5 * max(n, 1)  # the title keeps 1.2 inches above the first row, whatever the number of rows
+    inches = 0.5 * max(n, 1) + 1.6  # the rows, 1.2 inches for the title above them and 0.4 below
+    fig.set_size_inches(9.0, inches)
     fig.subplots_adjust(left=0.3, right=0.78, top=1 - 1.2 / inches, bottom=0.4 / inches, hspace=1.1)
     for ax, r in zip(axes[:, 0], claims.to_dict("records")):
         nums = [float(r[k]) for k in ("value", "ci_low", "ci_high", "bound_low", "bound_high")]

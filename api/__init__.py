@@ -273,6 +273,13 @@ def plan_sweep(
     return Plan(exp, cfg, folder, smoke, spec, reach, notes)
 
 
+def _only_the_plan(*given) -> None:
+    """A plan was loaded with its overrides, seeds, folder and smoke setting: more of them given
+    beside it would change nothing, which must not pass as if it did."""
+    if any(x not in (None, False, {}, []) for x in given):
+        raise ConfigError("give overrides, seeds, out, smoke and grid to plan() or plan_sweep(), not with a plan")
+
+
 def run(
     experiment: str | Path | Plan,
     overrides: Optional[dict[str, Any]] = None,
@@ -289,6 +296,8 @@ def run(
     from normlab.experiments import run_experiment
 
     execution = execution or Execution()
+    if isinstance(experiment, Plan):
+        _only_the_plan(overrides, seeds, out, smoke)
     p = experiment if isinstance(experiment, Plan) else plan(experiment, None, overrides, seeds, smoke, out, execution)
     return run_experiment(p.experiment, p.config, p.folder, execution, p.smoke)
 
@@ -307,6 +316,8 @@ def sweep(
     from normlab.experiments.sweeps import run_sweep
 
     execution = execution or Execution()
+    if isinstance(name_or_path, Plan):
+        _only_the_plan(overrides, seeds, out, smoke, grid)
     p = (
         name_or_path
         if isinstance(name_or_path, Plan)

@@ -99,9 +99,11 @@ class Experiment:
     # None where the claim has no row in this folder). `analyze` judges them in this order.
     estimators: dict[Claim, Callable[[Any], Optional[Estimate]]] = {}
 
+    setting_class: Optional[type] = None  # a subclass of Setting with what several estimators share
+
     def setting(self, tables: Tables) -> Any:
-        """What the estimators read: by default the tables and the typed config (`Setting`)."""
-        return Setting(tables, self.typed_config(tables))
+        """What the estimators read: the tables and the typed config, as `setting_class` (Setting)."""
+        return (self.setting_class or Setting)(tables, self.typed_config(tables))
 
     def analyze(self, tables: Tables) -> list[ClaimRow]:
         """CSV tables -> claim rows: each claim's estimator, then `judge` under its rule."""

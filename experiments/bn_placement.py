@@ -240,8 +240,7 @@ class BNPlacement(Experiment):
 
     estimators = {claim: partial(k2, claim_id=claim.id) for claim in CLAIMS}
 
-    def setting(self, tables: Tables) -> "PlacementSetting":
-        return PlacementSetting(tables, self.typed_config(tables))
+    setting_class = PlacementSetting
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

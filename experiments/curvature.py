@@ -382,8 +382,7 @@ class Curvature(Experiment):
             for seed in cfg.seed_list
         ]
 
-    def setting(self, tables: Tables) -> "CurvatureSetting":
-        return CurvatureSetting(tables, self.typed_config(tables))
+    setting_class = CurvatureSetting
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

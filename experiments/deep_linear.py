@@ -227,8 +227,7 @@ class DeepLinear(TableExperiment):
     claims = (K15_SPARSE, K15_BALANCE, K15_PENALTY)
     estimators = {K15_SPARSE: k15_sparse, K15_BALANCE: k15_balance, K15_PENALTY: k15_penalty}
 
-    def setting(self, tables: Tables) -> "FitsSetting":
-        return FitsSetting(tables, self.typed_config(tables))
+    setting_class = FitsSetting
 
     config_class = DeepLinearConfig
 

@@ -447,8 +447,7 @@ class EffLR(Experiment):
         K13: k13,
     }
 
-    def setting(self, tables: Tables) -> EffLRSetting:
-        return EffLRSetting(tables, self.typed_config(tables))
+    setting_class = EffLRSetting
 
     def derived(self, cfg: EffLRConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         return {"theory": theory_curves(cfg.theory)}

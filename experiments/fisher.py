@@ -318,8 +318,7 @@ class Fisher(TableExperiment):
 
     estimators = {K12_REACH: k12_reach, K12_DEVIATE: k12_deviate, K12_NEAR: k12_near, K12_NEAR_MEDIAN: k12_near_median}
 
-    def setting(self, tables: Tables) -> "FlowSetting":
-        return FlowSetting(tables, self.typed_config(tables))
+    setting_class = FlowSetting
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

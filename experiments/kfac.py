@@ -332,8 +332,7 @@ class KFACExperiment(Experiment):
         a = cfg.analysis
         return {"gn_norm": gn_norm_identity(a.gn_depths, cfg.run.model.width, cfg.seed_list, a.gn_examples)}
 
-    def setting(self, tables: Tables) -> KFACSetting:
-        return KFACSetting(tables, self.typed_config(tables))
+    setting_class = KFACSetting
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         ang = tables.series(M.ANGULAR_UPDATE, "mean")

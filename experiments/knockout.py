@@ -553,8 +553,7 @@ class Knockout(Experiment):
             K1_BESTLR_SELECTION: self._selection,
         }
 
-    def setting(self, tables: Tables) -> "KnockoutSetting":
-        return KnockoutSetting(tables, self.typed_config(tables))
+    setting_class = KnockoutSetting
 
     def _gap(self, s: "KnockoutSetting", protocol: str) -> Estimate:
         """The gap ratio G at the strength s* where the noisy network drifts as much as the plain one:

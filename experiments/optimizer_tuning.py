@@ -429,8 +429,7 @@ class OptimizerTuning(Experiment):
         },
     }
 
-    def setting(self, tables: Tables) -> "TuningSetting":
-        return TuningSetting(tables, self.typed_config(tables))
+    setting_class = TuningSetting
 
     # ---------------------------------------------------------------- figures
     @staticmethod

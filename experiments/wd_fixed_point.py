@@ -356,8 +356,7 @@ class WDFixedPoint(Experiment):
     def derived(self, cfg: WDConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         return {"theory": theory_curves(cfg.theory)}
 
-    def setting(self, tables: Tables) -> WDSetting:
-        return WDSetting(tables, self.typed_config(tables))
+    setting_class = WDSetting
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

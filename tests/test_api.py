@@ -194,3 +194,12 @@ def test_validate_prints_how_many_runs_each_override_reaches():
     assert r.exit_code == 0 and "--set run.train.steps: reaches 15 of 15 runs" in r.output
     r = CliRunner().invoke(app, ["validate", "knockout", "--set", "run.optim.lr=0.123"])
     assert r.exit_code == 2 and "reaches none of the 115 runs" in r.output
+
+
+def test_a_plan_takes_no_second_set_of_overrides(tmp_path):
+    p = normlab.plan("baselines", smoke=True, out=tmp_path / "o")
+    with pytest.raises(normlab.ConfigError, match="not with a plan"):
+        normlab.run(p, overrides={"run.train.steps": 5})
+    with pytest.raises(normlab.ConfigError, match="not with a plan"):
+        normlab.sweep(normlab.plan_sweep("wd", smoke=True, out=tmp_path / "s"), seeds=1)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()

@@ -508,9 +508,13 @@ def plot(folder: str | Path) -> list[Path]:
     return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
 
 
-def report(folders: list[str | Path], out: Optional[str | Path] = None, fmt: str = "md") -> Path:
+def report(
+    folders: list[str | Path], out: Optional[str | Path] = None, fmt: str = "md", overwrite: bool = False
+) -> Path:
     """One report (md or html) over run folders or a reproduce output folder. `out` defaults to
-    report.FMT in the current folder, or inside the one reproduce folder given."""
+    report.FMT in the current folder, or inside the one reproduce folder given. An existing report
+    file is refused unless `overwrite` (as `run` refuses an existing folder); its figures
+    (claims_at_a_glance.png, claims_forest.png) are written beside it."""
     from normlab.engine.report import build_report, is_collection
 
     if fmt not in ("md", "html"):
@@ -520,6 +524,10 @@ def report(folders: list[str | Path], out: Optional[str | Path] = None, fmt: str
     collection = any(is_collection(p) for p in paths)
     if out is None:
         out = (paths[0] if len(paths) == 1 and collection else Path(".")) / f"report.{fmt}"
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(
+            f"{out} exists; choose another report file ({{out}}) or replace it ({{overwrite}})", key="out"
+        )
     expected = list(registry) if collection else None
     return build_report(paths, Path(out), fmt, expected=expected, titles={n: e.title for n, e in registry.items()})
 

@@ -118,6 +118,7 @@ FLAGS = {
     "backend": "--backend",
     "ensemble": "--ensemble",
     "out": "--out",
+    "overwrite": "--overwrite",
     "only": "--only",
     "format": "--format",
     "config": "--config",
@@ -521,10 +522,11 @@ def report(
         autocompletion=complete_format,
         help="md (for GitHub) or html (one self-contained file).",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file (refused otherwise)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
-    path = normlab.report(list(run_dirs), out, fmt)
+    path = normlab.report(list(run_dirs), out, fmt, overwrite)
     if as_json:
         ui.set_json()
         ui.emit({"report": str(path), "format": fmt, "folders": [str(p) for p in run_dirs]})

@@ -71,6 +71,21 @@ def test_report_bad_input():
     assert r.exit_code == 2 and "--only: nope not known" in r.output
 
 
+def test_an_existing_report_file_is_refused_unless_overwrite(tmp_path):
+    folder = ROOT / "results" / "reference" / "knockout"
+    out = tmp_path / "r.md"
+    assert runner.invoke(app, ["report", str(folder), "--out", str(out)]).exit_code == 0
+    first = out.read_bytes()
+    out.write_text("mine")  # a file the user wrote, or an earlier report
+    r = runner.invoke(app, ["report", str(folder), "--out", str(out)])
+    assert r.exit_code == 2 and "r.md exists; choose another report file (--out) or replace it (--overwrite)" in (
+        " ".join(r.output.split())
+    )
+    assert out.read_text() == "mine"  # untouched
+    r = runner.invoke(app, ["report", str(folder), "--out", str(out), "--overwrite"])
+    assert r.exit_code == 0 and out.read_bytes() == first
+
+
 def test_the_report_says_where_each_folders_time_went(tmp_path):
     """The time table's numbers are each folder's manifest wall time and workers and the sum of its
     runs' train_seconds (recomputed here from the CSVs), with a total row."""

@@ -41,6 +41,7 @@ from normlab.engine.results import (
     write_manifest,
 )
 from normlab.engine.cells import CellStore, cell_key
+from normlab.engine.files import fsync_folder
 from normlab.engine.locks import folder_lock
 from normlab.engine.spec import ExperimentConfig, RunConfig
 from normlab.engine.claims import Claim, ClaimRow, Estimate, judge_each
@@ -373,6 +374,7 @@ def run_experiment(
         if out.exists():
             out.rmdir()
         os.replace(work, out)
+        fsync_folder(out.parent)  # the finished folder's new name survives a power loss
         outcome.folder = out
         outcome.plots = [out / "plots" / p.name for p in outcome.plots]
     return outcome

@@ -9,6 +9,7 @@ from typing import Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 COLORS = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
@@ -103,6 +104,12 @@ class Output:
                 str(r["n"]),
             )
         self.table(table)
+        for _, r in claims.iterrows():  # a claim that does not apply here says why, once
+            detail = str(r.get("detail", "") or "")
+            if r["verdict"] == "not judged" and detail.startswith("not judged: "):
+                self.console.print(
+                    f"{r['claim_id']} not judged: {escape(detail.removeprefix('not judged: '))}", highlight=False
+                )
         self.console.print(
             "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
             "descriptive rows are not evidence[/]"

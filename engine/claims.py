@@ -109,6 +109,13 @@ class Estimate:
     n: int = 0
     checks: list[Check] = field(default_factory=list)
     detail: str = ""
+    not_judged: str = ""  # why this claim does not apply to this folder's runs ('' = it does)
+
+    @classmethod
+    def inapplicable(cls, why: str) -> "Estimate":
+        """The estimate of a claim that says nothing about these runs (B1's published accuracies on
+        a user's own dataset): its verdict is `not judged`, and the row says why."""
+        return cls(float("nan"), not_judged=why)
 
     @classmethod
     def missing(cls, why: str) -> "Estimate":
@@ -147,6 +154,8 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
     """(verdict, reason it is not decisive or '') for an estimate under the claim's rule."""
     if claim.kind == DESCRIPTIVE or claim.rule.op == "none":
         return NOT_JUDGED, ""
+    if est.not_judged:
+        return NOT_JUDGED, f"not judged: {est.not_judged}"
     failed = [c for c in est.checks if not c.ok]
     if failed:
         return INCONCLUSIVE, "; ".join(f"precondition '{c.name}' failed: {c.reason}" for c in failed)

@@ -375,6 +375,15 @@ def test_a_run_prints_its_own_final_metrics_per_arm(tmp_path):
     assert mlp[1] == "1 / 1" and float(mlp[3]) == pytest.approx(runs.loc["mlp", "final_test_acc"], rel=1e-3)
 
 
+def test_a_run_on_other_data_says_why_b1_is_not_judged(tmp_path):
+    r = invoke("--plain", "run", "baselines", "--smoke", "--set", "run.data.name=synthetic", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("B1-mlp not judged: "))
+    assert "the published 68% is for MNIST-1D" in line and "data.name='synthetic'" in line
+    claims = pd.read_csv(tmp_path / "o" / "claims.csv")
+    assert set(claims["verdict"]) == {"not judged"}
+
+
 def test_a_bad_option_value_is_one_line_with_no_blank_line_before_it(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

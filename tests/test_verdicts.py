@@ -72,6 +72,33 @@ def test_b1(accs, expected):
     assert _verdicts("baselines", runs, []) == {"B1-logistic": expected, "B1-mlp": expected, "B1-cnn": expected}
 
 
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"run.data.name": "synthetic"}, "data.name='synthetic'"),
+        ({"run.data.data_seed": 7}, "data.data_seed=7"),
+        ({"run.data.max_train": 500}, "data.max_train=500"),
+        ({"arms.cnn.data.num_samples": 20000}, "data.num_samples=20000"),
+    ],
+)
+def test_b1_is_not_judged_on_data_other_than_the_published_mnist1d(overrides, named):
+    """Accuracies that would support B1 on MNIST-1D say nothing about a user's own data: the row is
+    `not judged` and names how the data differs, instead of a verdict against the wrong figure."""
+    runs = [
+        {"run_id": f"{arm}-s{s}", "arm": arm, "seed": s, "status": "ok", "final_test_acc": acc}
+        for arm, acc in (("logistic", 0.32), ("mlp", 0.68), ("cnn", 0.94))
+        for s in range(3)
+    ]
+    t = Tables(Path("."), _config("baselines", overrides), {}, pd.DataFrame(runs), pd.DataFrame([], columns=COLS))
+    rows = {r.claim_id: r for r in REGISTRY["baselines"].analyze(t)}
+    changed = ["B1-cnn"] if "arms.cnn" in next(iter(overrides)) else list(rows)
+    for cid, row in rows.items():
+        if cid in changed:
+            assert row.verdict == "not judged" and named in row.detail and "published" in row.detail, row
+        else:
+            assert row.verdict == "supported"
+
+
 # ---------- K1 ----------
 
 K1_DESIGN = {"design.levels": [0.1, 1.0], "design.lr_grid": [0.03, 0.1]}

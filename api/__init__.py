@@ -113,6 +113,12 @@ class Plan:
     def name(self) -> str:
         return self.experiment.name
 
+    @property
+    def later_steps(self) -> list[int]:
+        """Training steps each follow-up stage is expected to add (a search's final re-runs), so that
+        a progress bar's total covers every stage from the start; [] for a sweep or one stage."""
+        return [] if self.sweep is not None else list(self.experiment.planned_followups(self.config))
+
 
 def list_sweeps() -> dict[str, Path]:
     """The shipped sweeps (`normlab sweep NAME`): name -> sweep file."""

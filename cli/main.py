@@ -336,7 +336,7 @@ def run(
         ui.err.print(f"{plan.name}: trains no runs; its tables are computed on the CPU whatever --device says")
     folder = plan.folder
     with ui.bars(18, " steps") as bars:
-        runs = RunBars(bars)
+        runs = RunBars(bars, plan.later_steps)
 
         def on_start(tasks, reused: int) -> None:
             ui.err.print(

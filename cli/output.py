@@ -8,7 +8,8 @@ import sys
 from typing import Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from rich.markup import escape
 from rich.table import Table
 
@@ -79,7 +80,7 @@ class Output:
             TextColumn("{task.completed}/{task.total}" + unit),
             TimeElapsedColumn(),
             TextColumn("eta"),
-            TimeRemainingColumn(),
+            EtaColumn(),
             console=self.err,
             transient=transient,
             disable=self.plain,
@@ -136,19 +137,50 @@ def finals_table(runs, title: str, most: int = 30) -> Table:
     return table
 
 
-class RunBars:
-    """A bar per run in flight (at most --jobs rows) under one overall bar of every step."""
+def eta_seconds(elapsed: Optional[float], completed: float, total: Optional[float]) -> Optional[float]:
+    """Time left at the average rate since the start: elapsed x (left / done). Rich's own column
+    divides by the rate of the last 30 s, which swings with every burst of finished runs (workers
+    report in chunks, an ensemble's members together) and reads 0 while a long run reports nothing."""
+    if not elapsed or not completed or not total or completed >= total:
+        return 0.0 if total and completed >= total else None
+    return elapsed * (total - completed) / completed
 
-    def __init__(self, bars: Progress):
-        self.bars, self.ids, self.done, self.planned = bars, {}, {}, 0
+
+class EtaColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        left = eta_seconds(task.elapsed, task.completed, task.total)
+        if left is None:
+            return Text("-:--:--", style="progress.remaining")
+        minutes, seconds = divmod(int(round(left)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+
+class RunBars:
+    """A bar per run in flight (at most --jobs rows) under one overall bar of every step.
+
+    The overall total covers the follow-up stages from the start (`later`: the steps each is
+    expected to add, from the plan), so the bar never falls back when a stage begins: that stage's
+    real size replaces its planned one."""
+
+    def __init__(self, bars: Progress, later: tuple[int, ...] | list[int] = ()):
+        self.bars, self.ids, self.done = bars, {}, {}
+        self.later, self.begun, self.stages = list(later), 0, 0
         self.overall: Optional[int] = None  # added when the runs are known: an early error leaves no bar
 
+    @property
+    def total(self) -> int:
+        return self.begun + sum(self.later)
+
     def start(self, steps: int) -> None:
-        self.planned += steps  # a follow-up stage adds runs
+        if self.stages and self.later:
+            self.later.pop(0)  # this stage was planned: its real size takes the planned one's place
+        self.stages += 1
+        self.begun += steps
         if self.overall is None:
-            self.overall = self.bars.add_task("all runs", total=self.planned)
+            self.overall = self.bars.add_task("all runs", total=self.total)
         else:
-            self.bars.update(self.overall, total=self.planned)
+            self.bars.update(self.overall, total=self.total)
 
     def progress(self, run_id: str, done: int, total: int) -> None:
         if self.done.get(run_id, -1) >= total:  # finished, its bar gone (a run reports its end twice)

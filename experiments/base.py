@@ -96,6 +96,12 @@ class Experiment:
         fresh seeds); [] when there is nothing more to run."""
         return []
 
+    def planned_followups(self, cfg: ExperimentConfig) -> list[int]:
+        """The training steps each `followup` stage is expected to add, known before any run (which
+        configuration a stage re-runs depends on the results; how many runs and steps does not), so
+        that progress and its ETA cover the whole command from the start. [] with no follow-up."""
+        return []
+
     # claim -> its estimator: a function of `setting(tables)` returning the claim's Estimate (or
     # None where the claim has no row in this folder). `analyze` judges them in this order.
     estimators: dict[Claim, Callable[[Any], Optional[Estimate]]] = {}

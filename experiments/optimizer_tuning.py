@@ -404,6 +404,21 @@ class OptimizerTuning(Experiment):
                 tasks.append(RunTask(f"{arm}-s{seed}", arm, seed, by_arm[best].config))
         return tasks
 
+    def planned_followups(self, cfg: TuningConfig) -> list[int]:
+        """One stage: each (workload, optimizer, protocol) re-runs its selected trial on every final
+        seed, at that group's trial length."""
+        tasks = self.tasks(cfg)
+        arms = trials(cfg)
+        steps = 0
+        for workload, opt, protocol in {(t.workload, t.opt, t.protocol) for t in arms.values() if t.label == "final"}:
+            group = [
+                t.config.train.steps
+                for t in tasks
+                if (arms[t.arm].workload, arms[t.arm].opt, arms[t.arm].protocol) == (workload, opt, protocol)
+            ]
+            steps += (max(group) if group else cfg.run.train.steps) * len(cfg.seed_list)
+        return [steps]
+
     # ---------------------------------------------------------------- analysis
     def selected(self, tables: Tables) -> pd.DataFrame:
         """The trial each final arm re-ran: the best by validation accuracy (ties: first by name)."""

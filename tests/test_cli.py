@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import normlab
 from normlab.cli.main import app
 
 runner = CliRunner()
@@ -395,3 +396,34 @@ def test_a_bad_option_value_is_one_line_with_no_blank_line_before_it(tmp_path):
 def test_an_experiment_that_trains_nothing_says_its_tables_ignore_the_device(tmp_path):
     r = invoke("run", "identities", "--smoke", "--device", "cpu", "--out", tmp_path / "o")
     assert r.exit_code == 0 and "identities: trains no runs; its tables are computed on the CPU" in r.output
+
+
+def test_the_overall_bar_covers_the_follow_up_stage_from_the_start_and_never_falls_back(tmp_path):
+    """optimizer_tuning adds its final re-runs once the search is done; the plan knows their steps."""
+    from rich.progress import Progress
+
+    from normlab.cli.output import RunBars, eta_seconds
+
+    plan = normlab.plan("optimizer_tuning", smoke=True, out=tmp_path / "o", seeds=None)
+    assert plan.later_steps and plan.later_steps[0] > 0
+    runs = RunBars(Progress(disable=True), plan.later_steps)
+    seen = []  # (completed, total) after every report
+
+    def progress(run_id, done, total):
+        runs.progress(run_id, done, total)
+        task = runs.bars.tasks[0]
+        seen.append((task.completed, task.total))
+
+    def on_start(tasks, reused):
+        runs.start(sum(t.config.train.steps for t in tasks))
+        seen.append((runs.bars.tasks[0].completed, runs.bars.tasks[0].total))
+
+    normlab.run(plan, execution=normlab.Execution(jobs=1, progress=progress, on_start=on_start))
+    assert runs.stages == 2
+    totals = {t for _, t in seen}
+    assert len(totals) == 1, totals  # the planned total was the real one: no jump when stage 2 began
+    fractions = [c / t for c, t in seen]
+    assert fractions == sorted(fractions) and seen[-1][0] == seen[-1][1]
+    # the ETA at the average rate so far: 10 s for 25 of 100 steps leaves 30 s
+    assert eta_seconds(10.0, 25, 100) == 30.0 and eta_seconds(10.0, 0, 100) is None
+    assert eta_seconds(10.0, 100, 100) == 0.0

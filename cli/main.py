@@ -19,6 +19,7 @@ from rich.table import Table
 import yaml
 
 import normlab
+from normlab import timings
 from normlab import ConfigError, NormlabError
 
 from .output import COLORS, RunBars, finals_table, ui
@@ -49,8 +50,8 @@ app = typer.Typer(
     help="Reproduce, with measured and regenerable results, the claims of Grosse ch. 5 on adaptive "
     "gradient methods, normalization layers and weight decay.\n\n"
     "Start with `normlab list`. `normlab reproduce --smoke` runs every experiment at tiny settings "
-    "(about 100 seconds); `normlab reproduce` runs them for real (about 20 minutes on 2 cores) and writes "
-    "results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
+    f"({timings.smoke_text()}); `normlab reproduce` runs them for real ({timings.reproduce_text()}) and "
+    "writes results/reproduce/report.md; `normlab run EXPERIMENT` runs one.",
 )
 
 

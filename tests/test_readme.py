@@ -77,3 +77,27 @@ def test_the_user_ci_recipe_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ".ci/workflow_steps.py examples/ci/normlab-smoke.yml" in ci and "pip wheel" in ci
     assert (ROOT / "examples" / "ci" / "my_plugin.py").is_file()
+
+
+def test_quoted_times_come_from_one_place_and_agree_with_the_reference_manifests():
+    import json
+
+    from typer.testing import CliRunner
+
+    from normlab import timings
+    from normlab.cli.main import app
+
+    reference = ROOT / "results" / "reference"
+    wall = {p.parent.name: json.loads(p.read_text())["wall_seconds"] for p in reference.glob("*/manifest.json")}
+    reproduced = sum(s for name, s in wall.items() if name in REGISTRY)  # sweep_wd is not part of reproduce
+    assert set(REGISTRY) <= set(wall)
+    assert abs((reproduced + timings.OUTSIDE_MANIFESTS_S) / 60 - timings.REPRODUCE_MINUTES) <= 1.5
+    speed = " ".join((ROOT / "docs" / "speed.md").read_text().split())
+    assert f"the manifests add up to {reproduced / 60:.1f} minutes" in speed
+    for name in REGISTRY:  # each experiment's quoted wall time is its manifest's
+        assert f"{name} {round(wall[name])} s" in speed, name
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert timings.reproduce_text() in readme and timings.smoke_text() in readme
+    assert f"about {timings.REPRODUCE_SMOKE_SECONDS} seconds" in speed
+    help_text = " ".join(CliRunner().invoke(app, ["--help"]).output.replace("│", " ").split())
+    assert timings.reproduce_text() in help_text and timings.smoke_text() in help_text

@@ -41,6 +41,7 @@ __all__ = [
     "RunFolder",
     "Validation",
     "bench",
+    "export",
     "judge",
     "list_experiments",
     "list_sweeps",
@@ -512,6 +513,26 @@ def plot(folder: str | Path) -> list[Path]:
 
     tables = load_tables(Path(folder))
     return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
+
+
+EXPORT_TARGETS = ("tensorboard",)
+
+
+def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None) -> list[Path]:
+    """A run folder's (or several, or a reproduce output's) metrics and hyperparameters as a tracker's
+    files: for `tensorboard`, one event folder per training run under `out` (default: the first
+    folder's name + '-tensorboard' beside it), to open with `tensorboard --logdir OUT`. Returns the
+    event folders written; never retrains and never touches the run folders."""
+    from normlab.engine.export import export_tensorboard
+
+    if to not in EXPORT_TARGETS:
+        raise ConfigError(f"{to!r} is not a target normlab exports to; choose {', '.join(EXPORT_TARGETS)}", key="to")
+    paths = [Path(f) for f in folders]
+    if not paths:
+        raise ConfigError("give at least one run folder to export", key="folders")
+    if out is None:
+        out = paths[0].with_name(paths[0].name + "-tensorboard")
+    return export_tensorboard(paths, Path(out))
 
 
 def report(

@@ -124,6 +124,7 @@ FLAGS = {
     "format": "--format",
     "config": "--config",
     "grid": "--grid",
+    "to": "--to",
     "steps": "--steps",
     "repeats": "--repeats",
 }
@@ -533,6 +534,38 @@ def report(
         ui.emit({"report": str(path), "format": fmt, "folders": [str(p) for p in run_dirs]})
     else:
         ui.console.print(f"wrote {path}")
+
+
+def complete_export_target(incomplete: str) -> list[str]:
+    return [t for t in normlab.EXPORT_TARGETS if t.startswith(incomplete)]
+
+
+@app.command()
+@user_errors
+def export(
+    run_dirs: List[Path] = typer.Argument(..., help="Run folders, or a `normlab reproduce` output folder."),
+    to: str = typer.Option(
+        "tensorboard",
+        "--to",
+        metavar="[tensorboard]",
+        autocompletion=complete_export_target,
+        help="The tracker's format.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder, which must not exist (default: RUN_DIR-tensorboard beside it)."
+    ),
+) -> None:
+    """Export runs to a tracker: one TensorBoard event folder per training run, holding every metric
+    series at its step and the run's hyperparameters and final metrics (HParams tab).
+
+    Example: `normlab export results/baselines/default --to tensorboard --out tb`, then
+    `tensorboard --logdir tb`. Needs the tensorboard package (`pip install 'normlab[export]'`).
+    """
+    written = normlab.export(list(run_dirs), to, out)
+    root = Path(out) if out else Path(run_dirs[0]).with_name(Path(run_dirs[0]).name + "-tensorboard")
+    ui.console.print(
+        f"wrote {len(written)} TensorBoard run folders under {root}; view with: tensorboard --logdir {root}"
+    )
 
 
 @app.command()

@@ -276,6 +276,56 @@ def load_tables(folder: Path, metrics: bool = True) -> Tables:
     return Tables(folder, config, manifest, runs, table)
 
 
+# CPU features that select torch's and the BLAS's kernels (and so the order of their sums)
+KERNEL_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def arithmetic_info() -> dict[str, Any]:
+    """What decides the rounding of a run beyond the versions: the kernels torch dispatches to (its
+    CPU capability), the BLAS and oneDNN builds, the CPU flags that select kernels, and the thread
+    counts. Two machines that agree on all of it and on the versions give the same bytes; where
+    they differ, results move at the rounding level (and verdicts near a threshold may move)."""
+    import re
+
+    import numpy as np
+    import torch
+
+    build = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", build)
+    find = lambda *keys: next(  # noqa: E731
+        (ln.strip(" -") for ln in build.splitlines() if any(k in ln for k in keys)), ""
+    )
+    try:
+        numpy_blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        numpy_blas = f"{numpy_blas.get('name', '')} {numpy_blas.get('version', '')}".strip()
+    except Exception:  # older numpy: no dict mode
+        numpy_blas = ""
+    return {
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_blas": blas.group(1) if blas else "",
+        "torch_blas_build": find("Math Kernel Library", "OpenBLAS", "BLIS", "Accelerate"),
+        "torch_onednn": find("MKL-DNN", "oneDNN"),
+        "numpy_blas": numpy_blas,
+        "cpu_kernel_flags": [f for f in KERNEL_FLAGS if f in _cpu_flags()],
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+    }
+
+
 def host_info() -> dict[str, Any]:
     return {
         "host": platform.node(),
@@ -283,5 +333,6 @@ def host_info() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
         **accelerator_info(),
+        "arithmetic": arithmetic_info(),
         "argv": sys.argv,
     }

@@ -302,6 +302,7 @@ def run_cells(
             "runs_executed_now": ran,
             "runs_reused": len(done) - ran,
             "device": ",".join(sorted(devices)),
+            "threads_per_run": sorted({t.config.train.threads for t in done}),  # torch threads inside each run
             "seeds": sorted({t.seed for t in done}) if done else cfg.seed_list,  # seeds actually used
             "git_commit": git_commit(),
             "config_sha256": sha256_of(C.to_dict(cfg)),

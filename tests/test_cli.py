@@ -277,6 +277,14 @@ def test_manifest_records_the_machine_the_versions_and_hashes_of_config_and_data
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     for key in ("cpu_model", "cpus", "gpu", "cuda"):
         assert key in m
+    # what decides the rounding: torch's kernels, the BLAS builds, the CPU flags, the threads
+    import torch
+
+    a = m["arithmetic"]
+    assert a["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert a["torch_blas"] and a["torch_blas"] in torch.__config__.show()
+    assert a["torch_threads"] == torch.get_num_threads() and isinstance(a["cpu_kernel_flags"], list)
+    assert m["threads_per_run"] == [1]
     for pkg in ("torch", "numpy", "mnist1d", "matplotlib", "scipy", "torchvision", "ray"):
         assert m["versions"][pkg]  # a version, or "-" where it is not installed
     _, cfg = load_config(REGISTRY["baselines"].default_config, REGISTRY, {"run.train.steps": 4}, smoke=True)

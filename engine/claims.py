@@ -24,13 +24,22 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
-from .stats import Interval
+from .stats import Interval, distance_in_half_widths, seeds_to_decide
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_JUDGED = "supported", "not supported", "inconclusive", "not judged"
 MEASURED, EXACT, CONTROL, DESCRIPTIVE = "measured", "exact", "control", "descriptive"
 Kind = Literal["measured", "exact", "control", "descriptive"]
 EVIDENCE_KINDS = (MEASURED, EXACT)
 MIN_N = 3  # fewer seeds than this and a measured verdict is `inconclusive`
+# A measured row is "near" its threshold when the threshold lies within this many half-widths of its
+# interval's edge (0.75 <= distance_hw <= 1.25): its verdict rests on the last digits of the interval,
+# which another machine's rounding or a few more seeds can move. Set before measuring what moves.
+NEAR_HW = 0.25
+
+
+def is_near(distance_hw: float) -> bool:
+    return isinstance(distance_hw, float) and math.isfinite(distance_hw) and abs(distance_hw - 1.0) <= NEAR_HW
+
 
 Op = Literal["<", "<=", ">", ">=", "in", "abs<=", "contains0_or_abs<=", "none"]
 
@@ -141,6 +150,11 @@ class ClaimRow:
     n: int
     verdict: str
     detail: str = ""
+    # measured rows: the seeds that would decide an undecided row at today's spread (NaN: decided,
+    # or not a question of seeds; inf: no n decides it), and how far the estimate sits from its
+    # nearest threshold in half-widths of its interval (above 1: decided; near 1: fragile)
+    n_to_decide: float = float("nan")
+    distance_hw: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -182,6 +196,13 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
         if hi < -m or lo > m:
             return NOT_SUPPORTED, ""
         return INCONCLUSIVE, "the CI excludes 0 but overlaps the margin"
+    if rule.op in ("in", "abs<="):  # a band: supported inside it, not supported wholly outside it
+        b_lo, b_hi = rule.bounds(analysis)
+        if b_lo <= lo and hi <= b_hi and rule.holds(est.value, analysis):
+            return SUPPORTED, ""
+        if hi < b_lo or lo > b_hi:
+            return NOT_SUPPORTED, ""
+        return INCONCLUSIVE, "the CI straddles the threshold"
     checks = [rule.holds(v, analysis) for v in (est.value, lo, hi)]
     if all(checks):
         return SUPPORTED, ""
@@ -194,8 +215,17 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
     """The one function that turns an estimate and its claim's rule into a claim row."""
     verdict, why = decide(claim, est, analysis, min_n)
     lo, hi = claim.rule.bounds(analysis)
-    detail = "; ".join(x for x in (why, est.detail) if x)
     no_ci = claim.kind == EXACT or not _finite(est.ci.low, est.ci.high)
+    n_to_decide = distance = float("nan")
+    if claim.kind == MEASURED and not no_ci and claim.rule.op != "none" and _finite(est.value):
+        distance = distance_in_half_widths(est.value, est.ci.low, est.ci.high, (lo, hi))
+        undecided = verdict == INCONCLUSIVE and all(c.ok for c in est.checks) and not est.not_judged
+        if undecided:
+            n_to_decide, reason = seeds_to_decide(
+                est.value, est.ci.low, est.ci.high, est.n, (lo, hi), min_n, log="log" in est.ci.method
+            )
+            why = "; ".join(x for x in (why, reason) if x)
+    detail = "; ".join(x for x in (why, est.detail) if x)
     return ClaimRow(
         claim_id=claim.id,
         kind=claim.kind,
@@ -212,6 +242,8 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
         n=int(est.n),
         verdict=verdict,
         detail=detail,
+        n_to_decide=n_to_decide,
+        distance_hw=distance,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import EVIDENCE_KINDS
+from .claims import EVIDENCE_KINDS, NEAR_HW, is_near
 from .errors import NormlabError
 from .results import Tables, atomic_write_text, load_tables, read_claims
 
@@ -146,6 +146,25 @@ KIND_NOTE = (
 )
 
 
+SEEDS_NOTE = (
+    "**n to decide**, beside each inconclusive measured row: the seeds at which an interval of today's "
+    "spread around today's estimate would clear its threshold (inf: the estimate sits on it). "
+    f"A dagger (†) marks a measured row whose threshold lies within {NEAR_HW:g} half-widths of its "
+    "interval's edge: close enough that another machine's rounding, or a few more seeds, can move it."
+)
+
+
+def _to_decide(r) -> str:
+    v = r.get("n_to_decide", float("nan"))
+    if r.get("verdict") != "inconclusive" or not isinstance(v, float) or math.isnan(v):
+        return ""
+    return "inf" if math.isinf(v) else str(int(v))
+
+
+def _near_mark(r) -> str:
+    return " †" if is_near(r.get("distance_hw", float("nan"))) else ""
+
+
 def time_table(items: list[dict]) -> list[str]:
     """Where each folder's time went, from its manifest and runs.csv: wall time, workers, runs, and
     the runs' own training time (a stacked member counts its share of the ensemble's), also as a
@@ -196,16 +215,18 @@ def build_report(
         "",
         KIND_NOTE,
         "",
-        "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n |",
-        "|---|---|---|---|---|---|---|---|---|",
+        SEEDS_NOTE,
+        "",
+        "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n | n to decide |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for it in items:
         name = _label(it)
         for _, r in it["claims"].iterrows():
             md.append(
-                f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}** | {_fmt(r['statistic'])} | "
-                f"{_fmt(r['value'])} "
-                f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} |"
+                f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}**{_near_mark(r)} | "
+                f"{_fmt(r['statistic'])} | {_fmt(r['value'])} "
+                f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} | {_to_decide(r)} |"
             )
     every = (
         pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None

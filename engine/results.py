@@ -50,6 +50,8 @@ CLAIM_COLUMNS = [
     "n",
     "verdict",
     "detail",
+    "n_to_decide",
+    "distance_hw",
 ]
 FINAL_COLUMNS = [f"final_{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values

@@ -157,3 +157,63 @@ def percentile_band(samples: np.ndarray, level: float = 0.9, axis: int = 0) -> t
     q = (1 - level) / 2
     lo, hi = np.percentile(samples, [100 * q, 100 * (1 - q)], axis=axis)
     return lo, hi
+
+
+MOST_SEEDS = 10_000  # beyond this, "no n decides it" in practice
+
+
+def interval_scale(n_from: int, n_to: int, level: float = LEVEL) -> float:
+    """How a t interval's half-width changes from n_from to n_to values at a fixed spread:
+    [t(n_to - 1) / sqrt(n_to)] / [t(n_from - 1) / sqrt(n_from)]."""
+    from scipy import stats
+
+    q = lambda n: stats.t.ppf(0.5 + level / 2, n - 1) / np.sqrt(n)  # noqa: E731
+    return float(q(n_to) / q(n_from))
+
+
+def distance_in_half_widths(value: float, low: float, high: float, bounds: Sequence[float]) -> float:
+    """How far the estimate sits from its nearest threshold, in units of the interval's half-width on
+    that side: above 1 the interval clears every threshold (the row is decided), below 1 one lies
+    inside it. +inf when no finite threshold; NaN without an interval."""
+    if not all(np.isfinite([value, low, high])):
+        return float("nan")
+    out = float("inf")
+    for b in bounds:
+        if not np.isfinite(b):
+            continue
+        half = (high - value) if b >= value else (value - low)
+        gap = abs(b - value)
+        out = min(out, gap / half if half > 0 else (float("inf") if gap > 0 else 0.0))
+    return out
+
+
+def seeds_to_decide(
+    value: float, low: float, high: float, n: int, bounds: Sequence[float], min_n: int = 3, log: bool = False
+) -> tuple[float, str]:
+    """(n, why) for a row the interval leaves undecided: the seeds at which an interval of today's
+    spread around today's estimate would clear every threshold (the t half-width shrinking as
+    t(n-1)/sqrt(n)). `log`: the interval is a t interval on logs (a ratio), scaled in log space.
+    inf with the reason when no n can decide it (the estimate sits on a threshold); NaN when there is
+    no interval to extrapolate from."""
+    if log:
+        if min([value, low, high, *[b for b in bounds if np.isfinite(b)]], default=1.0) <= 0:
+            return float("nan"), "a log-scale interval around a non-positive value"
+        value, low, high = np.log(value), np.log(low), np.log(high)
+        bounds = [np.log(b) if np.isfinite(b) else b for b in bounds]
+    if n < 2 or not all(np.isfinite([value, low, high])):
+        return float("nan"), "no interval to extrapolate from"
+    d = distance_in_half_widths(value, low, high, bounds)
+    if d == 0.0:
+        return float("inf"), "the estimate sits on the threshold: no number of seeds decides it"
+    if d > 1.0:  # already clear; decided once there are min_n seeds
+        return float(max(n, min_n)), ""
+    lo, hi = max(n, min_n), MOST_SEEDS
+    if interval_scale(n, hi) >= d:
+        return float("inf"), f"more than {MOST_SEEDS} seeds at today's spread"
+    while lo < hi:  # the scale falls with n: the first n where it drops below d
+        mid = (lo + hi) // 2
+        if interval_scale(n, mid) < d:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(lo), ""

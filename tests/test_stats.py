@@ -116,3 +116,54 @@ def test_geometric_t_is_a_t_interval_on_the_logs():
     assert n == 5 and est == pytest.approx(np.exp(np.log(r).mean()))
     assert (ci.low, ci.high) == pytest.approx(tuple(np.exp(ref)))
     assert geometric_t([2.0, float("nan"), -1.0])[2] == 1  # missing and non-positive values are left out
+
+
+def test_a_band_rule_is_not_supported_only_when_the_interval_lies_wholly_outside_it():
+    """|value| <= 1: an interval that covers the whole band shows nothing, whichever side its centre
+    falls; not supported needs the whole interval outside the band."""
+    claim = Claim("X", MEASURED, "", "", Rule("abs<=", "tol"))
+    a = type("A", (), {"tol": 1.0})()
+    assert decide(claim, Estimate(1.5, Interval(-2.0, 5.0, "t"), 5), a)[0] == "inconclusive"
+    assert decide(claim, Estimate(1.5, Interval(1.2, 1.8, "t"), 5), a)[0] == "not supported"
+    assert decide(claim, Estimate(-1.5, Interval(-1.8, -1.1, "t"), 5), a)[0] == "not supported"
+    assert decide(claim, Estimate(0.5, Interval(0.1, 0.9, "t"), 5), a)[0] == "supported"
+
+
+@pytest.mark.parametrize("n,spread,mean,bound", [(3, 1.0, 0.5, 0.0), (5, 2.0, 1.0, 0.0), (4, 0.3, 2.1, 2.0)])
+def test_seeds_to_decide_is_the_first_n_whose_t_interval_clears_the_threshold(n, spread, mean, bound):
+    """Against the textbook t interval at a fixed spread: at the n returned the half-width is below
+    the distance to the threshold, at one seed fewer it is not."""
+    from normlab.engine.claims import judge
+
+    half = lambda k: sps.t.ppf(0.975, k - 1) * spread / math.sqrt(k)  # noqa: E731
+    claim = Claim("X", MEASURED, "", "", Rule(">", "t"))
+    a = type("A", (), {"t": bound})()
+    row = judge(claim, Estimate(mean, Interval(mean - half(n), mean + half(n), "t"), n), a)
+    assert row.verdict == "inconclusive"
+    m = int(row.n_to_decide)
+    assert half(m) < mean - bound <= half(m - 1)
+    assert row.distance_hw == pytest.approx((mean - bound) / half(n))
+
+
+def test_seeds_to_decide_on_a_ratio_works_on_the_logs_and_is_inf_on_the_threshold():
+    from normlab.engine.stats import seeds_to_decide
+
+    # a geometric-mean ratio 1.2 with log half-width 0.3 at n = 4, threshold ratio 1.0
+    logs_half = lambda k: sps.t.ppf(0.975, k - 1) * (0.3 / (sps.t.ppf(0.975, 3) / 2)) / math.sqrt(k)  # noqa: E731
+    n, _ = seeds_to_decide(1.2, 1.2 * math.exp(-0.3), 1.2 * math.exp(0.3), 4, [1.0], log=True)
+    assert logs_half(int(n)) < math.log(1.2) <= logs_half(int(n) - 1)
+    n, why = seeds_to_decide(1.0, 0.8, 1.2, 5, [1.0])
+    assert math.isinf(n) and "sits on the threshold" in why
+    n, why = seeds_to_decide(1.0, float("nan"), float("nan"), 1, [0.5])
+    assert math.isnan(n) and "no interval" in why
+
+
+def test_a_decided_or_precondition_failed_row_has_no_n_to_decide():
+    from normlab.engine.claims import judge
+
+    claim = Claim("X", MEASURED, "", "", Rule(">", "t"))
+    a = type("A", (), {"t": 0.0})()
+    decided = judge(claim, Estimate(1.0, Interval(0.5, 1.5, "t"), 5), a)
+    assert decided.verdict == "supported" and math.isnan(decided.n_to_decide) and decided.distance_hw == 2.0
+    failed = judge(claim, Estimate(1.0, Interval(-0.5, 2.5, "t"), 5, [Check("gate", False, "x")]), a)
+    assert failed.verdict == "inconclusive" and math.isnan(failed.n_to_decide)

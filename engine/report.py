@@ -29,9 +29,10 @@ def claims_markdown(claims: pd.DataFrame) -> str:
     if claims.empty:
         return "_No claim rows._\n"
     cols = ["claim_id", "kind", "verdict", "statistic", "value", "ci_low", "ci_high", "interval", "threshold", "n"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(cols) + " | n to decide |", "|" + "---|" * (len(cols) + 1)]
     for _, r in claims.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        cells = [_fmt(r[c]) + (_near_mark(r) if c == "verdict" else "") for c in cols]
+        lines.append("| " + " | ".join(cells) + f" | {_to_decide(r)} |")
     out = "\n".join(lines) + "\n\n"
     for _, r in claims.iterrows():
         out += f"- **{r['claim_id']}** ({r['verdict']}): {_text(r['statement'])}"
@@ -155,14 +156,20 @@ SEEDS_NOTE = (
 
 
 def _to_decide(r) -> str:
-    v = r.get("n_to_decide", float("nan"))
-    if r.get("verdict") != "inconclusive" or not isinstance(v, float) or math.isnan(v):
+    try:
+        v = float(r.get("n_to_decide", "nan"))
+    except (TypeError, ValueError):
+        return ""
+    if r.get("verdict") != "inconclusive" or math.isnan(v):
         return ""
     return "inf" if math.isinf(v) else str(int(v))
 
 
 def _near_mark(r) -> str:
-    return " †" if is_near(r.get("distance_hw", float("nan"))) else ""
+    try:
+        return " †" if is_near(float(r.get("distance_hw", "nan"))) else ""
+    except (TypeError, ValueError):
+        return ""
 
 
 def time_table(items: list[dict]) -> list[str]:

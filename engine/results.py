@@ -233,7 +233,7 @@ class Tables:
         return self.series(metric, stat, layer)[["run_id", "arm", "seed", "step", "value"]]
 
 
-CLAIM_NUMERIC = ("value", "ci_low", "ci_high", "bound_low", "bound_high")
+CLAIM_NUMERIC = ("value", "ci_low", "ci_high", "bound_low", "bound_high", "n_to_decide", "distance_hw")
 
 
 def read_claims(folder: Path) -> pd.DataFrame:

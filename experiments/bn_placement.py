@@ -8,13 +8,13 @@ and Szegedy placed it before, and the chapter notes that this is what works in p
 Arms: `none`, `before`, `after` with plain SGD and BN's learnable affine on (as in practice), the
 same with the affine off (`*_noaffine`, the chapter's setting) and with Adam (`*_adam`). Every arm
 runs at each learning rate of its grid (`lr_factors` times its configured LR) and is compared at
-its best (lowest mean over seeds of the statistic below), so neither placement loses for want of
-its own learning rate. The
-statistic is speed over the whole run, not the ratio of two tiny end-of-training losses: the
-geometric mean over training of L_before / L_after (per run, the mean of log training loss over
-the probes; paired by seed, Student-t on the log ratio). Non-inferiority: supported when the whole
-CI lies below 1 + margin. Precondition: the centering order holds (only `after` centers the next
-layer's inputs, measured as ||m||^2 / mean_j var_j of every linear layer's inputs).
+its best, so neither placement loses for want of its own learning rate; the best LR is chosen on
+one half of the seeds and judged on the other (cross-fitting), so no seed both picks and judges.
+The statistic is training speed as CLAIMS.md states it: the steps each run takes to reach a stated
+training loss (`target_loss`), before / after, paired by seed (Student-t on the log ratio).
+Non-inferiority: supported when the whole CI lies below 1 + margin. Preconditions: the centering
+order holds (only `after` centers the next layer's inputs, measured as ||m||^2 / mean_j var_j of
+every linear layer's inputs), and every judged run reaches the target.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from normlab.engine.runs import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
 from .base import Experiment, Setting, arm_configs
-from .common import by_arm, final_metric, needs_probes, status_note
+from .common import by_arm, crossfit_folds, final_metric, needs_probes, status_note
 
 _STAT = (
-    "geometric mean over training of L_before / L_after (per run: mean of log training loss over the "
-    "probes); paired by seed"
+    "steps to reach the target training loss, before / after (per run: the first probe at or below the target, "
+    "interpolated in log loss from the one before), each at its best LR cross-fitted over seed halves; geometric "
+    "mean over seeds, paired t on the log ratio"
 )
 _RULE = Rule("<", "noninferiority_bound", "(1 + margin)")
 K2 = Claim(
@@ -61,7 +62,10 @@ CLAIMS = (K2, K2_NOAFFINE, K2_ADAM)
 @dataclass
 class PlacementAnalysis(Analysis):
     noninferiority_bound: float = param(
-        1.10, min=1.0, help="supported if the CI of L_before/L_after lies below this (1 + margin)"
+        1.10, min=1.0, help="supported if the CI of steps_before/steps_after lies below this (1 + margin)"
+    )
+    target_loss: float = param(
+        0.25, min=0.0, help="the training loss (over a probe interval, train mode) whose first crossing times a run"
     )
     centered_max: float = param(0.1, min=0.0, help="'after' counts as centered if ||m||^2/var is below this")
     uncentered_min: float = param(1.0, min=0.0, help="'before' counts as uncentered if ||m||^2/var is above this")
@@ -145,10 +149,50 @@ def mean_log_loss(tables: Tables) -> pd.DataFrame:
     return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": value})
 
 
+def steps_to_loss(tables: Tables, target: float) -> pd.DataFrame:
+    """Per run: the step at which the training loss over a probe interval first reaches `target`,
+    interpolated linearly in log loss between that probe and the one before; NaN for a run that
+    never reaches it or did not finish."""
+    c = tables.curve(M.BATCH_LOSS_AVG)
+    c = c[c["step"] > 0].sort_values(["run_id", "step"])
+    hit: dict[str, float] = {}
+    for run_id, g in c.groupby("run_id", sort=False):
+        steps, loss = g["step"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float)
+        below = np.flatnonzero(loss <= target)
+        if not len(below):
+            continue
+        i = int(below[0])
+        if i == 0 or not loss[i - 1] > 0 or not loss[i] > 0:
+            hit[run_id] = steps[i]
+            continue
+        frac = (np.log(loss[i - 1]) - np.log(target)) / (np.log(loss[i - 1]) - np.log(loss[i]))
+        hit[run_id] = float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
+    runs = tables.runs
+    value = runs["run_id"].map(hit).where(runs["status"] == "ok")
+    return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": value})
+
+
+def crossfit_best(grid: dict, steps: pd.DataFrame, base: str) -> dict[int, str]:
+    """seed -> the grid arm of `base` judged on that seed: the LR with the fewest mean log steps to
+    the target on the other half of the seeds (a run that never reaches it rules its LR out)."""
+    names = [n for n, g in grid.items() if g.base == base]
+    table = steps[steps["arm"].isin(names)].pivot_table(index="seed", columns="arm", values="value", dropna=False)
+    out: dict[int, str] = {}
+    for judged, chosen_on in crossfit_folds(sorted(table.index)):
+        logs = np.log(table.loc[chosen_on])
+        score = logs.apply(lambda v: v.mean() if v.notna().all() else np.inf)
+        if not len(score) or not np.isfinite(score.min()):
+            continue
+        best = min((n for n in names if n in score), key=lambda n: (score[n], names.index(n)))
+        out.update({seed: best for seed in judged})
+    return out
+
+
 def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
-    """BN before vs after at each one's best LR: the paired ratio of geometric-mean training losses,
-    with the centering order as the precondition (no row for a comparison the config does not make)."""
-    a, grid, logloss, chosen, tables = s.a, s.grid, s.logloss, s.chosen, s.tables
+    """BN before vs after, each at its best LR chosen on the other half of the seeds: the paired ratio of
+    steps to the target loss, with the centering order (at the full-sample best LRs) and every judged
+    run reaching the target as preconditions (no row for a comparison the config does not make)."""
+    a, grid, chosen, tables = s.a, s.grid, s.chosen, s.tables
     roles = a.comparisons.get(claim_id)
     if roles is None:
         return None
@@ -156,12 +200,13 @@ def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
         return Estimate.missing(f"needs arms {roles['before']} and {roles['after']}")
     test, cent_arm = s.test, s.centering
     before, after, none = (chosen.get(roles[r], "") for r in ("before", "after", "none"))
-    present = set(logloss["arm"])
-    base_of = {before: roles["before"], after: roles["after"]}
-    seeds = sorted(set(logloss[logloss["arm"] == before]["seed"]) & set(logloss[logloss["arm"] == after]["seed"]))
-    pick = lambda arm: logloss[logloss["arm"] == arm].set_index("seed").reindex(seeds)["value"].to_numpy()  # noqa: E731
-    lb, la = pick(before), pick(after)
-    ratio, ci, n = paired_t(np.exp(lb), np.exp(la), log_ratio=True)
+    steps = s.steps
+    pick_b, pick_a = crossfit_best(grid, steps, roles["before"]), crossfit_best(grid, steps, roles["after"])
+    seeds = sorted(set(pick_b) & set(pick_a))
+    value = steps.set_index(["arm", "seed"])["value"]
+    sb = np.array([value.get((pick_b[x], x), np.nan) for x in seeds], dtype=float)
+    sa = np.array([value.get((pick_a[x], x), np.nan) for x in seeds], dtype=float)
+    ratio, ci, n = paired_t(sb, sa, log_ratio=True)
     c_before, c_after = cent_arm.get(before, np.nan), cent_arm.get(after, np.nan)
     centered = Check(
         "centering order",
@@ -169,24 +214,33 @@ def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
         f"||m||^2/var of the inputs: after {c_after:.3g} (needs < {a.centered_max:g}), before "
         f"{c_before:.3g} (needs > {a.uncentered_min:g})",
     )
+    missed = [f"{roles[r]} seed {x}" for r, v in (("before", sb), ("after", sa)) for x, y in zip(seeds, v)
+              if not np.isfinite(y)]  # fmt: skip
+    reached = Check(
+        "target reached",
+        bool(seeds) and not missed,
+        f"runs that never reached loss {a.target_loss:g} (or did not finish): {', '.join(missed) or 'no seeds'}",
+    )
     oc = grid[before].config.optim
     acc = {x: 100 * mean_std(test[x])[0] for x in (none, before, after) if x in test}
-    grids = "; ".join(
-        f"{base_of[x]} best lr {grid[x].lr:g} of "
-        + ", ".join(f"{g.lr:g}" for g in grid.values() if g.base == base_of[x])
-        for x in (before, after)
-    )
-    geo = lambda arm: float(np.exp(S.nanmean(pick(arm)))) if arm in present else float("nan")  # noqa: E731
+
+    def lrs(pick: dict[int, str]) -> str:
+        by_lr: dict[float, list[int]] = {}
+        for x, name in sorted(pick.items()):
+            by_lr.setdefault(grid[name].lr, []).append(x)
+        return ", ".join(f"lr {lr:g} on seeds {xs}" for lr, xs in by_lr.items())
+
+    none_steps = steps[steps["arm"].isin([g for g, v in grid.items() if v.base == roles["none"]])]["value"]
     detail = (
-        f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; {grids}; "
-        f"geometric-mean training loss over the run: before {geo(before):.4g}, after {geo(after):.4g}"
-        + (f", none {geo(none):.4g}" if none in present else "")
+        f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; steps to loss "
+        f"{a.target_loss:g}: before {S.nanmean(sb):.0f} ({lrs(pick_b)}), after {S.nanmean(sa):.0f} ({lrs(pick_a)})"
+        + (f", none {S.nanmean(none_steps):.0f} at its best" if none_steps.notna().any() else ", none never reaches it")
         + "; test acc "
         + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
         + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}"
     )
     note = status_note(tables, [x for x in (none, before, after) if x])
-    return Estimate(ratio, ci, n, [centered], detail + (f"; {note}" if note else ""))
+    return Estimate(ratio, ci, n, [centered, reached], detail + (f"; {note}" if note else ""))
 
 
 @dataclass
@@ -204,6 +258,10 @@ class PlacementSetting(Setting):
     @cached_property
     def chosen(self) -> dict[str, str]:
         return BNPlacement.best(self.grid, self.logloss)
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        return steps_to_loss(self.tables, self.a.target_loss)
 
     @cached_property
     def test(self) -> dict[str, list[float]]:

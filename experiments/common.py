@@ -67,3 +67,17 @@ def needs_probes(run: RunConfig, experiment: str, kind: str, why: str) -> None:
             f"run.probes: {experiment} needs probes.every > 0 and probes.{kind}: true ({why}); "
             f"{{set:run.probes.every=50}} and {{set:run.probes.{kind}=true}}"
         )
+
+
+def crossfit_folds(seeds: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Two folds over the seeds in order (positions 0, 2, 4, ... and 1, 3, 5, ...): [(judged, chosen
+    on)] for each, so that a choice made on one fold (a learning rate) is judged on the other, and
+    every seed is judged exactly once on a choice it took no part in."""
+    a, b = list(seeds[0::2]), list(seeds[1::2])
+    return [(a, b), (b, a)]
+
+
+def restrict(table: dict[str, dict[int, float]], seeds: list[int]) -> dict[str, dict[int, float]]:
+    """arm -> {seed: value} kept to `seeds`."""
+    keep = set(seeds)
+    return {arm: {s: v for s, v in d.items() if s in keep} for arm, d in table.items()}

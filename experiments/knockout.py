@@ -48,7 +48,7 @@ from normlab.engine.stats import Interval, bca, paired_t
 from normlab.engine.runs import RunTask
 
 from .base import Experiment, Setting
-from .common import final_metric, final_train_loss, needs_probes, status_note, values_by_seed
+from .common import crossfit_folds, restrict, final_metric, final_train_loss, needs_probes, status_note, values_by_seed
 
 _STATEMENT = (
     "Re-introducing a random, drifting per-unit shift after every BN layer barely slows training: "
@@ -68,8 +68,9 @@ K1 = Claim(
 K1_BESTLR = Claim(
     "K1-bestlr",
     MEASURED,
-    _STATEMENT + "; every arm at its best LR of the grid (validation loss)",
-    "G(s*) as in K1, each arm at its own best learning rate",
+    _STATEMENT + "; every arm at its best LR of the grid (validation loss), chosen on other seeds",
+    "G(s*) as in K1, each arm at its own best learning rate, cross-fitted: the LR is chosen on one half of "
+    "the seeds (lowest mean validation loss) and judged on the other half, then the halves swap",
     Rule("<", "max_gap_ratio"),
 )
 K1_TRAINLOSS = Claim(
@@ -570,13 +571,47 @@ class Knockout(Experiment):
             ),
             "trainloss": (common, s.train_loss, f"noise-on training loss, lr {d.common_lr:g}"),
         }[protocol]
-        c = self.curve(s.specs, lrs, loss, s.drift, d.levels)
+        if protocol == "best":
+            c, what = self.crossfit_curve(s)
+        else:
+            c = self.curve(s.specs, lrs, loss, s.drift, d.levels)
         if c is None or len(c.seeds) == 0:
             return Estimate.missing("needs plain, bn and every noise level with finished runs")
         est = self.estimate(c, what)
         note = status_note(s.tables, [x for x in c.arms.values() if x])
         est.detail += f"; {note}" if note else ""
         return est
+
+    def crossfit_curve(self, s: "KnockoutSetting") -> tuple[Curve | None, str]:
+        """K1-bestlr's per-seed arrays, cross-fitted: each half of the seeds is judged at the LRs chosen
+        on the other half (lowest mean validation loss), so no seed both picks an arm's LR and judges it."""
+        d = s.cfg.design
+        seeds = sorted(set.intersection(*(set(v) for v in s.val_loss.values()))) if s.val_loss else []
+        if len(seeds) < 2:
+            return None, ""
+        parts, chosen = [], []
+        for judged, chosen_on in crossfit_folds(seeds):
+            lrs = Knockout.best_lrs(s.specs, restrict(s.val_loss, chosen_on))
+            c = self.curve(s.specs, lrs, restrict(s.eval_loss, judged), restrict(s.drift, judged), d.levels)
+            if c is None:
+                return None, ""
+            parts.append(c)
+            chosen.append(
+                f"seeds {judged} at LRs chosen on {chosen_on}: "
+                + ", ".join(f"{r}{'' if not lv else f' s={lv:g}'} {lr:g}" for (r, lv), lr in lrs.items())
+            )
+        a, b = parts
+        c = Curve(
+            a.seeds + b.seeds,
+            np.concatenate([a.plain, b.plain]),
+            np.concatenate([a.bn, b.bn]),
+            np.concatenate([a.noise, b.noise], axis=1),
+            np.concatenate([a.drift_plain, b.drift_plain]),
+            np.concatenate([a.drift_noise, b.drift_noise], axis=1),
+            {k: a.arms[k] if a.arms[k] == b.arms[k] else f"{a.arms[k]} / {b.arms[k]}" for k in a.arms},
+            a.levels,
+        )
+        return c, "cross-fitted best LRs: " + "; ".join(chosen)
 
     def _selection(self, s: "KnockoutSetting") -> Estimate:
         """K1-bestlr's interval resamples seeds with each arm's learning rate held at the full-sample

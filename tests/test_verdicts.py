@@ -203,6 +203,19 @@ def test_k1_best_lr_protocol_picks_each_arm_by_validation_loss():
     assert v["K1"] == "supported" and v["K1-bestlr"] == "not supported"
 
 
+def test_k1_bestlr_judges_each_half_of_the_seeds_at_lrs_chosen_on_the_other_half():
+    runs, rows = _knockout([0.11, 0.12, 0.10, 0.11], worse_small_lr=False)
+    for r in runs:  # the noisy arms' lr 0.03 wins validation on seeds 0 and 2 only, and trains badly
+        if r["arm"].startswith("noise") and "lr0.03" in r["arm"]:
+            r["final_val_loss"] = [0.01, 9.0, 0.01, 9.0][r["seed"]]
+            r["final_train_loss"] = 0.9
+    row = _rows("knockout", runs, rows, K1_DESIGN)["K1-bestlr"]
+    # seeds 1, 3 are judged at lr 0.03 (chosen on 0, 2), where the noisy network trains badly
+    assert "seeds [1, 3] at LRs chosen on [0, 2]: " in row.detail and "noise s=0.1 0.03" in row.detail
+    assert "seeds [0, 2] at LRs chosen on [1, 3]: " in row.detail
+    assert row.n == 4
+
+
 def _rows(name, runs, metrics, overrides=None):
     t = Tables(Path("."), _config(name, overrides), {}, pd.DataFrame(runs), pd.DataFrame(metrics, columns=COLS))
     return {r.claim_id: r for r in REGISTRY[name].analyze(t)}
@@ -231,30 +244,25 @@ def test_k1_selection_row_redoes_the_lr_choice_in_every_resample():
 # ---------- K2 ----------
 
 
-def _placement(before, after, centered=True):
+def _placement(before, after, centered=True, lr_taus=None):
+    """Runs whose training loss falls as 2.3 exp(-t / tau): tau per seed sets each run's steps to the
+    target loss 0.25 (tau x ln 9.2). `lr_taus`: grid arm -> taus, where LRs differ."""
     from normlab.experiments.bn_placement import PlacementConfig, grid_arms
     from normlab.engine.config import from_dict
 
-    grid = grid_arms(from_dict(PlacementConfig, _config("bn_placement", {"lr_factors": [1.0]})))
-    base = {
-        "none": 2.0,
-        "before": before,
-        "after": after,
-        "before_noaffine": before,
-        "after_noaffine": after,
-        "none_adam": 2.0,
-        "before_adam": before,
-        "after_adam": after,
-    }
+    factors = [1.0] if lr_taus is None else [0.3, 1.0, 3.0]
+    grid = grid_arms(from_dict(PlacementConfig, _config("bn_placement", {"lr_factors": factors})))
+    base = {"none": [1e9] * 4, "before": before, "after": after, "before_noaffine": before,
+            "after_noaffine": after, "none_adam": [1e9] * 4, "before_adam": before, "after_adam": after}  # fmt: skip
     runs, rows = [], []
     for arm, g in grid.items():
-        vals = base[g.base]
-        vals = vals if isinstance(vals, list) else [vals] * 4
-        for s, v in enumerate(vals):
+        taus = (lr_taus or {}).get(arm, base[g.base] if lr_taus is None or g.base != "before" else [1e9] * 4)
+        for s, tau in enumerate(taus):
             rid = f"{arm}-s{s}"
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "final_test_acc": 0.5})
             rows += [
-                (rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, v * f) for step, f in ((50, 2.0), (95, 1.0))
+                (rid, arm, s, step, "batch_loss_avg", "", "value", pd.NA, 2.3 * np.exp(-step / tau))
+                for step in range(50, 1501, 50)
             ]
             msq = 0.0 if (g.base.startswith("after") and centered) else 40.0
             rows += [
@@ -264,39 +272,58 @@ def _placement(before, after, centered=True):
     return runs, rows
 
 
+AFTER_TAUS = [200.0, 210.0, 190.0, 200.0]
+
+
 @pytest.mark.parametrize(
     "before,centered,expected",
     [
-        ([0.10, 0.11, 0.09, 0.10], True, "supported"),
-        ([0.30, 0.33, 0.29, 0.31], True, "not supported"),
-        ([0.10, 0.11, 0.09, 0.10], False, "inconclusive"),  # the centering order does not hold
-        ([0.10, 0.14, 0.08, 0.12], True, "inconclusive"),  # CI straddles 1.1
+        ([201.0, 209.0, 191.0, 202.0], True, "supported"),  # the same speed: ratio ~1.0, narrow CI
+        ([300.0, 318.0, 282.0, 301.0], True, "not supported"),  # 1.5x the steps
+        ([201.0, 209.0, 191.0, 202.0], False, "inconclusive"),  # the centering order does not hold
+        ([200.0, 250.0, 180.0, 235.0], True, "inconclusive"),  # CI straddles 1.1
+        ([201.0, 209.0, 1e9, 202.0], True, "inconclusive"),  # one run never reaches the target
     ],
 )
 def test_k2(before, centered, expected):
-    v = _verdicts(
-        "bn_placement", *_placement(before, [0.10, 0.11, 0.09, 0.10], centered), overrides={"lr_factors": [1.0]}
-    )
+    v = _verdicts("bn_placement", *_placement(before, AFTER_TAUS, centered), overrides={"lr_factors": [1.0]})
     assert v == {"K2": expected, "K2-noaffine": expected, "K2-adam": expected}
 
 
-def test_k2_compares_each_arm_at_its_best_learning_rate():
-    from normlab.experiments.bn_placement import BNPlacement, GridArm
+def test_k2_steps_to_the_target_are_interpolated_in_log_loss():
+    from normlab.experiments.bn_placement import steps_to_loss
 
-    grid = {
-        "before@lr0.03": GridArm("before", 0.03, None),
-        "before@lr0.1": GridArm("before", 0.1, None),
-        "after@lr0.1": GridArm("after", 0.1, None),
+    runs, rows = _placement([300.0] * 4, AFTER_TAUS, lr_taus=None)
+    t = Tables(Path("."), _config("bn_placement", {"lr_factors": [1.0]}), {}, pd.DataFrame(runs),
+               pd.DataFrame(rows, columns=COLS))  # fmt: skip
+    steps = steps_to_loss(t, 0.25).set_index("run_id")["value"]
+    # the curve is exactly log-linear, so the interpolation between probes is exact: tau ln(2.3 / 0.25)
+    assert steps["before@lr0.1-s0"] == pytest.approx(300.0 * np.log(2.3 / 0.25), rel=1e-9)
+    assert np.isnan(steps["none@lr0.1-s0"])  # never reaches it
+
+
+def test_k2_chooses_each_placements_lr_on_the_other_half_of_the_seeds():
+    """'before' is fast at lr 0.03 on seeds 0 and 2 and at lr 0.1 on seeds 1 and 3: cross-fitting
+    judges seeds 0, 2 at the LR chosen on 1, 3 (0.1, slow there) and the other way round, so the
+    ratio is that of the slow runs; a choice on all seeds would have judged on its own winners."""
+    from normlab.experiments.bn_placement import crossfit_best, grid_arms, steps_to_loss
+    from normlab.experiments.bn_placement import PlacementConfig
+    from normlab.engine.config import from_dict
+
+    fast, slow = 200.0, 260.0
+    lr_taus = {
+        "before@lr0.03": [fast, slow, fast, slow],
+        "before@lr0.1": [slow, fast, slow, fast],
+        "before@lr0.3": [1e9] * 4,
     }
-    ll = pd.DataFrame(
-        {
-            "arm": ["before@lr0.03"] * 3 + ["before@lr0.1"] * 3 + ["after@lr0.1"] * 3,
-            "value": [0.1, 0.2, 0.1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3],
-        }
-    )
-    assert BNPlacement.best(grid, ll) == {"before": "before@lr0.03", "after": "after@lr0.1"}
-    ll.loc[1, "value"] = np.nan  # a diverged seed rules that LR out
-    assert BNPlacement.best(grid, ll)["before"] == "before@lr0.1"
+    runs, rows = _placement([1e9] * 4, AFTER_TAUS, lr_taus=lr_taus)
+    cfg = _config("bn_placement", {"lr_factors": [0.3, 1.0, 3.0]})
+    t = Tables(Path("."), cfg, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    grid = grid_arms(from_dict(PlacementConfig, cfg))
+    pick = crossfit_best(grid, steps_to_loss(t, 0.25), "before")
+    assert pick == {0: "before@lr0.1", 2: "before@lr0.1", 1: "before@lr0.03", 3: "before@lr0.03"}
+    row = next(r for r in REGISTRY["bn_placement"].analyze(t) if r.claim_id == "K2")
+    assert row.value == pytest.approx(np.exp(np.mean(np.log(np.array([slow] * 4) / np.array(AFTER_TAUS)))), rel=1e-9)
 
 
 # ---------- K3, K13 ----------
@@ -395,7 +422,7 @@ def test_k3_inconclusive_in_the_transient_with_few_seeds_and_short_horizons(tmp_
 
 def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
     cfg = _config("wd_fixed_point")
-    steps, every = 4000, 40
+    steps, every = cfg["run"]["train"]["steps"], 40  # the default config's length: its window is the last quarter
     a = W.WDAnalysis(**cfg["analysis"])
     cells = {
         "lr=0.1,wd=0.01": (0.1, 0.01),
@@ -414,7 +441,9 @@ def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
             g2 = 2.0 + 0.1 * s
             target = W.T.equilibrium_step(alpha, lam) * step_ratio * (1 + 0.01 * s)
             for layer in ("layer1", "layer2"):
-                ang = target * (1 + 5 * np.exp(-k / settle)) * (1 + drift * (k > 3500))
+                ang = (
+                    target * (1 + 5 * np.exp(-k / settle)) * (1 + drift * (k > 0.875 * steps))
+                )  # 2nd half of the window
                 rows += [
                     (rid, arm, s, st, "angular_update", layer, "median", pd.NA, v) for st, v in zip(k[1:], ang[1:])
                 ]

@@ -1,4 +1,14 @@
-"""The committed reference results are pure functions of their own CSVs."""
+"""The committed reference results are pure functions of their own CSVs.
+
+What this checks: every committed claims.csv is, byte for byte, what today's analysis computes from
+the committed runs.csv / metrics.csv / tables of its folder, and the committed combined reports are
+what `normlab report` builds from them. What it does not check: that training again reproduces those
+CSVs. On the machine that made them it does (same config, seed and machine give the same bytes); on
+another machine, even of the same kind and versions, kernels that sum in another order move the
+trained numbers at the rounding level, training amplifies that, and rows near their thresholds (†
+in the report; distance_hw within 0.25 of 1) can change verdict. The manifests record what decides
+the arithmetic (manifest["arithmetic"]).
+"""
 
 import shutil
 from pathlib import Path

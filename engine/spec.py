@@ -52,7 +52,9 @@ class ModelConfig:
     norm: NormName = param("none", help="normalizer of every hidden layer")
     norm_position: Literal["before", "after"] = param("before", help="normalizer before/after the activation")
     norm_affine: bool = param(False, help="learnable gain/bias in the normalizer (the chapter assumes off)")
-    norm_eps: float = param(1e-5, min=1e-12, help="added to the variance; breaks exact scale invariance slightly")
+    norm_eps: float = param(
+        1e-5, min=1e-30, help="added to the variance; breaks exact scale invariance slightly (float64 checks: 1e-30)"
+    )
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
     norm_init_scale: float = param(

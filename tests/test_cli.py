@@ -427,7 +427,7 @@ def test_the_overall_bar_covers_the_follow_up_stage_from_the_start_and_never_fal
         seen.append((runs.bars.tasks[0].completed, runs.bars.tasks[0].total))
 
     normlab.run(plan, execution=normlab.Execution(jobs=1, progress=progress, on_start=on_start))
-    assert runs.stages == 2
+    assert runs.stages == 3  # the search, the tuning seeds, the final seeds
     totals = {t for _, t in seen}
     assert len(totals) == 1, totals  # the planned total was the real one: no jump when stage 2 began
     fractions = [c / t for c, t in seen]

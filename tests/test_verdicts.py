@@ -858,20 +858,25 @@ def test_k12_not_supported_otherwise(tmp_path):
 # ---------- K14 ----------
 
 
-def _exp_lr(tmp_path, plain=1e-10, momentum=1e-8):
+def _exp_lr(tmp_path, plain=3.0, momentum=5.0, floor=1e-15):
+    """Twin gaps `plain` and `momentum` times a rounding floor that grows with the steps, as rounding
+    amplified does: the verdict must follow the ratio, not the gap's size."""
     rows = [
-        {"seed": s, "momentum": m, "step": t, "output_rel_diff": err * t / 100, "direction_diff": err * t / 200,
+        {"seed": s, "momentum": m, "step": t, "output_rel_diff": k * floor * (1 + t), "direction_diff": k * floor,
+         "floor_output_rel_diff": floor * (1 + t), "floor_direction_diff": floor,
          "lr_growing": 0.1 * 1.01**t, "weight_norm_growing": 10.0, "alpha": 0.999 if m == 0 else 0.99}
-        for s in range(3) for m, err in ((0.0, plain), (0.9, momentum)) for t in (0, 50, 100)
+        for s in range(3) for m, k in ((0.0, plain), (0.9, momentum)) for t in (0, 50, 100)
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "equivalence.csv", index=False)
     return _verdicts("exp_lr", [], [], tmp_path)
 
 
-def test_k14_supported_below_the_tolerance_and_not_above(tmp_path):
+def test_k14_is_judged_against_the_runs_own_rounding_floor(tmp_path):
     assert _exp_lr(tmp_path) == {"K14": "supported", "K14-momentum": "supported", "K14-range": "not judged"}
-    v = _exp_lr(tmp_path, plain=1e-3, momentum=5e-6)
+    v = _exp_lr(tmp_path, plain=30.0, momentum=1e4)
     assert v["K14"] == v["K14-momentum"] == "not supported"
+    # a gap far below any fixed tolerance is still not the identity when it is 1000x the floor
+    assert _exp_lr(tmp_path, plain=1e3, momentum=2.0, floor=1e-18)["K14"] == "not supported"
 
 
 # ---------- K15 ----------

@@ -356,7 +356,8 @@ def run(
                 f"command with --out {folder} to resume"
             )
             raise typer.Exit(130)
-    ui.table(finals_table(outcome.runs, "Final metrics per arm (mean over finished runs)"))
+    if len(outcome.runs):  # an experiment of tables alone trains no runs
+        ui.table(finals_table(outcome.runs, "Final metrics per arm (mean over finished runs)"))
     ui.claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad):

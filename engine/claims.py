@@ -41,17 +41,17 @@ def is_near(distance_hw: float) -> bool:
     return isinstance(distance_hw, float) and math.isfinite(distance_hw) and abs(distance_hw - 1.0) <= NEAR_HW
 
 
-Op = Literal["<", "<=", ">", ">=", "in", "abs<=", "contains0_or_abs<=", "none"]
+Op = Literal["<", "<=", ">", ">=", "in", "abs<=", "none"]
 
 
 @dataclass(frozen=True)
 class Rule:
     """`value OP threshold`, the threshold read from the analysis config field `key`.
 
-    `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m; `contains0_or_abs<=` (K5's
-    rule, from CLAIMS.md) is supported when the CI contains 0 or lies within [-m, m], not supported
-    when the CI excludes 0 and lies entirely outside [-m, m]. Only the second door is an equivalence
-    test; a row that passes by the first alone says so in its detail."""
+    `in` reads [low, high]; `abs<=` reads a margin m and means |v| <= m. A measured row under a band
+    (`in`, `abs<=`) is an equivalence test: supported when its whole CI lies inside the band, not
+    supported when it lies wholly outside (K5's rule since 2026-12-02; "the CI contains 0" is no
+    longer a door to support: a wide interval shows nothing)."""
 
     op: Op
     key: str = ""
@@ -63,7 +63,7 @@ class Rule:
         t = getattr(analysis, self.key)
         if self.op == "in":
             return float(t[0]), float(t[1])
-        if self.op in ("abs<=", "contains0_or_abs<="):
+        if self.op == "abs<=":
             return -float(t), float(t)
         if self.op in ("<", "<="):
             return float("-inf"), float(t)
@@ -77,7 +77,7 @@ class Rule:
             return v > lo
         if self.op == ">=":
             return v >= lo
-        return lo <= v <= hi  # <=, in, abs<=, contains0_or_abs<= (pointwise part)
+        return lo <= v <= hi  # <=, in, abs<=
 
     def text(self, analysis: Any) -> str:
         if self.op == "none":
@@ -88,8 +88,6 @@ class Rule:
             return f"in [{lo:g}, {hi:g}]{u}"
         if self.op == "abs<=":
             return f"|value| <= {hi:g}{u}"
-        if self.op == "contains0_or_abs<=":
-            return f"CI contains 0, or CI within +-{hi:g}{u}"
         return f"{self.op} {hi if self.op in ('<', '<=') else lo:g}{u}"
 
 
@@ -184,18 +182,6 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
     lo, hi = est.ci.low, est.ci.high
     if not _finite(lo, hi):
         return INCONCLUSIVE, "the confidence interval could not be computed"
-    if rule.op == "contains0_or_abs<=":
-        m = rule.bounds(analysis)[1]
-        if -m <= lo and hi <= m:
-            return SUPPORTED, ""
-        if lo <= 0 <= hi:  # the rule's other door: say how little it shows when the CI is wide
-            return SUPPORTED, (
-                f"supported because the CI contains 0; it reaches beyond +-{m:g}, so it shows no gap, "
-                "not a match within the margin"
-            )
-        if hi < -m or lo > m:
-            return NOT_SUPPORTED, ""
-        return INCONCLUSIVE, "the CI excludes 0 but overlaps the margin"
     if rule.op in ("in", "abs<="):  # a band: supported inside it, not supported wholly outside it
         b_lo, b_hi = rule.bounds(analysis)
         if b_lo <= lo and hi <= b_hi and rule.holds(est.value, analysis):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import EVIDENCE_KINDS, NEAR_HW, is_near
+from .claims import EVIDENCE_KINDS, NEAR_FACTOR, is_near
 from .errors import NormlabError
 from .results import Tables, atomic_write_text, load_tables, read_claims
 
@@ -150,8 +150,9 @@ KIND_NOTE = (
 SEEDS_NOTE = (
     "**n to decide**, beside each inconclusive measured row: the seeds at which an interval of today's "
     "spread around today's estimate would clear its threshold (inf: the estimate sits on it). "
-    f"A dagger (†) marks a measured row whose threshold lies within {NEAR_HW:g} half-widths of its "
-    "interval's edge: close enough that another machine's rounding, or a few more seeds, can move it."
+    f"A dagger (†) marks a measured row whose distance to its threshold, in half-widths, is within a factor "
+    f"{NEAR_FACTOR:g} of 1: as far as the same runs computed in another order moved a row (measured with "
+    "`--ensemble off`), so another machine's rounding can move its verdict."
 )
 
 

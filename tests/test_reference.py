@@ -6,7 +6,7 @@ what `normlab report` builds from them. What it does not check: that training ag
 CSVs. On the machine that made them it does (same config, seed and machine give the same bytes); on
 another machine, even of the same kind and versions, kernels that sum in another order move the
 trained numbers at the rounding level, training amplifies that, and rows near their thresholds (†
-in the report; distance_hw within 0.25 of 1) can change verdict. The manifests record what decides
+in the report; distance_hw within a factor 3.2 of 1) can change verdict. The manifests record what decides
 the arithmetic (manifest["arithmetic"]).
 """
 

@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "ConfigError",
     "Execution",
+    "Exported",
     "NormlabError",
     "Plan",
     "RunFolder",
@@ -518,11 +519,19 @@ def plot(folder: str | Path) -> list[Path]:
 EXPORT_TARGETS = ("tensorboard",)
 
 
-def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None) -> list[Path]:
+@dataclass
+class Exported:
+    """What `export` wrote: the output folder (`tensorboard --logdir FOLDER`) and one event folder per run."""
+
+    folder: Path
+    runs: list[Path]
+
+
+def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None) -> Exported:
     """A run folder's (or several, or a reproduce output's) metrics and hyperparameters as a tracker's
     files: for `tensorboard`, one event folder per training run under `out` (default: the first
-    folder's name + '-tensorboard' beside it), to open with `tensorboard --logdir OUT`. Returns the
-    event folders written; never retrains and never touches the run folders."""
+    folder's name + '-tensorboard' beside it), to open with `tensorboard --logdir OUT`. Never
+    retrains and never touches the run folders."""
     from normlab.engine.export import export_tensorboard
 
     if to not in EXPORT_TARGETS:
@@ -530,9 +539,8 @@ def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str
     paths = [Path(f) for f in folders]
     if not paths:
         raise ConfigError("give at least one run folder to export", key="folders")
-    if out is None:
-        out = paths[0].with_name(paths[0].name + "-tensorboard")
-    return export_tensorboard(paths, Path(out))
+    folder = Path(out) if out is not None else paths[0].with_name(paths[0].name + "-tensorboard")
+    return Exported(folder, export_tensorboard(paths, folder))
 
 
 def report(

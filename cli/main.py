@@ -562,10 +562,10 @@ def export(
     Example: `normlab export results/baselines/default --to tensorboard --out tb`, then
     `tensorboard --logdir tb`. Needs the tensorboard package (`pip install 'normlab[export]'`).
     """
-    written = normlab.export(list(run_dirs), to, out)
-    root = Path(out) if out else Path(run_dirs[0]).with_name(Path(run_dirs[0]).name + "-tensorboard")
+    done = normlab.export(list(run_dirs), to, out)
     ui.console.print(
-        f"wrote {len(written)} TensorBoard run folders under {root}; view with: tensorboard --logdir {root}"
+        f"wrote {len(done.runs)} TensorBoard run folders under {done.folder}; view with: "
+        f"tensorboard --logdir {done.folder}"
     )
 
 

@@ -172,19 +172,27 @@ def steps_to_loss(tables: Tables, target: float) -> pd.DataFrame:
     return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": value})
 
 
+def best_arms(grid: dict[str, GridArm], values: pd.DataFrame) -> dict[str, str]:
+    """base arm -> its grid arm with the lowest mean over seeds of a per-run value (lower is better;
+    the first of the grid on a tie); a grid arm with a missing value (a diverged run, a run that
+    never reached the target) is never the best."""
+    score = values.groupby("arm")["value"].agg(lambda v: v.mean() if v.notna().all() else np.inf)
+    out: dict[str, str] = {}
+    for name, g in grid.items():
+        if name in score and np.isfinite(score[name]) and (g.base not in out or score[name] < score[out[g.base]]):
+            out[g.base] = name
+    return out
+
+
 def crossfit_best(grid: dict, steps: pd.DataFrame, base: str) -> dict[int, str]:
-    """seed -> the grid arm of `base` judged on that seed: the LR with the fewest mean log steps to
-    the target on the other half of the seeds (a run that never reaches it rules its LR out)."""
-    names = [n for n, g in grid.items() if g.base == base]
-    table = steps[steps["arm"].isin(names)].pivot_table(index="seed", columns="arm", values="value", dropna=False)
+    """seed -> the grid arm of `base` judged on that seed: `best_arms` on the log steps to the target
+    of the other half of the seeds."""
+    mine = steps[steps["arm"].isin([n for n, g in grid.items() if g.base == base])]
     out: dict[int, str] = {}
-    for judged, chosen_on in crossfit_folds(sorted(table.index)):
-        logs = np.log(table.loc[chosen_on])
-        score = logs.apply(lambda v: v.mean() if v.notna().all() else np.inf)
-        if not len(score) or not np.isfinite(score.min()):
-            continue
-        best = min((n for n in names if n in score), key=lambda n: (score[n], names.index(n)))
-        out.update({seed: best for seed in judged})
+    for judged, chosen_on in crossfit_folds(sorted(set(mine["seed"]))):
+        pick = best_arms(grid, mine[mine["seed"].isin(chosen_on)].assign(value=lambda d: np.log(d["value"])))
+        if base in pick:
+            out.update({seed: pick[base] for seed in judged})
     return out
 
 
@@ -230,7 +238,8 @@ def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
             by_lr.setdefault(grid[name].lr, []).append(x)
         return ", ".join(f"lr {lr:g} on seeds {xs}" for lr, xs in by_lr.items())
 
-    none_steps = steps[steps["arm"].isin([g for g, v in grid.items() if v.base == roles["none"]])]["value"]
+    fastest_none = best_arms(grid, steps).get(roles["none"])  # full-sample, descriptive only
+    none_steps = steps[steps["arm"] == fastest_none]["value"] if fastest_none else steps["value"].iloc[:0]
     detail = (
         f"{oc.name}, BN affine {'on' if grid[before].config.model.norm_affine else 'off'}; steps to loss "
         f"{a.target_loss:g}: before {S.nanmean(sb):.0f} ({lrs(pick_b)}), after {S.nanmean(sa):.0f} ({lrs(pick_a)})"
@@ -285,16 +294,9 @@ class BNPlacement(Experiment):
             for seed in cfg.seed_list
         ]
 
-    @staticmethod
-    def best(grid: dict[str, GridArm], logloss: pd.DataFrame) -> dict[str, str]:
-        """base arm -> its grid arm with the lowest mean over seeds of the mean log training loss;
-        a grid arm with a diverged seed is never the best."""
-        score = logloss.groupby("arm")["value"].agg(lambda v: v.mean() if v.notna().all() else np.inf)
-        out: dict[str, str] = {}
-        for name, g in grid.items():
-            if name in score and (g.base not in out or score[name] < score[out[g.base]]):
-                out[g.base] = name
-        return out
+    # the figure's and the centering check's LR per arm: best_arms on the mean log training loss (an
+    # arm without BN never reaches the K2 target, so steps to it cannot choose its LR)
+    best = staticmethod(best_arms)
 
     estimators = {claim: partial(k2, claim_id=claim.id) for claim in CLAIMS}
 

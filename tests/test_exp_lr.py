@@ -27,15 +27,20 @@ def test_overflow_step_is_where_the_learning_rate_passes_the_largest_float():
     assert log_lr(math.floor(t)) < top < log_lr(math.ceil(t))
 
 
-def test_both_trajectories_compute_the_same_function_and_fail_when_the_schedule_is_wrong():
-    """Against the rounding floor (the weight-decay run and its copy moved one ulp per update): the
-    twins stay within it; the schedule with its exponent off by one, eta alpha^(-2t), does not."""
-    cfg = C.from_dict(
+def _short(norm_eps: float) -> E.ExpLRConfig:
+    """30 steps of a small network on synthetic data."""
+    return C.from_dict(
         E.ExpLRConfig,
         {"experiment": "exp_lr", "run": {"data": {"name": "synthetic", "num_samples": 300, "input_shape": [8]}},
          "problem": {"steps": 30, "log_every": 10, "width": 12, "batch_size": 32, "probe_examples": 64,
-                     "norm_eps": 1e-30}},
+                     "norm_eps": norm_eps}},
     )  # fmt: skip
+
+
+def test_both_trajectories_compute_the_same_function_and_fail_when_the_schedule_is_wrong():
+    """Against the rounding floor (the weight-decay run and its copy moved one ulp per update): the
+    twins stay within it; the schedule with its exponent off by one, eta alpha^(-2t), does not."""
+    cfg = _short(1e-30)
     factor = E.ExpLRAnalysis().floor_factor
     for gamma in (0.0, 0.9):
         t = E.compare_runs(cfg, 0, gamma)
@@ -50,10 +55,5 @@ def test_both_trajectories_compute_the_same_function_and_fail_when_the_schedule_
 def test_a_batchnorm_epsilon_breaks_the_identity_far_above_rounding():
     """With a BN epsilon the network is not exactly scale invariant and the twins part by more than
     rounding (1e-3 here over 30 steps; the earlier default, 1e-12, did so over 2000 steps)."""
-    cfg = C.from_dict(
-        E.ExpLRConfig,
-        {"experiment": "exp_lr", "run": {"data": {"name": "synthetic", "num_samples": 300, "input_shape": [8]}},
-         "problem": {"steps": 30, "log_every": 10, "width": 12, "batch_size": 32, "probe_examples": 64,
-                     "norm_eps": 1e-3}},
-    )  # fmt: skip
+    cfg = _short(1e-3)
     assert E.floor_ratio(E.compare_runs(cfg, 0, 0.0)).max() > 10 * E.ExpLRAnalysis().floor_factor

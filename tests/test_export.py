@@ -86,3 +86,17 @@ def test_without_tensorboard_installed_the_error_names_the_extra(tmp_path, monke
     r = CliRunner().invoke(app, ["export", str(REFERENCE), "--out", str(tmp_path / "tb")])
     assert r.exit_code == 2 and "pip install 'normlab[export]'" in " ".join(r.output.split())
     assert not (tmp_path / "tb").exists() and not (tmp_path / "tb.partial").exists()
+
+
+def test_the_default_folder_sits_beside_the_first_run_folder_and_is_returned(tmp_path):
+    import shutil
+
+    import normlab
+
+    run = tmp_path / "baselines"
+    shutil.copytree(REFERENCE, run)
+    done = normlab.export([run])
+    assert done.folder == tmp_path / "baselines-tensorboard" and done.folder.is_dir()
+    assert sorted(done.runs) == sorted(done.folder / r for r in load_tables(run).runs["run_id"])
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "tb")])
+    assert f"wrote 15 TensorBoard run folders under {tmp_path / 'tb'}" in " ".join(r.output.split())

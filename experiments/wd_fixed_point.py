@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.ticker
 import numpy as np
@@ -97,8 +98,13 @@ class WDAnalysis(Analysis):
     max_drift: float = param(
         0.1,
         min=0.0,
-        help="a cell is equilibrated if its angular update changes by less than this between the two halves of the "
-        "window",
+        help="a cell is equilibrated if, in every layer, the equilibrium_by series changes by less than this between "
+        "the two halves of the window",
+    )
+    equilibrium_by: Literal["weight_norm", "angular_update"] = param(
+        "weight_norm",
+        help="the series whose drift decides equilibrium: the layer's median ||w_j||^2 (the slow variable whose "
+        "fixed point Eq. 23 gives) or its median angular update per step (one step's angle per probe: noisy)",
     )
     settle_tolerance: float = param(
         0.1, min=0.0, help="time to equilibrium: first probe within this of the final value"
@@ -151,8 +157,12 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
     lambda come from each arm's resolved config."""
     cfg = C.from_dict(WDConfig, tables.config)
     arm_cfg = arm_configs(cfg)
-    summ = tables.series(M.ANGULAR_UPDATE, "median")
-    summ = summ[(summ["layer"] != "out") & (summ["step"] > 0)]
+
+    def hidden(metric: str) -> pd.DataFrame:
+        d = tables.series(metric, "median")
+        return d[(d["layer"] != "out") & (d["step"] > 0)]
+
+    summ, norms = hidden(M.ANGULAR_UPDATE), hidden(M.WEIGHT_NORM_SQ)
     unit = tables.metrics.iloc[:0]
     if tables.has(M.UNIT_U_MEAN):  # the per-unit window is optional (probes.unit_window)
         unit = pd.concat([tables.series(k, "unit") for k in (M.UNIT_U_MEAN, M.UNIT_G2_MEAN, M.UNIT_ANG2_MEAN)])
@@ -163,13 +173,13 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
         rc = arm_cfg[r["arm"]]
         alpha, lam, steps = rc.optim.lr, rc.optim.weight_decay, rc.train.steps
         start = (1 - a.eq_fraction) * steps
-        drifts, settle = [], []
+        drifts, norm_drifts, settle = [], [], []
+        for _, g in norms[norms["run_id"] == r["run_id"]].groupby("layer"):
+            norm_drifts.append(_half_drift(g.sort_values("step"), start))
         for _, g in summ[summ["run_id"] == r["run_id"]].groupby("layer"):
             g = g.sort_values("step")
-            win = g[g["step"] >= start]["value"]
-            half = len(win) // 2
-            drifts.append(abs(win.iloc[half:].mean() / win.iloc[:half].mean() - 1) if half else np.nan)
-            eq = win.mean()
+            drifts.append(_half_drift(g, start))
+            eq = g[g["step"] >= start]["value"].mean()
             ok = g[(g["value"] - eq).abs() <= a.settle_tolerance * eq]["step"]
             settle.append(float(ok.min()) if len(ok) else np.nan)
         d = unit[unit["run_id"] == r["run_id"]].pivot_table(index=["layer", "item"], columns="metric", values="value")
@@ -195,15 +205,24 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
                 "ang_rms": float(np.sqrt(d[M.UNIT_ANG2_MEAN]).median()),
                 "u_meas": float(d[M.UNIT_U_MEAN].median()),
                 "u_pred": float(np.median(u_pred)),
-                "drift": _nanmax(drifts),
+                "drift_angle": _nanmax(drifts),
+                "drift_norm": _nanmax(norm_drifts),
                 "settle_step": _nanmax(settle),
                 "test_acc": float(r.get("final_test_acc", np.nan)),
             }
         )
     df = pd.DataFrame(rows)
     if len(df):
+        df["drift"] = df["drift_norm" if a.equilibrium_by == "weight_norm" else "drift_angle"]
         df["equilibrated"] = df["drift"] < a.max_drift
     return df
+
+
+def _half_drift(g: pd.DataFrame, start: float) -> float:
+    """|mean of the window's second half / mean of its first half - 1| for one layer's series."""
+    win = g[g["step"] >= start]["value"]
+    half = len(win) // 2
+    return abs(win.iloc[half:].mean() / win.iloc[:half].mean() - 1) if half else np.nan
 
 
 def _nanmax(values: list[float]) -> float:
@@ -237,8 +256,9 @@ class WDSetting(Setting):
     def eq_note(self) -> str:
         a = self.a
         share = self.cells.groupby("arm", sort=False)["equilibrated"].agg(["sum", "count"])
+        by = "median ||w_j||^2" if a.equilibrium_by == "weight_norm" else "median angular update"
         return (
-            f"{int(share['sum'].sum())} of {int(share['count'].sum())} runs equilibrated (angular update moved "
+            f"{int(share['sum'].sum())} of {int(share['count'].sum())} runs equilibrated ({by} moved "
             f"< {a.max_drift:.0%} between the halves of the last {a.eq_fraction:.0%} of steps, every layer); "
             "only those are used. Per cell: "
             + ", ".join(f"{arm} {int(r['sum'])}/{int(r['count'])}" for arm, r in share.iterrows())

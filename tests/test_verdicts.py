@@ -420,7 +420,7 @@ def test_k3_inconclusive_in_the_transient_with_few_seeds_and_short_horizons(tmp_
 # ---------- K4 ----------
 
 
-def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
+def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0, norm_drift=0.0):
     cfg = _config("wd_fixed_point")
     steps, every = cfg["run"]["train"]["steps"], 40  # the default config's length: its window is the last quarter
     a = W.WDAnalysis(**cfg["analysis"])
@@ -448,6 +448,10 @@ def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
                     (rid, arm, s, st, "angular_update", layer, "median", pd.NA, v) for st, v in zip(k[1:], ang[1:])
                 ]
                 u_pred = float(W.T.fixed_point(alpha, lam, np.sqrt(g2)))
+                u = u_pred * ratio * (1 + 5 * np.exp(-k / settle)) * (1 + norm_drift * (k > 0.875 * steps))
+                rows += [
+                    (rid, arm, s, st, "weight_norm_sq", layer, "median", pd.NA, v) for st, v in zip(k[1:], u[1:])
+                ]
                 for j in range(3):
                     rows += [
                         (rid, arm, s, steps, "unit_u_mean", layer, "unit", j, u_pred * ratio * (1 + 0.01 * s)),
@@ -457,7 +461,7 @@ def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0):
     return a, runs, rows
 
 
-def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, **kw):
+def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, by=None, **kw):
     _, runs, rows = _wd(**kw)
     # a small theory grid that relaxes within the horizon (1 / (4 alpha lambda) <= 250 steps)
     raw = _config(
@@ -468,6 +472,7 @@ def _wd_verdicts(tmp_path, theory_tol=None, horizon=20000, **kw):
             "theory.lams": [0.01],
             "theory.u0s": [0.1, 10.0],
             **({"analysis.theory_rel_tol": theory_tol} if theory_tol else {}),
+            **({"analysis.equilibrium_by": by} if by else {}),
         },
     )
     from normlab.engine.config import from_dict
@@ -515,8 +520,19 @@ def test_k4_pairs_not_supported_when_equal_products_differ(tmp_path):
 def test_k4_inconclusive_with_two_seeds_or_no_equilibrium(tmp_path):
     v = _wd_verdicts(tmp_path, n_seeds=2)
     assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
-    v = _wd_verdicts(tmp_path, drift=1.0)  # every run still moving: none equilibrated
+    v = _wd_verdicts(tmp_path, norm_drift=0.5)  # every run's norm still moving: none equilibrated
     assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
+
+
+def test_k4_equilibrium_is_read_from_the_norm_unless_the_config_says_angular_update(tmp_path):
+    """A 30% jump of the angular update in the window's second half (what one step's angle per probe
+    can do by chance) with settled norms: equilibrated by the norm (the default), not by the angle."""
+    v = _wd_verdicts(tmp_path, drift=0.3)
+    assert v["K4-pairs"] == "supported" and v["K4-norm"] == "supported"
+    v = _wd_verdicts(tmp_path, drift=0.3, by="angular_update")
+    assert all(v[c] == "inconclusive" for c in ("K4-norm", "K4-step", "K4-pairs", "K4-time"))
+    v = _wd_verdicts(tmp_path, norm_drift=0.3, by="angular_update")  # and the other way round
+    assert v["K4-pairs"] == "supported"
 
 
 # ---------- K5 ----------

@@ -7,10 +7,17 @@ w_{k,i}: every layer gives the same r_i beta_i / (2 lambda)), so the summed L2 p
 K sum_i |beta_i|^(2/K): ridge for K = 1, the lasso for K = 2, and a quasi-norm below 1 for K >= 3,
 which favours ever sparser products.
 
-Workload: sparse linear regression, n = 50 examples, d = 100 features, 5 nonzero true weights,
-Gaussian design and noise; per depth K = 1..4, a sweep over lambda; every fit is L-BFGS in float64
-from a random initialization until the gradient vanishes. Each seed draws its own data and
-initialization. No training loop of the engine runs: the fits are written to a table.
+Workload: linear regression, n = 50 examples, d = 100 features, Gaussian design and noise, with a
+true weight vector whose magnitudes decay as a power law (`truth: power_law`; `sparse` gives k
+nonzeros), so that the fits of different depths K >= 2 can keep different numbers of weights (with
+a 5-sparse truth every K >= 2 floors at the true support and only ridge, K = 1, differs). Per depth
+K = 1..4, a sweep over lambda; every fit is L-BFGS in float64 until the gradient vanishes, from
+`starts` random initializations: for K >= 3 the origin is a strict local minimum and L-BFGS can
+stop in a worse minimum than another start finds. The fit kept is the start with the lowest
+objective, and a descriptive row reports how often each depth's starts land above it. Where a
+closed form exists the fits are checked against it: K = 1 is ridge regression, and K = 2 on an
+orthogonal design (X^T X / n = I) is soft thresholding of X^T y / n at 2 lambda. Each seed draws its
+own data and initializations. No training loop of the engine runs: the fits are written to tables.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from normlab.engine import plots as P
-from normlab.engine.claims import EXACT, MEASURED, Check, Claim, Estimate, Rule
+from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
@@ -38,24 +46,44 @@ K15_SPARSE = Claim(
     MEASURED,
     "L2 on the layers of a depth-K diagonal linear network acts as an L_{2/K} penalty on the product, which "
     "sparsifies more as K grows: at matched training error fewer weights are non-negligible (Grosse ch. 5, §5)",
-    "per seed, slope of log2(non-negligible end-to-end weights) against K at the matched training error, "
-    "mean over seeds",
+    "per seed, slope of log2(non-negligible end-to-end weights) against K (all depths) at the matched "
+    "training error, mean over seeds",
+    Rule("<", "max_slope"),
+)
+K15_SPARSE_DEEP = Claim(
+    "K15-sparsity-deep",
+    MEASURED,
+    "The same among the deep networks alone (K >= 2, lasso and below): the sparsification grows with depth, "
+    "it does not come from ridge (K = 1) alone (Grosse ch. 5, §5)",
+    "per seed, slope of log2(non-negligible end-to-end weights) against K over K >= 2 at the matched "
+    "training error, mean over seeds",
     Rule("<", "max_slope"),
 )
 K15_BALANCE = Claim(
     "K15-balance",
     EXACT,
-    "At convergence the layers are balanced: w_{k,i}^2 is the same in every layer (Grosse ch. 5, §5)",
-    "max over fits (K >= 2) of max_{i,k} |w_{k,i}^2 - mean_k w_{k,i}^2| / max_i mean_k w_{k,i}^2",
+    "At convergence the layers are balanced (w_{k,i}^2 the same in every layer), so the summed L2 penalty "
+    "equals K sum_i |beta_i|^(2/K), the L_{2/K} penalty of the product (Grosse ch. 5, §5)",
+    "max over fits (K >= 2, nonzero product) of the larger of the imbalance max_{i,k} |w_{k,i}^2 - "
+    "mean_k w_{k,i}^2| / max_i mean_k w_{k,i}^2 and |sum_k ||w_k||^2 / (K sum_i |beta_i|^(2/K)) - 1|",
     Rule("<", "balance_tol"),
 )
-K15_PENALTY = Claim(
-    "K15-penalty",
+K15_CLOSED_FORM = Claim(
+    "K15-closed-form",
     EXACT,
-    "So the summed L2 penalty equals K sum_i |beta_i|^(2/K), the predicted L_{2/K} penalty of the product "
-    "(Grosse ch. 5, §5)",
-    "max over fits (K >= 2) of |sum_k ||w_k||^2 / (K sum_i |beta_i|^(2/K)) - 1|",
-    Rule("<", "penalty_tol"),
+    "Where the minimizer has a closed form the fits reach it: K = 1 is ridge regression, and K = 2 on an "
+    "orthogonal design is soft thresholding of X^T y / n at 2 lambda, the lasso (Grosse ch. 5, §5)",
+    "max over those fits of max_i |beta_i - beta*_i| / max_i |beta*_i| (absolute where beta* = 0)",
+    Rule("<", "closed_form_tol"),
+)
+K15_STARTS = Claim(
+    "K15-starts",
+    DESCRIPTIVE,
+    "How often a depth's fit from one random start stops above the best objective its starts found (for "
+    "K >= 3 the origin is a strict local minimum)",
+    "share of fits (seed, lambda, start) with K >= 3 whose objective exceeds the best start's by more "
+    "than objective_rtol; per depth in the detail (K = 1, 2 fit from one start: no spurious minima)",
+    Rule("none"),
 )
 
 
@@ -63,7 +91,11 @@ K15_PENALTY = Claim(
 class SparseProblem:
     n: int = param(50, min=2, help="examples")
     d: int = param(100, min=2, help="features")
-    nonzeros: int = param(5, min=1, help="nonzero true weights")
+    truth: Literal["power_law", "sparse"] = param(
+        "power_law", help="true weights: |beta_i| = rank^-decay over all d features, or `nonzeros` Gaussian ones"
+    )
+    decay: float = param(1.0, min=0.0, help="power_law truth: the exponent of the decay of |beta_i| with rank")
+    nonzeros: int = param(5, min=1, help="sparse truth: nonzero true weights")
     noise_std: float = param(0.1, min=0.0, help="std of the noise on y")
     depths: list[int] = param(default_factory=lambda: [1, 2, 3, 4], help="K values")
     lambdas: list[float] = param(
@@ -72,6 +104,24 @@ class SparseProblem:
     init_std: float = param(0.5, min=0.0, help="std of the random initial layer weights")
     max_iter: int = param(5000, min=10, help="L-BFGS iterations per fit")
     grad_tol: float = param(1e-12, min=0.0, help="L-BFGS stops when the gradient is below this")
+    starts: int = param(
+        3,
+        min=1,
+        help="random initializations per fit at K >= 3, the lowest objective kept (K = 1 is convex, and at K = 2 "
+        "every local minimum is global, so those fit from one start)",
+    )
+    orthogonal_d: int = param(
+        20, min=1, help="features of the orthogonal design (n rows, X^T X / n = I) of the K = 2 closed-form check"
+    )
+
+    def check(self, path: str = "") -> None:
+        from normlab.engine import config as C
+
+        if self.orthogonal_d > self.n:
+            raise C.ConfigError(
+                f"{path}orthogonal_d: {self.orthogonal_d} must be at most n ({self.n}): an orthogonal design "
+                "needs at least as many examples as features"
+            )
 
 
 @dataclass
@@ -80,9 +130,12 @@ class SparseAnalysis(Analysis):
         0.05, min=0.0, help="matched training error: the sparsest fit with train MSE at most this"
     )
     negligible: float = param(1e-3, min=0.0, help="|beta_i| below this times max |beta| counts as zero")
-    max_slope: float = param(0.0, help="K15-sparsity: the slope of log2(count) vs K must be below this")
-    balance_tol: float = param(1e-4, min=0.0, help="K15-balance: largest relative imbalance allowed")
-    penalty_tol: float = param(1e-4, min=0.0, help="K15-penalty: largest relative error allowed")
+    max_slope: float = param(0.0, help="K15-sparsity(-deep): the slope of log2(count) vs K must be below this")
+    balance_tol: float = param(1e-4, min=0.0, help="K15-balance: largest relative imbalance or penalty error")
+    closed_form_tol: float = param(1e-6, min=0.0, help="K15-closed-form: largest relative error allowed")
+    objective_rtol: float = param(
+        1e-8, min=0.0, help="K15-starts: a start is above the best when its objective exceeds it by this, relative"
+    )
 
 
 @dataclass
@@ -95,15 +148,49 @@ def sparse_data(p: SparseProblem, seed: int) -> tuple[torch.Tensor, torch.Tensor
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(p.n, p.d, generator=g, dtype=torch.float64)
     beta = torch.zeros(p.d, dtype=torch.float64)
-    support = torch.randperm(p.d, generator=g)[: p.nonzeros]
-    beta[support] = torch.randn(p.nonzeros, generator=g, dtype=torch.float64)
+    order = torch.randperm(p.d, generator=g)
+    if p.truth == "sparse":
+        beta[order[: p.nonzeros]] = torch.randn(p.nonzeros, generator=g, dtype=torch.float64)
+    else:  # |beta| = 1, 2^-decay, 3^-decay, ... in a random order, with random signs
+        signs = torch.randint(0, 2, (p.d,), generator=g).to(torch.float64) * 2 - 1
+        beta[order] = signs * torch.arange(1, p.d + 1, dtype=torch.float64) ** -p.decay
     y = X @ beta + p.noise_std * torch.randn(p.n, generator=g, dtype=torch.float64)
     return X, y, beta
 
 
-def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
+def orthogonal_data(p: SparseProblem, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n x orthogonal_d design with X^T X / n = I exactly (a scaled QR factor), and y from the same
+    kind of truth as the main problem, on its first orthogonal_d coordinates."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    q, _ = torch.linalg.qr(torch.randn(p.n, p.orthogonal_d, generator=g, dtype=torch.float64))
+    X = q * np.sqrt(p.n)
+    beta = torch.randn(p.orthogonal_d, generator=g, dtype=torch.float64)
+    y = X @ beta + p.noise_std * torch.randn(p.n, generator=g, dtype=torch.float64)
+    return X, y
+
+
+def ridge(X: torch.Tensor, y: torch.Tensor, lam: float) -> np.ndarray:
+    """The minimizer of (1/2n)||X b - y||^2 + lam ||b||^2: the normal equations."""
+    Xn, yn = X.numpy(), y.numpy()
+    return np.linalg.solve(Xn.T @ Xn / len(yn) + 2 * lam * np.eye(Xn.shape[1]), Xn.T @ yn / len(yn))
+
+
+def soft_threshold(X: torch.Tensor, y: torch.Tensor, lam: float) -> np.ndarray:
+    """The K = 2 minimizer on an orthogonal design: the penalty is 2 lam ||beta||_1 at balance, and
+    (1/2n)||X b - y||^2 = (1/2)||b - z||^2 + const with z = X^T y / n, so beta* = soft(z, 2 lam)."""
+    z = (X.T @ y).numpy() / len(y)
+    return np.sign(z) * np.maximum(np.abs(z) - 2 * lam, 0.0)
+
+
+def relative_error(beta: np.ndarray, target: np.ndarray) -> float:
+    scale = np.abs(target).max()
+    err = np.abs(beta - target).max()
+    return float(err / scale) if scale > 0 else float(err)
+
+
+def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int, start: int = 0) -> dict:
     """L-BFGS on (1/2n)||X prod_k w_k - y||^2 + lam sum_k ||w_k||^2 from a seeded random start."""
-    g = torch.Generator().manual_seed(seed * 1000 + depth)
+    g = torch.Generator().manual_seed(seed * 1000 + depth + 100_000 * start)
     w = [
         (p.init_std * torch.randn(X.shape[1], generator=g, dtype=torch.float64)).requires_grad_() for _ in range(depth)
     ]
@@ -128,10 +215,13 @@ def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
         penalty = float(sq.sum())
         predicted = float(depth * (beta.abs() ** (2.0 / depth)).sum())
         grad_norm = float(torch.cat([wk.grad.flatten() for wk in w]).abs().max()) if w[0].grad is not None else np.nan
+        mse = float(((X @ beta - y) ** 2).mean())
         return {
             "depth": depth,
             "lambda": lam,
-            "train_mse": float(((X @ beta - y) ** 2).mean()),
+            "start": start,
+            "objective": 0.5 * mse + lam * penalty,
+            "train_mse": mse,
             "beta_max": float(beta.abs().max()),
             "beta_abs": beta.abs().numpy(),
             "imbalance": imbalance,
@@ -140,31 +230,61 @@ def fit(X, y, depth: int, lam: float, p: SparseProblem, seed: int) -> dict:
             # in full precision here: the CSV keeps 9 digits, which would hide the difference
             "penalty_rel_err": abs(penalty / predicted - 1.0) if predicted > 0 else float("nan"),
             "grad_max": grad_norm,
+            "beta": beta.numpy(),
         }
 
 
-def fit_rows(job: tuple[SparseProblem, int, int, float]) -> tuple[dict, list[dict]]:
-    """One fit (problem, seed, depth, lambda): its row of fits.csv and its rows of weights.csv. The
-    data are drawn again from the seed, so a worker needs nothing but the job."""
+# K = 1 is ridge (convex); K = 2 is the factorized lasso, whose local minima are all global (the
+# factorized form of a convex problem, Haeffele and Vidal 2015). From K = 3 the origin is a strict
+# local minimum and others can exist: only those depths need several starts, and the K = 2 fits at
+# small lambda are the slowest of all (thousands of L-BFGS iterations).
+MULTI_START_DEPTH = 3
+
+
+def fit_rows(job: tuple[SparseProblem, int, int, float]) -> tuple[list[dict], list[dict], list[dict]]:
+    """One (problem, seed, depth, lambda): a row of fits.csv per start (`best` marks the lowest
+    objective), the best start's rows of weights.csv, and, where a closed form exists (K = 1 on this
+    design; K = 2 on the orthogonal one, fit here too), rows of closed_form.csv. The data are drawn
+    again from the seed, so a worker needs nothing but the job."""
     p, seed, depth, lam = job
     X, y, beta_true = sparse_data(p, seed)
-    r = fit(X, y, depth, lam, p, seed)
-    babs = r.pop("beta_abs")
+    runs = [fit(X, y, depth, lam, p, seed, start) for start in range(p.starts if depth >= MULTI_START_DEPTH else 1)]
+    best = min(range(len(runs)), key=lambda i: (runs[i]["objective"], i))
+    closed = []
+    if depth == 1:
+        closed.append(("ridge", relative_error(runs[best]["beta"], ridge(X, y, lam))))
+    if depth == 2:
+        Xo, yo = orthogonal_data(p, seed)
+        ro = fit(Xo, yo, 2, lam, p, seed)
+        closed.append(("soft threshold (orthogonal design)", relative_error(ro["beta"], soft_threshold(Xo, yo, lam))))
+    babs = np.abs(runs[best]["beta"])
+    fits = []
+    for i, r in enumerate(runs):
+        r = {k: v for k, v in r.items() if k != "beta"}
+        fits.append({"seed": seed, **r, "best": i == best})
     weights = [
         {"seed": seed, "depth": depth, "lambda": lam, "index": i, "beta_abs": float(b),
-         "true_nonzero": bool(beta_true[i] != 0)}
+         "true_abs": float(abs(beta_true[i]))}
         for i, b in enumerate(babs)
     ]  # fmt: skip
-    return {"seed": seed, **r}, weights
+    closed_rows = [
+        {"seed": seed, "depth": depth, "lambda": lam, "closed_form": name, "rel_err": err} for name, err in closed
+    ]
+    return fits, weights, closed_rows
 
 
 @dataclass
 class FitsSetting(Setting):
-    """The fits of every (K, lambda, seed), and those with a nonzero product at depth >= 2."""
+    """The kept fit (the best start) of every (K, lambda, seed), and those with a nonzero product at
+    depth >= 2; every start's fit for K15-starts."""
+
+    @cached_property
+    def all_starts(self) -> pd.DataFrame:
+        return self.tables.read("fits")
 
     @cached_property
     def fits(self) -> pd.DataFrame:
-        return self.tables.read("fits")
+        return kept(self.all_starts)
 
     @cached_property
     def nontrivial(self) -> pd.DataFrame:
@@ -175,57 +295,106 @@ class FitsSetting(Setting):
 NO_FITS = "fits.csv is empty"
 
 
-def k15_sparse(s: FitsSetting) -> Estimate:
-    """Per seed, the slope of log2(non-negligible weights) on K at the matched training error."""
+def kept(fits: pd.DataFrame) -> pd.DataFrame:
+    """The best start of each (seed, depth, lambda); all rows of a table without starts."""
+    return fits[fits["best"].astype(bool)].reset_index(drop=True) if "best" in fits else fits
+
+
+def _slope(s: FitsSetting, min_depth: int) -> Estimate:
+    """Per seed, the slope of log2(non-negligible weights) on K (K >= min_depth) at the matched
+    training error."""
     if s.fits.empty:
         return Estimate.missing(NO_FITS)
     a = s.a
     matched = matched_counts(s.fits, s.tables.read("weights"), a)
+    matched = matched[matched["depth"] >= min_depth]
     slopes = []
     for seed, g in matched.groupby("seed"):
         g = g.dropna(subset=["count"])
-        if len(g) >= 2 and (g["count"] > 0).all():
+        if g["depth"].nunique() >= 2 and (g["count"] > 0).all():
             slopes.append(float(np.polyfit(g["depth"], np.log2(g["count"]), 1)[0]))
-    by_depth = matched.groupby("depth")["count"].mean()
-    detail = "mean non-negligible weights by K: " + ", ".join(f"K={k}: {v:.1f}" for k, v in by_depth.items())
+    by_depth = matched.groupby("depth")["count"].agg(["mean", "min", "max"])
+    detail = "non-negligible weights by K, mean (min-max over seeds): " + ", ".join(
+        f"K={k}: {r['mean']:.1f} ({r['min']:.0f}-{r['max']:.0f})" for k, r in by_depth.iterrows()
+    )
     reached = Check(
         "every depth reaches the matched training error",
         bool(matched["count"].notna().all()),
         f"some (K, seed) never reach train MSE <= {a.target_mse:g} over the lambda grid",
     )
+    depths = Check("two depths or more", matched["depth"].nunique() >= 2, f"needs two depths >= {min_depth}")
     est = float(np.mean(slopes)) if slopes else float("nan")
-    return Estimate(est, t_interval(slopes), len(slopes), [reached], detail)
+    return Estimate(est, t_interval(slopes), len(slopes), [reached, depths], detail)
+
+
+def k15_sparse(s: FitsSetting) -> Estimate:
+    return _slope(s, 1)
+
+
+def k15_sparse_deep(s: FitsSetting) -> Estimate:
+    return _slope(s, 2)
 
 
 def k15_balance(s: FitsSetting) -> Estimate:
-    """The largest imbalance between the layers' norms at a fit with a nonzero product."""
+    """The largest imbalance between the layers' norms, or penalty error, at a fit with a nonzero product."""
     if s.fits.empty:
         return Estimate.missing(NO_FITS)
     nontrivial = s.nontrivial
-    worst = nontrivial.loc[nontrivial["imbalance"].idxmax()] if len(nontrivial) else None
+    if nontrivial.empty:
+        return Estimate.missing("no fit with K >= 2 and a nonzero product")
+    worst = nontrivial.loc[nontrivial["imbalance"].idxmax()]
     detail = (
-        f"{len(nontrivial)} fits with a nonzero product; worst at K={int(worst['depth'])}, "
-        f"lambda {worst['lambda']:.3g}; largest gradient entry at the end {nontrivial['grad_max'].max():.2g}"
-        if worst is not None
-        else ""
+        f"{len(nontrivial)} fits with a nonzero product; largest imbalance {worst['imbalance']:.2g} at "
+        f"K={int(worst['depth'])}, lambda {worst['lambda']:.3g}; largest penalty error "
+        f"{nontrivial['penalty_rel_err'].max():.2g}; largest gradient entry at the end "
+        f"{nontrivial['grad_max'].max():.2g}"
     )
-    value = float(nontrivial["imbalance"].max()) if len(nontrivial) else float("nan")
+    value = float(max(nontrivial["imbalance"].max(), nontrivial["penalty_rel_err"].max()))
     return Estimate(value, n=int(nontrivial["seed"].nunique()), detail=detail)
 
 
-def k15_penalty(s: FitsSetting) -> Estimate:
-    """The L2 penalty of the factors against the L_{2/K} penalty of the product, relative error."""
-    if s.fits.empty:
+def k15_closed_form(s: FitsSetting) -> Estimate:
+    """The fits against ridge (K = 1) and soft thresholding (K = 2, orthogonal design)."""
+    cf = s.tables.read("closed_form") if (s.tables.folder / "closed_form.csv").is_file() else pd.DataFrame()
+    if cf.empty:
+        return Estimate.missing("closed_form.csv is empty: no K = 1 or K = 2 fits")
+    per = cf.groupby("closed_form")["rel_err"].agg(["max", "count"])
+    detail = "; ".join(
+        f"{name}: largest error {r['max']:.2g} over {int(r['count'])} fits" for name, r in per.iterrows()
+    )
+    return Estimate(float(cf["rel_err"].max()), n=int(cf["seed"].nunique()), detail=detail)
+
+
+def k15_starts(s: FitsSetting) -> Estimate:
+    """The share of starts that stop above the best objective of their (seed, depth, lambda)."""
+    f = s.all_starts
+    if f.empty or "objective" not in f:
         return Estimate.missing(NO_FITS)
-    rel = s.nontrivial["penalty_rel_err"]
-    return Estimate(float(rel.max()) if len(rel) else float("nan"), n=int(s.nontrivial["seed"].nunique()))
+    best = f.groupby(["seed", "depth", "lambda"])["objective"].transform("min")
+    f = f.assign(above=f["objective"] > best * (1 + s.a.objective_rtol))
+    per = f.groupby("depth")["above"].agg(["mean", "sum", "count"])
+    detail = (
+        f"{int(f['start'].nunique())} starts per fit at K >= {MULTI_START_DEPTH} (one below: no spurious minima); "
+        "above the best start, by K: "
+        + ", ".join(f"K={k}: {int(r['sum'])} of {int(r['count'])}" for k, r in per.iterrows() if k >= MULTI_START_DEPTH)
+    )
+    deep = f[f["depth"] >= MULTI_START_DEPTH]
+    return Estimate(
+        float(deep["above"].mean()) if len(deep) else float("nan"), n=int(f["seed"].nunique()), detail=detail
+    )
 
 
 class DeepLinear(TableExperiment):
     name = "deep_linear"
     title = "K15: L2 on a deep (diagonal) linear network as a sparsifying L_{2/K} penalty on the product"
-    claims = (K15_SPARSE, K15_BALANCE, K15_PENALTY)
-    estimators = {K15_SPARSE: k15_sparse, K15_BALANCE: k15_balance, K15_PENALTY: k15_penalty}
+    claims = (K15_SPARSE, K15_SPARSE_DEEP, K15_BALANCE, K15_CLOSED_FORM, K15_STARTS)
+    estimators = {
+        K15_SPARSE: k15_sparse,
+        K15_SPARSE_DEEP: k15_sparse_deep,
+        K15_BALANCE: k15_balance,
+        K15_CLOSED_FORM: k15_closed_form,
+        K15_STARTS: k15_starts,
+    }
 
     setting_class = FitsSetting
 
@@ -235,13 +404,17 @@ class DeepLinear(TableExperiment):
         p = cfg.problem
         jobs = [(p, seed, depth, lam) for seed in cfg.seed_list for depth in p.depths for lam in p.lambdas]
         done = pmap(fit_rows, jobs)  # hundreds of independent L-BFGS fits: spread over the workers
-        fits = [row for row, _ in done]
-        weights = [w for _, rows in done for w in rows]
-        return {"fits": pd.DataFrame(fits), "weights": pd.DataFrame(weights)}
+        return {
+            "fits": pd.DataFrame([r for fits, _, _ in done for r in fits]),
+            "weights": pd.DataFrame([w for _, rows, _ in done for w in rows]),
+            "closed_form": pd.DataFrame(
+                [c for _, _, rows in done for c in rows], columns=["seed", "depth", "lambda", "closed_form", "rel_err"]
+            ),
+        }
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         a = self.typed_config(tables).analysis
-        fits, weights = tables.read("fits"), tables.read("weights")
+        fits, weights = kept(tables.read("fits")), tables.read("weights")
         if fits.empty:
             return []
         counts = count_table(fits, weights, a)

@@ -449,9 +449,7 @@ def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0, norm
                 ]
                 u_pred = float(W.T.fixed_point(alpha, lam, np.sqrt(g2)))
                 u = u_pred * ratio * (1 + 5 * np.exp(-k / settle)) * (1 + norm_drift * (k > 0.875 * steps))
-                rows += [
-                    (rid, arm, s, st, "weight_norm_sq", layer, "median", pd.NA, v) for st, v in zip(k[1:], u[1:])
-                ]
+                rows += [(rid, arm, s, st, "weight_norm_sq", layer, "median", pd.NA, v) for st, v in zip(k[1:], u[1:])]
                 for j in range(3):
                     rows += [
                         (rid, arm, s, steps, "unit_u_mean", layer, "unit", j, u_pred * ratio * (1 + 0.01 * s)),
@@ -898,7 +896,7 @@ def test_k14_is_judged_against_the_runs_own_rounding_floor(tmp_path):
 # ---------- K15 ----------
 
 
-def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-9, reach=True):
+def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-9, reach=True, closed_err=1e-9):
     fits, weights = [], []
     for s in range(3):
         for k, c in zip((1, 2, 3, 4), counts):
@@ -907,20 +905,24 @@ def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-
                 (0.1, 0.04 if reach or k < 4 else 0.2),
                 (1.0, 0.5),
             ):
-                fits.append(
-                    {
-                        "seed": s,
-                        "depth": k,
-                        "lambda": lam,
-                        "train_mse": mse,
-                        "beta_max": 1.0,
-                        "imbalance": imbalance,
-                        "penalty": 1.0 + penalty_err,
-                        "predicted_penalty": 1.0,
-                        "penalty_rel_err": penalty_err,
-                        "grad_max": 1e-13,
-                    }
-                )
+                for start in range(2):  # the second start stops above the first at K = 4
+                    fits.append(
+                        {
+                            "seed": s,
+                            "depth": k,
+                            "lambda": lam,
+                            "start": start,
+                            "objective": 1.0 + (start * 0.5 if k == 4 else 0.0),
+                            "train_mse": mse,
+                            "beta_max": 1.0,
+                            "imbalance": imbalance,
+                            "penalty": 1.0 + penalty_err,
+                            "predicted_penalty": 1.0,
+                            "penalty_rel_err": penalty_err,
+                            "grad_max": 1e-13,
+                            "best": start == 0,
+                        }
+                    )
                 weights += [
                     {
                         "seed": s,
@@ -928,23 +930,53 @@ def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-
                         "lambda": lam,
                         "index": i,
                         "beta_abs": 1.0 if i < c + s else 0.0,
-                        "true_nonzero": i < 5,
+                        "true_abs": 1.0 / (i + 1),
                     }
                     for i in range(100)
                 ]
+    closed = [
+        {"seed": s, "depth": k, "lambda": 0.1, "closed_form": name, "rel_err": closed_err}
+        for s in range(3)
+        for k, name in ((1, "ridge"), (2, "soft threshold (orthogonal design)"))
+    ]
     pd.DataFrame(fits).to_csv(tmp_path / "fits.csv", index=False)
     pd.DataFrame(weights).to_csv(tmp_path / "weights.csv", index=False)
+    pd.DataFrame(closed).to_csv(tmp_path / "closed_form.csv", index=False)
     return _verdicts("deep_linear", [], [], tmp_path)
 
 
 def test_k15_supported_when_depth_sparsifies_and_fits_are_balanced(tmp_path):
-    assert set(_deep_linear(tmp_path).values()) == {"supported"}
+    v = _deep_linear(tmp_path)
+    assert v.pop("K15-starts") == "not judged"  # descriptive
+    assert set(v.values()) == {"supported"}
 
 
 def test_k15_not_supported_or_inconclusive_otherwise(tmp_path):
-    v = _deep_linear(tmp_path, counts=(5, 8, 20, 40), imbalance=1e-2, penalty_err=1e-2)
-    assert v == {"K15-sparsity": "not supported", "K15-balance": "not supported", "K15-penalty": "not supported"}
+    v = _deep_linear(tmp_path, counts=(5, 8, 20, 40), imbalance=1e-2, closed_err=1e-3)
+    assert v == {
+        "K15-sparsity": "not supported",
+        "K15-sparsity-deep": "not supported",
+        "K15-balance": "not supported",
+        "K15-closed-form": "not supported",
+        "K15-starts": "not judged",
+    }
+    assert _deep_linear(tmp_path, penalty_err=1e-2)["K15-balance"] == "not supported"  # one row, both identities
     assert _deep_linear(tmp_path, reach=False)["K15-sparsity"] == "inconclusive"
+
+
+def test_k15_deep_slope_ignores_ridge(tmp_path):
+    """Ridge keeps every weight and the deep fits all keep the same number: the slope over all K falls
+    (from K = 1 alone), the slope over K >= 2 does not."""
+    v = _deep_linear(tmp_path, counts=(90, 6, 6, 6))
+    assert v["K15-sparsity"] == "supported" and v["K15-sparsity-deep"] == "not supported"
+
+
+def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
+    _deep_linear(tmp_path)
+    t = Tables(tmp_path, _config("deep_linear"), {}, pd.DataFrame([]), pd.DataFrame([], columns=COLS))
+    row = {r.claim_id: r for r in REGISTRY["deep_linear"].analyze(t)}["K15-starts"]
+    # K = 3: none of 18 starts above; K = 4: 9 of 18 (one per (seed, lambda))
+    assert row.value == pytest.approx(9 / 36) and "K=4: 9 of 18" in row.detail and "K=3: 0 of 18" in row.detail
 
 
 # ---------- K16 ----------

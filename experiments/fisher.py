@@ -5,7 +5,19 @@ of the loss (the data part), so natural gradient descent is Newton's method and 
 theta*. The empirical Fisher (1/N) sum r_i^2 x_i x_i^T, the matrix whose diagonal Adam and RMSprop
 estimate, weights each example by its squared residual instead: far from theta* the residuals are
 large and uneven, and the preconditioned flow bends away from the natural gradient. Near theta*
-the residuals are the noise, whose variance is 1 here, and the two matrices nearly agree.
+the residuals are the noise, independent of x with variance 1 here, so the empirical Fisher at
+theta* is a sample mean whose limit, as N grows, is the Fisher: the two directions agree in the
+limit the claim is about (theta -> theta*, then N -> infinity), and at any finite N they differ by
+the sampling error of that mean, which heavy-tailed inputs make large.
+
+Nearness is measured on the problem's own scale: the rms change of the model's predictions,
+||X (theta - theta*)|| / sqrt(N), in units of the noise std. The limiting angle as theta -> theta*
+is computed exactly: there grad L = F (theta - theta*) (the loss is quadratic) and EF -> EF(theta*),
+so along a direction d the two directions are d and EF(theta*)^-1 F d; the largest angle over d is
+taken on a circle of 3600 directions. Away from theta*, EF(theta) is a quadratic in theta - theta*
+whose coefficients (moments of x and the residuals at theta*) are computed once per N, so the
+angle against the distance costs nothing per point. The N-sequence is one growing sample per seed
+(the first N of `near_sizes[-1]` examples).
 
 Setup as in the paper: N = 1000, x = [1, LogNormal(0, 0.75)], theta_true = (2, 2),
 y = x theta_true + N(0, 1); loss = (1/N) sum (y_i - x_i theta)^2 / 2 + theta^T theta / (2 * 0.1 * N)
@@ -20,7 +32,7 @@ No training loop runs: the tables are computed at run time and written next to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -28,10 +40,11 @@ import numpy as np
 import pandas as pd
 
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Estimate, Rule
+from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
+from normlab.engine.stats import t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
 from .base import Setting, TableExperiment
@@ -53,22 +66,23 @@ K12_DEVIATE = Claim(
     "between the EF and NGD directions exceeds angle_min",
     Rule(">", "share_min"),
 )
-K12_NEAR_MEDIAN = Claim(
-    "K12-near-median",
-    DESCRIPTIVE,
-    "The typical angle near theta* (added after a smoke run showed the maximum angle far above K12-near's "
-    "bound; K12-near's rule is unchanged)",
-    "median over seeds and points within near_radius of theta* of the angle between EF and NGD (degrees)",
-    Rule("none"),
-)
 K12_NEAR = Claim(
     "K12-near",
-    EXACT,
-    "Near theta* the empirical Fisher is a fair stand-in: the two directions nearly agree (Kunstner et al. "
-    "2019; Grosse ch. 5, §2.1)",
-    "max over seeds and grid points within near_radius of theta* of the angle between the EF and NGD directions "
-    "(degrees)",
-    Rule("<", "near_angle_max", "degrees"),
+    MEASURED,
+    "Near theta* the empirical Fisher is a fair stand-in for the Fisher: as theta -> theta* the angle between "
+    "the EF and NGD directions tends to a limit that vanishes as the data grow (Kunstner et al. 2019; Grosse "
+    "ch. 5, §2.1)",
+    "per seed, slope of log(largest limiting angle over directions) against log N over near_sizes; mean over "
+    "seeds (the central limit theorem predicts -1/2)",
+    Rule("<", "near_slope_max"),
+)
+K12_NEAR_AT_N = Claim(
+    "K12-near-at-n",
+    DESCRIPTIVE,
+    "At this experiment's N: the largest angle between the EF and NGD directions where the predictions are "
+    "within near_scale noise std of theta*'s, and its limit at theta*",
+    "max over seeds and points with rms prediction change <= near_scale * noise_std of the angle (degrees)",
+    Rule("none"),
 )
 
 
@@ -90,6 +104,14 @@ class FisherProblem:
     record_every: int = param(250, min=1, help="keep every k-th trajectory point")
     grid_halfwidth: float = param(3.0, min=0.0, help="direction grid: theta* +- this in each coordinate")
     grid_points: int = param(41, min=3, help="grid points per coordinate")
+    near_sizes: list[int] = param(
+        default_factory=lambda: [100, 300, 1000, 3000, 10000, 30000, 100000],
+        help="K12-near: data sizes N of one growing sample per seed (the first N examples)",
+    )
+    near_distances: list[float] = param(
+        default_factory=lambda: np.logspace(-3, 1, 17).tolist(),
+        help="rms prediction changes (units of noise_std) at which the angle is measured for the figure",
+    )
 
 
 @dataclass
@@ -98,8 +120,12 @@ class FisherAnalysis(Analysis):
     far_radius: float = param(1.0, min=0.0, help="K12-deviate: 'away from theta*' means farther than this")
     angle_min: float = param(30.0, min=0.0, max=180.0, help="K12-deviate: an angle above this counts (degrees)")
     share_min: float = param(0.25, min=0.0, max=1.0, help="K12-deviate: share of far grid points that must deviate")
-    near_radius: float = param(0.1, min=0.0, help="K12-near: 'near theta*' means within this distance")
-    near_angle_max: float = param(10.0, min=0.0, max=180.0, help="K12-near: largest angle allowed (degrees)")
+    near_slope_max: float = param(
+        -0.25, help="K12-near: the slope of log(limiting angle) against log N must be below this"
+    )
+    near_scale: float = param(
+        0.1, min=0.0, help="K12-near-at-n: 'near' = rms prediction change at most this many noise std"
+    )
 
 
 @dataclass
@@ -190,25 +216,83 @@ def direction_grid(reg: Regression, seed: int) -> pd.DataFrame:
     )
 
 
-def near_points(reg: Regression, seed: int, radius: float) -> pd.DataFrame:
-    """Points on circles of radius radius/4 .. radius around theta* (the grid is too coarse there)."""
-    star = reg.theta_star
-    phi = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    pts = [star + r * np.stack([np.cos(phi), np.sin(phi)], axis=1) for r in radius * np.array([0.25, 0.5, 1.0])]
-    theta = np.concatenate(pts)
-    dist = np.linalg.norm(theta - star, axis=1)
-    return pd.DataFrame(
-        {"seed": seed, "theta1": theta[:, 0], "theta2": theta[:, 1], "distance": dist, "angle": _angles(reg, theta)}
-    )
+N_DIRECTIONS = 3600  # directions on the circle over which the largest angle is taken
 
 
-def fisher_job(job: tuple[FisherProblem, float, int, str]) -> list[pd.DataFrame]:
-    """(problem, near_radius, seed, part): one flow's trajectories, or for part "grid" the direction
-    grid and the near points, of one seed's regression (drawn again from the seed)."""
-    p, near_radius, seed, part = job
+class NearTheta:
+    """The EF and NGD directions near theta* for one data size, from moments computed once: with
+    delta = theta - theta* and r the residuals at theta*, EF(theta) = A0 - 2 sum_k delta_k A1_k +
+    sum_kl delta_k delta_l A2_kl, and grad L = F delta exactly."""
+
+    def __init__(self, reg: "Regression"):
+        x, n = reg.x, len(reg.y)
+        self.star = reg.theta_star
+        r = reg.y - x @ self.star
+        xx = np.einsum("ni,nj->nij", x, x)
+        self.a0 = np.einsum("n,nij->ij", r**2, xx) / n
+        self.a1 = np.einsum("n,nk,nij->kij", r, x, xx) / n
+        self.a2 = np.einsum("nk,nl,nij->klij", x, x, xx) / n
+        self.fisher = reg.fisher
+        self.gram = x.T @ x / n  # prediction change: delta^T gram delta = ||X delta||^2 / N
+        self.damping = reg.p.damping
+
+    def angles(self, delta: np.ndarray) -> np.ndarray:
+        """Angle (degrees) between the EF and NGD directions at theta* + delta (M x 2, nonzero rows;
+        the limit delta -> 0 is `limit_angles`)."""
+        ef = (
+            self.a0 - 2 * np.einsum("mk,kij->mij", delta, self.a1) + np.einsum("mk,ml,klij->mij", delta, delta, self.a2)
+        )
+        g = delta @ self.fisher.T
+        damp = self.damping * np.eye(2)
+        return _angle(np.linalg.solve(ef + damp, g[..., None])[..., 0], np.linalg.solve(self.fisher + damp, g.T).T)
+
+    def limit_angles(self, directions: np.ndarray) -> np.ndarray:
+        """The limit theta -> theta* along each direction: d against EF(theta*)^-1 F d."""
+        damp = self.damping * np.eye(2)
+        g = self.fisher @ directions.T
+        return _angle(np.linalg.solve(self.a0 + damp, g).T, np.linalg.solve(self.fisher + damp, g).T)
+
+    def at_prediction_change(self, scale: float, directions: np.ndarray) -> np.ndarray:
+        """Points theta* + delta whose rms prediction change ||X delta|| / sqrt(N) equals `scale`."""
+        norm = np.sqrt(np.einsum("mi,ij,mj->m", directions, self.gram, directions))
+        return directions * (scale / norm)[:, None]
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def circle(m: int = N_DIRECTIONS) -> np.ndarray:
+    phi = np.linspace(0, np.pi, m, endpoint=False)  # a direction and its opposite give the same angle
+    return np.stack([np.cos(phi), np.sin(phi)], axis=1)
+
+
+def near_tables(p: "FisherProblem", seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For each N of near_sizes (the first N examples of one sample): the largest and median limiting
+    angle at theta*, and the largest angle at each rms prediction change of near_distances."""
+    big = Regression.draw(replace(p, n=max(p.near_sizes)), seed)
+    d = circle()
+    limits, curve = [], []
+    for n in p.near_sizes:
+        near = NearTheta(Regression(big.x[:n], big.y[:n], replace(p, n=n)))
+        lim = near.limit_angles(d)
+        limits.append({"seed": seed, "n": n, "limit_max": float(lim.max()), "limit_median": float(np.median(lim))})
+        for scale in p.near_distances:
+            ang = near.angles(near.at_prediction_change(scale * p.noise_std, d))
+            curve.append({"seed": seed, "n": n, "prediction_change": scale, "angle_max": float(ang.max())})
+    return pd.DataFrame(limits), pd.DataFrame(curve)
+
+
+def fisher_job(job: tuple[FisherProblem, int, str]) -> list[pd.DataFrame]:
+    """(problem, seed, part): one flow's trajectories, or for part "grid" the direction grid, or for
+    part "near" the tables near theta* against N, of one seed's regression (drawn again from the seed)."""
+    p, seed, part = job
+    if part == "near":
+        return list(near_tables(p, seed))
     reg = Regression.draw(p, seed)
     if part == "grid":
-        return [direction_grid(reg, seed), near_points(reg, seed, near_radius)]
+        return [direction_grid(reg, seed)]
     return [trajectories(reg, seed, (part,))]
 
 
@@ -233,9 +317,13 @@ class FlowSetting(Setting):
     def empty(self) -> bool:
         return self.trajectories.empty or self.directions.empty or self.optima.empty
 
-    @property
-    def near(self) -> pd.DataFrame:
-        return self.directions[self.directions["distance"] <= self.a.near_radius]
+    @cached_property
+    def near_limit(self) -> pd.DataFrame:
+        return self.tables.read("near_limit")
+
+    @cached_property
+    def near_curve(self) -> pd.DataFrame:
+        return self.tables.read("near_curve")
 
 
 EMPTY = "the derived tables are empty"
@@ -279,44 +367,66 @@ def k12_deviate(s: FlowSetting) -> Estimate:
 
 
 def k12_near(s: FlowSetting) -> Estimate:
-    """Near theta*: the largest angle between the EF and NGD directions."""
-    if s.empty:
-        return Estimate.missing(EMPTY)
-    near = s.near
-    detail = f"{len(near)} points within {s.a.near_radius:g} of theta*; median angle {near['angle'].median():.2f} deg"
-    return Estimate(float(near["angle"].max()), n=int(near["seed"].nunique()), detail=detail)
+    """Per seed, the slope of log(largest limiting angle) on log N."""
+    lim = s.near_limit
+    if lim.empty:
+        return Estimate.missing("near_limit.csv is empty")
+    slopes = [
+        float(np.polyfit(np.log(g["n"]), np.log(g["limit_max"]), 1)[0])
+        for _, g in lim.groupby("seed")
+        if g["n"].nunique() >= 2 and (g["limit_max"] > 0).all()
+    ]
+    by_n = lim.groupby("n")["limit_max"].agg(["mean", "min", "max"])
+    detail = "largest limiting angle at theta* by N, mean (min-max over seeds): " + ", ".join(
+        f"N={int(n)}: {r['mean']:.2f} ({r['min']:.2f}-{r['max']:.2f}) deg" for n, r in by_n.iterrows()
+    )
+    sizes = Check("two sizes or more", lim["n"].nunique() >= 2, "needs two or more values in near_sizes")
+    est = float(np.mean(slopes)) if slopes else float("nan")
+    return Estimate(est, t_interval(slopes), len(slopes), [sizes], detail)
 
 
-def k12_near_median(s: FlowSetting) -> Estimate:
-    if s.empty:
-        return Estimate.missing(EMPTY)
-    return Estimate(float(s.near["angle"].median()), n=int(s.near["seed"].nunique()))
+def k12_near_at_n(s: FlowSetting) -> Estimate:
+    """At the config's N: the largest angle within near_scale noise std of prediction change."""
+    curve, lim = s.near_curve, s.near_limit
+    n = s.tables.config.get("problem", {}).get("n", 1000)
+    at = curve[(curve["n"] == n) & (curve["prediction_change"] <= s.a.near_scale * (1 + 1e-12))]
+    if at.empty:
+        return Estimate.missing(f"N = {n} is not among near_sizes, or no distance within near_scale")
+    limit = lim[lim["n"] == n]["limit_max"]
+    detail = (
+        f"N = {n}: within {s.a.near_scale:g} noise std of prediction change the angle reaches "
+        f"{at['angle_max'].max():.1f} deg; its limit at theta*, largest over directions, is "
+        f"{limit.mean():.1f} deg (mean over seeds, {limit.min():.1f}-{limit.max():.1f})"
+    )
+    return Estimate(float(at["angle_max"].max()), n=int(at["seed"].nunique()), detail=detail)
 
 
 class Fisher(TableExperiment):
     name = "fisher"
     title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
-    claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_MEDIAN)
+    claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_AT_N)
     config_class = FisherConfig
 
     def derived(self, cfg: FisherConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
         # one job per seed and flow (the Euler loops are most of the time), one per seed for the grids
-        jobs = [(cfg.problem, cfg.analysis.near_radius, seed, part) for seed in cfg.seed_list for part in FLOWS]
-        jobs += [(cfg.problem, cfg.analysis.near_radius, seed, "grid") for seed in cfg.seed_list]
+        jobs = [(cfg.problem, seed, part) for seed in cfg.seed_list for part in (*FLOWS, "grid", "near")]
         tables = pmap(fisher_job, jobs)
-        trajs = [t for job, ts in zip(jobs, tables) if job[3] != "grid" for t in ts]
-        grids = [t for job, ts in zip(jobs, tables) if job[3] == "grid" for t in ts]
+        of = {part: [ts for job, ts in zip(jobs, tables) if job[2] == part] for part in (*FLOWS, "grid", "near")}
+        trajs = [ts[0] for part in FLOWS for ts in of[part]]
+        trajs = sorted(trajs, key=lambda t: int(t["seed"].iloc[0]) if len(t) else 0)  # seed-major, as before
         optima = []
         for seed in cfg.seed_list:
             star = Regression.draw(cfg.problem, seed).theta_star
             optima.append({"seed": seed, "theta1": star[0], "theta2": star[1]})
         return {
             "trajectories": pd.concat(trajs, ignore_index=True),
-            "directions": pd.concat(grids, ignore_index=True),
+            "directions": pd.concat([ts[0] for ts in of["grid"]], ignore_index=True),
             "optima": pd.DataFrame(optima),
+            "near_limit": pd.concat([ts[0] for ts in of["near"]], ignore_index=True),
+            "near_curve": pd.concat([ts[1] for ts in of["near"]], ignore_index=True),
         }
 
-    estimators = {K12_REACH: k12_reach, K12_DEVIATE: k12_deviate, K12_NEAR: k12_near, K12_NEAR_MEDIAN: k12_near_median}
+    estimators = {K12_REACH: k12_reach, K12_DEVIATE: k12_deviate, K12_NEAR: k12_near, K12_NEAR_AT_N: k12_near_at_n}
 
     setting_class = FlowSetting
 
@@ -354,4 +464,40 @@ class Fisher(TableExperiment):
         ax.axvline(a.far_radius, color="k", ls=":", lw=1, label="far radius")
         ax.set(xlabel="||theta - theta*||", ylabel="angle EF vs NGD (deg)", title="How far EF turns from NGD")
         P.legend(ax, loc="upper left", bbox_to_anchor=(0.0, 1.0), framealpha=0.9, frameon=True)
-        return [P.save(fig, out / "fisher.png")]
+        paths = [P.save(fig, out / "fisher.png")]
+        if (tables.folder / "near_limit.csv").is_file():
+            paths.append(self._plot_near(tables, out, seed))
+        return paths
+
+    def _plot_near(self, tables: Tables, out: Path, seed: int) -> Path:
+        """The limit K12-near is about: the angle at theta* against N, and the angle against the
+        distance to theta* (on the problem's scale) for each N."""
+        lim, curve = tables.read("near_limit"), tables.read("near_curve")
+        fig, axes = P.figure(ncols=2, width=4.2, height=3.4)
+        ax = axes[0, 0]
+        for sd, g in lim.groupby("seed"):
+            ax.plot(g["n"], g["limit_max"], "o-", color="#1f77b4", alpha=0.6, lw=1, ms=3,
+                    label="one seed" if sd == seed else None)  # fmt: skip
+        ref = lim.groupby("n")["limit_max"].mean()
+        n0 = float(ref.index[0])
+        ns = np.asarray(ref.index, dtype=float)
+        ax.plot(ns, ref.iloc[0] * (ns / n0) ** -0.5, "k--", lw=1, label="N^-1/2")
+        ax.set(xscale="log", yscale="log", xlabel="data size N", ylabel="largest angle at theta* (deg)",
+               title="EF vs NGD in the limit theta -> theta*")  # fmt: skip
+        P.legend(ax, fontsize=7)
+        ax = axes[0, 1]
+        sizes = sorted(curve["n"].unique())
+        col = P.colors([f"N={n}" for n in sizes])
+        for n in sizes:
+            g = curve[(curve["seed"] == seed) & (curve["n"] == n)]
+            ax.plot(g["prediction_change"], g["angle_max"], "-", color=col[f"N={n}"], lw=1.3, label=f"N={n}")
+        ax.axvline(tables.config.get("analysis", {}).get("near_scale", 0.1), color="k", ls=":", lw=1)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="rms prediction change / noise std",
+            ylabel="largest angle EF vs NGD (deg)",
+            title=f"Angle against distance to theta* (seed {seed})",
+        )
+        P.legend(ax, fontsize=6)
+        return P.save(fig, out / "fisher_near.png")

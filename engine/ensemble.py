@@ -53,7 +53,7 @@ SHARED = frozenset(
                            "root", "download", "synthetic_kind", "input_shape", "num_classes", "noise", "image_size")]
     + [f"model.{k}" for k in ("width", "depth", "residual", "channels", "kernel_sizes", "strides", "pool_every",
                               "activation", "norm_position", "norm_affine", "norm_eps", "bias", "init",
-                              "norm_init_scale")]
+                              "norm_init_scale", "reparam_scale")]
     + ["optim.wd_mode", "optim.wd_params", "optim.renormalize"]
     + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
     + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries")]

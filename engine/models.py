@@ -202,6 +202,15 @@ class Net(nn.Module):
                 for wl in self.weight_layers:
                     if wl.invariance and not isinstance(wl.module, WNLinear):
                         wl.module.weight.mul_(cfg.norm_init_scale)
+        if cfg.reparam_scale != 1.0:
+            # relu(c z) = c relu(z) for c > 0: layer 1 (weights and bias) times c and the next layer's
+            # weights times 1/c compute the same function (RunConfig.check allows it only where so).
+            with torch.no_grad():
+                first, second = self.weight_layers[0].module, self.weight_layers[1].module
+                first.weight.mul_(cfg.reparam_scale)
+                if first.bias is not None:
+                    first.bias.mul_(cfg.reparam_scale)
+                second.weight.div_(cfg.reparam_scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.arch == "mlp":

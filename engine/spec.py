@@ -63,6 +63,12 @@ class ModelConfig:
         help="multiply the initial weights that feed a normalizer by this (sets ||w_0|| only: the function is scale "
         "invariant)",
     )
+    reparam_scale: float = param(
+        1.0,
+        min=1e-6,
+        help="mlp without a normalizer, relu or identity: multiply the first layer's initial weights and bias by c and "
+        "the second layer's weights by 1/c (the same function, another parameterization)",
+    )
 
 
 @dataclass
@@ -208,6 +214,14 @@ class RunConfig:
         if m.arch == "cnn1d" and len(m.strides) != len(m.channels):
             raise ConfigError(
                 f"{_p(path)}model.strides: needs one entry per channel entry ({len(m.channels)}), got {len(m.strides)}"
+            )
+        if m.reparam_scale != 1.0 and not (
+            m.arch == "mlp" and m.norm == "none" and m.activation in ("relu", "identity") and m.depth >= 1
+        ):
+            raise ConfigError(
+                f"{_p(path)}model.reparam_scale: keeps the function only in an MLP with at least one hidden layer, no "
+                f"normalizer and a positively homogeneous activation (relu, identity); got arch {m.arch}, norm "
+                f"{m.norm}, activation {m.activation}, depth {m.depth}"
             )
         if m.norm == "weight" and m.arch != "mlp":
             raise ConfigError(

@@ -3,6 +3,7 @@ Kronecker factors, the scale invariance of §5.2, and both forms of weight decay
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,3 +148,58 @@ def test_weight_decay_coupled_and_decoupled(mode):
         step = kfac._precondition(m, G)[:, :-1]
         torch.testing.assert_close(decayed, w0 - lr * step, rtol=1e-12, atol=1e-14)
         assert not torch.allclose(decayed, plain - lr * lam * w0)
+
+
+def _tiny_relu_net(depth=2, width=6, activation="relu"):
+    from normlab.engine.models import build_model
+    from normlab.engine.spec import ModelConfig
+
+    torch.manual_seed(3)
+    net = build_model(ModelConfig(width=width, depth=depth, norm="none", bias="false", activation=activation), (5,), 3)
+    net = net.double().eval()
+    with torch.no_grad():
+        net.out.bias.zero_()
+    return net, [wl.module.weight.detach() for wl in net.weight_layers]
+
+
+def test_the_bias_free_mlp_of_the_norm_identities_is_the_models_function():
+    from normlab.experiments.kfac import _mlp
+
+    net, weights = _tiny_relu_net()
+    x = torch.randn(9, 5, dtype=torch.float64)
+    torch.testing.assert_close(_mlp(weights, x, torch.relu), net(x))
+
+
+def test_kronecker_block_norm_against_per_example_jacobians():
+    """sum_l tr(S_l W_l A_l W_l^T) with S_l = E[B_l^T B_l], B_l = d f / d z_l, each B_l from
+    torch.autograd.functional.jacobian one example at a time."""
+    from normlab.experiments.kfac import kronecker_block_norm
+
+    net, weights = _tiny_relu_net()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    expected, h = 0.0, x
+    for i, w in enumerate(weights):
+        z = h @ w.T
+
+        def rest(zi, i=i):
+            out = zi
+            for j, w2 in enumerate(weights[i + 1 :]):
+                out = torch.relu(out) @ w2.T
+            return out
+
+        bs = torch.stack([torch.autograd.functional.jacobian(rest, z[n]) for n in range(len(x))])
+        a_cov = h.T @ h / len(x)
+        s_cov = sum(b.T @ b for b in bs) / len(x)
+        expected += float(torch.trace(s_cov @ w @ a_cov @ w.T))
+        h = torch.relu(z)
+    assert kronecker_block_norm(weights, x, torch.relu) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gauss_newton_block_and_fisher_norms_follow_homogeneity():
+    from normlab.experiments.kfac import gn_norm_identity
+
+    rows = gn_norm_identity([1, 2], width=12, seeds=[0], examples=40)
+    for col in ("rel_err", "block_rel_err", "kron_linear_rel_err", "fisher_rel_err"):
+        assert (rows[col] < 1e-12).all(), col
+    np.testing.assert_allclose(rows["block_norm_sq"] * (rows["depth"] + 1), rows["gn_norm_sq"], rtol=1e-12)
+    assert (rows["fisher_over_gn"] < 1).all()  # the softmax weights the logits' spread down

@@ -83,3 +83,23 @@ def test_after_norm_hook_is_inserted_after_every_normalizer_only():
     made.clear()
     build_model(ModelConfig(norm="none", depth=3, width=8), (40,), 10, after_norm=factory)
     assert made == []
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity"])
+def test_reparam_scale_changes_the_parameters_and_not_the_function(activation):
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(depth=2, activation=activation), (40,), 10)
+    torch.manual_seed(0)
+    rep = build_model(ModelConfig(depth=2, activation=activation, reparam_scale=4.0), (40,), 10)
+    w0, w1 = base.weight_layers[0].module, rep.weight_layers[0].module
+    torch.testing.assert_close(w1.weight, 4.0 * w0.weight)
+    torch.testing.assert_close(w1.bias, 4.0 * w0.bias)
+    torch.testing.assert_close(rep.weight_layers[1].module.weight, base.weight_layers[1].module.weight / 4.0)
+    x = torch.randn(64, 40)
+    torch.testing.assert_close(rep(x), base(x), rtol=1e-5, atol=1e-6)
+
+
+def test_reparam_scale_is_refused_where_it_would_change_the_function():
+    for bad in ({"norm": "batch"}, {"activation": "tanh"}, {"depth": 0}, {"arch": "cnn1d"}):
+        with pytest.raises(ConfigError, match="model.reparam_scale: keeps the function only"):
+            from_dict(RunConfig, {"model": {"reparam_scale": 2.0, **bad}}).check("run")

@@ -987,11 +987,13 @@ def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
 # ---------- K16 ----------
 
 
-def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=3):
+def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=3,
+          reparam=1.0, reparam_sgd=2.0):  # fmt: skip
     factor = {
         "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
         "kfac_wd": neg_effect, "kfac_damped": 1.0, "kfac_damped_wd": damp_effect,
         "nobn_kfac": 1.0, "nobn_kfac_wd": jac_ratio, "nobn_sgd": 1.0, "nobn_sgd_wd": 0.5,
+        "nobn_kfac_wd_reparam": jac_ratio * reparam, "nobn_sgd_wd_reparam": 0.5 * reparam_sgd,
     }  # fmt: skip
     runs, metrics = [], []
     for arm, f in factor.items():
@@ -1006,9 +1008,11 @@ def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect
                 for layer in ("layer1", "layer2", "out"):
                     v = base * (jitter if not arm.startswith("nobn") else 1.0)
                     metrics.append((rid, arm, s, step, "angular_update", layer, "mean", pd.NA, v))
-    pd.DataFrame({"depth": [1, 2], "seed": [0, 0], "rel_err": [1e-16, 2e-16]}).to_csv(
-        tmp_path / "gn_norm.csv", index=False
-    )
+    pd.DataFrame(
+        {"depth": [1, 2], "seed": [0, 0], "rel_err": [1e-16, 2e-16], "block_rel_err": [1e-16, 3e-16],
+         "kron_linear_rel_err": [2e-16, 1e-15], "kron_over_block": [1.04, 0.95], "fisher_over_gn": [0.07, 0.1],
+         "fisher_rel_err": [0.0, 1e-16]}
+    ).to_csv(tmp_path / "gn_norm.csv", index=False)  # fmt: skip
     return _verdicts("kfac", runs, metrics, tmp_path)
 
 
@@ -1020,7 +1024,11 @@ def test_k16_supported_when_kfac_ignores_the_scale_and_sgd_does_not(tmp_path):
         "K16-damping": "supported",
         "K16-jacobian": "supported",
         "K16-jacobian-sgd": "not judged",
+        "K16-reparam": "supported",
+        "K16-reparam-sgd": "not judged",
         "K16-gnnorm": "supported",
+        "K16-gnnorm-blocks": "supported",
+        "K16-kfacnorm": "not judged",
     }
 
 
@@ -1033,3 +1041,9 @@ def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):
     v = _kfac(tmp_path, sgd_ratio=0.5)
     assert v["K16-immune"] == "inconclusive" and v["K16-sgd"] == "not supported"  # 0.5 x 100 = 50
     assert _kfac(tmp_path, seeds=2)["K16-immune"] == "inconclusive"
+
+
+def test_k16_reparam_needs_kfac_to_forget_the_parameterization_and_sgd_not_to(tmp_path):
+    assert _kfac(tmp_path, reparam=1.5)["K16-reparam"] == "not supported"  # K-FAC remembers it too
+    v = _kfac(tmp_path, reparam_sgd=1.0)  # SGD forgets it as well: the test has no power
+    assert v["K16-reparam"] == "inconclusive"

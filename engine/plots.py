@@ -209,10 +209,10 @@ def claim_family(claim_id: str) -> str:
 GLANCE_VERDICTS = ("supported", "inconclusive", "not supported")
 
 
-def glance_counts(claims: pd.DataFrame) -> pd.DataFrame:
-    """Per claim (B1, K1-K16, in that order): its evidence rows (measured and exact) by verdict.
-    Control and descriptive rows are not evidence and are not counted."""
-    evidence = claims[claims["kind"].isin(["measured", "exact"])] if "kind" in claims else claims
+def glance_counts(claims: pd.DataFrame, kinds: tuple[str, ...] = ("measured", "exact")) -> pd.DataFrame:
+    """Per claim (B1, K1-K16, in that order): its rows of the given kinds (the evidence: measured and
+    exact) by verdict. Control and descriptive rows are not evidence and are not counted."""
+    evidence = claims[claims["kind"].isin(kinds)] if "kind" in claims else claims
     family = evidence["claim_id"].map(claim_family)
     order = sorted(set(family), key=lambda c: (c[0], int(re.sub(r"\D", "", c) or 0)))
     table = pd.crosstab(family, evidence["verdict"]).reindex(index=order, columns=list(GLANCE_VERDICTS))
@@ -220,25 +220,34 @@ def glance_counts(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims_summary(claims: pd.DataFrame, path: Path) -> Path:
-    """Claims at a glance: one bar per claim (`glance_counts`), its rows coloured by verdict."""
+    """Claims at a glance: one bar per claim (`glance_counts`), its rows coloured by verdict, the
+    measured claims solid and the exact checks hatched after them."""
     from matplotlib.patches import Patch
 
     counts = glance_counts(claims)
+    parts = [(glance_counts(claims, (kind,)).reindex(counts.index).fillna(0).astype(int), hatch)
+             for kind, hatch in (("measured", None), ("exact", "////"))]  # fmt: skip
     fig, axes = figure(width=7.0, height=0.32 * max(len(counts), 1) + 1.1)
     ax = axes[0, 0]
-    for i, (fam, row) in enumerate(counts.iterrows()):
+    for i, fam in enumerate(counts.index):
         left = 0
-        for v in GLANCE_VERDICTS:
-            if row[v]:
-                ax.barh(i, row[v], left=left, color=VERDICT_COLORS[v], height=0.7)
-                ax.text(left + row[v] / 2, i, str(row[v]), ha="center", va="center", fontsize=7, color="white")
-                left += row[v]
+        for part, hatch in parts:
+            for v in GLANCE_VERDICTS:
+                k = int(part.loc[fam, v])
+                if k:
+                    ax.barh(i, k, left=left, color=VERDICT_COLORS[v], height=0.7, hatch=hatch, edgecolor="white")
+                    box = {"boxstyle": "round,pad=0.15", "fc": VERDICT_COLORS[v], "ec": "none"} if hatch else None
+                    ax.text(left + k / 2, i, str(k), ha="center", va="center", fontsize=7, color="white", bbox=box)
+                    left += k
     ax.set_yticks(range(len(counts)), list(counts.index), fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("evidence rows (measured and exact) by verdict", fontsize=8)
+    ax.set_xlabel("evidence rows by verdict: measured claims solid, exact checks hatched", fontsize=8)
     ax.grid(False)
     for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.legend(handles=[Patch(color=VERDICT_COLORS[v], label=v) for v in GLANCE_VERDICTS], fontsize=7, loc="lower right")
+        spine = ax.spines[side]
+        spine.set_visible(False)
+    handles = [Patch(color=VERDICT_COLORS[v], label=v) for v in GLANCE_VERDICTS]
+    handles.append(Patch(facecolor="#888888", hatch="////", edgecolor="white", label="exact check"))
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_title("Claims at a glance: each claim's rows by verdict", fontsize=9)
     return save(fig, path)

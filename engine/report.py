@@ -98,6 +98,26 @@ def _load_folder(folder: Path) -> dict:
     }
 
 
+def judged_ids(items: list[dict]) -> set[str]:
+    """The claim ids judged by folders that are not sweeps."""
+    return {c for it in items if not it["manifest"].get("sweep") for c in it["claims"]["claim_id"]}
+
+
+def counted_once(items: list[dict]) -> list[pd.DataFrame]:
+    """Each folder's evidence rows (measured and exact), each claim id counted once: a sweep's row is
+    left out where a folder that is not a sweep judges the same claim."""
+    judged = judged_ids(items)
+    out = []
+    for it in items:
+        c = it["claims"]
+        if "kind" in c:
+            c = c[c["kind"].isin(EVIDENCE_KINDS)]
+        if it["manifest"].get("sweep"):
+            c = c[~c["claim_id"].isin(judged)]
+        out.append(c)
+    return out
+
+
 def _label(item: dict) -> str:
     """How a run folder is named in a report: its experiment, or `sweep NAME` for a sweep's folder."""
     sweep = item["manifest"].get("sweep")
@@ -236,38 +256,40 @@ def build_report(
                 f"{_fmt(r['statistic'])} | {_fmt(r['value'])} "
                 f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} | {_to_decide(r)} |"
             )
+    counted = counted_once(items)
     every = (
         pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
     )
     if every is not None and "bound_low" in every:
         from .plots import claims_forest, claims_summary
 
-        glance = claims_summary(every, out.parent / "claims_at_a_glance.png")
+        glance = claims_summary(pd.concat(counted, ignore_index=True), out.parent / "claims_at_a_glance.png")
         forest = claims_forest(every, out.parent / "claims_forest.png")
         md += ["", f"![claims at a glance]({os.path.relpath(glance, out.parent).replace(os.sep, '/')})"]
         md += ["", f"![every claim row]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
-    evidence = [
-        it["claims"][it["claims"]["kind"].isin(EVIDENCE_KINDS)] if "kind" in it["claims"] else it["claims"]
-        for it in items
-    ]
-    counts = pd.concat([e["verdict"] for e in evidence]).value_counts() if items else pd.Series(dtype=int)
-    md += [
-        "",
-        "Verdicts of the measured and exact claims (the evidence): "
-        + ", ".join(f"{k} {counts.get(k, 0)}" for k in VERDICT_ORDER),
-    ]
+    every_counted = pd.concat(counted, ignore_index=True) if items else pd.DataFrame(columns=["kind", "verdict"])
+    if "kind" not in every_counted:
+        every_counted = every_counted.assign(kind="measured")
+    for kind, label in (("measured", "Measured claims"), ("exact", "Exact checks (identities and theory)")):
+        c = every_counted[every_counted["kind"] == kind]["verdict"].value_counts()
+        md += [
+            "",
+            f"{label}: " + ", ".join(f"{k} {c.get(k, 0)}" for k in VERDICT_ORDER if k in c or kind == "measured"),
+        ]
     repeated = sorted(
         {
             c
-            for i, e in enumerate(evidence)
-            for c in e["claim_id"]
-            if any(c in set(o["claim_id"]) for o in evidence[i + 1 :])
+            for it, kept in zip(items, counted)
+            if it["manifest"].get("sweep")
+            for c in set(it["claims"][it["claims"]["claim_id"].isin(judged_ids(items))]["claim_id"])
+            if c not in set(kept["claim_id"]) and c in set(every_counted["claim_id"])
         }
     )
     if repeated:
         md += [
-            f"(counted once per run folder: {', '.join(repeated)} are judged both by an experiment and by a "
-            "sweep of it)"
+            "",
+            f"(each claim counted once: {', '.join(repeated)} are judged both by an experiment and by a sweep "
+            "of it; the counts and the figure take the experiment's rows, the table shows both)",
         ]
     md += [""]
     smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]

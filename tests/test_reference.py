@@ -61,15 +61,21 @@ def test_reference_report_labels_the_sweep_and_says_what_it_counts_twice():
     md = (REFERENCE / "report.md").read_text()
     assert "| sweep wd | K4-norm |" in md and "| wd_fixed_point | K4-norm |" in md
     assert "`normlab sweep wd`" in md  # the sweep's section is named as the sweep
-    assert "counted once per run folder: K4-norm" in md
+    assert "each claim counted once: K4-norm, K4-pairs, K4-step, K4-theory, K4-time" in md
     assert "![claims at a glance](claims_at_a_glance.png)" in md
-    # the evidence count covers measured and exact rows only
-    claims = pd.concat([pd.read_csv(f / "claims.csv") for f in FOLDERS])
-    evidence = claims[claims["kind"].isin(["measured", "exact"])]["verdict"].value_counts()
+    # the counts cover measured and exact rows apart, each claim id once (the sweep's repeats left out)
+    folders = [f for f in FOLDERS if not (f / "sweep.yaml").is_file()]
+    sweeps = [f for f in FOLDERS if (f / "sweep.yaml").is_file()]
+    claims = pd.concat([pd.read_csv(f / "claims.csv") for f in folders])
+    extra = pd.concat([pd.read_csv(f / "claims.csv") for f in sweeps])
+    claims = pd.concat([claims, extra[~extra["claim_id"].isin(claims["claim_id"])]])
+    measured = claims[claims["kind"] == "measured"]["verdict"].value_counts()
+    exact = claims[claims["kind"] == "exact"]["verdict"].value_counts()
     assert (
-        f"supported {evidence.get('supported', 0)}, inconclusive {evidence.get('inconclusive', 0)}, "
-        f"not supported {evidence.get('not supported', 0)}"
+        f"Measured claims: supported {measured.get('supported', 0)}, inconclusive "
+        f"{measured.get('inconclusive', 0)}, not supported {measured.get('not supported', 0)}"
     ) in md
+    assert f"Exact checks (identities and theory): supported {exact.get('supported', 0)}" in md
 
 
 def test_a_metric_name_the_engine_never_writes_is_an_error_not_missing_data():

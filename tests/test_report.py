@@ -145,3 +145,37 @@ def test_claims_at_a_glance_has_one_bar_per_claim_in_the_claims_order(tmp_path):
     assert list(counts.index) == ["B1", "K1", "K3", "K10"]
     assert counts.to_dict("index")["K3"] == {"supported": 1, "inconclusive": 1, "not supported": 0}
     assert claims_summary(rows, tmp_path / "g.png").is_file()
+
+
+def test_report_counts_each_claim_once_and_exact_checks_apart(tmp_path):
+    """A sweep that judges the same claim as its experiment adds rows to the table, not to the counts."""
+    import json
+
+    import pandas as pd
+
+    from normlab.engine.report import build_report
+
+    def folder(name, sweep, rows):
+        d = tmp_path / name
+        d.mkdir()
+        pd.DataFrame(rows).to_csv(d / "claims.csv", index=False)
+        pd.DataFrame({"run_id": [], "arm": [], "seed": [], "status": []}).to_csv(d / "runs.csv", index=False)
+        (d / "config.yaml").write_text(f"experiment: {name if not sweep else 'exp'}\n")
+        (d / "manifest.json").write_text(json.dumps({"sweep": sweep} if sweep else {}))
+        return d
+
+    def row(cid, kind, verdict):
+        return {"claim_id": cid, "kind": kind, "statement": "s", "statistic": "t", "value": 1.0, "threshold": "< 2",
+                "op": "<", "bound_low": float("nan"), "bound_high": 2.0, "ci_low": 0.5, "ci_high": 1.5,
+                "interval": "t", "n": 5, "verdict": verdict, "detail": "", "n_to_decide": float("nan"),
+                "distance_hw": 2.0}  # fmt: skip
+
+    exp = folder("exp", None, [row("K1", "measured", "supported"), row("K1-theory", "exact", "supported"),
+                               row("K1-d", "descriptive", "not judged")])  # fmt: skip
+    sw = folder("sweep_exp", "exp", [row("K1", "measured", "inconclusive"), row("K1-theory", "exact", "supported")])
+    out = build_report([exp, sw], tmp_path / "report.md", "md")
+    md = out.read_text()
+    assert "Measured claims: supported 1, inconclusive 0, not supported 0" in md
+    assert "Exact checks (identities and theory): supported 1" in md
+    assert "each claim counted once: K1, K1-theory" in md
+    assert "| sweep exp | K1 |" in md  # the table still shows the sweep's row

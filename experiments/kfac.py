@@ -58,9 +58,12 @@ K16_IMMUNE = Claim(
     "K16-immune",
     MEASURED,
     "K-FAC is immune to the implicit learning-rate decay: from the same BN network at weight scale 1 and "
-    "at scale 10, its angular updates agree (Grosse ch. 5, §5.2)",
-    f"geometric mean over seeds of scale-10 / scale-1 {_ANG}, K-FAC with negligible damping; paired by seed",
-    Rule("in", "immune_band"),
+    "at scale 10, its angular updates agree, as far as the affine invariance of K-FAC says: up to the "
+    "rounding of the run itself (Grosse ch. 5, §5.2)",
+    f"log of the scale-10 / scale-1 {_ANG} ratio, K-FAC with negligible damping, mean over seeds (paired t), "
+    "in units of the rounding floor: the rms over seeds of the same log ratio between the scale-1 run and a "
+    "copy started one float32 ulp larger (scale 1 + 2^-23, the same function)",
+    Rule("abs<=", "immune_floor_factor", "floors"),
 )
 K16_SGD = Claim(
     "K16-sgd",
@@ -156,8 +159,10 @@ CLAIMS = (
 
 @dataclass
 class KFACAnalysis(Analysis):
-    immune_band: list[float] = param(
-        default_factory=lambda: [0.8, 1.25], help="K16-immune: the CI of the K-FAC angle ratio must lie in this band"
+    immune_floor_factor: float = param(
+        10.0,
+        min=0.0,
+        help="K16-immune: the CI of K-FAC's log angle ratio must lie within this many rounding floors of 0",
     )
     sgd_band: list[float] = param(
         default_factory=lambda: [0.5, 2.0], help="K16-sgd: the CI of SGD's ratio x scale^2 must lie in this band"
@@ -184,6 +189,7 @@ class KFACExperimentConfig(ExperimentConfig):
 # The arms the analysis reads (configs/kfac.yaml defines them; a missing one makes its rows inconclusive).
 ARMS = {
     "immune": ("kfac_scale1", "kfac_scale10"),
+    "floor": ("kfac_scale1", "kfac_scale1_ulp"),  # the same function one ulp apart: the rounding floor
     "sgd": ("sgd_scale1", "sgd_scale10"),
     # (no decay, decay) at negligible and at substantial damping
     "negligible": ("kfac_scale1", "kfac_wd"),
@@ -366,11 +372,15 @@ def k16_sgd(s: KFACSetting) -> Estimate:
 
 
 def k16_immune(s: KFACSetting) -> Estimate:
-    """K-FAC's angle ratio between the two scales, where the rescaling demonstrably changes SGD."""
-    if s.absent(*ARMS["immune"]):
-        return Estimate.missing(s.absent(*ARMS["immune"]))
+    """K-FAC's log angle ratio between the two scales in units of the run's rounding floor, where the
+    rescaling demonstrably changes SGD."""
+    need = ARMS["immune"] + ARMS["floor"][1:]
+    if s.absent(*need):
+        return Estimate.missing(s.absent(*need))
     k1 = ARMS["immune"][0]
     scale, x1, x10, ratio, ci, n = s.rescaled(ARMS["immune"])
+    f0, f1 = _pair(s.whole, *ARMS["floor"])
+    floor = float(np.sqrt(np.nanmean(np.log(f1 / f0) ** 2))) if len(f0) else float("nan")
     sgd_ratio, sgd_ci = (s.sgd[3], s.sgd[4]) if s.sgd is not None else (float("nan"), None)
     check = Check(
         "the rescaling changes SGD",
@@ -378,12 +388,22 @@ def k16_immune(s: KFACSetting) -> Estimate:
         "SGD's angle ratio between the two scales must have its CI below 1/scale "
         f"({1 / scale:.3g}); it is {sgd_ratio:.3g}",
     )
+    measurable = Check("a rounding floor above zero", bool(floor > 0), "the one-ulp copy repeated the run exactly")
     damping = s.arms[k1].kfac.damping
     detail = (
         f"K-FAC damping {damping:g}, lr {s.arms[k1].optim.lr:g}; mean angle {S.nanmean(x1):.4g} (scale 1) vs "
-        f"{S.nanmean(x10):.4g} (scale {scale:g}). " + status_note(s.tables, list(ARMS["immune"]))
+        f"{S.nanmean(x10):.4g} (scale {scale:g}): ratio {ratio:.4g} (CI {ci.low:.4g}-{ci.high:.4g}); rounding "
+        f"floor (rms log ratio of the one-ulp copy) {floor:.3g}, i.e. ratios within x{np.exp(floor):.5f}. "
+        + status_note(s.tables, list(need))
     )
-    return Estimate(ratio, ci, n, [check], detail.strip())
+    to_floors = lambda v: float(np.log(v) / floor) if floor > 0 else float("nan")  # noqa: E731
+    return Estimate(
+        to_floors(ratio),
+        type(ci)(to_floors(ci.low), to_floors(ci.high), f"{ci.method}, in rounding floors"),
+        n,
+        [check, measurable],
+        detail.strip(),
+    )
 
 
 def k16_damping(s: KFACSetting) -> Estimate:

@@ -988,9 +988,10 @@ def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
 
 
 def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=3,
-          reparam=1.0, reparam_sgd=2.0):  # fmt: skip
+          reparam=1.0, reparam_sgd=2.0, floor=0.01):  # fmt: skip
     factor = {
-        "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
+        "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "kfac_scale1_ulp": 1.0 + floor,
+        "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
         "kfac_wd": neg_effect, "kfac_damped": 1.0, "kfac_damped_wd": damp_effect,
         "nobn_kfac": 1.0, "nobn_kfac_wd": jac_ratio, "nobn_sgd": 1.0, "nobn_sgd_wd": 0.5,
         "nobn_kfac_wd_reparam": jac_ratio * reparam, "nobn_sgd_wd_reparam": 0.5 * reparam_sgd,
@@ -999,6 +1000,8 @@ def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect
     for arm, f in factor.items():
         for s in range(seeds):
             jitter = f if f == 1.0 else f * (1 + 0.01 * s)  # seed-to-seed spread in every non-reference arm
+            if arm == "kfac_scale1_ulp":  # the rounding floor: +-floor around 1, seed by seed
+                jitter = 1.0 + floor * (1 if s % 2 else -1)
             base = 0.01 * (1 + 0.1 * s)
             rid = f"{arm}-s{s}"
             jac = 100.0 * (1 + 0.1 * s) * jitter if arm.startswith("nobn") else np.nan
@@ -1041,6 +1044,13 @@ def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):
     v = _kfac(tmp_path, sgd_ratio=0.5)
     assert v["K16-immune"] == "inconclusive" and v["K16-sgd"] == "not supported"  # 0.5 x 100 = 50
     assert _kfac(tmp_path, seeds=2)["K16-immune"] == "inconclusive"
+
+
+def test_k16_immune_is_judged_in_rounding_floors(tmp_path):
+    """The same 1% spread of K-FAC's ratio over seeds: within 10 floors of a 1% floor, not of a 0.01% one."""
+    assert _kfac(tmp_path, kfac_ratio=1.0, floor=0.01)["K16-immune"] == "supported"
+    assert _kfac(tmp_path, kfac_ratio=1.05, floor=1e-4)["K16-immune"] == "not supported"
+    assert _kfac(tmp_path, floor=0.0)["K16-immune"] == "inconclusive"  # no floor to measure against
 
 
 def test_k16_reparam_needs_kfac_to_forget_the_parameterization_and_sgd_not_to(tmp_path):

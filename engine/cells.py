@@ -46,6 +46,11 @@ KEYED_FIELDS = frozenset(
 )  # fmt: skip
 
 
+# Fields added to a section after that section entered the keys whole: left out while at their
+# default, so the runs that set the section keep their keys.
+LATER_IN_SECTIONS = frozenset(["curvature.eq9_steps"])
+
+
 def keyed(cfg: dict, default: dict, prefix: str = "") -> dict:
     """`cfg` (a run config as a dict) without the fields that came after KEYED_FIELDS and are at
     their defaults (`default`: the same dict for the default config)."""
@@ -57,6 +62,9 @@ def keyed(cfg: dict, default: dict, prefix: str = "") -> dict:
         elif isinstance(value, dict) and any(f.startswith(f"{path}.") for f in KEYED_FIELDS):
             out[name] = keyed(value, default.get(name, {}), f"{path}.")  # a section keyed from the start
         elif name not in default or value != default[name]:
+            if isinstance(value, dict):  # a whole newer section, less what joined it later at its default
+                d = default.get(name, {})
+                value = {k: v for k, v in value.items() if not (f"{path}.{k}" in LATER_IN_SECTIONS and v == d.get(k))}
             out[name] = value  # a newer field (or whole section) that this run sets
     return out
 

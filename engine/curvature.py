@@ -87,14 +87,67 @@ def operator(model: Net, layer: str, x: torch.Tensor, y: torch.Tensor, matrix: s
 def top_eigenvalues(op, k: int, tol: float, seed: int) -> tuple[np.ndarray, int]:
     """The k largest eigenvalues (descending) of a symmetric curvlinops operator, and the number of
     curvature-vector products Lanczos needed. The start vector is seeded, so results repeat."""
+    vals, _, products = top_eigenpairs(op, k, tol, seed)
+    return vals, products
+
+
+def top_eigenpairs(op, k: int, tol: float, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The k largest eigenvalues (descending), their unit eigenvectors (columns, same order; ARPACK
+    returns them at no extra products) and the number of curvature-vector products."""
     counted = _Counted(op.to_scipy())
     n = counted.shape[0]
     v0 = np.random.default_rng(seed).standard_normal(n)
     if k >= n - 1:  # ARPACK needs k < n; a tiny layer is cheaper to decompose densely anyway
         dense = counted @ np.eye(n)
-        return np.sort(np.linalg.eigvalsh((dense + dense.T) / 2))[::-1][:k], counted.products
-    vals = eigsh(counted, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-    return np.sort(vals)[::-1], counted.products
+        vals, vecs = np.linalg.eigh((dense + dense.T) / 2)
+    else:
+        vals, vecs = eigsh(counted, k=k, which="LA", tol=tol, v0=v0)
+    order = np.argsort(vals)[::-1][:k]
+    return vals[order], vecs[:, order], counted.products
+
+
+def layer_inputs(model: Net, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The inputs of `layer`'s module on the batch x (N x in), from one forward pass with a hook."""
+    module = next(wl.module for wl in model.weight_layers if wl.name == layer)
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(x.to(next(model.parameters()).dtype))
+    finally:
+        handle.remove()
+    return seen[0].flatten(1)
+
+
+def mean_shares(vectors: np.ndarray, weight_shape: tuple[int, ...], mean: torch.Tensor) -> np.ndarray:
+    """Per eigenvector (columns): ||V m_hat||^2, V the unit vector as an (out x in) weight matrix and
+    m_hat the unit input mean; 1 for an eigenvector of the form u (x) m_hat, about 1/in for a random one."""
+    m = mean.double().cpu().numpy()
+    norm = np.linalg.norm(m)
+    if len(weight_shape) != 2 or norm == 0:
+        return np.full(vectors.shape[1], np.nan)
+    v = vectors.T.reshape(vectors.shape[1], *weight_shape)  # k x out x in
+    return np.einsum("koi,i->ko", v, m / norm).__pow__(2).sum(1) / np.einsum("koi,koi->k", v, v)
+
+
+def centered_copy(model: Net, layer: str, mean: torch.Tensor) -> Net:
+    """The same function reparameterized as in Grosse ch. 5, Eq. 9 with Sigma = I: `layer` sees its
+    inputs minus their mean m, and its bias absorbs W m (b~ = b + W m), so z = W (a - m) + b~ = W a + b
+    at the current weights; the curvature with respect to W is then that of centered inputs."""
+    from .errors import ConfigError
+
+    m = copy.deepcopy(model)
+    module = next(wl.module for wl in m.weight_layers if wl.name == layer)
+    if getattr(module, "bias", None) is None:
+        raise ConfigError(
+            f"curvature.eq9_steps: {layer} has no bias to absorb W m (a normalizer follows it, which already makes "
+            "the loss ignore a shift of its inputs); measure Eq. 9 on a network without one"
+        )
+    mu = mean.to(module.weight.dtype)
+    with torch.no_grad():
+        module.bias.add_(module.weight @ mu)
+    module.register_forward_pre_hook(lambda _m, args: (args[0] - mu.reshape(1, *args[0].shape[1:]),))
+    return m
 
 
 def spectral_density(op, top: float, cfg: CurvatureConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -115,12 +168,29 @@ def measure(model: Net, cfg: CurvatureConfig, x: torch.Tensor, y: torch.Tensor, 
         torch.manual_seed(seed * 1_000_003 + step)  # the frozen draw and the quadrature's start vectors
         m = measurement_copy(model, getattr(torch, cfg.dtype))
         ggn_top = None
+        mean = None
+        weight_shape = tuple(weight_of(m, cfg.layer).shape)
+        if "ggn" in wanted or step in cfg.eq9_steps:
+            a = layer_inputs(m, cfg.layer, x)
+            mean = a.mean(0)
+            rows.append(Row(step, M.INPUT_MEAN_SQ, cfg.layer, "value", None,
+                            float(mean.pow(2).sum() / a.pow(2).sum(1).mean())))  # fmt: skip
         for i, matrix in enumerate(wanted):
             op = operator(m, cfg.layer, x, y, matrix)
-            vals, products = top_eigenvalues(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + i)
+            vals, vecs, products = top_eigenpairs(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + i)
             rows += [Row(step, M.eig(matrix), cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
             rows.append(Row(step, M.products(matrix), cfg.layer, "value", None, float(products)))
+            if matrix == "ggn":
+                shares = mean_shares(vecs, weight_shape, mean)
+                rows += [Row(step, M.GGN_MEAN_SHARE, cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(shares)]
             ggn_top = float(vals[0]) if matrix == "ggn" else ggn_top
+        if step in cfg.eq9_steps:
+            op = operator(centered_copy(m, cfg.layer, mean), cfg.layer, x, y, "ggn")
+            vals, vecs, products = top_eigenpairs(op, cfg.top_k, cfg.tol, seed * 1_000_003 + step * 7 + 3)
+            rows += [Row(step, M.eig(M.GGN_EQ9), cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
+            rows.append(Row(step, M.products(M.GGN_EQ9), cfg.layer, "value", None, float(products)))
+            shares = mean_shares(vecs, weight_shape, mean)  # along the original mean's direction
+            rows += [Row(step, M.GGN_EQ9_MEAN_SHARE, cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(shares)]
         if density:
             op = operator(m, cfg.layer, x, y, "ggn")
             if ggn_top is None:  # the density's support needs the top eigenvalue

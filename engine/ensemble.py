@@ -70,6 +70,7 @@ REFUSED = {
     "curvature.steps": "curvature",
     "curvature.hessian_steps": "curvature",
     "curvature.density_steps": "curvature",
+    "curvature.eq9_steps": "curvature",
     "plugins": "plugins",
 }
 # GATED: read only while a refused setting is on (so never by a packed run): field -> that setting.
@@ -112,6 +113,7 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
         "curvature.steps": bool(cv.steps),
         "curvature.hessian_steps": bool(cv.hessian_steps),
         "curvature.density_steps": bool(cv.density_steps),
+        "curvature.eq9_steps": bool(cv.eq9_steps),
         "plugins": bool(cfg.plugins),
     }
     detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": f" {o.name}"}

@@ -62,6 +62,14 @@ def products(matrix: str) -> str:
 
 
 GGN_TOP_PRODUCTS = "ggn_top_products"
+# The GGN of the same network reparameterized as in Grosse ch. 5, Eq. 9 (the measured layer's inputs
+# centered, its bias absorbing W m): the same function, another parameterization (curvature.eq9_steps)
+GGN_EQ9 = "ggn_eq9"
+# Per top eigenvector (stat "rank", item = rank): its share ||V m_hat||^2 along the direction of the
+# layer's uncentered input mean m (V the unit eigenvector as a weight matrix, out x in)
+GGN_MEAN_SHARE = "ggn_mean_share"
+GGN_EQ9_MEAN_SHARE = "ggn_eq9_mean_share"
+INPUT_MEAN_SQ = "input_mean_sq"  # ||m||^2 / E||a||^2: the share of the inputs' second moment in their mean
 GGN_DENSITY = "ggn_density"  # the GGN's spectral density on a grid (stat "grid", item = grid point)
 GGN_DENSITY_AT = "ggn_density_at"  # the grid's eigenvalue at each point
 GGN_DENSITY_PRODUCTS = "ggn_density_products"
@@ -72,4 +80,5 @@ ALL = frozenset(
     + [UNIT_U_LAST, INPUT_MEAN_SQ_NORM, INPUT_VAR_MEAN, PREACT_MEAN, PREACT_VAR, PREACT_MEAN_DRIFT]
     + [PREACT_VAR_DRIFT, eig(GGN), eig(HESSIAN), products(GGN), products(HESSIAN), GGN_TOP_PRODUCTS]
     + [GGN_DENSITY, GGN_DENSITY_AT, GGN_DENSITY_PRODUCTS]
+    + [eig(GGN_EQ9), products(GGN_EQ9), GGN_MEAN_SHARE, GGN_EQ9_MEAN_SHARE, INPUT_MEAN_SQ]
 )

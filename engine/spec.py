@@ -153,6 +153,11 @@ class CurvatureConfig:
         default_factory=list, help="top-k eigenvalues of the GGN after this many updates (e.g. [0, 1000]); [] = off"
     )
     hessian_steps: list[int] = param(default_factory=list, help="top-k eigenvalues of the exact Hessian here")
+    eq9_steps: list[int] = param(
+        default_factory=list,
+        help="also the GGN of the same network reparameterized as in Eq. 9 (the layer's inputs centered, its bias "
+        "absorbing W m); layers without a normalizer right before or after them",
+    )
     layer: str = param("layer2", help="weight layer (layer1, layer2, ..., out) whose curvature is measured")
     top_k: int = param(30, min=1, help="largest eigenvalues found by Lanczos (scipy eigsh)")
     examples: int = param(500, min=2, help="the first N training examples define the curvature")
@@ -228,7 +233,9 @@ class RunConfig:
                 f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
             )
         cv = self.curvature
-        bad = [s for s in cv.steps + cv.hessian_steps + cv.density_steps if not 0 <= s <= self.train.steps]
+        bad = [
+            s for s in cv.steps + cv.hessian_steps + cv.density_steps + cv.eq9_steps if not 0 <= s <= self.train.steps
+        ]
         if bad:
             raise ConfigError(
                 f"{_p(path)}curvature.steps: {bad} lie outside 0..train.steps ({self.train.steps}); "

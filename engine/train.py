@@ -84,7 +84,7 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     if probes and cfg.probes.unit_window:
         probes.window_start = (1.0 - cfg.probes.unit_window) * steps
     curv = cfg.curvature
-    curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps)
+    curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
     curv_x, curv_y = data.x_train[: curv.examples], data.y_train[: curv.examples]
     curv_seconds = 0.0
     eval_every = cfg.train.eval_every or steps

@@ -17,15 +17,22 @@ from normlab.experiments import REGISTRY, load_config
 
 # The rule as it was written when curvature, kfac, plugins and the Jacobian probe came in.
 _ADDED = {
-    "curvature": to_dict(CurvatureConfig()),
+    "curvature": {k: v for k, v in to_dict(CurvatureConfig()).items() if k != "eq9_steps"},  # as it came in
     "kfac": to_dict(KFACConfig()),
     "plugins": [],
     "probes.jacobian_examples": 0,
+    "model.reparam_scale": 1.0,
 }
+# ... and the fields that joined a section after it entered the keys whole (left out at their default)
+_LATER = {"curvature.eq9_steps": []}
 
 
 def key_as_before(run: RunConfig, seed: int, extra: str = "") -> str:
     cfg = to_dict(run)
+    for path, default in _LATER.items():
+        section, name = path.split(".")
+        if cfg[section].get(name) == default:
+            del cfg[section][name]
     for path, default in _ADDED.items():
         *parents, name = path.split(".")
         node = cfg
@@ -55,6 +62,7 @@ def test_every_shipped_run_keeps_its_cell_key():
     "change",
     [
         {"curvature": {"steps": [0]}},
+        {"curvature": {"steps": [0], "eq9_steps": [0]}},
         {"kfac": {"damping": 0.1}},
         {"plugins": ["p"]},
         {"probes": {"jacobian_examples": 4}},
@@ -67,6 +75,8 @@ def test_a_run_that_sets_a_newer_field_keeps_its_key_too(change):
     for section, value in change.items():
         run = replace(run, **{section: value if section == "plugins" else replace(getattr(run, section), **value)})
     assert cell_key(run, 0) == key_as_before(run, 0) != cell_key(RunConfig(), 0)
+    if run.curvature.eq9_steps:  # a later field, once set, is part of the key
+        assert cell_key(run, 0) != cell_key(replace(run, curvature=replace(run.curvature, eq9_steps=[])), 0)
 
 
 def test_a_field_added_later_leaves_every_key_alone_until_a_run_sets_it():

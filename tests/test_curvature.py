@@ -125,3 +125,68 @@ def test_float32_measurements_agree_with_float64():
         op = CV.operator(CV.measurement_copy(model, dtype), "layer2", x, y, "ggn")
         vals[dtype], _ = CV.top_eigenvalues(op, 5, 0.0, seed=0)
     assert np.allclose(vals[torch.float32], vals[torch.float64], rtol=1e-5)
+
+
+def test_mean_shares_of_structured_and_random_directions():
+    mean = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    u = np.array([1.0, -2.0, 0.5])
+    structured = np.outer(u, [0.6, 0.8, 0.0, 0.0]).ravel()  # u (x) m_hat
+    across = np.outer(u, [0.0, 0.0, 1.0, 0.0]).ravel()  # orthogonal to the mean in input space
+    vecs = np.stack([structured / np.linalg.norm(structured), across / np.linalg.norm(across)], axis=1)
+    np.testing.assert_allclose(CV.mean_shares(vecs, (3, 4), mean), [1.0, 0.0], atol=1e-12)
+    rng = np.random.default_rng(0)
+    random = rng.standard_normal((3 * 400, 200))
+    big_mean = torch.from_numpy(rng.standard_normal(400))
+    assert abs(np.mean(CV.mean_shares(random / np.linalg.norm(random, axis=0), (3, 400), big_mean)) - 1 / 400) < 3e-4
+
+
+def test_the_eq9_copy_is_the_same_function_with_the_curvature_of_centered_inputs():
+    """centered_copy computes the network's function, and its GGN w.r.t. layer2's weight is the dense
+    GGN of a network whose layer2 sees its inputs minus their mean (built here by hand)."""
+    x, y = _batch()
+    m = CV.measurement_copy(_small())
+    a = CV.layer_inputs(m, "layer2", x)
+    mean = a.mean(0)
+    c = CV.centered_copy(m, "layer2", mean)
+    torch.testing.assert_close(c(x), m(x), rtol=1e-12, atol=1e-12)
+    assert mean.min() > 0.01  # ReLU outputs: uncentered
+    assert CV.layer_inputs(c, "layer2", x).mean(0).abs().max() < 1e-12  # the copy's layer sees them centered
+    w = c.blocks[1].weight_layer.weight
+    w0 = w.detach().clone()
+    b = c.blocks[1].weight_layer.bias.detach()
+    head = torch.nn.Sequential(*list(c.blocks[1].children())[1:])  # what follows the linear map in block 2
+
+    def logits(flat):  # the same network with layer2 written out on centered inputs
+        z = (a - mean) @ flat.view_as(w0).T + b
+        h = head(z)
+        for block in c.blocks[2:]:
+            h = block(h)
+        return c.out(h)
+
+    torch.testing.assert_close(logits(w0.flatten()), m(x), rtol=1e-10, atol=1e-10)
+    J = torch.autograd.functional.jacobian(logits, w0.flatten())
+    p = logits(w0.flatten()).softmax(1).detach()
+    H = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    dense = torch.einsum("ncp,ncd,ndq->pq", J, H, J).detach() / len(x)
+    exact = np.sort(np.linalg.eigvalsh(dense.numpy()))[::-1][:10]
+    vals, vecs, _ = CV.top_eigenpairs(CV.operator(c, "layer2", x, y, "ggn"), 10, 0.0, seed=0)
+    np.testing.assert_allclose(vals, exact, rtol=1e-6, atol=1e-12 * exact[0])
+    assert vecs.shape == (w0.numel(), 10)
+
+
+def test_uncentered_relu_inputs_give_mean_direction_outliers_that_eq9_removes():
+    """ReLU outputs are uncentered: the GGN's top eigenvector lies along u (x) m_hat, and the same
+    network reparameterized (Eq. 9) has a smaller top eigenvalue and no such eigenvector."""
+    torch.manual_seed(0)
+    net = CV.measurement_copy(build_model(ModelConfig(width=30, depth=3), (5,), 3))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(200, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (200,), generator=g)
+    mean = CV.layer_inputs(net, "layer2", x).mean(0)
+    shape = tuple(net.blocks[1].weight_layer.weight.shape)
+    before, vb, _ = CV.top_eigenpairs(CV.operator(net, "layer2", x, y, "ggn"), 5, 0.0, seed=0)
+    after, va, _ = CV.top_eigenpairs(
+        CV.operator(CV.centered_copy(net, "layer2", mean), "layer2", x, y, "ggn"), 5, 0.0, 0
+    )
+    assert CV.mean_shares(vb, shape, mean)[0] > 0.8
+    assert CV.mean_shares(va, shape, mean).max() < 0.5
+    assert after[0] < before[0] / 2

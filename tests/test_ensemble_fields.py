@@ -25,6 +25,7 @@ REFUSED_EXAMPLES = {
     "curvature.steps": [0],
     "curvature.hessian_steps": [0],
     "curvature.density_steps": [0],
+    "curvature.eq9_steps": [0],
     "plugins": ["some_plugin"],
 }
 

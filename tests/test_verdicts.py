@@ -714,53 +714,74 @@ def test_when_no_run_finishes_every_training_claim_is_inconclusive_not_a_crash(n
 
 # ---------- K8 ----------
 
-SPIKY = [100.0 - i for i in range(10)] + [1.0 - 0.01 * i for i in range(20)]  # 10 outliers over a flat bulk
-FLAT = [2.0 - 0.03 * i for i in range(30)]  # lambda_1 / bulk ~ 1.3: no outliers
+SPIKY = [100.0 - i for i in range(10)] + [1.0 - 0.01 * i for i in range(20)]  # 10 large eigenvalues, then the rest
+ALONG = [0.95] * 10 + [0.02] * 20  # the top 10 eigenvectors lie along the input mean
+ACROSS = [0.02] * 30  # none does
+FLAT = [2.0 - 0.03 * i for i in range(30)]
 
 
-def _curvature(spectra: dict[str, list[float]], seeds=(0, 1, 2)):
-    """Metrics with GGN and Hessian top-30 spectra per arm on both workloads, at steps 0 and 1000."""
+def _curvature(arms: dict[str, tuple[list[float], list[float]]], eq9=(FLAT, ACROSS), seeds=(0, 1, 2), hessian_gap=0.0):
+    """Metrics with top-30 GGN spectra and mean shares per arm on both workloads at steps 0 and 1000,
+    the uncentered arm's Hessian (the GGN times 1 + hessian_gap) and its spectra after Eq. 9."""
     runs, rows = [], []
     for w in ("mnist1d", "mixture"):
-        for kind, vals in spectra.items():
+        for kind, (vals, shares) in arms.items():
             arm = f"{w}-{kind}"
             for s in seeds:
                 rid = f"{arm}-s{s}"
                 runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok"})
                 for step in (0, 1000):
-                    for matrix in ("ggn", "hessian"):
+                    series = {"ggn_eig": vals, "ggn_mean_share": shares}
+                    if kind == "uncentered":
+                        series |= {"hessian_eig": [v * (1 + hessian_gap) for v in vals], "ggn_eq9_eig": eq9[0],
+                                   "ggn_eq9_mean_share": eq9[1]}  # fmt: skip
+                    for metric, values in series.items():
+                        jitter = 1 + 0.01 * s if metric.endswith("eig") else 1.0
                         rows += [
-                            (rid, arm, s, step, f"{matrix}_eig", "layer2", "rank", r + 1, v * (1 + 0.01 * s))
-                            for r, v in enumerate(vals)
+                            (rid, arm, s, step, metric, "layer2", "rank", r + 1, v * jitter)
+                            for r, v in enumerate(values)
                         ]
     return _verdicts("curvature", runs, rows)
 
 
-def test_k8_supported_when_only_the_uncentered_network_has_about_c_outliers():
-    v = _curvature({"uncentered": SPIKY, "centered": FLAT, "bn_next": FLAT, "bn_prev": FLAT, "knockout": FLAT})
-    assert set(v.values()) == {"supported"}, v
+KINDS = ("uncentered", "centered", "bn_next", "bn_prev", "knockout")
+
+
+def test_k8_supported_when_only_the_uncentered_network_has_mean_direction_outliers():
+    v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}})
+    judged = {k: x for k, x in v.items() if not k.startswith(("K8-centered", "K8-class"))}
+    assert set(judged.values()) == {"supported"}, v
+    assert v["K8-centered-mnist1d"] == v["K8-class-mnist1d"] == "not judged"
+
+
+def test_k8_outliers_are_counted_by_their_eigenvectors_not_by_a_gap():
+    """The same spiky spectrum with eigenvectors across the mean has no mean-direction outliers."""
+    v = _curvature({"uncentered": (SPIKY, ACROSS), **{k: (FLAT, ACROSS) for k in KINDS[1:]}})
+    assert v["K8-mnist1d"] == "not supported"
+    assert v["K8-eq9-mnist1d"] == v["K8-bnnext-mnist1d"] == "inconclusive"  # nothing to remove: n = 0
 
 
 def test_k8_not_supported_when_nothing_is_removed_or_the_knockout_brings_them_back():
-    v = _curvature({"uncentered": SPIKY, "centered": SPIKY, "bn_next": SPIKY, "bn_prev": FLAT, "knockout": SPIKY})
+    spiky = (SPIKY, ALONG)
+    v = _curvature({"uncentered": spiky, "centered": spiky, "bn_next": spiky, "bn_prev": (FLAT, ACROSS),
+                    "knockout": spiky}, eq9=spiky)  # fmt: skip
     for w in ("mnist1d", "mixture"):
-        assert v[f"K8-{w}"] == v[f"K8-hessian-{w}"] == "supported"
-        assert v[f"K8-centered-{w}"] == v[f"K8-bnnext-{w}"] == v[f"K8-top-{w}"] == "not supported"
+        assert v[f"K8-{w}"] == "supported"
+        assert v[f"K8-eq9-{w}"] == v[f"K8-bnnext-{w}"] == v[f"K8-top-{w}"] == "not supported"
         assert v[f"K8-bnprev-{w}"] == "supported"
         assert v[f"K8-knockout-{w}"] == "not supported"
 
 
-def test_k8_without_outliers_the_removal_rows_are_inconclusive_not_failures():
-    v = _curvature({k: FLAT for k in ("uncentered", "centered", "bn_next", "bn_prev", "knockout")})
-    assert v["K8-mnist1d"] == "not supported"
-    assert v["K8-centered-mnist1d"] == v["K8-bnnext-mnist1d"] == v["K8-bnprev-mnist1d"] == "inconclusive"
+def test_k8_hessian_is_one_exact_row():
+    base = {"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}}
+    assert _curvature(base)["K8-hessian"] == "supported"
+    assert _curvature(base, hessian_gap=0.05)["K8-hessian"] == "not supported"
 
 
 def test_k8_two_seeds_are_inconclusive():
-    v = _curvature(
-        {"uncentered": SPIKY, "centered": FLAT, "bn_next": FLAT, "bn_prev": FLAT, "knockout": FLAT}, seeds=(0, 1)
-    )
-    assert set(v.values()) == {"inconclusive"}
+    v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}}, seeds=(0, 1))
+    measured = {k: x for k, x in v.items() if not k.startswith(("K8-centered", "K8-class", "K8-hessian"))}
+    assert set(measured.values()) == {"inconclusive"}
 
 
 # ---------- K6, K7 ----------

@@ -233,6 +233,12 @@ class RunConfig:
                 f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
             )
         cv = self.curvature
+        if cv.eq9_steps and (m.bias == "false" or (m.norm != "none" and m.norm_position == "before")):
+            raise ConfigError(
+                f"{_p(path)}curvature.eq9_steps: Eq. 9 moves W m into the measured layer's bias, and this layer has "
+                "none (bias false, or a normalizer right after it, which already ignores a shift of its inputs); "
+                "measure Eq. 9 on a layer with a bias"
+            )
         bad = [
             s for s in cv.steps + cv.hessian_steps + cv.density_steps + cv.eq9_steps if not 0 <= s <= self.train.steps
         ]

@@ -190,3 +190,14 @@ def test_uncentered_relu_inputs_give_mean_direction_outliers_that_eq9_removes():
     assert CV.mean_shares(vb, shape, mean)[0] > 0.8
     assert CV.mean_shares(va, shape, mean).max() < 0.5
     assert after[0] < before[0] / 2
+
+
+def test_eq9_is_refused_on_a_layer_without_a_bias():
+    import pytest
+
+    from normlab.engine.config import ConfigError, from_dict
+
+    for model in ({"norm": "batch", "norm_position": "before"}, {"bias": "false"}):
+        with pytest.raises(ConfigError, match="curvature.eq9_steps: Eq. 9 moves W m into the measured layer's bias"):
+            from_dict(RunConfig, {"model": model, "curvature": {"steps": [0], "eq9_steps": [0]}}).check("run")
+    from_dict(RunConfig, {"curvature": {"steps": [0], "eq9_steps": [0]}}).check("run")  # no normalizer: fine

@@ -380,7 +380,10 @@ def k16_immune(s: KFACSetting) -> Estimate:
     k1 = ARMS["immune"][0]
     scale, x1, x10, ratio, ci, n = s.rescaled(ARMS["immune"])
     f0, f1 = _pair(s.whole, *ARMS["floor"])
-    floor = float(np.sqrt(np.nanmean(np.log(f1 / f0) ** 2))) if len(f0) else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(f1 / f0)
+    logs = logs[np.isfinite(logs)]
+    floor = float(np.sqrt(np.mean(logs**2))) if len(logs) else float("nan")
     sgd_ratio, sgd_ci = (s.sgd[3], s.sgd[4]) if s.sgd is not None else (float("nan"), None)
     check = Check(
         "the rescaling changes SGD",

@@ -186,7 +186,9 @@ def test_an_override_that_reaches_some_runs_is_counted_and_the_missed_arms_named
     tasks = bn.experiment.tasks(bn.config)
     sgd = [t for t in tasks if "adam" not in t.arm]
     assert bn.reach["run.optim.lr"] == (len(sgd), len(tasks)) and "before_adam@lr0.001" in bn.notes[0]
-    assert normlab.plan("baselines", overrides={"run.train.steps": 300}).reach == {"run.train.steps": (15, 15)}
+    base = normlab.plan("baselines", overrides={"run.train.steps": 300})
+    n = len(base.experiment.tasks(base.config))
+    assert n == 3 * base.config.seeds and base.reach == {"run.train.steps": (n, n)}
 
 
 def test_validate_prints_how_many_runs_each_override_reaches():
@@ -195,7 +197,9 @@ def test_validate_prints_how_many_runs_each_override_reaches():
     from normlab.cli.main import app
 
     r = CliRunner().invoke(app, ["validate", "baselines", "--set", "run.train.steps=300"])
-    assert r.exit_code == 0 and "--set run.train.steps: reaches 15 of 15 runs" in r.output
+    base = normlab.plan("baselines")
+    n = len(base.experiment.tasks(base.config))
+    assert r.exit_code == 0 and f"--set run.train.steps: reaches {n} of {n} runs" in r.output
     r = CliRunner().invoke(app, ["validate", "knockout", "--set", "run.optim.lr=0.123"])
     knockout = normlab.plan("knockout")
     n = len(knockout.experiment.tasks(knockout.config))

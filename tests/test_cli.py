@@ -31,7 +31,8 @@ def test_list_names_every_experiment_and_config():
 
 def test_validate_ok_and_typo(tmp_path):
     r = invoke("validate", "baselines")
-    assert r.exit_code == 0 and "3 arm(s) x 5 seed(s) = 15 runs" in r.output
+    seeds = normlab.plan("baselines").config.seeds
+    assert r.exit_code == 0 and f"3 arm(s) x {seeds} seed(s) = {3 * seeds} runs" in r.output
     bad = tmp_path / "typo.yaml"
     bad.write_text("experiment: baselines\nrun:\n  optim: {lerning_rate: 0.1}\n")
     r = invoke("validate", bad)

@@ -176,7 +176,7 @@ def test_every_claim_has_exactly_one_estimator(name):
 def test_curvature_claims_by_role_are_the_ones_their_ids_name():
     from normlab.experiments.curvature import K8
 
-    word = {"ggn": "", "hessian": "hessian-", "centered": "centered-", "bn_next": "bnnext-", "bn_prev": "bnprev-",
-            "top": "top-", "knockout": "knockout-"}  # fmt: skip
+    word = {"ggn": "", "eq9": "eq9-", "top": "top-", "bn_next": "bnnext-", "bn_prev": "bnprev-",
+            "knockout": "knockout-", "centered": "centered-", "class": "class-"}  # fmt: skip
     for w, roles in K8.items():
         assert {role: c.id for role, c in roles.items()} == {role: f"K8-{word[role]}{w}" for role in word}

@@ -76,7 +76,8 @@ def test_a_reproduce_folder_exports_each_experiment_under_its_name(tmp_path):
     r = CliRunner().invoke(app, ["export", str(root), "--out", str(tmp_path / "tb")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "tb" / "baselines" / "mlp-s0").is_dir()
-    assert len(list((tmp_path / "tb" / "baselines").iterdir())) == 15
+    n = len(load_tables(root / "baselines", metrics=False).runs)
+    assert len(list((tmp_path / "tb" / "baselines").iterdir())) == n
 
 
 def test_without_tensorboard_installed_the_error_names_the_extra(tmp_path, monkeypatch):
@@ -99,4 +100,5 @@ def test_the_default_folder_sits_beside_the_first_run_folder_and_is_returned(tmp
     assert done.folder == tmp_path / "baselines-tensorboard" and done.folder.is_dir()
     assert sorted(done.runs) == sorted(done.folder / r for r in load_tables(run).runs["run_id"])
     r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "tb")])
-    assert f"wrote 15 TensorBoard run folders under {tmp_path / 'tb'}" in " ".join(r.output.split())
+    n = len(load_tables(run, metrics=False).runs)
+    assert f"wrote {n} TensorBoard run folders under {tmp_path / 'tb'}" in " ".join(r.output.split())

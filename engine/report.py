@@ -98,24 +98,20 @@ def _load_folder(folder: Path) -> dict:
     }
 
 
-def judged_ids(items: list[dict]) -> set[str]:
-    """The claim ids judged by folders that are not sweeps."""
-    return {c for it in items if not it["manifest"].get("sweep") for c in it["claims"]["claim_id"]}
-
-
-def counted_once(items: list[dict]) -> list[pd.DataFrame]:
+def counted_once(items: list[dict]) -> tuple[list[pd.DataFrame], list[str]]:
     """Each folder's evidence rows (measured and exact), each claim id counted once: a sweep's row is
-    left out where a folder that is not a sweep judges the same claim."""
-    judged = judged_ids(items)
-    out = []
+    left out where a folder that is not a sweep judges the same claim. Also the ids left out."""
+    judged = {c for it in items if not it["manifest"].get("sweep") for c in it["claims"]["claim_id"]}
+    out, dropped = [], set()
     for it in items:
         c = it["claims"]
         if "kind" in c:
             c = c[c["kind"].isin(EVIDENCE_KINDS)]
         if it["manifest"].get("sweep"):
+            dropped |= set(c["claim_id"]) & judged
             c = c[~c["claim_id"].isin(judged)]
         out.append(c)
-    return out
+    return out, sorted(dropped)
 
 
 def _label(item: dict) -> str:
@@ -256,7 +252,7 @@ def build_report(
                 f"{_fmt(r['statistic'])} | {_fmt(r['value'])} "
                 f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} | {_to_decide(r)} |"
             )
-    counted = counted_once(items)
+    counted, repeated = counted_once(items)
     every = (
         pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
     )
@@ -276,15 +272,6 @@ def build_report(
             "",
             f"{label}: " + ", ".join(f"{k} {c.get(k, 0)}" for k in VERDICT_ORDER if k in c or kind == "measured"),
         ]
-    repeated = sorted(
-        {
-            c
-            for it, kept in zip(items, counted)
-            if it["manifest"].get("sweep")
-            for c in set(it["claims"][it["claims"]["claim_id"].isin(judged_ids(items))]["claim_id"])
-            if c not in set(kept["claim_id"]) and c in set(every_counted["claim_id"])
-        }
-    )
     if repeated:
         md += [
             "",

@@ -181,9 +181,7 @@ class Regression:
 
 def _angles(reg: Regression, theta: np.ndarray) -> np.ndarray:
     """Angle in degrees between the EF and NGD directions at each point."""
-    a, b = reg.field("ef", theta), reg.field("ngd", theta)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return _angle(reg.field("ef", theta), reg.field("ngd", theta))
 
 
 FLOWS = ("gd", "ngd", "ef")
@@ -259,6 +257,7 @@ class NearTheta:
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, the angle in degrees between two sets of vectors (M x 2)."""
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
@@ -388,7 +387,7 @@ def k12_near(s: FlowSetting) -> Estimate:
 def k12_near_at_n(s: FlowSetting) -> Estimate:
     """At the config's N: the largest angle within near_scale noise std of prediction change."""
     curve, lim = s.near_curve, s.near_limit
-    n = s.tables.config.get("problem", {}).get("n", 1000)
+    n = s.cfg.problem.n
     at = curve[(curve["n"] == n) & (curve["prediction_change"] <= s.a.near_scale * (1 + 1e-12))]
     if at.empty:
         return Estimate.missing(f"N = {n} is not among near_sizes, or no distance within near_scale")
@@ -466,10 +465,10 @@ class Fisher(TableExperiment):
         P.legend(ax, loc="upper left", bbox_to_anchor=(0.0, 1.0), framealpha=0.9, frameon=True)
         paths = [P.save(fig, out / "fisher.png")]
         if (tables.folder / "near_limit.csv").is_file():
-            paths.append(self._plot_near(tables, out, seed))
+            paths.append(self._plot_near(tables, out, seed, cfg.analysis.near_scale))
         return paths
 
-    def _plot_near(self, tables: Tables, out: Path, seed: int) -> Path:
+    def _plot_near(self, tables: Tables, out: Path, seed: int, near_scale: float) -> Path:
         """The limit K12-near is about: the angle at theta* against N, and the angle against the
         distance to theta* (on the problem's scale) for each N."""
         lim, curve = tables.read("near_limit"), tables.read("near_curve")
@@ -491,7 +490,7 @@ class Fisher(TableExperiment):
         for n in sizes:
             g = curve[(curve["seed"] == seed) & (curve["n"] == n)]
             ax.plot(g["prediction_change"], g["angle_max"], "-", color=col[f"N={n}"], lw=1.3, label=f"N={n}")
-        ax.axvline(tables.config.get("analysis", {}).get("near_scale", 0.1), color="k", ls=":", lw=1)
+        ax.axvline(near_scale, color="k", ls=":", lw=1)
         ax.set(
             xscale="log",
             yscale="log",

@@ -339,6 +339,16 @@ class KFACSetting(Setting):
     def late(self) -> dict[str, dict[int, float]]:
         return values_by_seed(angle_per_run(self.tables, 1.0 - self.a.late_fraction))
 
+    @cached_property
+    def jacobians(self) -> dict[str, dict[int, float]]:
+        """arm -> seed -> the final E||d logits/d x||_F^2 (the arms without BN)."""
+        return values_by_seed(final_metric(self.tables, M.JACOBIAN_FRO_SQ))
+
+    def jacobian_ratio(self, base: str, other: str):
+        """(x_base, x_other, ratio other / base, CI, n): the final Jacobian norms paired by seed."""
+        x0, x1 = _pair(self.jacobians, base, other)
+        return (x0, x1) + paired_t(x1, x0, log_ratio=True)
+
     def absent(self, *names: str) -> str:
         gone = [n for n in names if n not in self.present]
         return f"needs arm(s) {', '.join(gone)}" if gone else ""
@@ -436,8 +446,7 @@ def _jacobian(s: KFACSetting, key: str) -> Estimate:
     off, on = ARMS[key]
     if s.absent(off, on):
         return Estimate.missing(s.absent(off, on))
-    x0, x1 = _pair(values_by_seed(final_metric(s.tables, M.JACOBIAN_FRO_SQ)), off, on)
-    ratio, ci, n = paired_t(x1, x0, log_ratio=True)
+    x0, x1, ratio, ci, n = s.jacobian_ratio(off, on)
     o = s.arms[on].optim
     detail = (
         f"{o.name}, lambda {o.weight_decay:g} ({o.wd_mode}), lr x lambda = {o.lr * o.weight_decay:.3g}; "
@@ -457,8 +466,7 @@ def k16_jacobian_sgd(s: KFACSetting) -> Estimate:
 def _reparam(s: KFACSetting, key: str) -> tuple:
     """(ratio, CI, n, c, detail) of the final Jacobian norm, reparameterized start / plain start."""
     plain, rep = ARMS[key]
-    x0, x1 = _pair(values_by_seed(final_metric(s.tables, M.JACOBIAN_FRO_SQ)), plain, rep)
-    ratio, ci, n = paired_t(x1, x0, log_ratio=True)
+    x0, x1, ratio, ci, n = s.jacobian_ratio(plain, rep)
     c = s.arms[rep].model.reparam_scale / s.arms[plain].model.reparam_scale
     o = s.arms[rep].optim
     detail = (

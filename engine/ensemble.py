@@ -35,7 +35,8 @@ from .config import to_dict
 from .data import Batcher, load_dataset
 from .models import WNLinear, build_model
 from .optim import lr_at
-from .probes import UnitWindow, summarize, weight_metrics
+from .instruments import directions, summarize, turned, weight_metrics
+from .probes import UnitWindow
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -630,7 +631,7 @@ class _MemberProbes(UnitWindow):
                 metrics = list(M.WEIGHT_METRICS)
                 if invariance:
                     lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
-                    self._directions[name] = w / wn.unsqueeze(2)
+                    self._directions[name] = directions(w, wn)
                 if invariance == "unit":  # BN, weight norm: each unit's incoming weights
                     rows += [wn2.reciprocal() * lr, lr * gn / wn]  # as `lr / wn2` evaluates for a float lr
                     metrics += [M.EFF_LR, M.EFF_STEP]
@@ -668,7 +669,7 @@ class _MemberProbes(UnitWindow):
             if before is None:
                 continue
             w = lay.weight.flatten(2)
-            turn = (w / w.norm(dim=2, keepdim=True) - before).norm(dim=2)  # (M, units)
+            turn = turned(before, w)  # (M, units)
             if step >= self.window_start and invariance == "unit":
                 self._accumulate(M.UNIT_ANG2_MEAN, name, turn**2)
             self._matrix(keys, values, [M.ANGULAR_UPDATE], name, [turn])

@@ -1,4 +1,5 @@
-"""Measurements taken every `probes.every` steps on the current training batch.
+"""Measurements taken every `probes.every` steps on the current training batch (the per-unit
+mathematics lives in engine/instruments.py, shared with the public lens).
 
 All rows are `(step, metric, layer, stat, unit, value)`; the run adds run_id/arm/seed when it
 writes them. Per-unit quantities are computed for all units at once (one tensor per layer), then
@@ -40,22 +41,11 @@ from typing import Iterator
 
 import torch
 
+from .instruments import directions, summarize, turned, weight_metrics
 from .models import Net
 from . import metrics as M
 from .runs import Row
 from .spec import ProbeConfig
-
-
-def weight_metrics(
-    w: torch.Tensor, g: torch.Tensor
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per unit (its incoming weights w and their gradient g along the last dimension): the rows of
-    metrics.WEIGHT_METRICS, then ||w||^2, ||w|| and ||g||. Shared by the single-run and the ensemble probes."""
-    wn2 = (w * w).sum(-1)
-    wn = wn2.sqrt()
-    gn = g.norm(dim=-1)
-    wdg = (w * g).sum(-1)
-    return [wn2, gn, wdg, wdg / (wn * gn).clamp_min(1e-30), wn * gn], wn2, wn, gn
 
 
 def input_jacobian_sq_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -82,17 +72,6 @@ def _feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.transpose(0, 1).reshape(x.shape[1], -1).T
     var, mean = torch.var_mean(x, dim=0, correction=0)
     return mean, var
-
-
-QUANTILES = {"median": 0.5, "q25": 0.25, "q75": 0.75, "min": 0.0, "max": 1.0}  # nearest rank
-
-
-def summarize(mat: torch.Tensor, stats: list[str]) -> torch.Tensor:
-    """(..., k metrics, n units) -> (..., k, len(stats)): each metric summarized over its units."""
-    n = mat.shape[-1]
-    srt = mat.sort(dim=-1).values
-    cols = [mat.mean(dim=-1) if s == "mean" else srt[..., round(QUANTILES[s] * (n - 1))] for s in stats]
-    return torch.stack(cols, dim=-1)
 
 
 class UnitWindow:
@@ -213,7 +192,7 @@ class Probes(UnitWindow):
                         self._accumulate(M.UNIT_U_MEAN, wl.name, wn2)
                         self._accumulate(M.UNIT_G2_MEAN, wl.name, (wn * gn) ** 2)
                 if wl.invariance:
-                    self._directions[wl.name] = w / wn.unsqueeze(1)
+                    self._directions[wl.name] = directions(w, wn)
                 add_matrix(names, wl.name, torch.stack(rows))
                 if wl.invariance == "layer":  # only the whole matrix's scale drops out
                     total = wn2.sum()
@@ -255,7 +234,7 @@ class Probes(UnitWindow):
             if before is None:
                 continue
             w = wl.module.weight.flatten(1)
-            turn = (w / w.norm(dim=1, keepdim=True) - before).norm(dim=1).unsqueeze(0)
+            turn = turned(before, w).unsqueeze(0)
             if step >= self.window_start and wl.invariance == "unit":
                 self._accumulate(M.UNIT_ANG2_MEAN, wl.name, turn[0] ** 2)
             keys.extend((M.ANGULAR_UPDATE, wl.name, s, None) for s in self.stats)

@@ -103,6 +103,8 @@ def _invariance(cfg: ModelConfig, bias: bool) -> Optional[str]:
     """Rescaling which weights leaves the loss unchanged (Grosse ch. 5, §4.3-4.4)."""
     if cfg.norm not in ("batch", "weight", "layer"):
         return None
+    if cfg.norm == "weight":  # w = g v / ||v||: the scale of v never reaches the loss, wherever the block puts it
+        return "unit"
     kind = "layer" if cfg.norm == "layer" else "unit"
     if cfg.norm_position == "before" and (cfg.norm != "layer" or not bias):
         return kind

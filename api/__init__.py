@@ -44,6 +44,7 @@ __all__ = [
     "bench",
     "export",
     "judge",
+    "lens",
     "list_experiments",
     "list_sweeps",
     "load",
@@ -576,3 +577,6 @@ def _experiment_of(config: dict, folder):
             f"({', '.join(sorted(registry))})"
         )
     return registry[name]
+
+
+from normlab import lens  # noqa: E402  (normlab.lens.attach: the lens is part of the library's face)

@@ -1,0 +1,345 @@
+"""The lens: the experiments' probes on anyone's training loop, through the optimizer's step hooks.
+
+    lens = Lens(model, optimizer, every=50, out="lens-run")
+    ...                       # the loop, unchanged: forward, backward, optimizer.step()
+    lens.close()              # lens-run/lens.csv complete, lens-run/lens.json written
+
+Every `every`-th optimizer step (the first included), the pre-step hook reads each weight
+layer's weights and gradients (after backward, before the update) and the post-step hook the
+weights after it, plus an Adam-family optimizer's second moments. Nothing the loop computes
+changes: the hooks read tensors under no_grad, and the one side pass (the rescaling test for a
+model torch.fx cannot trace) restores the random state and every buffer (a test holds the loss
+trajectory bit-identical with and without the lens).
+
+lens.csv is long: step, layer, metric, stat, value; `stat` is mean/median/q10/q90 over a layer's
+units (nearest-rank quantiles, engine/instruments.py, the probes' own code) or `value` for one
+number per layer. Metrics (names in METRICS):
+  scale_invariant        1 when the loss ignores the scale of each unit's weights or of the whole
+                         matrix (engine/invariance.py), else 0
+  weight_norm_sq         ||w_j||^2 (and, for a layer-invariant matrix, ||W||^2 as `value`)
+  grad_cos               cos(w_j, g_j) (value: cos(W, G) for a layer-invariant matrix); about 0
+                         where the loss is scale invariant (Grosse ch. 5, Eq. 16)
+  eff_lr                 alpha / ||w_j||^2 (value: alpha / ||W||^2), invariant layers under SGD
+  angular_update         the angle each unit turned in the step (value: the whole matrix's)
+  lr, weight_decay       the layer's parameter group's (value)
+  wd_equilibrium_angle   sqrt(2 alpha lambda / (1 + beta)) (Eq. 25 at beta = 0), invariant layers
+                         in SGD groups with weight decay (value)
+  wd_equilibrium_ratio   the measured angle (root mean square over units, or the matrix's) over it
+                         (value); about 1 at equilibrium
+  adam_eps_share         the share of the weight's entries whose epsilon is at least sqrt(v_hat),
+                         Adam-family groups (value): where it is large Adam steps like momentum SGD
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+from .files import atomic_write_text
+from .instruments import directions, summarize, turned, wd_equilibrium_angle, weight_metrics
+from .invariance import LAYER, UNIT, Invariance, graph_invariance, rescale_invariance, trace, weight_layers
+
+STATS = ["mean", "median", "q10", "q90"]
+COLUMNS = ["step", "layer", "metric", "stat", "value"]
+SCALE_INVARIANT = "scale_invariant"
+WEIGHT_NORM_SQ = "weight_norm_sq"
+GRAD_COS = "grad_cos"
+EFF_LR = "eff_lr"
+ANGULAR_UPDATE = "angular_update"
+LR = "lr"
+WEIGHT_DECAY = "weight_decay"
+WD_EQUILIBRIUM_ANGLE = "wd_equilibrium_angle"
+WD_EQUILIBRIUM_RATIO = "wd_equilibrium_ratio"
+ADAM_EPS_SHARE = "adam_eps_share"
+METRICS = (SCALE_INVARIANT, WEIGHT_NORM_SQ, GRAD_COS, EFF_LR, ANGULAR_UPDATE, LR, WEIGHT_DECAY,
+           WD_EQUILIBRIUM_ANGLE, WD_EQUILIBRIUM_RATIO, ADAM_EPS_SHARE)  # fmt: skip
+CSV_NAME, MANIFEST_NAME = "lens.csv", "lens.json"
+
+
+class Lens:
+    """Attached to one model and its optimizer until `close()` (or the end of a `with` block)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, every: int = 50,
+                 out: str | Path = "lens-run", overwrite: bool = False):  # fmt: skip
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every: expected a whole number of steps >= 1, got {every!r}")
+        self.out = Path(out)
+        if (self.out / CSV_NAME).exists() and not overwrite:
+            raise ConfigError(f"out: {self.out / CSV_NAME} exists; pass another out= or overwrite=True to replace it")
+        self.model, self.optimizer, self.every = model, optimizer, every
+        self.layers = weight_layers(model)
+        if not self.layers:
+            raise ConfigError("model: it has no weight layer (no Linear, convolution or attention weights) to measure")
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self.layers = [(n, m, w) for n, m, w in self.layers if id(w) in owned]
+        if not self.layers:
+            raise ConfigError("optimizer: it updates none of the model's weight layers; attach the optimizer "
+                              "that trains this model")  # fmt: skip
+        self.invariance: dict[str, Invariance] = {}
+        self.trace_error = ""
+        try:
+            self.invariance = graph_invariance(model, trace(model))
+        except Exception as exc:  # data-dependent control flow and the like: test on a real batch instead
+            self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        self._batch: Optional[tuple[tuple, dict]] = None
+        self._capture = None
+        if any(n not in self.invariance for n, _, _ in self.layers):
+            self._capture = model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
+        self.step = 0  # optimizer steps seen
+        self.probes = 0
+        self._probing = False
+        self._before: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._keys: list[tuple[str, str, str]] = []
+        self._values: list[torch.Tensor] = []
+        self._cos: dict[str, list[torch.Tensor]] = {}  # per layer: the probes' median |cos(w, g)| (numeric check)
+        self.started = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._csv_path = self.out / CSV_NAME
+        self._file = open(self._csv_path, "w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(COLUMNS)
+        self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+        self.closed = False
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _keep_batch(self, _module, args, kwargs):
+        self._batch = (args, kwargs)
+
+    def _group_of(self) -> dict[int, dict]:
+        return {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+
+    def _resolve_by_rescaling(self) -> None:
+        if self._batch is None:
+            return
+        args, kwargs = self._batch
+        found = rescale_invariance(self.model, args, kwargs)
+        for name, inv in found.items():
+            self.invariance.setdefault(name, inv)
+        self._batch = None
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    def _add(self, metric: str, layer: str, stat: str, value: torch.Tensor | float) -> None:
+        self._keys.append((layer, metric, stat))
+        self._values.append(value.detach().double().reshape(1) if isinstance(value, torch.Tensor) else float(value))
+
+    def _add_summaries(self, metric: str, layer: str, per_unit: torch.Tensor) -> None:
+        self._keys.extend((layer, metric, s) for s in STATS)
+        self._values.append(summarize(per_unit.detach().double().unsqueeze(0), STATS).flatten())
+
+    @torch.no_grad()
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self._probing = self.step % self.every == 0
+        if not self._probing:
+            return
+        if self._capture is not None:
+            self._resolve_by_rescaling()
+        groups = self._group_of()
+        is_sgd = isinstance(optimizer, torch.optim.SGD)
+        for name, _mod, p in self.layers:
+            if p.grad is None:
+                continue
+            group = groups[id(p)]
+            lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
+            inv = self.invariance.get(name)
+            w, g = p.detach().flatten(1), p.grad.detach().flatten(1)
+            rows, wn2, wn, _gn = weight_metrics(w, g)
+            if inv is not None:
+                self._add(SCALE_INVARIANT, name, "value", 1.0 if inv.kind else 0.0)
+            self._add(LR, name, "value", lr)
+            self._add(WEIGHT_DECAY, name, "value", wd)
+            self._add_summaries(WEIGHT_NORM_SQ, name, wn2)
+            self._add_summaries(GRAD_COS, name, rows[3])
+            whole = None
+            if inv is not None and inv.kind == LAYER:
+                total, gw = wn2.sum(), g.norm()
+                whole = (w / total.sqrt()).flatten()
+                layer_cos = (w * g).sum() / (total.sqrt() * gw).clamp_min(1e-30)
+                self._add(WEIGHT_NORM_SQ, name, "value", total)
+                self._add(GRAD_COS, name, "value", layer_cos)
+                self._cos.setdefault(name, []).append(layer_cos.abs())
+                if is_sgd:
+                    self._add(EFF_LR, name, "value", lr / total)
+            elif inv is not None and inv.kind == UNIT:
+                self._cos.setdefault(name, []).append(rows[3].abs().median())
+                if is_sgd:
+                    self._add_summaries(EFF_LR, name, lr / wn2)
+            else:
+                self._cos.setdefault(name, []).append(rows[3].abs().median())
+            self._before[name] = (directions(w, wn), whole)
+
+    @torch.no_grad()
+    def _post(self, optimizer, args, kwargs) -> None:
+        if not self._probing:
+            self.step += 1
+            return
+        groups = self._group_of()
+        is_sgd = isinstance(optimizer, torch.optim.SGD)
+        for name, _mod, p in self.layers:
+            if name not in self._before:
+                continue
+            before, whole = self._before.pop(name)
+            w = p.detach().flatten(1)
+            turn = turned(before, w)
+            self._add_summaries(ANGULAR_UPDATE, name, turn)
+            measured = turn.square().mean().sqrt()  # the root mean square: Eq. 23 balances squared steps
+            if whole is not None:
+                measured = turned(whole, w.flatten())
+                self._add(ANGULAR_UPDATE, name, "value", measured)
+            group = groups[id(p)]
+            inv = self.invariance.get(name)
+            wd = float(group.get("weight_decay", 0.0))
+            if is_sgd and wd > 0 and inv is not None and inv.kind:
+                angle = wd_equilibrium_angle(float(group["lr"]), wd, float(group.get("momentum", 0.0)))
+                self._add(WD_EQUILIBRIUM_ANGLE, name, "value", angle)
+                self._add(WD_EQUILIBRIUM_RATIO, name, "value", measured / angle)
+            share = _adam_eps_share(optimizer.state.get(p, {}), group)
+            if share is not None:
+                self._add(ADAM_EPS_SHARE, name, "value", share)
+        self._flush_rows(self.step)
+        self.probes += 1
+        self._probing = False
+        self.step += 1
+
+    def _flush_rows(self, step: int) -> None:
+        if self._values:
+            tensors = [v for v in self._values if isinstance(v, torch.Tensor)]
+            copied = iter(torch.cat([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+            flat: list[float] = []  # the device's numbers in one copy per probe, the host's as they are
+            for v in self._values:
+                flat.extend([next(copied) for _ in range(v.numel())] if isinstance(v, torch.Tensor) else [v])
+            for (layer, metric, stat), v in zip(self._keys, flat):
+                self._writer.writerow([step, layer, metric, stat, repr(v)])
+            self._file.flush()  # a loop that dies keeps every probe written so far
+        self._keys, self._values = [], []
+
+    # -- the end -----------------------------------------------------------------------------
+    def numeric_check(self, name: str) -> dict[str, Any]:
+        """How the probes' |cos(w, g)| bears out the layer's invariance: the largest median |cos|
+        over probes (the whole matrix's |cos| for a layer-invariant one)."""
+        seen = self._cos.get(name, [])
+        inv = self.invariance.get(name)
+        worst = float(torch.stack(seen).max()) if seen else None
+        out: dict[str, Any] = {"max_median_abs_cos": worst, "probes": len(seen), "tolerance": COS_TOLERANCE}
+        if worst is None or inv is None:
+            out["agrees"] = None
+        elif inv.kind:
+            out["agrees"] = worst <= COS_TOLERANCE
+        else:
+            out["agrees"] = not worst <= COS_TOLERANCE / 10  # a non-invariant layer whose cos stays tiny: say so
+        return out
+
+    def manifest(self) -> dict[str, Any]:
+        groups = self._group_of()
+        layers = []
+        for name, mod, p in self.layers:
+            inv = self.invariance.get(name)
+            g = groups[id(p)]
+            layers.append({
+                "layer": name, "module": type(mod).__name__, "shape": list(p.shape),
+                "scale_invariant": (1 if inv.kind else 0) if inv else None,
+                "invariance": inv.kind if inv else None, "found_by": inv.source if inv else None,
+                "reason": inv.reason if inv else "not determined (no forward pass seen before the first probe)",
+                "numeric_check": self.numeric_check(name),
+                "group": {k: _plain(v) for k, v in g.items() if k != "params"},
+            })  # fmt: skip
+        return {
+            "lens": 1,
+            "every": self.every,
+            "steps_seen": self.step,
+            "probes": self.probes,
+            "optimizer": type(self.optimizer).__name__,
+            "model": type(self.model).__name__,
+            "device": str(next(iter(self.model.parameters())).device),
+            "traced": not self.trace_error,
+            "trace_error": self.trace_error,
+            "layers": layers,
+            "closed": True,
+            "versions": {"torch": torch.__version__, "python": platform.python_version(), "normlab": _version()},
+            "wall_seconds": round(time.time() - self.started, 3),
+        }
+
+    def close(self) -> Path:
+        """Remove the hooks, flush lens.csv and write lens.json; returns the folder. Idempotent."""
+        if self.closed:
+            return self.out
+        for h in self._handles:
+            h.remove()
+        if self._capture is not None:
+            self._capture.remove()
+        self._file.close()
+        atomic_write_text(self.out / MANIFEST_NAME, json.dumps(self.manifest(), indent=1) + "\n")
+        self.closed = True
+        return self.out
+
+    def __enter__(self) -> "Lens":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+COS_TOLERANCE = 1e-2  # a scale-invariant layer's median |cos(w, g)| stays below this (batch norm's
+# epsilon breaks the invariance slightly for units whose pre-normalizer variance is tiny)
+
+
+def _adam_eps_share(state: dict, group: dict) -> Optional[torch.Tensor]:
+    """Share of entries with eps >= sqrt(v_hat) (v_hat = the bias-corrected second moment the step
+    just used; AMSGrad: its running maximum), or None for a group that is not Adam-like."""
+    v = state.get("max_exp_avg_sq") if group.get("amsgrad") else state.get("exp_avg_sq")
+    if v is None or "eps" not in group or "betas" not in group or "step" not in state:
+        return None
+    t = float(state["step"])
+    v_hat = v / (1.0 - group["betas"][1] ** t)
+    return (v_hat.sqrt() <= group["eps"]).double().mean()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v)
+    return str(v)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("normlab")
+    except Exception:
+        return "unknown"
+
+
+def read(folder: str | Path) -> tuple[Any, dict]:
+    """(lens.csv as a pandas table, lens.json as a dict) of a lens folder; a clear error when it is not one."""
+    import pandas as pd
+
+    folder = Path(folder)
+    if not (folder / CSV_NAME).is_file():
+        raise ConfigError(f"{folder}: no {CSV_NAME} here; pass the folder given to normlab.lens.attach(out=...)")
+    manifest: dict = {}
+    if (folder / MANIFEST_NAME).is_file():
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    # layer names are text even where they read as numbers (nn.Sequential's "0", "1", ...)
+    table = pd.read_csv(io.StringIO((folder / CSV_NAME).read_text()), dtype={"layer": str, "metric": str, "stat": str})
+    return table, manifest

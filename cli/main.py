@@ -603,6 +603,29 @@ def bench(
     ui.table(table)
 
 
+lens_app = typer.Typer(
+    help="The chapter's instruments on your own training loop: attach in Python with "
+    "`lens = normlab.lens.attach(model, optimizer, every=50, out='lens-run')`, train, `lens.close()`, then read it "
+    "here.",
+    no_args_is_help=True,
+)
+app.add_typer(lens_app, name="lens")
+
+
+@lens_app.command("report")
+@user_errors
+def lens_report(
+    folder: Path = typer.Argument(..., help="The folder given to normlab.lens.attach(out=...), holding lens.csv."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the folder itself)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report.md/report.html."),
+) -> None:
+    """Write report.md, report.html (self-contained) and lens.png from a lens folder: per layer its
+    scale invariance, ||w||^2, effective learning rate and angle per step, and the flags (implicit
+    learning-rate decay, weight-decay equilibrium, Adam's epsilon, effective-LR spread)."""
+    for p in normlab.lens.report(folder, out, overwrite):
+        ui.console.print(f"wrote {p}")
+
+
 def main() -> None:
     # --plain is an option of the program, but users write it after the subcommand too
     args = sys.argv[1:]

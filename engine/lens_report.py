@@ -1,0 +1,322 @@
+"""`normlab lens report FOLDER`: the flags and figures of a lens folder, from lens.csv and lens.json
+alone (engine/lens.py wrote them). Each flag names its layers and the numbers behind it:
+
+- scale-invariant layers trained without weight decay: their effective learning rate alpha/||w||^2
+  falls as ||w||^2 grows (as 1/sqrt(k) under SGD, Grosse ch. 5, §4.3); how much it has fallen, and
+  the slope of log eff_lr against log step over the second half of the probes (about -1/2 there);
+- scale-invariant layers with weight decay: the decay sets the effective learning rate at its
+  equilibrium (Eqs. 23-25), it is not a penalty the loss feels; per SGD layer the root-mean-square
+  angle over the last quarter of the probes against sqrt(2 alpha lambda / (1 + beta)), reached
+  when within EQUILIBRIUM_BAND;
+- Adam-family groups where epsilon outweighs sqrt(v_hat) for at least EPS_DOMINATES of a layer's
+  entries at the last probe (there Adam steps like momentum SGD with the step alpha/eps);
+- effective learning rates spread over SPREAD or more: across the invariant layers (their medians)
+  or within one layer (q90/q10);
+- a layer whose numbers contradict the invariance the module graph gave it.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .files import atomic_write_text
+from . import lens as L
+
+EQUILIBRIUM_BAND = (0.8, 1.25)  # measured / predicted angle, rms over the last quarter of probes
+EPS_DOMINATES = 0.5
+SPREAD = 10.0
+
+
+def _series(table: pd.DataFrame, metric: str, stat: str) -> pd.DataFrame:
+    """step x layer of one metric's stat."""
+    sub = table[(table["metric"] == metric) & (table["stat"] == stat)]
+    return sub.pivot_table(index="step", columns="layer", values="value", aggfunc="first", sort=False)
+
+
+def _last(table: pd.DataFrame, metric: str, stat: str) -> pd.Series:
+    s = _series(table, metric, stat)
+    return s.ffill().iloc[-1] if len(s) else pd.Series(dtype=float)
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.3g}"
+
+
+def slope_loglog(steps: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of log(value) on log(1 + step) over the second half of the points."""
+    keep = np.isfinite(values) & (values > 0)
+    steps, values = steps[keep], values[keep]
+    half = len(steps) // 2
+    if len(steps) - half < 3:
+        return float("nan")
+    x, y = np.log1p(steps[half:]), np.log(values[half:])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
+    """Every flag: {"title", "text", "rows": [{layer: ..., numbers}]} in the order the report shows them."""
+    layers = {entry["layer"]: entry for entry in manifest.get("layers", [])}
+    invariant = _last(table, L.SCALE_INVARIANT, "value")
+    inv_layers = [n for n, v in invariant.items() if v == 1]
+    wd = _last(table, L.WEIGHT_DECAY, "value")
+    out: list[dict] = []
+
+    eff = _series(table, L.EFF_LR, "median")
+    eff_layer = _series(table, L.EFF_LR, "value")
+    ang = _series(table, L.ANGULAR_UPDATE, "median")
+    wn2 = _series(table, L.WEIGHT_NORM_SQ, "median")
+
+    def curve(frame: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.Series:
+        if name in other.columns:
+            return other[name].dropna()
+        return frame[name].dropna() if name in frame.columns else pd.Series(dtype=float)
+
+    rows = []
+    for name in inv_layers:
+        if wd.get(name, 0.0) != 0.0:
+            continue
+        e = curve(eff, eff_layer, name)
+        w = wn2[name].dropna() if name in wn2 else pd.Series(dtype=float)
+        a = ang[name].dropna() if name in ang else pd.Series(dtype=float)
+        row = {"layer": name, "||w||^2 grew": _ratio(w), "angle fell": _ratio(a, inverse=True)}
+        if len(e):
+            row["eff_lr fell"] = _ratio(e, inverse=True)
+            row["slope (log eff_lr vs log k)"] = slope_loglog(e.index.to_numpy(float), e.to_numpy(float))
+        rows.append(row)
+    if rows:
+        out.append({
+            "title": "Scale-invariant layers trained without weight decay: the effective learning rate decays",
+            "text": "The loss ignores these layers' scale, so their gradient is orthogonal to the weights and "
+                    "every step lengthens them; the step's angle (and, under SGD, alpha/||w||^2) shrinks as "
+                    "||w||^2 grows, as 1/sqrt(k) for SGD (Grosse ch. 5, §4.3). The training sees an implicit "
+                    "learning-rate decay it was not given. Factors are first probe to last; the slope is "
+                    "fitted over the second half of the probes (-0.5 is the 1/sqrt(k) law).",
+            "rows": rows,
+        })  # fmt: skip
+
+    angle = _series(table, L.WD_EQUILIBRIUM_ANGLE, "value")
+    ratio = _series(table, L.WD_EQUILIBRIUM_RATIO, "value")
+    rows = []
+    for name in inv_layers:
+        if wd.get(name, 0.0) == 0.0:
+            continue
+        row = {"layer": name, "weight decay": wd[name], "optimizer": manifest.get("optimizer", "?")}
+        if name in ratio.columns:
+            r = ratio[name].dropna()
+            tail = r.iloc[-max(1, len(r) // 4) :]
+            rms = float(np.sqrt(np.mean(np.square(tail.to_numpy(float)))))
+            reached = EQUILIBRIUM_BAND[0] <= rms <= EQUILIBRIUM_BAND[1]
+            row.update({"predicted angle": float(angle[name].dropna().iloc[-1]), "measured / predicted": rms,
+                        "at equilibrium": "yes" if reached else "not yet"})  # fmt: skip
+        else:
+            row["at equilibrium"] = "not computed (Eq. 25 is for SGD)"
+        rows.append(row)
+    if rows:
+        out.append({
+            "title": "Weight decay on scale-invariant layers: it sets the effective learning rate, it is not a penalty",
+            "text": "On these layers the loss does not depend on ||w||, so decay cannot trade loss for smaller "
+                    "weights; it shrinks ||w|| until the growth from the gradient balances it (Eq. 23), where each "
+                    "step turns a unit by sqrt(2 alpha lambda) (Eq. 25; over 1 + beta with momentum beta). "
+                    "Changing lambda changes the equilibrium learning rate. Measured: the root-mean-square angle "
+                    f"over the last quarter of the probes, against the prediction; 'yes' within "
+                    f"{EQUILIBRIUM_BAND[0]}-{EQUILIBRIUM_BAND[1]}x. A layer not there yet is still in its "
+                    "transient (about 1/(2 alpha lambda) steps).",
+            "rows": rows,
+        })  # fmt: skip
+
+    share = _last(table, L.ADAM_EPS_SHARE, "value")
+    rows = [{"layer": n, "share of entries with eps >= sqrt(v_hat)": float(v)}
+            for n, v in share.items() if v >= EPS_DOMINATES]  # fmt: skip
+    if rows:
+        eps = {e["layer"]: e["group"].get("eps") for e in layers.values()}
+        for r in rows:
+            r["eps"] = eps.get(r["layer"])
+        out.append({
+            "title": "Adam groups where epsilon dominates",
+            "text": f"For at least {EPS_DOMINATES:.0%} of these layers' entries epsilon is as large as the "
+                    "gradient's root mean square sqrt(v_hat) at the last probe: there the update is close to "
+                    "alpha m_hat / eps, momentum SGD with step alpha/eps, not an adaptive method. A smaller eps "
+                    "(or a look at why the gradients are this small) restores the per-entry scaling.",
+            "rows": rows,
+        })  # fmt: skip
+
+    medians = _last(table, L.EFF_LR, "median")
+    whole = _last(table, L.EFF_LR, "value")
+    per_layer = {**medians.dropna().to_dict(), **whole.dropna().to_dict()}
+    rows = []
+    if len(per_layer) >= 2:
+        lo, hi = min(per_layer, key=per_layer.get), max(per_layer, key=per_layer.get)
+        if per_layer[hi] >= SPREAD * per_layer[lo]:
+            rows.append({"between": f"{lo} .. {hi}", "lowest eff_lr": per_layer[lo], "highest eff_lr": per_layer[hi],
+                         "ratio": per_layer[hi] / per_layer[lo]})  # fmt: skip
+    q10, q90 = _last(table, L.EFF_LR, "q10"), _last(table, L.EFF_LR, "q90")
+    for name in q10.index:
+        if q10[name] > 0 and q90[name] >= SPREAD * q10[name]:
+            rows.append({"between": f"units of {name} (q10 .. q90)", "lowest eff_lr": q10[name],
+                         "highest eff_lr": q90[name], "ratio": q90[name] / q10[name]})  # fmt: skip
+    if rows:
+        out.append({
+            "title": "Effective learning rates spread over an order of magnitude or more",
+            "text": "One alpha, many effective learning rates: alpha/||w||^2 differs by the factor shown (last "
+                    "probe), so some layers or units train far faster than others (Grosse ch. 5, §4.3: different "
+                    "weights have different gradient magnitudes, so different effective learning rates).",
+            "rows": rows,
+        })  # fmt: skip
+
+    rows = []
+    for name, entry in layers.items():
+        check = entry.get("numeric_check", {})
+        if check.get("agrees") is False:
+            said = "invariant" if entry.get("scale_invariant") else "not invariant"
+            rows.append({"layer": name, "module graph": said, "largest median |cos(w, g)|": check["max_median_abs_cos"],
+                         "tolerance": check["tolerance"]})  # fmt: skip
+    if rows:
+        out.append({
+            "title": "Layers whose numbers disagree with the module graph",
+            "text": "An invariant layer's gradient is orthogonal to its weights (|cos| near 0, Eq. 16). Where the "
+                    "graph says invariant and |cos| is not small, the loop may normalize with running statistics "
+                    "(model.eval() while training) or a normalizer's epsilon dominates; where the graph says not "
+                    "invariant and |cos| stays tiny, the graph analysis could not prove an invariance that holds.",
+            "rows": rows,
+        })  # fmt: skip
+    return out
+
+
+def _ratio(s: pd.Series, inverse: bool = False) -> float:
+    if len(s) < 2 or s.iloc[0] <= 0 or s.iloc[-1] <= 0:
+        return float("nan")
+    return float(s.iloc[0] / s.iloc[-1] if inverse else s.iloc[-1] / s.iloc[0])
+
+
+def figure(table: pd.DataFrame, manifest: dict, path: Path) -> Path:
+    """lens.png: ||w||^2, eff_lr (log-log, with the 1/sqrt(k) slope), the angular update (with the
+    equilibrium angles) and, for Adam, epsilon's share, one line per layer coloured by depth."""
+    from . import plots
+
+    order = [e["layer"] for e in manifest.get("layers", [])] or sorted(table["layer"].unique())
+    invariant = _last(table, L.SCALE_INVARIANT, "value")
+    share = _series(table, L.ADAM_EPS_SHARE, "value")
+    panels = [("||w||^2 (median over units)", L.WEIGHT_NORM_SQ, "median", True),
+              ("effective LR alpha/||w||^2 (median)", L.EFF_LR, "median", True),
+              ("angle turned per step (median over units)", L.ANGULAR_UPDATE, "median", True)]  # fmt: skip
+    if len(share):
+        panels.append(("Adam: share of entries with eps >= sqrt(v_hat)", L.ADAM_EPS_SHARE, "value", False))
+    fig, axes = plots.figure(ncols=len(panels), width=3.9, height=3.1)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    colour = {n: cmap(i / max(1, len(order) - 1) * 0.9) for i, n in enumerate(order)}
+    labelled = len(order) <= 8
+    for ax, (title, metric, stat, log) in zip(axes[0], panels):
+        frame = _series(table, metric, stat)
+        if metric == L.EFF_LR:
+            frame = frame.combine_first(_series(table, L.EFF_LR, "value"))
+        for name in [n for n in order if n in frame.columns]:
+            s = frame[name].dropna()
+            s = s[s > 0] if log else s
+            if not len(s):
+                continue
+            dashed = invariant.get(name, 0) != 1
+            ax.plot(s.index + 1, s.to_numpy(), color=colour[name], lw=1.2, ls="--" if dashed else "-",
+                    label=name if labelled else None)  # fmt: skip
+        if metric == L.ANGULAR_UPDATE:
+            eq = _series(table, L.WD_EQUILIBRIUM_ANGLE, "value")
+            for value in sorted(set(np.round(eq.ffill().iloc[-1].dropna().to_numpy(float), 12))) if len(eq) else []:
+                ax.axhline(value, color="#d62728", lw=1, ls=":", label=f"sqrt(2 alpha lambda/(1+beta)) = {value:.3g}")
+        if metric == L.EFF_LR and len(frame):
+            x = frame.index.to_numpy(float) + 1
+            y0 = np.nanmedian(frame.iloc[len(frame) // 2].to_numpy(float))
+            if np.isfinite(y0) and y0 > 0 and len(x) > 2:
+                xm = x[len(frame) // 2]
+                ax.plot(x, y0 * np.sqrt(xm / x), color="#888", lw=1, ls=":", label="slope -1/2")
+        ax.set_title(title)
+        ax.set_xlabel("step + 1")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        plots.legend(ax, fontsize=7)
+    if not labelled:
+        fig.suptitle(f"{len(order)} layers, coloured by depth (dark: first, light: last); dashed: not scale invariant")
+    else:
+        fig.suptitle("dashed: layers the loss is not scale invariant to")
+    return plots.save(fig, path)
+
+
+def _table(rows: list[dict]) -> list[str]:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [(_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+def write_report(folder: Path, out: Path | None = None, overwrite: bool = False) -> list[Path]:
+    table, manifest = L.read(folder)
+    out = out or folder
+    md_path, html_path = out / "report.md", out / "report.html"
+    if not overwrite and (md_path.exists() or html_path.exists()):
+        raise ConfigError(f"out: {md_path} exists; pass --overwrite to replace it")
+    if table.empty:
+        raise ConfigError(f"{folder}: lens.csv holds no probe yet; train at least one step with the lens attached")
+    out.mkdir(parents=True, exist_ok=True)
+    fig_path = figure(table, manifest, out / "lens.png")
+    steps = table["step"]
+    md = ["# normlab lens report", ""]
+    md.append(f"{folder}: {manifest.get('model', '?')} trained by {manifest.get('optimizer', '?')}; "
+              f"{table['step'].nunique()} probes every {manifest.get('every', '?')} steps, steps "
+              f"{int(steps.min())}-{int(steps.max())} of {manifest.get('steps_seen', '?')} seen.")  # fmt: skip
+    if not manifest.get("closed"):
+        md += ["", "**The lens was not closed** (no lens.json): the loop may have stopped early; the numbers "
+               "below are every probe written before that."]  # fmt: skip
+    found = flags(table, manifest)
+    md += ["", "## Flags", ""]
+    md += [f"- {f['title']}" for f in found] if found else ["- none: no condition in the list below holds"]
+    for f in found:
+        md += ["", f"### {f['title']}", "", f["text"], ""] + _table(f["rows"])
+    md += ["", "## Layers", ""]
+    last = {m: _last(table, m, s) for m, s in ((L.WEIGHT_NORM_SQ, "median"), (L.EFF_LR, "median"),
+                                                 (L.ANGULAR_UPDATE, "median"), (L.GRAD_COS, "median"))}  # fmt: skip
+    rows = []
+    for e in manifest.get("layers", []):
+        n = e["layer"]
+        rows.append({
+            "layer": n, "module": e["module"], "shape": "x".join(map(str, e["shape"])),
+            "scale invariant": {"unit": "per unit", "layer": "whole matrix", None: "no"}[e["invariance"]]
+            if e["scale_invariant"] is not None else "?",
+            "found by": e["found_by"] or "-",
+            "max median abs cos(w, g)": e["numeric_check"]["max_median_abs_cos"],
+            "||w||^2": last[L.WEIGHT_NORM_SQ].get(n), "eff_lr": last[L.EFF_LR].get(n),
+            "angle": last[L.ANGULAR_UPDATE].get(n),
+        })  # fmt: skip
+    md += _table([{k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in r.items()} for r in rows])
+    md += ["", "Last probe's medians over units. Why each layer is or is not scale invariant:", ""]
+    md += [f"- `{e['layer']}`: {e['reason']}" for e in manifest.get("layers", [])]
+    md += ["", "## Figure", "", f"![lens]({fig_path.name})", "",
+           "Metrics, stats and their definitions: docs/lens.md; every number here is in lens.csv "
+           "(step, layer, metric, stat, value)."]  # fmt: skip
+    text = "\n".join(md) + "\n"
+    atomic_write_text(md_path, text)
+
+    from markdown_it import MarkdownIt
+
+    data = base64.b64encode(fig_path.read_bytes()).decode()
+    body = (
+        MarkdownIt("commonmark", {"html": False})
+        .enable("table")
+        .render(text.replace(f"![lens]({fig_path.name})", f"![lens](data:image/png;base64,{data})"))
+    )
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.45;color:#222}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")  # fmt: skip
+    atomic_write_text(html_path, '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>normlab lens report</title>'
+                      f"<style>{style}</style></head><body>\n{body}</body></html>\n")  # fmt: skip
+    return [md_path, html_path, fig_path]

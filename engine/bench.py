@@ -2,7 +2,9 @@
 
 1. engine vs plain: the engine's `train` (probes off) against a hand-written PyTorch loop
    (nn.Sequential, same layers, same data, batch, optimizer and thread count).
-2. probe cost: the engine with probes at the default interval against probes off.
+2. probe cost: the engine with probes at the default interval against probes off; lens cost: the
+   plain loop with `normlab.lens` attached (every 50 steps) against the same loop without it, in
+   back-to-back blocks of 500 steps (lens_pairs).
 3. pool scaling: k one-thread workers training at once, total steps/s against one worker.
 4. batched ensembles (engine/ensemble.py): M runs trained as one stacked model, with and without
    BN, in member-steps/s, against the single-run engine and against the compute limit (this
@@ -10,7 +12,7 @@
 Every loop runs on one device (`device`, cpu by default; cuda times a GPU the same way, with the
 device synchronized before each clock read, and the limit measured by a large matmul there).
 Trials of 1 and 2 are interleaved (plain, engine, engine+probes, repeat) and the reported ratio
-is the median over repeats.
+is the median over repeats (for the lens, over the pairs).
 """
 
 from __future__ import annotations
@@ -65,40 +67,77 @@ def matmul_gflops(n: int = 1024, repeats: int = 5, device: torch.device | str = 
     return 2 * n**3 / best / 1e9
 
 
+LENS_EVERY = 50  # the interval the lens's overhead target (<= 5% of the step) is stated at
+
+
+class PlainLoop:
+    """A hand-written loop over the same data, model shape, batch and optimizer as the engine's
+    bench run: nn.Sequential, SGD, a fresh permutation per epoch. `run(steps)` trains on from where
+    the previous call stopped and returns its steps/s."""
+
+    def __init__(self, cfg: RunConfig, seed: int = 0):
+        torch.set_num_threads(cfg.train.threads)
+        self.device = device = resolve_device(cfg.train.device)
+        data = load_dataset(cfg.data).to(device)
+        torch.manual_seed(seed)
+        w = cfg.model.width
+        self.model = nn.Sequential(
+            nn.Linear(40, w, bias=False),
+            nn.BatchNorm1d(w, affine=False),
+            nn.ReLU(),
+            nn.Linear(w, w, bias=False),
+            nn.BatchNorm1d(w, affine=False),
+            nn.ReLU(),
+            nn.Linear(w, 10),
+        ).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr)
+        self.x_all, self.y_all = data.x_train, data.y_train
+        self.bs = cfg.train.batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.randperm(len(self.y_all), generator=self.gen).to(device), 0
+
+    def run(self, steps: int) -> float:
+        model, opt, n, bs = self.model, self.opt, len(self.y_all), self.bs
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            if self.pos + bs > n:
+                self.order, self.pos = torch.randperm(n, generator=self.gen).to(self.device), 0
+            idx = self.order[self.pos : self.pos + bs]
+            self.pos += bs
+            loss = F.cross_entropy(model(self.x_all[idx]), self.y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        synchronize(self.device)
+        return steps / (time.perf_counter() - start)
+
+
 def plain_loop(cfg: RunConfig, seed: int = 0) -> float:
-    """Steps/s of a hand-written loop over the same data, model shape, batch and optimizer."""
-    torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = load_dataset(cfg.data).to(device)
-    torch.manual_seed(seed)
-    w = cfg.model.width
-    model = nn.Sequential(
-        nn.Linear(40, w, bias=False),
-        nn.BatchNorm1d(w, affine=False),
-        nn.ReLU(),
-        nn.Linear(w, w, bias=False),
-        nn.BatchNorm1d(w, affine=False),
-        nn.ReLU(),
-        nn.Linear(w, 10),
-    ).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
-    x_all, y_all = data.x_train, data.y_train
-    n, bs = len(y_all), cfg.train.batch_size
-    gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(n, generator=gen).to(device), 0
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(cfg.train.steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=gen).to(device), 0
-        idx = order[pos : pos + bs]
-        pos += bs
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    synchronize(device)
-    return cfg.train.steps / (time.perf_counter() - start)
+    """Steps/s of the hand-written loop (PlainLoop) over cfg.train.steps."""
+    return PlainLoop(cfg, seed).run(cfg.train.steps)
+
+
+def lens_pairs(cfg: RunConfig, pairs: int, block: int = 500, every: int = LENS_EVERY) -> list[tuple[float, float]]:
+    """(steps/s without, steps/s with `normlab.lens` attached every `every` steps) for `pairs`
+    back-to-back blocks of `block` steps of one PlainLoop: each pair a fraction of a second apart,
+    so that a shared machine's drift hits both alike (a small overhead is lost in the noise of
+    separate trials). Attaching (the graph trace) and closing are outside the clock."""
+    import tempfile
+
+    from .lens import Lens
+
+    loop = PlainLoop(cfg)
+    loop.run(block)  # warm up
+    out = []
+    with tempfile.TemporaryDirectory(prefix="normlab-bench-lens-") as folder:
+        for i in range(pairs):
+            without = loop.run(block)
+            lens = Lens(loop.model, loop.opt, every=every, out=f"{folder}/{i}")
+            with_lens = loop.run(block)
+            lens.close()
+            out.append((without, with_lens))
+    return out
 
 
 def engine_loop(cfg: RunConfig, seed: int = 0) -> float:
@@ -113,6 +152,7 @@ class BenchResult:
     probed: list[float]
     probe_every: int
     pool: dict[int, float]
+    lens: list[tuple[float, float]] = field(default_factory=list)  # (without, with) the lens, paired blocks
     ensemble: dict[tuple[str, bool, int], float] = field(default_factory=dict)  # (model, BN, M) -> member-steps/s
     engine_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # single-run engine steps/s
     limit_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # steps/s at large-matmul speed
@@ -125,6 +165,10 @@ class BenchResult:
     def probe_cost(self) -> float:
         return 1.0 - statistics.median(q / e for q, e in zip(self.probed, self.engine))
 
+    @property
+    def lens_cost(self) -> float:
+        return 1.0 - statistics.median(w / p for p, w in self.lens)
+
     def rows(self) -> list[tuple[str, str, str]]:
         """The bench's table: (measure, value, target), medians over the interleaved repeats."""
         rows = [
@@ -133,6 +177,9 @@ class BenchResult:
             ("engine / plain", f"{self.engine_ratio:.3f}x", ">= 0.95x"),
             (f"probe cost (every {self.probe_every} steps)", f"{100 * self.probe_cost:.1f}%", "<= 10%"),
         ]
+        if self.lens:
+            label = f"normlab.lens cost (every {LENS_EVERY} steps, plain loop, {len(self.lens)} paired blocks)"
+            rows.append((label, f"{100 * self.lens_cost:.1f}%", "<= 5%"))
         base = self.pool.get(1)
         for k, rate in sorted(self.pool.items()):
             rows.append(
@@ -189,6 +236,9 @@ def run_bench(
             f"  repeat {r + 1}/{repeats}: plain {res.plain[-1]:.0f}, engine {res.engine[-1]:.0f}, "
             f"engine+probes {res.probed[-1]:.0f} steps/s"
         )
+    res.lens = lens_pairs(off, pairs=4 * repeats)
+    ratios = sorted(w / p for p, w in res.lens)
+    log(f"  lens: {len(res.lens)} paired blocks of 500 steps, with/without {ratios[0]:.3f}..{ratios[-1]:.3f}")
     workers = workers or default_jobs()
     pool_cfg = bench_config(pool_steps, 0, device)
     for k in sorted({1, workers}):

@@ -32,6 +32,7 @@ number per layer. Metrics (names in METRICS):
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -64,6 +65,7 @@ ADAM_EPS_SHARE = "adam_eps_share"
 METRICS = (SCALE_INVARIANT, WEIGHT_NORM_SQ, GRAD_COS, EFF_LR, ANGULAR_UPDATE, LR, WEIGHT_DECAY,
            WD_EQUILIBRIUM_ANGLE, WD_EQUILIBRIUM_RATIO, ADAM_EPS_SHARE)  # fmt: skip
 CSV_NAME, MANIFEST_NAME = "lens.csv", "lens.json"
+FLUSH_SECONDS = 5.0  # pending probes reach lens.csv at least this often (and at close or exit)
 
 
 class Lens:
@@ -112,6 +114,9 @@ class Lens:
         self._file = open(self._csv_path, "w", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerow(COLUMNS)
+        self._pending: list[tuple[int, list, list]] = []
+        self._flushed_at = time.monotonic()
+        atexit.register(self.flush)  # a loop that dies (an exception, sys.exit) keeps every probe taken
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
         self.closed = False
 
@@ -136,17 +141,27 @@ class Lens:
 
     def _add(self, metric: str, layer: str, stat: str, value: torch.Tensor | float) -> None:
         self._keys.append((layer, metric, stat))
-        self._values.append(value.detach().double().reshape(1) if isinstance(value, torch.Tensor) else float(value))
+        self._values.append(value.reshape(1) if isinstance(value, torch.Tensor) else float(value))
 
     def _add_summaries(self, metric: str, layer: str, per_unit: torch.Tensor) -> None:
         self._keys.extend((layer, metric, s) for s in STATS)
-        self._values.append(summarize(per_unit.detach().double().unsqueeze(0), STATS).flatten())
+        self._values.append(summarize(per_unit.unsqueeze(0), STATS).flatten())
 
-    @torch.no_grad()
     def _pre(self, optimizer, args, kwargs) -> None:
+        # every step passes here: the test and the return are all a step between probes pays
         self._probing = self.step % self.every == 0
-        if not self._probing:
-            return
+        if self._probing:
+            with torch.no_grad():
+                self._measure_before(optimizer)
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        if self._probing:
+            with torch.no_grad():
+                self._measure_after(optimizer)
+            self._probing = False
+        self.step += 1
+
+    def _measure_before(self, optimizer) -> None:
         if self._capture is not None:
             self._resolve_by_rescaling()
         groups = self._group_of()
@@ -157,37 +172,36 @@ class Lens:
             group = groups[id(p)]
             lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
             inv = self.invariance.get(name)
+            kind = inv.kind if inv is not None else None
             w, g = p.detach().flatten(1), p.grad.detach().flatten(1)
             rows, wn2, wn, _gn = weight_metrics(w, g)
             if inv is not None:
-                self._add(SCALE_INVARIANT, name, "value", 1.0 if inv.kind else 0.0)
+                self._add(SCALE_INVARIANT, name, "value", 1.0 if kind else 0.0)
             self._add(LR, name, "value", lr)
             self._add(WEIGHT_DECAY, name, "value", wd)
-            self._add_summaries(WEIGHT_NORM_SQ, name, wn2)
-            self._add_summaries(GRAD_COS, name, rows[3])
+            # the per-unit rows summarized together (one sort), |cos| last for the numeric check
+            names, mat = [WEIGHT_NORM_SQ, GRAD_COS], [wn2, rows[3]]
+            if kind == UNIT and is_sgd:
+                names.append(EFF_LR)
+                mat.append(lr / wn2)
+            summ = summarize(torch.stack(mat + [rows[3].abs()]), STATS)
+            self._keys.extend((name, metric, stat) for metric in names for stat in STATS)
+            self._values.append(summ[:-1].flatten())
+            check = summ[-1, STATS.index("median")]
             whole = None
-            if inv is not None and inv.kind == LAYER:
-                total, gw = wn2.sum(), g.norm()
+            if kind == LAYER:
+                total = wn2.sum()
                 whole = (w / total.sqrt()).flatten()
-                layer_cos = (w * g).sum() / (total.sqrt() * gw).clamp_min(1e-30)
+                check = (w * g).sum() / (total.sqrt() * g.norm()).clamp_min(1e-30)
                 self._add(WEIGHT_NORM_SQ, name, "value", total)
-                self._add(GRAD_COS, name, "value", layer_cos)
-                self._cos.setdefault(name, []).append(layer_cos.abs())
+                self._add(GRAD_COS, name, "value", check)
+                check = check.abs()
                 if is_sgd:
                     self._add(EFF_LR, name, "value", lr / total)
-            elif inv is not None and inv.kind == UNIT:
-                self._cos.setdefault(name, []).append(rows[3].abs().median())
-                if is_sgd:
-                    self._add_summaries(EFF_LR, name, lr / wn2)
-            else:
-                self._cos.setdefault(name, []).append(rows[3].abs().median())
+            self._cos.setdefault(name, []).append(check)
             self._before[name] = (directions(w, wn), whole)
 
-    @torch.no_grad()
-    def _post(self, optimizer, args, kwargs) -> None:
-        if not self._probing:
-            self.step += 1
-            return
+    def _measure_after(self, optimizer) -> None:
         groups = self._group_of()
         is_sgd = isinstance(optimizer, torch.optim.SGD)
         for name, _mod, p in self.layers:
@@ -197,7 +211,7 @@ class Lens:
             w = p.detach().flatten(1)
             turn = turned(before, w)
             self._add_summaries(ANGULAR_UPDATE, name, turn)
-            measured = turn.square().mean().sqrt()  # the root mean square: Eq. 23 balances squared steps
+            measured = None
             if whole is not None:
                 measured = turned(whole, w.flatten())
                 self._add(ANGULAR_UPDATE, name, "value", measured)
@@ -205,6 +219,8 @@ class Lens:
             inv = self.invariance.get(name)
             wd = float(group.get("weight_decay", 0.0))
             if is_sgd and wd > 0 and inv is not None and inv.kind:
+                if measured is None:  # per unit: the root mean square (Eq. 23 balances squared steps)
+                    measured = turn.square().mean().sqrt()
                 angle = wd_equilibrium_angle(float(group["lr"]), wd, float(group.get("momentum", 0.0)))
                 self._add(WD_EQUILIBRIUM_ANGLE, name, "value", angle)
                 self._add(WD_EQUILIBRIUM_RATIO, name, "value", measured / angle)
@@ -213,20 +229,32 @@ class Lens:
                 self._add(ADAM_EPS_SHARE, name, "value", share)
         self._flush_rows(self.step)
         self.probes += 1
-        self._probing = False
-        self.step += 1
 
     def _flush_rows(self, step: int) -> None:
-        if self._values:
-            tensors = [v for v in self._values if isinstance(v, torch.Tensor)]
-            copied = iter(torch.cat([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
-            flat: list[float] = []  # the device's numbers in one copy per probe, the host's as they are
-            for v in self._values:
-                flat.extend([next(copied) for _ in range(v.numel())] if isinstance(v, torch.Tensor) else [v])
-            for (layer, metric, stat), v in zip(self._keys, flat):
-                self._writer.writerow([step, layer, metric, stat, repr(v)])
-            self._file.flush()  # a loop that dies keeps every probe written so far
+        """Keep this probe's numbers (still tensors, on their device); write what is pending every
+        FLUSH_SECONDS, so that a probe costs its measurements and not a host copy and a file write."""
+        self._pending.append((step, self._keys, self._values))
         self._keys, self._values = [], []
+        if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending probe to lens.csv (one host copy for all of them) and flush the file."""
+        if not self._pending or self._file.closed:
+            return
+        tensors = [v for _, _, values in self._pending for v in values if isinstance(v, torch.Tensor)]
+        # float64 on the host: the summaries are the weights' own dtype (float32 mostly), written exactly
+        copied = iter(torch.cat([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else [])
+        rows = []
+        for step, keys, values in self._pending:
+            flat: list[float] = []
+            for v in values:
+                flat.extend([next(copied) for _ in range(v.numel())] if isinstance(v, torch.Tensor) else [v])
+            rows.extend([step, layer, metric, stat, repr(v)] for (layer, metric, stat), v in zip(keys, flat))
+        self._writer.writerows(rows)
+        self._file.flush()
+        self._pending = []
+        self._flushed_at = time.monotonic()
 
     # -- the end -----------------------------------------------------------------------------
     def numeric_check(self, name: str) -> dict[str, Any]:
@@ -282,6 +310,8 @@ class Lens:
             h.remove()
         if self._capture is not None:
             self._capture.remove()
+        self.flush()
+        atexit.unregister(self.flush)
         self._file.close()
         atomic_write_text(self.out / MANIFEST_NAME, json.dumps(self.manifest(), indent=1) + "\n")
         self.closed = True

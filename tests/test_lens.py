@@ -441,3 +441,29 @@ def test_the_resnet18_example_runs_on_fakedata_and_writes_its_report(tmp_path):
     kinds = {e["layer"]: e["invariance"] for e in manifest["layers"]}
     assert sum(k == UNIT for k in kinds.values()) == 20 and kinds["fc"] is None
     assert manifest["probes"] == 3 and (tmp_path / "lens" / "report.html").is_file()
+
+
+def test_a_loop_that_dies_keeps_every_probe_and_the_report_says_so(tmp_path):
+    """No close(): an exception ends the process; lens.csv still holds all 20 probes (flushed at
+    exit), there is no lens.json, and the report says the lens was not closed."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch, torch.nn as nn, torch.nn.functional as F, normlab
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+lens = normlab.lens.attach(model, opt, every=1, out={str(tmp_path / "lens")!r})
+for k in range(20):
+    F.cross_entropy(model(torch.randn(32, 8)), torch.randint(0, 3, (32,))).backward()
+    opt.step()
+    opt.zero_grad()
+raise RuntimeError("the loop died")
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 1 and "the loop died" in res.stderr
+    table, manifest = normlab.lens.read(tmp_path / "lens")
+    assert sorted(table["step"].unique()) == list(range(20)) and manifest == {}
+    normlab.lens.report(tmp_path / "lens")
+    assert "The lens was not closed" in (tmp_path / "lens" / "report.md").read_text()

@@ -467,3 +467,34 @@ raise RuntimeError("the loop died")
     assert sorted(table["step"].unique()) == list(range(20)) and manifest == {}
     normlab.lens.report(tmp_path / "lens")
     assert "The lens was not closed" in (tmp_path / "lens" / "report.md").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_on_cuda_the_loop_is_bit_identical_and_the_numbers_match_the_cpu(tmp_path):
+    """The same BN MLP on a GPU: the lens leaves the loop bit-identical there too, and its lens.csv
+    agrees with a CPU run's to float rounding (same rows, values within 1e-3 relative)."""
+
+    def train_on(device, out):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+        model = model.to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        lens = normlab.lens.attach(model, opt, every=2, out=out) if out else None
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(256, 8, generator=gen).to(device), torch.randint(0, 3, (256,), generator=gen).to(device)
+        losses = []
+        for _ in range(10):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        if lens:
+            lens.close()
+        return losses
+
+    assert train_on("cuda", None) == train_on("cuda", tmp_path / "gpu")
+    train_on("cpu", tmp_path / "cpu")
+    gpu, cpu = (pd.read_csv(tmp_path / d / "lens.csv", dtype={"layer": str}) for d in ("gpu", "cpu"))
+    assert gpu[["step", "layer", "metric", "stat"]].equals(cpu[["step", "layer", "metric", "stat"]])
+    assert np.allclose(gpu["value"], cpu["value"], rtol=1e-3, atol=1e-6)

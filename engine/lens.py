@@ -110,6 +110,7 @@ class Lens:
         self._cos: dict[str, list[torch.Tensor]] = {}  # per layer: the probes' median |cos(w, g)| (numeric check)
         self.started = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / MANIFEST_NAME).unlink(missing_ok=True)  # overwrite: an old run's manifest would say "closed"
         self._csv_path = self.out / CSV_NAME
         self._file = open(self._csv_path, "w", newline="")
         self._writer = csv.writer(self._file)

@@ -15,7 +15,7 @@ Each member starts from the weights `build_model` gives its seed and draws the b
 (tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
 stops being finite is recorded as diverged at that step, as the single-run loop does, and the
 others go on. Runs with per-unit probe rows, the Jacobian probe, curvature, unstackable inserted
-modules, plugins, other architectures or optimizers (K-FAC) take the single-run path
+modules, plugins, other architectures or optimizers (a plugin's, K-FAC on a CNN) take the single-run path
 (`why_not_packable` says why). `SHARED`, `REFUSED` and `GATED` below say, for every field of a run's
 config, how this path handles it; tests/test_ensemble_fields.py fails on a field none of them names.
 """
@@ -40,10 +40,11 @@ from .probes import UnitWindow
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
-STACKED_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adam#sgd", "sgd#adam")  # M#D: grafting
+STACKED_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "kfac", "adam#sgd", "sgd#adam")  # M#D: grafting
 # Settings (of `optim`) that may differ between the members of one ensemble; everything else must match.
 PER_MEMBER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "schedule", "warmup_steps", "step_every",
               "step_gamma")  # fmt: skip
+PER_MEMBER_KFAC = ("damping",)  # of `kfac`: K-FAC's damping is a per-member (M, 1, 1) tensor (engine.kfac.StackedKFAC)
 
 # How the batched path handles every other field of a run's config. A new field must be named in one
 # of these (tests/test_ensemble_fields.py walks RunConfig), so that none is silently ignored here:
@@ -56,18 +57,19 @@ SHARED = frozenset(
                               "activation", "norm_position", "norm_affine", "norm_eps", "bias", "init",
                               "norm_init_scale", "reparam_scale")]
     + ["optim.wd_mode", "optim.wd_params", "optim.renormalize"]
+    + [f"kfac.{k}" for k in ("ema", "cov_every", "inverse_every", "fisher")]
     + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
-    + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries")]
+    + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries",
+                               "jacobian_examples")]
 )  # fmt: skip
 # REFUSED: settings the batched path computes only for some values; any other sends the run to the
 # single-run path, with this reason (`why_not_packable`).
 REFUSED = {
     "model.arch": "architecture",  # an architecture not in `archs`
     "model.norm": "normalizer",  # a normalizer the stacked model does not compute for the architecture
-    "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (K-FAC, a plugin's)
+    "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (a plugin's), or K-FAC on a CNN (its conv layers)
     "optim.nesterov": "Nesterov momentum",
     "probes.per_unit": "per-unit probe rows",
-    "probes.jacobian_examples": "the input-Jacobian probe",
     "curvature.steps": "curvature",
     "curvature.hessian_steps": "curvature",
     "curvature.density_steps": "curvature",
@@ -78,7 +80,6 @@ REFUSED = {
 GATED = {
     **{f"curvature.{k}": "curvature.steps" for k in ("layer", "top_k", "examples", "tol", "dtype", "density_vectors",
                                                      "density_repeats", "density_points")},
-    **{f"kfac.{k}": "optim.name" for k in ("damping", "ema", "cov_every", "inverse_every", "fisher")},
 }  # fmt: skip
 _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h: h}
 
@@ -89,7 +90,11 @@ NORMS = ("none", "batch", "center", "layer", "weight")  # weight norm: the engin
 # What --ensemble auto stacks: where stacking measured faster than single runs on this 2-core CPU
 # (normlab bench): the MLP (1.5-1.7x at 4-32 members) and the 1-D CNN as im2col + bmm (1.1-1.4x; a
 # grouped conv had measured 0.65-0.98x). Layer norm, weight norm and the renormalized control stack
-# as well (eff_lr's arms, 5 members: 1.3-1.9x their single runs, interleaved).
+# as well (eff_lr's arms, 5 members: 1.3-1.9x their single runs, interleaved). K-FAC's MLPs stack too
+# (engine.kfac.StackedKFAC): on this CPU no faster, 0.93-1.07x their single runs at 2-10 members
+# (kfac's BN arms, best of four, one thread), because the exact Fisher's ten backward passes per step
+# are compute, which stacking does not remove; on a GPU, where a lone run is bound by kernel
+# launches, stacking is what removes them. It also packs the Jacobian-probed SGD arms around it.
 AUTO_ARCHS = ARCHS
 
 
@@ -107,17 +112,17 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     refused = {  # field of REFUSED -> whether this run's value of it is one the batched path refuses
         "model.arch": m.arch not in archs,
         "model.norm": not _stacks_norm(m),
-        "optim.name": o.name not in STACKED_OPTIMIZERS,
+        "optim.name": o.name not in STACKED_OPTIMIZERS or (o.name == "kfac" and m.arch != "mlp"),
         "optim.nesterov": o.nesterov,
         "probes.per_unit": p.every > 0 and p.per_unit,
-        "probes.jacobian_examples": p.jacobian_examples > 0,
         "curvature.steps": bool(cv.steps),
         "curvature.hessian_steps": bool(cv.hessian_steps),
         "curvature.density_steps": bool(cv.density_steps),
         "curvature.eq9_steps": bool(cv.eq9_steps),
         "plugins": bool(cfg.plugins),
     }
-    detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": f" {o.name}"}
+    optimizer = f" {o.name}" + (f" on {m.arch}" if o.name == "kfac" else "")
+    detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": optimizer}
     return next((REFUSED[k] + detail.get(k, "") for k, bad in refused.items() if bad), "")
 
 
@@ -127,6 +132,8 @@ def pack_key(task: RunTask) -> str:
     d = to_dict(task.config)
     for k in PER_MEMBER:
         d["optim"].pop(k, None)
+    for k in PER_MEMBER_KFAC:
+        d["kfac"].pop(k, None)
     d["inserted"] = getattr(task.after_norm, "stack_key", "") if task.after_norm is not None else None
     return json.dumps(d, sort_keys=True)
 
@@ -223,6 +230,7 @@ class EnsembleNet:
 
     def __init__(self, cfg: ModelConfig, nets: list, generators: list | None = None):
         self.cfg, self.members = cfg, len(nets)
+        self.generators = generators  # one per member, its run's RNG stream (inserted modules, sampled K-FAC)
         self.act = _ACT[cfg.activation]
         self.layers: list[_Layer] = []
         for i in range(len(nets[0].blocks)):
@@ -407,11 +415,12 @@ class EnsembleNet:
         -> logits (M, B, C). `training`: batch statistics (updating the running ones) or running ones.
         `capture`: filled with what probes read, member first and features last: the input of every
         weight layer (capture["inputs"]["layer1"], ..., ["out"]) and of every activation (["taps"]);
-        the CNN's as (M, B, L, C) views of its (M, C, L, B) activations."""
+        the CNN's as (M, B, L, C) views of its (M, C, L, B) activations. An MLP's also gives each
+        weight layer's output, in the graph (["outputs"]: what K-FAC differentiates)."""
         before = self.cfg.norm_position == "before"
         mlp = self.cfg.arch == "mlp"
-        inputs, taps = (
-            ({}, {}) if capture is None else (capture.setdefault("inputs", {}), capture.setdefault("taps", {}))
+        inputs, taps, outputs = (
+            ({}, {}, {}) if capture is None else tuple(capture.setdefault(k, {}) for k in ("inputs", "taps", "outputs"))
         )
         if mlp:
             h = x.flatten(1).unsqueeze(0) if shared else x.flatten(2)
@@ -424,6 +433,7 @@ class EnsembleNet:
             if capture is not None:
                 inputs[name] = as_probed(h)
             z = self._linear(lay, h) if mlp else self._conv(lay, h)
+            outputs[name] = z
             if self.normalizes[i] and before:
                 z = self._normalize(i, z, training)
             if capture is not None:
@@ -436,7 +446,8 @@ class EnsembleNet:
             h = h.flatten(2)
             if capture is not None:
                 inputs["out"] = h
-            return self._linear(self.out, h)
+            outputs["out"] = logits = self._linear(self.out, h)
+            return logits
         # the CNN's features flatten channel-major, as nn.Flatten orders them, into the read-out
         h = h.reshape(h.shape[0], -1, h.shape[3])  # (M|1, C L, B)
         if capture is not None:
@@ -484,17 +495,40 @@ class StackedModule:
 
 
 class EnsembleOptimizer:
-    """torch.optim's SGD (heavy ball), Adam(W), RMSprop and Adagrad, and the grafts M#D (engine.optim.Graft:
-    per member and tensor, M's step length along D's direction), with a learning rate, momentum, betas,
-    epsilon and weight decay per member; decoupled decay as the engine's Optimizer applies it. Constant
-    per-member settings are shaped against every parameter once; only the learning rate (and Adam's
-    bias corrections) change per step."""
+    """torch.optim's SGD (heavy ball), Adam(W), RMSprop and Adagrad, the grafts M#D (engine.optim.Graft:
+    per member and tensor, M's step length along D's direction) and K-FAC (engine.kfac.KFAC, through
+    engine.kfac.StackedKFAC), with a learning rate, momentum, betas, epsilon, weight decay and K-FAC
+    damping per member; decoupled decay as the engine's Optimizer applies it. Constant per-member
+    settings are shaped against every parameter once; only the learning rate (and Adam's bias
+    corrections) change per step."""
 
-    def __init__(self, net: EnsembleNet, optims: list):
+    def __init__(self, net: EnsembleNet, optims: list, kfacs: list | None = None):
         self.net = net
         o = optims[0]
         self.name = o.name
-        self.rules = o.name.split("#")  # one update rule, or a graft's magnitude and direction
+        # one update rule, or a graft's magnitude and direction; K-FAC's preconditioned direction
+        # takes heavy-ball steps, as KFAC.step does
+        self.rules = ["sgd"] if o.name == "kfac" else o.name.split("#")
+        self.kfac = None
+        if o.name == "kfac":
+            from .kfac import StackedKFAC
+
+            k = kfacs[0]
+            # the layers KFAC preconditions in a single run: nn.Linear ones (not weight norm's WNLinear)
+            names = [f"layer{i + 1}" for i in range(len(net.layers))] + ["out"]
+            layers = net.layers + [net.out]
+            chosen = [(n, lay) for n, lay in zip(names, layers) if lay.kind == "linear" and lay.wn_gain is None]
+            self.kfac_layers = [n for n, _ in chosen]
+            self.kfac = StackedKFAC(
+                [(lay.weight, lay.bias) for _, lay in chosen],
+                [c.damping for c in kfacs],
+                k.ema,
+                k.cov_every,
+                k.inverse_every,
+                k.fisher,
+                net.generators,
+            )
+
         self.decoupled = o.name == "adamw" or o.wd_mode == "decoupled"
         self.params = net.parameters()
         decayed = {id(p) for p in net.weights(o.wd_params)}
@@ -555,6 +589,21 @@ class EnsembleOptimizer:
         st["sum"].addcmul_(g, g)
         return lr_e * g / st["sum"].sqrt().add_(h["eps"])
 
+    def _kfac_directions(self) -> dict[int, torch.Tensor]:
+        """As KFAC.step: the gradient (plus coupled decay), preconditioned per member for K-FAC's layers."""
+        dirs = {}
+        for p, h in zip(self.params, self.per_param):
+            if p.grad is not None:
+                dirs[id(p)] = p.grad + h["wd"] * p if (h["decays"] and not self.decoupled) else p.grad
+        self.kfac.precondition(dirs)
+        return dirs
+
+    def observe(self, logits: torch.Tensor, captured: dict) -> None:
+        """K-FAC's factors from the training forward pass that `captured` was filled by (graph kept)."""
+        if self.kfac is not None and self.kfac.observing:
+            names = self.kfac_layers
+            self.kfac.observe(logits, [captured["inputs"][n] for n in names], [captured["outputs"][n] for n in names])
+
     @staticmethod
     def _member_norms(d: torch.Tensor) -> torch.Tensor:
         return d.flatten(1).norm(dim=1).view(-1, *([1] * (d.ndim - 1)))
@@ -568,8 +617,9 @@ class EnsembleOptimizer:
             step_size = lr / (1 - self.beta1**self.t)
             bc2_sqrt = (1 - self.beta2**self.t).sqrt()
         expanded: dict[int, tuple] = {}  # per parameter rank: the step's per-member vectors
+        kfac_dirs = self._kfac_directions() if self.kfac is not None else None
         for p, h, st in zip(self.params, self.per_param, self.state):
-            g = p.grad
+            g = p.grad if kfac_dirs is None else kfac_dirs.get(id(p))
             if g is None:
                 continue
             if p.ndim not in expanded:
@@ -578,7 +628,7 @@ class EnsembleOptimizer:
             lr_e, lr_wd_e, *adam_e = expanded[p.ndim]
             if h["decays"] and self.decoupled:
                 p.mul_(1.0 - lr_wd_e)
-            elif h["decays"]:
+            elif h["decays"] and kfac_dirs is None:  # (K-FAC's coupled decay is preconditioned with the gradient)
                 g = g + h["wd"] * p
             if len(self.rules) == 1:
                 p.sub_(self._update(self.rules[0], g, h, st[self.rules[0]], lr_e, adam_e))
@@ -690,6 +740,21 @@ class _MemberProbes(UnitWindow):
         ]
 
 
+def input_jacobian_sq_norms(net: EnsembleNet, x: torch.Tensor) -> list[float]:
+    """engine.probes.input_jacobian_sq_norm for every member: the mean over the examples x of
+    ||d logits / d x||_F^2 in eval mode, one backward pass per class for all members at once (each
+    member differentiates its own copy of x)."""
+    xs = x.detach().unsqueeze(0).expand(net.members, *x.shape).clone().requires_grad_(True)
+    totals = [0.0] * net.members
+    with torch.enable_grad():
+        logits = net.forward(xs, training=False)  # (M, N, C)
+        classes = logits.shape[2]
+        for c in range(classes):
+            (g,) = torch.autograd.grad(logits[:, :, c].sum(), xs, retain_graph=c + 1 < classes)
+            totals = [t + v for t, v in zip(totals, g.pow(2).flatten(1).sum(1).tolist())]
+    return [t / x.shape[0] for t in totals]
+
+
 def _evaluate(net: EnsembleNet, data, batch_size: int) -> list[dict[str, float]]:
     """Loss and accuracy on every split, in eval mode, for every member (as engine.train.evaluate)."""
     m = net.members
@@ -732,7 +797,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
     m, steps = len(tasks), cfg.train.steps
     after_norm = [t.after_norm for t in tasks] if tasks[0].after_norm is not None else None
     net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device, after_norm)
-    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks])
+    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks], [t.config.kfac for t in tasks])
     probe_every = cfg.probes.every
     window_start = (1.0 - cfg.probes.unit_window) * steps if cfg.probes.unit_window else float("inf")
     probes = _MemberProbes(cfg.probes, net, window_start) if probe_every else None
@@ -756,9 +821,14 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         x, y = data.x_train[idx], data.y_train[idx]
         probing = probes is not None and step % probe_every == 0
         captured = net.observe(fixed_x) if (probing and fixed_x is not None) else None  # before the update
+        kfac_observing = opt.kfac is not None and opt.kfac.observing
         if probing and captured is None:
             captured = {}  # the training batch's own statistics
             logits = net.forward(x, capture=captured)
+            kfac_captured = captured
+        elif kfac_observing:
+            kfac_captured = {}
+            logits = net.forward(x, capture=kfac_captured)
         else:
             logits = net.forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m, -1).mean(1)
@@ -770,6 +840,8 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
                 alive[k] = False
         if not bool(alive.any()):
             break
+        if kfac_observing:  # K-FAC's factors from this forward pass's graph, before the backward (as train)
+            opt.observe(logits, kfac_captured)
         torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
         window_loss, window_steps = [a + v for a, v in zip(window_loss, values)], window_steps + 1
         if probing:  # as engine.train does: the batch's loss, accuracy and lr, then the probes' rows
@@ -811,11 +883,18 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
             if status[k] == "ok":
                 rows[k] += unit
     seconds = (time.perf_counter() - start) / m  # each member's share of the ensemble's wall time
+    jacobian = (
+        input_jacobian_sq_norms(net, data.x_test[: cfg.probes.jacobian_examples])
+        if cfg.probes.jacobian_examples
+        else None
+    )
     out = []
     for k, t in enumerate(tasks):
         if progress:
             progress(t.run_id, steps, steps)
         final = {key: float("nan") for key in finals[k]} if status[k] == "diverged" else finals[k]
+        if jacobian is not None and status[k] == "ok":
+            final[M.JACOBIAN_FRO_SQ] = jacobian[k]
         out.append(RunResult(t.run_id, t.arm, t.seed, status[k], done[k], seconds, final, rows[k]))
     return out
 

@@ -152,3 +152,114 @@ class KFAC(torch.optim.Optimizer):
                     state["momentum"] = d = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
                 p.add_(d, alpha=-group["lr"])
         self.steps += 1
+
+
+class StackedKFAC:
+    """`KFAC`'s factors, damping and preconditioning for M stacked runs at once (engine/ensemble.py):
+    layer i's weights are one (M, out, in) tensor and its factors one batch of M matrices, A_i of shape
+    (M, in(+1), in(+1)) and S_i of shape (M, out, out). Their running averages are updated from one
+    batched backward pass for all members, their eigendecompositions refreshed by one batched `eigh`
+    every `inverse_every` steps, and the damping may differ per member. Member m's factors and
+    directions are those `KFAC` computes for run m alone, up to float rounding (tests/test_ensemble_kfac.py).
+
+    The caller (engine.ensemble.EnsembleOptimizer) applies weight decay, momentum and the learning
+    rates around `precondition`, as engine.optim.Optimizer and `KFAC.step` do for one run."""
+
+    def __init__(
+        self,
+        layers: list[tuple[torch.Tensor, torch.Tensor | None]],
+        damping: list[float],
+        ema: float = 0.95,
+        cov_every: int = 1,
+        inverse_every: int = 10,
+        fisher: FisherType = "mc",
+        generators: list[torch.Generator] | None = None,
+        likelihood: Likelihood = "categorical",
+    ):
+        self.layers = list(layers)  # (weight (M, out, in), bias (M, out) or None) per preconditioned layer
+        w = self.layers[0][0]
+        # (M, 1, 1), from Python floats: a float32 tensor would round 1e-2 before a float64 run sees it
+        self.damping = torch.tensor([float(d) for d in damping], dtype=torch.float64).to(w).view(-1, 1, 1)
+        self.ema, self.cov_every, self.inverse_every, self.fisher = ema, cov_every, inverse_every, fisher
+        self.likelihood = likelihood
+        if fisher == "mc" and (generators is None or len(generators) != w.shape[0]):
+            raise ValueError("StackedKFAC: the sampled Fisher needs one generator per member")
+        self.generators = generators
+        self.steps = 0
+        self.A: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.S: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._eig: list[tuple[torch.Tensor, ...] | None] = [None] * len(self.layers)
+
+    @property
+    def observing(self) -> bool:
+        """Whether this step's training forward pass feeds the factors (every `cov_every` steps)."""
+        return self.steps % self.cov_every == 0
+
+    def _output_vectors(self, logits: torch.Tensor) -> torch.Tensor:
+        """(K, M, B, C): `KFAC._output_vectors`, per member."""
+        z = logits.detach()
+        classes = z.shape[2]
+        if self.likelihood == "gaussian":  # unit variance: the loss Hessian is I
+            if self.fisher == "exact":
+                eye = torch.eye(classes, dtype=z.dtype, device=z.device).view(classes, 1, 1, classes)
+                return eye.expand(-1, z.shape[0], z.shape[1], -1)
+            noise = [torch.randn(z.shape[1:], generator=g, dtype=z.dtype, device=z.device) for g in self.generators]
+            return -torch.stack(noise).unsqueeze(0)
+        p = F.softmax(z, dim=2)
+        if self.fisher == "exact":  # h_c = sqrt(p_c) (e_c - p), c = 1..C
+            eye = torch.eye(classes, dtype=z.dtype, device=z.device).view(classes, 1, 1, classes)
+            return (p.sqrt().permute(2, 0, 1).unsqueeze(-1) * (eye - p.unsqueeze(0))).contiguous()
+        # one target per example from each member's own predictive distribution, drawn from the
+        # generator that continues that member's run's RNG stream (as KFAC draws from torch's)
+        y = torch.stack([torch.multinomial(p[k], 1, generator=g).squeeze(1) for k, g in enumerate(self.generators)])
+        return (p - F.one_hot(y, classes).to(z.dtype)).unsqueeze(0)
+
+    def _update(self, old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        return new if old is None else old.mul_(self.ema).add_(new, alpha=1.0 - self.ema)
+
+    def observe(self, logits: torch.Tensor, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        """From the training forward pass: logits (M, B, C), and per preconditioned layer its inputs a
+        (M, B, in) and its outputs s (M, B, out), still in the graph (which is kept for the loss)."""
+        if not self.observing:
+            return
+        batch = logits.shape[1]
+        vectors = self._output_vectors(logits)  # (K, M, B, C)
+        gs = torch.autograd.grad(logits, outputs, grad_outputs=vectors, retain_graph=True, is_grads_batched=True)
+        with torch.no_grad():
+            for i, (a, g) in enumerate(zip(inputs, gs)):
+                g = g.transpose(0, 1).reshape(g.shape[1], -1, g.shape[-1])  # (M, K B, out), K-major as KFAC's
+                a = a.detach()
+                if self.layers[i][1] is not None:
+                    a = torch.cat([a, torch.ones_like(a[..., :1])], dim=2)
+                self.A[i] = self._update(self.A[i], a.mT @ a / batch)
+                self.S[i] = self._update(self.S[i], g.mT @ g / batch)
+
+    @staticmethod
+    def _eigh(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched eigh; a member whose factor is not finite (a diverged run, whose updates no longer
+        matter) gets the identity's, so that one member cannot stop the others."""
+        finite = torch.isfinite(mat).flatten(1).all(1)
+        if not bool(finite.all()):
+            eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device).expand_as(mat)
+            mat = torch.where(finite.view(-1, 1, 1), mat, eye)
+        e, q = torch.linalg.eigh(mat)
+        return e.clamp_(min=0.0), q
+
+    @torch.no_grad()
+    def precondition(self, directions: dict[int, torch.Tensor]) -> None:
+        """Replace the directions (by id of the parameter) of every preconditioned layer's weight and
+        bias with the damped natural-gradient direction, per member (Grosse ch. 5, Eq. 26); then count
+        the step."""
+        for i, (w, b) in enumerate(self.layers):
+            if id(w) not in directions or self.A[i] is None:
+                continue
+            if self._eig[i] is None or self.steps % self.inverse_every == 0:
+                self._eig[i] = (*self._eigh(self.A[i]), *self._eigh(self.S[i]))
+            ea, qa, es, qs = self._eig[i]
+            parts = [directions[id(w)]] + ([directions[id(b)].unsqueeze(2)] if b is not None else [])
+            G = torch.cat(parts, dim=2)  # (M, out, in(+1))
+            U = qs @ ((qs.mT @ G @ qa) / (es.unsqueeze(2) * ea.unsqueeze(1) + self.damping)) @ qa.mT
+            directions[id(w)] = U[:, :, : w.shape[2]]
+            if b is not None:
+                directions[id(b)] = U[:, :, -1]
+        self.steps += 1

@@ -18,10 +18,9 @@ from normlab.engine.spec import RunConfig
 REFUSED_EXAMPLES = {
     "model.arch": "cnn2d",
     "model.norm": ("weight", {"model.arch": "cnn1d"}),  # weight norm is built for MLPs only
-    "optim.name": "kfac",
+    "optim.name": ("kfac", {"model.arch": "cnn1d"}),  # K-FAC stacks for MLPs only
     "optim.nesterov": (True, {"optim.momentum": 0.9}),
     "probes.per_unit": True,
-    "probes.jacobian_examples": 8,
     "curvature.steps": [0],
     "curvature.hessian_steps": [0],
     "curvature.density_steps": [0],
@@ -57,7 +56,7 @@ def task(cfg: RunConfig, seed: int = 0) -> RunTask:
 
 
 def test_every_field_of_a_run_config_has_one_decision_on_the_batched_path():
-    per_member = {f"optim.{k}" for k in E.PER_MEMBER}
+    per_member = {f"optim.{k}" for k in E.PER_MEMBER} | {f"kfac.{k}" for k in E.PER_MEMBER_KFAC}
     named = [per_member, set(E.SHARED), set(E.REFUSED), set(E.GATED)]
     walked = dotted_fields(RunConfig)
     undecided = [f for f in walked if not any(f in s for s in named)]
@@ -100,6 +99,14 @@ def test_per_member_fields_may_differ_inside_one_ensemble(key):
     assert E.pack_key(a) == E.pack_key(b) and [len(u) for u in E.pack([a, b], 16)] == [2]
 
 
+@pytest.mark.parametrize("key", sorted(f"kfac.{k}" for k in E.PER_MEMBER_KFAC))
+def test_per_member_kfac_fields_may_differ_inside_one_ensemble(key):
+    kfac = with_values(RunConfig(), {"optim.name": "kfac"})
+    other = _another_value(key, getattr(kfac.kfac, key.split(".")[1]))
+    a, b = task(kfac, 0), task(with_values(kfac, {key: other}), 1)
+    assert E.why_not_packable(a) == "" and [len(u) for u in E.pack([a, b], 16)] == [2]
+
+
 def _another_value(key: str, current):
     special = {
         "data.name": "synthetic",
@@ -114,6 +121,7 @@ def _another_value(key: str, current):
         "data.root": "/elsewhere",
         "probes.summaries": ["mean"],
         "optim.schedule": "cosine",
+        "kfac.fisher": "exact",
     }
     if key in special:
         return special[key]

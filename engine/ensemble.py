@@ -14,8 +14,10 @@ Each member starts from the weights `build_model` gives its seed and draws the b
 `Batcher` gives its seed, so member m follows run m's trajectory up to float rounding
 (tests/test_ensemble.py holds losses and final metrics to the single-run path). A member whose loss
 stops being finite is recorded as diverged at that step, as the single-run loop does, and the
-others go on. Runs with per-unit probe rows, the Jacobian probe, curvature, unstackable inserted
-modules, plugins, other architectures or optimizers (a plugin's, K-FAC on a CNN) take the single-run path
+others go on. Curvature checkpoints measure every member still running, on the engine network
+each member would be alone (`EnsembleNet.member_net`), with all of their eigenproblems in lockstep
+(engine.curvature.measure_many). Runs with per-unit probe rows, unstackable inserted modules,
+plugins, other architectures or optimizers (a plugin's, K-FAC on a CNN) take the single-run path
 (`why_not_packable` says why). `SHARED`, `REFUSED` and `GATED` below say, for every field of a run's
 config, how this path handles it; tests/test_ensemble_fields.py fails on a field none of them names.
 """
@@ -58,6 +60,8 @@ SHARED = frozenset(
                               "norm_init_scale", "reparam_scale")]
     + ["optim.wd_mode", "optim.wd_params", "optim.renormalize"]
     + [f"kfac.{k}" for k in ("ema", "cov_every", "inverse_every", "fisher")]
+    + [f"curvature.{k}" for k in ("steps", "hessian_steps", "density_steps", "eq9_steps", "layer", "top_k", "examples",
+                                  "tol", "dtype", "density_vectors", "density_repeats", "density_points")]
     + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
     + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries",
                                "jacobian_examples")]
@@ -70,17 +74,11 @@ REFUSED = {
     "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (a plugin's), or K-FAC on a CNN (its conv layers)
     "optim.nesterov": "Nesterov momentum",
     "probes.per_unit": "per-unit probe rows",
-    "curvature.steps": "curvature",
-    "curvature.hessian_steps": "curvature",
-    "curvature.density_steps": "curvature",
-    "curvature.eq9_steps": "curvature",
     "plugins": "plugins",
 }
 # GATED: read only while a refused setting is on (so never by a packed run): field -> that setting.
-GATED = {
-    **{f"curvature.{k}": "curvature.steps" for k in ("layer", "top_k", "examples", "tol", "dtype", "density_vectors",
-                                                     "density_repeats", "density_points")},
-}  # fmt: skip
+# (None now: K-FAC's settings and the curvature measurement's are shared or per member.)
+GATED: dict[str, str] = {}
 _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h: h}
 
 
@@ -106,7 +104,7 @@ def _stacks_norm(m: ModelConfig) -> bool:
 def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     """The reason the run takes the single-run path, or '' when it can join an ensemble."""
     cfg = task.config
-    m, o, p, cv = cfg.model, cfg.optim, cfg.probes, cfg.curvature
+    m, o, p = cfg.model, cfg.optim, cfg.probes
     if task.after_norm is not None and not getattr(task.after_norm, "stack_key", ""):
         return "an inserted module"
     refused = {  # field of REFUSED -> whether this run's value of it is one the batched path refuses
@@ -115,10 +113,6 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
         "optim.name": o.name not in STACKED_OPTIMIZERS or (o.name == "kfac" and m.arch != "mlp"),
         "optim.nesterov": o.nesterov,
         "probes.per_unit": p.every > 0 and p.per_unit,
-        "curvature.steps": bool(cv.steps),
-        "curvature.hessian_steps": bool(cv.hessian_steps),
-        "curvature.density_steps": bool(cv.density_steps),
-        "curvature.eq9_steps": bool(cv.eq9_steps),
         "plugins": bool(cfg.plugins),
     }
     optimizer = f" {o.name}" + (f" on {m.arch}" if o.name == "kfac" else "")
@@ -457,6 +451,31 @@ class EnsembleNet:
         return logits.transpose(1, 2)  # (M, B, classes)
 
     @torch.no_grad()
+    def member_net(self, k: int, input_shape, num_classes: int, after_norm=None):
+        """Member k as the engine's own network (engine.models.Net, on this device), with its current
+        weights, normalizer buffers and inserted modules' state: what its run alone would hold now."""
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights, overwritten below
+            net = build_model(self.cfg, input_shape, num_classes, after_norm)
+        state = net.state_dict()
+        buffers = {"batch": ("running_mean", "running_var"), "center": ("running_mean",)}
+        for i, lay in enumerate(self.layers):
+            p = f"blocks.{i}."
+            state[p + "weight_layer.weight"] = lay.weight[k]
+            if lay.bias is not None:
+                state[p + "weight_layer.bias"] = lay.bias[k]
+            if lay.wn_gain is not None:
+                state[p + "weight_layer.gain"] = lay.wn_gain[k]
+            if lay.bn_weight is not None:
+                state[p + "norm.weight"], state[p + "norm.bias"] = lay.bn_weight[k], lay.bn_bias[k]
+            for name, t in zip(buffers.get(self.norm[i] or "", ()), self.running[i] or ()):
+                state[p + f"norm.{name}"] = t.view(self.members, -1)[k]
+            if self.inserted[i] is not None:
+                state.update({p + f"after_norm.{n}": t for n, t in self.inserted[i].member_state(k).items()})
+        state["out.weight"], state["out.bias"] = self.out.weight[k], self.out.bias[k]
+        net.load_state_dict({n: t.detach().clone() for n, t in state.items()})
+        return net.to(self.out.weight.device)
+
+    @torch.no_grad()
     def observe(self, x: torch.Tensor) -> dict:
         """What `forward(capture=...)` captures, on one batch shared by every member, in a side pass
         that leaves training unchanged (as engine.probes.Probes.observe): batch statistics in train
@@ -489,6 +508,11 @@ class StackedModule:
 
     def load(self, state) -> None:
         raise NotImplementedError
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's module's state_dict entries (its buffers as that member's run holds them now):
+        what rebuilding member k as a single network needs (a curvature measurement)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot give one member's state (member_state)")
 
     def to(self, device) -> None:
         raise NotImplementedError
@@ -814,8 +838,27 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         rows[k] += [Row(0, key, "", "value", None, v) for key, v in finals[k].items()]
     status, done = ["ok"] * m, [steps] * m
     alive = torch.ones(m, dtype=torch.bool, device=device)
+    curv = cfg.curvature
+    curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
+    curv_seconds = 0.0
+
+    def measure_curvature(step: int) -> None:
+        """As train does at its checkpoints, for every member still running, all in lockstep."""
+        nonlocal curv_seconds
+        from .curvature import measure_many  # curvlinops loads only where it is used
+
+        t0 = time.perf_counter()
+        ks = [k for k in range(m) if status[k] == "ok"]
+        nets = [net.member_net(k, data.input_shape, data.num_classes, tasks[k].after_norm) for k in ks]
+        x, y = data.x_train[: curv.examples], data.y_train[: curv.examples]
+        for k, measured in zip(ks, measure_many(nets, curv, x, y, step, [seeds[k] for k in ks])):
+            rows[k] += measured
+        curv_seconds += time.perf_counter() - t0
+
     start = time.perf_counter()
     for step in range(steps):
+        if step in curv_steps:  # on copies of the members: training is untouched
+            measure_curvature(step)
         lrs = [lr_at(t.config.optim, step, steps) for t in tasks]
         idx = torch.stack([b.next_index() for b in batchers])  # (M, B): one gather for every member
         x, y = data.x_train[idx], data.y_train[idx]
@@ -878,6 +921,8 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
             for k, t in enumerate(tasks):
                 if status[k] == "ok":
                     progress(t.run_id, step + 1, steps)
+    if steps in curv_steps and any(s == "ok" for s in status):
+        measure_curvature(steps)
     if probes is not None:
         for k, unit in enumerate(probes.unit_rows(steps)):
             if status[k] == "ok":
@@ -895,6 +940,8 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         final = {key: float("nan") for key in finals[k]} if status[k] == "diverged" else finals[k]
         if jacobian is not None and status[k] == "ok":
             final[M.JACOBIAN_FRO_SQ] = jacobian[k]
+        if curv_steps:
+            final["curvature_seconds"] = curv_seconds / m  # its share of the wall time: not a result
         out.append(RunResult(t.run_id, t.arm, t.seed, status[k], done[k], seconds, final, rows[k]))
     return out
 

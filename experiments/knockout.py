@@ -316,6 +316,9 @@ class StackedAffineNoise(StackedModule):
         for g, st in zip(self.generators, gens):
             g.set_state(st)
 
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        return {"center": self.center[k], "log_scale": self.log_scale[k]}
+
     def to(self, device) -> None:
         for name in ("center", "log_scale", "halfwidth", "spread", "eval_gain", "mean_walk", "log_scale_walk"):
             setattr(self, name, getattr(self, name).to(device))

@@ -434,8 +434,11 @@ def reproduce(
 ) -> Reproduction:
     """Run every experiment's default config (or those in `only`) into OUT/<experiment>/, then
     write OUT/report.md and OUT/report.html. Finished experiments are reused, interrupted ones
-    resume. `on_experiment(i, n, name, folder, reused)` is called before each experiment; the
-    execution's callbacks are passed to every run (progress)."""
+    resume. With more than one local worker the experiments run side by side in one pool of
+    workers (the files are those of running them one by one). `on_experiment(i, n, name, folder,
+    reused)` is called for each experiment, in order, before it starts; it may return a dict of
+    callbacks (progress, on_start, on_result) for that experiment's runs, else the execution's own
+    callbacks get every run's progress."""
     from normlab.engine.config import dump_yaml
     from normlab.engine.report import build_report
     from normlab.engine.results import read_claims, results_root
@@ -451,19 +454,25 @@ def reproduce(
     root = Path(out) if out else results_root() / ("reproduce-smoke" if smoke else "reproduce")
     raw = _overrides(overrides, None, execution, "run.train.device")
     configs = {n: load_config(registry[n].default_config, registry, raw, smoke) for n in names}
-    for i, name in enumerate(names, 1):
+    reused = {}
+    for name in names:
         exp, cfg = configs[name]
         folder = root / name
-        reused = (folder / "claims.csv").is_file()
-        if reused and (folder / "config.yaml").read_text() != dump_yaml(cfg):
+        reused[name] = (folder / "claims.csv").is_file()
+        if reused[name] and (folder / "config.yaml").read_text() != dump_yaml(cfg):
             raise ConfigError(
                 f"{folder} holds {name} results of a different config; remove that folder to rerun it, "
                 "or choose another output folder ({out})"
             )
-        if on_experiment:
-            on_experiment(i, len(names), name, folder, reused)
-        if not reused:
-            run_experiment(exp, cfg, folder, execution, smoke)
+    side_by_side = execution.backend == "local" and execution.jobs > 1 and sum(not r for r in reused.values()) > 1
+    if side_by_side:
+        _reproduce_side_by_side(names, configs, root, reused, execution, smoke, on_experiment)
+    else:
+        for i, name in enumerate(names, 1):
+            exp, cfg = configs[name]
+            callbacks = on_experiment(i, len(names), name, root / name, reused[name]) if on_experiment else None
+            if not reused[name]:
+                run_experiment(exp, cfg, root / name, execution.with_callbacks(**callbacks or {}), smoke)
     titles = {n: e.title for n, e in registry.items()}
     reports = [  # exactly what `normlab report ROOT --format FMT` writes
         build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
@@ -477,6 +486,60 @@ def reproduce(
         reports,
         {n: c for n, c in crashed.items() if c},
     )
+
+
+def _reproduce_side_by_side(names, configs, root: Path, reused, execution: Execution, smoke, on_experiment) -> None:
+    """Every experiment still to run in a thread of its own, all training in one SharedPool: the
+    workers stay busy across experiment boundaries (one experiment's tail overlaps the next one's
+    runs, a multi-stage experiment's later stage waits only for its own first), the costliest work
+    first by the runs' recorded costs (results/reference). The threads start longest experiment
+    first, each as soon as the one before has submitted its work, and do their in-process work
+    (derived tables, analysis, plots) one at a time (SharedPool.holding), so every file is the one
+    running them one by one writes."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from normlab.engine.costs import experiment_seconds, recorded_costs
+    from normlab.engine.executor import SharedPool
+    from normlab.experiments import run_experiment
+
+    todo = [n for n in names if not reused[n]]
+    costs = recorded_costs(todo)
+    pool = SharedPool(execution.jobs, costs)
+    callbacks = {}
+    for i, name in enumerate(names, 1):  # announced in the user's order; reused ones say so
+        callbacks[name] = on_experiment(i, len(names), name, root / name, reused[name]) if on_experiment else None
+    order = sorted(todo, key=lambda n: -experiment_seconds(n, *configs[n], costs.get(n, {})))
+
+    def one(name: str, started: threading.Event) -> None:
+        exp, cfg = configs[name]
+        with pool.holding(name):
+            pool.on_first_release(started.set)
+            try:
+                run_experiment(exp, cfg, root / name, execution.with_pool(pool).with_callbacks(**callbacks[name] or {}),
+                               smoke)  # fmt: skip
+            finally:
+                started.set()
+
+    threads = ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="normlab-experiment")
+    futures = []
+    try:
+        for name in order:
+            started = threading.Event()
+            futures.append(threads.submit(one, name, started))
+            started.wait()  # the next one starts once this one waits for its runs (or has ended)
+        for fut in futures:
+            fut.result()  # the first error (a bad config, a crash of the command) stops the rest
+    except BaseException:
+        pool.close(cancel=True)
+        raise
+    finally:
+        threads.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+    from normlab.engine.results import atomic_write_csv
+
+    # when each piece of work ran: engine.costs replays it at other worker counts (docs/speed.md)
+    atomic_write_csv(root / "schedule.csv", pd.DataFrame(pool.records))
 
 
 @dataclass

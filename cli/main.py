@@ -461,34 +461,30 @@ def reproduce(
     if as_json:
         ui.set_json()
     execution = _execution(jobs, backend, ensemble, device)
-    current: dict = {}
     with ui.bars(24, transient=True) as bars:
+        folders: list[Path] = []
 
-        def on_experiment(i: int, n: int, name: str, folder: Path, reused: bool) -> None:
-            if "task" in current:
-                bars.remove_task(current["task"])
-            current.update(folder=folder, task=bars.add_task(name, total=0), total=0)
+        def on_experiment(i: int, n: int, name: str, folder: Path, reused: bool) -> dict:
+            """A line per experiment, and a bar of its own (experiments may run side by side)."""
+            folders.append(folder)
             bars.console.print(f"[{i}/{n}] {name}" + (f": already finished in {folder}, reused" if reused else ""))
+            if reused:
+                return {}
+            task = bars.add_task(name, total=0)
+            total = [0]
 
-        def on_start(tasks, reused) -> None:
-            current["total"] += len(tasks)
-            bars.update(current["task"], total=current["total"])
+            def on_start(tasks, _reused) -> None:
+                total[0] += len(tasks)
+                bars.update(task, total=total[0])
+
+            return {"on_start": on_start, "on_result": lambda _res: bars.advance(task)}
 
         try:
-            result = normlab.reproduce(
-                out=out,
-                smoke=smoke,
-                only=names,
-                execution=execution.with_callbacks(
-                    on_start=on_start, on_result=lambda res: bars.advance(current["task"])
-                ),
-                on_experiment=on_experiment,
-            )
+            result = normlab.reproduce(out=out, smoke=smoke, only=names, execution=execution,
+                                       on_experiment=on_experiment)  # fmt: skip
         except KeyboardInterrupt:
-            ui.err.print(
-                "interrupted: run the same command again to continue "
-                f"({current.get('folder', 'the output folder')}.partial keeps the finished runs)"
-            )
+            where = f"{folders[-1].parent}/<experiment>.partial" if folders else "the output folder"
+            ui.err.print(f"interrupted: run the same command again to continue ({where} keeps the finished runs)")
             raise typer.Exit(130)
     table = Table(title="Claims")
     for col in ("experiment", "claim", "verdict"):

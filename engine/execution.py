@@ -10,7 +10,7 @@ value stops a command before any folder or worker exists; everything below it (`
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 from .runs import Progress, RunResult, RunTask
@@ -26,7 +26,8 @@ class Execution:
     """jobs: one-thread workers (None = every core); backend: local (a process pool) or ray;
     ensemble: auto, off or the most members per batched ensemble; device: where runs train
     (None = each config's own `train.device`); progress(run_id, done, total), on_start and
-    on_result: callbacks for progress output."""
+    on_result: callbacks for progress output; pool: a SharedPool several experiments train in
+    (`reproduce` sets it; it changes where runs train, never what they compute)."""
 
     jobs: Optional[int] = 1
     backend: str = "local"
@@ -35,6 +36,7 @@ class Execution:
     progress: Progress = None
     on_start: OnStart = None
     on_result: OnResult = None
+    pool: Any = field(default=None, repr=False, compare=False)  # an engine.executor.SharedPool to train in
     members: tuple[int, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,10 @@ class Execution:
     def with_callbacks(self, **callbacks) -> "Execution":
         """The same execution with other progress callbacks (progress, on_start, on_result)."""
         return replace(self, **callbacks)
+
+    def with_pool(self, pool) -> "Execution":
+        """The same execution, training in a SharedPool."""
+        return replace(self, pool=pool)
 
     def workers(self, runs: int) -> str:
         """What runs the work, for a header line: the pool's workers, or the Ray cluster's CPUs."""

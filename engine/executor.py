@@ -13,13 +13,17 @@ error, not dropped; errors the user must fix (NormlabError) are raised instead.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import multiprocessing as mp
 import os
 import queue
 import re
+import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Callable, Collection, Optional
 
 from .errors import NormlabError
@@ -74,6 +78,164 @@ def _worker(unit: list[RunTask], q) -> list[RunResult]:
     return _run_unit(unit, (lambda rid, done, total: q.put((rid, done, total))) if q is not None else None)
 
 
+def _map_chunk(fn: Callable, items: list) -> list:
+    return [fn(x) for x in items]
+
+
+class SharedPool:
+    """One pool of one-thread `spawn` workers that several commands' work shares (`reproduce` runs
+    its experiments side by side through one): every piece of work waits in one queue, the most
+    costly first (by the estimate it is submitted with; ties in submission order), and at most
+    `jobs` pieces are in the workers at a time, so the order is global rather than per experiment.
+    What a piece computes does not depend on when or where it runs (one torch thread each, the
+    packing fixed before submission), so the files are those of running the experiments one by one.
+
+    The experiments' own threads do their in-process work (derived tables, analysis, plots: code
+    that seeds torch's global RNG or draws with matplotlib's global state) one at a time: each holds
+    `holding()` while it runs and lets go only while it waits for the workers (`waiting()`)."""
+
+    def __init__(self, jobs: int, costs: Optional[dict[str, dict[str, float]]] = None):
+        self.jobs = jobs
+        self.costs = costs or {}  # experiment -> run_id -> recorded seconds (unit_cost's `known`)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        self._waiting: list = []  # heap of (-cost, sequence, fn, args, future)
+        self._order = itertools.count()
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._main = threading.Lock()  # the main process's in-process work, one experiment at a time
+        self._local = threading.local()
+        self._t0 = time.perf_counter()
+        # what ran when (engine.costs replays it): kind "work" (a piece in a worker) or "main" (a
+        # stretch of in-process work under the lock), its experiment, its batch (the pieces one wait
+        # covers), the estimated cost, and submitted/started/finished in seconds from the pool's start
+        self.records: list[dict] = []
+
+    def _now(self) -> float:
+        return round(time.perf_counter() - self._t0, 3)
+
+    def _acquire(self) -> None:
+        self._main.acquire()
+        self._local.held, self._local.since = True, self._now()
+
+    def _release(self) -> None:
+        self._local.held = False
+        with self._lock:
+            self.records.append({"kind": "main", "experiment": getattr(self._local, "experiment", ""),
+                                 "batch": getattr(self._local, "batch", 0), "cost": 0.0,
+                                 "submitted": self._local.since, "started": self._local.since,
+                                 "finished": self._now()})  # fmt: skip
+        self._main.release()
+
+    @contextmanager
+    def holding(self, experiment: str = ""):
+        """Run the calling thread's in-process work (for `experiment`) under the main-process lock."""
+        self._local.experiment, self._local.batch = experiment, 0
+        self._acquire()
+        try:
+            yield
+        finally:
+            if getattr(self._local, "held", False):
+                self._release()
+
+    @contextmanager
+    def waiting(self):
+        """Let other experiments' in-process work run while this thread waits for the workers."""
+        held = getattr(self._local, "held", False)
+        if held:
+            self._release()
+            released = getattr(self._local, "on_release", None)
+            if released:
+                released()
+        try:
+            yield
+        finally:
+            self._local.batch = getattr(self._local, "batch", 0) + 1  # later pieces wait on what follows
+            if held:
+                self._acquire()
+
+    def on_first_release(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once) when this thread first lets go of the lock, or ends."""
+
+        def once():
+            self._local.on_release = None
+            callback()
+
+        self._local.on_release = once
+
+    def submit(self, fn: Callable, *args, cost: float = 0.0) -> Future:
+        """fn(*args) in a worker (fn at module level, args picklable); its Future."""
+        future: Future = Future()
+        record = {"kind": "work", "experiment": getattr(self._local, "experiment", ""),
+                  "batch": getattr(self._local, "batch", 0), "cost": round(cost, 3), "submitted": self._now(),
+                  "started": None, "finished": None}  # fmt: skip
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the shared pool is closed")
+            self.records.append(record)
+            heapq.heappush(self._waiting, (-cost, next(self._order), fn, args, future, record))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            while self._busy < self.jobs and self._waiting and not self._closed:
+                _, _, fn, args, future, record = heapq.heappop(self._waiting)
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._busy += 1
+                record["started"] = self._now()
+                self._pool.submit(fn, *args).add_done_callback(
+                    lambda done, f=future, r=record: self._finished(done, f, r)
+                )
+
+    def _finished(self, done: Future, future: Future, record: dict) -> None:
+        with self._lock:
+            self._busy -= 1
+            record["finished"] = self._now()
+        if done.cancelled():
+            future.cancel()
+        elif done.exception() is not None:
+            future.set_exception(done.exception())
+        else:
+            future.set_result(done.result())
+        self._dispatch()
+
+    def map(self, fn: Callable, items: list, cost: float = float("inf")) -> list:
+        """[fn(x) for x in items] in the workers, in chunks of a few items (`map_in_workers`' share);
+        derived tables are on their experiment's critical path, so they go first by default."""
+        items = list(items)
+        size = max(1, len(items) // (4 * self.jobs))
+        futures = [self.submit(_map_chunk, fn, items[i : i + size], cost=cost) for i in range(0, len(items), size)]
+        with self.waiting():
+            return [x for f in futures for x in f.result()]
+
+    def close(self, cancel: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+        for *_, future, _record in waiting:
+            future.cancel()
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def unit_cost(unit: list, known: dict[str, float]) -> float:
+    """Seconds one unit (a run or an ensemble) is expected to take: the runs' recorded costs where
+    `known` has them (run_id -> train_seconds of an earlier run of the same config; an ensemble
+    member's is its share, so the members' sum is the ensemble's), else a size estimate."""
+    return sum(known.get(t.run_id, _size_estimate(t)) for t in unit)
+
+
+def _size_estimate(task) -> float:
+    """A rough cost without a record: steps x (width x depth), K-FAC and curvature checkpoints weighted."""
+    cfg = task.config
+    m = cfg.model
+    size = max(m.width, *(m.channels or [0])) * max(m.depth, len(m.channels or []), 1)
+    seconds = cfg.train.steps * (2e-4 + 2e-7 * size) * (4.0 if cfg.optim.name == "kfac" else 1.0)
+    cv = cfg.curvature
+    return seconds + 2.0 * (len(cv.steps) + len(cv.hessian_steps) + len(cv.density_steps) + len(cv.eq9_steps))
+
+
 def resolve_ensemble(ensemble: int | str | None) -> tuple[int, tuple[str, ...]]:
     """--ensemble as (most members, architectures stacked): 'off' (or 1) trains every run alone,
     'auto' stacks up to AUTO_SIZE runs of the architectures where stacking measured faster, N stacks
@@ -101,13 +263,18 @@ def execute(
     backend: str = "local",
     ensemble: tuple[int, tuple[str, ...]] = (1, ()),
     finished: Collection[str] = (),
+    pool: Optional[SharedPool] = None,
+    costs: Optional[dict[str, float]] = None,
 ) -> list[RunResult]:
     """Train `tasks` (packed into ensembles by `ensemble`) and return their results in task order.
 
     `finished`: run_ids whose results are already stored (a resumed run). The packing is made over
     every task, finished or not, so that each run keeps the ensemble, and hence the numbers, of an
     uninterrupted run; a unit whose runs are all finished is skipped, and in a unit with some, those
-    are trained again with the others but neither reported nor returned."""
+    are trained again with the others but neither reported nor returned.
+
+    `pool`: a SharedPool to train in (its workers, its global order, each unit at the cost
+    `unit_cost` gives from `costs`) instead of a pool of this call's own."""
     from .ensemble import pack
 
     finished = set(finished)
@@ -128,6 +295,8 @@ def execute(
 
     if backend == "ray":
         return _execute_ray(tasks, units, progress, on_result)
+    if pool is not None:
+        return _execute_shared(tasks, units, pool, costs or {}, progress, on_result)
     jobs = max(1, min(jobs, len(units))) if units else 1
     results: dict[str, RunResult] = {}
     if jobs == 1:
@@ -159,6 +328,42 @@ def execute(
         raise
     finally:
         pool.shutdown(wait=True)
+        if manager:
+            manager.shutdown()
+    return [results[t.run_id] for t in tasks]
+
+
+def _execute_shared(
+    tasks: list[RunTask],
+    units: list[list[RunTask]],
+    pool: SharedPool,
+    costs: dict[str, float],
+    progress: Progress,
+    on_result: Optional[Callable[[RunResult], None]],
+) -> list[RunResult]:
+    """`execute` through a SharedPool: units submitted at their estimated cost, results as they come."""
+    manager = mp.get_context("spawn").Manager() if progress else None
+    q = manager.Queue() if manager else None
+    results: dict[str, RunResult] = {}
+    pending: dict = {}
+    try:
+        pending = {pool.submit(_worker, unit, q, cost=unit_cost(unit, costs)): unit for unit in units}
+        with pool.waiting():
+            while pending:
+                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, progress)
+                for fut in done:
+                    pending.pop(fut)
+                    for res in fut.result():  # re-raises NormlabError from the worker
+                        results[res.run_id] = res
+                        if on_result:
+                            on_result(res)
+            _drain(q, progress)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+    finally:
         if manager:
             manager.shutdown()
     return [results[t.run_id] for t in tasks]

@@ -244,7 +244,8 @@ def run_cells(
     started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
-    for name, table in exp.derived(cfg, functools.partial(map_in_workers, jobs=jobs)).items():
+    pmap = execution.pool.map if execution.pool is not None else functools.partial(map_in_workers, jobs=jobs)
+    for name, table in exp.derived(cfg, pmap).items():
         atomic_write_csv(folder / f"{name}.csv", table)
     done: list[RunTask] = []
     keys: dict[str, str] = {}
@@ -272,7 +273,8 @@ def run_cells(
                 execution.on_result(res)
 
         # every cell's run, finished or not, goes to the packer: a resumed run keeps its ensemble
-        execute(unique, jobs, execution.progress, save, execution.backend, members, finished=finished)
+        execute(unique, jobs, execution.progress, save, execution.backend, members, finished=finished,
+                pool=execution.pool, costs=execution.pool.costs.get(exp.name) if execution.pool else None)  # fmt: skip
         ran += len(todo)
         done += stage
         runs, _ = store.assemble([(keys[t.run_id], t.run_id, t.arm) for t in done], metrics=False)

@@ -53,6 +53,7 @@ __all__ = [
     "plot",
     "report",
     "reproduce",
+    "cost_model",
     "run",
     "sweep",
     "validate",
@@ -540,6 +541,37 @@ def _reproduce_side_by_side(names, configs, root: Path, reused, execution: Execu
 
     # when each piece of work ran: engine.costs replays it at other worker counts (docs/speed.md)
     atomic_write_csv(root / "schedule.csv", pd.DataFrame(pool.records))
+
+
+def cost_model(schedule: str | Path, workers: list = (2, 4, 8, 16, 64), ray_overhead_s: float = 1.0) -> pd.DataFrame:
+    """reproduce's wall time replayed from a schedule.csv it wrote (engine/costs.py) at each worker
+    count, locally and on Ray (`ray_overhead_s` per task), plus the critical path: a DataFrame of
+    workers, local_minutes, ray_minutes, utilization."""
+    from normlab.engine.costs import model_table
+
+    path = Path(schedule)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
+            "its output folder"
+        )
+    counts = []
+    for w in workers:
+        try:
+            n = int(w)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise ConfigError(f"{w!r} is not a number of workers >= 1", key="workers")
+        counts.append(n)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a schedule.csv ({type(exc).__name__})") from None
+    needed = {"kind", "experiment", "batch", "cost", "submitted", "started", "finished"}
+    if not needed <= set(table.columns):
+        raise ConfigError(f"{path} is not a schedule.csv: it lacks {sorted(needed - set(table.columns))}")
+    return model_table(table, tuple(counts), ray_overhead_s)
 
 
 @dataclass

@@ -9,10 +9,12 @@ texts follow; a text that quotes another number fails the test.
 
 REFERENCE_CORES = 2  # the machine behind results/reference/ and these figures
 
-# `normlab reproduce`: the thirteen experiments one after another. Their manifests add up to about
-# 35.6 minutes; process starts, analysis, figures and reports add 4-8 s per experiment.
-OUTSIDE_MANIFESTS_S = 100  # the seconds outside the manifests' clocks, all thirteen together
-REPRODUCE_MINUTES = 37
+# `normlab reproduce --jobs 2`: the thirteen experiments side by side in one pool of two workers
+# (1,632 s from commit 8fde319, 2026-12-02). Its schedule (results/bench/, a test replays it) took
+# 1,609 s; loading the configs and writing the reports add the rest.
+REPRODUCE_SCHEDULE = "results/bench/reproduce-schedule-cpu-2026-12-02.csv"
+OUTSIDE_SCHEDULE_S = 23  # the seconds before the pool's first piece and after its last
+REPRODUCE_MINUTES = 27
 
 # `normlab reproduce --smoke`: every experiment at its smoke settings (93 s in the latest run).
 REPRODUCE_SMOKE_SECONDS = 100

@@ -599,6 +599,28 @@ def bench(
     ui.table(table)
 
 
+@app.command()
+@user_errors
+def cost(
+    schedule: Path = typer.Argument(
+        Path("results/reproduce/schedule.csv"),
+        help="A schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into its output folder.",
+    ),
+    workers: str = typer.Option("2,4,8,16,64", "--workers", help="Comma-separated worker counts to model."),
+    ray_overhead: float = typer.Option(1.0, "--ray-overhead", help="Seconds a Ray cluster adds per task."),
+) -> None:
+    """How long that reproduction would take on more (or fewer) cores of the same speed, locally and on a
+    Ray cluster, from its recorded schedule; the last row is the critical path, the bound for any cluster."""
+    table = normlab.cost_model(schedule, [w.strip() for w in workers.split(",") if w.strip()], ray_overhead)
+    out = Table(title=f"reproduce's wall time, replayed from {schedule}")
+    for col in ("workers", "local (min)", "Ray (min)", "workers busy"):
+        out.add_column(col)
+    for r in table.itertuples():
+        busy = "" if r.utilization != r.utilization else f"{r.utilization:.0%}"
+        out.add_row(str(r.workers), f"{r.local_minutes:.1f}", f"{r.ray_minutes:.1f}", busy)
+    ui.table(out)
+
+
 lens_app = typer.Typer(
     help="The chapter's instruments on your own training loop: attach in Python with "
     "`lens = normlab.lens.attach(model, optimizer, every=50, out='lens-run')`, train, `lens.close()`, then read it "

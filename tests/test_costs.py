@@ -81,3 +81,28 @@ def test_side_by_side_reproduce_writes_the_files_of_running_one_by_one(tmp_path)
     # the replay of its own schedule at its worker count is its measured wall, within 10%
     measured = schedule["finished"].max()
     assert replay(schedule, 2).wall_s == pytest.approx(measured, rel=0.10)
+
+
+def test_normlab_cost_prints_the_replayed_table_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from normlab.cli.main import app
+
+    path = tmp_path / "schedule.csv"
+    SCHEDULE.to_csv(path, index=False)
+    r = CliRunner().invoke(app, ["--plain", "cost", str(path), "--workers", "1,2"])
+    assert r.exit_code == 0, r.output
+    lines = [" ".join(x.replace("│", " ").split()) for x in r.output.splitlines()]
+    assert any(x.startswith("1 0.3 0.3") for x in lines)  # 16 s = 0.3 min
+    assert any(x.startswith("unbounded (critical path) 0.1") for x in lines)  # 9 s
+    table = normlab.cost_model(path, [1, 2])
+    assert list(table["local_minutes"] * 60) == pytest.approx([16.0, 11.0, 9.0])
+    for args, message in (
+        ([str(tmp_path / "none.csv")], "is not a file"),
+        ([str(path), "--workers", "0"], "is not a number of workers"),
+    ):
+        bad = CliRunner().invoke(app, ["--plain", "cost", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    bad = CliRunner().invoke(app, ["--plain", "cost", str(tmp_path / "other.csv")])
+    assert bad.exit_code == 2 and "lacks" in bad.output

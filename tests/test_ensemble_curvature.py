@@ -18,12 +18,15 @@ CURVATURE = {"steps": [0, 20], "hessian_steps": [20], "density_steps": [20], "to
              "density_vectors": 10, "density_repeats": 1, "tol": 0.0, "dtype": "float64"}  # fmt: skip
 
 
-def _tasks(norm: str, noise: bool, eq9: bool) -> list[RunTask]:
+CNN = {"arch": "cnn1d", "channels": [4, 4, 4], "kernel_sizes": [5, 3, 3], "strides": [2, 2, 2]}
+
+
+def _tasks(norm: str, noise: bool, eq9: bool, cnn: bool = False) -> list[RunTask]:
     cfg = C.from_dict(
         RunConfig,
         {
             "data": {"name": "mnist1d", "val_size": 100},
-            "model": {"width": 12, "depth": 3, "norm": norm},
+            "model": {"width": 12, "depth": 3, "norm": norm, **(CNN if cnn else {})},
             "optim": {"lr": 0.05},
             "train": {"steps": 20, "batch_size": 32, "eval_every": 10},
             "probes": {"every": 5, "inputs": False, "preacts": False},
@@ -34,9 +37,13 @@ def _tasks(norm: str, noise: bool, eq9: bool) -> list[RunTask]:
     return [RunTask(f"r{s}", "a", s, cfg, factory) for s in range(3)]
 
 
-@pytest.mark.parametrize("norm,noise,eq9", [("none", False, True), ("batch", False, False), ("batch", True, False)])
-def test_every_member_gets_the_curvature_rows_of_its_single_run(norm, noise, eq9):
-    tasks = _tasks(norm, noise, eq9)
+@pytest.mark.parametrize(
+    "norm,noise,eq9,cnn",
+    [("none", False, True, False), ("batch", False, False, False), ("batch", True, False, False),
+     ("batch", False, False, True)],
+)  # fmt: skip
+def test_every_member_gets_the_curvature_rows_of_its_single_run(norm, noise, eq9, cnn):
+    tasks = _tasks(norm, noise, eq9, cnn)
     assert why_not_packable(tasks[0]) == "" and [len(u) for u in pack(tasks, 16)] == [3]
     for single, member in zip(map(train, tasks), train_ensemble(tasks)):
         key = lambda r: (r.step, r.metric, r.layer, r.stat, r.item)  # noqa: E731

@@ -91,9 +91,19 @@ def test_quoted_times_come_from_one_place_and_agree_with_the_reference_manifests
     wall = {p.parent.name: json.loads(p.read_text())["wall_seconds"] for p in reference.glob("*/manifest.json")}
     reproduced = sum(s for name, s in wall.items() if name in REGISTRY)  # sweep_wd is not part of reproduce
     assert set(REGISTRY) <= set(wall)
-    assert abs((reproduced + timings.OUTSIDE_MANIFESTS_S) / 60 - timings.REPRODUCE_MINUTES) <= 1.5
+    # reproduce runs them side by side: its quoted minutes are its recorded schedule, replayed on two
+    # workers (engine/costs.py), plus the time outside the pool
+    import pandas as pd
+
+    from normlab.engine.costs import model_table, replay
+
+    schedule = pd.read_csv(ROOT / timings.REPRODUCE_SCHEDULE)
+    two = replay(schedule, 2).wall_s
+    assert abs((two + timings.OUTSIDE_SCHEDULE_S) / 60 - timings.REPRODUCE_MINUTES) <= 1.0
     speed = " ".join((ROOT / "docs" / "speed.md").read_text().split())
-    assert f"the manifests add up to {reproduced / 60:.1f} minutes" in speed
+    assert f"One after another the manifests add up to {reproduced / 60:.1f} minutes" in speed
+    for row in model_table(schedule).itertuples():  # the docs' table is the model's
+        assert f"| {row.workers} | {row.local_minutes:.1f} | {row.ray_minutes:.1f} |" in speed, row.workers
     for name in REGISTRY:  # each experiment's quoted wall time is its manifest's
         assert f"{name} {round(wall[name])} s" in speed, name
     readme = " ".join((ROOT / "README.md").read_text().split())

@@ -498,7 +498,7 @@ def _reproduce_side_by_side(names, configs, root: Path, reused, execution: Execu
     (derived tables, analysis, plots) one at a time (SharedPool.holding), so every file is the one
     running them one by one writes."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     from normlab.engine.costs import experiment_seconds, recorded_costs
     from normlab.engine.executor import SharedPool
@@ -529,8 +529,12 @@ def _reproduce_side_by_side(names, configs, root: Path, reused, execution: Execu
             started = threading.Event()
             futures.append(threads.submit(one, name, started))
             started.wait()  # the next one starts once this one waits for its runs (or has ended)
+        wait(futures, return_when=FIRST_EXCEPTION)  # the first error stops the rest
         for fut in futures:
-            fut.result()  # the first error (a bad config, a crash of the command) stops the rest
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()
+        for fut in futures:
+            fut.result()
     except BaseException:
         pool.close(cancel=True)
         raise

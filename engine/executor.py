@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from typing import Callable, Collection, Optional
 
 from .errors import NormlabError
@@ -178,6 +178,7 @@ class SharedPool:
         return future
 
     def _dispatch(self) -> None:
+        launch = []
         with self._lock:
             while self._busy < self.jobs and self._waiting and not self._closed:
                 _, _, fn, args, future, record = heapq.heappop(self._waiting)
@@ -185,16 +186,24 @@ class SharedPool:
                     continue
                 self._busy += 1
                 record["started"] = self._now()
-                self._pool.submit(fn, *args).add_done_callback(
-                    lambda done, f=future, r=record: self._finished(done, f, r)
-                )
+                launch.append((fn, args, future, record))
+        # outside the lock: a piece that is done before its callback is added runs the callback here
+        for fn, args, future, record in launch:
+            try:
+                done = self._pool.submit(fn, *args)
+            except RuntimeError as exc:  # the pool was shut down meanwhile
+                with self._lock:
+                    self._busy -= 1
+                future.set_exception(exc)
+                continue
+            done.add_done_callback(lambda d, f=future, r=record: self._finished(d, f, r))
 
     def _finished(self, done: Future, future: Future, record: dict) -> None:
         with self._lock:
             self._busy -= 1
             record["finished"] = self._now()
-        if done.cancelled():
-            future.cancel()
+        if done.cancelled():  # shut down before it ran: `future` is running, so it cannot be cancelled
+            future.set_exception(CancelledError())
         elif done.exception() is not None:
             future.set_exception(done.exception())
         else:

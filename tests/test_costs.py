@@ -106,3 +106,15 @@ def test_normlab_cost_prints_the_replayed_table_and_refuses_bad_input(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     bad = CliRunner().invoke(app, ["--plain", "cost", str(tmp_path / "other.csv")])
     assert bad.exit_code == 2 and "lacks" in bad.output
+
+
+def test_closing_the_pool_cancels_what_waits_and_lets_what_runs_finish():
+    pool = SharedPool(1)
+    running = pool.submit(_sleep, 1.0)
+    waiting = [pool.submit(_sleep, 0.0, cost=c) for c in (1.0, 2.0)]
+    time.sleep(0.2)
+    pool.close(cancel=True)
+    assert all(f.cancelled() for f in waiting)
+    assert running.result(timeout=120) == 1.0
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(_sleep, 0.0)

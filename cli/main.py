@@ -455,7 +455,10 @@ def reproduce(
     """Run every experiment's default config, then write the combined report (md and html).
 
     Experiments already finished in the output folder are reused and interrupted ones resume, so
-    running the same command again continues where it stopped.
+    running the same command again continues where it stopped. With more than one worker (the
+    default: every core) the experiments run side by side in one pool, costliest work first, with
+    the files of running them one by one; OUT/schedule.csv then records what ran when, and
+    `normlab cost OUT/schedule.csv` says how long the same work takes on more cores or on Ray.
     """
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
     if as_json:

@@ -226,13 +226,16 @@ def top_eigenpairs(op, k: int, tol: float, seed: int) -> tuple[np.ndarray, np.nd
     return vals[order], vecs[:, order], counted.products
 
 
-def eigenpairs_many(models: list[Net], layer: str, x, y, matrix: str, k: int, tol: float, seeds: list[int]):
+def eigenpairs_many(
+    models: list[Net], layer: str, x, y, matrix: str, k: int, tol: float, seeds: list[int], products=None
+):
     """`top_eigenpairs` of one matrix for each measurement copy in `models` (one start seed each):
-    their products in one pass (LayerProducts) and the lockstep Lanczos (engine/lanczos.py) where the
-    layer is linear in its weight, else curvlinops and ARPACK one model after another."""
+    their products in one pass (LayerProducts, or the `products` given for these models) and the
+    lockstep Lanczos (engine/lanczos.py) where the layer is linear in its weight, else curvlinops and
+    ARPACK one model after another."""
     if not fast_products_apply(models[0], layer):
         return [top_eigenpairs(operator(m, layer, x, y, matrix), k, tol, s) for m, s in zip(models, seeds)]
-    products = LayerProducts(models, layer, x, y, matrix)
+    products = products or LayerProducts(models, layer, x, y, matrix)
     if k >= products.dim - 1:  # as top_eigenpairs: a tiny layer is decomposed densely
         return [top_eigenpairs(operator(m, layer, x, y, matrix), k, tol, s) for m, s in zip(models, seeds)]
     return top_eigenpairs_lockstep(products, products.dim, k, tol, seeds)
@@ -329,8 +332,12 @@ def measure_many(
             means[k] = a.mean(0)
             rows[k].append(Row(step, M.INPUT_MEAN_SQ, cfg.layer, "value", None,
                                float(means[k].pow(2).sum() / a.pow(2).sum(1).mean())))  # fmt: skip
+    fast = fast_products_apply(copies[0], cfg.layer)
+    ggn = None  # the GGN's products, built once and used by its eigensolve and its density alike
     for i, matrix in enumerate(wanted):
-        found = eigenpairs_many(copies, cfg.layer, x, y, matrix, cfg.top_k, cfg.tol, [b + i for b in base])
+        products = LayerProducts(copies, cfg.layer, x, y, matrix) if fast else None
+        ggn = products if matrix == "ggn" else ggn
+        found = eigenpairs_many(copies, cfg.layer, x, y, matrix, cfg.top_k, cfg.tol, [b + i for b in base], products)
         for k, (vals, vecs, products) in enumerate(found):
             rows[k] += [Row(step, M.eig(matrix), cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(vals)]
             rows[k].append(Row(step, M.products(matrix), cfg.layer, "value", None, float(products)))
@@ -361,7 +368,8 @@ def measure_many(
         for k, m in enumerate(copies):
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(rng_after_copy[k])  # where this member's own measurement left its stream
-                grid, dens = spectral_density(density_operator(m, cfg.layer, x, y), max(ggn_top[k], 1e-12), cfg)
+                op = _DensityOperator(ggn, k) if ggn is not None else density_operator(m, cfg.layer, x, y)
+                grid, dens = spectral_density(op, max(ggn_top[k], 1e-12), cfg)
             rows[k] += [Row(step, M.GGN_DENSITY_AT, cfg.layer, "grid", j, float(g)) for j, g in enumerate(grid)]
             rows[k] += [Row(step, M.GGN_DENSITY, cfg.layer, "grid", j, float(d)) for j, d in enumerate(dens)]
             n_products = cfg.density_repeats * cfg.density_vectors

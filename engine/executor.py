@@ -321,17 +321,7 @@ def execute(
     q = manager.Queue() if manager else None
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
     try:
-        pending = {pool.submit(_worker, unit, q): unit for unit in units}
-        while pending:
-            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(q, progress)
-            for fut in done:
-                pending.pop(fut)
-                for res in fut.result():  # re-raises NormlabError from the worker
-                    results[res.run_id] = res
-                    if on_result:
-                        on_result(res)
-        _drain(q, progress)
+        _collect({pool.submit(_worker, unit, q): unit for unit in units}, q, progress, on_result, results)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -340,6 +330,20 @@ def execute(
         if manager:
             manager.shutdown()
     return [results[t.run_id] for t in tasks]
+
+
+def _collect(pending: dict, q, progress: Progress, on_result, results: dict[str, RunResult]) -> None:
+    """Wait for the units' futures, relaying progress and handing each result on as it comes."""
+    while pending:
+        done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        _drain(q, progress)
+        for fut in done:
+            pending.pop(fut)
+            for res in fut.result():  # re-raises NormlabError from the worker
+                results[res.run_id] = res
+                if on_result:
+                    on_result(res)
+    _drain(q, progress)
 
 
 def _execute_shared(
@@ -358,16 +362,7 @@ def _execute_shared(
     try:
         pending = {pool.submit(_worker, unit, q, cost=unit_cost(unit, costs)): unit for unit in units}
         with pool.waiting():
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(q, progress)
-                for fut in done:
-                    pending.pop(fut)
-                    for res in fut.result():  # re-raises NormlabError from the worker
-                        results[res.run_id] = res
-                        if on_result:
-                            on_result(res)
-            _drain(q, progress)
+            _collect(dict(pending), q, progress, on_result, results)
     except BaseException:
         for fut in pending:
             fut.cancel()

@@ -45,7 +45,8 @@ case "$1" in
   reproduce)
     timeout 540 "${normlab[@]}" --plain reproduce --device cuda --jobs 16 --out /tmp/repro 2>&1 |
       tee "$out/reproduce.log"
-    # each finished experiment's wall time from its manifest, and its files (not the large metrics)
+    # each finished experiment's wall time from its manifest, and its files (schedule.csv too, for
+    # `normlab cost`; not the large metrics)
     python3 - > "$out/reproduce_walls.txt" <<'PY'
 import json, pathlib
 for m in sorted(pathlib.Path("/tmp/repro").glob("*/manifest.json")):

@@ -92,7 +92,7 @@ def batch(i):
     return data.x_train[idx[i]], data.y_train[idx[i]]
 
 
-eager, compiled = make_step(), None
+eager = make_step()
 t0 = time.perf_counter()
 compiled = torch.compile(make_step(), mode=None if args.mode == "default" else args.mode)
 la, lb = eager(*batch(0)), compiled(*batch(0))

@@ -557,7 +557,7 @@ def cost_model(schedule: str | Path, workers: list = (2, 4, 8, 16, 64), ray_over
     if not path.is_file():
         raise ConfigError(
             f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
-            "its output folder"
+            "its output folder (a checkout holds a measured one in results/bench/)"
         )
     counts = []
     for w in workers:

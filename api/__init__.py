@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
-from normlab.engine.errors import ConfigError, NormlabError
+from normlab.engine.errors import ConfigError, NormlabError, count_or_none
 from normlab.engine.execution import Execution
 
 try:
@@ -559,15 +559,10 @@ def cost_model(schedule: str | Path, workers: list = (2, 4, 8, 16, 64), ray_over
             f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
             "its output folder (a checkout holds a measured one in results/bench/)"
         )
-    counts = []
-    for w in workers:
-        try:
-            n = int(w)
-        except (TypeError, ValueError):
-            n = 0
-        if n < 1:
+    counts = [count_or_none(w) for w in workers]
+    for w, n in zip(workers, counts):
+        if n is None:
             raise ConfigError(f"{w!r} is not a number of workers >= 1", key="workers")
-        counts.append(n)
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -59,3 +59,13 @@ class ConfigError(NormlabError):
 
 class DataError(NormlabError):
     """A dataset cannot be loaded (missing files, no network, unreadable folder)."""
+
+
+def count_or_none(value) -> Optional[int]:
+    """`value` as a count >= 1 (an int or its text), or None where it is not one: the caller raises
+    the error that names its own setting."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 1 else None

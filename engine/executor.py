@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from typing import Callable, Collection, Optional
 
-from .errors import NormlabError
+from .errors import NormlabError, count_or_none
 from .runs import Progress, RunResult, RunTask
 from .train import train
 
@@ -255,11 +255,8 @@ def resolve_ensemble(ensemble: int | str | None) -> tuple[int, tuple[str, ...]]:
         return AUTO_SIZE, AUTO_ARCHS
     if ensemble == "off":
         return 1, ()
-    try:
-        size = int(ensemble)
-    except (TypeError, ValueError):
-        size = 0
-    if size < 1:
+    size = count_or_none(ensemble)
+    if size is None:
         raise NormlabError(f"{ensemble!r} is not allowed; choose auto, off or a number of members >= 1", key="ensemble")
     return size, ARCHS
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import load_dataset
+from .execution import Execution
 from .executor import default_jobs, execute
 from .spec import DataConfig, ModelConfig, OptimConfig, ProbeConfig, RunConfig, TrainConfig
 from .runs import RunTask
@@ -242,7 +243,7 @@ def run_bench(
     workers = workers or default_jobs()
     pool_cfg = bench_config(pool_steps, 0, device)
     for k in sorted({1, workers}):
-        results = execute([RunTask(f"w{i}", "bench", i, pool_cfg) for i in range(k)], jobs=k)
+        results = execute([RunTask(f"w{i}", "bench", i, pool_cfg) for i in range(k)], Execution(jobs=k, ensemble="off"))
         res.pool[k] = sum(r.steps_done / r.train_seconds for r in results)
         log(f"  pool of {k} one-thread worker(s): {res.pool[k]:.0f} steps/s in total")
     if ensemble_sizes:

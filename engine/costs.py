@@ -36,12 +36,13 @@ def reference_folders() -> list[Path]:
 
 def recorded_costs(names: list[str]) -> dict[str, dict[str, float]]:
     """experiment -> run_id -> recorded seconds, from the first reference folder that has its runs.csv."""
+    from .results import read_runs
+
     out: dict[str, dict[str, float]] = {}
     for name in names:
         for root in reference_folders():
-            path = root / name / "runs.csv"
-            if path.is_file():
-                runs = pd.read_csv(path, usecols=lambda c: c in ("run_id", "train_seconds"))
+            if (root / name / "runs.csv").is_file():
+                runs = read_runs(root / name)
                 if "train_seconds" in runs:
                     out[name] = dict(zip(runs["run_id"], runs["train_seconds"].fillna(0.0).astype(float)))
                 break

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessP
 from typing import Callable, Collection, Optional
 
 from .errors import NormlabError, count_or_none
+from .execution import Execution
 from .runs import Progress, RunResult, RunTask
 from .train import train
 
@@ -263,24 +264,25 @@ def resolve_ensemble(ensemble: int | str | None) -> tuple[int, tuple[str, ...]]:
 
 def execute(
     tasks: list[RunTask],
-    jobs: int = 1,
-    progress: Progress = None,
+    execution: Optional[Execution] = None,
     on_result: Optional[Callable[[RunResult], None]] = None,
-    backend: str = "local",
-    ensemble: tuple[int, tuple[str, ...]] = (1, ()),
     finished: Collection[str] = (),
-    pool: Optional[SharedPool] = None,
     costs: Optional[dict[str, float]] = None,
 ) -> list[RunResult]:
-    """Train `tasks` (packed into ensembles by `ensemble`) and return their results in task order.
+    """Train `tasks` as `execution` says (its workers, backend, shared pool, progress callback, and
+    its ensembles: packed by `execution.members`) and return their results in task order; None is one
+    worker with every run trained alone. `on_result` gets each result as soon as it comes.
 
     `finished`: run_ids whose results are already stored (a resumed run). The packing is made over
     every task, finished or not, so that each run keeps the ensemble, and hence the numbers, of an
     uninterrupted run; a unit whose runs are all finished is skipped, and in a unit with some, those
     are trained again with the others but neither reported nor returned.
 
-    `pool`: a SharedPool to train in (its workers, its global order, each unit at the cost
-    `unit_cost` gives from `costs`) instead of a pool of this call's own."""
+    With a SharedPool in `execution.pool`, the units train there (its workers, its global order,
+    each unit at the cost `unit_cost` gives from `costs`) instead of in a pool of this call's own."""
+    execution = execution or Execution(ensemble="off")
+    jobs, progress, backend, pool = execution.jobs, execution.progress, execution.backend, execution.pool
+    ensemble = execution.members
     from .ensemble import pack
 
     finished = set(finished)

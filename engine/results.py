@@ -243,6 +243,11 @@ def read_claims(folder: Path) -> pd.DataFrame:
     )
 
 
+def read_runs(folder: Path) -> pd.DataFrame:
+    """runs.csv of a run folder: the one reader of it (load_tables, the cost records, crash lists)."""
+    return pd.read_csv(Path(folder) / "runs.csv", keep_default_na=True)
+
+
 def load_tables(folder: Path, metrics: bool = True) -> Tables:
     """The one reader of a run folder (config, manifest, runs and, unless metrics=False, metrics)."""
     folder = Path(folder)
@@ -266,7 +271,7 @@ def load_tables(folder: Path, metrics: bool = True) -> Tables:
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    runs = pd.read_csv(folder / "runs.csv", keep_default_na=True)
+    runs = read_runs(folder)
     if not metrics:
         return Tables(folder, config, manifest, runs, pd.DataFrame(columns=METRIC_COLUMNS))
     table = pd.read_csv(

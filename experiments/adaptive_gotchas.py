@@ -34,7 +34,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.claims import EXACT, Check, Claim, Estimate, Rule
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Setting, TableExperiment
+from normlab.engine.experiment import Setting, TableExperiment
 
 K9_ADAGRAD = Claim(
     "K9-adagrad",

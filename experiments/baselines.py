@@ -21,7 +21,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, DataConfig, ExperimentConfig
 from normlab.engine.stats import mean_std, t_interval
 
-from .base import Experiment, Setting, arm_configs
+from normlab.engine.experiment import Experiment, Setting, arm_configs
 
 _RULE = Rule("abs<=", "tolerance_pct_points", "points")
 _STAT = "mean final test accuracy minus the published one (percentage points), over seeds"

@@ -36,7 +36,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.runs import RunTask
 from normlab.engine.stats import mean_std, paired_t
 
-from .base import Experiment, Setting, arm_configs
+from normlab.engine.experiment import Experiment, Setting, arm_configs
 from .common import by_arm, crossfit_folds, final_metric, needs_probes, status_note
 
 _STAT = (

@@ -56,8 +56,8 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .base import Experiment, Setting, arm_configs
-from .knockout import NoiseConfig, NoiseFactory
+from normlab.engine.experiment import Experiment, Setting, arm_configs
+from .noise import NoiseConfig, NoiseFactory
 
 _COUNT = (
     "mean-direction outliers per class: top-k GGN eigenvectors of the measured layer with share >= share_min "

@@ -39,7 +39,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Setting, TableExperiment
+from normlab.engine.experiment import Setting, TableExperiment
 
 K15_SPARSE = Claim(
     "K15-sparsity",

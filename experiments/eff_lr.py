@@ -32,7 +32,7 @@ from normlab.engine.stats import bca, geometric_t, t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
 from . import theory as T
-from .base import Experiment, Setting, arm_configs
+from normlab.engine.experiment import Experiment, Setting, arm_configs
 from .common import needs_probes, status_note
 
 K3_THEORY = Claim(

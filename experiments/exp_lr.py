@@ -40,7 +40,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Setting, TableExperiment
+from normlab.engine.experiment import Setting, TableExperiment
 
 _STAT = (
     "max over logged steps and seeds of the twin gap over the run's own rounding floor: gap = max(relative "

@@ -47,7 +47,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Setting, TableExperiment
+from normlab.engine.experiment import Setting, TableExperiment
 
 K12_REACH = Claim(
     "K12-reach",

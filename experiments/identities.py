@@ -34,7 +34,7 @@ from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Setting, TableExperiment
+from normlab.engine.experiment import Setting, TableExperiment
 
 K6_ORTH = Claim(
     "K6-orth",

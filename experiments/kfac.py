@@ -50,7 +50,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, ModelConfig
 from normlab.engine.stats import geometric_t, paired_t
 from normlab.engine.executor import ParallelMap, serial_map
 
-from .base import Experiment, Setting, arm_configs
+from normlab.engine.experiment import Experiment, Setting, arm_configs
 from .common import final_metric, status_note, values_by_seed
 
 _ANG = "angular update of BN-fed units (mean over units, BN-fed layers and probes)"

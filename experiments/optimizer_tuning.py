@@ -42,7 +42,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import bca, mean_std, paired_t
 from normlab.engine.runs import RunTask
 
-from .base import Experiment, Setting
+from normlab.engine.experiment import Experiment, Setting
 
 # an equivalence test: supported when the whole CI of the gap lies within +-margin, not supported when
 # it lies wholly outside, inconclusive otherwise (a wide interval that contains 0 shows nothing)

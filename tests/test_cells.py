@@ -13,7 +13,8 @@ import pytest
 from normlab.engine.cells import KEYED_FIELDS, cell_key, keyed
 from normlab.engine.config import flatten, to_dict
 from normlab.engine.spec import CurvatureConfig, KFACConfig, RunConfig
-from normlab.experiments import REGISTRY, load_config
+from normlab.engine.runner import load_config
+from normlab.experiments import REGISTRY
 
 # The rule as it was written when curvature, kfac, plugins and the Jacobian probe came in.
 _ADDED = {
@@ -93,6 +94,6 @@ def test_keyed_fields_are_fields_of_the_run_config():
 
 
 def test_the_hyperparameters_runs_csv_always_shows_are_fields_of_the_run_config():
-    from normlab.experiments.base import ALWAYS_SHOWN
+    from normlab.engine.runner.run import ALWAYS_SHOWN
 
     assert set(ALWAYS_SHOWN) <= set(flatten(to_dict(RunConfig()))), "a renamed field would vanish from runs.csv"

@@ -270,7 +270,8 @@ def test_validate_print_shows_the_resolved_config_which_validates_again(tmp_path
 def test_manifest_records_the_machine_the_versions_and_hashes_of_config_and_data(tmp_path):
     from normlab.engine.data import load_dataset
     from normlab.engine.results import dataset_sha256, sha256_of
-    from normlab.experiments import REGISTRY, load_config
+    from normlab.engine.runner import load_config
+    from normlab.experiments import REGISTRY
     from normlab.engine.config import to_dict
 
     r = invoke("run", "baselines", "--smoke", "--set", "run.train.steps=4", "--out", tmp_path / "out")

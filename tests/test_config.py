@@ -7,7 +7,8 @@ import pytest
 from normlab.cli.main import parse_set
 from normlab.engine.config import ConfigError, apply_overrides, from_dict, to_dict
 from normlab.engine.spec import ExperimentConfig, RunConfig
-from normlab.experiments import REGISTRY, load_config
+from normlab.engine.runner import load_config
+from normlab.experiments import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from normlab.engine.models import build_model
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import CurvatureConfig, DataConfig, ModelConfig, RunConfig, TrainConfig, ProbeConfig
 from normlab.engine.train import train
-from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
 
 def _small(norm="none", position="before", noise=False):

@@ -219,7 +219,7 @@ def test_inserted_noise_and_activation_probes_match_the_single_runs():
     wrong draw would move the losses by O(1), not by rounding. (A shallow network: the knockout's own
     6-layer BN network is chaotic at the rounding level, where a single run on 2 threads instead of 1
     moves its loss by 1e-4 within 16 steps.)"""
-    from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+    from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
     probes = {"every": 5, "weights": False, "inputs": True, "preacts": True, "summaries": ["median", "q25", "max"]}
     groups = []
@@ -290,15 +290,16 @@ def test_a_resumed_run_keeps_its_ensemble_and_its_numbers():
     """Resuming with some runs finished trains the same ensembles as an uninterrupted run (the
     finished members again, unreported), so the remaining runs give the same bytes (a run trained
     alone takes the single-run path, whose sums may round differently)."""
+    from normlab.engine.execution import Execution
     from normlab.engine.executor import execute
 
     tasks = [_task(s, {"norm": "batch"}, {"name": "sgd", "lr": 0.05 * (s + 1), "momentum": 0.9}) for s in range(3)]
-    full = execute(tasks, ensemble=(8, ("mlp",)))
+    full = execute(tasks, Execution(ensemble=8))
     reported = []
-    resumed = execute(tasks, ensemble=(8, ("mlp",)), finished={"r1"}, on_result=lambda r: reported.append(r.run_id))
+    resumed = execute(tasks, Execution(ensemble=8), finished={"r1"}, on_result=lambda r: reported.append(r.run_id))
     assert reported == ["r0", "r2"] and [r.run_id for r in resumed] == ["r0", "r2"]
     assert [r.rows for r in resumed] == [full[0].rows, full[2].rows]
-    assert execute(tasks, ensemble=(8, ("mlp",)), finished={"r0", "r1", "r2"}) == []
+    assert execute(tasks, Execution(ensemble=8), finished={"r0", "r1", "r2"}) == []
 
 
 @pytest.mark.parametrize(
@@ -339,7 +340,7 @@ def test_stacked_conv1d_is_each_members_conv1d(k, stride, padding, length):
 def test_inserted_noise_on_the_batch_last_cnn_matches_the_single_runs():
     """The stacked CNN hands an inserted module its activations as (M, B, L, C) and takes them back
     batch-last: each member with its own noise level ends where its single run ends."""
-    from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+    from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
     group = []
     for s, level in enumerate((0.5, 2.0)):

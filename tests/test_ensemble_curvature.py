@@ -12,7 +12,7 @@ from normlab.engine.ensemble import EnsembleNet, pack, train_ensemble, why_not_p
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import RunConfig
 from normlab.engine.train import train
-from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
 CURVATURE = {"steps": [0, 20], "hessian_steps": [20], "density_steps": [20], "top_k": 6, "examples": 60,
              "density_vectors": 10, "density_repeats": 1, "tol": 0.0, "dtype": "float64"}  # fmt: skip

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from normlab.cli.main import app
 from normlab.engine.config import to_dict
 from normlab.engine.results import Tables
-from normlab.experiments import REGISTRY, load_config
-from normlab.experiments.knockout import AffineNoise, NoiseConfig
+from normlab.engine.runner import load_config
+from normlab.experiments import REGISTRY
+from normlab.experiments.noise import AffineNoise, NoiseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +77,7 @@ def test_knockout_inserts_noise_only_in_the_noisy_arms_and_scales_it_by_level():
 def test_noise_without_bn_sits_where_the_normalizer_would():
     from normlab.engine.models import build_model
     from normlab.engine.spec import ModelConfig
-    from normlab.experiments.knockout import NoiseFactory
+    from normlab.experiments.noise import NoiseFactory
 
     net = build_model(ModelConfig(arch="mlp", width=8, depth=2, norm="none"), (4,), 3, NoiseFactory(NoiseConfig()))
     assert all(type(b.after_norm).__name__ == "AffineNoise" for b in net.blocks)
@@ -85,7 +86,7 @@ def test_noise_without_bn_sits_where_the_normalizer_would():
 def test_fixed_batch_probes_leave_training_unchanged():
     from normlab.engine.spec import RunConfig
     from normlab.engine.train import RunTask, train
-    from normlab.experiments.knockout import NoiseFactory
+    from normlab.experiments.noise import NoiseFactory
     from normlab.engine.config import from_dict
 
     raw = {

@@ -10,7 +10,7 @@ from normlab.engine import curvature as CV
 from normlab.engine.lanczos import top_eigenpairs_lockstep
 from normlab.engine.models import build_model
 from normlab.engine.spec import ModelConfig
-from normlab.experiments.knockout import NoiseConfig, NoiseFactory
+from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
 
 def _spiked(dim: int, outliers: int, seed: int) -> np.ndarray:

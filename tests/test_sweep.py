@@ -80,7 +80,7 @@ def test_a_sweep_killed_midway_resumes_with_nothing_lost_or_duplicated(fault, do
 
 
 def test_validate_accepts_sweep_files():
-    from normlab.experiments.sweeps import SWEEP_ROOT
+    from normlab.engine.runner import SWEEP_ROOT
 
     r = runner.invoke(app, ["validate", str(SWEEP_ROOT / "wd.yaml")])
     assert r.exit_code == 0 and "9 arm(s) x 5 seed(s) = 45 runs" in " ".join(r.output.split())
@@ -97,8 +97,9 @@ def test_sweep_overrides_and_bad_input(tmp_path):
 
 
 def test_cells_with_different_inserted_modules_get_different_keys():
-    from normlab.experiments import REGISTRY, load_config
-    from normlab.experiments.base import _module_key
+    from normlab.engine.runner import load_config
+    from normlab.experiments import REGISTRY
+    from normlab.engine.runner.run import module_key as _module_key
 
     exp, cfg = load_config(REGISTRY["knockout"].default_config, REGISTRY)
     noisy = lambda: next(t.after_norm for t in exp.tasks(cfg) if t.arm == "noise1-lr0.1")  # noqa: E731

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from normlab.engine.execution import Execution
 from normlab.engine.executor import execute
 from normlab.engine.spec import DataConfig, ModelConfig, OptimConfig, ProbeConfig, RunConfig, TrainConfig
 from normlab.engine.train import RunTask, train
@@ -49,8 +50,8 @@ def test_step_numbering_of_probes_and_evaluations():
 
 def test_pool_gives_the_same_numbers_as_in_process():
     tasks = [RunTask(f"r{s}", "x", s, tiny(steps=20)) for s in range(2)]
-    serial = execute(tasks, jobs=1)
-    pooled = execute(tasks, jobs=2)
+    serial = execute(tasks, Execution(jobs=1, ensemble="off"))
+    pooled = execute(tasks, Execution(jobs=2, ensemble="off"))
     assert [r.run_id for r in pooled] == ["r0", "r1"]
     for a, b in zip(serial, pooled):
         assert a.rows == b.rows and a.status == b.status == "ok"
@@ -70,7 +71,7 @@ def test_divergence_is_recorded_not_dropped():
 def test_a_crashing_run_is_recorded_as_failed():
     # an inserted module with the wrong input size makes the forward pass raise
     task = RunTask("f", "x", 0, tiny(), after_norm=lambda i, n: torch.nn.Linear(n + 1, n))
-    (res,) = execute([task], jobs=1)
+    (res,) = execute([task], Execution(jobs=1, ensemble="off"))
     assert res.status == "failed" and "RuntimeError" in res.error
 
 
@@ -88,9 +89,9 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 def test_ray_backend_gives_the_same_numbers():
     pytest.importorskip("ray", reason="the optional `ray` extra is not installed")
     tasks = [RunTask(f"r{s}", "x", s, tiny(steps=20)) for s in range(5)]  # more runs than cores: workers are reused
-    serial = execute(tasks, jobs=1)
+    serial = execute(tasks, Execution(jobs=1, ensemble="off"))
     seen = []
-    remote = execute(tasks, backend="ray", on_result=lambda r: seen.append(r.run_id))
+    remote = execute(tasks, Execution(backend="ray", ensemble="off"), on_result=lambda r: seen.append(r.run_id))
     ids = [f"r{s}" for s in range(5)]
     assert [r.run_id for r in remote] == ids and sorted(seen) == ids and {r.status for r in remote} == {"ok"}
     for a, b in zip(serial, remote):
@@ -109,10 +110,14 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch):
             raise ImportError("No module named 'ray'")
         return real_import(name, *args, **kwargs)
 
+    import importlib.util
+
+    real_find = importlib.util.find_spec
     monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find(name, *a))
     monkeypatch.delitem(__import__("sys").modules, "ray", raising=False)
     with pytest.raises(NormlabError, match=r"backend ray needs Ray: pip install 'normlab\[ray\]'"):
-        execute([RunTask("r", "x", 0, tiny(steps=5))], backend="ray")
+        execute([RunTask("r", "x", 0, tiny(steps=5))], Execution(backend="ray"))
 
 
 def test_unit_window_means_equal_the_per_unit_rows_they_summarize():
@@ -201,7 +206,7 @@ def test_derived_tables_are_the_same_with_one_worker_or_two(name):
 
     from normlab import _registry
     from normlab.engine.executor import map_in_workers
-    from normlab.experiments import load_config
+    from normlab.engine.runner import load_config
 
     registry = _registry()
     fewer = {"deep_linear": {"problem.depths": [1, 3], "problem.lambdas": [0.01, 0.1]}}.get(name, {})

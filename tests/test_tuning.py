@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab.experiments import REGISTRY, load_config
+from normlab.engine.runner import load_config
+from normlab.experiments import REGISTRY
 from normlab.experiments.optimizer_tuning import OptimizerTuning, sobol
 
 EXP: OptimizerTuning = REGISTRY["optimizer_tuning"]

@@ -14,7 +14,8 @@ import pytest
 
 from normlab.engine.config import apply_overrides, to_dict
 from normlab.engine.results import Tables
-from normlab.experiments import REGISTRY, load_config
+from normlab.engine.runner import load_config
+from normlab.experiments import REGISTRY
 from normlab.experiments import eff_lr as E
 from normlab.experiments import wd_fixed_point as W
 

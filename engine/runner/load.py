@@ -1,7 +1,7 @@
-"""`normlab sweep`: run a grid of one experiment's runs, resumably, then analyze it like a run.
+"""Step 1 of a command: a config or sweep file and the user's overrides -> the experiment and its typed config.
 
-The sweep folder holds a `config.yaml` in which the grid points are the experiment's arms, so
-the experiment's own `analyze` and `plot` read it exactly like the folder of `normlab run`.
+Every error names the dotted key and the fix. The registry of experiments is handed in: the
+runner names no experiment itself.
 """
 
 from __future__ import annotations
@@ -9,18 +9,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from normlab.engine import config as C
-from normlab.engine.execution import Execution
-from normlab.engine.files import atomic_write_text
-from normlab.engine.locks import folder_lock
-from normlab.engine.sweep import SweepConfig, expand
-
-from .base import CONFIG_ROOT, Experiment, Outcome, arm_configs, load_config, run_cells
+from .. import config as C
+from ..experiment import CONFIG_ROOT, Experiment, Registry, arm_configs
+from ..spec import ExperimentConfig
+from ..sweep import SweepConfig, expand
 
 SWEEP_ROOT = CONFIG_ROOT / "sweeps"
 
 
+def config_path(name_or_path: str | Path, registry: Registry) -> Path:
+    """An experiment name means its shipped config; anything else is a path to a YAML file."""
+    if str(name_or_path) in registry:
+        return registry[str(name_or_path)].default_config
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    raise C.ConfigError(
+        f"{str(name_or_path)!r} is neither a known experiment ({', '.join(sorted(registry))}) "
+        "nor a config file; see `normlab list`"
+    )
+
+
+def load_config(
+    path: Path | str, registry: Registry, overrides: Optional[dict] = None, smoke: bool = False
+) -> tuple[Experiment, ExperimentConfig]:
+    """Read, override and validate a config; every error names the dotted key and the fix."""
+    raw = C.read_yaml(path)
+    name = raw.get("experiment")
+    if name not in registry:
+        known = ", ".join(sorted(registry))
+        raise C.ConfigError(f"experiment: {name!r} is not a known experiment; choose one of {known}")
+    exp = registry[name]
+    if smoke:
+        smoke_overrides = raw.get("smoke") or {}
+        if not isinstance(smoke_overrides, dict):
+            raise C.ConfigError("smoke: expected a mapping of dotted keys to values")
+        raw = C.apply_overrides(raw, smoke_overrides)
+    if overrides:
+        raw = C.apply_overrides(raw, overrides)
+    cfg = C.from_dict(exp.config_class, raw)
+    arm_configs(cfg)  # validates every arm's overrides
+    return exp, cfg
+
+
 def sweep_path(name_or_path: str) -> Path:
+    """A shipped sweep's name (configs/sweeps/NAME.yaml) or a sweep file's path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
@@ -34,7 +67,7 @@ def sweep_path(name_or_path: str) -> Path:
     return path
 
 
-def grid_sweep(experiment: str, axes: dict[str, list], registry: dict[str, Experiment]) -> dict:
+def grid_sweep(experiment: str, axes: dict[str, list], registry: Registry) -> dict:
     """An ad-hoc sweep (`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`) as the sweep file it stands
     for: the grid's keys as axes over the experiment's own config, with its seeds, and its smoke
     block (seeds and overrides) for --smoke."""
@@ -57,8 +90,8 @@ def grid_sweep(experiment: str, axes: dict[str, list], registry: dict[str, Exper
 
 
 def load_sweep(
-    path: Path | dict, registry: dict[str, Experiment], overrides: Optional[dict] = None, smoke: bool = False
-):
+    path: Path | dict, registry: Registry, overrides: Optional[dict] = None, smoke: bool = False
+) -> tuple[Experiment, ExperimentConfig, SweepConfig]:
     """-> (experiment, its config with the grid as arms, the sweep config). `path`: a sweep file, or
     the raw mapping of one (an ad-hoc grid)."""
     raw = dict(path) if isinstance(path, dict) else C.read_yaml(path)
@@ -101,24 +134,3 @@ def _apply(raw: dict, overrides: dict) -> dict:
     if one_axis:
         out["axes"] = {**(out.get("axes") or {}), **one_axis}
     return out
-
-
-def run_sweep(
-    exp: Experiment, cfg, sweep: SweepConfig, out: Path, execution: Execution = Execution(), smoke: bool = False
-) -> Outcome:
-    """Run the grid's missing cells in `out` (a stable folder: running again resumes), analyze.
-    `execution` was checked when it was built."""
-    out = Path(out)
-    with folder_lock(out):  # one command per output folder
-        out.mkdir(parents=True, exist_ok=True)
-        previous = out / "sweep.yaml"
-        resolved = C.dump_yaml(sweep)
-        if previous.is_file() and previous.read_text() != resolved:
-            # a changed grid keeps the finished cells it shares with the old one (same keys)
-            atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
-        atomic_write_text(previous, resolved)
-        manifest = {"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"}
-        return run_cells(exp, cfg, out, execution, smoke, manifest)
-
-
-__all__ = ["grid_sweep", "load_sweep", "run_sweep", "sweep_path", "load_config"]

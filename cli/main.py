@@ -6,40 +6,42 @@ cli/output.py prints what it returns. Bad input ends with one line on stderr and
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 import typer
-import typer.core
-from rich.markup import escape
-from rich.table import Table
-
-import yaml
 
 import normlab
 from normlab import timings
-from normlab import ConfigError, NormlabError
 
-from .output import COLORS, RunBars, finals_table, ui
+from .options import (
+    FLAGS,  # noqa: F401  (the flags an error names: part of the CLI's face, cli.main.FLAGS)
+    JsonOpt,
+    SeedsOpt,
+    SetOpt,
+    SmokeOpt,
+    complete_device,
+    complete_experiment,
+    complete_format,
+    complete_sweep,
+    execution_options,
+    parse_grid,
+    parse_set,
+    user_errors,
+)
+from .output import (
+    RunBars,
+    exit_on_crashes as _exit_on_crashes,
+    experiments_table,
+    print_outcome,
+    records as _records,
+    rows_table,
+    ui,
+    verdicts_table,
+    warn as _warn,
+)
 
-
-def _flags_without_a_type() -> None:
-    """Typer's help labels on/off flags `<bool>`, as if they took a value; show them bare, as flags."""
-    option = getattr(typer.core, "TyperOption", None)
-    original = getattr(option, "display_type_rich", None)
-    if original is None or getattr(original, "_normlab", False):
-        return
-
-    def display_type_rich(self, ctx):
-        return "" if (getattr(self, "is_flag", False) and self.metavar is None) else original(self, ctx)
-
-    display_type_rich._normlab = True
-    option.display_type_rich = display_type_rich
-
-
-_flags_without_a_type()
 
 app = typer.Typer(
     name="normlab",
@@ -79,174 +81,6 @@ def _main(
     """Reproduce the claims of Grosse ch. 5 (see `normlab list`)."""
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`--set a.b=value` items as dotted overrides; values are read as YAML scalars and lists."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set run.train.steps=500")
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
-    return out
-
-
-def parse_grid(items: list[str]) -> dict[str, list]:
-    """`--grid run.optim.lr=0.01,0.1` items as {key: [values]}, each value read as YAML."""
-    out: dict[str, list] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or not text.strip():
-            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. --grid run.optim.lr=0.01,0.1")
-        try:
-            out[key.strip()] = [yaml.safe_load(v) for v in text.split(",")]
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--grid {item!r}: a value is not valid YAML ({exc.problem})") from None
-    return out
-
-
-# The engine and the API speak of config keys and settings; on the command line the same keys are
-# these flags (engine/errors.py renders an error's key and its {set:KEY=VALUE} fixes with them).
-FLAGS = {
-    "run.train.device": "--device",
-    "overrides.run.train.device": "--device",
-    "device": "--device",
-    "seeds": "--seeds",
-    "jobs": "--jobs",
-    "backend": "--backend",
-    "ensemble": "--ensemble",
-    "out": "--out",
-    "overwrite": "--overwrite",
-    "only": "--only",
-    "format": "--format",
-    "config": "--config",
-    "grid": "--grid",
-    "to": "--to",
-    "steps": "--steps",
-    "repeats": "--repeats",
-}
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Turn NormlabError into one red line and exit code 2; Ctrl-C into exit 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except NormlabError as exc:
-            message = escape(exc.text(FLAGS))  # brackets such as '.[ray]' are text, not markup
-            ui.err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-        except KeyboardInterrupt:
-            ui.err.print("interrupted: finished runs are kept; the same command resumes")
-            raise typer.Exit(130)
-
-    return wrapper
-
-
-def _exit_on_crashes(crashed: list[tuple[str, str]], folder: Path, total: Optional[int] = None) -> None:
-    """A run that raised is an error (a diverged one is data): the folder is complete, the command
-    says which run crashed and where the tracebacks are, and exits 1 so that a CI job fails."""
-    if crashed:
-        run_id, message = crashed[0]
-        ui.err.print(
-            f"[red]error:[/red] {len(crashed)}{f' of {total}' if total else ''} run(s) crashed; first: {run_id}: "
-            f"{escape(message)}; "
-            f"tracebacks in {folder}/crashes.log",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1)
-
-
-def _warn(notes: list[str]) -> None:
-    for note in notes:
-        ui.err.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-
-
-def _records(df) -> list[dict]:
-    """A table's rows as JSON objects (NaN as null)."""
-    import json
-
-    return json.loads(df.to_json(orient="records")) if len(df) else []
-
-
-def _runs_doc(runs) -> list[dict]:
-    cols = [c for c in ("run_id", "arm", "seed", "status", "steps_done", "error") if c in runs]
-    return _records(runs[cols])
-
-
-def _execution(jobs: Optional[int], backend: str, ensemble: str, device: Optional[str], **callbacks):
-    """The command's options as one checked normlab.Execution (jobs: every core by default)."""
-    return normlab.Execution(jobs=jobs, backend=backend, ensemble=ensemble, device=device, **callbacks)
-
-
-def _completer(choices) -> Callable[[str], list[str]]:
-    """Tab completion (`normlab --install-completion`) of a fixed set of choices, or of a function's."""
-
-    def complete(incomplete: str) -> list[str]:
-        return [c for c in (choices() if callable(choices) else choices) if c.startswith(incomplete)]
-
-    return complete
-
-
-complete_experiment = _completer(lambda: sorted(normlab.list_experiments()["experiment"]))
-complete_sweep = _completer(lambda: list(normlab.list_sweeps()))
-complete_device = _completer(["cpu", "cuda", "auto"])
-complete_backend = _completer(["local", "ray"])
-complete_ensemble = _completer(["auto", "off", "4", "8", "16", "32"])
-complete_format = _completer(["md", "html"])
-
-
-SetOpt = typer.Option(
-    [],
-    "--set",
-    "-s",
-    metavar="KEY=VALUE",
-    help="Override a config value by dotted key, e.g. `--set run.optim.lr=0.05`. Repeatable.",
-)
-SeedsOpt = typer.Option(None, "--seeds", help="Seeds per arm (overrides the config's `seeds`).")
-SmokeOpt = typer.Option(
-    False, "--smoke", metavar="", help="Apply the config's `smoke:` block: tiny, seconds-long, for CI."
-)
-JobsOpt = typer.Option(None, "--jobs", "-j", help="Parallel one-thread workers (default: number of cores).")
-BackendOpt = typer.Option(
-    "local",
-    "--backend",
-    metavar="[local|ray]",
-    autocompletion=complete_backend,
-    help="local (process pool, --jobs) or ray (one Ray task per run; a cluster via RAY_ADDRESS; needs the `ray` "
-    "extra).",
-)
-EnsembleOpt = typer.Option(
-    "auto",
-    "--ensemble",
-    metavar="[auto|off|N]",
-    autocompletion=complete_ensemble,
-    help="Train compatible runs (MLP or 1-D CNN, same model and optimizer, differing in seed, lr, momentum, betas, "
-    "eps, decay) together as one batched model: auto stacks up to 16 runs, N up to N, off trains every run alone. "
-    "Numbers agree with the single-run path to float rounding.",
-)
-JsonOpt = typer.Option(
-    False,
-    "--json",
-    metavar="",
-    help="Print one JSON document on stdout (the folder, each run's status, the claim rows) and nothing else there; "
-    "messages go to stderr. For scripts: no table to parse.",
-)
-DeviceOpt = typer.Option(
-    None,
-    "--device",
-    metavar="[cpu|cuda|auto]",
-    autocompletion=complete_device,
-    help="Where to train (default: the config's, cpu; auto = cuda if present).",
-)
-
-
 @app.command("list")
 @user_errors
 def list_cmd(as_json: bool = JsonOpt) -> None:
@@ -255,17 +89,9 @@ def list_cmd(as_json: bool = JsonOpt) -> None:
         table = normlab.list_experiments().assign(config=lambda d: d["config"].astype(str))
         ui.emit({"experiments": _records(table), "sweeps": {n: str(p) for n, p in normlab.list_sweeps().items()}})
         return
-    table = Table(title="normlab experiments")
-    table.add_column("experiment", no_wrap=True)
-    table.add_column("claims", no_wrap=True)
-    table.add_column("config", overflow="fold")  # never cut a path a user will copy
-    table.add_column("what it asks")
     here = Path.cwd()
     shown = lambda p: str(p.relative_to(here) if Path(p).is_relative_to(here) else p)  # noqa: E731
-    for row in normlab.list_experiments().sort_values("experiment").itertuples():
-        claims = ", ".join(dict.fromkeys(c.split("-")[0] for c in row.claims))
-        table.add_row(row.experiment, claims, shown(Path(row.config)), row.title)
-    ui.table(table)
+    ui.table(experiments_table(normlab.list_experiments(), shown))
     sweeps = normlab.list_sweeps()
     if sweeps:
         ui.console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{n} ({shown(p)})" for n, p in sweeps.items()))
@@ -307,6 +133,7 @@ def validate(
 
 @app.command()
 @user_errors
+@execution_options
 def run(
     experiment: str = typer.Argument(
         ..., help="Experiment name (see `normlab list`) or a config file.", autocompletion=complete_experiment
@@ -318,11 +145,8 @@ def run(
     seeds: Optional[int] = SeedsOpt,
     smoke: bool = SmokeOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/EXPERIMENT/TIMESTAMP)."),
-    jobs: Optional[int] = JobsOpt,
-    device: Optional[str] = DeviceOpt,
-    backend: str = BackendOpt,
-    ensemble: str = EnsembleOpt,
     as_json: bool = JsonOpt,
+    execution: normlab.Execution = None,
 ) -> None:
     """Run one experiment: train every arm x seed, write CSVs, judge the claims, draw the figures.
 
@@ -331,10 +155,9 @@ def run(
     """
     if as_json:
         ui.set_json()
-    execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
     _warn(plan.notes)
-    if device is not None and not plan.experiment.tasks(plan.config):
+    if execution.device is not None and not plan.tasks:
         ui.err.print(f"{plan.name}: trains no runs; its tables are computed on the CPU whatever --device says")
     folder = plan.folder
     with ui.bars(18, " steps") as bars:
@@ -356,24 +179,12 @@ def run(
                 f"command with --out {folder} to resume"
             )
             raise typer.Exit(130)
-    if len(outcome.runs):  # an experiment of tables alone trains no runs
-        ui.table(finals_table(outcome.runs, "Final metrics per arm (mean over finished runs)"))
-    ui.claims(outcome.claims)
-    bad = outcome.runs[outcome.runs["status"] != "ok"]
-    if len(bad):
-        ui.console.print(
-            f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
-            + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
-        )
-    ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/)")
-    if as_json:
-        ui.emit({"experiment": plan.name, "folder": str(folder), "runs": _runs_doc(outcome.runs),
-                 "claims": _records(outcome.claims), "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip
-    _exit_on_crashes(outcome.crashes, folder, len(outcome.runs))
+    print_outcome(outcome, {"experiment": plan.name}, folder, "arm", as_json)
 
 
 @app.command()
 @user_errors
+@execution_options
 def sweep(
     name: str = typer.Argument(
         ...,
@@ -394,11 +205,8 @@ def sweep(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Sweep folder (default: results/sweeps/NAME, or NAME-smoke)."
     ),
-    jobs: Optional[int] = JobsOpt,
-    device: Optional[str] = DeviceOpt,
-    backend: str = BackendOpt,
-    ensemble: str = EnsembleOpt,
     as_json: bool = JsonOpt,
+    execution: normlab.Execution = None,
 ) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
@@ -408,7 +216,6 @@ def sweep(
     """
     if as_json:
         ui.set_json()
-    execution = _execution(jobs, backend, ensemble, device)
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution, parse_grid(grid))
     _warn(plan.notes)
     with ui.bars(18) as bars:
@@ -428,29 +235,20 @@ def sweep(
                 ui.err.print(f"  {res.run_id}: {res.status}")
 
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
-    ui.table(finals_table(outcome.runs, "Final metrics per cell (mean over finished runs)"))
-    ui.claims(outcome.claims)
-    ui.console.print(f"files: {plan.folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/, cells/)")
-    if as_json:
-        ui.emit({"sweep": plan.sweep.sweep, "experiment": plan.name, "folder": str(plan.folder),
-                 "runs": _runs_doc(outcome.runs), "claims": _records(outcome.claims),
-                 "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip
-    _exit_on_crashes(outcome.crashes, plan.folder, len(outcome.runs))
+    print_outcome(outcome, {"sweep": plan.sweep.sweep, "experiment": plan.name}, plan.folder, "cell", as_json)
 
 
 @app.command()
 @user_errors
+@execution_options
 def reproduce(
     smoke: bool = SmokeOpt,
-    jobs: Optional[int] = JobsOpt,
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Output folder (default: results/reproduce, or results/reproduce-smoke)."
     ),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiments, e.g. `knockout,eff_lr`."),
-    device: Optional[str] = DeviceOpt,
-    backend: str = BackendOpt,
-    ensemble: str = EnsembleOpt,
     as_json: bool = JsonOpt,
+    execution: normlab.Execution = None,
 ) -> None:
     """Run every experiment's default config, then write the combined report (md and html).
 
@@ -463,7 +261,6 @@ def reproduce(
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
     if as_json:
         ui.set_json()
-    execution = _execution(jobs, backend, ensemble, device)
     with ui.bars(24, transient=True) as bars:
         folders: list[Path] = []
 
@@ -489,13 +286,7 @@ def reproduce(
             where = f"{folders[-1].parent}/<experiment>.partial" if folders else "the output folder"
             ui.err.print(f"interrupted: run the same command again to continue ({where} keeps the finished runs)")
             raise typer.Exit(130)
-    table = Table(title="Claims")
-    for col in ("experiment", "claim", "verdict"):
-        table.add_column(col)
-    for n, claims in result.claims.items():
-        for _, r in claims.iterrows():
-            table.add_row(n, str(r["claim_id"]), f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
-    ui.table(table)
+    ui.table(verdicts_table(result.claims))
     ui.console.print(f"report: {result.reports[0]} and {result.reports[1]}")
     if as_json:
         experiments = {n: {"folder": str(result.folders[n]), "claims": _records(c)} for n, c in result.claims.items()}
@@ -594,12 +385,8 @@ def bench(
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
     res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=ui.console.print)
-    table = Table(title="normlab bench (medians over interleaved repeats)")
-    for col in ("measure", "value", "target"):
-        table.add_column(col)
-    for row in res.rows():
-        table.add_row(*row)
-    ui.table(table)
+    ui.table(rows_table("normlab bench (medians over interleaved repeats)", ("measure", "value", "target"),
+                        res.rows()))  # fmt: skip
 
 
 @app.command()
@@ -615,13 +402,10 @@ def cost(
     """How long that reproduction would take on more (or fewer) cores of the same speed, locally and on a
     Ray cluster, from its recorded schedule; the last row is the critical path, the bound for any cluster."""
     table = normlab.cost_model(schedule, [w.strip() for w in workers.split(",") if w.strip()], ray_overhead)
-    out = Table(title=f"reproduce's wall time, replayed from {schedule}")
-    for col in ("workers", "local (min)", "Ray (min)", "workers busy"):
-        out.add_column(col)
-    for r in table.itertuples():
-        busy = "" if r.utilization != r.utilization else f"{r.utilization:.0%}"
-        out.add_row(str(r.workers), f"{r.local_minutes:.1f}", f"{r.ray_minutes:.1f}", busy)
-    ui.table(out)
+    rows = [(str(r.workers), f"{r.local_minutes:.1f}", f"{r.ray_minutes:.1f}",
+             "" if r.utilization != r.utilization else f"{r.utilization:.0%}") for r in table.itertuples()]  # fmt: skip
+    ui.table(rows_table(f"reproduce's wall time, replayed from {schedule}",
+                        ("workers", "local (min)", "Ray (min)", "workers busy"), rows))  # fmt: skip
 
 
 lens_app = typer.Typer(

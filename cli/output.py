@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Optional
+
+import typer
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
@@ -195,3 +198,89 @@ class RunBars:
 
 
 ui = Output()
+
+
+def exit_on_crashes(crashed: list[tuple[str, str]], folder: Path, total: Optional[int] = None) -> None:
+    """A run that raised is an error (a diverged one is data): the folder is complete, the command
+    says which run crashed and where the tracebacks are, and exits 1 so that a CI job fails."""
+    if crashed:
+        run_id, message = crashed[0]
+        ui.err.print(
+            f"[red]error:[/red] {len(crashed)}{f' of {total}' if total else ''} run(s) crashed; first: {run_id}: "
+            f"{escape(message)}; "
+            f"tracebacks in {folder}/crashes.log",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def warn(notes: list[str]) -> None:
+    for note in notes:
+        ui.err.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def records(df) -> list[dict]:
+    """A table's rows as JSON objects (NaN as null)."""
+    import json
+
+    return json.loads(df.to_json(orient="records")) if len(df) else []
+
+
+def runs_doc(runs) -> list[dict]:
+    cols = [c for c in ("run_id", "arm", "seed", "status", "steps_done", "error") if c in runs]
+    return records(runs[cols])
+
+
+def verdicts_table(claims: dict) -> Table:
+    """experiment -> its claim rows, as one table of verdicts (what `reproduce` prints at the end)."""
+    table = Table(title="Claims")
+    for col in ("experiment", "claim", "verdict"):
+        table.add_column(col)
+    for n, rows in claims.items():
+        for _, r in rows.iterrows():
+            table.add_row(n, str(r["claim_id"]), f"[{COLORS.get(r['verdict'], 'white')}]{r['verdict']}[/]")
+    return table
+
+
+def rows_table(title: str, columns, rows) -> Table:
+    """A titled table of rows of text (bench, cost)."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_outcome(outcome, doc: dict, folder: Path, what: str, as_json: bool) -> None:
+    """What run and sweep print at the end: final metrics per arm, the claims, the files, the JSON
+    document; then exit 1 if a run crashed."""
+    if len(outcome.runs):  # an experiment of tables alone trains no runs
+        ui.table(finals_table(outcome.runs, f"Final metrics per {what} (mean over finished runs)"))
+    ui.claims(outcome.claims)
+    bad = outcome.runs[outcome.runs["status"] != "ok"]
+    if len(bad) and what == "arm":  # a sweep names each cell that did not finish as it ends
+        ui.console.print(
+            f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
+            + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
+        )
+    cells = ", cells/" if what == "cell" else ""
+    ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/{cells})")
+    if as_json:
+        ui.emit({**doc, "folder": str(folder), "runs": runs_doc(outcome.runs), "claims": records(outcome.claims),
+                 "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip
+    exit_on_crashes(outcome.crashes, folder, len(outcome.runs))
+
+
+def experiments_table(experiments, shown) -> Table:
+    """`normlab list`: each experiment, the claims it tests, its config (as `shown` names it), its question."""
+    table = Table(title="normlab experiments")
+    table.add_column("experiment", no_wrap=True)
+    table.add_column("claims", no_wrap=True)
+    table.add_column("config", overflow="fold")  # never cut a path a user will copy
+    table.add_column("what it asks")
+    for row in experiments.sort_values("experiment").itertuples():
+        claims = ", ".join(dict.fromkeys(c.split("-")[0] for c in row.claims))
+        table.add_row(row.experiment, claims, shown(Path(row.config)), row.title)
+    return table

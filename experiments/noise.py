@@ -36,7 +36,6 @@ class NoiseConfig:
         )
 
 
-
 class AffineNoise(nn.Module):
     """Per-unit random affine map, re-drawn every training step around drifting centers.
 

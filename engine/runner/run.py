@@ -297,4 +297,3 @@ def module_key(factory) -> str:
     if factory is None:
         return ""
     return f"{type(factory).__name__}:{json.dumps(C.to_dict(vars(factory)), sort_keys=True, default=repr)}"
-

@@ -16,7 +16,10 @@ from rich.text import Text
 from rich.markup import escape
 from rich.table import Table
 
-COLORS = {"supported": "green", "not supported": "red", "inconclusive": "yellow"}
+from normlab.engine import metrics as M
+from normlab.engine.claims import VERDICT_COLORS
+
+COLORS = {verdict: c["terminal"] for verdict, c in VERDICT_COLORS.items()}
 
 
 class Output:
@@ -125,10 +128,8 @@ def finals_table(runs, title: str, most: int = 30) -> Table:
     ones, so that a run on a user's own data or model shows its own results beside the claims. At
     most `most` arms (a search of hundreds of trials is in runs.csv)."""
     table = Table(title=title)
-    metrics = [
-        c for c in ("final_train_loss", "final_val_acc", "final_test_acc") if c in runs and runs[c].notna().any()
-    ]
-    for col in ("arm", "ok / runs", *(m.removeprefix("final_") for m in metrics)):
+    metrics = [c for c in map(M.final, (M.TRAIN_LOSS, M.VAL_ACC, M.TEST_ACC)) if c in runs and runs[c].notna().any()]
+    for col in ("arm", "ok / runs", *(m.removeprefix(M.FINAL_PREFIX) for m in metrics)):
         table.add_column(col)
     groups = list(runs.groupby("arm", sort=False))
     for arm, g in groups[:most]:

@@ -27,6 +27,14 @@ from typing import Any, Literal, Optional
 from .stats import Interval, distance_in_half_widths, seeds_to_decide
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_JUDGED = "supported", "not supported", "inconclusive", "not judged"
+# Each verdict's colour, in one place: in the terminal (a Rich style), as a mark in figures, and as
+# text in the HTML report (darker than the mark, for contrast on white)
+VERDICT_COLORS = {
+    SUPPORTED: {"terminal": "green", "mark": "#2ca02c", "text": "#1a7f37"},
+    NOT_SUPPORTED: {"terminal": "red", "mark": "#d62728", "text": "#c62828"},
+    INCONCLUSIVE: {"terminal": "yellow", "mark": "#ff7f0e", "text": "#b25e00"},
+    NOT_JUDGED: {"terminal": "white", "mark": "#7f7f7f", "text": "#6e6e6e"},
+}
 MEASURED, EXACT, CONTROL, DESCRIPTIVE = "measured", "exact", "control", "descriptive"
 Kind = Literal["measured", "exact", "control", "descriptive"]
 EVIDENCE_KINDS = (MEASURED, EXACT)

@@ -941,7 +941,7 @@ def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> 
         if jacobian is not None and status[k] == "ok":
             final[M.JACOBIAN_FRO_SQ] = jacobian[k]
         if curv_steps:
-            final["curvature_seconds"] = curv_seconds / m  # its share of the wall time: not a result
+            final[M.CURVATURE_SECONDS] = curv_seconds / m  # its share of the wall time: not a result
         out.append(RunResult(t.run_id, t.arm, t.seed, status[k], done[k], seconds, final, rows[k]))
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import metrics as M
 from .errors import NormlabError
 from .results import load_tables
 
@@ -61,7 +62,7 @@ def export_run_folder(folder: Path, out: Path) -> list[Path]:
     SummaryWriter = _summary_writer()
     tables = load_tables(folder)
     runs, metrics = tables.runs, tables.metrics
-    finals = [c for c in runs.columns if c.startswith("final_")]
+    finals = [c for c in runs.columns if c.startswith(M.FINAL_PREFIX)]
     hyper = [c for c in runs.columns if c not in OUTCOME_COLUMNS and c not in finals]
     written = []
     by_run = dict(tuple(metrics.groupby("run_id", sort=False))) if len(metrics) else {}

@@ -17,7 +17,6 @@ alone (engine/lens.py wrote them). Each flag names its layers and the numbers be
 
 from __future__ import annotations
 
-import base64
 import math
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pandas as pd
 from .errors import ConfigError
 from .files import atomic_write_text
 from . import lens as L
+from . import markdown
 
 EQUILIBRIUM_BAND = (0.8, 1.25)  # measured / predicted angle, rms over the last quarter of probes
 EPS_DOMINATES = 0.5
@@ -251,12 +251,10 @@ def figure(table: pd.DataFrame, manifest: dict, path: Path) -> Path:
 
 
 def _table(rows: list[dict]) -> list[str]:
+    """Dicts as a Markdown table, one column per key (in first-seen order)."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [(_fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, ""))) for c in cols]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
+    cell = lambda v: _fmt(v) if isinstance(v, float) else str(v).replace("|", "\\|")  # noqa: E731
+    return markdown.table([cell(c) for c in cols], [[cell(r.get(c, "")) for c in cols] for r in rows])
 
 
 def write_report(folder: Path, out: Path | None = None, overwrite: bool = False) -> list[Path]:
@@ -306,17 +304,6 @@ def write_report(folder: Path, out: Path | None = None, overwrite: bool = False)
     text = "\n".join(md) + "\n"
     atomic_write_text(md_path, text)
 
-    from markdown_it import MarkdownIt
-
-    data = base64.b64encode(fig_path.read_bytes()).decode()
-    body = (
-        MarkdownIt("commonmark", {"html": False})
-        .enable("table")
-        .render(text.replace(f"![lens]({fig_path.name})", f"![lens](data:image/png;base64,{data})"))
-    )
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.45;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")  # fmt: skip
-    atomic_write_text(html_path, '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>normlab lens report</title>'
-                      f"<style>{style}</style></head><body>\n{body}</body></html>\n")  # fmt: skip
+    body = markdown.render("\n".join(markdown.embed_image(x, out) for x in text.split("\n")))
+    atomic_write_text(html_path, markdown.page("normlab lens report", body, width=1200))
     return [md_path, html_path, fig_path]

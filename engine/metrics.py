@@ -22,6 +22,16 @@ EVALUATION = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC)
 # At the end only (probes.jacobian_examples), in runs.csv as final_jacobian_fro_sq and as a row at the last step
 JACOBIAN_FRO_SQ = "jacobian_fro_sq"  # mean over test examples of ||d logits / d x||_F^2
 FINAL = (*EVALUATION, JACOBIAN_FRO_SQ)  # what runs.csv holds as final_<name>
+# Wall time a run spent in its curvature checkpoints (runs.csv: final_curvature_seconds), like
+# train_seconds a cost, not a result
+CURVATURE_SECONDS = "curvature_seconds"
+FINAL_PREFIX = "final_"
+
+
+def final(name: str) -> str:
+    """runs.csv's column of a run's final value of `name` (final_test_acc for test_acc)."""
+    return FINAL_PREFIX + name
+
 
 # Weight probes, per layer, summarized over its units (probes.weights)
 WEIGHT_NORM_SQ = "weight_norm_sq"  # ||w_j||^2 of a unit's incoming weights

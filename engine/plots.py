@@ -19,6 +19,7 @@ import re  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .claims import VERDICT_COLORS as VERDICT_STYLES  # noqa: E402
 from .files import atomic_write  # noqa: E402
 
 STYLE = {
@@ -125,12 +126,7 @@ def save(fig, path: Path, tight: bool = True) -> Path:
         plt.close(fig)
 
 
-VERDICT_COLORS = {
-    "supported": "#2ca02c",
-    "not supported": "#d62728",
-    "inconclusive": "#ff7f0e",
-    "not judged": "#7f7f7f",
-}
+VERDICT_COLORS = {verdict: c["mark"] for verdict, c in VERDICT_STYLES.items()}
 
 
 def claims_forest(claims: pd.DataFrame, path: Path) -> Path:

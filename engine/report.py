@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import markdown
 from .claims import EVIDENCE_KINDS, NEAR_FACTOR, is_near
 from .errors import NormlabError
 from .results import Tables, atomic_write_text, load_tables, read_claims
 
 
 def _fmt(v) -> str:
-    """A table cell: 4 significant digits for numbers, pipes escaped for Markdown."""
+    """A table cell: 4 significant digits for numbers, Markdown's syntax escaped."""
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
-    return _text(str(v)).replace("|", "\\|")
+    return markdown.escape(v)
 
 
 def _text(s) -> str:
@@ -29,11 +30,11 @@ def claims_markdown(claims: pd.DataFrame) -> str:
     if claims.empty:
         return "_No claim rows._\n"
     cols = ["claim_id", "kind", "verdict", "statistic", "value", "ci_low", "ci_high", "interval", "threshold", "n"]
-    lines = ["| " + " | ".join(cols) + " | n to decide |", "|" + "---|" * (len(cols) + 1)]
-    for _, r in claims.iterrows():
-        cells = [_fmt(r[c]) + (_near_mark(r) if c == "verdict" else "") for c in cols]
-        lines.append("| " + " | ".join(cells) + f" | {_to_decide(r)} |")
-    out = "\n".join(lines) + "\n\n"
+    rows = [
+        [_fmt(r[c]) + (_near_mark(r) if c == "verdict" else "") for c in cols] + [_to_decide(r)]
+        for _, r in claims.iterrows()
+    ]
+    out = "\n".join(markdown.table(cols + ["n to decide"], rows)) + "\n\n"
     for _, r in claims.iterrows():
         out += f"- **{r['claim_id']}** ({r['verdict']}): {_text(r['statement'])}"
         if isinstance(r.get("detail"), str) and r["detail"]:
@@ -201,19 +202,19 @@ def time_table(items: list[dict]) -> list[str]:
         "without training runs, workers idle at the end of a stage, pool start and writing the CSVs; "
         "analysis, figures and reports come after the manifest's clock stops.",
         "",
-        "| experiment | wall time (s) | workers | runs | training (core-s) | training / (wall x workers) |",
-        "|---|---|---|---|---|---|",
     ]
+    header = ("experiment", "wall time (s)", "workers", "runs", "training (core-s)", "training / (wall x workers)")
+    cells = []
     total_wall = total_train = total_runs = 0.0
     for it in items:
         m, runs = it["manifest"], it["runs"]
         wall, jobs = float(m.get("wall_seconds", float("nan"))), int(m.get("jobs") or 1)
         train = float(runs["train_seconds"].sum()) if "train_seconds" in runs and len(runs) else 0.0
         busy = f"{train / (wall * jobs):.0%}" if wall > 0 and train > 0 else "-"
-        rows.append(f"| {_label(it)} | {wall:.1f} | {jobs} | {len(runs)} | {train:.1f} | {busy} |")
+        cells.append([_label(it), f"{wall:.1f}", jobs, len(runs), f"{train:.1f}", busy])
         total_wall, total_train, total_runs = total_wall + wall, total_train + train, total_runs + len(runs)
-    rows += [f"| all | {total_wall:.1f} | | {int(total_runs)} | {total_train:.1f} | |", ""]
-    return rows
+    cells.append(["all", f"{total_wall:.1f}", None, int(total_runs), f"{total_train:.1f}", None])
+    return rows + markdown.table(header, cells) + [""]
 
 
 def build_report(
@@ -222,7 +223,6 @@ def build_report(
     """One Markdown or HTML report over run folders: summary, one section per experiment, and
     what was not reproduced. Depends only on the files, so it regenerates byte for byte.
     `expected`: experiments a complete report has, in order; absent ones are listed as not run."""
-    import base64
     import os
 
     out = Path(out)
@@ -241,17 +241,25 @@ def build_report(
         "",
         SEEDS_NOTE,
         "",
-        "| experiment | claim | kind | verdict | statistic | value | 95% CI | threshold | n | n to decide |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for it in items:
-        name = _label(it)
-        for _, r in it["claims"].iterrows():
-            md.append(
-                f"| {name} | {r['claim_id']} | {r.get('kind', '')} | **{r['verdict']}**{_near_mark(r)} | "
-                f"{_fmt(r['statistic'])} | {_fmt(r['value'])} "
-                f"| {_ci(r)} | {_fmt(r['threshold'])} | {r['n']} | {_to_decide(r)} |"
-            )
+    header = ("experiment", "claim", "kind", "verdict", "statistic", "value", "95% CI", "threshold", "n", "n to decide")
+    rows = [
+        [
+            _label(it),
+            r["claim_id"],
+            r.get("kind", ""),
+            f"**{r['verdict']}**{_near_mark(r)}",
+            _fmt(r["statistic"]),
+            _fmt(r["value"]),
+            _ci(r),
+            _fmt(r["threshold"]),
+            r["n"],
+            _to_decide(r),
+        ]  # fmt: skip
+        for it in items
+        for _, r in it["claims"].iterrows()
+    ]
+    md += markdown.table(header, rows)
     counted, repeated = counted_once(items)
     every = (
         pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
@@ -353,39 +361,22 @@ def build_report(
         atomic_write_text(out, text)
         return out
 
-    # HTML: the same Markdown rendered by markdown-it (CommonMark + tables), self-contained: every
-    # figure is embedded as a data URI, so the file can be mailed or archived on its own
-    from markdown_it import MarkdownIt
-
-    def embed(line: str) -> str:
-        if not line.startswith("!["):
-            return line
-        alt, src = line[2 : line.index("](")], line[line.index("](") + 2 : -1]
-        data = base64.b64encode((out.parent / src).read_bytes()).decode()
-        return f"![{alt}](data:image/png;base64,{data})"
-
-    html_body = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(embed(x) for x in md))
-    html_body, toc = _html_toc(html_body)
+    # HTML: the same Markdown rendered by markdown-it, self-contained (every figure embedded)
+    html_body, toc = _html_toc(markdown.render("\n".join(markdown.embed_image(x, out.parent) for x in md)))
     html_body = re.sub(  # verdicts in colour (the text stays, for printing and screen readers)
         r"<strong>(supported|not supported|inconclusive|not judged)</strong>",
         lambda m: '<strong class="v-{}">{}</strong>'.format(m[1].replace(" ", "-"), m[1]),
         html_body,
     )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"
-        "nav.toc{background:#f7f7f7;border:1px solid #ddd;padding:.5em 1.2em;margin:1em 0}"
-        "nav.toc ul{margin:.2em 0;padding-left:1.2em}"
-        ".v-supported{color:#1a7f37}.v-not-supported{color:#c62828}.v-inconclusive{color:#b25e00}"
-        ".v-not-judged{color:#6e6e6e}"
-    )
-    doc = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>normlab report</title>'
-        f"<style>{style}</style></head><body>\n" + _insert_after_first_heading(html_body, toc) + "</body></html>\n"
-    )
-    atomic_write_text(out, doc)
+    css = TOC_CSS + markdown.VERDICT_CSS
+    atomic_write_text(out, markdown.page("normlab report", _insert_after_first_heading(html_body, toc), css))
     return out
+
+
+TOC_CSS = (
+    "nav.toc{background:#f7f7f7;border:1px solid #ddd;padding:.5em 1.2em;margin:1em 0}"
+    "nav.toc ul{margin:.2em 0;padding-left:1.2em}"
+)
 
 
 def _slug(text: str, used: set[str]) -> str:

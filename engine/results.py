@@ -53,7 +53,7 @@ CLAIM_COLUMNS = [
     "n_to_decide",
     "distance_hw",
 ]
-FINAL_COLUMNS = [f"final_{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
+FINAL_COLUMNS = [M.final(name) for name in M.EVALUATION]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
 
 
@@ -167,7 +167,7 @@ def runs_frame(results: list[RunResult], hyper: dict[str, dict[str, Any]]) -> pd
         row = {"run_id": r.run_id, "arm": r.arm, "seed": r.seed}
         row.update(hyper.get(r.run_id, {}))
         row.update({"status": r.status, "steps_done": r.steps_done, "train_seconds": round(r.train_seconds, 3)})
-        row.update({f"final_{k}": v for k, v in r.final.items()})
+        row.update({M.final(k): v for k, v in r.final.items()})
         row["error"] = r.error.splitlines()[0] if r.error else ""
         rows.append(row)
     return pd.DataFrame(rows)

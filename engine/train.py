@@ -161,5 +161,5 @@ def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progre
     if cfg.probes.jacobian_examples and status == "ok":
         final[M.JACOBIAN_FRO_SQ] = input_jacobian_sq_norm(model, data.x_test[: cfg.probes.jacobian_examples])
     if curv_steps:
-        final["curvature_seconds"] = curv_seconds  # wall time, like train_seconds: not a result
+        final[M.CURVATURE_SECONDS] = curv_seconds  # wall time, like train_seconds: not a result
     return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)

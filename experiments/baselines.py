@@ -67,7 +67,7 @@ def accuracy_gap(runs, arm: str, published: float) -> Estimate:
     """Mean over seeds of (test accuracy - published), Student-t CI; unfinished runs are missing."""
     sel = runs[runs["arm"] == arm]
     finished = sel[sel["status"] == "ok"]
-    acc = 100.0 * finished["final_test_acc"].astype(float)
+    acc = 100.0 * finished[M.final(M.TEST_ACC)].astype(float)
     diffs = (acc - published).tolist()
     mean_acc, sd = mean_std(acc)
     return Estimate(

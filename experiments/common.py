@@ -42,7 +42,7 @@ def final_metric(tables: Tables, metric: str) -> pd.DataFrame:
     """Per run: the final evaluation value of `metric` (from runs.csv's final_<metric>)."""
     if metric not in M.FINAL:
         raise ValueError(f"final_metric: {metric!r} is not a final metric ({', '.join(M.FINAL)})")
-    col = f"final_{metric}"
+    col = M.final(metric)
     runs = tables.runs
     vals = runs[col].astype(float) if col in runs else pd.Series(np.nan, index=runs.index)
     vals = vals.where(runs["status"] == "ok")

@@ -561,10 +561,10 @@ class Curvature(Experiment):
             P.legend(ax, fontsize=6)
         paths = [P.save(fig, out / "curvature.png")]
         runs = tables.runs
-        if "final_curvature_seconds" in runs:
+        if M.final(M.CURVATURE_SECONDS) in runs:
             fig, axes = P.figure(width=5.0)
             ax = axes[0, 0]
-            share = runs["final_curvature_seconds"].astype(float) / runs["train_seconds"].astype(float)
+            share = runs[M.final(M.CURVATURE_SECONDS)].astype(float) / runs["train_seconds"].astype(float)
             g = pd.DataFrame({"arm": runs["arm"], "share": share}).groupby("arm")["share"].mean()
             ax.barh(list(g.index), list(g.to_numpy()), color="#1f77b4")
             ax.set(xlabel="share of run wall time spent measuring curvature", title="Cost of the Lanczos measurements")

@@ -34,6 +34,7 @@ import pandas as pd
 
 from normlab.engine import config as C
 from normlab.engine import plots as P
+from normlab.engine import metrics as M
 from normlab.engine import stats as S
 from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, Estimate, Rule
 from normlab.engine.config import param
@@ -311,7 +312,7 @@ GROUP = ["workload", "opt", "protocol"]
 
 def _val_acc(runs: pd.DataFrame) -> pd.Series:
     """Validation accuracy as selection reads it: a run that diverged or failed counts as 0."""
-    return runs["final_val_acc"].where(runs["status"] == "ok").astype(float).fillna(0.0)
+    return runs[M.final(M.VAL_ACC)].where(runs["status"] == "ok").astype(float).fillna(0.0)
 
 
 def shortlist(search: pd.DataFrame, top: int) -> list[str]:
@@ -331,7 +332,7 @@ def choose(tried: pd.DataFrame, candidates: list[str]) -> tuple[str, float, int]
     rows = tried[tried["arm"].isin(candidates)]
     if rows.empty:
         return None
-    loss = rows["final_val_loss"] if "final_val_loss" in rows else pd.Series(np.nan, index=rows.index)
+    loss = rows[M.final(M.VAL_LOSS)] if M.final(M.VAL_LOSS) in rows else pd.Series(np.nan, index=rows.index)
     table = pd.DataFrame(
         {"arm": rows["arm"], "acc": _val_acc(rows), "loss": loss.where(rows["status"] == "ok").fillna(np.inf)}
     )
@@ -384,7 +385,7 @@ class TuningSetting(Setting):
         """Test accuracy (points) of the selected config's final runs, by seed (NaN where a run failed)."""
         f = self.final
         sel = f[(f["workload"] == workload) & (f["opt"] == opt) & (f["protocol"] == protocol)]
-        return (100 * sel["final_test_acc"].where(sel["status"] == "ok")).set_axis(sel["seed"])
+        return (100 * sel[M.final(M.TEST_ACC)].where(sel["status"] == "ok")).set_axis(sel["seed"])
 
 
 def k5(s: TuningSetting, workload: str, row: str) -> Estimate | None:
@@ -556,7 +557,7 @@ class OptimizerTuning(Experiment):
                 pool = (
                     100
                     * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")][
-                        "final_val_acc"
+                        M.final(M.VAL_ACC)
                     ]
                     .fillna(0)
                     .to_numpy()
@@ -571,7 +572,7 @@ class OptimizerTuning(Experiment):
                 ax.fill_between(ks, *np.percentile(boots, [5, 95], axis=0), color=col[opt], alpha=0.15, lw=0)
                 narrow = 100 * tried[
                     (tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "narrow")
-                ]["final_val_acc"].fillna(0)
+                ][M.final(M.VAL_ACC)].fillna(0)
                 if len(narrow):
                     ax.scatter([len(narrow)], [narrow.max()], color=col[opt], marker="s", label=f"{opt} narrow (best)")
             ax.set(
@@ -585,7 +586,10 @@ class OptimizerTuning(Experiment):
             labels, means, errs, colors = [], [], [], []
             for protocol in ("narrow", "careful"):
                 for opt in opts:
-                    v = 100 * final[(final["opt"] == opt) & (final["protocol"] == protocol)]["final_test_acc"].dropna()
+                    v = (
+                        100
+                        * final[(final["opt"] == opt) & (final["protocol"] == protocol)][M.final(M.TEST_ACC)].dropna()
+                    )
                     if len(v):
                         lo, hi = np.percentile(v, [0, 100])
                         labels.append(f"{opt}\n{protocol}")
@@ -608,7 +612,7 @@ class OptimizerTuning(Experiment):
                         continue
                     ax.scatter(
                         d["optim.lr"],
-                        100 * d["final_val_acc"].fillna(0),
+                        100 * d[M.final(M.VAL_ACC)].fillna(0),
                         color=col[opt],
                         marker=marker,
                         s=14,

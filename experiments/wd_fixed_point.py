@@ -208,7 +208,7 @@ def cell_table(tables: Tables, a: WDAnalysis) -> pd.DataFrame:
                 "drift_angle": _nanmax(drifts),
                 "drift_norm": _nanmax(norm_drifts),
                 "settle_step": _nanmax(settle),
-                "test_acc": float(r.get("final_test_acc", np.nan)),
+                "test_acc": float(r.get(M.final(M.TEST_ACC), np.nan)),
             }
         )
     df = pd.DataFrame(rows)
@@ -465,7 +465,7 @@ class WDFixedPoint(Experiment):
         ax = axes[0, 1]
         acc = (
             tables.runs[tables.runs["status"] == "ok"]
-            .groupby(["optim.lr", "optim.weight_decay"])["final_test_acc"]
+            .groupby(["optim.lr", "optim.weight_decay"])[M.final(M.TEST_ACC)]
             .mean()
             .unstack()
         )

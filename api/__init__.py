@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from normlab.engine import metrics  # the metric names and runs.csv columns (metrics.final("test_acc"))
+from normlab.engine.claims import VERDICT_COLORS
 from normlab.engine.errors import ConfigError, NormlabError, count_or_none
 from normlab.engine.execution import Execution
 from normlab.engine.runner import Plan
@@ -36,6 +38,7 @@ except Exception:  # not installed (e.g. run from a source tree)
 __all__ = [
     "__version__",
     "ConfigError",
+    "VERDICT_COLORS",
     "Execution",
     "Exported",
     "NormlabError",
@@ -49,6 +52,7 @@ __all__ = [
     "list_experiments",
     "list_sweeps",
     "load",
+    "metrics",
     "plan",
     "plan_sweep",
     "plot",

@@ -16,8 +16,8 @@ from rich.text import Text
 from rich.markup import escape
 from rich.table import Table
 
-from normlab.engine import metrics as M
-from normlab.engine.claims import VERDICT_COLORS
+from normlab import VERDICT_COLORS
+from normlab import metrics as M
 
 COLORS = {verdict: c["terminal"] for verdict, c in VERDICT_COLORS.items()}
 

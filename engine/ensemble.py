@@ -18,7 +18,7 @@ others go on. Curvature checkpoints measure every member still running, on the e
 each member would be alone (`EnsembleNet.member_net`), with all of their eigenproblems in lockstep
 (engine.curvature.measure_many). Runs with per-unit probe rows, unstackable inserted modules,
 plugins, other architectures or optimizers (a plugin's, K-FAC on a CNN) take the single-run path
-(`why_not_packable` says why). `SHARED`, `REFUSED` and `GATED` below say, for every field of a run's
+(`why_not_packable` says why). `PER_MEMBER`, `SHARED` and `REFUSED` below say, for every field of a run's
 config, how this path handles it; tests/test_ensemble_fields.py fails on a field none of them names.
 """
 
@@ -76,9 +76,6 @@ REFUSED = {
     "probes.per_unit": "per-unit probe rows",
     "plugins": "plugins",
 }
-# GATED: read only while a refused setting is on (so never by a packed run): field -> that setting.
-# (None now: K-FAC's settings and the curvature measurement's are shared or per member.)
-GATED: dict[str, str] = {}
 _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h: h}
 
 

@@ -2,8 +2,9 @@
 
 The batched path re-implements the forward pass, the optimizers and the probes, so a field it does
 not know would be silently ignored there. These tests walk RunConfig and require each field to be
-per member (PER_MEMBER), shared and computed (SHARED), refused (REFUSED: the run trains alone) or
-read only behind a refused setting (GATED). Adding a field without deciding fails here.
+per member (PER_MEMBER), shared and computed (SHARED) or refused (REFUSED: the run trains alone).
+Adding a field without deciding fails here; tests/test_ensemble_shared.py holds every SHARED field to the
+single-run path by behaviour.
 """
 
 from dataclasses import fields, is_dataclass, replace
@@ -53,12 +54,12 @@ def task(cfg: RunConfig, seed: int = 0) -> RunTask:
 
 def test_every_field_of_a_run_config_has_one_decision_on_the_batched_path():
     per_member = {f"optim.{k}" for k in E.PER_MEMBER} | {f"kfac.{k}" for k in E.PER_MEMBER_KFAC}
-    named = [per_member, set(E.SHARED), set(E.REFUSED), set(E.GATED)]
+    named = [per_member, set(E.SHARED), set(E.REFUSED)]
     walked = dotted_fields(RunConfig)
     undecided = [f for f in walked if not any(f in s for s in named)]
-    assert not undecided, f"fields with no decision in engine/ensemble.py (SHARED, REFUSED, GATED): {undecided}"
+    assert not undecided, f"fields with no decision in engine/ensemble.py (PER_MEMBER, SHARED, REFUSED): {undecided}"
     twice = [f for f in walked if sum(f in s for s in named) > 1]
-    assert not twice, f"fields named in more than one of PER_MEMBER, SHARED, REFUSED, GATED: {twice}"
+    assert not twice, f"fields named in more than one of PER_MEMBER, SHARED, REFUSED: {twice}"
     stale = set().union(*named) - set(walked)
     assert not stale, f"names in engine/ensemble.py that are no field of RunConfig: {sorted(stale)}"
 
@@ -80,10 +81,6 @@ def test_each_refused_field_sends_the_run_to_the_single_run_path_with_its_reason
 
 def test_every_refused_field_has_an_example_here():
     assert set(REFUSED_EXAMPLES) == set(E.REFUSED)
-
-
-def test_gated_fields_are_read_only_behind_a_refused_setting():
-    assert all(setting in E.REFUSED for setting in E.GATED.values())
 
 
 @pytest.mark.parametrize("key", sorted(f"optim.{k}" for k in E.PER_MEMBER))

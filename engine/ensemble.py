@@ -38,6 +38,7 @@ from .data import Batcher, load_dataset
 from .models import WNLinear, build_model
 from .optim import lr_at
 from .instruments import directions, summarize, turned, weight_metrics
+from .loop import Loop, run_loop
 from .probes import UnitWindow
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
@@ -813,134 +814,156 @@ def train_ensemble(tasks: list[RunTask], progress: Progress = None) -> list[RunR
 
 
 def _train(tasks: list[RunTask], cfg: RunConfig, device, progress: Progress) -> list[RunResult]:
-    data = load_dataset(cfg.data).to(device)
-    seeds = [t.seed for t in tasks]
-    m, steps = len(tasks), cfg.train.steps
-    after_norm = [t.after_norm for t in tasks] if tasks[0].after_norm is not None else None
-    net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device, after_norm)
-    opt = EnsembleOptimizer(net, [t.config.optim for t in tasks], [t.config.kfac for t in tasks])
-    probe_every = cfg.probes.every
-    window_start = (1.0 - cfg.probes.unit_window) * steps if cfg.probes.unit_window else float("inf")
-    probes = _MemberProbes(cfg.probes, net, window_start) if probe_every else None
-    fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
-    window_loss, window_steps = [0.0] * m, 0  # training loss averaged over each probe interval
-    batchers = [
-        Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in seeds
-    ]
-    eval_every = cfg.train.eval_every or steps
-    report_every = max(1, steps // 50)
-    rows: list[list[Row]] = [[] for _ in range(m)]
-    finals = _evaluate(net, data, cfg.train.eval_batch_size)
-    for k in range(m):
-        rows[k] += [Row(0, key, "", "value", None, v) for key, v in finals[k].items()]
-    status, done = ["ok"] * m, [steps] * m
-    alive = torch.ones(m, dtype=torch.bool, device=device)
-    curv = cfg.curvature
-    curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
-    curv_seconds = 0.0
+    return run_loop(EnsembleRun(tasks, cfg, device, progress))
 
-    def measure_curvature(step: int) -> None:
-        """As train does at its checkpoints, for every member still running, all in lockstep."""
-        nonlocal curv_seconds
+
+class EnsembleRun(Loop):
+    """An ensemble's phases of the loop (engine/loop.py), each member's rows and status of its own: a
+    member whose loss stops being finite is diverged at that step and the others go on."""
+
+    def __init__(self, tasks: list[RunTask], cfg: RunConfig, device, progress: Progress):
+        self.tasks, self.cfg, self.progress = tasks, cfg, progress
+        self.data = data = load_dataset(cfg.data).to(device)
+        self.seeds = seeds = [t.seed for t in tasks]
+        self.m, self.steps = m, steps = len(tasks), cfg.train.steps
+        after_norm = [t.after_norm for t in tasks] if tasks[0].after_norm is not None else None
+        self.net = EnsembleNet.from_seeds(cfg.model, data.input_shape, data.num_classes, seeds, device, after_norm)
+        self.opt = EnsembleOptimizer(self.net, [t.config.optim for t in tasks], [t.config.kfac for t in tasks])
+        window_start = (1.0 - cfg.probes.unit_window) * steps if cfg.probes.unit_window else float("inf")
+        self.probes = _MemberProbes(cfg.probes, self.net, window_start) if cfg.probes.every else None
+        self.fixed_x = data.x_train[: cfg.probes.fixed_batch] if (self.probes and cfg.probes.fixed_batch) else None
+        self.window_loss, self.window_steps = [0.0] * m, 0  # training loss averaged over each probe interval
+        self.batchers = [
+            Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(s)) for s in seeds
+        ]
+        self.eval_every = cfg.train.eval_every or steps
+        self.report_every = max(1, steps // 50)
+        self.rows: list[list[Row]] = [[] for _ in range(m)]
+        self.finals = _evaluate(self.net, data, cfg.train.eval_batch_size)
+        for k in range(m):
+            self.rows[k] += [Row(0, key, "", "value", None, v) for key, v in self.finals[k].items()]
+        self.status, self.done = ["ok"] * m, [steps] * m
+        self.alive = torch.ones(m, dtype=torch.bool, device=device)
+        curv = cfg.curvature
+        self.curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
+        self.curv_seconds = 0.0
+
+    def _ok(self) -> list[int]:
+        return [k for k in range(self.m) if self.status[k] == "ok"]
+
+    def checkpoint(self, step: int) -> None:
+        """Every member still running, on the engine network it would be alone, all in lockstep."""
+        if step not in self.curv_steps or not self._ok():
+            return
         from .curvature import measure_many  # curvlinops loads only where it is used
 
-        t0 = time.perf_counter()
-        ks = [k for k in range(m) if status[k] == "ok"]
-        nets = [net.member_net(k, data.input_shape, data.num_classes, tasks[k].after_norm) for k in ks]
+        t0, curv, data, ks = time.perf_counter(), self.cfg.curvature, self.data, self._ok()
+        nets = [self.net.member_net(k, data.input_shape, data.num_classes, self.tasks[k].after_norm) for k in ks]
         x, y = data.x_train[: curv.examples], data.y_train[: curv.examples]
-        for k, measured in zip(ks, measure_many(nets, curv, x, y, step, [seeds[k] for k in ks])):
-            rows[k] += measured
-        curv_seconds += time.perf_counter() - t0
+        for k, measured in zip(ks, measure_many(nets, curv, x, y, step, [self.seeds[k] for k in ks])):
+            self.rows[k] += measured
+        self.curv_seconds += time.perf_counter() - t0
 
-    start = time.perf_counter()
-    for step in range(steps):
-        if step in curv_steps:  # on copies of the members: training is untouched
-            measure_curvature(step)
-        lrs = [lr_at(t.config.optim, step, steps) for t in tasks]
-        idx = torch.stack([b.next_index() for b in batchers])  # (M, B): one gather for every member
-        x, y = data.x_train[idx], data.y_train[idx]
-        probing = probes is not None and step % probe_every == 0
-        captured = net.observe(fixed_x) if (probing and fixed_x is not None) else None  # before the update
-        kfac_observing = opt.kfac is not None and opt.kfac.observing
-        if probing and captured is None:
-            captured = {}  # the training batch's own statistics
-            logits = net.forward(x, capture=captured)
-            kfac_captured = captured
-        elif kfac_observing:
-            kfac_captured = {}
-            logits = net.forward(x, capture=kfac_captured)
+    def probing(self, step: int) -> bool:
+        return self.probes is not None and step % self.cfg.probes.every == 0
+
+    def batch(self, step: int, probing: bool) -> None:
+        self.lrs = [lr_at(t.config.optim, step, self.steps) for t in self.tasks]
+        idx = torch.stack([b.next_index() for b in self.batchers])  # (M, B): one gather for every member
+        self.x, self.y = self.data.x_train[idx], self.data.y_train[idx]
+        self.captured = self.net.observe(self.fixed_x) if (probing and self.fixed_x is not None) else None
+
+    def forward(self, step: int, probing: bool) -> bool:
+        self.kfac_observing = self.opt.kfac is not None and self.opt.kfac.observing
+        if probing and self.captured is None:
+            self.captured = {}  # the training batch's own statistics
+            self.logits = self.net.forward(self.x, capture=self.captured)
+            self.kfac_captured = self.captured
+        elif self.kfac_observing:
+            self.kfac_captured = {}
+            self.logits = self.net.forward(self.x, capture=self.kfac_captured)
         else:
-            logits = net.forward(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m, -1).mean(1)
-        values = loss.tolist()
-        for k, v in enumerate(values):
-            if status[k] == "ok" and not math.isfinite(v):  # this member stops here; the others go on
-                status[k], done[k] = "diverged", step
-                rows[k].append(Row(step, M.BATCH_LOSS, "", "value", None, v))
-                alive[k] = False
-        if not bool(alive.any()):
-            break
-        if kfac_observing:  # K-FAC's factors from this forward pass's graph, before the backward (as train)
-            opt.observe(logits, kfac_captured)
-        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
-        window_loss, window_steps = [a + v for a, v in zip(window_loss, values)], window_steps + 1
-        if probing:  # as engine.train does: the batch's loss, accuracy and lr, then the probes' rows
-            acc = (logits.argmax(2) == y).float().mean(1).tolist()
-            measured = probes.record(step, captured, lrs)
-            for k in range(m):
-                if status[k] == "ok":
-                    rows[k] += [
-                        Row(step, M.BATCH_LOSS, "", "value", None, values[k]),
-                        Row(step, M.BATCH_LOSS_AVG, "", "value", None, window_loss[k] / window_steps),
-                        Row(step, M.BATCH_ACC, "", "value", None, acc[k]),
-                        Row(step, M.LR, "", "value", None, lrs[k]),
-                    ] + measured[k]
-            window_loss, window_steps = [0.0] * m, 0
-        opt.step(lrs)
-        if cfg.optim.renormalize:  # the same for every member (not a per-member setting)
-            net.renormalize()
-        if probing and cfg.probes.weights:
-            turned = probes.after_step(step)
-            for k in range(m):
-                if status[k] == "ok":
-                    rows[k] += turned[k]
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            results = _evaluate(net, data, cfg.train.eval_batch_size)
-            for k in range(m):
-                if status[k] != "ok":
-                    continue
-                rows[k] += [Row(step + 1, key, "", "value", None, v) for key, v in results[k].items()]
-                finals[k] = results[k]
-                if not math.isfinite(results[k][M.TRAIN_LOSS]):
-                    status[k], done[k] = "diverged", step + 1
-                    alive[k] = False
-        if progress and (step + 1) % report_every == 0:
-            for k, t in enumerate(tasks):
-                if status[k] == "ok":
-                    progress(t.run_id, step + 1, steps)
-    if steps in curv_steps and any(s == "ok" for s in status):
-        measure_curvature(steps)
-    if probes is not None:
-        for k, unit in enumerate(probes.unit_rows(steps)):
-            if status[k] == "ok":
-                rows[k] += unit
-    seconds = (time.perf_counter() - start) / m  # each member's share of the ensemble's wall time
-    jacobian = (
-        input_jacobian_sq_norms(net, data.x_test[: cfg.probes.jacobian_examples])
-        if cfg.probes.jacobian_examples
-        else None
-    )
-    out = []
-    for k, t in enumerate(tasks):
-        if progress:
-            progress(t.run_id, steps, steps)
-        final = {key: float("nan") for key in finals[k]} if status[k] == "diverged" else finals[k]
-        if jacobian is not None and status[k] == "ok":
-            final[M.JACOBIAN_FRO_SQ] = jacobian[k]
-        if curv_steps:
-            final[M.CURVATURE_SECONDS] = curv_seconds / m  # its share of the wall time: not a result
-        out.append(RunResult(t.run_id, t.arm, t.seed, status[k], done[k], seconds, final, rows[k]))
-    return out
+            self.logits = self.net.forward(self.x)
+        logits, m = self.logits, self.m
+        self.loss = F.cross_entropy(logits.flatten(0, 1), self.y.flatten(), reduction="none").view(m, -1).mean(1)
+        self.values = self.loss.tolist()
+        for k, v in enumerate(self.values):
+            if self.status[k] == "ok" and not math.isfinite(v):  # this member stops here; the others go on
+                self.status[k], self.done[k] = "diverged", step
+                self.rows[k].append(Row(step, M.BATCH_LOSS, "", "value", None, v))
+                self.alive[k] = False
+        return not bool(self.alive.any())
+
+    def backward(self) -> None:
+        if self.kfac_observing:
+            self.opt.observe(self.logits, self.kfac_captured)
+        torch.where(self.alive, self.loss, torch.zeros_like(self.loss)).sum().backward()
+        self.window_loss = [a + v for a, v in zip(self.window_loss, self.values)]
+        self.window_steps += 1
+
+    def probe(self, step: int) -> None:
+        acc = (self.logits.argmax(2) == self.y).float().mean(1).tolist()
+        measured = self.probes.record(step, self.captured, self.lrs)
+        for k in self._ok():
+            self.rows[k] += [
+                Row(step, M.BATCH_LOSS, "", "value", None, self.values[k]),
+                Row(step, M.BATCH_LOSS_AVG, "", "value", None, self.window_loss[k] / self.window_steps),
+                Row(step, M.BATCH_ACC, "", "value", None, acc[k]),
+                Row(step, M.LR, "", "value", None, self.lrs[k]),
+            ] + measured[k]
+        self.window_loss, self.window_steps = [0.0] * self.m, 0
+
+    def update(self) -> None:
+        self.opt.step(self.lrs)
+        if self.cfg.optim.renormalize:  # the same for every member (not a per-member setting)
+            self.net.renormalize()
+
+    def probe_update(self, step: int) -> None:
+        if self.cfg.probes.weights:
+            turned = self.probes.after_step(step)
+            for k in self._ok():
+                self.rows[k] += turned[k]
+
+    def evaluate(self, step: int) -> bool:
+        if (step + 1) % self.eval_every != 0 and step + 1 != self.steps:
+            return False
+        results = _evaluate(self.net, self.data, self.cfg.train.eval_batch_size)
+        for k in self._ok():
+            self.rows[k] += [Row(step + 1, key, "", "value", None, v) for key, v in results[k].items()]
+            self.finals[k] = results[k]
+            if not math.isfinite(results[k][M.TRAIN_LOSS]):
+                self.status[k], self.done[k] = "diverged", step + 1
+                self.alive[k] = False
+        return not bool(self.alive.any())
+
+    def report(self, step: int) -> None:
+        if self.progress and (step + 1) % self.report_every == 0:
+            for k in self._ok():
+                self.progress(self.tasks[k].run_id, step + 1, self.steps)
+
+    def finish(self, started: float) -> list[RunResult]:
+        cfg, m, steps = self.cfg, self.m, self.steps
+        if self.probes is not None:
+            for k, unit in enumerate(self.probes.unit_rows(steps)):
+                if self.status[k] == "ok":
+                    self.rows[k] += unit
+        seconds = (time.perf_counter() - started) / m  # each member's share of the ensemble's wall time
+        jacobian = (
+            input_jacobian_sq_norms(self.net, self.data.x_test[: cfg.probes.jacobian_examples])
+            if cfg.probes.jacobian_examples
+            else None
+        )
+        out = []
+        for k, t in enumerate(self.tasks):
+            if self.progress:
+                self.progress(t.run_id, steps, steps)
+            final = {key: float("nan") for key in self.finals[k]} if self.status[k] == "diverged" else self.finals[k]
+            if jacobian is not None and self.status[k] == "ok":
+                final[M.JACOBIAN_FRO_SQ] = jacobian[k]
+            if self.curv_steps:
+                final[M.CURVATURE_SECONDS] = self.curv_seconds / m  # its share of the wall time: not a result
+            out.append(RunResult(t.run_id, t.arm, t.seed, self.status[k], self.done[k], seconds, final, self.rows[k]))
+        return out
 
 
 AUTO_SIZE = 16  # members per ensemble for --ensemble auto (the bench's best on CPU is 8-16)

@@ -1,9 +1,10 @@
-"""The training loop: one function, readable top to bottom.
+"""Training one run alone: `train(task)`.
 
-`train(task)` builds the data, model and optimizer a RunConfig describes, trains for
-`train.steps` optimizer steps, probes every `probes.every` steps and evaluates every
-`train.eval_every` steps. A non-finite loss marks the run `diverged` and ends it; the rows
-measured so far are kept. Step numbers in the output count the updates already applied.
+It builds the data, model and optimizer a RunConfig describes, trains for `train.steps` optimizer
+steps, probes every `probes.every` steps and evaluates every `train.eval_every` steps, walking the
+loop of engine/loop.py (`SingleRun` holds this path's phases; engine/ensemble.py has the batched
+path's). A non-finite loss marks the run `diverged` and ends it; the rows measured so far are kept.
+Step numbers in the output count the updates already applied.
 
 All randomness comes from the run's seed: the model init (and any noise module) from torch's
 RNG seeded inside `fork_rng`, so the caller's global state is untouched, and the batches from
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from .data import Batcher, Dataset, load_dataset
+from .loop import Loop, run_loop
 from .models import Net, build_model
 from .optim import Optimizer
 from .plugins import load_plugins
@@ -73,93 +75,115 @@ def train(task: RunTask, progress: Progress = None) -> RunResult:
 
 def _train(task: RunTask, cfg: RunConfig, device: torch.device, progress: Progress) -> RunResult:
     load_plugins(cfg.plugins)  # this may be a fresh worker process: it needs the user's modules too
-    data = load_dataset(cfg.data).to(device)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
-    steps = cfg.train.steps
-    opt = Optimizer(cfg.optim, model, steps, cfg.kfac)
-    batches = Batcher(data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(task.seed))
-    probe_every = cfg.probes.every
-    probes = Probes(cfg.probes, model) if probe_every else None
-    fixed_x = data.x_train[: cfg.probes.fixed_batch] if (probes and cfg.probes.fixed_batch) else None
-    if probes and cfg.probes.unit_window:
-        probes.window_start = (1.0 - cfg.probes.unit_window) * steps
-    curv = cfg.curvature
-    curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
-    curv_x, curv_y = data.x_train[: curv.examples], data.y_train[: curv.examples]
-    curv_seconds = 0.0
-    eval_every = cfg.train.eval_every or steps
-    report_every = max(1, steps // 50)
+    return run_loop(SingleRun(task, cfg, device, progress))
 
-    rows: list[Row] = []
-    window_loss, window_steps = 0.0, 0  # training loss averaged over each probe interval
-    final = evaluate(model, data, cfg.train.eval_batch_size)
-    rows += [Row(0, k, "", "value", None, v) for k, v in final.items()]
-    status, step = "ok", 0
-    model.train()
-    start = time.perf_counter()
-    for step in range(steps + 1):
-        # -- curvature of one layer at chosen checkpoints (on a copy: training is untouched)
-        if step in curv_steps:
+
+class SingleRun(Loop):
+    """One run's phases of the loop (engine/loop.py): its model, optimizer, batches and rows."""
+
+    def __init__(self, task: RunTask, cfg: RunConfig, device: torch.device, progress: Progress):
+        self.task, self.cfg, self.progress = task, cfg, progress
+        self.data = data = load_dataset(cfg.data).to(device)
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
+        self.steps = steps = cfg.train.steps
+        self.opt = Optimizer(cfg.optim, self.model, steps, cfg.kfac)
+        self.batches = Batcher(
+            data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(task.seed)
+        )
+        self.probes = Probes(cfg.probes, self.model) if cfg.probes.every else None
+        self.fixed_x = data.x_train[: cfg.probes.fixed_batch] if (self.probes and cfg.probes.fixed_batch) else None
+        if self.probes and cfg.probes.unit_window:
+            self.probes.window_start = (1.0 - cfg.probes.unit_window) * steps
+        curv = cfg.curvature
+        self.curv_steps = set(curv.steps) | set(curv.hessian_steps) | set(curv.density_steps) | set(curv.eq9_steps)
+        self.curv_seconds = 0.0
+        self.eval_every = cfg.train.eval_every or steps
+        self.report_every = max(1, steps // 50)
+        self.window_loss, self.window_steps = 0.0, 0  # training loss averaged over each probe interval
+        self.final = evaluate(self.model, data, cfg.train.eval_batch_size)
+        self.rows: list[Row] = [Row(0, k, "", "value", None, v) for k, v in self.final.items()]
+        self.status, self.done = "ok", steps
+        self.model.train()
+
+    def checkpoint(self, step: int) -> None:
+        if step in self.curv_steps:
             from .curvature import measure as measure_curvature  # curvlinops loads only where it is used
 
-            t0 = time.perf_counter()
-            rows += measure_curvature(model, curv, curv_x, curv_y, step, task.seed)
-            curv_seconds += time.perf_counter() - t0
-        if step == steps:
-            break
-        # -- batch and schedule
-        lr = opt.set_step(step)
-        x, y = batches.next()
-        probing = probes is not None and step % probe_every == 0
-        if probing and fixed_x is not None:
-            probes.observe(fixed_x)  # statistics of a fixed batch, before this step's update
-        # -- forward (probes listen here unless they use a fixed batch)
-        with probes.capture() if (probing and fixed_x is None) else nullcontext():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            status = "diverged"
-            rows.append(Row(step, M.BATCH_LOSS, "", "value", None, loss_value))
-            break
-        # -- backward (K-FAC first takes its curvature factors from this forward pass's graph)
-        opt.zero_grad()
-        opt.observe(logits)
-        loss.backward()
-        window_loss, window_steps = window_loss + loss_value, window_steps + 1
-        # -- probes: gradients and statistics of this step, before the update
-        if probing:
-            acc = (logits.argmax(1) == y).float().mean().item()
-            rows += [
-                Row(step, M.BATCH_LOSS, "", "value", None, loss_value),
-                Row(step, M.BATCH_LOSS_AVG, "", "value", None, window_loss / window_steps),
-                Row(step, M.BATCH_ACC, "", "value", None, acc),
-                Row(step, M.LR, "", "value", None, lr),
-            ]
-            rows += probes.record(step, lr)
-            window_loss, window_steps = 0.0, 0
-        # -- update, and the angle it turned each unit by
-        opt.step()
-        if probing and cfg.probes.weights:
-            rows += probes.after_step(step)
-        # -- evaluation on every split, in eval mode
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            final = evaluate(model, data, cfg.train.eval_batch_size)
-            rows += [Row(step + 1, k, "", "value", None, v) for k, v in final.items()]
-            if not math.isfinite(final[M.TRAIN_LOSS]):
-                status, step = "diverged", step + 1
-                break
-        if progress and (step + 1) % report_every == 0:
-            progress(task.run_id, step + 1, steps)
-    if probes is not None and status == "ok":
-        rows += probes.unit_rows(step)
-    train_seconds = time.perf_counter() - start
-    if progress:
-        progress(task.run_id, steps, steps)
-    if status == "diverged":  # final metrics of a diverged run are not numbers to average
-        final = {k: float("nan") for k in final}
-    if cfg.probes.jacobian_examples and status == "ok":
-        final[M.JACOBIAN_FRO_SQ] = input_jacobian_sq_norm(model, data.x_test[: cfg.probes.jacobian_examples])
-    if curv_steps:
-        final[M.CURVATURE_SECONDS] = curv_seconds  # wall time, like train_seconds: not a result
-    return RunResult(task.run_id, task.arm, task.seed, status, step, train_seconds, final, rows)
+            t0, curv = time.perf_counter(), self.cfg.curvature
+            x, y = self.data.x_train[: curv.examples], self.data.y_train[: curv.examples]
+            self.rows += measure_curvature(self.model, curv, x, y, step, self.task.seed)
+            self.curv_seconds += time.perf_counter() - t0
+
+    def probing(self, step: int) -> bool:
+        return self.probes is not None and step % self.cfg.probes.every == 0
+
+    def batch(self, step: int, probing: bool) -> None:
+        self.lr = self.opt.set_step(step)
+        self.x, self.y = self.batches.next()
+        if probing and self.fixed_x is not None:
+            self.probes.observe(self.fixed_x)
+
+    def forward(self, step: int, probing: bool) -> bool:
+        with self.probes.capture() if (probing and self.fixed_x is None) else nullcontext():
+            self.logits = self.model(self.x)
+            self.loss = F.cross_entropy(self.logits, self.y)
+        self.loss_value = self.loss.item()
+        if math.isfinite(self.loss_value):
+            return False
+        self.status, self.done = "diverged", step
+        self.rows.append(Row(step, M.BATCH_LOSS, "", "value", None, self.loss_value))
+        return True
+
+    def backward(self) -> None:
+        self.opt.zero_grad()
+        self.opt.observe(self.logits)
+        self.loss.backward()
+        self.window_loss, self.window_steps = self.window_loss + self.loss_value, self.window_steps + 1
+
+    def probe(self, step: int) -> None:
+        acc = (self.logits.argmax(1) == self.y).float().mean().item()
+        self.rows += [
+            Row(step, M.BATCH_LOSS, "", "value", None, self.loss_value),
+            Row(step, M.BATCH_LOSS_AVG, "", "value", None, self.window_loss / self.window_steps),
+            Row(step, M.BATCH_ACC, "", "value", None, acc),
+            Row(step, M.LR, "", "value", None, self.lr),
+        ]
+        self.rows += self.probes.record(step, self.lr)
+        self.window_loss, self.window_steps = 0.0, 0
+
+    def update(self) -> None:
+        self.opt.step()
+
+    def probe_update(self, step: int) -> None:
+        if self.cfg.probes.weights:
+            self.rows += self.probes.after_step(step)
+
+    def evaluate(self, step: int) -> bool:
+        if (step + 1) % self.eval_every != 0 and step + 1 != self.steps:
+            return False
+        self.final = evaluate(self.model, self.data, self.cfg.train.eval_batch_size)
+        self.rows += [Row(step + 1, k, "", "value", None, v) for k, v in self.final.items()]
+        if math.isfinite(self.final[M.TRAIN_LOSS]):
+            return False
+        self.status, self.done = "diverged", step + 1
+        return True
+
+    def report(self, step: int) -> None:
+        if self.progress and (step + 1) % self.report_every == 0:
+            self.progress(self.task.run_id, step + 1, self.steps)
+
+    def finish(self, started: float) -> RunResult:
+        task, cfg, final = self.task, self.cfg, self.final
+        if self.probes is not None and self.status == "ok":
+            self.rows += self.probes.unit_rows(self.done)
+        train_seconds = time.perf_counter() - started
+        if self.progress:
+            self.progress(task.run_id, self.steps, self.steps)
+        if self.status == "diverged":  # final metrics of a diverged run are not numbers to average
+            final = {k: float("nan") for k in final}
+        if cfg.probes.jacobian_examples and self.status == "ok":
+            x = self.data.x_test[: cfg.probes.jacobian_examples]
+            final[M.JACOBIAN_FRO_SQ] = input_jacobian_sq_norm(self.model, x)
+        if self.curv_steps:
+            final[M.CURVATURE_SECONDS] = self.curv_seconds  # wall time, like train_seconds: not a result
+        return RunResult(task.run_id, task.arm, task.seed, self.status, self.done, train_seconds, final, self.rows)

@@ -24,8 +24,9 @@ import pandas as pd
 
 from normlab.engine import metrics  # the metric names and runs.csv columns (metrics.final("test_acc"))
 from normlab.engine.claims import VERDICT_COLORS
-from normlab.engine.errors import ConfigError, NormlabError, count_or_none
+from normlab.engine.errors import ConfigError, NormlabError
 from normlab.engine.execution import Execution
+from normlab.engine.export import EXPORT_TARGETS, Exported
 from normlab.engine.runner import Plan
 
 try:
@@ -38,6 +39,7 @@ except Exception:  # not installed (e.g. run from a source tree)
 __all__ = [
     "__version__",
     "ConfigError",
+    "EXPORT_TARGETS",
     "VERDICT_COLORS",
     "Execution",
     "Exported",
@@ -223,27 +225,9 @@ def bench(
     """Engine throughput against a plain PyTorch loop, probe cost, pool scaling and batched
     ensembles, measured side by side; returns a BenchResult (its `rows()` are the table).
     `log` gets one line per trial as it finishes."""
-    from normlab.engine.bench import run_bench
-    from normlab.engine.execution import DEVICES
-    from normlab.engine.train import resolve_device
+    from normlab.engine.bench import bench as run_bench
 
-    if steps < 10:
-        raise ConfigError(f"must be at least 10, got {steps}", key="steps")
-    if repeats < 1:
-        raise ConfigError(f"must be at least 1, got {repeats}", key="repeats")
-    if device not in DEVICES:
-        raise ConfigError(f"{device!r} is not allowed; choose cpu, cuda or auto", key="device")
-    where = resolve_device(device, key="device")  # a cuda asked for where none is visible stops here
-    return run_bench(
-        steps=steps,
-        repeats=repeats,
-        probe_every=probe_every,
-        workers=workers,
-        log=log,
-        ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
-        ensemble_steps=max(ensemble_steps, 1),
-        device=str(where),
-    )
+    return run_bench(steps, repeats, probe_every, workers, ensemble_steps, device, log)
 
 
 def reproduce(
@@ -270,26 +254,9 @@ def cost_model(schedule: str | Path, workers: list = (2, 4, 8, 16, 64), ray_over
     """reproduce's wall time replayed from a schedule.csv it wrote (engine/costs.py) at each worker
     count, locally and on Ray (`ray_overhead_s` per task), plus the critical path: a DataFrame of
     workers, local_minutes, ray_minutes, utilization."""
-    from normlab.engine.costs import model_table
+    from normlab.engine.costs import model_table_of
 
-    path = Path(schedule)
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
-            "its output folder (a checkout holds a measured one in results/bench/)"
-        )
-    counts = [count_or_none(w) for w in workers]
-    for w, n in zip(workers, counts):
-        if n is None:
-            raise ConfigError(f"{w!r} is not a number of workers >= 1", key="workers")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not a schedule.csv ({type(exc).__name__})") from None
-    needed = {"kind", "experiment", "batch", "cost", "submitted", "started", "finished"}
-    if not needed <= set(table.columns):
-        raise ConfigError(f"{path} is not a schedule.csv: it lacks {sorted(needed - set(table.columns))}")
-    return model_table(table, tuple(counts), ray_overhead_s)
+    return model_table_of(Path(schedule), workers, ray_overhead_s)
 
 
 @dataclass
@@ -330,31 +297,14 @@ def plot(folder: str | Path) -> list[Path]:
     return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
 
 
-EXPORT_TARGETS = ("tensorboard",)
-
-
-@dataclass
-class Exported:
-    """What `export` wrote: the output folder (`tensorboard --logdir FOLDER`) and one event folder per run."""
-
-    folder: Path
-    runs: list[Path]
-
-
 def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None) -> Exported:
     """A run folder's (or several, or a reproduce output's) metrics and hyperparameters as a tracker's
     files: for `tensorboard`, one event folder per training run under `out` (default: the first
     folder's name + '-tensorboard' beside it), to open with `tensorboard --logdir OUT`. Never
     retrains and never touches the run folders."""
-    from normlab.engine.export import export_tensorboard
+    from normlab.engine.export import export as export_to
 
-    if to not in EXPORT_TARGETS:
-        raise ConfigError(f"{to!r} is not a target normlab exports to; choose {', '.join(EXPORT_TARGETS)}", key="to")
-    paths = [Path(f) for f in folders]
-    if not paths:
-        raise ConfigError("give at least one run folder to export", key="folders")
-    folder = Path(out) if out is not None else paths[0].with_name(paths[0].name + "-tensorboard")
-    return Exported(folder, export_tensorboard(paths, folder))
+    return export_to([Path(f) for f in folders], to, Path(out) if out is not None else None)
 
 
 def report(
@@ -364,21 +314,10 @@ def report(
     report.FMT in the current folder, or inside the one reproduce folder given. An existing report
     file is refused unless `overwrite` (as `run` refuses an existing folder); its figures
     (claims_at_a_glance.png, claims_forest.png) are written beside it."""
-    from normlab.engine.report import build_report, is_collection
+    from normlab.engine.report import write_report
 
-    if fmt not in ("md", "html"):
-        raise ConfigError(f"{fmt!r} is not allowed; choose md or html", key="format")
-    registry = _registry()
-    paths = [Path(f) for f in folders]
-    collection = any(is_collection(p) for p in paths)
-    if out is None:
-        out = (paths[0] if len(paths) == 1 and collection else Path(".")) / f"report.{fmt}"
-    if Path(out).exists() and not overwrite:
-        raise ConfigError(
-            f"{out} exists; choose another report file ({{out}}) or replace it ({{overwrite}})", key="out"
-        )
-    expected = list(registry) if collection else None
-    return build_report(paths, Path(out), fmt, expected=expected, titles={n: e.title for n, e in registry.items()})
+    titles = {n: e.title for n, e in _registry().items()}
+    return write_report([Path(f) for f in folders], out, fmt, overwrite, list(_registry()), titles)
 
 
 def _experiment_of(config: dict, folder):

@@ -285,3 +285,35 @@ def ensemble_bench(res: BenchResult, sizes, steps: int, log=print, device: str =
                     log(f"  {name} ensemble of {m} ({'BN' if bn else 'no BN'}): {rate:.0f} member-steps/s")
     finally:
         torch.set_num_threads(threads)
+
+
+def bench(
+    steps: int = 2000,
+    repeats: int = 5,
+    probe_every: int | None = None,
+    workers: int | None = None,
+    ensemble_steps: int = 300,
+    device: str = "cpu",
+    log=print,
+) -> BenchResult:
+    """`normlab bench`: the arguments checked (one clear error each), then `run_bench`."""
+    from .errors import ConfigError
+    from .execution import DEVICES
+
+    if steps < 10:
+        raise ConfigError(f"must be at least 10, got {steps}", key="steps")
+    if repeats < 1:
+        raise ConfigError(f"must be at least 1, got {repeats}", key="repeats")
+    if device not in DEVICES:
+        raise ConfigError(f"{device!r} is not allowed; choose cpu, cuda or auto", key="device")
+    where = resolve_device(device, key="device")  # a cuda asked for where none is visible stops here
+    return run_bench(
+        steps=steps,
+        repeats=repeats,
+        probe_every=probe_every,
+        workers=workers,
+        log=log,
+        ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
+        ensemble_steps=max(ensemble_steps, 1),
+        device=str(where),
+    )

@@ -177,3 +177,26 @@ def model_table(schedule: pd.DataFrame, workers=(2, 4, 8, 16, 64), ray_overhead_
                  "ray_minutes": replay(schedule, None, overhead_s=ray_overhead_s).wall_s / 60,
                  "utilization": float("nan")})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def model_table_of(path: Path, workers=(2, 4, 8, 16, 64), ray_overhead_s: float = 1.0) -> pd.DataFrame:
+    """`model_table` of a schedule.csv file, its arguments checked (one clear error each)."""
+    from .errors import ConfigError, count_or_none
+
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
+            "its output folder (a checkout holds a measured one in results/bench/)"
+        )
+    counts = [count_or_none(w) for w in workers]
+    for w, n in zip(workers, counts):
+        if n is None:
+            raise ConfigError(f"{w!r} is not a number of workers >= 1", key="workers")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a schedule.csv ({type(exc).__name__})") from None
+    needed = {"kind", "experiment", "batch", "cost", "submitted", "started", "finished"}
+    if not needed <= set(table.columns):
+        raise ConfigError(f"{path} is not a schedule.csv: it lacks {sorted(needed - set(table.columns))}")
+    return model_table(table, tuple(counts), ray_overhead_s)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from . import metrics as M
-from .errors import NormlabError
+from .errors import ConfigError, NormlabError
 from .results import load_tables
 
 # runs.csv columns that are outcomes, not hyperparameters
@@ -105,3 +106,25 @@ def export_tensorboard(folders: list[Path], out: Path) -> list[Path]:
         raise
     work.rename(out)
     return written
+
+
+EXPORT_TARGETS = ("tensorboard",)
+
+
+@dataclass
+class Exported:
+    """What `export` wrote: the output folder (`tensorboard --logdir FOLDER`) and one event folder per run."""
+
+    folder: Path
+    runs: list[Path]
+
+
+def export(folders: list[Path], to: str = "tensorboard", out: Path | None = None) -> Exported:
+    """`normlab export`: the target and folders checked (one clear error each), then the export;
+    OUT defaults to the first folder's name + '-tensorboard' beside it."""
+    if to not in EXPORT_TARGETS:
+        raise ConfigError(f"{to!r} is not a target normlab exports to; choose {', '.join(EXPORT_TARGETS)}", key="to")
+    if not folders:
+        raise ConfigError("give at least one run folder to export", key="folders")
+    folder = out if out is not None else folders[0].with_name(folders[0].name + "-tensorboard")
+    return Exported(folder, export_tensorboard(folders, folder))

@@ -63,12 +63,21 @@ def slope_loglog(steps: np.ndarray, values: np.ndarray) -> float:
 
 def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
     """Every flag: {"title", "text", "rows": [{layer: ..., numbers}]} in the order the report shows them."""
-    layers = {entry["layer"]: entry for entry in manifest.get("layers", [])}
-    invariant = _last(table, L.SCALE_INVARIANT, "value")
-    inv_layers = [n for n, v in invariant.items() if v == 1]
-    wd = _last(table, L.WEIGHT_DECAY, "value")
-    out: list[dict] = []
+    found = (flag(table, manifest) for flag in FLAGS)
+    return [f for f in found if f is not None]
 
+
+def _invariant_layers(table: pd.DataFrame) -> list[str]:
+    return [n for n, v in _last(table, L.SCALE_INVARIANT, "value").items() if v == 1]
+
+
+def _flag(rows: list[dict], title: str, text: str) -> dict | None:
+    return {"title": title, "text": text, "rows": rows} if rows else None
+
+
+def _flag_implicit_decay(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Scale-invariant layers trained without weight decay: their effective learning rate decays (§4.3)."""
+    wd = _last(table, L.WEIGHT_DECAY, "value")
     eff = _series(table, L.EFF_LR, "median")
     eff_layer = _series(table, L.EFF_LR, "value")
     ang = _series(table, L.ANGULAR_UPDATE, "median")
@@ -80,7 +89,7 @@ def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
         return frame[name].dropna() if name in frame.columns else pd.Series(dtype=float)
 
     rows = []
-    for name in inv_layers:
+    for name in _invariant_layers(table):
         if wd.get(name, 0.0) != 0.0:
             continue
         e = curve(eff, eff_layer, name)
@@ -91,21 +100,24 @@ def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
             row["eff_lr fell"] = _ratio(e, inverse=True)
             row["slope (log eff_lr vs log k)"] = slope_loglog(e.index.to_numpy(float), e.to_numpy(float))
         rows.append(row)
-    if rows:
-        out.append({
-            "title": "Scale-invariant layers trained without weight decay: the effective learning rate decays",
-            "text": "The loss ignores these layers' scale, so their gradient is orthogonal to the weights and "
-                    "every step lengthens them; the step's angle (and, under SGD, alpha/||w||^2) shrinks as "
-                    "||w||^2 grows, as 1/sqrt(k) for SGD (Grosse ch. 5, §4.3). The training sees an implicit "
-                    "learning-rate decay it was not given. Factors are first probe to last; the slope is "
-                    "fitted over the second half of the probes (-0.5 is the 1/sqrt(k) law).",
-            "rows": rows,
-        })  # fmt: skip
+    return _flag(
+        rows,
+        "Scale-invariant layers trained without weight decay: the effective learning rate decays",
+        "The loss ignores these layers' scale, so their gradient is orthogonal to the weights and "
+        "every step lengthens them; the step's angle (and, under SGD, alpha/||w||^2) shrinks as "
+        "||w||^2 grows, as 1/sqrt(k) for SGD (Grosse ch. 5, §4.3). The training sees an implicit "
+        "learning-rate decay it was not given. Factors are first probe to last; the slope is "
+        "fitted over the second half of the probes (-0.5 is the 1/sqrt(k) law).",
+    )
 
+
+def _flag_equilibrium(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Scale-invariant layers under weight decay: Eq. 25's equilibrium angle, predicted and measured."""
+    wd = _last(table, L.WEIGHT_DECAY, "value")
     angle = _series(table, L.WD_EQUILIBRIUM_ANGLE, "value")
     ratio = _series(table, L.WD_EQUILIBRIUM_RATIO, "value")
     rows = []
-    for name in inv_layers:
+    for name in _invariant_layers(table):
         if wd.get(name, 0.0) == 0.0:
             continue
         row = {"layer": name, "weight decay": wd[name], "optimizer": manifest.get("optimizer", "?")}
@@ -119,35 +131,37 @@ def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
         else:
             row["at equilibrium"] = "not computed (Eq. 25 is for SGD)"
         rows.append(row)
-    if rows:
-        out.append({
-            "title": "Weight decay on scale-invariant layers: it sets the effective learning rate, it is not a penalty",
-            "text": "On these layers the loss does not depend on ||w||, so decay cannot trade loss for smaller "
-                    "weights; it shrinks ||w|| until the growth from the gradient balances it (Eq. 23), where each "
-                    "step turns a unit by sqrt(2 alpha lambda) (Eq. 25; over 1 + beta with momentum beta). "
-                    "Changing lambda changes the equilibrium learning rate. Measured: the root-mean-square angle "
-                    f"over the last quarter of the probes, against the prediction; 'yes' within "
-                    f"{EQUILIBRIUM_BAND[0]}-{EQUILIBRIUM_BAND[1]}x. A layer not there yet is still in its "
-                    "transient (about 1/(2 alpha lambda) steps).",
-            "rows": rows,
-        })  # fmt: skip
+    return _flag(
+        rows,
+        "Weight decay on scale-invariant layers: it sets the effective learning rate, it is not a penalty",
+        "On these layers the loss does not depend on ||w||, so decay cannot trade loss for smaller "
+        "weights; it shrinks ||w|| until the growth from the gradient balances it (Eq. 23), where each "
+        "step turns a unit by sqrt(2 alpha lambda) (Eq. 25; over 1 + beta with momentum beta). "
+        "Changing lambda changes the equilibrium learning rate. Measured: the root-mean-square angle "
+        f"over the last quarter of the probes, against the prediction; 'yes' within "
+        f"{EQUILIBRIUM_BAND[0]}-{EQUILIBRIUM_BAND[1]}x. A layer not there yet is still in its "
+        "transient (about 1/(2 alpha lambda) steps).",
+    )
 
+
+def _flag_eps_dominates(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Adam groups where epsilon is as large as sqrt(v_hat) for most entries."""
     share = _last(table, L.ADAM_EPS_SHARE, "value")
-    rows = [{"layer": n, "share of entries with eps >= sqrt(v_hat)": float(v)}
+    eps = {e["layer"]: e["group"].get("eps") for e in manifest.get("layers", [])}
+    rows = [{"layer": n, "share of entries with eps >= sqrt(v_hat)": float(v), "eps": eps.get(n)}
             for n, v in share.items() if v >= EPS_DOMINATES]  # fmt: skip
-    if rows:
-        eps = {e["layer"]: e["group"].get("eps") for e in layers.values()}
-        for r in rows:
-            r["eps"] = eps.get(r["layer"])
-        out.append({
-            "title": "Adam groups where epsilon dominates",
-            "text": f"For at least {EPS_DOMINATES:.0%} of these layers' entries epsilon is as large as the "
-                    "gradient's root mean square sqrt(v_hat) at the last probe: there the update is close to "
-                    "alpha m_hat / eps, momentum SGD with step alpha/eps, not an adaptive method. A smaller eps "
-                    "(or a look at why the gradients are this small) restores the per-entry scaling.",
-            "rows": rows,
-        })  # fmt: skip
+    return _flag(
+        rows,
+        "Adam groups where epsilon dominates",
+        f"For at least {EPS_DOMINATES:.0%} of these layers' entries epsilon is as large as the "
+        "gradient's root mean square sqrt(v_hat) at the last probe: there the update is close to "
+        "alpha m_hat / eps, momentum SGD with step alpha/eps, not an adaptive method. A smaller eps "
+        "(or a look at why the gradients are this small) restores the per-entry scaling.",
+    )
 
+
+def _flag_lr_spread(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Effective learning rates an order of magnitude apart, between layers or between one layer's units."""
     medians = _last(table, L.EFF_LR, "median")
     whole = _last(table, L.EFF_LR, "value")
     per_layer = {**medians.dropna().to_dict(), **whole.dropna().to_dict()}
@@ -162,32 +176,36 @@ def flags(table: pd.DataFrame, manifest: dict) -> list[dict]:
         if q10[name] > 0 and q90[name] >= SPREAD * q10[name]:
             rows.append({"between": f"units of {name} (q10 .. q90)", "lowest eff_lr": q10[name],
                          "highest eff_lr": q90[name], "ratio": q90[name] / q10[name]})  # fmt: skip
-    if rows:
-        out.append({
-            "title": "Effective learning rates spread over an order of magnitude or more",
-            "text": "One alpha, many effective learning rates: alpha/||w||^2 differs by the factor shown (last "
-                    "probe), so some layers or units train far faster than others (Grosse ch. 5, §4.3: different "
-                    "weights have different gradient magnitudes, so different effective learning rates).",
-            "rows": rows,
-        })  # fmt: skip
+    return _flag(
+        rows,
+        "Effective learning rates spread over an order of magnitude or more",
+        "One alpha, many effective learning rates: alpha/||w||^2 differs by the factor shown (last "
+        "probe), so some layers or units train far faster than others (Grosse ch. 5, §4.3: different "
+        "weights have different gradient magnitudes, so different effective learning rates).",
+    )
 
+
+def _flag_graph_disagrees(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Layers whose |cos(w, g)| contradicts what the module graph says about their invariance."""
     rows = []
-    for name, entry in layers.items():
+    for entry in manifest.get("layers", []):
         check = entry.get("numeric_check", {})
         if check.get("agrees") is False:
             said = "invariant" if entry.get("scale_invariant") else "not invariant"
-            rows.append({"layer": name, "module graph": said, "largest median |cos(w, g)|": check["max_median_abs_cos"],
+            rows.append({"layer": entry["layer"], "module graph": said,
+                         "largest median |cos(w, g)|": check["max_median_abs_cos"],
                          "tolerance": check["tolerance"]})  # fmt: skip
-    if rows:
-        out.append({
-            "title": "Layers whose numbers disagree with the module graph",
-            "text": "An invariant layer's gradient is orthogonal to its weights (|cos| near 0, Eq. 16). Where the "
-                    "graph says invariant and |cos| is not small, the loop may normalize with running statistics "
-                    "(model.eval() while training) or a normalizer's epsilon dominates; where the graph says not "
-                    "invariant and |cos| stays tiny, the graph analysis could not prove an invariance that holds.",
-            "rows": rows,
-        })  # fmt: skip
-    return out
+    return _flag(
+        rows,
+        "Layers whose numbers disagree with the module graph",
+        "An invariant layer's gradient is orthogonal to its weights (|cos| near 0, Eq. 16). Where the "
+        "graph says invariant and |cos| is not small, the loop may normalize with running statistics "
+        "(model.eval() while training) or a normalizer's epsilon dominates; where the graph says not "
+        "invariant and |cos| stays tiny, the graph analysis could not prove an invariance that holds.",
+    )
+
+
+FLAGS = (_flag_implicit_decay, _flag_equilibrium, _flag_eps_dominates, _flag_lr_spread, _flag_graph_disagrees)
 
 
 def _ratio(s: pd.Series, inverse: bool = False) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -217,31 +218,70 @@ def time_table(items: list[dict]) -> list[str]:
     return rows + markdown.table(header, cells) + [""]
 
 
+def write_report(
+    folders: list[Path],
+    out: Path | str | None,
+    fmt: str,
+    overwrite: bool,
+    experiments: list[str],
+    titles: dict[str, str],
+) -> Path:
+    """`normlab report`: its arguments checked (one clear error each), then `build_report`. OUT
+    defaults to report.FMT here, or inside the one reproduce folder given; an existing report is
+    replaced only with `overwrite`. A reproduce folder's report lists the `experiments` it lacks."""
+    from .errors import ConfigError
+
+    if fmt not in ("md", "html"):
+        raise ConfigError(f"{fmt!r} is not allowed; choose md or html", key="format")
+    collection = any(is_collection(p) for p in folders)
+    if out is None:
+        out = (folders[0] if len(folders) == 1 and collection else Path(".")) / f"report.{fmt}"
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(
+            f"{out} exists; choose another report file ({{out}}) or replace it ({{overwrite}})", key="out"
+        )
+    return build_report(folders, Path(out), fmt, expected=experiments if collection else None, titles=titles)
+
+
 def build_report(
     folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None, titles: dict[str, str] | None = None
 ) -> Path:
     """One Markdown or HTML report over run folders: summary, one section per experiment, and
     what was not reproduced. Depends only on the files, so it regenerates byte for byte.
     `expected`: experiments a complete report has, in order; absent ones are listed as not run."""
-    import os
-
     out = Path(out)
     items = [_load_folder(f) for f in expand_folders(folders, expected)]
-    titles = titles or {}
     md: list[str] = ["# normlab report", ""]
     md += [
         "Claims of Grosse, ch. 5 (adaptive gradient methods, normalization, weight decay), measured by "
         "normlab. Every verdict below is computed from the CSV files of the run folder named with it.",
         "",
     ]
-    md += [
-        "## Summary",
-        "",
-        KIND_NOTE,
-        "",
-        SEEDS_NOTE,
-        "",
-    ]
+    md += _summary(items, out)
+    for it in items:
+        md += _experiment_section(it, titles or {}, out)
+    md += time_table(items)
+    md += _not_reproduced(items, expected)
+    # a collection may carry a hand-written account of why verdicts moved since its previous version:
+    # the engineering history, after the results
+    for f in folders:
+        notes = Path(f) / "changes.md"
+        if is_collection(f) and notes.is_file():
+            md += [notes.read_text().strip(), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "\n".join(md) if fmt == "md" else _html(md, out))
+    return out
+
+
+def _rel(p: Path, out: Path) -> str:
+    """A file's path as the report at `out` links to it."""
+    return os.path.relpath(p, out.parent).replace(os.sep, "/")
+
+
+def _summary(items: list[dict], out: Path) -> list[str]:
+    """Every claim row in one table, the figures over them (written beside `out`), the verdict counts
+    (each claim once), and which folders ran at smoke settings."""
+    md = ["## Summary", "", KIND_NOTE, "", SEEDS_NOTE, ""]
     header = ("experiment", "claim", "kind", "verdict", "statistic", "value", "95% CI", "threshold", "n", "n to decide")
     rows = [
         [
@@ -269,8 +309,8 @@ def build_report(
 
         glance = claims_summary(pd.concat(counted, ignore_index=True), out.parent / "claims_at_a_glance.png")
         forest = claims_forest(every, out.parent / "claims_forest.png")
-        md += ["", f"![claims at a glance]({os.path.relpath(glance, out.parent).replace(os.sep, '/')})"]
-        md += ["", f"![every claim row]({os.path.relpath(forest, out.parent).replace(os.sep, '/')})"]
+        md += ["", f"![claims at a glance]({_rel(glance, out)})"]
+        md += ["", f"![every claim row]({_rel(forest, out)})"]
     every_counted = pd.concat(counted, ignore_index=True) if items else pd.DataFrame(columns=["kind", "verdict"])
     if "kind" not in every_counted:
         every_counted = every_counted.assign(kind="measured")
@@ -294,45 +334,49 @@ def build_report(
             "the pipeline, not the claims.",
             "",
         ]
+    return md
 
-    def rel(p: Path) -> str:
-        return os.path.relpath(p, out.parent).replace(os.sep, "/")
 
-    for it in items:
-        m, cfg = it["manifest"], it["config"]
-        name = cfg.get("experiment", it["folder"].name)
-        heading = titles.get(name, name) + (f", `normlab sweep {m['sweep']}`" if m.get("sweep") else "")
-        folder_note = f" (`{it['folder'].name}`)" if it["folder"].name not in (name, f"sweep_{m.get('sweep')}") else ""
-        md += [f"## {heading}{folder_note}", ""]
-        if cfg.get("description"):
-            md += [str(cfg["description"]).strip(), ""]
-        runs = it["runs"]
-        status = runs["status"].value_counts().to_dict() if "status" in runs else {}
+def _experiment_section(it: dict, titles: dict[str, str], out: Path) -> list[str]:
+    """One folder's section: where its numbers come from, each claim row in full, its figures."""
+    m, cfg = it["manifest"], it["config"]
+    name = cfg.get("experiment", it["folder"].name)
+    heading = titles.get(name, name) + (f", `normlab sweep {m['sweep']}`" if m.get("sweep") else "")
+    folder_note = f" (`{it['folder'].name}`)" if it["folder"].name not in (name, f"sweep_{m.get('sweep')}") else ""
+    md = [f"## {heading}{folder_note}", ""]
+    if cfg.get("description"):
+        md += [str(cfg["description"]).strip(), ""]
+    runs = it["runs"]
+    status = runs["status"].value_counts().to_dict() if "status" in runs else {}
+    md += [
+        f"- run folder: `{_rel(it['folder'], out)}`; commit `{m.get('git_commit')}`; seeds {m.get('seeds')}; "
+        f"wall time {m.get('wall_seconds', float('nan'))} s; runs: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
+        + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""),
+        "",
+    ]
+    for _, r in it["claims"].iterrows():
         md += [
-            f"- run folder: `{rel(it['folder'])}`; commit `{m.get('git_commit')}`; seeds {m.get('seeds')}; "
-            f"wall time {m.get('wall_seconds', float('nan'))} s; runs: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none (exact computations)")
-            + ("; **smoke settings: verdicts not meaningful**" if m.get("smoke") else ""),
+            f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})",
             "",
+            _text(r["statement"]),
+            "",
+            f"- statistic: {_text(r['statistic'])}",
+            f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
+            f"- threshold for `supported`: {_text(r['threshold'])}",
         ]
-        for _, r in it["claims"].iterrows():
-            md += [
-                f"### {r['claim_id']}: {r['verdict']} ({r.get('kind', '')})",
-                "",
-                _text(r["statement"]),
-                "",
-                f"- statistic: {_text(r['statistic'])}",
-                f"- value: {_fmt(r['value'])}; 95% CI: {_ci(r)}; n = {r['n']}",
-                f"- threshold for `supported`: {_text(r['threshold'])}",
-            ]
-            if isinstance(r.get("detail"), str) and r["detail"]:
-                md.append(f"- detail: {_text(r['detail'])}")
-            md.append("")
-        for p in it["plots"]:
-            md += [f"![{p.stem}]({rel(p)})", ""]
+        if isinstance(r.get("detail"), str) and r["detail"]:
+            md.append(f"- detail: {_text(r['detail'])}")
+        md.append("")
+    for p in it["plots"]:
+        md += [f"![{p.stem}]({_rel(p, out)})", ""]
+    return md
 
-    md += time_table(items)
-    md += ["## What was not reproduced", ""]
+
+def _not_reproduced(items: list[dict], expected: list[str] | None) -> list[str]:
+    """Every row that is not supported (controls aside), every run that did not finish, every
+    expected experiment with no folder."""
+    md = ["## What was not reproduced", ""]
     missing = [e for e in (expected or []) if e not in {it["config"].get("experiment") for it in items}]
     lines = []
     for it in items:
@@ -348,20 +392,12 @@ def build_report(
             for status, n in runs[runs["status"] != "ok"]["status"].value_counts().items():
                 lines.append(f"- {name}: {n} run(s) {status} (recorded in runs.csv, never dropped)")
     lines += [f"- {e}: not run (no run folder given)" for e in missing]
-    md += (lines or ["- nothing: every claim row is supported and every run finished"]) + [""]
-    # a collection may carry a hand-written account of why verdicts moved since its previous version:
-    # the engineering history, after the results
-    for f in folders:
-        notes = Path(f) / "changes.md"
-        if is_collection(f) and notes.is_file():
-            md += [notes.read_text().strip(), ""]
-    text = "\n".join(md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "md":
-        atomic_write_text(out, text)
-        return out
+    return md + (lines or ["- nothing: every claim row is supported and every run finished"]) + [""]
 
-    # HTML: the same Markdown rendered by markdown-it, self-contained (every figure embedded)
+
+def _html(md: list[str], out: Path) -> str:
+    """The report's Markdown rendered as one self-contained page (every figure embedded), its
+    sections in a collapsed table of contents and its verdicts in colour."""
     html_body, toc = _html_toc(markdown.render("\n".join(markdown.embed_image(x, out.parent) for x in md)))
     html_body = re.sub(  # verdicts in colour (the text stays, for printing and screen readers)
         r"<strong>(supported|not supported|inconclusive|not judged)</strong>",
@@ -369,8 +405,7 @@ def build_report(
         html_body,
     )
     css = TOC_CSS + markdown.VERDICT_CSS
-    atomic_write_text(out, markdown.page("normlab report", _insert_after_first_heading(html_body, toc), css))
-    return out
+    return markdown.page("normlab report", _insert_after_first_heading(html_body, toc), css)
 
 
 TOC_CSS = (

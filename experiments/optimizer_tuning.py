@@ -552,78 +552,81 @@ class OptimizerTuning(Experiment):
         fig, axes = P.figure(ncols=len(workloads), nrows=3, width=4.0, height=3.0)
         rng = np.random.default_rng(BAND_SEED)
         for j, workload in enumerate(workloads):
-            ax = axes[0, j]
-            for opt in opts:
-                pool = (
-                    100
-                    * tried[(tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "careful")][
-                        M.final(M.VAL_ACC)
-                    ]
-                    .fillna(0)
-                    .to_numpy()
-                )
-                if not len(pool):
-                    continue
-                ks = np.arange(1, len(pool) + 1)
-                ax.plot(ks, [self.expected_best(pool, k) for k in ks], color=col[opt], label=f"{opt} careful")
-                boots = np.array(
-                    [[self.expected_best(rng.choice(pool, len(pool)), k) for k in ks] for _ in range(BAND_RESAMPLES)]
-                )
-                ax.fill_between(ks, *np.percentile(boots, [5, 95], axis=0), color=col[opt], alpha=0.15, lw=0)
-                narrow = 100 * tried[
-                    (tried["workload"] == workload) & (tried["opt"] == opt) & (tried["protocol"] == "narrow")
-                ][M.final(M.VAL_ACC)].fillna(0)
-                if len(narrow):
-                    ax.scatter([len(narrow)], [narrow.max()], color=col[opt], marker="s", label=f"{opt} narrow (best)")
-            ax.set(
-                xlabel="number of trials k",
-                ylabel="expected best val. accuracy (%)",
-                title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)",
-            )
-            P.legend(ax, fontsize=6)
-            ax = axes[1, j]
-            final = r[(r["label"] == "final") & (r["workload"] == workload)]
-            labels, means, errs, colors = [], [], [], []
-            for protocol in ("narrow", "careful"):
-                for opt in opts:
-                    v = (
-                        100
-                        * final[(final["opt"] == opt) & (final["protocol"] == protocol)][M.final(M.TEST_ACC)].dropna()
-                    )
-                    if len(v):
-                        lo, hi = np.percentile(v, [0, 100])
-                        labels.append(f"{opt}\n{protocol}")
-                        means.append(v.mean())
-                        errs.append([[v.mean() - lo], [hi - v.mean()]])
-                        colors.append(col[opt])
-            for i, (mu, e, c) in enumerate(zip(means, errs, colors)):
-                ax.errorbar(i, mu, yerr=e, fmt="o", color=c, capsize=3)
-            ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30)
-            ax.set(
-                ylabel="test accuracy (%) of the selected config",
-                title=f"{workload}: selected configs, fresh seeds (min-max)",
-            )
-            ax = axes[2, j]
-            for opt in opts:
-                t = tried[(tried["workload"] == workload) & (tried["opt"] == opt)]
-                for protocol, marker in (("careful", "o"), ("narrow", "s")):
-                    d = t[t["protocol"] == protocol]
-                    if d.empty:  # the grafts have no narrow protocol
-                        continue
-                    ax.scatter(
-                        d["optim.lr"],
-                        100 * d[M.final(M.VAL_ACC)].fillna(0),
-                        color=col[opt],
-                        marker=marker,
-                        s=14,
-                        label=f"{opt} {protocol}",
-                    )
-            ax.set(
-                xscale="log",
-                xlabel="learning rate",
-                ylabel="val. accuracy (%)",
-                title=f"{workload}: sensitivity to lr (diverged: 0%)",
-            )
-            # below the axes: the points fill the panel, so a legend inside would cover some
-            P.legend(ax, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+            _plot_budget(axes[0, j], tried[tried["workload"] == workload], workload, opts, col, rng)
+            _plot_selected(axes[1, j], r[(r["label"] == "final") & (r["workload"] == workload)], workload, opts, col)
+            _plot_sensitivity(axes[2, j], tried[tried["workload"] == workload], workload, opts, col)
         return [P.save(fig, out / "optimizer_tuning.png")]
+
+
+def _plot_budget(ax, tried: pd.DataFrame, workload: str, opts: list[str], col: dict, rng) -> None:
+    """Expected best validation accuracy after k trials of the careful search (a bootstrap band), and
+    the narrow protocol's best."""
+    for opt in opts:
+        pool = (
+            100
+            * tried[(tried["opt"] == opt) & (tried["protocol"] == "careful")][M.final(M.VAL_ACC)].fillna(0).to_numpy()
+        )
+        if not len(pool):
+            continue
+        ks = np.arange(1, len(pool) + 1)
+        ax.plot(ks, [OptimizerTuning.expected_best(pool, k) for k in ks], color=col[opt], label=f"{opt} careful")
+        boots = np.array(
+            [[OptimizerTuning.expected_best(rng.choice(pool, len(pool)), k) for k in ks] for _ in range(BAND_RESAMPLES)]
+        )
+        ax.fill_between(ks, *np.percentile(boots, [5, 95], axis=0), color=col[opt], alpha=0.15, lw=0)
+        narrow = 100 * tried[(tried["opt"] == opt) & (tried["protocol"] == "narrow")][M.final(M.VAL_ACC)].fillna(0)
+        if len(narrow):
+            ax.scatter([len(narrow)], [narrow.max()], color=col[opt], marker="s", label=f"{opt} narrow (best)")
+    ax.set(
+        xlabel="number of trials k",
+        ylabel="expected best val. accuracy (%)",
+        title=f"{workload}: budget curves (5-95% band;\ndiverged trials count as 0%)",
+    )
+    P.legend(ax, fontsize=6)
+
+
+def _plot_selected(ax, final: pd.DataFrame, workload: str, opts: list[str], col: dict) -> None:
+    """Test accuracy of each protocol's selected configuration on fresh seeds (min-max)."""
+    labels, means, errs, colors = [], [], [], []
+    for protocol in ("narrow", "careful"):
+        for opt in opts:
+            v = 100 * final[(final["opt"] == opt) & (final["protocol"] == protocol)][M.final(M.TEST_ACC)].dropna()
+            if len(v):
+                lo, hi = np.percentile(v, [0, 100])
+                labels.append(f"{opt}\n{protocol}")
+                means.append(v.mean())
+                errs.append([[v.mean() - lo], [hi - v.mean()]])
+                colors.append(col[opt])
+    for i, (mu, e, c) in enumerate(zip(means, errs, colors)):
+        ax.errorbar(i, mu, yerr=e, fmt="o", color=c, capsize=3)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30)
+    ax.set(
+        ylabel="test accuracy (%) of the selected config",
+        title=f"{workload}: selected configs, fresh seeds (min-max)",
+    )
+
+
+def _plot_sensitivity(ax, tried: pd.DataFrame, workload: str, opts: list[str], col: dict) -> None:
+    """Every trial's validation accuracy against its learning rate."""
+    for opt in opts:
+        t = tried[tried["opt"] == opt]
+        for protocol, marker in (("careful", "o"), ("narrow", "s")):
+            d = t[t["protocol"] == protocol]
+            if d.empty:  # the grafts have no narrow protocol
+                continue
+            ax.scatter(
+                d["optim.lr"],
+                100 * d[M.final(M.VAL_ACC)].fillna(0),
+                color=col[opt],
+                marker=marker,
+                s=14,
+                label=f"{opt} {protocol}",
+            )
+    ax.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel="val. accuracy (%)",
+        title=f"{workload}: sensitivity to lr (diverged: 0%)",
+    )
+    # below the axes: the points fill the panel, so a legend inside would cover some
+    P.legend(ax, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)

@@ -380,104 +380,115 @@ class WDFixedPoint(Experiment):
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
-        paths = []
-        th = tables.read("theory")
         fig, axes = P.figure(ncols=2)
-        combos = th[["alpha", "lam"]].drop_duplicates().values.tolist()
-        col = P.colors([f"{x:g},{y:g}" for x, y in combos])
-        for alpha, lam in combos:
-            c = col[f"{alpha:g},{lam:g}"]
-            for u0, ls in zip(sorted(th["u0"].unique()), (":", "-", "--")):
-                g = th[(th["alpha"] == alpha) & (th["lam"] == lam) & (th["u0"] == u0) & (th["step"] > 0)]
-                axes[0, 0].plot(
-                    g["step"], g["eff_lr"], ls=ls, color=c, lw=1, label=f"a={alpha:g}, l={lam:g}" if u0 == 1.0 else None
-                )
-            axes[0, 0].axhline(np.sqrt(2 * alpha * lam), color=c, lw=0.6, alpha=0.6)
-        axes[0, 0].set(
-            xscale="log",
-            yscale="log",
-            xlabel="step k",
-            ylabel="effective LR alpha/u_k",
-            title="Eq. 23 (cf. Fig. 7): lines sqrt(2 alpha lambda);\nu0 = 0.01 dotted, 1 solid, 100 dashed",
-        )
-        P.legend(axes[0, 0], fontsize=6)
-        cells = cell_table(tables, cfg.analysis)
-        ax = axes[0, 1]
-        if len(cells):
-            for eqd, marker in ((True, "o"), (False, "x")):
-                d = cells[cells["equilibrated"] == eqd]
-                ax.scatter(
-                    d["u_pred"],
-                    d["u_meas"],
-                    marker=marker,
-                    s=14,
-                    c=np.log10(d["product"]),
-                    cmap="viridis",
-                    label="equilibrated" if eqd else "not equilibrated",
-                )
-            lim = [
-                min(cells["u_pred"].min(), cells["u_meas"].min()) * 0.8,
-                max(cells["u_pred"].max(), cells["u_meas"].max()) * 1.25,
-            ]
-            ax.plot(lim, lim, "k--", lw=1, label="identity")
-            ax.set(
-                xscale="log",
-                yscale="log",
-                xlabel="predicted ||w_j||^2 (Eq. 23, measured g)",
-                ylabel="measured ||w_j||^2",
-                title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)",
-            )
-            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            for axis in (ax.xaxis, ax.yaxis):  # labels at 1, 2 and 5 per decade: 2x .. 9x overlapped
-                axis.set_major_formatter(plain)
-                axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
-                axis.set_minor_formatter(plain)
-            P.legend(ax, fontsize=6)
-        paths.append(P.save(fig, out / "wd_theory_and_norms.png"))
-
+        _plot_theory(axes[0, 0], tables.read("theory"))
+        _plot_norms(axes[0, 1], cell_table(tables, cfg.analysis))
+        paths = [P.save(fig, out / "wd_theory_and_norms.png")]
         fig, axes = P.figure(ncols=2)
-        ang = tables.series(M.ANGULAR_UPDATE, "median")
-        ang = ang[(ang["layer"] != "out") & (ang["step"] > 0)]
-        runs = tables.runs.drop_duplicates("arm").set_index("arm")
-        products = sorted(
-            {float(runs.loc[x, "optim.lr"]) * float(runs.loc[x, "optim.weight_decay"]) for x in runs.index}
-        )
-        pcol = P.colors([f"{p:g}" for p in products])
-        styles = {}
-        for arm in runs.index:
-            alpha, lam = float(runs.loc[arm, "optim.lr"]), float(runs.loc[arm, "optim.weight_decay"])
-            key = f"{alpha * lam:g}"
-            styles.setdefault(key, iter(["-", "--", ":", "-."]))
-            d = ang[ang["arm"] == arm].groupby(["seed", "step"])["value"].mean().reset_index()
-            g = d.groupby("step")["value"].mean()
-            axes[0, 0].plot(g.index, g.values, ls=next(styles[key]), color=pcol[key], lw=1.2, label=arm)
-        for p in products:
-            axes[0, 0].axhline(np.sqrt(p * (2 - p)), color=pcol[f"{p:g}"], lw=0.8, alpha=0.5)
-        axes[0, 0].set(
-            xscale="log",
-            yscale="log",
-            xlabel="step",
-            ylabel="angle turned per step (median unit)",
-            title="Angular update; equal colour = equal alpha*lambda,\nthin lines: sqrt(alpha lambda (2 - alpha "
-            "lambda))",
-        )
-        P.legend(axes[0, 0], fontsize=6)
-        ax = axes[0, 1]
-        acc = (
-            tables.runs[tables.runs["status"] == "ok"]
-            .groupby(["optim.lr", "optim.weight_decay"])[M.final(M.TEST_ACC)]
-            .mean()
-            .unstack()
-        )
-        if not acc.empty:
-            im = ax.imshow(100 * acc.values, origin="lower", cmap="viridis", aspect="auto")
-            ax.set_xticks(range(acc.shape[1]), [f"{v:g}" for v in acc.columns])
-            ax.set_yticks(range(acc.shape[0]), [f"{v:g}" for v in acc.index])
-            for (i, j), v in np.ndenumerate(100 * acc.values):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=7)
-            ax.set(xlabel="weight decay lambda", ylabel="step size alpha", title="Test accuracy (%), mean over seeds")
-            ax.grid(False)
-            fig.colorbar(im, ax=ax)
+        _plot_angles(axes[0, 0], tables)
+        _plot_accuracy(axes[0, 1], fig, tables)
         paths.append(P.save(fig, out / "wd_angular_and_accuracy.png"))
         return paths
+
+
+def _plot_theory(ax, th: pd.DataFrame) -> None:
+    """Eq. 23's effective learning rate over steps from three starting norms, against sqrt(2 alpha lambda)."""
+    combos = th[["alpha", "lam"]].drop_duplicates().values.tolist()
+    col = P.colors([f"{x:g},{y:g}" for x, y in combos])
+    for alpha, lam in combos:
+        c = col[f"{alpha:g},{lam:g}"]
+        for u0, ls in zip(sorted(th["u0"].unique()), (":", "-", "--")):
+            g = th[(th["alpha"] == alpha) & (th["lam"] == lam) & (th["u0"] == u0) & (th["step"] > 0)]
+            ax.plot(
+                g["step"], g["eff_lr"], ls=ls, color=c, lw=1, label=f"a={alpha:g}, l={lam:g}" if u0 == 1.0 else None
+            )
+        ax.axhline(np.sqrt(2 * alpha * lam), color=c, lw=0.6, alpha=0.6)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="step k",
+        ylabel="effective LR alpha/u_k",
+        title="Eq. 23 (cf. Fig. 7): lines sqrt(2 alpha lambda);\nu0 = 0.01 dotted, 1 solid, 100 dashed",
+    )
+    P.legend(ax, fontsize=6)
+
+
+def _plot_norms(ax, cells: pd.DataFrame) -> None:
+    """Each run's measured equilibrium norm against Eq. 23's prediction from its measured gradient."""
+    if len(cells):
+        for eqd, marker in ((True, "o"), (False, "x")):
+            d = cells[cells["equilibrated"] == eqd]
+            ax.scatter(
+                d["u_pred"],
+                d["u_meas"],
+                marker=marker,
+                s=14,
+                c=np.log10(d["product"]),
+                cmap="viridis",
+                label="equilibrated" if eqd else "not equilibrated",
+            )
+        lim = [
+            min(cells["u_pred"].min(), cells["u_meas"].min()) * 0.8,
+            max(cells["u_pred"].max(), cells["u_meas"].max()) * 1.25,
+        ]
+        ax.plot(lim, lim, "k--", lw=1, label="identity")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="predicted ||w_j||^2 (Eq. 23, measured g)",
+            ylabel="measured ||w_j||^2",
+            title="Equilibrium norm: one point per run (median unit)\n(colour: log10 alpha*lambda)",
+        )
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):  # labels at 1, 2 and 5 per decade: 2x .. 9x overlapped
+            axis.set_major_formatter(plain)
+            axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+            axis.set_minor_formatter(plain)
+        P.legend(ax, fontsize=6)
+
+
+def _plot_angles(ax, tables: Tables) -> None:
+    """The angle each unit turns per step, by alpha*lambda, against Eq. 25's equilibrium angle."""
+    ang = tables.series(M.ANGULAR_UPDATE, "median")
+    ang = ang[(ang["layer"] != "out") & (ang["step"] > 0)]
+    runs = tables.runs.drop_duplicates("arm").set_index("arm")
+    products = sorted({float(runs.loc[x, "optim.lr"]) * float(runs.loc[x, "optim.weight_decay"]) for x in runs.index})
+    pcol = P.colors([f"{p:g}" for p in products])
+    styles = {}
+    for arm in runs.index:
+        alpha, lam = float(runs.loc[arm, "optim.lr"]), float(runs.loc[arm, "optim.weight_decay"])
+        key = f"{alpha * lam:g}"
+        styles.setdefault(key, iter(["-", "--", ":", "-."]))
+        d = ang[ang["arm"] == arm].groupby(["seed", "step"])["value"].mean().reset_index()
+        g = d.groupby("step")["value"].mean()
+        ax.plot(g.index, g.values, ls=next(styles[key]), color=pcol[key], lw=1.2, label=arm)
+    for p in products:
+        ax.axhline(np.sqrt(p * (2 - p)), color=pcol[f"{p:g}"], lw=0.8, alpha=0.5)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="step",
+        ylabel="angle turned per step (median unit)",
+        title="Angular update; equal colour = equal alpha*lambda,\nthin lines: sqrt(alpha lambda (2 - alpha lambda))",
+    )
+    P.legend(ax, fontsize=6)
+
+
+def _plot_accuracy(ax, fig, tables: Tables) -> None:
+    """Mean test accuracy over the (alpha, lambda) grid."""
+    acc = (
+        tables.runs[tables.runs["status"] == "ok"]
+        .groupby(["optim.lr", "optim.weight_decay"])[M.final(M.TEST_ACC)]
+        .mean()
+        .unstack()
+    )
+    if not acc.empty:
+        im = ax.imshow(100 * acc.values, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(acc.shape[1]), [f"{v:g}" for v in acc.columns])
+        ax.set_yticks(range(acc.shape[0]), [f"{v:g}" for v in acc.index])
+        for (i, j), v in np.ndenumerate(100 * acc.values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=7)
+        ax.set(xlabel="weight decay lambda", ylabel="step size alpha", title="Test accuracy (%), mean over seeds")
+        ax.grid(False)
+        fig.colorbar(im, ax=ax)

@@ -16,7 +16,6 @@ import normlab
 from normlab import timings
 
 from .options import (
-    FLAGS,  # noqa: F401  (the flags an error names: part of the CLI's face, cli.main.FLAGS)
     JsonOpt,
     SeedsOpt,
     SetOpt,

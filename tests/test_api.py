@@ -115,7 +115,7 @@ def test_errors_speak_of_config_keys_in_the_api_and_of_flags_on_the_command_line
 def test_an_error_names_its_key_and_fix_as_config_keys_and_the_cli_spells_them_as_flags():
     import pickle
 
-    from normlab.cli.main import FLAGS
+    from normlab.cli.options import FLAGS
 
     e = normlab.ConfigError("cuda is not here; {set:run.train.device=cpu|auto}", key="run.train.device")
     assert str(e) == "run.train.device: cuda is not here; set run.train.device to cpu or auto"

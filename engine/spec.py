@@ -7,7 +7,8 @@ typed `analysis` section (thresholds of their verdict rules).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .config import ConfigError, param
@@ -190,6 +191,10 @@ def _p(path: str) -> str:
     return f"{path}." if path else ""
 
 
+# Runs train in float32: a setting it cannot hold (lr 1e300) overflows to inf inside the first step.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -205,6 +210,8 @@ class RunConfig:
 
     def check(self, path: str) -> None:
         from . import plugins as PL
+
+        self._check_training_dtype(path)
 
         PL.load_plugins(self.plugins, f"{_p(path)}plugins")
         PL.check_name(f"{_p(path)}data.name", self.data.name, BUILTIN_DATASETS, PL.PLUGIN_DATASETS)
@@ -252,6 +259,18 @@ class RunConfig:
                 f"{_p(path)}model.norm_position: weight norm reparameterizes the layer "
                 "itself; use norm_position: before"
             )
+
+    def _check_training_dtype(self, path: str) -> None:
+        """Every number the run computes with must fit float32, the dtype runs train in: found when the
+        config is checked, not as a crash in the first step."""
+        for section in ("data", "model", "optim", "train", "kfac"):
+            for f in fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+                    raise ConfigError(
+                        f"{_p(path)}{section}.{f.name}: {value!r} cannot be held by float32, the dtype runs train in "
+                        f"(largest {FLOAT32_MAX:.4g}); give a smaller number"
+                    )
 
 
 @dataclass

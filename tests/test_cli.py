@@ -53,6 +53,10 @@ def test_validate_ok_and_typo(tmp_path):
         (("plot", "no/such/run"), "no/such/run does not exist"),
         (("run", "baselines", "--set", "run.optim.lr=.nan"), "run.optim.lr: nan is not a finite number"),
         (("run", "baselines", "--set", "run.optim.lr=.inf"), "run.optim.lr: inf is not a finite number"),
+        # a value float32 (the training dtype) cannot hold is bad input, found when the config is checked
+        (("run", "baselines", "--set", "run.optim.lr=1e300"), "run.optim.lr: 1e+300 cannot be held by float32"),
+        (("validate", "baselines", "--set", "run.optim.lr=1e300"), "run.optim.lr: 1e+300 cannot be held by float32"),
+        (("run", "baselines", "--set", "run.model.norm_init_scale=1e39"), "norm_init_scale: 1e+39 cannot be held"),
         (("run", "knockout", "--set", "run.probes.every=0"), "knockout needs probes.every > 0"),
         (("run", "bn_placement", "--set", "run.probes.inputs=false"), "run.probes.inputs=true"),
         (("run", "eff_lr", "--set", "run.probes.weights=false"), "eff_lr needs probes.every > 0"),

@@ -250,13 +250,16 @@ def reproduce(
     return run_all(_registry(), out, smoke, only, overrides, execution, on_experiment)
 
 
-def cost_model(schedule: str | Path, workers: list = (2, 4, 8, 16, 64), ray_overhead_s: float = 1.0) -> pd.DataFrame:
-    """reproduce's wall time replayed from a schedule.csv it wrote (engine/costs.py) at each worker
-    count, locally and on Ray (`ray_overhead_s` per task), plus the critical path: a DataFrame of
-    workers, local_minutes, ray_minutes, utilization."""
+def cost_model(
+    schedule: Optional[str | Path] = None, workers: list = (2, 4, 8, 16, 64), ray_overhead_s: float = 1.0
+) -> pd.DataFrame:
+    """reproduce's wall time replayed from a schedule.csv it wrote (engine/costs.py; None: the measured
+    reference schedule normlab ships) at each worker count, locally and on Ray (`ray_overhead_s` per
+    task), plus the critical path: a DataFrame of workers, local_minutes, ray_minutes, utilization.
+    Its attrs["lacks"] names the experiments the schedule has no work of (their time is not in it)."""
     from normlab.engine.costs import model_table_of
 
-    return model_table_of(Path(schedule), workers, ray_overhead_s)
+    return model_table_of(None if schedule is None else Path(schedule), workers, ray_overhead_s, tuple(_registry()))
 
 
 @dataclass
@@ -297,14 +300,17 @@ def plot(folder: str | Path) -> list[Path]:
     return _experiment_of(tables.config, folder).plot(tables, Path(folder) / "plots")
 
 
-def export(folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None) -> Exported:
+def export(
+    folders: list[str | Path], to: str = "tensorboard", out: Optional[str | Path] = None, overwrite: bool = False
+) -> Exported:
     """A run folder's (or several, or a reproduce output's) metrics and hyperparameters as a tracker's
     files: for `tensorboard`, one event folder per training run under `out` (default: the first
     folder's name + '-tensorboard' beside it), to open with `tensorboard --logdir OUT`. Never
-    retrains and never touches the run folders."""
+    retrains and never touches the run folders. An existing `out` is replaced only with `overwrite`
+    (as `report` does)."""
     from normlab.engine.export import export as export_to
 
-    return export_to([Path(f) for f in folders], to, Path(out) if out is not None else None)
+    return export_to([Path(f) for f in folders], to, Path(out) if out is not None else None, overwrite)
 
 
 def report(

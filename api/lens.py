@@ -24,7 +24,7 @@ from typing import Optional
 
 from normlab.engine.lens import METRICS, Lens, read
 
-__all__ = ["Lens", "METRICS", "attach", "read", "report"]
+__all__ = ["Lens", "METRICS", "attach", "flags", "read", "report"]
 
 
 def attach(model, optimizer, every: int = 50, out: str | Path = "lens-run", overwrite: bool = False) -> Lens:
@@ -39,3 +39,11 @@ def report(folder: str | Path, out: Optional[str | Path] = None, overwrite: bool
     from normlab.engine.lens_report import write_report
 
     return write_report(Path(folder), Path(out) if out is not None else None, overwrite)
+
+
+def flags(folder: str | Path) -> list[dict]:
+    """The report's flags of a lens folder, each {"title", "text", "rows": [{layer: ..., numbers}]}
+    (docs/lens.md lists the conditions and their thresholds)."""
+    from normlab.engine.lens_report import flags as find
+
+    return find(*read(Path(folder)))

@@ -29,6 +29,7 @@ from .options import (
     parse_set,
     user_errors,
 )
+from .lens import lens_app
 from .output import (
     RunBars,
     exit_on_crashes as _exit_on_crashes,
@@ -83,17 +84,22 @@ def _main(
 @app.command("list")
 @user_errors
 def list_cmd(as_json: bool = JsonOpt) -> None:
-    """List the experiments, the claims each tests and their default configs."""
+    """List the experiments, the claims each tests and their default configs (the file names; the folder
+    they are in below the table, the full paths with --plain or --json)."""
     if as_json:
         table = normlab.list_experiments().assign(config=lambda d: d["config"].astype(str))
         ui.emit({"experiments": _records(table), "sweeps": {n: str(p) for n, p in normlab.list_sweeps().items()}})
         return
-    here = Path.cwd()
-    shown = lambda p: str(p.relative_to(here) if Path(p).is_relative_to(here) else p)  # noqa: E731
+    # a terminal gets the config's file name (a wheel's full path breaks mid-word in 80 columns); --plain and
+    # --json, for scripts, the full path
+    shown = (lambda p: str(p)) if ui.plain else (lambda p: Path(p).name)  # noqa: E731
     ui.table(experiments_table(normlab.list_experiments(), shown))
     sweeps = normlab.list_sweeps()
     if sweeps:
         ui.console.print("sweeps (`normlab sweep NAME`): " + ", ".join(f"{n} ({shown(p)})" for n, p in sweeps.items()))
+    if not ui.plain:
+        folder = Path(normlab.list_experiments()["config"].iloc[0]).parent
+        ui.console.print(f"configs in {folder} (`normlab validate NAME --print` shows one resolved)")
 
 
 @app.command()
@@ -152,8 +158,6 @@ def run(
     Examples: `normlab run baselines --smoke`, `normlab run baselines --seeds 5 --jobs 2`,
     `normlab run baselines --set run.train.steps=4000`.
     """
-    if as_json:
-        ui.set_json()
     plan = normlab.plan(experiment, config, parse_set(sets), seeds, smoke, out, execution)
     _warn(plan.notes)
     if execution.device is not None and not plan.tasks:
@@ -213,8 +217,6 @@ def sweep(
     cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
     flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
     """
-    if as_json:
-        ui.set_json()
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution, parse_grid(grid))
     _warn(plan.notes)
     with ui.bars(18) as bars:
@@ -258,8 +260,6 @@ def reproduce(
     `normlab cost OUT/schedule.csv` says how long the same work takes on more cores or on Ray.
     """
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None  # checked by the API
-    if as_json:
-        ui.set_json()
     with ui.bars(24, transient=True) as bars:
         folders: list[Path] = []
 
@@ -320,7 +320,6 @@ def report(
     """Write one report from run folders' CSVs, manifests and figures (never retrains)."""
     path = normlab.report(list(run_dirs), out, fmt, overwrite)
     if as_json:
-        ui.set_json()
         ui.emit({"report": str(path), "format": fmt, "folders": [str(p) for p in run_dirs]})
     else:
         ui.console.print(f"wrote {path}")
@@ -342,8 +341,10 @@ def export(
         help="The tracker's format.",
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Output folder, which must not exist (default: RUN_DIR-tensorboard beside it)."
+        None, "--out", "-o", help="Output folder (default: RUN_DIR-tensorboard beside it); refused if it exists."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (refused otherwise)."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Export runs to a tracker: one TensorBoard event folder per training run, holding every metric
     series at its step and the run's hyperparameters and final metrics (HParams tab).
@@ -351,7 +352,10 @@ def export(
     Example: `normlab export results/baselines/default --to tensorboard --out tb`, then
     `tensorboard --logdir tb`. Needs the tensorboard package (`pip install 'normlab[export]'`).
     """
-    done = normlab.export(list(run_dirs), to, out)
+    done = normlab.export(list(run_dirs), to, out, overwrite)
+    if as_json:
+        ui.emit({"folder": str(done.folder), "to": to, "runs": [str(p) for p in done.runs]})
+        return
     ui.console.print(
         f"wrote {len(done.runs)} TensorBoard run folders under {done.folder}; view with: "
         f"tensorboard --logdir {done.folder}"
@@ -360,9 +364,14 @@ def export(
 
 @app.command()
 @user_errors
-def plot(run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`.")) -> None:
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`."), as_json: bool = JsonOpt
+) -> None:
     """Redraw every figure of a run folder from its CSVs alone (no training)."""
-    for p in normlab.plot(run_dir):
+    paths = normlab.plot(run_dir)
+    if as_json:
+        ui.emit({"folder": str(run_dir), "plots": [str(p) for p in paths]})
+    for p in paths:
         ui.console.print(f"wrote {p}")
 
 
@@ -381,53 +390,48 @@ def bench(
         autocompletion=complete_device,
         help="Where every loop trains (auto = cuda if present).",
     ),
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles."""
+    """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles,
+    each figure beside its target, marked met or missed (a benchmark: it exits 0 either way)."""
     res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=ui.console.print)
-    ui.table(rows_table("normlab bench (medians over interleaved repeats)", ("measure", "value", "target"),
-                        res.rows()))  # fmt: skip
+    columns = ("measure", "value", "target", "met")
+    if as_json:
+        ui.emit({"rows": [dict(zip(columns, row)) for row in res.rows()]})
+        return
+    ui.table(rows_table("normlab bench (medians over interleaved repeats)", columns, res.rows()))
 
 
 @app.command()
 @user_errors
 def cost(
-    schedule: Path = typer.Argument(
-        Path("results/reproduce/schedule.csv"),
-        help="A schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into its output folder.",
+    schedule: Optional[Path] = typer.Argument(
+        None,
+        help="A schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into its output folder "
+        "(default: the reference reproduction's, measured on 2 cores and shipped with normlab).",
+        show_default=False,
     ),
     workers: str = typer.Option("2,4,8,16,64", "--workers", help="Comma-separated worker counts to model."),
     ray_overhead: float = typer.Option(1.0, "--ray-overhead", help="Seconds a Ray cluster adds per task."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """How long that reproduction would take on more (or fewer) cores of the same speed, locally and on a
     Ray cluster, from its recorded schedule; the last row is the critical path, the bound for any cluster."""
     table = normlab.cost_model(schedule, [w.strip() for w in workers.split(",") if w.strip()], ray_overhead)
+    lacks, source = table.attrs.get("lacks", []), table.attrs.get("schedule", str(schedule))
+    if lacks:
+        _warn([f"{source} has no work of {', '.join(lacks)} (added after it was measured): their time is not in "
+               "these figures; `normlab reproduce --jobs N` writes a schedule that has it"])  # fmt: skip
+    if as_json:
+        ui.emit({"schedule": source, "lacks": lacks, "rows": _records(table)})
+        return
     rows = [(str(r.workers), f"{r.local_minutes:.1f}", f"{r.ray_minutes:.1f}",
              "" if r.utilization != r.utilization else f"{r.utilization:.0%}") for r in table.itertuples()]  # fmt: skip
-    ui.table(rows_table(f"reproduce's wall time, replayed from {schedule}",
+    ui.table(rows_table(f"reproduce's wall time, replayed from {source}",
                         ("workers", "local (min)", "Ray (min)", "workers busy"), rows))  # fmt: skip
 
 
-lens_app = typer.Typer(
-    help="The chapter's instruments on your own training loop: attach in Python with "
-    "`lens = normlab.lens.attach(model, optimizer, every=50, out='lens-run')`, train, `lens.close()`, then read it "
-    "here.",
-    no_args_is_help=True,
-)
 app.add_typer(lens_app, name="lens")
-
-
-@lens_app.command("report")
-@user_errors
-def lens_report(
-    folder: Path = typer.Argument(..., help="The folder given to normlab.lens.attach(out=...), holding lens.csv."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the folder itself)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report.md/report.html."),
-) -> None:
-    """Write report.md, report.html (self-contained) and lens.png from a lens folder: per layer its
-    scale invariance, ||w||^2, effective learning rate and angle per step, and the flags (implicit
-    learning-rate decay, weight-decay equilibrium, Adam's epsilon, effective-LR spread)."""
-    for p in normlab.lens.report(folder, out, overwrite):
-        ui.console.print(f"wrote {p}")
 
 
 def main() -> None:

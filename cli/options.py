@@ -150,11 +150,21 @@ EnsembleOpt = typer.Option(
     "eps, decay) together as one batched model: auto stacks up to 16 runs, N up to N, off trains every run alone. "
     "Numbers agree with the single-run path to float rounding.",
 )
+
+
+def _json_mode(on: bool) -> bool:
+    """--json switches the output to one JSON document before the command prints anything."""
+    if on:
+        ui.set_json()
+    return on  # a callback's return value is the option's value
+
+
 JsonOpt = typer.Option(
     False,
     "--json",
     metavar="",
-    help="Print one JSON document on stdout (the folder, each run's status, the claim rows) and nothing else there; "
+    callback=lambda on: _json_mode(on),
+    help="Print one JSON document on stdout (what the command wrote or measured) and nothing else there; "
     "messages go to stderr. For scripts: no table to parse.",
 )
 DeviceOpt = typer.Option(

@@ -285,3 +285,21 @@ def experiments_table(experiments, shown) -> Table:
         claims = ", ".join(dict.fromkeys(c.split("-")[0] for c in row.claims))
         table.add_row(row.experiment, claims, shown(Path(row.config)), row.title)
     return table
+
+
+def flag_lines(flags: list[dict]) -> list[str]:
+    """The lens report's flags for a terminal: one line per flagged layer (or pair of layers), with its
+    numbers; 'no flags' when none holds."""
+    if not flags:
+        return ["lens flags: none (no condition of docs/lens.md holds)"]
+    lines = []
+    for f in flags:
+        for row in f["rows"]:
+            where = row.get("layer", row.get("between", ""))
+            numbers = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in row.items()
+                if k not in ("layer", "between")
+            )
+            lines.append(f"flag: {f['title']}: {escape(str(where))}: {escape(numbers)}")
+    return lines

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+import importlib.resources
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,14 @@ def reference_folders() -> list[Path]:
 
     here = Path(__file__).resolve().parents[1] / "results" / "reference"
     return [p for p in dict.fromkeys([results_root() / "reference", here]) if p.is_dir()]
+
+
+# The reproduction's measured schedule, shipped with the package (normlab.configs): `normlab cost`'s
+# default. A change that adds work to the reproduction ships a new one; until then `cost` names the
+# experiments it lacks.
+SHIPPED_SCHEDULE = (
+    Path(str(importlib.resources.files("normlab.configs"))) / "schedules" / "reproduce-cpu-2026-12-02.csv"
+)
 
 
 def recorded_costs(names: list[str]) -> dict[str, dict[str, float]]:
@@ -179,14 +188,19 @@ def model_table(schedule: pd.DataFrame, workers=(2, 4, 8, 16, 64), ray_overhead_
     return pd.DataFrame(rows)
 
 
-def model_table_of(path: Path, workers=(2, 4, 8, 16, 64), ray_overhead_s: float = 1.0) -> pd.DataFrame:
-    """`model_table` of a schedule.csv file, its arguments checked (one clear error each)."""
+def model_table_of(
+    path: Path | None, workers=(2, 4, 8, 16, 64), ray_overhead_s: float = 1.0, experiments: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """`model_table` of a schedule.csv file (None: the reference schedule normlab ships, SHIPPED_SCHEDULE),
+    its arguments checked (one clear error each). `table.attrs`: "schedule" (its path) and "lacks"
+    (the `experiments` that have no work in it: added after it was measured, so not in its figures)."""
     from .errors import ConfigError, count_or_none
 
+    path = SHIPPED_SCHEDULE if path is None else Path(path)
     if not path.is_file():
         raise ConfigError(
             f"{path} is not a file; give the schedule.csv that `normlab reproduce --jobs N` (N > 1) wrote into "
-            "its output folder (a checkout holds a measured one in results/bench/)"
+            "its output folder, or none for the measured reference schedule normlab ships"
         )
     counts = [count_or_none(w) for w in workers]
     for w, n in zip(workers, counts):
@@ -199,4 +213,7 @@ def model_table_of(path: Path, workers=(2, 4, 8, 16, 64), ray_overhead_s: float 
     needed = {"kind", "experiment", "batch", "cost", "submitted", "started", "finished"}
     if not needed <= set(table.columns):
         raise ConfigError(f"{path} is not a schedule.csv: it lacks {sorted(needed - set(table.columns))}")
-    return model_table(table, tuple(counts), ray_overhead_s)
+    out = model_table(table, tuple(counts), ray_overhead_s)
+    ran = set(table["experiment"].dropna())
+    out.attrs.update(schedule=str(path), lacks=[e for e in experiments if e not in ran])
+    return out

@@ -84,14 +84,21 @@ def export_run_folder(folder: Path, out: Path) -> list[Path]:
     return written
 
 
-def export_tensorboard(folders: list[Path], out: Path) -> list[Path]:
-    """Every run of every folder (run folders, or a reproduce output of them) into OUT. OUT must
-    not exist; it appears whole or not at all (written as OUT.partial, then renamed)."""
+def export_tensorboard(folders: list[Path], out: Path, overwrite: bool = False) -> list[Path]:
+    """Every run of every folder (run folders, or a reproduce output of them) into OUT. An existing
+    OUT is refused unless `overwrite` (the rule `normlab report` follows); OUT appears whole or not at
+    all (written as OUT.partial, then renamed over it)."""
     from .report import expand_folders
 
     out = Path(out)
-    if out.exists():
-        raise NormlabError(f"{out} exists; choose another output folder ({{out}})", key="out")
+    if out.exists() and not overwrite:
+        raise ConfigError(
+            f"{out} exists; choose another output folder ({{out}}) or replace it ({{overwrite}})", key="out"
+        )
+    inside = [f for f in folders if Path(f).resolve() == out.resolve() or out.resolve() in Path(f).resolve().parents]
+    if inside:  # --overwrite would delete what it reads
+        raise ConfigError(f"{out} holds the run folder {inside[0]} it would export; choose another output folder "
+                          "({out})", key="out")  # fmt: skip
     run_folders = expand_folders([Path(f) for f in folders])
     several = len(run_folders) > 1
     work = out.with_name(out.name + ".partial")
@@ -104,6 +111,8 @@ def export_tensorboard(folders: list[Path], out: Path) -> list[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if out.exists():  # overwrite: the old export goes only once the new one is complete
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     work.rename(out)
     return written
 
@@ -119,12 +128,13 @@ class Exported:
     runs: list[Path]
 
 
-def export(folders: list[Path], to: str = "tensorboard", out: Path | None = None) -> Exported:
+def export(folders: list[Path], to: str = "tensorboard", out: Path | None = None, overwrite: bool = False) -> Exported:
     """`normlab export`: the target and folders checked (one clear error each), then the export;
-    OUT defaults to the first folder's name + '-tensorboard' beside it."""
+    OUT defaults to the first folder's name + '-tensorboard' beside it; an existing OUT is replaced
+    only with `overwrite`."""
     if to not in EXPORT_TARGETS:
         raise ConfigError(f"{to!r} is not a target normlab exports to; choose {', '.join(EXPORT_TARGETS)}", key="to")
     if not folders:
         raise ConfigError("give at least one run folder to export", key="folders")
     folder = out if out is not None else folders[0].with_name(folders[0].name + "-tensorboard")
-    return Exported(folder, export_tensorboard(folders, folder))
+    return Exported(folder, export_tensorboard(folders, folder, overwrite))

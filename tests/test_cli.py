@@ -26,7 +26,7 @@ def one_error_line(result) -> str:
 
 def test_list_names_every_experiment_and_config():
     r = invoke("list")
-    assert r.exit_code == 0 and "baselines" in r.output and "configs/baselines.yaml" in r.output
+    assert r.exit_code == 0 and "baselines" in r.output and "baselines.yaml" in r.output
 
 
 def test_validate_ok_and_typo(tmp_path):
@@ -441,3 +441,54 @@ def test_the_overall_bar_covers_the_follow_up_stage_from_the_start_and_never_fal
     # the ETA at the average rate so far: 10 s for 25 of 100 steps leaves 30 s
     assert eta_seconds(10.0, 25, 100) == 30.0 and eta_seconds(10.0, 0, 100) is None
     assert eta_seconds(10.0, 100, 100) == 0.0
+
+
+def test_bench_marks_each_figure_met_or_missed_against_its_target():
+    """A benchmark exits 0 whatever it measures, so the table says which targets hold."""
+    from normlab.engine.bench import BenchResult
+
+    res = BenchResult([100.0], [97.0], [85.0], 50, {1: 100.0, 2: 150.0}, lens=[(100.0, 96.0)],
+                      ensemble={("MLP", True, 8): 350.0}, engine_by_model={("MLP", True): 100.0},
+                      limit_by_model={("MLP", True): 1000.0})  # fmt: skip
+    met = {row[0].split(" (")[0]: row[3] for row in res.rows()}
+    assert met["engine / plain"] == "met"  # 0.97 >= 0.95
+    assert met["probe cost"] == "missed"  # 12.4% > 10%
+    assert met["normlab.lens cost"] == "met"  # 4% <= 5%
+    assert met["pool of 2 worker(s)"] == "missed" and met["pool of 1 worker(s)"] == ""  # 1.5x < 1.6x; no target
+    assert met["MLP, BN: ensemble of 8"] == "met"  # 3.5x >= 3x
+    assert met["plain PyTorch loop"] == "" and all(len(row) == 4 for row in res.rows())
+
+
+def test_list_shows_config_names_in_a_terminal_and_full_paths_for_scripts():
+    """A wheel's config path is long: a terminal gets the file name (whole, never broken mid-word), the
+    folder once below; --plain and --json give the full path."""
+    config = normlab.list_experiments().set_index("experiment").loc["baselines", "config"]
+    shown = invoke("list").output
+    assert "baselines.yaml" in shown and config not in shown.replace("\n", "")
+    assert f"configs in {Path(config).parent}" in " ".join(shown.split())
+    plain = invoke("--plain", "list").output
+    assert any(line.startswith("baselines\t") and line.split("\t")[2] == config for line in plain.splitlines())
+
+
+def test_plot_json_names_every_figure_it_drew(tmp_path):
+    import shutil
+
+    src = Path(__file__).resolve().parent.parent / "results" / "reference" / "eff_lr"
+    folder = tmp_path / "eff_lr"
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("plots"))
+    r = runner.invoke(app, ["plot", str(folder), "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["folder"] == str(folder)
+    assert sorted(Path(p).name for p in doc["plots"]) == sorted(p.name for p in (folder / "plots").glob("*.png"))
+
+
+def test_every_command_takes_json_as_the_docs_say():
+    """README and docs/usage.md say every command takes --json: each command's --help lists it."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = [(name,) for name in group.commands if name != "lens"] + [("lens", "report")]
+    for path in commands:
+        r = invoke(*path, "--help")
+        assert r.exit_code == 0 and "--json" in r.output, f"normlab {' '.join(path)} lacks --json"
+    assert len(commands) == 11

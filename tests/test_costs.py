@@ -118,3 +118,27 @@ def test_closing_the_pool_cancels_what_waits_and_lets_what_runs_finish():
     assert running.result(timeout=120) == 1.0
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(_sleep, 0.0)
+
+
+def test_normlab_cost_defaults_to_the_shipped_schedule_and_names_what_it_lacks(tmp_path, monkeypatch):
+    """A wheel has no results/reproduce: `normlab cost` with no argument replays the reference
+    reproduction's schedule shipped with the package, and names any experiment it has no work of."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from normlab.cli.main import app
+    from normlab.engine import costs
+
+    monkeypatch.chdir(tmp_path)  # no checkout around: the default must come from the package
+    r = CliRunner().invoke(app, ["cost", "--json", "--workers", "2"])
+    doc = json.loads(r.stdout)
+    shipped = pd.read_csv(costs.SHIPPED_SCHEDULE)
+    assert r.exit_code == 0 and doc["schedule"] == str(costs.SHIPPED_SCHEDULE) and doc["lacks"] == []
+    assert doc["rows"][0]["workers"] == 2 and doc["rows"][0]["local_minutes"] == pytest.approx(
+        costs.replay(shipped, 2).wall_s / 60
+    )
+    lacking = tmp_path / "schedule.csv"
+    shipped[shipped["experiment"] != "fisher"].to_csv(lacking, index=False)
+    r = CliRunner().invoke(app, ["--plain", "cost", str(lacking), "--workers", "2"])
+    assert r.exit_code == 0 and "has no work of fisher" in " ".join(r.output.split())

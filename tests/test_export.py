@@ -1,6 +1,7 @@
 """`normlab export --to tensorboard`: the event files, read back by TensorBoard's own reader, hold
 every metric series and each run's hyperparameters exactly as the run folder's CSVs do."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,22 @@ def test_every_series_and_the_hyperparameters_read_back_as_written(tmp_path):
 
 def test_export_refuses_an_existing_folder_and_an_unknown_target(tmp_path):
     (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "old.txt").write_text("an earlier export")
     r = CliRunner().invoke(app, ["export", str(REFERENCE), "--out", str(tmp_path / "tb")])
-    assert r.exit_code == 2 and "tb exists; choose another output folder (--out)" in " ".join(r.output.split())
+    words = " ".join(r.output.split())
+    assert r.exit_code == 2 and "tb exists; choose another output folder (--out) or replace it (--overwrite)" in words
+    # --overwrite replaces it, as `normlab report --overwrite` replaces a report (one rule for both)
+    r = CliRunner().invoke(app, ["export", str(REFERENCE), "--out", str(tmp_path / "tb"), "--overwrite", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["folder"] == str(tmp_path / "tb") and not (tmp_path / "tb" / "old.txt").exists()
+    assert sorted(Path(p).name for p in doc["runs"]) == sorted(p.name for p in (tmp_path / "tb").iterdir())
+    # ... but never over the run folder it reads
+    copy = tmp_path / "runs" / "baselines"
+    copy.mkdir(parents=True)
+    for f in ("config.yaml", "runs.csv", "metrics.csv", "claims.csv", "manifest.json"):
+        (copy / f).write_bytes((REFERENCE / f).read_bytes())
+    r = CliRunner().invoke(app, ["export", str(copy), "--out", str(copy.parent), "--overwrite"])
+    assert r.exit_code == 2 and "holds the run folder" in r.output and (copy / "runs.csv").is_file()
     r = CliRunner().invoke(app, ["export", str(REFERENCE), "--to", "wandb", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "'wandb' is not a target normlab exports to; choose tensorboard" in r.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -385,12 +386,17 @@ def test_report_flags_the_implicit_decay_and_writes_md_html_png(tmp_path):
 
     from normlab.cli.main import app
 
-    res = CliRunner().invoke(app, ["lens", "report", str(tmp_path / "run")])
+    res = CliRunner().invoke(app, ["--plain", "lens", "report", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "run" / "report.md").read_text()
     assert "without weight decay: the effective learning rate decays" in md
     table, manifest = normlab.lens.read(tmp_path / "run")
     (decay,) = [f for f in flags(table, manifest) if "without weight decay" in f["title"]]
+    # the terminal shows each flagged layer on a line of its own, with its numbers, as `run` prints its claims
+    printed = [ln for ln in res.output.splitlines() if ln.startswith("flag: ") and "without weight decay" in ln]
+    assert len(printed) == len(decay["rows"]) == 2
+    for line, row in zip(printed, decay["rows"]):
+        assert f": {row['layer']}: " in line and f"||w||^2 grew {row['||w||^2 grew']:.3g}" in line
     assert {r["layer"] for r in decay["rows"]} == {"0", "3"}
     for row in decay["rows"]:  # plain SGD: ||w_j||^2 grows by alpha^2 ||g_j||^2 a step (Eq. 17), eff_lr falls
         assert row["||w||^2 grew"] > 1.5 and row["eff_lr fell"] == pytest.approx(row["||w||^2 grew"], rel=0.05)
@@ -402,6 +408,9 @@ def test_report_flags_the_implicit_decay_and_writes_md_html_png(tmp_path):
     assert (tmp_path / "run" / "lens.png").stat().st_size > 10_000
     again = CliRunner().invoke(app, ["lens", "report", str(tmp_path / "run")])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    doc = json.loads(CliRunner().invoke(app, ["lens", "report", str(tmp_path / "run"), "--overwrite", "--json"]).stdout)
+    assert [f["title"] for f in doc["flags"]] == [f["title"] for f in flags(table, manifest)]
+    assert sorted(Path(p).name for p in doc["files"]) == ["lens.png", "report.html", "report.md"]
     missing = CliRunner().invoke(app, ["lens", "report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no lens.csv" in missing.output
 

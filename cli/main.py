@@ -200,7 +200,7 @@ def sweep(
         "-g",
         metavar="KEY=V1,V2,...",
         help="An axis of the grid, e.g. `--grid run.optim.lr=0.01,0.1` (repeatable: the grid is the product). On an "
-        "experiment it sweeps that experiment's own config; on a sweep file it sets that axis.",
+        "experiment it runs every arm at every point (OUT/POINT, claims per point); on a sweep file it sets that axis.",
     ),
     sets: List[str] = SetOpt,
     seeds: Optional[int] = SeedsOpt,
@@ -213,19 +213,28 @@ def sweep(
 ) -> None:
     """Run a grid of runs (axes x seeds) and analyze it like `run`. Resumable.
 
-    Rerunning the same command skips the cells that already finished (keyed by a hash of each
-    cell's resolved config and seed) and reruns failed ones; Ctrl-C loses only the runs in
-    flight. `--set` here overrides the sweep file, e.g. `--set 'axes.optim.lr=[0.1, 1.0]'`.
+    A sweep file's axes are the experiment's settings: its grid points replace the experiment's arms.
+    An ad-hoc `--grid` over an experiment instead runs every arm at every grid point (arms x points x
+    seeds), each point a run folder of its own (OUT/POINT) whose claims are judged there; a grid key
+    that an arm sets itself is refused. Rerunning the same command skips the cells that already
+    finished (keyed by a hash of each cell's resolved config and seed) and reruns failed ones;
+    Ctrl-C loses only the runs in flight. `--set` here overrides the sweep file, e.g.
+    `--set 'axes.optim.lr=[0.1, 1.0]'`, or with --grid the experiment's config.
     """
     plan = normlab.plan_sweep(name, parse_set(sets), seeds, smoke, out, execution, parse_grid(grid))
     _warn(plan.notes)
     with ui.bars(18) as bars:
         overall = bars.add_task("cells", total=0)
 
+        if plan.points:  # an ad-hoc grid: every arm at every point, a run folder per point
+            ui.err.print(f"sweep {plan.sweep.sweep} ({plan.name}): {len(plan.points)} grid points, each the whole "
+                         f"experiment ({len(plan.tasks) // len(plan.points)} runs) -> {plan.folder}/POINT")  # fmt: skip
+
         def on_start(todo, skipped) -> None:
+            where = "" if plan.points else f"sweep {plan.sweep.sweep} ({plan.name}): "
             ui.err.print(
-                f"sweep {plan.sweep.sweep} ({plan.name}): {len(todo) + skipped} cells, {skipped} already "
-                f"finished, {len(todo)} to run on {execution.workers(len(todo))} -> {plan.folder}"
+                f"{'  ' if plan.points else ''}{where}{len(todo) + skipped} cells, {skipped} already finished, "
+                f"{len(todo)} to run on {execution.workers(len(todo))}" + ("" if plan.points else f" -> {plan.folder}")
             )
             task = bars.tasks[overall]
             bars.update(overall, total=(task.total or 0) + len(todo) + skipped, completed=task.completed + skipped)
@@ -236,7 +245,8 @@ def sweep(
                 ui.err.print(f"  {res.run_id}: {res.status}")
 
         outcome = normlab.sweep(plan, execution=execution.with_callbacks(on_start=on_start, on_result=on_cell))
-    print_outcome(outcome, {"sweep": plan.sweep.sweep, "experiment": plan.name}, plan.folder, "cell", as_json)
+    doc = {"sweep": plan.sweep.sweep, "experiment": plan.name, **({"points": list(plan.points)} if plan.points else {})}
+    print_outcome(outcome, doc, plan.folder, "grid point" if plan.points else "cell", as_json)
 
 
 @app.command()

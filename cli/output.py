@@ -258,7 +258,8 @@ def print_outcome(outcome, doc: dict, folder: Path, what: str, as_json: bool) ->
     """What run and sweep print at the end: final metrics per arm, the claims, the files, the JSON
     document; then exit 1 if a run crashed."""
     if len(outcome.runs):  # an experiment of tables alone trains no runs
-        ui.table(finals_table(outcome.runs, f"Final metrics per {what} (mean over finished runs)"))
+        per = {"grid point": "arm and grid point"}.get(what, what)
+        ui.table(finals_table(outcome.runs, f"Final metrics per {per} (mean over finished runs)"))
     ui.claims(outcome.claims)
     bad = outcome.runs[outcome.runs["status"] != "ok"]
     if len(bad) and what == "arm":  # a sweep names each cell that did not finish as it ends
@@ -266,8 +267,9 @@ def print_outcome(outcome, doc: dict, folder: Path, what: str, as_json: bool) ->
             f"[yellow]{len(bad)} run(s) did not finish normally[/yellow]: "
             + ", ".join(f"{r.run_id} ({r.status})" for r in bad.itertuples())
         )
-    cells = ", cells/" if what == "cell" else ""
-    ui.console.print(f"files: {folder}/ (runs.csv, metrics.csv, claims.csv, report.md, plots/{cells})")
+    cells = ", cells/" if what in ("cell", "grid point") else ""
+    where = f"{folder}/POINT/" if what == "grid point" else f"{folder}/"
+    ui.console.print(f"files: {where} (runs.csv, metrics.csv, claims.csv, report.md, plots/{cells})")
     if as_json:
         ui.emit({**doc, "folder": str(folder), "runs": runs_doc(outcome.runs), "claims": records(outcome.claims),
                  "crashed": [r for r, _ in outcome.crashes]})  # fmt: skip

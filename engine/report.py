@@ -240,7 +240,10 @@ def write_report(
         raise ConfigError(
             f"{out} exists; choose another report file ({{out}}) or replace it ({{overwrite}})", key="out"
         )
-    return build_report(folders, Path(out), fmt, expected=experiments if collection else None, titles=titles)
+    # a reproduction's folder lists the experiments it lacks; an ad-hoc grid's (sweep.yaml beside its
+    # points) is one experiment, complete
+    reproduction = any(is_collection(p) and not (Path(p) / "sweep.yaml").is_file() for p in folders)
+    return build_report(folders, Path(out), fmt, expected=experiments if reproduction else None, titles=titles)
 
 
 def build_report(

@@ -8,6 +8,8 @@ import sys
 
 import pandas as pd
 import pytest
+
+import normlab
 from typer.testing import CliRunner
 
 from normlab.cli.main import app
@@ -110,21 +112,55 @@ def test_cells_with_different_inserted_modules_get_different_keys():
     assert a != b != _module_key(other_level) and "scale_max" in a and _module_key(None) == ""
 
 
-def test_an_ad_hoc_grid_from_the_command_line_runs_as_a_sweep_and_resumes(tmp_path):
-    """`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`, as Hydra's multirun users expect: the product
-    of the axes over the experiment's own config, with the same cells and resume as a sweep file."""
+def test_an_ad_hoc_grid_runs_every_arm_at_every_point_judges_each_point_and_resumes(tmp_path):
+    """`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`, as Hydra's multirun users expect: the experiment
+    whole at every point of the product of the axes (cells = arms x points x seeds), each point a run
+    folder of its own whose claims are judged there, with the same cells and resume as a sweep file."""
+    import json
+
     args = ["sweep", "baselines", "--smoke", "--grid", "run.optim.lr=0.01,0.1", "--grid", "run.train.batch_size=32,128"]
     args += ["--out", str(tmp_path / "g"), "--jobs", "1"]
-    r = CliRunner().invoke(app, args)
+    r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
-    assert "sweep baselines-grid (baselines): 4 cells, 0 already finished, 4 to run" in r.output
-    runs = pd.read_csv(tmp_path / "g" / "runs.csv")
-    assert sorted(set(runs["arm"])) == sorted(
-        ["lr=0.01,batch_size=32", "lr=0.01,batch_size=128", "lr=0.1,batch_size=32", "lr=0.1,batch_size=128"]
-    )
-    assert sorted(zip(runs["optim.lr"], runs["train.batch_size"])) == [(0.01, 32), (0.01, 128), (0.1, 32), (0.1, 128)]
+    doc = json.loads(r.stdout)
+    points = ["lr=0.01,batch_size=32", "lr=0.01,batch_size=128", "lr=0.1,batch_size=32", "lr=0.1,batch_size=128"]
+    assert doc["points"] == points and len(doc["runs"]) == 3 * 4  # the three arms at each of the four points
+    for point in points:
+        runs = pd.read_csv(tmp_path / "g" / point / "runs.csv")
+        assert sorted(runs["arm"]) == ["cnn", "logistic", "mlp"]  # the experiment's own arms, none dropped
+        lr, batch = (float(x.split("=")[1]) for x in point.split(","))
+        assert set(runs["optim.lr"]) == {lr} and set(runs["train.batch_size"]) == {batch}
+        claims = pd.read_csv(tmp_path / "g" / point / "claims.csv")
+        assert list(claims["claim_id"]) == ["B1-logistic", "B1-mlp", "B1-cnn"]  # judged per point
+        assert [c["claim_id"] for c in doc["claims"] if c["claim_id"].endswith(f"@{point}")] == [
+            f"{c} @{point}" for c in claims["claim_id"]
+        ]
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and "4 cells, 4 already finished, 0 to run" in again.output
+    assert again.exit_code == 0 and again.output.count("3 cells, 3 already finished, 0 to run") == 4
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "g"), "--out", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    assert report.exit_code == 0 and all(f"sweep baselines-grid {p}" in text for p in points)
+    assert "not run (no run folder given)" not in text  # a grid's folder is not a reproduction missing experiments
+
+
+def test_a_grid_key_an_arm_sets_itself_is_refused_naming_the_arm():
+    """An arm that sets the grid's key would train its own value at every point: refused, not dropped."""
+    with pytest.raises(normlab.ConfigError, match=r"arms.logistic.model.depth sets it for arm logistic"):
+        normlab.plan_sweep("baselines", grid={"run.model.depth": [1, 3]})
+    r = CliRunner().invoke(app, ["sweep", "eff_lr", "--grid", "run.optim.lr=0.05,0.2"])
+    assert r.exit_code == 2 and "arms.sgd_a0.01.optim.lr sets it for arm sgd_a0.01" in " ".join(r.output.split())
+    assert "--grid" in r.output
+
+
+def test_a_sweep_files_rows_that_cannot_be_judged_there_say_why(tmp_path):
+    """A sweep file's grid points replace the experiment's arms: B1 compares an architecture's published
+    accuracy, so in a folder without that arm its rows are `not judged` with the reason, never `nan`."""
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("sweep: mine\nexperiment: baselines\naxes: {optim.lr: [0.05, 0.2]}\nseeds: 1\n"
+                     "overrides: {run.train.steps: 10}\n")  # fmt: skip
+    out = normlab.sweep(sweep, out=tmp_path / "s", execution=normlab.Execution(jobs=1))
+    assert list(out.claims["verdict"]) == ["not judged"] * 3
+    assert all("this folder has no" in d and "lr=0.05" in d for d in out.claims["detail"])
 
 
 def test_a_grid_needs_a_run_key_and_values():

@@ -13,8 +13,8 @@ The experiments' registry is handed in by the caller (the API), so the engine na
 contract an experiment implements is engine/experiment.py.
 """
 
-from .load import config_path, grid_sweep, load_config, load_sweep, sweep_path, SWEEP_ROOT
-from .plan import Plan, command_overrides, plan, plan_sweep
+from .load import config_path, load_config, load_sweep, sweep_path, SWEEP_ROOT
+from .plan import Plan, command_overrides, plan, plan_grid, plan_sweep
 from .run import CRASH_LOG, Outcome, crashes, finish, partial_folder, run_cells, run_experiment, run_sweep
 from .reproduce import Reproduction, reproduce
 
@@ -28,11 +28,11 @@ __all__ = [
     "config_path",
     "crashes",
     "finish",
-    "grid_sweep",
     "load_config",
     "load_sweep",
     "partial_folder",
     "plan",
+    "plan_grid",
     "plan_sweep",
     "reproduce",
     "run_cells",

@@ -67,28 +67,6 @@ def sweep_path(name_or_path: str) -> Path:
     return path
 
 
-def grid_sweep(experiment: str, axes: dict[str, list], registry: Registry) -> dict:
-    """An ad-hoc sweep (`normlab sweep EXPERIMENT --grid run.KEY=V1,V2`) as the sweep file it stands
-    for: the grid's keys as axes over the experiment's own config, with its seeds, and its smoke
-    block (seeds and overrides) for --smoke."""
-    if experiment not in registry:
-        raise C.ConfigError(f"{experiment!r} is not a known experiment; choose one of {', '.join(sorted(registry))}")
-    raw = C.read_yaml(registry[experiment].default_config)
-    smoke = dict(raw.get("smoke") or {})
-    return {
-        "sweep": f"{experiment}-grid",
-        "experiment": experiment,
-        "description": "grid from the command line: " + "; ".join(f"{k} in {v}" for k, v in axes.items()),
-        "axes": axes,
-        "seeds": raw.get("seeds", 3),
-        "seed_offset": raw.get("seed_offset", 0),
-        "smoke": {
-            **({"seeds": smoke.pop("seeds")} if "seeds" in smoke else {}),
-            **({"overrides": smoke} if smoke else {}),
-        },
-    }
-
-
 def load_sweep(
     path: Path | dict, registry: Registry, overrides: Optional[dict] = None, smoke: bool = False
 ) -> tuple[Experiment, ExperimentConfig, SweepConfig]:

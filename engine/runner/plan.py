@@ -19,7 +19,8 @@ from ..experiment import Experiment, Registry
 from ..results import default_run_dir, ensure_free, results_root
 from ..runs import RunTask
 from ..spec import ExperimentConfig
-from .load import config_path, grid_sweep, load_config, load_sweep, sweep_path
+from ..sweep import SweepConfig, expand
+from .load import config_path, load_config, load_sweep, sweep_path
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Plan:
     reach: dict[str, tuple[int, int]] = field(default_factory=dict)  # override key -> (runs reached, runs)
     notes: list[str] = field(default_factory=list)
     tasks: Optional[list[RunTask]] = None  # the first stage's runs; None: built from the config when first read
+    points: Optional[dict[str, "Plan"]] = None  # an ad-hoc grid: each grid point's own plan (folder/label)
 
     def __post_init__(self) -> None:
         if self.tasks is None:
@@ -112,12 +114,10 @@ def plan_sweep(
         if not key.startswith("run.") or not isinstance(values, list) or not values:
             raise ConfigError(f"expected run.KEY=V1,V2,... (a run config key and its values), got {key!r}", key="grid")
         axes[key[len("run.") :]] = values
-    if axes and str(name_or_path) in registry:  # an ad-hoc grid over an experiment's own config
-        source = grid_sweep(str(name_or_path), axes, registry)
-        overrides = {(f"overrides.{k}" if k.startswith("run.") else k): v for k, v in overrides.items()}
-    else:
-        source = sweep_path(str(name_or_path))
-        overrides.update({f"axes.{k}": v for k, v in axes.items()})
+    if axes and str(name_or_path) in registry:  # an ad-hoc grid over an experiment: every arm at every point
+        return plan_grid(registry, str(name_or_path), axes, overrides, seeds, smoke, out, execution)
+    source = sweep_path(str(name_or_path))
+    overrides.update({f"axes.{k}": v for k, v in axes.items()})
     raw = command_overrides(overrides, seeds, execution, "overrides.run.train.device")
     exp, cfg, spec = load_sweep(source, registry, raw, smoke)
     tasks = exp.tasks(cfg)
@@ -126,6 +126,55 @@ def plan_sweep(
     reach, notes = override_reach(exp, cfg, tasks, raw, load, prefix="overrides.run.", axes=tuple(spec.axes))
     folder = Path(out) if out else results_root() / "sweeps" / (spec.sweep + ("-smoke" if smoke else ""))
     return Plan(exp, cfg, folder, smoke, spec, reach, notes, tasks)
+
+
+def plan_grid(
+    registry: Registry,
+    experiment: str,
+    axes: dict[str, list],
+    overrides: dict[str, Any],
+    seeds: Optional[int],
+    smoke: bool,
+    out: Optional[str | Path],
+    execution: Execution,
+) -> Plan:
+    """An ad-hoc grid over an experiment (`normlab sweep EXP --grid run.KEY=V1,V2`): at every grid
+    point the experiment's whole config with that point's values, all its arms and seeds, into a
+    folder of its own (OUT/POINT), judged there as a run of the experiment is. A grid key that an arm
+    sets itself is refused, naming the arm: that arm would not run the grid's values."""
+    path = config_path(experiment, registry)
+    raw = command_overrides(overrides, seeds, execution, "run.train.device")
+    exp, cfg = load_config(path, registry, raw, smoke)
+    for key in axes:
+        setters = [arm for arm, ov in (cfg.arms or {}).items() if any(k == key or k.startswith(f"{key}.") for k in ov)]
+        if setters:
+            raise ConfigError(
+                f"run.{key}: arms.{setters[0]}.{key} sets it for arm {setters[0]}, which would not run the grid's "
+                f"values; grid over another key, or give a config of your own without that arm's setting",
+                key="grid",
+            )
+    folder = Path(out) if out else results_root() / "sweeps" / (f"{experiment}-grid" + ("-smoke" if smoke else ""))
+    points: dict[str, Plan] = {}
+    for label, values in expand(axes).items():
+        point = {**raw, **{f"run.{k}": v for k, v in values.items()}}
+        e, c = load_config(path, registry, point, smoke)
+        tasks = e.tasks(c)
+        check_devices(c, tasks, execution)
+        if not points:  # the user's overrides and the grid's keys reach runs (checked at the first point)
+            load = lambda r: load_config(path, registry, r, smoke)[1]  # noqa: E731
+            reach, notes = override_reach(e, c, tasks, point, load)
+        points[label] = Plan(e, c, folder / label, smoke, tasks=tasks)
+    spec = SweepConfig(
+        sweep=f"{experiment}-grid",
+        experiment=experiment,
+        description="grid from the command line, every arm at every point: "
+        + "; ".join(f"{k} in {v}" for k, v in axes.items()),
+        axes=axes,
+        seeds=cfg.seeds,
+        seed_offset=cfg.seed_offset,
+    )
+    tasks = [t for p in points.values() for t in p.tasks]
+    return Plan(exp, cfg, folder, smoke, spec, reach, notes, tasks, points)
 
 
 def check_devices(cfg: ExperimentConfig, tasks: list[RunTask], execution: Execution) -> None:

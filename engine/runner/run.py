@@ -135,7 +135,34 @@ def run_sweep(plan: Plan, execution: Execution = Execution()) -> Outcome:
             atomic_write_text(out / "sweep.previous.yaml", previous.read_text())
         atomic_write_text(previous, resolved)
         manifest = {"sweep": sweep.sweep, "wall_seconds_covers": "this invocation only"}
-        return run_cells(plan, out, execution, manifest)
+        if plan.points is None:
+            return run_cells(plan, out, execution, manifest)
+        # an ad-hoc grid: each point is a run folder of the experiment of its own (OUT/POINT, resumable)
+        done = {
+            label: run_cells(
+                p, p.folder, execution, {**manifest, "sweep": f"{sweep.sweep} {label}", "grid_point": label}
+            )
+            for label, p in plan.points.items()
+        }
+        return grid_outcome(out, done)
+
+
+def grid_outcome(folder: Path, points: dict[str, Outcome]) -> Outcome:
+    """An ad-hoc grid's outcome: every point's claim rows and runs, each marked with its point
+    (claim_id `B1-mlp @lr=0.1`, run_id `lr=0.1/mlp-s0`, arm `mlp @lr=0.1`); the files stay per point."""
+    claims = pd.concat(
+        [o.claims.assign(claim_id=o.claims["claim_id"] + f" @{label}") for label, o in points.items()],
+        ignore_index=True,
+    )
+    runs = pd.concat(
+        [o.runs.assign(run_id=f"{label}/" + o.runs["run_id"], arm=o.runs["arm"] + f" @{label}")
+         for label, o in points.items()],
+        ignore_index=True,
+    )  # fmt: skip
+    plots = [p for o in points.values() for p in o.plots]
+    return Outcome(
+        folder, claims, runs, plots, sum(o.ran for o in points.values()), sum(o.reused for o in points.values())
+    )
 
 
 def partial_folder(out: Path) -> Path:

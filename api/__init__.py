@@ -323,7 +323,12 @@ def report(
     from normlab.engine.report import write_report
 
     titles = {n: e.title for n, e in _registry().items()}
-    return write_report([Path(f) for f in folders], out, fmt, overwrite, list(_registry()), titles)
+    return write_report([Path(f) for f in folders], out, fmt, overwrite, list(_registry()), titles, _short_names())
+
+
+def _short_names() -> dict[str, str]:
+    """Each claim's (B1, K1, ...) short name, from the experiments that judge it."""
+    return {claim: name for e in _registry().values() for claim, name in e.short_names.items()}
 
 
 def _experiment_of(config: dict, folder):

@@ -33,6 +33,7 @@ class Experiment:
     name: str = ""
     title: str = ""
     claims: tuple[Claim, ...] = ()  # every claim the experiment judges, each defined once
+    short_names: dict[str, str] = {}  # claim (K3) -> a few words the report shows beside its id
     config_class: type[ExperimentConfig] = ExperimentConfig
 
     @property

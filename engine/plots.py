@@ -215,9 +215,9 @@ def glance_counts(claims: pd.DataFrame, kinds: tuple[str, ...] = ("measured", "e
     return table.fillna(0).astype(int)
 
 
-def claims_summary(claims: pd.DataFrame, path: Path) -> Path:
-    """Claims at a glance: one bar per claim (`glance_counts`), its rows coloured by verdict, the
-    measured claims solid and the exact checks hatched after them."""
+def claims_summary(claims: pd.DataFrame, path: Path, short_names: dict[str, str] | None = None) -> Path:
+    """Claims at a glance: one bar per claim (`glance_counts`), labelled with its id and short name,
+    its rows coloured by verdict, the measured claims solid and the exact checks hatched after them."""
     from matplotlib.patches import Patch
 
     counts = glance_counts(claims)
@@ -235,7 +235,9 @@ def claims_summary(claims: pd.DataFrame, path: Path) -> Path:
                     box = {"boxstyle": "round,pad=0.15", "fc": VERDICT_COLORS[v], "ec": "none"} if hatch else None
                     ax.text(left + k / 2, i, str(k), ha="center", va="center", fontsize=7, color="white", bbox=box)
                     left += k
-    ax.set_yticks(range(len(counts)), list(counts.index), fontsize=8)
+    names = short_names or {}
+    labels = [f"{fam}  {names[fam]}" if fam in names else fam for fam in counts.index]
+    ax.set_yticks(range(len(counts)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("evidence rows by verdict: measured claims solid, exact checks hatched", fontsize=8)
     ax.grid(False)

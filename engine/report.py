@@ -225,6 +225,7 @@ def write_report(
     overwrite: bool,
     experiments: list[str],
     titles: dict[str, str],
+    short_names: dict[str, str] | None = None,
 ) -> Path:
     """`normlab report`: its arguments checked (one clear error each), then `build_report`. OUT
     defaults to report.FMT here, or inside the one reproduce folder given; an existing report is
@@ -243,15 +244,22 @@ def write_report(
     # a reproduction's folder lists the experiments it lacks; an ad-hoc grid's (sweep.yaml beside its
     # points) is one experiment, complete
     reproduction = any(is_collection(p) and not (Path(p) / "sweep.yaml").is_file() for p in folders)
-    return build_report(folders, Path(out), fmt, expected=experiments if reproduction else None, titles=titles)
+    expected = experiments if reproduction else None
+    return build_report(folders, Path(out), fmt, expected=expected, titles=titles, short_names=short_names)
 
 
 def build_report(
-    folders: list[Path], out: Path, fmt: str, expected: list[str] | None = None, titles: dict[str, str] | None = None
+    folders: list[Path],
+    out: Path,
+    fmt: str,
+    expected: list[str] | None = None,
+    titles: dict[str, str] | None = None,
+    short_names: dict[str, str] | None = None,
 ) -> Path:
     """One Markdown or HTML report over run folders: summary, one section per experiment, and
     what was not reproduced. Depends only on the files, so it regenerates byte for byte.
-    `expected`: experiments a complete report has, in order; absent ones are listed as not run."""
+    `expected`: experiments a complete report has, in order; absent ones are listed as not run.
+    `short_names`: claim (B1, K1, ...) -> the short name the glance figure shows beside its id."""
     out = Path(out)
     items = [_load_folder(f) for f in expand_folders(folders, expected)]
     md: list[str] = ["# normlab report", ""]
@@ -260,7 +268,7 @@ def build_report(
         "normlab. Every verdict below is computed from the CSV files of the run folder named with it.",
         "",
     ]
-    md += _summary(items, out)
+    md += _summary(items, out, short_names or {})
     for it in items:
         md += _experiment_section(it, titles or {}, out)
     md += time_table(items)
@@ -281,10 +289,32 @@ def _rel(p: Path, out: Path) -> str:
     return os.path.relpath(p, out.parent).replace(os.sep, "/")
 
 
-def _summary(items: list[dict], out: Path) -> list[str]:
-    """Every claim row in one table, the figures over them (written beside `out`), the verdict counts
-    (each claim once), and which folders ran at smoke settings."""
-    md = ["## Summary", "", KIND_NOTE, "", SEEDS_NOTE, ""]
+def _summary(items: list[dict], out: Path, short_names: dict[str, str]) -> list[str]:
+    """The top of the report, in the order a reader wants it: the verdict counts (each claim once), the
+    places of what holds across the family of rows and of the chapter's coverage, the claims-at-a-glance
+    figure, which folders ran at smoke settings, then every claim row in one table and the forest of
+    their intervals (figures written beside `out`)."""
+    counted, repeated = counted_once(items)
+    md = ["## Summary", ""] + _counts(counted, repeated) + _family(items) + _coverage(items)
+    every = (
+        pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
+    )
+    figures = every is not None and "bound_low" in every
+    if figures:
+        from .plots import claims_forest, claims_summary
+
+        glance = claims_summary(
+            pd.concat(counted, ignore_index=True), out.parent / "claims_at_a_glance.png", short_names
+        )
+        md += [f"![claims at a glance]({_rel(glance, out)})", ""]
+    smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
+    if smoke:
+        md += [
+            f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
+            "the pipeline, not the claims.",
+            "",
+        ]
+    md += ["### Every claim row", "", KIND_NOTE, "", SEEDS_NOTE, ""]
     header = ("experiment", "claim", "kind", "verdict", "statistic", "value", "95% CI", "threshold", "n", "n to decide")
     rows = [
         [
@@ -303,41 +333,42 @@ def _summary(items: list[dict], out: Path) -> list[str]:
         for _, r in it["claims"].iterrows()
     ]
     md += markdown.table(header, rows)
-    counted, repeated = counted_once(items)
-    every = (
-        pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
-    )
-    if every is not None and "bound_low" in every:
-        from .plots import claims_forest, claims_summary
-
-        glance = claims_summary(pd.concat(counted, ignore_index=True), out.parent / "claims_at_a_glance.png")
+    if figures:
         forest = claims_forest(every, out.parent / "claims_forest.png")
-        md += ["", f"![claims at a glance]({_rel(glance, out)})"]
         md += ["", f"![every claim row]({_rel(forest, out)})"]
-    every_counted = pd.concat(counted, ignore_index=True) if items else pd.DataFrame(columns=["kind", "verdict"])
-    if "kind" not in every_counted:
-        every_counted = every_counted.assign(kind="measured")
+    return md + [""]
+
+
+def _counts(counted: list[pd.DataFrame], repeated: list[str]) -> list[str]:
+    """The headline: evidence rows by verdict, measured claims and exact checks, each claim once."""
+    every = pd.concat(counted, ignore_index=True) if counted else pd.DataFrame(columns=["kind", "verdict"])
+    if "kind" not in every:
+        every = every.assign(kind="measured")
+    md = []
     for kind, label in (("measured", "Measured claims"), ("exact", "Exact checks (identities and theory)")):
-        c = every_counted[every_counted["kind"] == kind]["verdict"].value_counts()
+        c = every[every["kind"] == kind]["verdict"].value_counts()
         md += [
-            "",
             f"{label}: " + ", ".join(f"{k} {c.get(k, 0)}" for k in VERDICT_ORDER if k in c or kind == "measured"),
+            "",
         ]
     if repeated:
         md += [
-            "",
             f"(each claim counted once: {', '.join(repeated)} are judged both by an experiment and by a sweep "
             "of it; the counts and the figure take the experiment's rows, the table shows both)",
-        ]
-    md += [""]
-    smoke = [it["config"].get("experiment", it["folder"].name) for it in items if it["manifest"].get("smoke")]
-    if smoke:
-        md += [
-            f"**Smoke settings** (a few steps, one or two seeds) in: {', '.join(smoke)}. Those verdicts test "
-            "the pipeline, not the claims.",
             "",
         ]
     return md
+
+
+def _family(items: list[dict]) -> list[str]:
+    """What the measured rows support as one family, adjusted for their number."""
+    return ["Across the family: each measured row is judged at 95% on its own; no adjustment for the number "
+            "of rows is made.", ""]  # fmt: skip
+
+
+def _coverage(items: list[dict]) -> list[str]:
+    """How many of the chapter's testable statements these rows test."""
+    return ["The chapter: which of its testable statements these rows test is not mapped here.", ""]
 
 
 def _experiment_section(it: dict, titles: dict[str, str], out: Path) -> list[str]:

@@ -336,6 +336,7 @@ def k10_step(s: Setting) -> Estimate:
 class AdaptiveGotchas(TableExperiment):
     name = "adaptive_gotchas"
     title = "K9, K10: Adagrad vs RMSprop decay, where epsilon sits, and Adam's batch-size dependence"
+    short_names = {"K9": "Adagrad vs RMSprop decay", "K10": "Adam's epsilon and batch size"}
     claims = (K9_ADAGRAD, K9_RMSPROP, K9_EPS, K10, K10_STEP)
     config_class = GotchasConfig
     estimators = {K9_ADAGRAD: k9_adagrad, K9_RMSPROP: k9_rmsprop, K9_EPS: k9_eps, K10: k10, K10_STEP: k10_step}

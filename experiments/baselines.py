@@ -121,6 +121,7 @@ def b1(s: Setting, arm: str) -> Estimate | None:
 class Baselines(Experiment):
     name = "baselines"
     title = "Baselines: MNIST-1D test accuracy against the published figures"
+    short_names = {"B1": "published MNIST-1D accuracies"}
     claims = (B1_LOGISTIC, B1_MLP, B1_CNN)
     config_class = BaselinesConfig
 

@@ -284,6 +284,7 @@ class PlacementSetting(Setting):
 class BNPlacement(Experiment):
     name = "bn_placement"
     title = "K2: batch norm before vs after the activation"
+    short_names = {"K2": "BN before vs after the activation"}
     claims = CLAIMS
     config_class = PlacementConfig
 

@@ -482,6 +482,7 @@ ESTIMATORS[K8_HESSIAN] = k8_hessian
 class Curvature(Experiment):
     name = "curvature"
     title = "K8: outlier eigenvalues of a layer's curvature, and what centering, BN and the knockout do to them"
+    short_names = {"K8": "curvature outliers and centering"}
     claims = CLAIMS
     config_class = CurvatureExperimentConfig
     estimators = ESTIMATORS

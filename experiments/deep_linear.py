@@ -387,6 +387,7 @@ def k15_starts(s: FitsSetting) -> Estimate:
 class DeepLinear(TableExperiment):
     name = "deep_linear"
     title = "K15: L2 on a deep (diagonal) linear network as a sparsifying L_{2/K} penalty on the product"
+    short_names = {"K15": "L2 on a deep linear network"}
     claims = (K15_SPARSE, K15_SPARSE_DEEP, K15_BALANCE, K15_CLOSED_FORM, K15_STARTS)
     estimators = {
         K15_SPARSE: k15_sparse,

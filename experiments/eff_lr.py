@@ -433,6 +433,7 @@ def k13(s: EffLRSetting) -> Estimate:
 class EffLR(Experiment):
     name = "eff_lr"
     title = "K3: batch norm's implicit learning-rate decay (and K13: weight norm, layer norm)"
+    short_names = {"K3": "BN's implicit learning-rate decay", "K13": "weight norm and layer norm"}
     claims = (K3_THEORY, K3_EULER, K3_GROWTH, K3_EQ19, K3_SLOPE, K3_ADAM, K3_SPREAD, K3_RENORM, K13)
     config_class = EffLRConfig
     estimators = {

@@ -260,6 +260,7 @@ def lr_range(s: Setting) -> Estimate:
 class ExpLR(TableExperiment):
     name = "exp_lr"
     title = "K14: weight decay on a scale-invariant network equals an exponentially growing learning rate"
+    short_names = {"K14": "decay as a growing learning rate"}
     claims = (K14, K14_MOMENTUM, K14_RANGE)
     estimators = {K14: partial(twin_gap, plain=True), K14_MOMENTUM: partial(twin_gap, plain=False), K14_RANGE: lr_range}
     config_class = ExpLRConfig

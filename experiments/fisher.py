@@ -403,6 +403,7 @@ def k12_near_at_n(s: FlowSetting) -> Estimate:
 class Fisher(TableExperiment):
     name = "fisher"
     title = "K12: the empirical Fisher's flow against gradient descent and the natural gradient on least squares"
+    short_names = {"K12": "the empirical Fisher's flow"}
     claims = (K12_REACH, K12_DEVIATE, K12_NEAR, K12_NEAR_AT_N)
     config_class = FisherConfig
 

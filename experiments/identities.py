@@ -215,6 +215,7 @@ def max_error(s: Setting, check: str, eps: str) -> Estimate:
 class Identities(TableExperiment):
     name = "identities"
     title = "K6, K7: scale invariance and the batch-centering gradient identity, as exact checks"
+    short_names = {"K6": "scale-invariance identities", "K7": "the batch-centering gradient"}
     claims = (K6_ORTH, K6_SCALE, K6_EPS, K7, K7_GRAD)
     estimators = {
         K6_ORTH: partial(max_error, check="orth", eps="exact"),

@@ -542,6 +542,7 @@ def k16_kfacnorm(s: KFACSetting) -> Estimate:
 class KFACExperiment(Experiment):
     name = "kfac"
     title = "K16: weight decay under K-FAC: implicit decay, damping, Jacobian norm"
+    short_names = {"K16": "weight decay under K-FAC"}
     claims = CLAIMS
     config_class = KFACExperimentConfig
     estimators = {

@@ -286,6 +286,7 @@ class KnockoutSetting(Setting):
 class Knockout(Experiment):
     name = "knockout"
     title = "K1: the knockout of internal covariate shift (Santurkar et al. 2018)"
+    short_names = {"K1": "BN with the covariate shift put back"}
     claims = CLAIMS
     config_class = KnockoutConfig
 

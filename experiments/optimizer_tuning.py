@@ -456,6 +456,7 @@ def k11(s: TuningSetting, workload: str, graft: str) -> Estimate | None:
 class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
     title = "K5, K11: SGD vs Adam under a narrow and a careful tuning protocol, and Adam#SGD grafting"
+    short_names = {"K5": "SGD vs Adam, tuned with care", "K11": "grafting Adam#SGD"}
     claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK, K11_MLP, K11_CNN, K11_MLP_REVERSE, K11_CNN_REVERSE)
     config_class = TuningConfig
 

@@ -369,6 +369,7 @@ def k4_time(s: WDSetting) -> Estimate:
 class WDFixedPoint(Experiment):
     name = "wd_fixed_point"
     title = "K4: the weight-decay fixed point of the effective learning rate"
+    short_names = {"K4": "the weight-decay fixed point"}
     claims = (K4_THEORY, K4_NORM, K4_STEP, K4_PAIRS, K4_TIME)
     config_class = WDConfig
     estimators = {K4_THEORY: k4_theory, K4_NORM: k4_norm, K4_STEP: k4_step, K4_PAIRS: k4_pairs, K4_TIME: k4_time}

@@ -179,3 +179,19 @@ def test_report_counts_each_claim_once_and_exact_checks_apart(tmp_path):
     assert "Exact checks (identities and theory): supported 1" in md
     assert "each claim counted once: K1, K1-theory" in md
     assert "| sweep exp | K1 |" in md  # the table still shows the sweep's row
+
+
+def test_the_report_opens_on_the_counts_and_the_glance_figure_before_the_table():
+    """A reader meets the headline first: the counts, the places of the family's adjustment and the
+    chapter's coverage, the glance figure (each claim with its short name), and only then the table."""
+    md = (ROOT / "results" / "reference" / "report.md").read_text()
+    top = md.index("## Summary")
+    marks = ("Measured claims: supported", "Across the family:", "The chapter:", "![claims at a glance]",
+             "### Every claim row", "| experiment | claim |")  # fmt: skip
+    order = [md.index(s, top) for s in marks]
+    assert order == sorted(order)
+    assert md.index("| experiment | claim |") > md.index("![claims at a glance]")
+    from normlab.experiments import REGISTRY
+
+    short = {c: n for e in REGISTRY.values() for c, n in e.short_names.items()}
+    assert set(short) == {"B1"} | {f"K{i}" for i in range(1, 17)}  # every claim has its short name

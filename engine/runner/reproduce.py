@@ -82,8 +82,9 @@ def reproduce(
             if not reused[name]:
                 run_experiment(plans[name], execution.with_callbacks(**callbacks))
     titles = {n: e.title for n, e in registry.items()}
+    short = {claim: name for e in registry.values() for claim, name in e.short_names.items()}
     reports = [  # exactly what `normlab report ROOT --format FMT` writes
-        build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles)
+        build_report([root], root / f"report.{fmt}", fmt, expected=list(registry), titles=titles, short_names=short)
         for fmt in ("md", "html")
     ]
     crashed = {n: crashes(read_runs(root / n)) for n in names if (root / n / "runs.csv").is_file()}

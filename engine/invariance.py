@@ -49,6 +49,7 @@ class Invariance:
 class Scaled:
     degree: int
     offset: bool = False  # plus a per-channel constant that c does not scale
+    columns: bool = False  # a transposed weight matrix: its units (rows) are now columns
 
 
 def _scaled(degree: int, offset: bool = False):
@@ -84,20 +85,82 @@ _DIV = {operator.truediv, operator.itruediv, torch.div}
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module, torch.nn.Parameter]]:
-    """(name, module, weight) for every layer whose weight has units: each module's own `weight`
-    of two or more dimensions (Linear, convolutions, custom layers), and a multi-head attention's
-    input projection (its `in_proj_weight`, under the attention module's name). Embeddings and
-    transposed convolutions (no incoming-weight rows) are left out."""
-    out = []
+    """(name, module, tensor) for every matrix whose rows are units, each tensor once (a tied weight
+    under its first name): each module's own `weight` of two or more dimensions (Linear,
+    convolutions, custom layers) under the module's name; a multi-head attention's input projection
+    (its `in_proj_weight`) under the attention's name; a parametrized weight (torch.nn.utils.
+    parametrize, weight_norm's) under the module's name, measured on the tensor the optimizer steps
+    (weight norm's direction v); and a bare matrix parameter (`self.W = nn.Parameter(...)`, used as
+    `x @ W.t()`) under its own path, MODULE.NAME. Embeddings and transposed convolutions (no
+    incoming-weight rows) are left out; `parameter_kinds` accounts for them."""
+    out, seen = [], set()
+
+    def add(name: str, mod: nn.Module, w: Any) -> None:
+        if isinstance(w, nn.Parameter) and w.ndim >= 2 and id(w) not in seen:
+            seen.add(id(w))
+            out.append((name, mod, w))
+
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvTransposeNd)):
+            continue  # no rows of units (a tied output layer is measured under its own name)
+        if _parametrized(mod):
+            add(name or "model", mod, parametrized_tensor(mod))
             continue
+        if ".parametrizations." in f".{name}.":
+            continue  # the parametrization's own tensors: measured under the module they parametrize
         w = mod._parameters.get("weight")
         if w is None and isinstance(mod, nn.MultiheadAttention):
             w = mod._parameters.get("in_proj_weight")
-        if isinstance(w, nn.Parameter) and w.ndim >= 2:
-            out.append((name or "model", mod, w))
+        add(name or "model", mod, w)
+        for pname, p in mod._parameters.items():
+            if p is not w and pname not in ("in_proj_weight",) and not isinstance(mod, _LINEAR_MODULES):
+                add(f"{name}.{pname}" if name else pname, mod, p)  # a bare matrix: units are its rows
     return out
+
+
+def _parametrized(mod: nn.Module) -> bool:
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(mod, "weight")
+
+
+def parametrized_tensor(mod: nn.Module) -> Optional[nn.Parameter]:
+    """The tensor the optimizer steps behind a parametrized weight: weight norm's direction v
+    (original1; original0 is its gain g), or the single `original` of any other parametrization."""
+    p = mod.parametrizations.weight
+    return getattr(p, "original1", None) if hasattr(p, "original1") else getattr(p, "original", None)
+
+
+def constructed_invariance(model: nn.Module) -> dict[str, Invariance]:
+    """Layers invariant by construction: a weight-normalized one (w = g v / ||v|| per output unit,
+    torch.nn.utils.parametrizations.weight_norm over dim 0) in its direction v, whatever follows it."""
+    out = {}
+    for name, mod in model.named_modules():
+        if _parametrized(mod):
+            kinds = [type(p).__name__ for p in mod.parametrizations.weight]
+            dim = getattr(mod.parametrizations.weight[0], "dim", None)
+            if kinds == ["_WeightNorm"] and dim in (0, None):
+                out[name or "model"] = Invariance(
+                    UNIT, "parametrization", "weight norm: w = g v/||v|| per output unit, so each unit's scale of "
+                    "v (the tensor the optimizer steps) never reaches the loss"
+                )  # fmt: skip
+    return out
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The user's own module inside torch.compile's OptimizedModule (`_orig_mod`) and DataParallel or
+    DistributedDataParallel (`module`), and the wrappers' names, outermost first: layers are named
+    as the user's model names them, and the graph is traced on it."""
+    wrappers = []
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            wrappers.append(type(model).__name__)
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            wrappers.append(type(model).__name__)
+            model = model.module
+        else:
+            return model, wrappers
 
 
 class _Tracer(fx.Tracer):
@@ -251,6 +314,10 @@ class _Propagation:
             return self._binary(node, args[0], args[1], "div")
         if fn in (operator.neg, torch.neg):
             return self._get(args[0])
+        if fn in (operator.matmul, torch.matmul, torch.mm):
+            return self._matmul(node, args[0], args[1])
+        if fn is torch.t or (fn is getattr and len(args) > 1 and args[1] in ("T", "mT")):
+            return self._transposed(self._get(args[0]))
         if fn in (F.linear, F.conv1d, F.conv2d, F.conv3d):
             x, w = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
             b = args[2] if len(args) > 2 else kwargs.get("bias")
@@ -279,7 +346,29 @@ class _Propagation:
             return s
         return self._mixed(node)
 
+    def _transposed(self, s: Any) -> Any:
+        """A matrix transposed: a weight's units (rows) become its columns, and back."""
+        return Scaled(s.degree, s.offset, not s.columns) if isinstance(s, Scaled) and not s.offset else s
+
+    def _matmul(self, node: fx.Node, a: Any, b: Any) -> Any:
+        """x @ W.t() (a bare weight matrix): each output channel is a unit's row of W, so it scales as
+        the unit does; the whole product scales with the whole matrix either way round."""
+        sa, sb = self._get(a), self._get(b)
+        if isinstance(sa, Scaled) and isinstance(sb, Scaled):
+            return _scaled(sa.degree + sb.degree) if self.kind == LAYER and not (sa.offset or sb.offset) else \
+                self._mixed(node)  # fmt: skip
+        s = sb if isinstance(sb, Scaled) else sa
+        if s.offset:
+            return self._mixed(node)
+        if self.kind == LAYER or (s is sb and s.columns):
+            return Scaled(s.degree)
+        return self._mixed(node)
+
     def _method(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        if name in ("t", "t_") or (name in ("transpose", "swapaxes") and set(args[1:3]) in ({0, 1}, {-1, -2})):
+            return self._transposed(self._get(args[0]))
+        if name == "matmul":
+            return self._matmul(node, args[0], args[1])
         if name in ("add", "add_", "sub", "sub_"):
             return self._binary(node, args[0], args[1], "add")
         if name in ("mul", "mul_"):
@@ -310,10 +399,13 @@ def graph_invariance(model: nn.Module, graph: Optional[fx.Graph] = None) -> dict
     the graph does not show is left out."""
     graph = graph if graph is not None else trace(model)
     modules = dict(model.named_modules())
+    names = {id(m): n for n, m in model.named_modules()}
     out = {}
     for name, mod, w in weight_layers(model):
-        mname = "" if name == "model" else name
-        pname = "weight" if mod._parameters.get("weight") is w else "in_proj_weight"
+        pname = next((k for k, v in mod._parameters.items() if v is w), None)
+        if pname is None:
+            continue  # a parametrized weight: decided by construction or by rescaling
+        mname = names[id(mod)]
         verdicts = {}
         for kind in (UNIT, LAYER):
             prop = _Propagation(graph, modules, mname, pname, kind)

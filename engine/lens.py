@@ -48,7 +48,17 @@ import torch.nn as nn
 from .errors import ConfigError
 from .files import atomic_write_text
 from .instruments import directions, summarize, turned, wd_equilibrium_angle, weight_metrics
-from .invariance import LAYER, UNIT, Invariance, graph_invariance, rescale_invariance, trace, weight_layers
+from .invariance import (
+    LAYER,
+    UNIT,
+    Invariance,
+    constructed_invariance,
+    graph_invariance,
+    rescale_invariance,
+    trace,
+    unwrap,
+    weight_layers,
+)
 
 STATS = ["mean", "median", "q10", "q90"]
 COLUMNS = ["step", "layer", "metric", "stat", "value"]
@@ -82,7 +92,11 @@ class Lens:
         self.out = Path(out)
         if (self.out / CSV_NAME).exists() and not overwrite:
             raise ConfigError(f"out: {self.out / CSV_NAME} exists; pass another out= or overwrite=True to replace it")
-        self.model, self.optimizer, self.every = model, optimizer, every
+        # the user's own module inside torch.compile / DDP: layers named as the user names them
+        self._outer = model
+        self.model, self.wrappers = unwrap(model)
+        model = self.model
+        self.optimizer, self.every = optimizer, every
         self.layers = weight_layers(model)
         if not self.layers:
             raise ConfigError("model: it has no weight layer (no Linear, convolution or attention weights) to measure")
@@ -91,16 +105,21 @@ class Lens:
         if not self.layers:
             raise ConfigError("optimizer: it updates none of the model's weight layers; attach the optimizer "
                               "that trains this model")  # fmt: skip
+        # every name a tensor has (a tied weight has several), the one a layer is measured under first
+        self._names: dict[int, list[str]] = {}
+        for pname, p in model.named_parameters(remove_duplicate=False):
+            self._names.setdefault(id(p), []).append(pname)
         self.invariance: dict[str, Invariance] = {}
         self.trace_error = ""
         try:
             self.invariance = graph_invariance(model, trace(model))
         except Exception as exc:  # data-dependent control flow and the like: test on a real batch instead
             self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        self.invariance.update(constructed_invariance(model))  # weight norm: invariant in v by construction
         self._batch: Optional[tuple[tuple, dict]] = None
         self._capture = None
-        if any(n not in self.invariance for n, _, _ in self.layers):
-            self._capture = model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
+        if any(n not in self.invariance for n, _, _ in self.layers):  # the batch the wrapper (if any) is called on
+            self._capture = self._outer.register_forward_pre_hook(self._keep_batch, with_kwargs=True)
         self.step = 0  # optimizer steps seen
         self.probes = 0
         self._probing = False
@@ -273,6 +292,30 @@ class Lens:
             out["agrees"] = not worst <= COS_TOLERANCE / 10  # a non-invariant layer whose cos stays tiny: say so
         return out
 
+    def _own_name(self, layer: str, p: torch.Tensor) -> str:
+        """The tensor's name under the layer it is measured as (a tied weight has others too)."""
+        names = self._names.get(id(p), [layer])
+        return next((n for n in names if n.rpartition(".")[0] == layer or n == layer), names[0])
+
+    def parameters(self) -> dict[str, Any]:
+        """Every tensor the optimizer steps, accounted for: measured as a layer above, or counted by kind
+        (bias, a normalizer's gain or shift, an embedding, weight norm's gain g, another parameter),
+        with their names, so that nothing the optimizer steps is missing without a word."""
+        measured = {id(p) for _, _, p in self.layers}
+        owner = {id(p): m for _, m in self.model.named_modules() for p in m._parameters.values() if p is not None}
+        stepped = list({id(p): p for g in self.optimizer.param_groups for p in g["params"]}.values())
+        by_kind: dict[str, list[str]] = {}
+        for p in stepped:
+            if id(p) in measured:
+                continue
+            name = self._names.get(id(p), ["(a tensor not in the model)"])[0]
+            by_kind.setdefault(_kind_of(name, p, owner.get(id(p))), []).append(name)
+        return {
+            "stepped": len(stepped),
+            "measured": sum(1 for p in stepped if id(p) in measured),
+            "by_kind": {k: {"count": len(v), "names": v} for k, v in sorted(by_kind.items())},
+        }
+
     def manifest(self) -> dict[str, Any]:
         groups = self._group_of()
         layers = []
@@ -281,6 +324,8 @@ class Lens:
             g = groups[id(p)]
             layers.append({
                 "layer": name, "module": type(mod).__name__, "shape": list(p.shape),
+                "tensor": self._own_name(name, p), "shared_with": [n for n in self._names[id(p)]
+                                                                    if n != self._own_name(name, p)],
                 "scale_invariant": (1 if inv.kind else 0) if inv else None,
                 "invariance": inv.kind if inv else None, "found_by": inv.source if inv else None,
                 "reason": inv.reason if inv else "not determined (no forward pass seen before the first probe)",
@@ -294,6 +339,8 @@ class Lens:
             "probes": self.probes,
             "optimizer": type(self.optimizer).__name__,
             "model": type(self.model).__name__,
+            "wrappers": self.wrappers,
+            "parameters": self.parameters(),
             "device": str(next(iter(self.model.parameters())).device),
             "traced": not self.trace_error,
             "trace_error": self.trace_error,
@@ -338,6 +385,24 @@ def _adam_eps_share(state: dict, group: dict) -> Optional[torch.Tensor]:
     t = float(state["step"])
     v_hat = v / (1.0 - group["betas"][1] ** t)
     return (v_hat.sqrt() <= group["eps"]).double().mean()
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _kind_of(name: str, p: torch.Tensor, owner: Optional[nn.Module]) -> str:
+    """What a stepped tensor that is not measured as a layer is, for the accounting in lens.json."""
+    if ".parametrizations.weight.original0" in f".{name}":
+        return "weight-norm gain g"
+    if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding"
+    if isinstance(owner, _NORMS) or (owner is not None and type(owner).__name__.lower().endswith("norm")):
+        return "normalizer gain or shift"
+    if name.rsplit(".", 1)[-1] in ("bias", "in_proj_bias"):
+        return "bias"
+    if p.ndim <= 1:
+        return "vector or scalar parameter"
+    return "other matrix (no rows of units)"
 
 
 def _plain(v: Any) -> Any:

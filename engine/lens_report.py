@@ -275,6 +275,17 @@ def _table(rows: list[dict]) -> list[str]:
     return markdown.table([cell(c) for c in cols], [[cell(r.get(c, "")) for c in cols] for r in rows])
 
 
+def _parameter_lines(params: dict | None) -> list[str]:
+    """Every tensor the optimizer steps: those measured as layers, and the rest counted by kind."""
+    if not params:
+        return []
+    rest = "; ".join(f"{kind} {v['count']} ({', '.join(f'`{n}`' for n in v['names'][:4])}"
+                     f"{', ...' if v['count'] > 4 else ''})" for kind, v in params["by_kind"].items())  # fmt: skip
+    return ["", "## Parameters", "",
+            f"The optimizer steps {params['stepped']} tensors: {params['measured']} measured above as layers"
+            + (f"; the rest by kind: {rest}." if rest else ".")]  # fmt: skip
+
+
 def write_report(folder: Path, out: Path | None = None, overwrite: bool = False) -> list[Path]:
     table, manifest = L.read(folder)
     out = out or folder
@@ -315,7 +326,13 @@ def write_report(folder: Path, out: Path | None = None, overwrite: bool = False)
         })  # fmt: skip
     md += _table([{k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in r.items()} for r in rows])
     md += ["", "Last probe's medians over units. Why each layer is or is not scale invariant:", ""]
-    md += [f"- `{e['layer']}`: {e['reason']}" for e in manifest.get("layers", [])]
+    md += [f"- `{e['layer']}` ({e.get('tensor', e['layer'])}; decided by {e['found_by'] or 'nothing yet'}): "
+           f"{e['reason']}" + (f"; the same tensor as {', '.join(e['shared_with'])}, reported once here"
+                               if e.get("shared_with") else "") for e in manifest.get("layers", [])]  # fmt: skip
+    if manifest.get("wrappers"):
+        md += ["", f"The model was wrapped ({' in '.join(manifest['wrappers'])}): layers are named as the module "
+               "inside names them, and its graph was read there."]  # fmt: skip
+    md += _parameter_lines(manifest.get("parameters"))
     md += ["", "## Figure", "", f"![lens]({fig_path.name})", "",
            "Metrics, stats and their definitions: docs/lens.md; every number here is in lens.csv "
            "(step, layer, metric, stat, value)."]  # fmt: skip

@@ -507,3 +507,76 @@ def test_on_cuda_the_loop_is_bit_identical_and_the_numbers_match_the_cpu(tmp_pat
     gpu, cpu = (pd.read_csv(tmp_path / d / "lens.csv", dtype={"layer": str}) for d in ("gpu", "cpu"))
     assert gpu[["step", "layer", "metric", "stat"]].equals(cpu[["step", "layer", "metric", "stat"]])
     assert np.allclose(gpu["value"], cpu["value"], rtol=1e-3, atol=1e-6)
+
+
+# -- every weight the optimizer steps: bare matrices, parametrizations, tied weights, wrappers -------
+class BareBN(nn.Module):
+    """The textbook invariant case with no Linear module: a bare matrix feeding batch norm, a weight-
+    normalized layer (torch's current API), and an output layer tied to an embedding (as nanoGPT ties
+    lm_head to wte), which also steps a bias, BN's gain and shift and weight norm's gain g."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(32, 8) / 8**0.5)
+        self.bn = nn.BatchNorm1d(32)
+        self.wn = nn.utils.parametrizations.weight_norm(nn.Linear(32, 16))
+        self.emb = nn.Embedding(3, 16)
+        self.head = nn.Linear(16, 3, bias=False)
+        self.head.weight = self.emb.weight  # tied: one tensor, two names
+
+    def forward(self, x):
+        h = torch.relu(self.bn(x @ self.W.t()))
+        return self.head(torch.relu(self.wn(h)))
+
+
+def _stepped(model, opt) -> int:
+    return len({id(p) for g in opt.param_groups for p in g["params"]})
+
+
+@pytest.mark.parametrize("wrap", ["none", "compile", "ddp"])
+def test_every_weight_the_optimizer_steps_appears_with_its_verdict_or_is_accounted_for(wrap, tmp_path):
+    torch.manual_seed(0)
+    inner = BareBN()
+    model = inner
+    if wrap == "compile":
+        model = torch.compile(inner, backend="eager")  # the layer names gain `_orig_mod.` and tracing fails
+    elif wrap == "ddp":
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        model = nn.parallel.DistributedDataParallel(inner)
+    try:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lens = normlab.lens.attach(model, opt, every=1, out=tmp_path / "run")
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        lens.close()
+    finally:
+        if wrap == "ddp":
+            torch.distributed.destroy_process_group()
+    manifest = json.loads((tmp_path / "run" / "lens.json").read_text())
+    layers = {e["layer"]: e for e in manifest["layers"]}
+    assert set(layers) == {"W", "wn", "head"}  # named as the user's model names them, each tensor once
+    assert layers["W"]["invariance"] == "unit" and layers["W"]["numeric_check"]["agrees"] is True
+    assert layers["W"]["found_by"] == "graph"  # the user's module is traced, wrapped or not (no fallback)
+    assert layers["wn"]["invariance"] == "unit" and layers["wn"]["found_by"] == "parametrization"
+    assert layers["wn"]["tensor"] == "wn.parametrizations.weight.original1"  # measured on v, the stepped tensor
+    assert layers["wn"]["numeric_check"]["agrees"] is True  # cos(v, grad v) is 0: invariant by construction
+    assert layers["head"]["invariance"] is None and layers["head"]["shared_with"] == ["emb.weight"]
+    assert manifest["wrappers"] == {"none": [], "compile": ["OptimizedModule"],
+                                    "ddp": ["DistributedDataParallel"]}[wrap]  # fmt: skip
+    params = manifest["parameters"]
+    counted = params["measured"] + sum(v["count"] for v in params["by_kind"].values())
+    assert params["stepped"] == _stepped(model, opt) == counted  # nothing stepped is missing without a word
+    assert {k: v["count"] for k, v in params["by_kind"].items()} == {
+        "bias": 1, "normalizer gain or shift": 2, "weight-norm gain g": 1}  # fmt: skip
+    table, _ = normlab.lens.read(tmp_path / "run")
+    assert {"W", "wn", "head"} == set(table["layer"])
+    normlab.lens.report(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "the same tensor as emb.weight, reported once" in md and "The optimizer steps 7 tensors: 3 measured" in md

@@ -311,21 +311,26 @@ def write_report(folder: Path, out: Path | None = None, overwrite: bool = False)
         md += ["", f"### {f['title']}", "", f["text"], ""] + _table(f["rows"])
     md += ["", "## Layers", ""]
     last = {m: _last(table, m, s) for m, s in ((L.WEIGHT_NORM_SQ, "median"), (L.EFF_LR, "median"),
-                                                 (L.ANGULAR_UPDATE, "median"), (L.GRAD_COS, "median"))}  # fmt: skip
+                                                 (L.ANGULAR_UPDATE, "median"), (L.GRAD_COS, "median"),
+                                                 (L.ADAM_EPS_SHARE, "value"))}  # fmt: skip
     rows = []
     for e in manifest.get("layers", []):
         n = e["layer"]
-        rows.append({
+        row = {
             "layer": n, "module": e["module"], "shape": "x".join(map(str, e["shape"])),
             "scale invariant": {"unit": "per unit", "layer": "whole matrix", None: "no"}[e["invariance"]]
             if e["scale_invariant"] is not None else "?",
             "found by": e["found_by"] or "-",
             "max median abs cos(w, g)": e["numeric_check"]["max_median_abs_cos"],
-            "||w||^2": last[L.WEIGHT_NORM_SQ].get(n), "eff_lr": last[L.EFF_LR].get(n),
-            "angle": last[L.ANGULAR_UPDATE].get(n),
-        })  # fmt: skip
+            "||w||^2": last[L.WEIGHT_NORM_SQ].get(n), "angle": last[L.ANGULAR_UPDATE].get(n),
+            # what each optimizer family has: alpha/||w||^2 for SGD's invariant layers, epsilon's share for Adam's
+            "eff_lr": last[L.EFF_LR].get(n), "eps share": last[L.ADAM_EPS_SHARE].get(n),
+        }  # fmt: skip
+        rows.append({k: v for k, v in row.items() if v is not None or k not in ("eff_lr", "eps share")})
     md += _table([{k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in r.items()} for r in rows])
-    md += ["", "Last probe's medians over units. Why each layer is or is not scale invariant:", ""]
+    md += ["", "Last probe's medians over units (eff_lr: alpha / ||w||^2, for SGD's scale-invariant layers; eps "
+           "share: the share of entries whose epsilon is at least sqrt(v_hat), for Adam's). Why each layer is or is "
+           "not scale invariant:", ""]  # fmt: skip
     md += [f"- `{e['layer']}` ({e.get('tensor', e['layer'])}; decided by {e['found_by'] or 'nothing yet'}): "
            f"{e['reason']}" + (f"; the same tensor as {', '.join(e['shared_with'])}, reported once here"
                                if e.get("shared_with") else "") for e in manifest.get("layers", [])]  # fmt: skip

@@ -580,3 +580,19 @@ def test_every_weight_the_optimizer_steps_appears_with_its_verdict_or_is_account
     normlab.lens.report(tmp_path / "run")
     md = (tmp_path / "run" / "report.md").read_text()
     assert "the same tensor as emb.weight, reported once" in md and "The optimizer steps 7 tensors: 3 measured" in md
+
+
+def test_the_layer_table_shows_what_each_optimizer_family_measures(tmp_path):
+    """AdamW has no alpha/||w||^2: its table leaves eff_lr out (no column of None) and shows epsilon's
+    share instead; SGD's shows eff_lr for its invariant layers."""
+    _train(_dropout_bn_mlp, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3), 4, tmp_path / "adamw")
+    _train(_dropout_bn_mlp, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), 4, tmp_path / "sgd")
+    heads = {}
+    for name in ("adamw", "sgd"):
+        normlab.lens.report(tmp_path / name)
+        md = (tmp_path / name / "report.md").read_text()
+        table = md[md.index("## Layers") :].splitlines()
+        heads[name] = next(line for line in table if line.startswith("| layer"))
+        assert "None" not in "\n".join(line for line in table if line.startswith("| "))
+    assert "eps share" in heads["adamw"] and "eff_lr" not in heads["adamw"]
+    assert "eff_lr" in heads["sgd"] and "eps share" not in heads["sgd"]

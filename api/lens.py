@@ -22,15 +22,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from normlab.engine.lens import METRICS, Lens, read
+from normlab.engine.lens import METRICS, Lens, TensorBoardProbes, read, tidy
 
-__all__ = ["Lens", "METRICS", "attach", "flags", "read", "report"]
+__all__ = ["Lens", "METRICS", "TensorBoardProbes", "attach", "flags", "read", "report", "table", "tensorboard"]
 
 
-def attach(model, optimizer, every: int = 50, out: str | Path = "lens-run", overwrite: bool = False) -> Lens:
+def attach(
+    model, optimizer, every: int = 50, out: str | Path = "lens-run", overwrite: bool = False, on_probe=None
+) -> Lens:
     """Hook `optimizer.step` (its step pre- and post-hooks) to measure `model` every `every` steps
-    into `out`/lens.csv. Refuses a folder that already holds a lens.csv unless `overwrite`."""
-    return Lens(model, optimizer, every=every, out=out, overwrite=overwrite)
+    into `out`/lens.csv. Refuses a folder that already holds a lens.csv unless `overwrite`.
+    `on_probe(rows)` receives each probe's rows as they are measured (dicts of step, layer, metric,
+    stat, value): send them to your tracker, e.g. `on_probe=normlab.lens.tensorboard("runs/lens")`."""
+    return Lens(model, optimizer, every=every, out=out, overwrite=overwrite, on_probe=on_probe)
+
+
+def tensorboard(log_dir: str | Path) -> TensorBoardProbes:
+    """An `on_probe` for `attach` that writes every probe to TensorBoard (LAYER/METRIC/STAT scalars)."""
+    return TensorBoardProbes(log_dir)
+
+
+def table(folder: str | Path):
+    """A lens folder as one tidy pandas table (lens.csv's rows with each layer's module and verdict);
+    `lens.table()` gives the same from a lens still attached."""
+    return tidy(Path(folder))
 
 
 def report(folder: str | Path, out: Optional[str | Path] = None, overwrite: bool = False) -> list[Path]:

@@ -40,7 +40,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -82,13 +82,17 @@ class Lens:
     """Attached to one model and its optimizer until `close()` (or the end of a `with` block)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, every: int = 50,
-                 out: str | Path = "lens-run", overwrite: bool = False):  # fmt: skip
+                 out: str | Path = "lens-run", overwrite: bool = False,
+                 on_probe: Optional[Callable[[list[dict]], Any]] = None):  # fmt: skip
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every: expected a whole number of steps >= 1, got {every!r}")
+        if on_probe is not None and not callable(on_probe):
+            raise ConfigError(f"on_probe: expected a function of one probe's rows, got {type(on_probe).__name__}")
+        self.on_probe = on_probe  # each probe's rows as they are measured (a tracker: W&B, MLflow, TensorBoard)
         self.out = Path(out)
         if (self.out / CSV_NAME).exists() and not overwrite:
             raise ConfigError(f"out: {self.out / CSV_NAME} exists; pass another out= or overwrite=True to replace it")
@@ -135,6 +139,7 @@ class Lens:
         self._writer = csv.writer(self._file)
         self._writer.writerow(COLUMNS)
         self._pending: list[tuple[int, list, list]] = []
+        self._last_rows: list[dict] = []
         self._flushed_at = time.monotonic()
         atexit.register(self.flush)  # a loop that dies (an exception, sys.exit) keeps every probe taken
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
@@ -255,7 +260,10 @@ class Lens:
         FLUSH_SECONDS, so that a probe costs its measurements and not a host copy and a file write."""
         self._pending.append((step, self._keys, self._values))
         self._keys, self._values = [], []
-        if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+        if self.on_probe is not None:  # a tracker wants each probe now: this probe's host copy, then the file
+            self.flush()
+            self.on_probe(self._last_rows)
+        elif time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -273,6 +281,7 @@ class Lens:
             rows.extend([step, layer, metric, stat, repr(v)] for (layer, metric, stat), v in zip(keys, flat))
         self._writer.writerows(rows)
         self._file.flush()
+        self._last_rows = [dict(zip(COLUMNS, (s, layer, metric, stat, float(v)))) for s, layer, metric, stat, v in rows]
         self._pending = []
         self._flushed_at = time.monotonic()
 
@@ -315,6 +324,11 @@ class Lens:
             "measured": sum(1 for p in stepped if id(p) in measured),
             "by_kind": {k: {"count": len(v), "names": v} for k, v in sorted(by_kind.items())},
         }
+
+    def table(self):
+        """Every probe so far as a tidy pandas table (step, layer, metric, stat, value), for a notebook."""
+        self.flush()
+        return tidy(self.out)
 
     def manifest(self) -> dict[str, Any]:
         groups = self._group_of()
@@ -424,6 +438,38 @@ def _version() -> str:
         return version("normlab")
     except Exception:
         return "unknown"
+
+
+def tidy(folder: str | Path):
+    """A lens folder as one tidy pandas table: lens.csv's rows (step, layer, metric, stat, value), each
+    with its layer's module, scale invariance and what decided it (from lens.json, once it is written)."""
+    table, manifest = read(folder)
+    layers = {e["layer"]: e for e in manifest.get("layers", [])}
+    for column, key in (("module", "module"), ("invariance", "invariance"), ("found_by", "found_by")):
+        table[column] = table["layer"].map(lambda n, key=key: layers.get(n, {}).get(key))
+    return table
+
+
+class TensorBoardProbes:
+    """An `on_probe` that writes each probe's numbers to TensorBoard as scalars LAYER/METRIC/STAT at
+    the probe's optimizer step (torch's SummaryWriter; needs the tensorboard package)."""
+
+    def __init__(self, log_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "on_probe: TensorBoard needs the tensorboard package; pip install 'normlab[export]'"
+            ) from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def __call__(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.writer.add_scalar(f"{r['layer']}/{r['metric']}/{r['stat']}", r["value"], r["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def read(folder: str | Path) -> tuple[Any, dict]:

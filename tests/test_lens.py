@@ -596,3 +596,53 @@ def test_the_layer_table_shows_what_each_optimizer_family_measures(tmp_path):
         assert "None" not in "\n".join(line for line in table if line.startswith("| "))
     assert "eps share" in heads["adamw"] and "eff_lr" not in heads["adamw"]
     assert "eff_lr" in heads["sgd"] and "eps share" not in heads["sgd"]
+
+
+def test_on_probe_gets_each_probe_as_measured_and_tensorboard_reads_it_back(tmp_path):
+    """A tracker sees every probe's rows as they are measured (the same numbers lens.csv gets); the
+    TensorBoard adapter's events read back with TensorBoard's own reader; the tidy table is the same
+    from the lens object and from its folder."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    seen: list[list[dict]] = []
+    board = normlab.lens.tensorboard(tmp_path / "tb")
+    torch.manual_seed(0)
+    model = _dropout_bn_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def both(rows):
+        seen.append(rows)
+        board(rows)
+
+    lens = normlab.lens.attach(model, opt, every=2, out=tmp_path / "run", on_probe=both)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(6):
+        x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 0:
+            assert len(seen) == 1 and {r["step"] for r in seen[0]} == {0}  # delivered at the probe, not at close
+    live = lens.table()
+    lens.close()
+    board.close()
+    assert [{r["step"] for r in rows} for rows in seen] == [{0}, {2}, {4}]
+    table = normlab.lens.table(tmp_path / "run")
+    flat = pd.DataFrame([r for rows in seen for r in rows])
+    assert (
+        flat[["step", "layer", "metric", "stat"]].values.tolist()
+        == table[["step", "layer", "metric", "stat"]].values.tolist()
+    )
+    assert flat["value"].tolist() == pytest.approx(table["value"].tolist(), nan_ok=True)
+    assert live[["step", "layer", "metric", "stat", "value"]].equals(
+        table[["step", "layer", "metric", "stat", "value"]]
+    )
+    assert set(table[table["layer"] == "0"]["invariance"]) == {"unit"} and "module" in table
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    events = acc.Scalars("0/weight_norm_sq/median")
+    want = table[(table.layer == "0") & (table.metric == "weight_norm_sq") & (table.stat == "median")]
+    assert [e.step for e in events] == [0, 2, 4]
+    assert [e.value for e in events] == pytest.approx(want["value"].tolist(), rel=1e-6)

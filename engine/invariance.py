@@ -43,6 +43,7 @@ class Invariance:
     kind: Optional[str]
     source: str
     reason: str
+    normalizer: Optional[str] = None  # the module that removes the scale (graph), where one does
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class _Propagation:
         self.state: dict[fx.Node, Any] = {}
         self.data: set[fx.Node] = set()  # nodes that depend on the model's input
         self.seen = False  # whether the layer's call (or its weight) appears in the graph
+        self.freed_by: Optional[str] = None  # the first normalizer module that removed the scale
 
     def run(self) -> Any:
         for node in self.graph.nodes:
@@ -269,6 +271,7 @@ class _Propagation:
         if len([x for x in states if x is not FREE]) > 1:
             return self._mixed(node)
         if isinstance(mod, _BATCH_NORMS + _INSTANCE_NORMS):
+            self.freed_by = self.freed_by or node.target
             return FREE  # per channel: its mean (a bias included) and its scale are removed
         if isinstance(mod, nn.GroupNorm):
             per_channel = mod.num_groups == mod.num_channels
@@ -410,10 +413,13 @@ def graph_invariance(model: nn.Module, graph: Optional[fx.Graph] = None) -> dict
         for kind in (UNIT, LAYER):
             prop = _Propagation(graph, modules, mname, pname, kind)
             verdicts[kind] = prop.run()
+            if kind == UNIT:
+                unit_prop = prop
         if not prop.seen:
             continue  # called in a way the graph does not show (left to rescale_invariance)
         if verdicts[UNIT] is FREE:
-            out[name] = Invariance(UNIT, "graph", "every path to the output passes a per-channel normalizer")
+            out[name] = Invariance(UNIT, "graph", "every path to the output passes a per-channel normalizer",
+                                   unit_prop.freed_by)  # fmt: skip
         elif verdicts[LAYER] is FREE:
             why = f"only the whole matrix's scale is removed (per unit it is not, at {verdicts[UNIT].where})"
             out[name] = Invariance(LAYER, "graph", why)

@@ -120,6 +120,15 @@ class Lens:
         except Exception as exc:  # data-dependent control flow and the like: test on a real batch instead
             self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         self.invariance.update(constructed_invariance(model))  # weight norm: invariant in v by construction
+        # the normalizer behind each invariant layer: its mode, eps and the units' variance at the probes, so
+        # that a layer whose numbers disagree with the graph is given its cause with the numbers
+        self._norm_stats: dict[str, dict[str, Any]] = {}
+        modules = dict(model.named_modules())
+        self._norm_hooks = [
+            modules[inv.normalizer].register_forward_pre_hook(self._norm_observer(inv.normalizer))
+            for inv in {inv.normalizer: inv for inv in self.invariance.values() if inv.normalizer}.values()
+            if inv.normalizer in modules
+        ]
         self._batch: Optional[tuple[tuple, dict]] = None
         self._capture = None
         if any(n not in self.invariance for n, _, _ in self.layers):  # the batch the wrapper (if any) is called on
@@ -146,6 +155,34 @@ class Lens:
         self.closed = False
 
     # -- hooks -------------------------------------------------------------------------------
+    def _norm_observer(self, name: str):
+        """A forward pre-hook on a normalizer: on the forward pass of a probe step (the step the lens is
+        about to measure), its mode, eps and the per-channel variance of what it normalizes."""
+
+        def observe(module, args):
+            if self.step % self.every or not args or not isinstance(args[0], torch.Tensor):
+                return
+            with torch.no_grad():
+                x = args[0].detach()
+                dims = [d for d in range(x.ndim) if d != 1]
+                var = x.double().var(dim=dims, unbiased=False) if x.ndim > 1 else x.double().var(unbiased=False)
+                eps = float(getattr(module, "eps", 0.0))
+                self._norm_stats[name] = {"module": name, "training": bool(module.training), "eps": eps,
+                                          "var": var, "eps_share": eps / (var + eps)}  # fmt: skip
+
+        return observe
+
+    def normalizer_check(self, name: str) -> Optional[dict[str, Any]]:
+        """The layer's normalizer at the last probe: its module, mode, eps, the median variance of its
+        units' inputs and epsilon's median share eps / (var + eps) (about 0 for exact invariance)."""
+        inv = self.invariance.get(name)
+        stats = self._norm_stats.get(inv.normalizer) if inv is not None and inv.normalizer else None
+        if stats is None:
+            return None
+        return {"module": stats["module"], "training": stats["training"], "eps": stats["eps"],
+                "var_median": float(stats["var"].median()), "eps_share_median": float(stats["eps_share"].median()),
+                "eps_share_max": float(stats["eps_share"].max())}  # fmt: skip
+
     def _keep_batch(self, _module, args, kwargs):
         self._batch = (args, kwargs)
 
@@ -343,7 +380,7 @@ class Lens:
                 "scale_invariant": (1 if inv.kind else 0) if inv else None,
                 "invariance": inv.kind if inv else None, "found_by": inv.source if inv else None,
                 "reason": inv.reason if inv else "not determined (no forward pass seen before the first probe)",
-                "numeric_check": self.numeric_check(name),
+                "numeric_check": self.numeric_check(name), "normalizer": self.normalizer_check(name),
                 "group": {k: _plain(v) for k, v in g.items() if k != "params"},
             })  # fmt: skip
         return {
@@ -368,7 +405,7 @@ class Lens:
         """Remove the hooks, flush lens.csv and write lens.json; returns the folder. Idempotent."""
         if self.closed:
             return self.out
-        for h in self._handles:
+        for h in self._handles + self._norm_hooks:
             h.remove()
         if self._capture is not None:
             self._capture.remove()

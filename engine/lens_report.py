@@ -166,16 +166,23 @@ def _flag_lr_spread(table: pd.DataFrame, manifest: dict) -> dict | None:
     whole = _last(table, L.EFF_LR, "value")
     per_layer = {**medians.dropna().to_dict(), **whole.dropna().to_dict()}
     rows = []
+    disagree = set(_disagreeing(manifest))
+
+    def source(*layers: str) -> dict:
+        """Where the spread comes from layers whose numbers disagree with the graph, say so."""
+        bad = [n for n in layers if n in disagree]
+        return {"note": f"{', '.join(bad)}: numbers disagree with the graph (see that flag)"} if bad else {}
+
     if len(per_layer) >= 2:
         lo, hi = min(per_layer, key=per_layer.get), max(per_layer, key=per_layer.get)
         if per_layer[hi] >= SPREAD * per_layer[lo]:
             rows.append({"between": f"{lo} .. {hi}", "lowest eff_lr": per_layer[lo], "highest eff_lr": per_layer[hi],
-                         "ratio": per_layer[hi] / per_layer[lo]})  # fmt: skip
+                         "ratio": per_layer[hi] / per_layer[lo], **source(lo, hi)})  # fmt: skip
     q10, q90 = _last(table, L.EFF_LR, "q10"), _last(table, L.EFF_LR, "q90")
     for name in q10.index:
         if q10[name] > 0 and q90[name] >= SPREAD * q10[name]:
             rows.append({"between": f"units of {name} (q10 .. q90)", "lowest eff_lr": q10[name],
-                         "highest eff_lr": q90[name], "ratio": q90[name] / q10[name]})  # fmt: skip
+                         "highest eff_lr": q90[name], "ratio": q90[name] / q10[name], **source(name)})  # fmt: skip
     return _flag(
         rows,
         "Effective learning rates spread over an order of magnitude or more",
@@ -189,20 +196,46 @@ def _flag_graph_disagrees(table: pd.DataFrame, manifest: dict) -> dict | None:
     """Layers whose |cos(w, g)| contradicts what the module graph says about their invariance."""
     rows = []
     for entry in manifest.get("layers", []):
-        check = entry.get("numeric_check", {})
-        if check.get("agrees") is False:
+        if entry["layer"] in _disagreeing(manifest):
+            check = entry["numeric_check"]
             said = "invariant" if entry.get("scale_invariant") else "not invariant"
             rows.append({"layer": entry["layer"], "module graph": said,
                          "largest median |cos(w, g)|": check["max_median_abs_cos"],
-                         "tolerance": check["tolerance"]})  # fmt: skip
+                         "tolerance": check["tolerance"], "cause": _cause(entry)})  # fmt: skip
     return _flag(
         rows,
         "Layers whose numbers disagree with the module graph",
-        "An invariant layer's gradient is orthogonal to its weights (|cos| near 0, Eq. 16). Where the "
-        "graph says invariant and |cos| is not small, the loop may normalize with running statistics "
-        "(model.eval() while training) or a normalizer's epsilon dominates; where the graph says not "
-        "invariant and |cos| stays tiny, the graph analysis could not prove an invariance that holds.",
+        "An invariant layer's gradient is orthogonal to its weights (|cos| near 0, Eq. 16). The cause "
+        "column says, from the normalizer the graph found behind each layer as it ran at the probes, "
+        f"why it is not: a normalizer in eval mode (running statistics), or an epsilon that is not small "
+        f"against its units' variance (eps / (var + eps) over {EPS_NOT_SMALL:g} for the median unit). Where "
+        "the graph says not invariant and |cos| stays tiny, the graph could not prove an invariance that holds.",
     )
+
+
+EPS_NOT_SMALL = 0.01  # a normalizer's eps / (var + eps) above this for the median unit keeps part of the scale
+
+
+def _disagreeing(manifest: dict) -> list[str]:
+    return [e["layer"] for e in manifest.get("layers", []) if e.get("numeric_check", {}).get("agrees") is False]
+
+
+def _cause(entry: dict) -> str:
+    """Why a layer's |cos(w, g)| disagrees with the graph, with the numbers the lens measured."""
+    norm = entry.get("normalizer")
+    if not entry.get("scale_invariant"):
+        return "the graph could not prove an invariance that holds"
+    if not norm:
+        return "no normalizer observed at the probes"
+    if not norm["training"]:
+        return (f"{norm['module']} normalized with its running statistics (eval mode) at the probes: "
+                "model.eval() while training; the batch's statistics are what make the layer invariant")  # fmt: skip
+    if norm["eps_share_median"] > EPS_NOT_SMALL:
+        return (f"{norm['module']}'s eps {norm['eps']:g} is not small against its units' variance (median "
+                f"{norm['var_median']:.3g}): eps / (var + eps) {norm['eps_share_median']:.2g} for the median unit, "
+                f"up to {norm['eps_share_max']:.2g}, so eps keeps part of the scale")  # fmt: skip
+    return (f"neither {norm['module']}'s mode (training) nor its eps (eps / (var + eps) "
+            f"{norm['eps_share_median']:.2g} for the median unit) explains it")  # fmt: skip
 
 
 FLAGS = (_flag_implicit_decay, _flag_equilibrium, _flag_eps_dominates, _flag_lr_spread, _flag_graph_disagrees)

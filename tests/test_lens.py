@@ -646,3 +646,31 @@ def test_on_probe_gets_each_probe_as_measured_and_tensorboard_reads_it_back(tmp_
     want = table[(table.layer == "0") & (table.metric == "weight_norm_sq") & (table.stat == "median")]
     assert [e.step for e in events] == [0, 2, 4]
     assert [e.value for e in events] == pytest.approx(want["value"].tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["eps", "eval"])
+def test_a_layer_whose_numbers_disagree_with_the_graph_is_given_its_cause_with_the_numbers(case, tmp_path):
+    """MobileNetV3's depthwise convs: BN's eps (1e-3) is not small against their units' variance, so
+    |cos(w, g)| is far from 0 though the graph says invariant; or the loop trains in eval mode. The
+    flag names which, with the normalizer, its eps and the variance the lens measured."""
+
+    def model_fn():
+        m = nn.Sequential(nn.Linear(8, 32, bias=False), nn.BatchNorm1d(32, eps=1e-3), nn.ReLU(), nn.Linear(32, 3))
+        if case == "eps":
+            with torch.no_grad():
+                m[0].weight.mul_(1e-3)  # pre-normalizer variance ~1e-7, against eps 1e-3
+        else:
+            m.eval()  # running statistics: the batch's own would make layer 0 invariant
+        return m
+
+    _train(model_fn, lambda m: torch.optim.SGD(m.parameters(), lr=0.01), 6, tmp_path / "run", every=2)
+    table, manifest = normlab.lens.read(tmp_path / "run")
+    (flag,) = [f for f in flags(table, manifest) if "disagree" in f["title"]]
+    (row,) = flag["rows"]
+    norm = next(e for e in manifest["layers"] if e["layer"] == "0")["normalizer"]
+    assert row["layer"] == "0" and norm["module"] == "1" and norm["eps"] == pytest.approx(1e-3)
+    if case == "eps":
+        assert norm["training"] is True and norm["eps_share_median"] > 0.5 and norm["var_median"] < 1e-3
+        assert "1's eps 0.001 is not small against its units' variance (median" in row["cause"]
+    else:
+        assert norm["training"] is False and "eval mode" in row["cause"] and "model.eval()" in row["cause"]

@@ -247,12 +247,31 @@ def _ratio(s: pd.Series, inverse: bool = False) -> float:
     return float(s.iloc[0] / s.iloc[-1] if inverse else s.iloc[-1] / s.iloc[0])
 
 
-def figure(table: pd.DataFrame, manifest: dict, path: Path) -> Path:
+SHOWN_LAYERS = 8  # at most this many layers drawn as labelled lines; any others as one band
+
+
+def shown_layers(order: list[str], found: list[dict]) -> list[str]:
+    """The layers the figure draws as lines: all of a small network; of a large one the flagged layers,
+    then the first, the last and a few evenly spaced by depth, SHOWN_LAYERS in all, in depth order."""
+    if len(order) <= SHOWN_LAYERS:
+        return order
+    flagged = [n for f in found for r in f["rows"] for n in [r.get("layer")] if n in order]
+    picks = list(dict.fromkeys(flagged))[: SHOWN_LAYERS - 2]
+    picks += [n for n in (order[0], order[-1]) if n not in picks]
+    for i in np.linspace(0, len(order) - 1, SHOWN_LAYERS).round().astype(int):
+        if len(picks) < SHOWN_LAYERS and order[i] not in picks:
+            picks.append(order[i])
+    return [n for n in order if n in picks]
+
+
+def figure(table: pd.DataFrame, manifest: dict, path: Path, found: list[dict] | None = None) -> Path:
     """lens.png: ||w||^2, eff_lr (log-log, with the 1/sqrt(k) slope), the angular update (with the
-    equilibrium angles) and, for Adam, epsilon's share, one line per layer coloured by depth."""
+    equilibrium angles) and, for Adam, epsilon's share: a labelled line per shown layer (`shown_layers`:
+    the flagged ones and a few by depth) coloured by depth, the other layers as one grey band."""
     from . import plots
 
     order = [e["layer"] for e in manifest.get("layers", [])] or sorted(table["layer"].unique())
+    shown = shown_layers(order, found or [])
     invariant = _last(table, L.SCALE_INVARIANT, "value")
     share = _series(table, L.ADAM_EPS_SHARE, "value")
     panels = [("||w||^2 (median over units)", L.WEIGHT_NORM_SQ, "median", True),
@@ -265,19 +284,24 @@ def figure(table: pd.DataFrame, manifest: dict, path: Path) -> Path:
 
     cmap = matplotlib.colormaps["viridis"]
     colour = {n: cmap(i / max(1, len(order) - 1) * 0.9) for i, n in enumerate(order)}
-    labelled = len(order) <= 8
     for ax, (title, metric, stat, log) in zip(axes[0], panels):
         frame = _series(table, metric, stat)
         if metric == L.EFF_LR:
             frame = frame.combine_first(_series(table, L.EFF_LR, "value"))
-        for name in [n for n in order if n in frame.columns]:
+        rest = [n for n in order if n in frame.columns and n not in shown]
+        if rest:  # the layers not drawn as lines: the range they span at each step
+            band = frame[rest].where(frame[rest] > 0) if log else frame[rest]
+            lo, hi = band.quantile(0.1, axis=1), band.quantile(0.9, axis=1)
+            ok = lo.notna() & hi.notna()
+            ax.fill_between(frame.index[ok] + 1, lo[ok], hi[ok], color="#bbbbbb", alpha=0.5, lw=0,
+                            label=f"{len(rest)} other layers (10-90%)")  # fmt: skip
+        for name in [n for n in shown if n in frame.columns]:
             s = frame[name].dropna()
             s = s[s > 0] if log else s
             if not len(s):
                 continue
             dashed = invariant.get(name, 0) != 1
-            ax.plot(s.index + 1, s.to_numpy(), color=colour[name], lw=1.2, ls="--" if dashed else "-",
-                    label=name if labelled else None)  # fmt: skip
+            ax.plot(s.index + 1, s.to_numpy(), color=colour[name], lw=1.2, ls="--" if dashed else "-", label=name)
         if metric == L.ANGULAR_UPDATE:
             eq = _series(table, L.WD_EQUILIBRIUM_ANGLE, "value")
             for value in sorted(set(np.round(eq.ffill().iloc[-1].dropna().to_numpy(float), 12))) if len(eq) else []:
@@ -294,8 +318,9 @@ def figure(table: pd.DataFrame, manifest: dict, path: Path) -> Path:
             ax.set_xscale("log")
             ax.set_yscale("log")
         plots.legend(ax, fontsize=7)
-    if not labelled:
-        fig.suptitle(f"{len(order)} layers, coloured by depth (dark: first, light: last); dashed: not scale invariant")
+    if len(shown) < len(order):
+        fig.suptitle(f"{len(shown)} of {len(order)} layers (the flagged ones and a few by depth, coloured by depth), "
+                     "the rest as a grey band; dashed: not scale invariant")  # fmt: skip
     else:
         fig.suptitle("dashed: layers the loss is not scale invariant to")
     return plots.save(fig, path)
@@ -328,7 +353,8 @@ def write_report(folder: Path, out: Path | None = None, overwrite: bool = False)
     if table.empty:
         raise ConfigError(f"{folder}: lens.csv holds no probe yet; train at least one step with the lens attached")
     out.mkdir(parents=True, exist_ok=True)
-    fig_path = figure(table, manifest, out / "lens.png")
+    found = flags(table, manifest)
+    fig_path = figure(table, manifest, out / "lens.png", found)
     steps = table["step"]
     md = ["# normlab lens report", ""]
     md.append(f"{folder}: {manifest.get('model', '?')} trained by {manifest.get('optimizer', '?')}; "
@@ -337,7 +363,6 @@ def write_report(folder: Path, out: Path | None = None, overwrite: bool = False)
     if not manifest.get("closed"):
         md += ["", "**The lens was not closed** (no lens.json): the loop may have stopped early; the numbers "
                "below are every probe written before that."]  # fmt: skip
-    found = flags(table, manifest)
     md += ["", "## Flags", ""]
     md += [f"- {f['title']}" for f in found] if found else ["- none: no condition in the list below holds"]
     for f in found:

@@ -674,3 +674,38 @@ def test_a_layer_whose_numbers_disagree_with_the_graph_is_given_its_cause_with_t
         assert "1's eps 0.001 is not small against its units' variance (median" in row["cause"]
     else:
         assert norm["training"] is False and "eval mode" in row["cause"] and "model.eval()" in row["cause"]
+
+
+def test_the_figure_draws_the_layers_that_matter_and_the_rest_as_a_band(tmp_path):
+    """A deep network's figure: the flagged layers and a few by depth as labelled lines (at most
+    SHOWN_LAYERS), every other layer inside one grey band, not dozens of unlabelled lines."""
+    from normlab.engine.lens_report import SHOWN_LAYERS, shown_layers
+
+    order = [str(i) for i in range(30)]
+    found = [{"rows": [{"layer": "17"}, {"layer": "4"}]}, {"rows": [{"between": "3 .. 9"}]}]
+    picks = shown_layers(order, found)
+    assert len(picks) == SHOWN_LAYERS and {"17", "4", "0", "29"} <= set(picks)
+    assert picks == sorted(picks, key=int)  # in depth order
+    assert shown_layers(order[:5], found) == order[:5]
+
+    def deep():
+        blocks = [m for _ in range(12) for m in (nn.Linear(8, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU())]
+        return nn.Sequential(*blocks, nn.Linear(8, 3))
+
+    _train(deep, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), 4, tmp_path / "run", every=1)
+    drawn = {}
+    from normlab.engine import plots
+
+    def keep(fig, path):
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        drawn["labels"] = [t.get_text() for legend in legends for t in legend.get_texts()]
+        return original(fig, path)
+
+    original = plots.save
+    plots.save = keep
+    try:
+        normlab.lens.report(tmp_path / "run")
+    finally:
+        plots.save = original
+    assert "5 other layers (10-90%)" in drawn["labels"]  # 13 layers: 8 lines, 5 in the band
+    assert len({t for t in drawn["labels"] if t.isdigit()}) == SHOWN_LAYERS

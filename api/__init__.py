@@ -221,13 +221,15 @@ def bench(
     ensemble_steps: int = 300,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    lens_model: Optional[str] = "mobilenet_v3_small",
 ):
-    """Engine throughput against a plain PyTorch loop, probe cost, pool scaling and batched
-    ensembles, measured side by side; returns a BenchResult (its `rows()` are the table).
-    `log` gets one line per trial as it finishes."""
+    """Engine throughput against a plain PyTorch loop, probe cost, the lens's cost (on the MLP and
+    on `lens_model`, a torchvision network at 32x32, or None), pool scaling and batched ensembles,
+    measured side by side; returns a BenchResult (its `rows()` are the table). `log` gets one line
+    per trial as it finishes."""
     from normlab.engine.bench import bench as run_bench
 
-    return run_bench(steps, repeats, probe_every, workers, ensemble_steps, device, log)
+    return run_bench(steps, repeats, probe_every, workers, ensemble_steps, device, log, lens_model)
 
 
 def reproduce(

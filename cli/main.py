@@ -400,11 +400,18 @@ def bench(
         autocompletion=complete_device,
         help="Where every loop trains (auto = cuda if present).",
     ),
+    lens_model: str = typer.Option(
+        "mobilenet_v3_small",
+        "--lens-model",
+        metavar="[mobilenet_v3_small|resnet18|none]",
+        help="The real network (torchvision, 32x32 images) the lens's overhead is measured on beside the MLP.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Engine throughput vs a plain PyTorch loop, probe cost, process-pool scaling, and batched ensembles,
     each figure beside its target, marked met or missed (a benchmark: it exits 0 either way)."""
-    res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, log=ui.console.print)
+    model = None if lens_model == "none" else lens_model
+    res = normlab.bench(steps, repeats, probe_every, workers, ensemble_steps, device, ui.console.print, model)
     columns = ("measure", "value", "target", "met")
     if as_json:
         ui.emit({"rows": [dict(zip(columns, row)) for row in res.rows()]})

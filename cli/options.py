@@ -83,6 +83,7 @@ FLAGS = {
     "to": "--to",
     "steps": "--steps",
     "repeats": "--repeats",
+    "lens_model": "--lens-model",
 }
 
 

@@ -149,6 +149,54 @@ def lens_pairs(cfg: RunConfig, pairs: int, block: int = 500, every: int = LENS_E
     return out
 
 
+# The lens's overhead on a real network as well as on the bench's MLP: torchvision's MobileNetV3-small
+# (54 weight layers, BN with eps 1e-3, depthwise convs) on CIFAR-sized random images, SGD with momentum.
+REAL_MODELS = ("mobilenet_v3_small", "resnet18")
+
+
+def real_model_lens_pairs(name: str, pairs: int, block: int = 100, batch: int = 32, every: int = LENS_EVERY,
+                          device: str = "cpu") -> list[tuple[float, float]]:  # fmt: skip
+    """(steps per CPU second without, with `normlab.lens` every `every` steps) for `pairs` back-to-back
+    blocks of `block` steps of a torchvision model at 32x32 (process CPU time, so that other work on a
+    shared machine does not count). Needs torchvision."""
+    import tempfile
+
+    import torchvision
+
+    from .lens import Lens
+
+    torch.manual_seed(0)
+    where = resolve_device(device, key="device")
+    model = getattr(torchvision.models, name)(num_classes=10).to(where)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    x_all = torch.randn(512, 3, 32, 32, generator=gen).to(where)
+    y_all = torch.randint(0, 10, (512,), generator=gen).to(where)
+
+    def run(steps: int) -> float:
+        synchronize(where)
+        start = time.process_time()
+        for _ in range(steps):
+            idx = torch.randint(0, 512, (batch,), generator=gen).to(where)
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        synchronize(where)
+        return steps / (time.process_time() - start)
+
+    run(10)  # warm up
+    out = []
+    with tempfile.TemporaryDirectory(prefix="normlab-bench-lens-") as folder:
+        for i in range(pairs):
+            without = run(block)
+            lens = Lens(model, opt, every=every, out=f"{folder}/{i}")
+            with_lens = run(block)
+            lens.close()
+            out.append((without, with_lens))
+    return out
+
+
 def engine_loop(cfg: RunConfig, seed: int = 0) -> float:
     res = train(RunTask("bench", "bench", seed, cfg))
     return res.steps_done / res.train_seconds
@@ -162,6 +210,8 @@ class BenchResult:
     probe_every: int
     pool: dict[int, float]
     lens: list[tuple[float, float]] = field(default_factory=list)  # (without, with) the lens, paired blocks
+    lens_real: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # the same on a real network
+    lens_real_note: str = ""  # why the real network was not measured, where it was not
     ensemble: dict[tuple[str, bool, int], float] = field(default_factory=dict)  # (model, BN, M) -> member-steps/s
     engine_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # single-run engine steps/s
     limit_by_model: dict[tuple[str, bool], float] = field(default_factory=dict)  # steps/s at large-matmul speed
@@ -197,6 +247,14 @@ class BenchResult:
             label = f"normlab.lens cost (every {LENS_EVERY} steps, plain loop, {len(self.lens)} paired blocks)"
             rows.append((label, f"{100 * self.lens_cost:.1f}%", f"<= {TARGET_LENS_COST:.0%}",
                          met(self.lens_cost <= TARGET_LENS_COST)))  # fmt: skip
+        for name, pairs in self.lens_real.items():
+            cost = 1.0 - statistics.median(w / p for p, w in pairs)
+            label = (
+                f"normlab.lens cost on {name} 32x32 (every {LENS_EVERY} steps, CPU time, {len(pairs)} paired blocks)"
+            )
+            rows.append((label, f"{100 * cost:.1f}%", f"<= {TARGET_LENS_COST:.0%}", met(cost <= TARGET_LENS_COST)))
+        if self.lens_real_note:
+            rows.append(("normlab.lens cost on a real network", self.lens_real_note, f"<= {TARGET_LENS_COST:.0%}", ""))
         base = self.pool.get(1)
         for k, rate in sorted(self.pool.items()):
             scale = rate / base if base else float("nan")
@@ -236,6 +294,7 @@ def run_bench(
     ensemble_sizes=(1, 4, 8, 16, 32),
     ensemble_steps: int = 300,
     device: str = "cpu",
+    lens_model: str | None = None,
 ) -> BenchResult:
     probe_every = probe_every or ProbeConfig().every
     off, on = bench_config(steps, 0, device), bench_config(steps, probe_every, device)
@@ -258,6 +317,16 @@ def run_bench(
     res.lens = lens_pairs(off, pairs=4 * repeats)
     ratios = sorted(w / p for p, w in res.lens)
     log(f"  lens: {len(res.lens)} paired blocks of 500 steps, with/without {ratios[0]:.3f}..{ratios[-1]:.3f}")
+    if lens_model:
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            res.lens_real_note = "not measured: needs torchvision (pip install 'normlab[vision]')"
+        else:
+            res.lens_real[lens_model] = real_model_lens_pairs(lens_model, pairs=2 * repeats, device=device)
+            ratios = sorted(w / p for p, w in res.lens_real[lens_model])
+            log(f"  lens on {lens_model}: {2 * repeats} paired blocks of 100 steps, with/without "
+                f"{ratios[0]:.3f}..{ratios[-1]:.3f}")  # fmt: skip
     workers = workers or default_jobs()
     pool_cfg = bench_config(pool_steps, 0, device)
     for k in sorted({1, workers}):
@@ -313,8 +382,10 @@ def bench(
     ensemble_steps: int = 300,
     device: str = "cpu",
     log=print,
+    lens_model: str | None = "mobilenet_v3_small",
 ) -> BenchResult:
-    """`normlab bench`: the arguments checked (one clear error each), then `run_bench`."""
+    """`normlab bench`: the arguments checked (one clear error each), then `run_bench`. `lens_model`:
+    the real network (REAL_MODELS) the lens's overhead is measured on beside the MLP, or None."""
     from .errors import ConfigError
     from .execution import DEVICES
 
@@ -324,6 +395,8 @@ def bench(
         raise ConfigError(f"must be at least 1, got {repeats}", key="repeats")
     if device not in DEVICES:
         raise ConfigError(f"{device!r} is not allowed; choose cpu, cuda or auto", key="device")
+    if lens_model is not None and lens_model not in REAL_MODELS:
+        raise ConfigError(f"{lens_model!r} is not allowed; choose {', '.join(REAL_MODELS)} or none", key="lens_model")
     where = resolve_device(device, key="device")  # a cuda asked for where none is visible stops here
     return run_bench(
         steps=steps,
@@ -334,4 +407,5 @@ def bench(
         ensemble_sizes=(1, 4, 8, 16, 32) if ensemble_steps else (),
         ensemble_steps=max(ensemble_steps, 1),
         device=str(where),
+        lens_model=lens_model,
     )

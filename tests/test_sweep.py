@@ -150,6 +150,10 @@ def test_a_grid_key_an_arm_sets_itself_is_refused_naming_the_arm():
     r = CliRunner().invoke(app, ["sweep", "eff_lr", "--grid", "run.optim.lr=0.05,0.2"])
     assert r.exit_code == 2 and "arms.sgd_a0.01.optim.lr sets it for arm sgd_a0.01" in " ".join(r.output.split())
     assert "--grid" in r.output
+    with pytest.raises(
+        normlab.ConfigError, match=r"identities trains no runs, so a grid over run.\* keys would change"
+    ):
+        normlab.plan_sweep("identities", grid={"run.optim.lr": [0.01, 0.1]})
 
 
 def test_a_sweep_files_rows_that_cannot_be_judged_there_say_why(tmp_path):

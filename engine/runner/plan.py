@@ -161,6 +161,9 @@ def plan_grid(
         tasks = e.tasks(c)
         check_devices(c, tasks, execution)
         if not points:  # the user's overrides and the grid's keys reach runs (checked at the first point)
+            if not tasks:
+                raise ConfigError(f"{experiment} trains no runs, so a grid over run.* keys would change nothing; "
+                                  "sweep an experiment that trains", key="grid")  # fmt: skip
             load = lambda r: load_config(path, registry, r, smoke)[1]  # noqa: E731
             reach, notes = override_reach(e, c, tasks, point, load)
         points[label] = Plan(e, c, folder / label, smoke, tasks=tasks)

@@ -206,6 +206,8 @@ def exit_on_crashes(crashed: list[tuple[str, str]], folder: Path, total: Optiona
     says which run crashed and where the tracebacks are, and exits 1 so that a CI job fails."""
     if crashed:
         run_id, message = crashed[0]
+        if "/" in run_id:  # an ad-hoc grid's run (POINT/RUN): its point's folder holds the log
+            folder = Path(folder) / run_id.split("/")[0]
         ui.err.print(
             f"[red]error:[/red] {len(crashed)}{f' of {total}' if total else ''} run(s) crashed; first: {run_id}: "
             f"{escape(message)}; "

@@ -123,8 +123,9 @@ def run_experiment(plan: Plan, execution: Execution = Execution()) -> Outcome:
 
 def run_sweep(plan: Plan, execution: Execution = Execution()) -> Outcome:
     """Run a sweep plan's missing cells in its folder (a stable folder: running again resumes),
-    analyze. The sweep folder's config.yaml holds the grid points as the experiment's arms, so its
-    `analyze` and `plot` read it as they read a run's folder."""
+    analyze. A sweep file's folder holds a config.yaml whose arms are the grid points, so the
+    experiment's `analyze` and `plot` read it as they read a run's folder; an ad-hoc grid's holds a
+    run folder of the whole experiment per point (OUT/POINT), each judged on its own."""
     out, sweep = Path(plan.folder), plan.sweep
     with folder_lock(out):  # one command per output folder
         out.mkdir(parents=True, exist_ok=True)

@@ -245,6 +245,8 @@ class _Propagation:
             self.seen = True  # the layer itself
             if mixed:
                 return mixed[0]
+            if self.seed_param not in ("weight", "in_proj_weight"):
+                return self._mixed(node)  # another matrix of a leaf module (an LSTM's): its algebra is unknown
             mod = self.modules[node.target]
             if isinstance(mod, nn.MultiheadAttention):  # the input projection feeds a softmax
                 return self._mixed(node)

@@ -709,3 +709,27 @@ def test_the_figure_draws_the_layers_that_matter_and_the_rest_as_a_band(tmp_path
         plots.save = original
     assert "5 other layers (10-90%)" in drawn["labels"]  # 13 layers: 8 lines, 5 in the band
     assert len({t for t in drawn["labels"] if t.isdigit()}) == SHOWN_LAYERS
+
+
+def test_a_matrix_inside_a_leaf_module_the_algebra_does_not_know_is_not_called_invariant():
+    """An LSTM's weight_ih_l0 is measured (a matrix the optimizer steps) but the graph cannot follow
+    it through the LSTM: not invariant, even with batch norm after it (conservative, never a false yes)."""
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(8, 16, batch_first=True)
+            self.bn = nn.BatchNorm1d(16)
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h, _ = self.rnn(x)
+            return self.out(self.bn(h[:, -1]))
+
+    from normlab.engine.invariance import weight_layers
+
+    model = Recurrent()
+    names = [n for n, _, _ in weight_layers(model)]
+    assert "rnn.weight_ih_l0" in names and "rnn.weight_hh_l0" in names
+    found = graph_invariance(model)
+    assert found["rnn.weight_ih_l0"].kind is None and found["out"].kind is None

@@ -323,9 +323,10 @@ def run_bench(
         except ImportError:
             res.lens_real_note = "not measured: needs torchvision (pip install 'normlab[vision]')"
         else:
-            res.lens_real[lens_model] = real_model_lens_pairs(lens_model, pairs=2 * repeats, device=device)
+            block = min(100, max(10, steps // 20))  # 100 at the default 2,000 steps; a short bench stays short
+            res.lens_real[lens_model] = real_model_lens_pairs(lens_model, pairs=2 * repeats, block=block, device=device)
             ratios = sorted(w / p for p, w in res.lens_real[lens_model])
-            log(f"  lens on {lens_model}: {2 * repeats} paired blocks of 100 steps, with/without "
+            log(f"  lens on {lens_model}: {2 * repeats} paired blocks of {block} steps, with/without "
                 f"{ratios[0]:.3f}..{ratios[-1]:.3f}")  # fmt: skip
     workers = workers or default_jobs()
     pool_cfg = bench_config(pool_steps, 0, device)

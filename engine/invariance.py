@@ -253,7 +253,8 @@ class _Propagation:
             if any(isinstance(s, Scaled) for s in states):  # the layer applied to its own output
                 return self._mixed(node)
             return Scaled(1, offset=getattr(mod, "bias", None) is not None)
-        if node.op == "call_module" and node.target.startswith(self.seed_module + "."):
+        own_weight = self.seed_param in ("weight", "in_proj_weight")  # not a bare matrix of the module's
+        if node.op == "call_module" and own_weight and node.target.startswith(self.seed_module + "."):
             return self._mixed(node)  # a leaf inside the layer itself (not a standard layer)
         if mixed:
             return mixed[0]

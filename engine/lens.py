@@ -123,6 +123,7 @@ class Lens:
         # the normalizer behind each invariant layer: its mode, eps and the units' variance at the probes, so
         # that a layer whose numbers disagree with the graph is given its cause with the numbers
         self._norm_stats: dict[str, dict[str, Any]] = {}
+        self._rescaling = False
         modules = dict(model.named_modules())
         self._norm_hooks = [
             modules[inv.normalizer].register_forward_pre_hook(self._norm_observer(inv.normalizer))
@@ -160,7 +161,7 @@ class Lens:
         about to measure), its mode, eps and the per-channel variance of what it normalizes."""
 
         def observe(module, args):
-            if self.step % self.every or not args or not isinstance(args[0], torch.Tensor):
+            if self._rescaling or self.step % self.every or not args or not isinstance(args[0], torch.Tensor):
                 return
             with torch.no_grad():
                 x = args[0].detach()
@@ -193,7 +194,11 @@ class Lens:
         if self._batch is None:
             return
         args, kwargs = self._batch
-        found = rescale_invariance(self.model, args, kwargs)
+        self._rescaling = True  # its passes run rescaled weights: the normalizers' watch skips them
+        try:
+            found = rescale_invariance(self.model, args, kwargs)
+        finally:
+            self._rescaling = False
         for name, inv in found.items():
             self.invariance.setdefault(name, inv)
         self._batch = None

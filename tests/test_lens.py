@@ -733,3 +733,44 @@ def test_a_matrix_inside_a_leaf_module_the_algebra_does_not_know_is_not_called_i
     assert "rnn.weight_ih_l0" in names and "rnn.weight_hh_l0" in names
     found = graph_invariance(model)
     assert found["rnn.weight_ih_l0"].kind is None and found["out"].kind is None
+
+
+def test_the_normalizer_watch_reads_the_loops_own_forward_not_the_rescaling_test(tmp_path):
+    """A model with a layer the graph cannot decide (an orthogonal parametrization) is rescaled on
+    a real batch at the first probe; the normalizer's variance the lens reports is still the one of
+    the loop's own forward pass (checked against an independent computation on the same batch)."""
+
+    class First(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(16, 8))
+            self.bn = nn.BatchNorm1d(16)
+
+        def forward(self, x):
+            return self.bn(x @ self.W.t())
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.utils.parametrizations.orthogonal(nn.Linear(16, 16))
+            self.out = nn.Linear(16, 3)
+            self.first = First()  # registered last: the rescaling test rescales its W last
+
+        def forward(self, x):
+            return self.out(torch.relu(self.q(torch.relu(self.first(x)))))
+
+    torch.manual_seed(0)
+    model = Mixed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights at the probe are the initial ones
+    lens = normlab.lens.attach(model, opt, every=1, out=tmp_path / "run")
+    x, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 3, (64,))
+    want = float((x @ model.first.W.detach().t()).double().var(dim=0, unbiased=False).median())
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    lens.close()
+    layers = {e["layer"]: e for e in json.loads((tmp_path / "run" / "lens.json").read_text())["layers"]}
+    assert layers["q"]["found_by"] == "rescale"  # the rescaling test did run at this probe
+    assert layers["first.W"]["invariance"] == "unit" and layers["first.W"]["found_by"] == "graph"  # in a submodule
+    assert layers["first.W"]["normalizer"]["var_median"] == pytest.approx(want, rel=1e-6)

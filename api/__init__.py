@@ -114,9 +114,11 @@ def plan_sweep(
     execution: Optional[Execution] = None,
     grid: Optional[dict[str, list]] = None,
 ) -> Plan:
-    """Load and check what `sweep` would run: configs/sweeps/NAME.yaml or a sweep file, or, with
-    `grid` ({"run.optim.lr": [0.01, 0.1]}), an experiment's config over that grid (an ad-hoc sweep,
-    with the same cells, resume and backends). A grid on a sweep file sets those axes."""
+    """Load and check what `sweep` would run: configs/sweeps/NAME.yaml or a sweep file (its grid
+    points replace the experiment's arms), or, with `grid` ({"run.optim.lr": [0.01, 0.1]}), an
+    experiment run whole at every grid point: every arm, each point a run folder OUT/POINT judged
+    there (`Plan.points`), with the same cells, resume and backends. A grid on a sweep file sets
+    those axes. A grid key that an arm sets itself is refused."""
     from normlab.engine.runner import plan_sweep as make_plan
 
     return make_plan(_registry(), name_or_path, overrides, seeds, smoke, out, execution, grid)

@@ -10,10 +10,9 @@ texts follow; a text that quotes another number fails the test.
 REFERENCE_CORES = 2  # the machine behind results/reference/ and these figures
 
 # `normlab reproduce --jobs 2`: the thirteen experiments side by side in one pool of two workers
-# (1,632 s from commit 8fde319, 2026-12-02). Its schedule (shipped as package data for `normlab cost`, a
-# test replays it) took
-# 1,609 s; loading the configs and writing the reports add the rest.
-REPRODUCE_SCHEDULE = "configs/schedules/reproduce-cpu-2026-12-02.csv"
+# (1,632 s from commit 8fde319, 2026-12-02). Its schedule (engine.costs.SHIPPED_SCHEDULE, package data
+# and `normlab cost`'s default; a test replays it) took 1,609 s; loading the configs and writing the
+# reports add the rest.
 OUTSIDE_SCHEDULE_S = 23  # the seconds before the pool's first piece and after its last
 REPRODUCE_MINUTES = 27
 

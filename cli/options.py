@@ -164,7 +164,7 @@ JsonOpt = typer.Option(
     False,
     "--json",
     metavar="",
-    callback=lambda on: _json_mode(on),
+    callback=_json_mode,
     help="Print one JSON document on stdout (what the command wrote or measured) and nothing else there; "
     "messages go to stderr. For scripts: no table to parse.",
 )

@@ -149,7 +149,6 @@ class Lens:
         self._writer = csv.writer(self._file)
         self._writer.writerow(COLUMNS)
         self._pending: list[tuple[int, list, list]] = []
-        self._last_rows: list[dict] = []
         self._flushed_at = time.monotonic()
         atexit.register(self.flush)  # a loop that dies (an exception, sys.exit) keeps every probe taken
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
@@ -303,15 +302,15 @@ class Lens:
         self._pending.append((step, self._keys, self._values))
         self._keys, self._values = [], []
         if self.on_probe is not None:  # a tracker wants each probe now: this probe's host copy, then the file
-            self.flush()
-            self.on_probe(self._last_rows)
+            self.on_probe([dict(zip(COLUMNS, row)) for row in self.flush()])
         elif time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        """Write every pending probe to lens.csv (one host copy for all of them) and flush the file."""
+    def flush(self) -> list[tuple]:
+        """Write every pending probe to lens.csv (one host copy for all of them) and flush the file;
+        returns the rows written, (step, layer, metric, stat, value)."""
         if not self._pending or self._file.closed:
-            return
+            return []
         tensors = [v for _, _, values in self._pending for v in values if isinstance(v, torch.Tensor)]
         # float64 on the host: the summaries are the weights' own dtype (float32 mostly), written exactly
         copied = iter(torch.cat([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else [])
@@ -320,12 +319,12 @@ class Lens:
             flat: list[float] = []
             for v in values:
                 flat.extend([next(copied) for _ in range(v.numel())] if isinstance(v, torch.Tensor) else [v])
-            rows.extend([step, layer, metric, stat, repr(v)] for (layer, metric, stat), v in zip(keys, flat))
-        self._writer.writerows(rows)
+            rows.extend((step, layer, metric, stat, v) for (layer, metric, stat), v in zip(keys, flat))
+        self._writer.writerows([*row[:4], repr(row[4])] for row in rows)
         self._file.flush()
-        self._last_rows = [dict(zip(COLUMNS, (s, layer, metric, stat, float(v)))) for s, layer, metric, stat, v in rows]
         self._pending = []
         self._flushed_at = time.monotonic()
+        return rows
 
     # -- the end -----------------------------------------------------------------------------
     def numeric_check(self, name: str) -> dict[str, Any]:

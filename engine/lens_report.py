@@ -213,7 +213,9 @@ def _flag_graph_disagrees(table: pd.DataFrame, manifest: dict) -> dict | None:
     )
 
 
-EPS_NOT_SMALL = 0.01  # a normalizer's eps / (var + eps) above this for the median unit keeps part of the scale
+# A normalizer's eps / (var + eps) for the median unit above this keeps part of the scale: the gradient's
+# part along w grows with that share, so it is held to the tolerance |cos(w, g)| itself is judged by
+EPS_NOT_SMALL = L.COS_TOLERANCE
 
 
 def _disagreeing(manifest: dict) -> list[str]:

@@ -529,6 +529,15 @@ class BareBN(nn.Module):
         return self.head(torch.relu(self.wn(h)))
 
 
+def _sgd_step(model, opt, gen: torch.Generator) -> None:
+    """One step of the tests' loop on a fresh random batch (8 features, 3 classes)."""
+    x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def _stepped(model, opt) -> int:
     return len({id(p) for g in opt.param_groups for p in g["params"]})
 
@@ -550,11 +559,7 @@ def test_every_weight_the_optimizer_steps_appears_with_its_verdict_or_is_account
         lens = normlab.lens.attach(model, opt, every=1, out=tmp_path / "run")
         gen = torch.Generator().manual_seed(0)
         for _ in range(3):
-            x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _sgd_step(model, opt, gen)
         lens.close()
     finally:
         if wrap == "ddp":
@@ -618,11 +623,7 @@ def test_on_probe_gets_each_probe_as_measured_and_tensorboard_reads_it_back(tmp_
     lens = normlab.lens.attach(model, opt, every=2, out=tmp_path / "run", on_probe=both)
     gen = torch.Generator().manual_seed(0)
     for step in range(6):
-        x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _sgd_step(model, opt, gen)
         if step == 0:
             assert len(seen) == 1 and {r["step"] for r in seen[0]} == {0}  # delivered at the probe, not at close
     live = lens.table()

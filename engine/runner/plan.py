@@ -77,8 +77,7 @@ def plan(
     out: Optional[str | Path] = None,
     execution: Optional[Execution] = None,
 ) -> Plan:
-    """Load and check what `run` would run (nothing is written): `experiment` is a name or a
-    config file; `config` another config file for that experiment."""
+    """`normlab.plan`: a run's plan, loaded and checked (nothing is written)."""
     execution = execution or Execution()
     path = Path(config) if config is not None else config_path(experiment, registry)
     raw = command_overrides(overrides, seeds, execution, "run.train.device")
@@ -104,9 +103,7 @@ def plan_sweep(
     execution: Optional[Execution] = None,
     grid: Optional[dict[str, list]] = None,
 ) -> Plan:
-    """Load and check what `sweep` would run: configs/sweeps/NAME.yaml or a sweep file, or, with
-    `grid` ({"run.optim.lr": [0.01, 0.1]}), an experiment's config over that grid (an ad-hoc sweep,
-    with the same cells, resume and backends). A grid on a sweep file sets those axes."""
+    """`normlab.plan_sweep`: a sweep file's plan, or with a grid over an experiment `plan_grid`'s."""
     execution = execution or Execution()
     overrides = dict(overrides or {})
     axes = {}

@@ -287,12 +287,19 @@ def load(folder: str | Path) -> RunFolder:
     return RunFolder(Path(folder), t.config, t.manifest, t.runs, t.metrics, claims)
 
 
-def judge(folder: str | Path) -> pd.DataFrame:
-    """The claim rows of a run folder, recomputed from its CSVs alone (nothing is written)."""
+def judge(folder: str | Path, write: bool = False) -> pd.DataFrame:
+    """The claim rows of a run folder, recomputed from its CSVs alone by this version's rules.
+
+    With write=True they replace the folder's claims.csv, figures and report.md, and the manifest
+    records the commit that judged them (`judged`) beside the one that trained the runs
+    (`git_commit`), so a verdict moved by a new rule on old runs says so."""
     from normlab.engine.results import CLAIM_COLUMNS, load_tables
+    from normlab.engine.runner import finish
 
     tables = load_tables(Path(folder))
     exp = _experiment_of(tables.config, folder)
+    if write:
+        return finish(exp, Path(folder), rejudged=True).claims
     return pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
 
 

@@ -374,6 +374,27 @@ def export(
 
 @app.command()
 @user_errors
+def judge(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`."),
+    write: bool = typer.Option(
+        False, "--write", help="Replace its claims.csv, figures and report.md; the manifest records this commit."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Judge a run folder's claims again from its CSVs by this version's rules (no training).
+
+    Without --write it only prints the rows; with --write the folder's verdicts are replaced and its
+    manifest names the commit that judged them beside the one that trained the runs."""
+    claims = normlab.judge(run_dir, write=write)
+    if as_json:
+        ui.emit({"folder": str(run_dir), "written": write, "claims": _records(claims)})
+    ui.claims(claims)
+    if write:
+        ui.console.print(f"wrote {run_dir / 'claims.csv'}, {run_dir / 'report.md'} and the figures")
+
+
+@app.command()
+@user_errors
 def plot(
     run_dir: Path = typer.Argument(..., help="A run folder written by `normlab run`."), as_json: bool = JsonOpt
 ) -> None:

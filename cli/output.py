@@ -97,7 +97,7 @@ class Output:
         if self.json:
             return
         table = Table(title="Claims", show_lines=False)
-        for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n"):
+        for col in ("claim", "kind", "verdict", "value", "95% CI", "threshold", "n", "p"):
             table.add_column(col)
         for _, r in claims.iterrows():
             ci = "" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}] {r['interval']}"
@@ -109,6 +109,7 @@ class Output:
                 ci,
                 str(r["threshold"]),
                 str(r["n"]),
+                "" if math.isnan(r.get("p_value", math.nan)) else f"{r['p_value']:.2g}",
             )
         self.table(table)
         for _, r in claims.iterrows():  # a claim that does not apply here says why, once
@@ -118,8 +119,8 @@ class Output:
                     f"{r['claim_id']} not judged: {escape(detail.removeprefix('not judged: '))}", highlight=False
                 )
         self.console.print(
-            "[dim]measured: 95% interval over seeds; exact: maximum error vs tolerance; control and "
-            "descriptive rows are not evidence[/]"
+            "[dim]measured: 95% interval over seeds, p the one-sided p-value of the rule's test (null: the "
+            "claim is false); exact: maximum error vs tolerance; control and descriptive rows are not evidence[/]"
         )
 
 

@@ -10,7 +10,12 @@ An experiment's estimator returns an `Estimate` (value, CI, n, preconditions, de
   - a failed precondition gives `inconclusive`, and the row names the precondition and why;
   - `measured` (a CI over seeds): needs n >= MIN_N and a finite CI; `supported` when the estimate
     and its whole CI satisfy the rule, `not supported` when none of them does, else
-    `inconclusive`;
+    `inconclusive`. Every measured row also carries the one-sided p-values of its rule's own test
+    (`p_value`: null "the claim is false"; `p_against`: null "the claim holds"), below ALPHA exactly
+    when the interval decides. Where the interval cannot carry a test the p-value decides instead:
+    a zero-width interval (every seed gave the same value, so a t test's p is 0 by construction)
+    is judged by an exact sign test over the seeds, and an estimator may hand a pre-registered test
+    of its own (a two-stage combination where seeds were added after a first look);
   - `exact` (an identity or a theory check): the value is a maximum error (or a deterministic
     number) checked against the tolerance; there is no CI;
   - `control` (true by construction): judged like `exact` or `measured`, but labelled so and
@@ -24,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
-from .stats import Interval, distance_in_half_widths, seeds_to_decide
+from .stats import ALPHA, Interval, distance_in_half_widths, seeds_for_sign_test, seeds_to_decide, sign_test_p, t_p
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_JUDGED = "supported", "not supported", "inconclusive", "not judged"
 # Each verdict's colour, in one place: in the terminal (a Rich style), as a mark in figures, and as
@@ -129,6 +134,8 @@ class Estimate:
     checks: list[Check] = field(default_factory=list)
     detail: str = ""
     not_judged: str = ""  # why this claim does not apply to this folder's runs ('' = it does)
+    # a pre-registered test that decides the row instead of the interval: (p_value, p_against, its name)
+    test: Optional[tuple[float, float, str]] = None
 
     @classmethod
     def inapplicable(cls, why: str) -> "Estimate":
@@ -165,6 +172,11 @@ class ClaimRow:
     # nearest threshold in half-widths of its interval (above 1: decided; near 1: fragile)
     n_to_decide: float = float("nan")
     distance_hw: float = float("nan")
+    # measured rows: one-sided p-values of the rule's own test, the claim false (p_value) and the claim
+    # true (p_against) as nulls, and the test that gave them (a band: two one-sided tests)
+    p_value: float = float("nan")
+    p_against: float = float("nan")
+    test: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +184,57 @@ class ClaimRow:
 
 def _finite(*xs: float) -> bool:
     return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def zero_width(ci: Interval) -> bool:
+    """Every seed gave the same value: a t interval of no width, which no t test can weigh."""
+    return _finite(ci.low, ci.high) and ci.low == ci.high
+
+
+def _one_sided(est: Estimate, bound: float, side: int) -> float:
+    """p of the claim's side of one bound (side +1: above it) under the interval's own test."""
+    ci = est.ci
+    if ci.p_of is not None:
+        return ci.p_of(bound, side)
+    if zero_width(ci):
+        on_side = est.value > bound if side > 0 else est.value < bound
+        return sign_test_p(est.n if on_side else 0, est.n)
+    return t_p(est.value, ci, est.n, bound, side)
+
+
+def p_values(claim: Claim, est: Estimate, analysis: Any) -> tuple[float, float, str]:
+    """(p_value, p_against, test) of a measured row: one-sided for a threshold, two one-sided tests for
+    a band (the claim's p is the larger, the rejection's the smaller); NaN without an interval."""
+    nan = float("nan")
+    if est.test is not None:
+        return est.test
+    if claim.kind != MEASURED or claim.rule.op == "none" or not _finite(est.value, est.ci.low, est.ci.high):
+        return nan, nan, ""
+    lo, hi = claim.rule.bounds(analysis)
+    name = (
+        "exact sign test over seeds"
+        if zero_width(est.ci) and est.ci.p_of is None
+        else ("BCa interval inverted" if est.ci.p_of is not None else "t")
+    )
+    if claim.rule.op in ("in", "abs<="):
+        inside = max(_one_sided(est, lo, +1), _one_sided(est, hi, -1))
+        outside = min(_one_sided(est, lo, -1), _one_sided(est, hi, +1))
+        return inside, outside, f"{name}, two one-sided tests"
+    if claim.rule.op in ("<", "<="):
+        p = _one_sided(est, hi, -1)
+        against = _one_sided(est, hi, +1)
+    else:
+        p = _one_sided(est, lo, +1)
+        against = _one_sided(est, lo, -1)
+    return p, against, f"{name}, one-sided"
+
+
+def _by_p(p: float, against: float, test: str) -> tuple[str, str]:
+    if math.isfinite(p) and p <= ALPHA:
+        return SUPPORTED, ""
+    if math.isfinite(against) and against <= ALPHA:
+        return NOT_SUPPORTED, ""
+    return INCONCLUSIVE, f"{test}: p = {p:.3g} for the claim, {against:.3g} against it, neither <= {ALPHA:g}"
 
 
 def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tuple[str, str]:
@@ -191,9 +254,13 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
         return (SUPPORTED if rule.holds(est.value, analysis) else NOT_SUPPORTED), ""
     if est.n < min_n:
         return INCONCLUSIVE, f"n = {est.n} < {min_n} seeds"
+    if est.test is not None:  # a pre-registered test of the estimator's own decides
+        return _by_p(*est.test)
     lo, hi = est.ci.low, est.ci.high
     if not _finite(lo, hi):
         return INCONCLUSIVE, "the confidence interval could not be computed"
+    if claim.kind == MEASURED and zero_width(est.ci) and est.ci.p_of is None:
+        return _by_p(*p_values(claim, est, analysis))
     if rule.op in ("in", "abs<="):  # a band: supported inside it, not supported wholly outside it
         b_lo, b_hi = rule.bounds(analysis)
         if b_lo <= lo and hi <= b_hi and rule.holds(est.value, analysis):
@@ -215,10 +282,14 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
     lo, hi = claim.rule.bounds(analysis)
     no_ci = claim.kind == EXACT or not _finite(est.ci.low, est.ci.high)
     n_to_decide = distance = float("nan")
+    p, against, test = p_values(claim, est, analysis)
     if claim.kind == MEASURED and not no_ci and claim.rule.op != "none" and _finite(est.value):
         distance = distance_in_half_widths(est.value, est.ci.low, est.ci.high, (lo, hi))
         undecided = verdict == INCONCLUSIVE and all(c.ok for c in est.checks) and not est.not_judged
-        if undecided:
+        if undecided and test.startswith("exact sign test"):
+            agree = min(p, against) < 1
+            n_to_decide = float(max(seeds_for_sign_test(), est.n)) if agree else float("inf")
+        elif undecided and est.test is None:
             n_to_decide, reason = seeds_to_decide(
                 est.value, est.ci.low, est.ci.high, est.n, (lo, hi), min_n, log="log" in est.ci.method
             )
@@ -242,6 +313,9 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
         detail=detail,
         n_to_decide=n_to_decide,
         distance_hw=distance,
+        p_value=p,
+        p_against=against,
+        test=test,
     )
 
 

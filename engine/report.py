@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import markdown
-from .claims import EVIDENCE_KINDS, NEAR_FACTOR, is_near
+from .claims import EVIDENCE_KINDS, INCONCLUSIVE, NEAR_FACTOR, NOT_SUPPORTED, SUPPORTED, is_near
+from .family import changes_at, cost_note, family_frame
+from .stats import ALPHA
 from .errors import NormlabError
 from .results import Tables, atomic_write_text, load_tables, read_claims
 
@@ -58,6 +60,7 @@ def write_run_report(tables: Tables, claims: pd.DataFrame, plots: list[Path], ti
         f"- commit: `{m.get('git_commit')}`; normlab {m.get('versions', {}).get('normlab')}, "
         f"torch {m.get('versions', {}).get('torch')}; device: {m.get('device')}; "
         f"wall time: {m.get('wall_seconds', float('nan')):.1f} s"
+        + (f"; claims judged again by commit `{m['judged']['git_commit']}`" if m.get("judged") else "")
         + ("; **smoke run** (tiny settings: the verdicts below are not meaningful)" if m.get("smoke") else ""),
         "",
         "## Claims",
@@ -184,6 +187,14 @@ def _to_decide(r) -> str:
     return "inf" if math.isinf(v) else str(int(v))
 
 
+def _p_cell(r, fam) -> str:
+    """The row's one-sided p-value and, in brackets, Holm's adjustment across the family."""
+    p = r.get("p_value", float("nan"))
+    if not isinstance(p, float) or math.isnan(p):
+        return ""
+    return f"{p:.2g}" + ("" if fam is None else f" ({fam['holm_p']:.2g})")
+
+
 def _near_mark(r) -> str:
     try:
         return " †" if is_near(float(r.get("distance_hw", "nan"))) else ""
@@ -296,9 +307,9 @@ def _summary(items: list[dict], out: Path, short_names: dict[str, str]) -> list[
     their intervals (figures written beside `out`)."""
     counted, repeated = counted_once(items)
     md = ["## Summary", ""] + _counts(counted, repeated) + _family(items) + _coverage(items)
-    every = (
-        pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
-    )
+    every = _every_row(items)
+    fam = family_frame(every) if every is not None else pd.DataFrame()
+    holm_of = {(r["experiment"], r["claim_id"]): r for _, r in fam.iterrows()}
     figures = every is not None and "bound_low" in every
     if figures:
         from .plots import claims_forest, claims_summary
@@ -315,7 +326,10 @@ def _summary(items: list[dict], out: Path, short_names: dict[str, str]) -> list[
             "",
         ]
     md += ["### Every claim row", "", KIND_NOTE, "", SEEDS_NOTE, ""]
-    header = ("experiment", "claim", "kind", "verdict", "statistic", "value", "95% CI", "threshold", "n", "n to decide")
+    header = (
+        "experiment", "claim", "kind", "verdict", "statistic", "value", "95% CI", "threshold", "n", "n to decide",
+        "p (Holm)", "changes at",
+    )  # fmt: skip
     rows = [
         [
             _label(it),
@@ -328,6 +342,8 @@ def _summary(items: list[dict], out: Path, short_names: dict[str, str]) -> list[
             _fmt(r["threshold"]),
             r["n"],
             _to_decide(r),
+            _p_cell(r, holm_of.get((_label(it), r["claim_id"]))),
+            changes_at(r),
         ]  # fmt: skip
         for it in items
         for _, r in it["claims"].iterrows()
@@ -361,9 +377,45 @@ def _counts(counted: list[pd.DataFrame], repeated: list[str]) -> list[str]:
 
 
 def _family(items: list[dict]) -> list[str]:
-    """What the measured rows support as one family, adjusted for their number."""
-    return ["Across the family: each measured row is judged at 95% on its own; no adjustment for the number "
-            "of rows is made.", ""]  # fmt: skip
+    """What the measured rows support as one family, adjusted for their number (engine/family.py)."""
+    every = _every_row(items)
+    fam = family_frame(every) if every is not None else pd.DataFrame()
+    if fam.empty:
+        return ["Across the family: these folders' claims carry no p-values (written before they did); "
+                "`normlab judge FOLDER --write` judges them again.", ""]  # fmt: skip
+    m = len(fam)
+    before = fam["verdict"].value_counts()
+    after = fam["family_verdict"].value_counts()
+    moved = fam[fam["verdict"] != fam["family_verdict"]]
+    md = [
+        f"Across the family: every measured row with a p-value in these folders ({m} rows, a sweep's repeats "
+        f"included), Holm-adjusted at one-sided {ALPHA:g} in each direction (family-wise error under any "
+        "dependence; engine/family.py). Supported "
+        f"{before.get(SUPPORTED, 0)} -> {after.get(SUPPORTED, 0)}, not supported {before.get(NOT_SUPPORTED, 0)} -> "
+        f"{after.get(NOT_SUPPORTED, 0)}, inconclusive {before.get(INCONCLUSIVE, 0)} -> {after.get(INCONCLUSIVE, 0)}.",
+        "",
+    ]
+    if len(moved):
+        md += [
+            "Rows the family no longer decides: "
+            + "; ".join(
+                f"{r['experiment']} {r['claim_id']} ({r['verdict']}, p {r['p_value']:.2g}, "
+                f"against {r['p_against']:.2g}; Holm {_holm(r):.2g})"
+                for _, r in moved.iterrows()
+            )
+            + ".",
+            "",
+        ]
+    return md + [cost_note(m), ""]
+
+
+def _holm(r) -> float:
+    """The adjusted p-value of the direction the row was decided in."""
+    return r["holm_p"] if r["verdict"] == SUPPORTED else r["holm_against"]
+
+
+def _every_row(items: list[dict]) -> pd.DataFrame | None:
+    return pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
 
 
 def _coverage(items: list[dict]) -> list[str]:

@@ -52,6 +52,9 @@ CLAIM_COLUMNS = [
     "detail",
     "n_to_decide",
     "distance_hw",
+    "p_value",
+    "p_against",
+    "test",
 ]
 FINAL_COLUMNS = [M.final(name) for name in M.EVALUATION]
 FLOAT_FORMAT = "%.9g"  # enough digits to round-trip float32 values
@@ -233,7 +236,9 @@ class Tables:
         return self.series(metric, stat, layer)[["run_id", "arm", "seed", "step", "value"]]
 
 
-CLAIM_NUMERIC = ("value", "ci_low", "ci_high", "bound_low", "bound_high", "n_to_decide", "distance_hw")
+CLAIM_NUMERIC = (
+    "value", "ci_low", "ci_high", "bound_low", "bound_high", "n_to_decide", "distance_hw", "p_value", "p_against"
+)  # fmt: skip
 
 
 def read_claims(folder: Path) -> pd.DataFrame:

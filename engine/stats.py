@@ -15,8 +15,8 @@ Bootstrap resampling is seeded, so a claim row is a pure function of the CSVs it
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -25,11 +25,19 @@ N_RESAMPLES = 4000  # bootstrap resamples (BCa)
 BOOT_SEED = 0  # the bootstrap's own seed: intervals are reproducible
 
 
+ALPHA = (1 - LEVEL) / 2  # one-sided level of every verdict: a 95% interval clearing a threshold
+
+
 @dataclass(frozen=True)
 class Interval:
     low: float
     high: float
     method: str  # e.g. "t", "paired t", "paired t on log ratio", "BCa bootstrap, paired by seed"
+    log: bool = False  # a t interval on logs, mapped back (symmetric in log space)
+    # the one-sided p-value this interval's own method gives against a bound: p_of(bound, side) with
+    # side +1 testing "above the bound" (null: at or below it) and -1 "below"; None for t intervals,
+    # whose p-value follows from the interval and n alone (p_value below)
+    p_of: Optional[Callable[[float, int], float]] = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def none(method: str = "none") -> "Interval":
@@ -89,7 +97,7 @@ def geometric_t(
     logs = np.log(r[r > 0])
     ci = t_interval(logs, level)
     est = float(np.exp(logs.mean())) if len(logs) else float("nan")
-    return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), method), len(logs)
+    return est, Interval(float(np.exp(ci.low)), float(np.exp(ci.high)), method, log=True), len(logs)
 
 
 def paired_t(
@@ -149,7 +157,99 @@ def bca(
         except (ValueError, FloatingPointError):
             return Interval.none(method)
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return Interval(lo, hi, method)
+    p_of = _bca_p(arrays, statistic, np.asarray(res.bootstrap_distribution, dtype=float), paired_by_seed)
+    return Interval(lo, hi, method, p_of=p_of)
+
+
+def _bca_p(arrays, statistic, boot: np.ndarray, paired_by_seed: bool) -> Callable[[float, int], float]:
+    """The BCa interval inverted: the one-sided level at which an endpoint of the same interval (same
+    resamples, same bias correction z0 and jackknife acceleration a) falls on the bound. Its p-value
+    is below ALPHA exactly when the 95% BCa interval clears the bound."""
+    from scipy.special import ndtr, ndtri
+
+    theta = float(statistic(*arrays))
+    boot = boot[np.isfinite(boot)]
+    z0 = float(ndtri(np.mean(boot < theta))) if len(boot) else float("nan")
+    if paired_by_seed:  # leave one seed out of every arm at once
+        n = len(arrays[0])
+        jack = np.array([statistic(*(np.delete(a, i) for a in arrays)) for i in range(n)], dtype=float)
+    else:
+        jack = np.array(
+            [statistic(*(np.delete(a, i) if j == k else a for j, a in enumerate(arrays)))
+             for k, arr in enumerate(arrays) for i in range(len(arr))],
+            dtype=float,
+        )  # fmt: skip
+    d = np.nanmean(jack) - jack
+    den = 6.0 * np.nansum(d**2) ** 1.5
+    acc = float(np.nansum(d**3) / den) if den > 0 else 0.0
+
+    def p_of(bound: float, side: int) -> float:
+        if not (len(boot) and np.isfinite(z0) and np.isfinite(bound)):
+            return float("nan")
+        frac = np.clip(np.mean(boot < bound), 0.5 / len(boot), 1 - 0.5 / len(boot))  # the resamples' resolution
+        w = float(ndtri(frac)) - z0
+        level = float(ndtr(w / (1 + acc * w) - z0))  # the bound is the BCa endpoint at this percentile
+        return level if side > 0 else 1.0 - level
+
+    return p_of
+
+
+def t_p(value: float, ci: Interval, n: int, bound: float, side: int) -> float:
+    """One-sided p-value of a t interval's own test against a bound (side +1: the claim is 'above',
+    null 'at or below'; -1: the reverse). The interval gives the mean (its centre) and the standard
+    error (its half-width over t's quantile), in log space for a log interval, so p < ALPHA exactly
+    when the 95% interval clears the bound."""
+    from scipy import stats
+
+    lo, hi, b = ci.low, ci.high, bound
+    if ci.log:
+        if min(lo, hi, b) <= 0:
+            return float("nan")
+        lo, hi, b = np.log(lo), np.log(hi), np.log(b)
+    if n < 2 or not np.all(np.isfinite([lo, hi, b])) or hi <= lo:
+        return float("nan")
+    centre, se = (lo + hi) / 2, (hi - lo) / 2 / stats.t.ppf(0.5 + LEVEL / 2, n - 1)
+    t = (centre - b) / se
+    return float(stats.t.sf(t, n - 1) if side > 0 else stats.t.cdf(t, n - 1))
+
+
+def sign_test_p(agree: int, n: int) -> float:
+    """Exact one-sided sign test: P(at least `agree` of n seeds on the claim's side | each side 1/2).
+    For rows whose seeds all give one value, where a t interval has zero width and p = 0."""
+    from scipy import stats
+
+    return float(stats.binom.sf(agree - 1, n, 0.5)) if n > 0 else float("nan")
+
+
+def seeds_for_sign_test(alpha: float = ALPHA) -> int:
+    """The fewest seeds that, all agreeing, give an exact sign test p <= alpha (6 at 0.025)."""
+    return int(np.ceil(np.log(alpha) / np.log(0.5)))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control under any dependence: the rows
+    share runs and point in mixed directions). NaN p-values stay NaN and are not counted."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.where(np.isfinite(p))[0]
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def inverse_normal(p1: float, n1: int, p2: float, n2: int) -> float:
+    """Two stages' one-sided p-values combined with weights fixed in advance (sqrt of each stage's
+    planned share of the seeds): valid when the second stage's size was chosen after the first."""
+    from scipy.special import ndtr, ndtri
+
+    if not all(np.isfinite([p1, p2])) or n1 <= 0 or n2 <= 0:
+        return float("nan")
+    w1, w2 = np.sqrt(n1 / (n1 + n2)), np.sqrt(n2 / (n1 + n2))
+    eps = 1e-300
+    return float(ndtr(-(w1 * ndtri(1 - max(p1, eps)) + w2 * ndtri(1 - max(p2, eps)))))
 
 
 def percentile_band(samples: np.ndarray, level: float = 0.9, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

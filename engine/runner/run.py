@@ -275,8 +275,17 @@ def _manifest(plan: Plan, done: list[RunTask], runs: pd.DataFrame, execution: Ex
     }
 
 
-def finish(exp: Experiment, folder: Path) -> Outcome:
-    """Claims, plots and report of a run folder, from its CSVs alone."""
+def finish(exp: Experiment, folder: Path, rejudged: bool = False) -> Outcome:
+    """Claims, plots and report of a run folder, from its CSVs alone. `rejudged`: the runs are old and
+    the claims new; the manifest records which commit judged them."""
+    if rejudged:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["judged"] = {
+            "git_commit": git_commit(),
+            "at": now(),
+            "how": "claims, figures and report recomputed from this folder's CSVs (normlab judge --write)",
+        }
+        write_manifest(folder, manifest)
     tables = load_tables(folder)
     claims = pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
     atomic_write_csv(folder / "claims.csv", claims)

@@ -45,28 +45,32 @@ from normlab.engine.runs import RunTask
 
 from normlab.engine.experiment import Experiment, Setting
 
-# an equivalence test: supported when the whole CI of the gap lies within +-margin, not supported when
-# it lies wholly outside, inconclusive otherwise (a wide interval that contains 0 shows nothing)
-_GAP = Rule("abs<=", "equivalence_margin_points", "points")
+# One-sided (from 2026-12-04): the chapter's claim is that the believed SGD advantage does not survive
+# careful tuning, and Choi et al.'s that the more general optimizer (Adam) is no worse than its
+# special case (momentum SGD). Supported when the upper end of the careful gap's interval (SGD - Adam)
+# lies below the margin; Adam ahead is consistent with it. Choi's inclusion is the same test at margin
+# 0: the report's "changes at" column gives the margin at which each row would turn.
+_ADVANTAGE = Rule("<", "sgd_advantage_margin_points", "points")
 _GAP_STAT = (
     "careful protocol: mean test accuracy SGD - Adam (points) of the selected configs re-run on shared "
     "fresh seeds, paired by seed"
 )
-K5_MLP = Claim(
-    "K5-mlp",
-    MEASURED,
-    "On the MLP, after a careful, equal-budget search, SGD (momentum) and Adam "
-    "reach the same test accuracy within the margin (Grosse ch. 5, §6; Choi et al. 2019)",
-    _GAP_STAT,
-    _GAP,
+_K5 = (
+    "after a careful, equal-budget search, SGD (momentum) keeps no advantage over Adam beyond the margin "
+    "(one-sided: Adam ahead is consistent) (Grosse ch. 5, §6; Choi et al. 2019: the more general optimizer "
+    "is no worse than its special case)"
 )
-K5_CNN = Claim(
-    "K5-cnn",
-    MEASURED,
-    "On the 1-D CNN, after a careful, equal-budget search, SGD (momentum) and "
-    "Adam reach the same test accuracy within the margin (Grosse ch. 5, §6; Choi et al. 2019)",
-    _GAP_STAT,
-    _GAP,
+K5_MLP = Claim("K5-mlp", MEASURED, "On the MLP, " + _K5, _GAP_STAT, _ADVANTAGE)
+K5_CNN = Claim("K5-cnn", MEASURED, "On the 1-D CNN, " + _K5, _GAP_STAT, _ADVANTAGE)
+_EQUIV = (
+    "reach the same test accuracy within +-margin (the two-sided reading the rows used until 2026-12-04; "
+    "described, not judged)"
+)
+K5_MLP_EQUIV = Claim(
+    "K5-mlp-equiv", DESCRIPTIVE, "On the MLP, after careful tuning SGD and Adam " + _EQUIV, _GAP_STAT, Rule("none")
+)
+K5_CNN_EQUIV = Claim(
+    "K5-cnn-equiv", DESCRIPTIVE, "On the 1-D CNN, after careful tuning SGD and Adam " + _EQUIV, _GAP_STAT, Rule("none")
 )
 _SHRINK_STAT = "|narrow gap| - |careful gap| (points), BCa interval over the shared fresh seeds"
 K5_MLP_SHRINK = Claim(
@@ -83,7 +87,7 @@ K5_CNN_SHRINK = Claim(
     _SHRINK_STAT,
     Rule("none"),
 )
-CLAIMS_OF_WORKLOAD = {"mlp": (K5_MLP, K5_MLP_SHRINK), "cnn": (K5_CNN, K5_CNN_SHRINK)}
+CLAIMS_OF_WORKLOAD = {"mlp": (K5_MLP, K5_MLP_EQUIV, K5_MLP_SHRINK), "cnn": (K5_CNN, K5_CNN_EQUIV, K5_CNN_SHRINK)}
 
 _GRAFT_STAT = (
     "linear contrast (acc_{graft} - acc_sgd) - share x (acc_adam - acc_sgd), points, test accuracy of the "
@@ -183,11 +187,11 @@ def _default_space(opt: str) -> list[SearchDim]:
 
 @dataclass
 class TuningAnalysis(Analysis):
-    equivalence_margin_points: float = param(
+    sgd_advantage_margin_points: float = param(
         1.0,
         min=0.0,
-        help="K5: supported if the careful gap's whole CI lies within +- this many points, not supported if "
-        "it lies wholly outside",
+        help="K5: supported if the upper end of the careful gap's CI (SGD - Adam, points) lies below this, "
+        "not supported if its lower end lies above it",
     )
     graft_closed_min: float = param(
         0.75, help="K11: the share of the SGD-Adam gap Adam#SGD must close (the contrast's weight)"
@@ -389,8 +393,8 @@ class TuningSetting(Setting):
 
 
 def k5(s: TuningSetting, workload: str, row: str) -> Estimate | None:
-    """K5 (row "gap"): the careful protocol's SGD - Adam gap, paired by seed; K5-shrink (row
-    "shrink"): how much the gap shrinks from the narrow to the careful protocol."""
+    """K5 and K5-equiv (row "gap"): the careful protocol's SGD - Adam gap, paired by seed; K5-shrink
+    (row "shrink"): how much the gap shrinks from the narrow to the careful protocol."""
     if workload not in s.cfg.workloads:
         return None
     acc = {(opt, protocol): s.test_acc(workload, opt, protocol) for protocol in ("narrow", "careful")
@@ -457,7 +461,10 @@ class OptimizerTuning(Experiment):
     name = "optimizer_tuning"
     title = "K5, K11: SGD vs Adam under a narrow and a careful tuning protocol, and Adam#SGD grafting"
     short_names = {"K5": "SGD vs Adam, tuned with care", "K11": "grafting Adam#SGD"}
-    claims = (K5_MLP, K5_CNN, K5_MLP_SHRINK, K5_CNN_SHRINK, K11_MLP, K11_CNN, K11_MLP_REVERSE, K11_CNN_REVERSE)
+    claims = (
+        K5_MLP, K5_CNN, K5_MLP_EQUIV, K5_CNN_EQUIV, K5_MLP_SHRINK, K5_CNN_SHRINK,
+        K11_MLP, K11_CNN, K11_MLP_REVERSE, K11_CNN_REVERSE,
+    )  # fmt: skip
     config_class = TuningConfig
 
     def _run_config(self, cfg: TuningConfig, workload: str, overrides: dict) -> RunConfig:
@@ -523,7 +530,7 @@ class OptimizerTuning(Experiment):
         **{
             c: partial(k5, workload=w, row=r)
             for w, pair in CLAIMS_OF_WORKLOAD.items()
-            for c, r in zip(pair, ("gap", "shrink"))
+            for c, r in zip(pair, ("gap", "gap", "shrink"))
         },
         **{
             c: partial(k11, workload=w, graft=g)

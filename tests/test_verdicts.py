@@ -927,13 +927,15 @@ def test_k14_is_judged_against_the_runs_own_rounding_floor(tmp_path):
 # ---------- K15 ----------
 
 
-def _deep_linear(tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-9, reach=True, closed_err=1e-9):
+def _deep_linear(
+    tmp_path, counts=(60, 8, 5, 4), imbalance=1e-9, penalty_err=1e-9, reach=True, closed_err=1e-9, matched_mse=0.048
+):
     fits, weights = [], []
     for s in range(3):
         for k, c in zip((1, 2, 3, 4), counts):
             for lam, mse in (
                 (0.01, 0.01 if reach or k < 4 else 0.2),
-                (0.1, 0.04 if reach or k < 4 else 0.2),
+                (0.1, matched_mse if reach or k < 4 else 0.2),
                 (1.0, 0.5),
             ):
                 for start in range(2):  # the second start stops above the first at K = 4
@@ -986,7 +988,8 @@ def test_k15_not_supported_or_inconclusive_otherwise(tmp_path):
     v = _deep_linear(tmp_path, counts=(5, 8, 20, 40), imbalance=1e-2, closed_err=1e-3)
     assert v == {
         "K15-sparsity": "not supported",
-        "K15-sparsity-deep": "not supported",
+        "K15-step-3": "not supported",
+        "K15-step-4": "not supported",
         "K15-balance": "not supported",
         "K15-closed-form": "not supported",
         "K15-starts": "not judged",
@@ -995,11 +998,41 @@ def test_k15_not_supported_or_inconclusive_otherwise(tmp_path):
     assert _deep_linear(tmp_path, reach=False)["K15-sparsity"] == "inconclusive"
 
 
-def test_k15_deep_slope_ignores_ridge(tmp_path):
+def test_k15_steps_ignore_ridge(tmp_path):
     """Ridge keeps every weight and the deep fits all keep the same number: the slope over all K falls
-    (from K = 1 alone), the slope over K >= 2 does not."""
+    (from K = 1 alone); each step past K = 2 is a tie in every seed, which a sign test cannot call
+    either way (p = 1 both ways), so the steps are inconclusive and say so."""
     v = _deep_linear(tmp_path, counts=(90, 6, 6, 6))
-    assert v["K15-sparsity"] == "supported" and v["K15-sparsity-deep"] == "not supported"
+    assert v["K15-sparsity"] == "supported"
+    assert v["K15-step-3"] == v["K15-step-4"] == "inconclusive"
+
+
+def test_k15_steps_need_matched_training_error(tmp_path):
+    """A matched fit 20% below the target error (the grid's nearest point, not the target) leaves the
+    steps inconclusive, naming the gap."""
+    _deep_linear(tmp_path, matched_mse=0.04)
+    t = Tables(tmp_path, _config("deep_linear"), {}, pd.DataFrame([]), pd.DataFrame([], columns=COLS))
+    rows = {r.claim_id: r for r in REGISTRY["deep_linear"].analyze(t)}
+    assert rows["K15-step-3"].verdict == "inconclusive" and "largest gap 20%" in rows["K15-step-3"].detail
+    assert rows["K15-sparsity"].verdict == "supported"  # the all-K slope keeps its rule
+
+
+def test_k15_refinement_matches_the_training_error():
+    """The bisection between the grid's bracketing penalties lands every (seed, K) within 2% of the
+    target error, where the grid alone left fits 2.5x apart."""
+    from normlab.engine import config as C
+    from normlab.experiments.deep_linear import DeepLinearConfig, matched_counts
+
+    cfg = C.from_dict(DeepLinearConfig, {"experiment": "deep_linear", "seeds": 1,
+                                         "problem": {"lambdas": [0.001, 0.01, 0.1, 1.0], "starts": 1, "max_iter": 300,
+                                                     "depths": [1, 2], "refine_steps": 7}})  # fmt: skip
+    tables = REGISTRY["deep_linear"].derived(cfg)
+    fits = tables["fits"]
+    assert fits["refined"].sum() == 2 * 7  # one fit per bisection per (seed, K)
+    m = matched_counts(fits[fits["best"]], tables["weights"], cfg.analysis)
+    grid = matched_counts(fits[fits["best"] & ~fits["refined"]], tables["weights"], cfg.analysis)
+    off, grid_off = (m["train_mse"] / 0.05 - 1).abs(), (grid["train_mse"] / 0.05 - 1).abs()
+    assert (off <= 0.02).all() and (off < grid_off).all()
 
 
 def test_k15_starts_counts_the_starts_above_the_best(tmp_path):

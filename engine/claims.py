@@ -210,6 +210,8 @@ def p_values(claim: Claim, est: Estimate, analysis: Any) -> tuple[float, float, 
         return est.test
     if claim.kind != MEASURED or claim.rule.op == "none" or not _finite(est.value, est.ci.low, est.ci.high):
         return nan, nan, ""
+    if est.n < MIN_N:  # no verdict below MIN_N seeds, so no p-value a family could count either
+        return nan, nan, ""
     lo, hi = claim.rule.bounds(analysis)
     name = (
         "exact sign test over seeds"

@@ -49,7 +49,7 @@ from normlab.engine import metrics as M
 from normlab.engine import stats as S
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Claim, Estimate, Rule
+from normlab.engine.claims import CONTROL, DESCRIPTIVE, MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.runs import RunTask
@@ -63,13 +63,23 @@ _COUNT = (
     "mean-direction outliers per class: top-k GGN eigenvectors of the measured layer with share >= share_min "
     "along the layer's input mean, / C, at the last checkpoint; mean over seeds"
 )
+_MASS = (
+    "mean-direction mass per class, with no per-vector cut: the trace of the top-k eigenvectors' projector on "
+    "the subspace {u (x) m_hat} (the sum of their shares along the input mean) minus its chance value k / in, "
+    "/ C; GGN, last checkpoint, k = top_k; mean over seeds"
+)
 _RELATIVE = (
     "paired by seed: 1 - (mean-direction outliers of this arm) / (those of the uncentered arm), GGN, last "
     "checkpoint; mean over seeds"
 )
 _ABOUT_C = (
     "the uncentered network's curvature has about C outlier eigenvalues whose eigenvectors lie along the mean of "
-    "the layer's inputs (u (x) m_hat) (Grosse ch. 5, §3, §4.2)"
+    "the layer's inputs (u (x) m_hat): Papyan's (2020) count; the chapter (§3) says uncentered inputs give a small "
+    "number of outliers, up to as many as the layer's outputs"
+)
+_ABOUT_C_COUNT = (
+    "the same count read per eigenvector, each counted when its share along the mean is at least share_min (the "
+    "rows' statistic until 2026-12-04; it moves with the cut where the shares form a continuum)"
 )
 _EQ9 = (
     "reparameterizing the same network to centered inputs (Eq. 9: same function, bias absorbing W m) removes the "
@@ -80,6 +90,14 @@ _EQ9_STAT = (
     "GGN, last checkpoint; mean over seeds"
 )
 _FEWER = "removes the mean-direction outliers: at least removal_min of the uncentered network's (Grosse ch. 5, §4.2)"
+# Descriptive from 2026-12-04: BN right after the previous activation makes the measured layer's inputs
+# centred by construction, so their mean is a noise direction and "no outlier along it" cannot fail;
+# Eq. 9's row (the same network, centred) carries the claim that centering removes them.
+_BNPREV = (
+    "BN after the previous activation: its mean-direction outliers relative to the uncentered network's "
+    "(described, not judged: that BN centres the layer's inputs by construction, so their mean is noise and "
+    "none can be found along it; K8-eq9 judges centering)"
+)
 _KNOCK = (
     "Noise after BN does not bring the outliers back at the weights that follow it, because the next "
     "layer's BN still cancels a shift of their inputs (Grosse ch. 5, §4.2, reading of Santurkar et al.)"
@@ -103,19 +121,13 @@ WORKLOADS = ("mnist1d", "mixture")  # the workloads the claims name, in the orde
 # Each workload's claims by role, in this order (ids written out: tests hold each to one literal definition)
 ROLES = ("ggn", "eq9", "top", "bn_next", "bn_prev", "knockout", "centered", "class")
 CLAIMS = (
-    Claim("K8-mnist1d", MEASURED, "MNIST-1D: " + _ABOUT_C, _COUNT, Rule("in", "about_c_band")),
+    Claim("K8-mnist1d", MEASURED, "MNIST-1D: " + _ABOUT_C, _MASS, Rule("in", "about_c_band")),
     Claim("K8-eq9-mnist1d", MEASURED, "MNIST-1D: " + _EQ9, _EQ9_STAT, Rule(">=", "removal_min")),
     Claim("K8-top-mnist1d", MEASURED, "MNIST-1D: " + _TOP, _TOPSTAT, Rule(">", "top_drop_min")),
     Claim(
         "K8-bnnext-mnist1d", MEASURED, "MNIST-1D: BN in the next layer " + _FEWER, _RELATIVE, Rule(">=", "removal_min")
     ),
-    Claim(
-        "K8-bnprev-mnist1d",
-        MEASURED,
-        "MNIST-1D: BN after the previous activation " + _FEWER,
-        _RELATIVE,
-        Rule(">=", "removal_min"),
-    ),
+    Claim("K8-bnprev-mnist1d", DESCRIPTIVE, "MNIST-1D: " + _BNPREV, _RELATIVE, Rule("none")),
     Claim(
         "K8-knockout-mnist1d",
         MEASURED,
@@ -125,7 +137,7 @@ CLAIMS = (
     ),
     Claim("K8-centered-mnist1d", DESCRIPTIVE, "MNIST-1D: " + _TRAINED_CENTERED, _RELATIVE, Rule("none")),
     Claim("K8-class-mnist1d", DESCRIPTIVE, "MNIST-1D: " + _CLASS, _CLASS_STAT, Rule("none")),
-    Claim("K8-mixture", MEASURED, "Gaussian mixture: " + _ABOUT_C, _COUNT, Rule("in", "about_c_band")),
+    Claim("K8-mixture", MEASURED, "Gaussian mixture: " + _ABOUT_C, _MASS, Rule("in", "about_c_band")),
     Claim("K8-eq9-mixture", MEASURED, "Gaussian mixture: " + _EQ9, _EQ9_STAT, Rule(">=", "removal_min")),
     Claim("K8-top-mixture", MEASURED, "Gaussian mixture: " + _TOP, _TOPSTAT, Rule(">", "top_drop_min")),
     Claim(
@@ -135,13 +147,7 @@ CLAIMS = (
         _RELATIVE,
         Rule(">=", "removal_min"),
     ),
-    Claim(
-        "K8-bnprev-mixture",
-        MEASURED,
-        "Gaussian mixture: BN after the previous activation " + _FEWER,
-        _RELATIVE,
-        Rule(">=", "removal_min"),
-    ),
+    Claim("K8-bnprev-mixture", DESCRIPTIVE, "Gaussian mixture: " + _BNPREV, _RELATIVE, Rule("none")),
     Claim(
         "K8-knockout-mixture",
         MEASURED,
@@ -151,17 +157,21 @@ CLAIMS = (
     ),
     Claim("K8-centered-mixture", DESCRIPTIVE, "Gaussian mixture: " + _TRAINED_CENTERED, _RELATIVE, Rule("none")),
     Claim("K8-class-mixture", DESCRIPTIVE, "Gaussian mixture: " + _CLASS, _CLASS_STAT, Rule("none")),
+    Claim("K8-count-mnist1d", DESCRIPTIVE, "MNIST-1D: " + _ABOUT_C_COUNT, _COUNT, Rule("none")),
+    Claim("K8-count-mixture", DESCRIPTIVE, "Gaussian mixture: " + _ABOUT_C_COUNT, _COUNT, Rule("none")),
     Claim(
         "K8-hessian",
-        EXACT,
-        "For one layer of a ReLU network without normalization the Hessian block equals the GGN block (the network "
-        "is piecewise linear in that layer's weights): the top eigenvalues agree (Grosse ch. 5, §3)",
+        CONTROL,
+        "Instrument check, not a statement of the chapter: for one layer of a ReLU network without normalization "
+        "the Hessian block equals the GGN block (the network is piecewise linear in that layer's weights), so the "
+        "Lanczos solver must give both the same top eigenvalues",
         "max over workloads, seeds and the top-k ranks of |lambda_Hessian - lambda_GGN| / lambda_GGN, uncentered "
         "network, last checkpoint",
         Rule("<", "hessian_tol"),
     ),
 )
 K8 = {w: dict(zip(ROLES, CLAIMS[i * len(ROLES) : (i + 1) * len(ROLES)])) for i, w in enumerate(WORKLOADS)}
+K8_COUNT = {w: CLAIMS[len(WORKLOADS) * len(ROLES) + i] for i, w in enumerate(WORKLOADS)}
 K8_HESSIAN = CLAIMS[-1]
 REMOVERS = ("bn_next", "bn_prev", "centered")  # the trained arms compared with the uncentered one (their roles)
 
@@ -209,6 +219,11 @@ class CurvatureExperimentConfig(ExperimentConfig):
             raise C.ConfigError(f"arms: the curvature verdicts need the arms {sorted(needed)}; add the missing ones")
         if not self.run.curvature.steps:
             raise C.ConfigError("run.curvature.steps: the experiment measures curvature; set e.g. [0, 1000]")
+        if self.run.curvature.layer == "layer1":
+            raise C.ConfigError(
+                "run.curvature.layer: K8's chance value needs the measured layer's fan-in, which for a hidden layer "
+                "is model.width; measure layer2 or deeper"
+            )
         classes = 10 if self.run.data.name != "synthetic" else self.run.data.num_classes
         if self.run.curvature.top_k < 3 * classes:
             raise C.ConfigError(
@@ -270,13 +285,15 @@ def outliers(eig: pd.DataFrame, share: pd.DataFrame, classes: int, share_min: fl
                 "step": int(step),
                 "top": float(g["value"].iloc[0]),
                 "outliers": int(along.sum()),
+                "share_sum": float(g["share"].sum()),
                 "per_class": float(along.sum()) / classes,
                 "top_k": len(g),
                 "class_top_c": float((~along & (g["rank"] <= classes)).sum()) / classes,
                 "no_share": bool(g["share"].isna().all()),
             }
         )
-    cols = ["workload", "kind", "seed", "step", "top", "outliers", "per_class", "top_k", "class_top_c", "no_share"]
+    cols = ["workload", "kind", "seed", "step", "top", "outliers", "share_sum", "per_class", "top_k", "class_top_c",
+            "no_share"]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -373,9 +390,40 @@ def _count_estimate(m: Measured, kind: str, seeds: list[int]) -> Estimate:
 
 
 def k8_count(s: CurvatureSetting, w: str) -> Estimate:
-    """About C mean-direction outliers in the uncentered network's GGN, per class, mean over seeds."""
+    """Mean-direction outliers in the uncentered network's GGN counted by the per-vector cut, per class."""
     m = s.measured(w)
     return Estimate.missing(m) if isinstance(m, str) else _count_estimate(m, "uncentered", s.seeds)
+
+
+def k8_mass(s: CurvatureSetting, w: str) -> Estimate:
+    """About C outliers, read without a cut: the top-k eigenvectors' summed share along the input mean (the
+    trace of their projector on the mean-direction subspace) above its chance value k / in, per class.
+    A random unit vector has share 1/in on average (the subspace u (x) m_hat holds out of out x in
+    dimensions), so near-degenerate eigenvectors that mix the mean and class directions count by the
+    share they hold, not by which side of a cut they fall."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    fan_in = layer_fan_in(s.cfg, w)
+    u = m.ggn[m.ggn["kind"] == "uncentered"].set_index("seed")
+    vals = [
+        float((u.at[sd, "share_sum"] - u.at[sd, "top_k"] / fan_in) / m.classes) if sd in u.index else float("nan")
+        for sd in s.seeds
+    ]
+    n = int(np.isfinite(vals).sum())
+    k = int(u["top_k"].max()) if len(u) else 0
+    detail = (
+        f"step {m.step}, C = {m.classes}, top {k}, the layer's {fan_in} inputs (chance {k / fan_in:.2g}); summed "
+        f"share along the mean {S.nanmean(u['share_sum'].tolist()):.2f} on average; by the cut >= {m.share_min:g}: "
+        f"{S.nanmean(u['outliers'].tolist()):.1f} outliers"
+    )
+    return Estimate(S.nanmean(vals), t_interval(vals), n, detail=detail)
+
+
+def layer_fan_in(cfg: CurvatureExperimentConfig, workload: str) -> int:
+    """The measured layer's number of inputs: a hidden layer's fan-in is the MLP's width."""
+    raw = C.apply_overrides(C.to_dict(cfg.run), cfg.design.workloads.get(workload) or {})
+    return int(C.from_dict(RunConfig, raw).model.width)
 
 
 def _relative_removal(before: list[float], after: list[float]) -> tuple[list[float], str]:
@@ -469,7 +517,8 @@ def k8_hessian(s: CurvatureSetting) -> Estimate:
 
 ESTIMATORS = {}
 for _w in WORKLOADS:
-    ESTIMATORS[K8[_w]["ggn"]] = partial(k8_count, w=_w)
+    ESTIMATORS[K8[_w]["ggn"]] = partial(k8_mass, w=_w)
+    ESTIMATORS[K8_COUNT[_w]] = partial(k8_count, w=_w)
     ESTIMATORS[K8[_w]["eq9"]] = partial(k8_eq9, w=_w)
     ESTIMATORS[K8[_w]["top"]] = partial(k8_top, w=_w)
     for _arm in REMOVERS:

@@ -287,19 +287,36 @@ def load(folder: str | Path) -> RunFolder:
     return RunFolder(Path(folder), t.config, t.manifest, t.runs, t.metrics, claims)
 
 
-def judge(folder: str | Path, write: bool = False) -> pd.DataFrame:
+def judge(folder: str | Path, write: bool = False, current_analysis: bool = False) -> pd.DataFrame:
     """The claim rows of a run folder, recomputed from its CSVs alone by this version's rules.
 
     With write=True they replace the folder's claims.csv, figures and report.md, and the manifest
     records the commit that judged them (`judged`) beside the one that trained the runs
-    (`git_commit`), so a verdict moved by a new rule on old runs says so."""
+    (`git_commit`), so a verdict moved by a new rule on old runs says so. current_analysis=True
+    judges with the `analysis:` section of the experiment's shipped config instead of the folder's
+    own (a threshold renamed or added since the runs); with write=True the folder's config.yaml takes
+    that section, and the manifest says so."""
+    import yaml
+
+    from normlab.engine import config as C
+    from normlab.engine.files import atomic_write_text
     from normlab.engine.results import CLAIM_COLUMNS, load_tables
     from normlab.engine.runner import finish
 
-    tables = load_tables(Path(folder))
+    folder = Path(folder)
+    tables = load_tables(folder)
     exp = _experiment_of(tables.config, folder)
+    if current_analysis:
+        shipped = yaml.safe_load(Path(exp.default_config).read_text()) or {}
+        config = {**tables.config, "analysis": shipped.get("analysis", {})}
+        typed = C.from_dict(exp.config_class, config)
+        if write:
+            atomic_write_text(folder / "config.yaml", C.dump_yaml(typed))
+        tables.config = C.to_dict(typed)
     if write:
-        return finish(exp, Path(folder), rejudged=True).claims
+        return finish(
+            exp, folder, rejudged=f"analysis: from {exp.default_config.name}" if current_analysis else ""
+        ).claims
     return pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
 
 

@@ -379,13 +379,19 @@ def judge(
     write: bool = typer.Option(
         False, "--write", help="Replace its claims.csv, figures and report.md; the manifest records this commit."
     ),
+    current_analysis: bool = typer.Option(
+        False,
+        "--current-analysis",
+        help="Judge with the analysis: section (thresholds) of the experiment's shipped config instead of the "
+        "folder's own, e.g. after a threshold was renamed; with --write the folder's config.yaml takes it.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Judge a run folder's claims again from its CSVs by this version's rules (no training).
 
     Without --write it only prints the rows; with --write the folder's verdicts are replaced and its
     manifest names the commit that judged them beside the one that trained the runs."""
-    claims = normlab.judge(run_dir, write=write)
+    claims = normlab.judge(run_dir, write=write, current_analysis=current_analysis)
     if as_json:
         ui.emit({"folder": str(run_dir), "written": write, "claims": _records(claims)})
     ui.claims(claims)

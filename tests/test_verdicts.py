@@ -1069,7 +1069,7 @@ def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
 # ---------- K16 ----------
 
 
-def _kfac(tmp_path, kfac_ratio=1.0, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=3,
+def _kfac(tmp_path, kfac_ratio=1.01, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=6,
           reparam=1.0, reparam_sgd=2.0, floor=0.01):  # fmt: skip
     factor = {
         "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "kfac_scale1_ulp": 1.0 + floor,
@@ -1105,6 +1105,7 @@ def test_k16_supported_when_kfac_ignores_the_scale_and_sgd_does_not(tmp_path):
     v = _kfac(tmp_path)
     assert v == {
         "K16-immune": "supported",
+        "K16-floor": "not judged",
         "K16-sgd": "supported",
         "K16-damping": "supported",
         "K16-jacobian": "supported",
@@ -1128,11 +1129,16 @@ def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):
     assert _kfac(tmp_path, seeds=2)["K16-immune"] == "inconclusive"
 
 
-def test_k16_immune_is_judged_in_rounding_floors(tmp_path):
-    """The same 1% spread of K-FAC's ratio over seeds: within 10 floors of a 1% floor, not of a 0.01% one."""
-    assert _kfac(tmp_path, kfac_ratio=1.0, floor=0.01)["K16-immune"] == "supported"
-    assert _kfac(tmp_path, kfac_ratio=1.05, floor=1e-4)["K16-immune"] == "not supported"
-    assert _kfac(tmp_path, floor=0.0)["K16-immune"] == "inconclusive"  # no floor to measure against
+def test_k16_immune_is_kfacs_response_as_a_share_of_sgds(tmp_path):
+    """SGD slows 100x (log -4.6): K-FAC moving 5% either way is a share of about 0.01, immune; K-FAC
+    halving (log -0.69) is a share of 0.15, outside +-0.1; speeding up 2x is as far outside (two-sided)."""
+    assert _kfac(tmp_path, kfac_ratio=1.05)["K16-immune"] == "supported"
+    assert _kfac(tmp_path, kfac_ratio=0.95)["K16-immune"] == "supported"
+    assert _kfac(tmp_path, kfac_ratio=0.5)["K16-immune"] == "not supported"
+    assert _kfac(tmp_path, kfac_ratio=2.0)["K16-immune"] == "not supported"
+    # the rounding floor no longer decides: it is described (K16-floor), and without one it says so
+    assert _kfac(tmp_path, floor=0.0)["K16-immune"] == "supported"
+    assert _kfac(tmp_path, floor=0.0)["K16-floor"] == "not judged"
 
 
 def test_k16_reparam_needs_kfac_to_forget_the_parameterization_and_sgd_not_to(tmp_path):

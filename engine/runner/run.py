@@ -275,15 +275,16 @@ def _manifest(plan: Plan, done: list[RunTask], runs: pd.DataFrame, execution: Ex
     }
 
 
-def finish(exp: Experiment, folder: Path, rejudged: bool = False) -> Outcome:
+def finish(exp: Experiment, folder: Path, rejudged: bool | str = False) -> Outcome:
     """Claims, plots and report of a run folder, from its CSVs alone. `rejudged`: the runs are old and
-    the claims new; the manifest records which commit judged them."""
+    the claims new; the manifest records which commit judged them (a string adds what else changed)."""
     if rejudged:
         manifest = json.loads((folder / "manifest.json").read_text())
+        how = "claims, figures and report recomputed from this folder's CSVs (normlab judge --write)"
         manifest["judged"] = {
             "git_commit": git_commit(),
             "at": now(),
-            "how": "claims, figures and report recomputed from this folder's CSVs (normlab judge --write)",
+            "how": how + (f"; {rejudged}" if isinstance(rejudged, str) else ""),
         }
         write_manifest(folder, manifest)
     tables = load_tables(folder)

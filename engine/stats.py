@@ -179,9 +179,10 @@ def _bca_p(arrays, statistic, boot: np.ndarray, paired_by_seed: bool) -> Callabl
              for k, arr in enumerate(arrays) for i in range(len(arr))],
             dtype=float,
         )  # fmt: skip
-    d = np.nanmean(jack) - jack
-    den = 6.0 * np.nansum(d**2) ** 1.5
-    acc = float(np.nansum(d**3) / den) if den > 0 else 0.0
+    jack = jack[np.isfinite(jack)]
+    d = jack.mean() - jack if len(jack) else jack
+    den = 6.0 * np.sum(d**2) ** 1.5
+    acc = float(np.sum(d**3) / den) if den > 0 else 0.0
 
     def p_of(bound: float, side: int) -> float:
         if not (len(boot) and np.isfinite(z0) and np.isfinite(bound)):

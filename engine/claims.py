@@ -14,8 +14,8 @@ An experiment's estimator returns an `Estimate` (value, CI, n, preconditions, de
     (`p_value`: null "the claim is false"; `p_against`: null "the claim holds"), below ALPHA exactly
     when the interval decides. Where the interval cannot carry a test the p-value decides instead:
     a zero-width interval (every seed gave the same value, so a t test's p is 0 by construction)
-    is judged by an exact sign test over the seeds, and an estimator may hand a pre-registered test
-    of its own (a two-stage combination where seeds were added after a first look);
+    is judged by an exact sign test over the seeds, and where seeds were added after a look at the
+    first ones (`Estimate.stages`) the stages' t tests combined by the inverse normal method decide;
   - `exact` (an identity or a theory check): the value is a maximum error (or a deterministic
     number) checked against the tolerance; there is no CI;
   - `control` (true by construction): judged like `exact` or `measured`, but labelled so and
@@ -29,7 +29,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
-from .stats import ALPHA, Interval, distance_in_half_widths, seeds_for_sign_test, seeds_to_decide, sign_test_p, t_p
+from .stats import (
+    ALPHA,
+    Interval,
+    distance_in_half_widths,
+    inverse_normal,
+    seeds_for_sign_test,
+    seeds_to_decide,
+    sign_test_p,
+    t_p,
+    t_test_p,
+)
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_JUDGED = "supported", "not supported", "inconclusive", "not judged"
 # Each verdict's colour, in one place: in the terminal (a Rich style), as a mark in figures, and as
@@ -134,8 +144,10 @@ class Estimate:
     checks: list[Check] = field(default_factory=list)
     detail: str = ""
     not_judged: str = ""  # why this claim does not apply to this folder's runs ('' = it does)
-    # a pre-registered test that decides the row instead of the interval: (p_value, p_against, its name)
-    test: Optional[tuple[float, float, str]] = None
+    # seeds added after a look at the first ones: the per-seed values of each stage, in order. The row
+    # is then decided by the stages' one-sided t tests combined by the inverse normal method (weights
+    # from the stages' sizes), not by the interval over all seeds (optional stopping)
+    stages: Optional[list[list[float]]] = None
 
     @classmethod
     def inapplicable(cls, why: str) -> "Estimate":
@@ -202,12 +214,16 @@ def _one_sided(est: Estimate, bound: float, side: int) -> float:
     return t_p(est.value, ci, est.n, bound, side)
 
 
+def _staged(est: Estimate, bound: float, side: int) -> float:
+    return inverse_normal([t_test_p(v, bound, side) for v in est.stages], [len(v) for v in est.stages])
+
+
 def p_values(claim: Claim, est: Estimate, analysis: Any) -> tuple[float, float, str]:
     """(p_value, p_against, test) of a measured row: one-sided for a threshold, two one-sided tests for
     a band (the claim's p is the larger, the rejection's the smaller); NaN without an interval."""
     nan = float("nan")
-    if est.test is not None:
-        return est.test
+    if est.stages and claim.kind == MEASURED and claim.rule.op != "none":
+        return _staged_p(claim, est, analysis)
     if claim.kind != MEASURED or claim.rule.op == "none" or not _finite(est.value, est.ci.low, est.ci.high):
         return nan, nan, ""
     if est.n < MIN_N:  # no verdict below MIN_N seeds, so no p-value a family could count either
@@ -229,6 +245,18 @@ def p_values(claim: Claim, est: Estimate, analysis: Any) -> tuple[float, float, 
         p = _one_sided(est, lo, +1)
         against = _one_sided(est, lo, -1)
     return p, against, f"{name}, one-sided"
+
+
+def _staged_p(claim: Claim, est: Estimate, analysis: Any) -> tuple[float, float, str]:
+    sizes = "+".join(str(len(v)) for v in est.stages)
+    name = f"inverse-normal combination of one-sided t tests over {sizes} seeds (seeds added after a look)"
+    lo, hi = claim.rule.bounds(analysis)
+    if claim.rule.op in ("in", "abs<="):
+        inside = max(_staged(est, lo, +1), _staged(est, hi, -1))
+        return inside, min(_staged(est, lo, -1), _staged(est, hi, +1)), name
+    if claim.rule.op in ("<", "<="):
+        return _staged(est, hi, -1), _staged(est, hi, +1), name
+    return _staged(est, lo, +1), _staged(est, lo, -1), name
 
 
 def _by_p(p: float, against: float, test: str) -> tuple[str, str]:
@@ -256,8 +284,10 @@ def decide(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> tu
         return (SUPPORTED if rule.holds(est.value, analysis) else NOT_SUPPORTED), ""
     if est.n < min_n:
         return INCONCLUSIVE, f"n = {est.n} < {min_n} seeds"
-    if est.test is not None:  # a pre-registered test of the estimator's own decides
-        return _by_p(*est.test)
+    if est.stages:  # seeds were added after a look: the stages' combined test decides
+        if sum(len(v) for v in est.stages) < min_n:
+            return INCONCLUSIVE, f"n = {est.n} < {min_n} seeds"
+        return _by_p(*p_values(claim, est, analysis))
     lo, hi = est.ci.low, est.ci.high
     if not _finite(lo, hi):
         return INCONCLUSIVE, "the confidence interval could not be computed"
@@ -291,7 +321,7 @@ def judge(claim: Claim, est: Estimate, analysis: Any, min_n: int = MIN_N) -> Cla
         if undecided and test.startswith("exact sign test"):
             agree = min(p, against) < 1
             n_to_decide = float(max(seeds_for_sign_test(), est.n)) if agree else float("inf")
-        elif undecided and est.test is None:
+        elif undecided and not est.stages:
             n_to_decide, reason = seeds_to_decide(
                 est.value, est.ci.low, est.ci.high, est.n, (lo, hi), min_n, log="log" in est.ci.method
             )

@@ -241,16 +241,43 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def inverse_normal(p1: float, n1: int, p2: float, n2: int) -> float:
-    """Two stages' one-sided p-values combined with weights fixed in advance (sqrt of each stage's
-    planned share of the seeds): valid when the second stage's size was chosen after the first."""
+def inverse_normal(pvalues: Sequence[float], sizes: Sequence[int]) -> float:
+    """Stages' one-sided p-values combined by the inverse normal method, weights sqrt(n_i / N) fixed by
+    the stages' sizes: valid when a later stage's size was chosen after looking at the earlier ones
+    (each stage's p is uniform under the null whatever its size), which pooling all seeds is not."""
     from scipy.special import ndtr, ndtri
 
-    if not all(np.isfinite([p1, p2])) or n1 <= 0 or n2 <= 0:
+    p, n = np.asarray(pvalues, dtype=float), np.asarray(sizes, dtype=float)
+    if not len(p) or not np.all(np.isfinite(p)) or np.any(n <= 0):
         return float("nan")
-    w1, w2 = np.sqrt(n1 / (n1 + n2)), np.sqrt(n2 / (n1 + n2))
-    eps = 1e-300
-    return float(ndtr(-(w1 * ndtri(1 - max(p1, eps)) + w2 * ndtri(1 - max(p2, eps)))))
+    w = np.sqrt(n / n.sum())
+    z = ndtri(1 - np.clip(p, 1e-300, 1 - 1e-16))
+    return float(ndtr(-(w * z).sum()))
+
+
+def stages_of(values: Sequence[float], looks: Sequence[int]) -> list[list[float]] | None:
+    """Per-seed values (in seed order) cut at the seed counts where the row was looked at before more
+    seeds were added: [values[:l1], values[l1:l2], ..., values[lk:]]; None without looks. A look at or
+    past the number of values is ignored (those seeds were never added)."""
+    cuts = [k for k in sorted(set(looks)) if 0 < k < len(values)]
+    if not cuts:
+        return None
+    edges = [0, *cuts, len(values)]
+    return [list(values[a:b]) for a, b in zip(edges, edges[1:])]
+
+
+def t_test_p(values: Sequence[float], bound: float, side: int) -> float:
+    """One-sided one-sample t test of the mean against a bound (side +1: the mean is above it)."""
+    from scipy import stats
+
+    a = clean(values)
+    if len(a) < 2:
+        return float("nan")
+    sd = a.std(ddof=1)
+    if sd == 0:
+        return 0.0 if (a[0] - bound) * side > 0 else 1.0
+    t = (a.mean() - bound) / (sd / np.sqrt(len(a)))
+    return float(stats.t.sf(t, len(a) - 1) if side > 0 else stats.t.cdf(t, len(a) - 1))
 
 
 def percentile_band(samples: np.ndarray, level: float = 0.9, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

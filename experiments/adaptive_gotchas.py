@@ -78,12 +78,13 @@ K10_STEP = Claim(
 )
 
 # The chapter states the batch-size effect twice, in opposite directions: §2.1 (after Eq. 4) says
-# larger batches give larger effective learning rates, the summary of §7 says larger batches give
-# smaller steps. K10-step measures which one holds.
+# larger batches give larger effective learning rates, the summary of §6 (the Discussion, its line 556)
+# says larger batches give smaller steps, very likely a slip for smaller batches. K10-step measures
+# which one holds.
 CONTRADICTION = (
     "the chapter contradicts itself here: §2.1 says larger batches mean larger effective learning "
-    "rates, the summary in §7 says larger batches mean smaller steps; a positive slope supports §2.1 "
-    "and refutes the §7 sentence"
+    "rates, the summary in §6 says larger batches mean smaller steps; a positive slope supports §2.1 "
+    "and refutes the §6 sentence"
 )
 
 

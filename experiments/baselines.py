@@ -19,7 +19,7 @@ from normlab.engine.claims import MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, DataConfig, ExperimentConfig
-from normlab.engine.stats import mean_std, t_interval
+from normlab.engine.stats import mean_std, stages_of, t_interval
 
 from normlab.engine.experiment import Experiment, Setting, arm_configs
 
@@ -56,6 +56,11 @@ class BaselinesAnalysis(Analysis):
         help="arm -> published test accuracy in percent (arms: logistic, mlp, cnn)",
     )
     tolerance_pct_points: float = param(3.0, min=0.0, help="allowed |measured - published|")
+    looks: list[int] = param(
+        default_factory=list,
+        help="seed counts at which the B1 rows were looked at before seeds were added; the rows are then "
+        "judged by the stages' t tests combined by the inverse normal method",
+    )
 
 
 @dataclass
@@ -63,9 +68,10 @@ class BaselinesConfig(ExperimentConfig):
     analysis: BaselinesAnalysis = field(default_factory=BaselinesAnalysis)
 
 
-def accuracy_gap(runs, arm: str, published: float) -> Estimate:
-    """Mean over seeds of (test accuracy - published), Student-t CI; unfinished runs are missing."""
-    sel = runs[runs["arm"] == arm]
+def accuracy_gap(runs, arm: str, published: float, looks: list[int] = ()) -> Estimate:
+    """Mean over seeds of (test accuracy - published), Student-t CI; unfinished runs are missing. With
+    `looks`, the seeds in order are cut into the stages the row was judged in."""
+    sel = runs[runs["arm"] == arm].sort_values("seed")
     finished = sel[sel["status"] == "ok"]
     acc = 100.0 * finished[M.final(M.TEST_ACC)].astype(float)
     diffs = (acc - published).tolist()
@@ -77,6 +83,7 @@ def accuracy_gap(runs, arm: str, published: float) -> Estimate:
         [],
         f"measured {mean_acc:.1f}% (sd {sd:.1f}) vs published {published:.0f}%; "
         f"{len(finished)} of {len(sel)} runs finished",
+        stages=stages_of(diffs, looks),
     )
 
 
@@ -115,7 +122,7 @@ def b1(s: Setting, arm: str) -> Estimate | None:
         )
     if not (s.tables.runs["arm"] == arm).any():
         return Estimate.missing(f"no runs of arm {arm!r}")
-    return accuracy_gap(s.tables.runs, arm, published)
+    return accuracy_gap(s.tables.runs, arm, published, s.a.looks)
 
 
 class Baselines(Experiment):

@@ -249,7 +249,23 @@ def k2(s: "PlacementSetting", claim_id: str) -> Estimate | None:
         + f"; centering ||m||^2/var (median over layers 2.., seeds): before {c_before:.3g}, after {c_after:.3g}"
     )
     note = status_note(tables, [x for x in (none, before, after) if x])
-    return Estimate(ratio, ci, n, [centered, reached], detail + (f"; {note}" if note else ""))
+    return Estimate(ratio, ci, n, [centered, reached], leaning(ci) + "; " + detail + (f"; {note}" if note else ""))
+
+
+def leaning(ci) -> str:
+    """Which way the interval of steps_before / steps_after points, beside any verdict: the rule is
+    non-inferiority, so an inconclusive row can still say that "before" is measurably slower."""
+    lo, hi = ci.low, ci.high
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no interval"
+    if lo > 1:
+        return (
+            f"the data point against the chapter's 'before generally worked better': the interval lies above 1, "
+            f"'before' needs {100 * (lo - 1):.0f}-{100 * (hi - 1):.0f}% more steps than 'after'"
+        )
+    if hi < 1:
+        return f"the data point with the chapter: 'before' needs {100 * (1 - hi):.0f}-{100 * (1 - lo):.0f}% fewer steps"
+    return "the interval contains 1: the data point neither way"
 
 
 @dataclass

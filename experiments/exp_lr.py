@@ -52,7 +52,8 @@ K14 = Claim(
     "K14",
     EXACT,
     "SGD with weight decay lambda on a scale-invariant network and SGD without it but with learning rate "
-    "eta (1 - eta lambda)^(-2t-1) compute the same function at every step (Li & Arora 2020; Grosse ch. 5, §5.1)",
+    "eta (1 - eta lambda)^(-2t-1) compute the same function at every step (Li & Arora's 2020 theorem; the chapter "
+    "cites it in §4.3 only for its corollary, that a constant effective LR needs an exponentially growing LR)",
     _STAT,
     Rule("<", "floor_factor"),
 )
@@ -60,7 +61,7 @@ K14_MOMENTUM = Claim(
     "K14-momentum",
     EXACT,
     "With heavy-ball momentum the same equivalence holds with alpha, the larger root of "
-    "x^2 - (1 + gamma - eta lambda) x + gamma = 0 (Li & Arora 2020)",
+    "x^2 - (1 + gamma - eta lambda) x + gamma = 0 (Li & Arora's 2020 theorem, not a statement of the chapter)",
     _STAT,
     Rule("<", "floor_factor"),
 )

@@ -44,7 +44,7 @@ from normlab.engine.claims import DESCRIPTIVE, EXACT, MEASURED, Check, Claim, Es
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.spec import Analysis, ExperimentConfig
-from normlab.engine.stats import t_interval
+from normlab.engine.stats import stages_of, t_interval
 from normlab.engine.executor import ParallelMap, serial_map
 
 from normlab.engine.experiment import Setting, TableExperiment
@@ -69,9 +69,10 @@ K12_DEVIATE = Claim(
 K12_NEAR = Claim(
     "K12-near",
     MEASURED,
-    "Near theta* the empirical Fisher is a fair stand-in for the Fisher: as theta -> theta* the angle between "
-    "the EF and NGD directions tends to a limit that vanishes as the data grow (Kunstner et al. 2019; Grosse "
-    "ch. 5, §2.1)",
+    "Near theta* the empirical Fisher is a fair stand-in for the Fisher, under the chapter's conditions (a "
+    "well-specified model, no label noise beyond it, calibrated predictions: this regression meets them by "
+    "construction): as theta -> theta* the angle between the EF and NGD directions tends to a limit that "
+    "vanishes as the data grow (Kunstner et al. 2019; Grosse ch. 5, §2.1)",
     "per seed, slope of log(largest limiting angle over directions) against log N over near_sizes; mean over "
     "seeds (the central limit theorem predicts -1/2)",
     Rule("<", "near_slope_max"),
@@ -125,6 +126,11 @@ class FisherAnalysis(Analysis):
     )
     near_scale: float = param(
         0.1, min=0.0, help="K12-near-at-n: 'near' = rms prediction change at most this many noise std"
+    )
+    looks: list[int] = param(
+        default_factory=list,
+        help="seed counts at which K12-near was looked at before seeds were added; it is then judged by the "
+        "stages' t tests combined by the inverse normal method",
     )
 
 
@@ -372,7 +378,7 @@ def k12_near(s: FlowSetting) -> Estimate:
         return Estimate.missing("near_limit.csv is empty")
     slopes = [
         float(np.polyfit(np.log(g["n"]), np.log(g["limit_max"]), 1)[0])
-        for _, g in lim.groupby("seed")
+        for _, g in lim.sort_values("seed").groupby("seed")
         if g["n"].nunique() >= 2 and (g["limit_max"] > 0).all()
     ]
     by_n = lim.groupby("n")["limit_max"].agg(["mean", "min", "max"])
@@ -381,7 +387,7 @@ def k12_near(s: FlowSetting) -> Estimate:
     )
     sizes = Check("two sizes or more", lim["n"].nunique() >= 2, "needs two or more values in near_sizes")
     est = float(np.mean(slopes)) if slopes else float("nan")
-    return Estimate(est, t_interval(slopes), len(slopes), [sizes], detail)
+    return Estimate(est, t_interval(slopes), len(slopes), [sizes], detail, stages=stages_of(slopes, s.a.looks))
 
 
 def k12_near_at_n(s: FlowSetting) -> Estimate:

@@ -167,3 +167,141 @@ def test_a_decided_or_precondition_failed_row_has_no_n_to_decide():
     assert decided.verdict == "supported" and math.isnan(decided.n_to_decide) and decided.distance_hw == 2.0
     failed = judge(claim, Estimate(1.0, Interval(-0.5, 2.5, "t"), 5, [Check("gate", False, "x")]), a)
     assert failed.verdict == "inconclusive" and math.isnan(failed.n_to_decide)
+
+
+# ---------- p-values, the sign test, two-stage combination, the family ----------
+
+
+def _t_row(values, rule, bound_key="b", bound=0.0):
+    from types import SimpleNamespace
+
+    claim = Claim("X", MEASURED, "s", "t", Rule(rule, bound_key))
+    est = Estimate(float(np.mean(values)), t_interval(values), len(values))
+    return judge(claim, est, SimpleNamespace(**{bound_key: bound}))
+
+
+def test_a_t_rows_p_value_is_the_textbook_one_sample_t_test():
+    """The p-value is recovered from the interval alone and equals scipy's one-sided t test; it is
+    below 0.025 exactly when the 95% interval clears the bound."""
+    x = [0.3, 0.5, 0.4, 0.6, 0.45]
+    row = _t_row(x, ">", bound=0.2)
+    assert row.p_value == pytest.approx(sps.ttest_1samp(x, 0.2, alternative="greater").pvalue, rel=1e-9)
+    assert row.p_against == pytest.approx(sps.ttest_1samp(x, 0.2, alternative="less").pvalue, rel=1e-9)
+    assert row.verdict == "supported" and row.p_value < 0.025 and row.test == "t, one-sided"
+    near = _t_row(x, ">", bound=row.ci_low)  # the bound on the interval's edge: p is 0.025 exactly
+    assert near.p_value == pytest.approx(0.025, rel=1e-9)
+
+
+def test_a_band_row_takes_two_one_sided_tests():
+    """Supported inside [a, b] needs both one-sided tests: its p is the larger; the row is rejected by
+    the smaller of the tests that it lies outside."""
+    from types import SimpleNamespace
+
+    x = np.array([1.0, 1.02, 0.98, 1.01, 0.99])
+    claim = Claim("X", MEASURED, "s", "t", Rule("in", "band"))
+    row = judge(claim, Estimate(float(x.mean()), t_interval(x), 5), SimpleNamespace(band=[0.9, 1.05]))
+    up = sps.ttest_1samp(x, 0.9, alternative="greater").pvalue
+    down = sps.ttest_1samp(x, 1.05, alternative="less").pvalue
+    assert row.p_value == pytest.approx(max(up, down), rel=1e-9) and row.verdict == "supported"
+    assert "two one-sided" in row.test
+
+
+def test_log_interval_p_values_are_taken_on_the_logs():
+    from types import SimpleNamespace
+
+    from normlab.engine.stats import geometric_t
+
+    r = [1.8, 2.2, 2.0, 2.5, 1.9]
+    est, ci, n = geometric_t(r)
+    row = judge(Claim("X", MEASURED, "s", "t", Rule(">", "b")), Estimate(est, ci, n), SimpleNamespace(b=1.5))
+    assert row.p_value == pytest.approx(sps.ttest_1samp(np.log(r), np.log(1.5), alternative="greater").pvalue)
+
+
+def test_rows_whose_seeds_all_agree_are_judged_by_an_exact_sign_test():
+    """A zero-width interval makes a t test's p 0: the sign test's is 0.5^n, so five agreeing seeds
+    (0.031) stay inconclusive at one-sided 0.025 and six (0.016) decide; n to decide says 6."""
+    five, six = _t_row([1.0] * 5, ">=", bound=0.5), _t_row([1.0] * 6, ">=", bound=0.5)
+    assert five.verdict == "inconclusive" and five.p_value == pytest.approx(0.5**5) and five.n_to_decide == 6
+    assert six.verdict == "supported" and six.p_value == pytest.approx(0.5**6)
+    assert five.test.startswith("exact sign test") and "0.031" in five.detail
+    against = _t_row([0.0] * 6, ">=", bound=0.5)
+    assert against.verdict == "not supported" and against.p_against == pytest.approx(0.5**6)
+    tie = _t_row([0.5] * 6, "<", bound=0.5)  # every seed on the bound: no side, p = 1 both ways
+    assert tie.verdict == "inconclusive" and tie.p_value == tie.p_against == 1.0
+
+
+def test_the_bca_interval_inverted_gives_its_own_level_at_its_edges():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 14), rng.normal(0.5, 1.0, 14)
+    ci = bca([a, b], lambda x, y: x.mean() / y.mean())
+    assert ci.p_of(ci.low, +1) == pytest.approx(0.025, abs=0.004)
+    assert ci.p_of(ci.high, -1) == pytest.approx(0.025, abs=0.004)
+    assert ci.p_of(ci.low - 10, +1) < 0.001
+
+
+def test_inverse_normal_combination_and_the_stages_it_judges():
+    """Stages' p-values combine with weights from their sizes; a row whose seeds were added after a look
+    is decided by that combination, not by the interval over all seeds."""
+    from types import SimpleNamespace
+
+    from normlab.engine.stats import inverse_normal, stages_of
+
+    assert inverse_normal([0.5, 0.5], [5, 7]) == pytest.approx(0.5)
+    z = np.sqrt(5 / 12) * sps.norm.isf(0.01) + np.sqrt(7 / 12) * sps.norm.isf(0.2)
+    assert inverse_normal([0.01, 0.2], [5, 7]) == pytest.approx(sps.norm.sf(z))
+    assert stages_of([1, 2, 3, 4, 5], [3]) == [[1, 2, 3], [4, 5]] and stages_of([1, 2], [5]) is None
+    x = [1.0, 1.2, 0.8, 1.1, 0.9, 0.3, 0.2, 0.4]
+    claim = Claim("X", MEASURED, "s", "t", Rule(">", "b"))
+    est = Estimate(float(np.mean(x)), t_interval(x), 8, stages=stages_of(x, [5]))
+    row = judge(claim, est, SimpleNamespace(b=0.0))
+    p1 = sps.ttest_1samp(x[:5], 0.0, alternative="greater").pvalue
+    p2 = sps.ttest_1samp(x[5:], 0.0, alternative="greater").pvalue
+    assert row.p_value == pytest.approx(inverse_normal([p1, p2], [5, 3])) and row.verdict == "supported"
+    assert row.test.startswith("inverse-normal combination") and "5+3 seeds" in row.test
+    weak = Estimate(0.1, t_interval([0.3, -0.2, 0.2, 0.1]), 4, stages=[[0.3, -0.2], [0.2, 0.1]])
+    assert judge(claim, weak, SimpleNamespace(b=0.0)).verdict == "inconclusive"
+
+
+def test_holm_adjusts_step_down_and_the_family_downgrades_only():
+    """Holm's adjusted p-values by hand; a supported row whose adjusted p passes 0.025 no longer is,
+    an inconclusive row never becomes supported, and not supported is adjusted on its own p."""
+    import pandas as pd
+
+    from normlab.engine.family import family_frame
+    from normlab.engine.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(holm([0.01, np.nan])[1])
+    rows = pd.DataFrame(
+        {
+            "experiment": ["a"] * 4,
+            "claim_id": ["s1", "s2", "ns", "inc"],
+            "kind": ["measured"] * 4,
+            "verdict": ["supported", "supported", "not supported", "inconclusive"],
+            "p_value": [0.001, 0.02, 1.0, 0.3],
+            "p_against": [1.0, 1.0, 0.02, 0.5],
+        }
+    )
+    fam = family_frame(rows).set_index("claim_id")
+    assert fam.loc["s1", "holm_p"] == pytest.approx(0.004) and fam.loc["s1", "family_verdict"] == "supported"
+    assert fam.loc["s2", "holm_p"] == pytest.approx(0.06) and fam.loc["s2", "family_verdict"] == "inconclusive"
+    assert fam.loc["ns", "holm_against"] == pytest.approx(0.08) and fam.loc["ns", "family_verdict"] == "inconclusive"
+    assert fam.loc["inc", "family_verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    "op,verdict,lo,hi,expected",
+    [
+        ("<", "supported", 0.09, 0.12, "inconclusive at a bound <= 0.12"),
+        ("<", "inconclusive", 0.21, 0.26, "supported above 0.26, not supported below 0.21"),
+        (">", "supported", 1.05, 1.4, "inconclusive at a bound >= 1.05"),
+        ("abs<=", "supported", -0.01, 2.81, "inconclusive at a margin < 2.81"),
+        ("abs<=", "not supported", -2.7, -1.4, "inconclusive at a margin >= 1.4"),
+        ("abs<=", "inconclusive", -2.9, 0.5, "supported at a margin >= 2.9"),
+    ],
+)
+def test_changes_at_names_the_interval_edge_the_bound_would_have_to_cross(op, verdict, lo, hi, expected):
+    from normlab.engine.family import changes_at
+
+    row = {"kind": "measured", "op": op, "verdict": verdict, "ci_low": lo, "ci_high": hi, "test": "t, one-sided"}
+    assert changes_at(row) == expected

@@ -298,6 +298,21 @@ def test_k2(before, centered, expected):
     assert v == {"K2": expected, "K2-noaffine": expected, "K2-adam": expected}
 
 
+def test_k2_says_which_way_its_interval_points():
+    """Non-inferiority leaves a 5-15% slower "before" inconclusive; the row still says the data point
+    against the chapter, with the interval in per cent; a faster "before" points with it."""
+    from normlab.experiments.bn_placement import leaning
+    from normlab.engine.stats import Interval
+
+    assert "against the chapter" in leaning(Interval(1.049, 1.119, "t")) and "5-12% more steps" in leaning(
+        Interval(1.049, 1.119, "t")
+    )
+    assert "with the chapter" in leaning(Interval(0.8, 0.9, "t"))
+    assert "neither way" in leaning(Interval(0.95, 1.05, "t"))
+    slower = _rows("bn_placement", *_placement([220.0, 232.0, 208.0, 221.0], AFTER_TAUS), {"lr_factors": [1.0]})
+    assert slower["K2"].verdict == "inconclusive" and "against the chapter" in slower["K2"].detail
+
+
 def test_k2_steps_to_the_target_are_interpolated_in_log_loss():
     from normlab.experiments.bn_placement import steps_to_loss
 

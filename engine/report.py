@@ -170,10 +170,14 @@ KIND_NOTE = (
 
 SEEDS_NOTE = (
     "**n to decide**, beside each inconclusive measured row: the seeds at which an interval of today's "
-    "spread around today's estimate would clear its threshold (inf: the estimate sits on it). "
+    "spread around today's estimate would clear its threshold (inf: the estimate sits on it; for a row judged "
+    "by an exact sign test, the seeds at which every seed agreeing would pass it). "
     f"A dagger (†) marks a measured row whose distance to its threshold, in half-widths, is within a factor "
     f"{NEAR_FACTOR:g} of 1: as far as the same runs computed in another order moved a row (measured with "
-    "`--ensemble off`), so another machine's rounding can move its verdict."
+    "`--ensemble off`), so another machine's rounding can move its verdict. **p (Holm)**: the row's one-sided "
+    "p-value under its own rule's test (null: the claim is false; docs/verdicts.md names the tests), with Holm's "
+    "family-adjusted value in brackets. **changes at**: the value the row's threshold or margin would have to "
+    "cross, the data held, for its verdict to change."
 )
 
 

@@ -53,8 +53,11 @@ def test_reference_results_come_from_a_clean_commit():
     manifests = sorted(REFERENCE.rglob("manifest.json"))
     assert manifests
     for m in manifests:
-        commit = json.loads(m.read_text()).get("git_commit") or ""
+        manifest = json.loads(m.read_text())
+        commit = manifest.get("git_commit") or ""
         assert commit and not commit.endswith("-dirty"), f"{m}: {commit!r}"
+        judged = (manifest.get("judged") or {}).get("git_commit", "clean")  # claims judged again by new rules
+        assert judged and not judged.endswith("-dirty"), f"{m}: judged by {judged!r}"
 
 
 def test_reference_report_labels_the_sweep_and_says_what_it_counts_twice():

@@ -306,6 +306,14 @@ def judge(folder: str | Path, write: bool = False, current_analysis: bool = Fals
     folder = Path(folder)
     tables = load_tables(folder)
     exp = _experiment_of(tables.config, folder)
+    if not current_analysis:
+        try:
+            C.from_dict(exp.config_class, tables.config)
+        except ConfigError as e:  # a threshold renamed since the runs: say how to judge them anyway
+            raise ConfigError(
+                f"{folder}/config.yaml: {e}; to judge these runs with the thresholds of {exp.default_config.name}, "
+                "pass --current-analysis (current_analysis=True)"
+            ) from None
     if current_analysis:
         shipped = yaml.safe_load(Path(exp.default_config).read_text()) or {}
         config = {**tables.config, "analysis": shipped.get("analysis", {})}
@@ -315,7 +323,7 @@ def judge(folder: str | Path, write: bool = False, current_analysis: bool = Fals
         tables.config = C.to_dict(typed)
     if write:
         return finish(
-            exp, folder, rejudged=f"analysis: from {exp.default_config.name}" if current_analysis else ""
+            exp, folder, rejudged=f"analysis: from {exp.default_config.name}" if current_analysis else True
         ).claims
     return pd.DataFrame([c.as_dict() for c in exp.analyze(tables)], columns=CLAIM_COLUMNS)
 

@@ -168,7 +168,7 @@ def test_an_override_that_reaches_no_run_is_an_error_naming_what_sets_that_key()
     n = len(knockout.experiment.tasks(knockout.config))
     with pytest.raises(normlab.ConfigError, match=rf"^run.optim.lr: reaches none of the {n} runs: design.lr_grid"):
         normlab.plan("knockout", overrides={"run.optim.lr": 0.123})
-    with pytest.raises(normlab.ConfigError, match=r"^run.optim.lr: reaches none of the 35 runs: arms.sgd_a0.01.optim"):
+    with pytest.raises(normlab.ConfigError, match=r"^run.optim.lr: reaches none of the 42 runs: arms.sgd_a0.01.optim"):
         normlab.validate("eff_lr", {"run.optim.lr": 0.123})
     with pytest.raises(normlab.ConfigError, match=r"search.sgd, search.adam"):
         normlab.plan("optimizer_tuning", overrides={"run.optim.lr": 0.123})
@@ -178,8 +178,8 @@ def test_an_override_that_reaches_no_run_is_an_error_naming_what_sets_that_key()
 
 def test_an_override_that_reaches_some_runs_is_counted_and_the_missed_arms_named():
     layer = normlab.plan("eff_lr", overrides={"run.model.norm": "layer"})
-    assert layer.reach == {"run.model.norm": (30, 35)} and layer.notes == [
-        "run.model.norm reaches 30 of 35 runs; not weightnorm"
+    assert layer.reach == {"run.model.norm": (36, 42)} and layer.notes == [
+        "run.model.norm reaches 36 of 42 runs; not weightnorm"
     ]
     # an LR grid's multiples of run.optim.lr are reached too: only the Adam arms set their own
     bn = normlab.plan("bn_placement", overrides={"run.optim.lr": 0.2})

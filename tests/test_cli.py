@@ -347,7 +347,7 @@ def test_json_gives_scripts_one_document_on_stdout(tmp_path):
     listed = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
     assert "knockout" in {e["experiment"] for e in listed["experiments"]} and "wd" in listed["sweeps"]
     checked = json.loads(runner.invoke(app, ["validate", "eff_lr", "--json", "--set", "run.model.norm=layer"]).stdout)
-    assert checked["runs"] == 35 and checked["reach"]["run.model.norm"] == {"reached": 30, "runs": 35}
+    assert checked["runs"] == 42 and checked["reach"]["run.model.norm"] == {"reached": 36, "runs": 42}
     rep = json.loads(
         runner.invoke(app, ["report", str(tmp_path / "o"), "--json", "--out", str(tmp_path / "r.md")]).stdout
     )
@@ -491,4 +491,40 @@ def test_every_command_takes_json_as_the_docs_say():
     for path in commands:
         r = invoke(*path, "--help")
         assert r.exit_code == 0 and "--json" in r.output, f"normlab {' '.join(path)} lacks --json"
-    assert len(commands) == 11
+    assert len(commands) == 12
+
+
+def test_judge_recomputes_a_folders_claims_and_write_records_the_judging_commit(tmp_path):
+    """`judge` prints the rows today's rules give; --write puts them in claims.csv and the manifest
+    names the commit that judged them beside the one that trained the runs; an analysis key renamed
+    since the runs is an error naming --current-analysis, which judges with the shipped thresholds."""
+    import shutil
+
+    import yaml
+
+    src = Path(__file__).resolve().parent.parent / "results" / "reference" / "identities"
+    folder = tmp_path / "identities"
+    shutil.copytree(src, folder)
+    before = (folder / "claims.csv").read_bytes()
+    r = invoke("judge", str(folder), "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["written"] is False and (folder / "claims.csv").read_bytes() == before
+    expected = normlab.judge(folder)
+    assert [c["claim_id"] for c in doc["claims"]] == expected["claim_id"].tolist()
+    r = invoke("judge", str(folder), "--write")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (
+        r.exit_code == 0 and "git_commit" in manifest["judged"] and "normlab judge --write" in manifest["judged"]["how"]
+    )
+    written = pd.read_csv(folder / "claims.csv")
+    assert {"p_value", "p_against", "test"} <= set(written.columns)
+    assert written["verdict"].tolist() == expected["verdict"].tolist()
+    assert "claims judged again by commit" in (folder / "report.md").read_text()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["analysis"]["a_renamed_threshold"] = 1.0
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    r = invoke("judge", str(folder))
+    assert r.exit_code == 2 and "a_renamed_threshold: unknown key" in r.output and "--current-analysis" in r.output
+    r = invoke("judge", str(folder), "--current-analysis", "--write")
+    assert r.exit_code == 0 and "a_renamed_threshold" not in (folder / "config.yaml").read_text()
+    assert "identities.yaml" in json.loads((folder / "manifest.json").read_text())["judged"]["how"]

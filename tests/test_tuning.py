@@ -139,7 +139,7 @@ def test_seeds_option_sets_the_fresh_seeds_of_the_final_reruns():
     tasks = EXP.tasks(cfg)
     vals = {t.arm: 0.5 for t in tasks}
     follow = EXP.followup(cfg, _runs(vals), tasks)
-    assert sorted({t.seed for t in follow}) == [1000, 1001, 1002]
+    assert sorted({t.seed for t in follow}) == [2000, 2001, 2002]
     with pytest.raises(Exception, match="fresh seeds"):
         load_config(EXP.default_config, REGISTRY, overrides={"seed_offset": 0})
     with pytest.raises(Exception, match="fresh seeds"):  # the tuning seeds 1..3 are not fresh either

@@ -86,7 +86,7 @@ def test_b1_is_not_judged_on_data_other_than_the_published_mnist1d(overrides, na
     """Accuracies that would support B1 on MNIST-1D say nothing about a user's own data: the row is
     `not judged` and names how the data differs, instead of a verdict against the wrong figure."""
     runs = [
-        {"run_id": f"{arm}-s{s}", "arm": arm, "seed": s, "status": "ok", "final_test_acc": acc}
+        {"run_id": f"{arm}-s{s}", "arm": arm, "seed": s, "status": "ok", "final_test_acc": acc + 0.003 * (s - 1)}
         for arm, acc in (("logistic", 0.32), ("mlp", 0.68), ("cnn", 0.94))
         for s in range(3)
     ]
@@ -352,7 +352,7 @@ def test_k2_chooses_each_placements_lr_on_the_other_half_of_the_seeds():
 # ---------- K3, K13 ----------
 
 
-def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=3, eq19_scale=1.0):
+def _eff_lr(u0=0.01, decay=True, cos=1e-6, jitter=0.0, renorm_dev=0.0, n_seeds=6, eq19_scale=1.0):
     """Metrics of SGD arms that follow Eq. 19 exactly (g = 1), or with frozen norms (decay=False)."""
     cfg = _config("eff_lr")
     every, steps = 40, 4000
@@ -414,16 +414,17 @@ def _eff_verdicts(tmp_path, theory_overrides=None, **kw):
 def test_k3_supported_when_the_norms_follow_eq19(tmp_path):
     v = _eff_verdicts(tmp_path, jitter=0.001)
     assert v["K3-theory"] == "supported"
-    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-slope", "K3-adam", "K3-spread", "K13"):
+    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-adam", "K3-spread", "K13"):
         assert v[cid] == "supported", cid
     assert v["K3-renorm"] == "supported"
+    assert v["K3-slope"] == "not judged"  # described against theory's -0.5; K3-eq19 is the judged prediction
 
 
 def test_k3_not_supported_when_the_norms_do_not_grow(tmp_path):
     v = _eff_verdicts(
         tmp_path, decay=False, cos=0.2, renorm_dev=0.5, jitter=0.01, theory_overrides={"analysis.theory_rel_tol": 1e-9}
     )
-    for cid in ("K3-theory", "K3-euler", "K3-growth", "K3-slope", "K3-adam", "K3-spread", "K3-renorm", "K13"):
+    for cid in ("K3-theory", "K3-euler", "K3-growth", "K3-adam", "K3-spread", "K3-renorm", "K13"):
         assert v[cid] == "not supported", cid
 
 
@@ -433,17 +434,17 @@ def test_k3_eq19_misprediction_is_not_supported(tmp_path):
 
 def test_k3_inconclusive_in_the_transient_with_few_seeds_and_short_horizons(tmp_path):
     v = _eff_verdicts(tmp_path, u0=30.0)  # k0 = u0^2/(2 alpha^2) >> run for alpha 0.01
-    assert v["K3-slope"] == "inconclusive" and v["K3-spread"] == "inconclusive"
+    assert v["K3-spread"] == "inconclusive"
     v = _eff_verdicts(tmp_path, n_seeds=2, theory_overrides={"theory.alphas": [0.001], "theory.horizon": 1000})
     assert v["K3-theory"] == "inconclusive"  # no alpha reaches 100 k0
-    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-slope", "K3-adam", "K13"):
+    for cid in ("K3-euler", "K3-growth", "K3-eq19", "K3-adam", "K13"):
         assert v[cid] == "inconclusive", cid  # n = 2 < 3
 
 
 # ---------- K4 ----------
 
 
-def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=3, drift=0.0, norm_drift=0.0):
+def _wd(ratio=1.0, step_ratio=1.0, settle_order=True, n_seeds=6, drift=0.0, norm_drift=0.0):
     cfg = _config("wd_fixed_point")
     steps, every = cfg["run"]["train"]["steps"], 40  # the default config's length: its window is the last quarter
     a = W.WDAnalysis(**cfg["analysis"])

@@ -1,5 +1,6 @@
 """The Python API does what the CLI does, and the README's example runs as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -213,3 +214,24 @@ def test_a_plan_takes_no_second_set_of_overrides(tmp_path):
     with pytest.raises(normlab.ConfigError, match="not with a plan"):
         normlab.sweep(normlab.plan_sweep("wd", smoke=True, out=tmp_path / "s"), seeds=1)
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_the_manifest_names_the_commit_the_runs_started_from(tmp_path, monkeypatch):
+    """The working tree can change while runs train: the manifest names the commit at the start (a
+    later commit, or a -dirty one, read at the end would name code that did not run)."""
+    from normlab.engine.runner import run as run_module
+
+    trained = []
+    train_stage = run_module._train_stage
+
+    def train_and_edit(*args, **kwargs):  # the tree changes while the runs train
+        out = train_stage(*args, **kwargs)
+        trained.append(True)
+        return out
+
+    monkeypatch.setattr(run_module, "_train_stage", train_and_edit)
+    monkeypatch.setattr(run_module, "git_commit", lambda: "b" * 40 + "-dirty" if trained else "a" * 40)
+    plan = normlab.plan("baselines", smoke=True, out=tmp_path / "out")
+    normlab.run(plan)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["git_commit"] == "a" * 40

@@ -178,6 +178,9 @@ def run_cells(plan: Plan, folder: Path, execution: Execution, manifest: Optional
     """
     exp, cfg, folder = plan.experiment, plan.config, Path(folder)
     started, t0 = now(), time.perf_counter()  # derived tables count: for some experiments they are the work
+    # the commit the runs start from: the working tree can change while they train, and the manifest
+    # must name the code that ran, not the code checked out when it finished
+    commit = git_commit()
     store = CellStore(folder)
     atomic_write_text(folder / "config.yaml", C.dump_yaml(cfg))
     pmap = execution.pool.map if execution.pool is not None else functools.partial(map_in_workers, jobs=execution.jobs)
@@ -203,7 +206,7 @@ def run_cells(plan: Plan, folder: Path, execution: Execution, manifest: Optional
     atomic_write_csv(folder / "runs.csv", runs)
     atomic_write_csv(folder / "metrics.csv", metrics)
     record = {"started": started, "wall_seconds": round(time.perf_counter() - t0, 2), "ran": ran,
-              "data_hashes": data_hashes, **(manifest or {})}  # fmt: skip
+              "data_hashes": data_hashes, "git_commit": commit, **(manifest or {})}  # fmt: skip
     write_manifest(folder, _manifest(plan, done, runs, execution, record))
     outcome = finish(exp, folder)
     outcome.ran, outcome.reused = ran, len(done) - ran
@@ -249,7 +252,9 @@ def _manifest(plan: Plan, done: list[RunTask], runs: pd.DataFrame, execution: Ex
     """manifest.json: what ran, where, with which versions, and each run's status."""
     members = execution.members
     devices = {str(resolve_device(t.config.train.device)) for t in done}
-    extra = {k: v for k, v in record.items() if k not in ("started", "wall_seconds", "ran", "data_hashes")}
+    extra = {
+        k: v for k, v in record.items() if k not in ("started", "wall_seconds", "ran", "data_hashes", "git_commit")
+    }
     return {
         "experiment": plan.name,
         "smoke": plan.smoke,
@@ -265,7 +270,7 @@ def _manifest(plan: Plan, done: list[RunTask], runs: pd.DataFrame, execution: Ex
         "device": ",".join(sorted(devices)),
         "threads_per_run": sorted({t.config.train.threads for t in done}),  # torch threads inside each run
         "seeds": sorted({t.seed for t in done}) if done else plan.config.seed_list,  # seeds actually used
-        "git_commit": git_commit(),
+        "git_commit": record["git_commit"],
         "config_sha256": sha256_of(C.to_dict(plan.config)),
         "datasets_sha256": record["data_hashes"],
         "versions": versions(),

@@ -390,7 +390,8 @@ def judge(
     """Judge a run folder's claims again from its CSVs by this version's rules (no training).
 
     Without --write it only prints the rows; with --write the folder's verdicts are replaced and its
-    manifest names the commit that judged them beside the one that trained the runs."""
+    manifest names the commit that judged them beside the one that trained the runs. Example:
+    `normlab judge results/old/kfac --write --current-analysis`."""
     claims = normlab.judge(run_dir, write=write, current_analysis=current_analysis)
     if as_json:
         ui.emit({"folder": str(run_dir), "written": write, "claims": _records(claims)})

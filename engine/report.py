@@ -388,6 +388,7 @@ def _family(items: list[dict]) -> list[str]:
         return ["Across the family: these folders' claims carry no p-values (written before they did); "
                 "`normlab judge FOLDER --write` judges them again.", ""]  # fmt: skip
     m = len(fam)
+    older = [_label(it) for it in items if "p_value" not in it["claims"]]
     before = fam["verdict"].value_counts()
     after = fam["family_verdict"].value_counts()
     moved = fam[fam["verdict"] != fam["family_verdict"]]
@@ -408,6 +409,12 @@ def _family(items: list[dict]) -> list[str]:
                 for _, r in moved.iterrows()
             )
             + ".",
+            "",
+        ]
+    if older:  # said, not skipped silently: their rows are outside the family until judged again
+        md += [
+            f"Outside the family: {', '.join(older)}, whose claims carry no p-values (written before they did); "
+            "`normlab judge FOLDER --write` judges them again.",
             "",
         ]
     return md + [cost_note(m), ""]

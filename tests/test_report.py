@@ -198,3 +198,22 @@ def test_the_report_opens_on_the_counts_and_the_glance_figure_before_the_table()
 
     judged = {claim_family(c.id) for e in REGISTRY.values() for c in e.claims}
     assert set(short) == judged  # every claim an experiment judges has its short name, and no other
+
+
+def test_a_folder_without_p_values_is_named_outside_the_family(tmp_path):
+    """A folder judged before claims carried p-values is not silently left out of the family."""
+    import pandas as pd
+
+    import normlab
+
+    ref = Path(__file__).resolve().parent.parent / "results" / "reference"
+    for name in ("identities", "fisher"):
+        shutil.copytree(ref / name, tmp_path / name)
+    claims = pd.read_csv(tmp_path / "fisher" / "claims.csv").drop(columns=["p_value", "p_against", "test"])
+    claims.to_csv(tmp_path / "fisher" / "claims.csv", index=False)
+    normlab.report([tmp_path / "identities", tmp_path / "fisher"], tmp_path / "r.md", "md")
+    assert "these folders' claims carry no p-values" in " ".join((tmp_path / "r.md").read_text().split())
+    shutil.copytree(ref / "baselines", tmp_path / "baselines")
+    normlab.report([tmp_path / "baselines", tmp_path / "fisher"], tmp_path / "r2.md", "md")
+    text = " ".join((tmp_path / "r2.md").read_text().split())
+    assert "Outside the family: fisher, whose claims carry no p-values" in text and "(3 rows" in text

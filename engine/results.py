@@ -256,9 +256,11 @@ def read_runs(folder: Path) -> pd.DataFrame:
 def load_tables(folder: Path, metrics: bool = True) -> Tables:
     """The one reader of a run folder (config, manifest, runs and, unless metrics=False, metrics)."""
     folder = Path(folder)
-    metrics_path = folder / "metrics.csv"
-    if not metrics_path.is_file() and (folder / "metrics.csv.gz").is_file():
-        metrics_path = folder / "metrics.csv.gz"  # large committed reference results are compressed
+    # large committed reference results are compressed: gzip, or xz where gzip would pass 5 MiB
+    metrics_path = next(
+        (folder / n for n in ("metrics.csv", "metrics.csv.gz", "metrics.csv.xz") if (folder / n).is_file()),
+        folder / "metrics.csv",
+    )
     missing = [
         n
         for n, p in (

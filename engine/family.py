@@ -20,7 +20,7 @@ import math
 import pandas as pd
 
 from .claims import INCONCLUSIVE, MEASURED, NOT_SUPPORTED, SUPPORTED
-from .stats import ALPHA, holm, seeds_for_sign_test
+from .stats import ALPHA, holm, seeds_for_sign_test, sign_test_p
 
 
 def family_frame(rows: pd.DataFrame) -> pd.DataFrame:
@@ -50,7 +50,8 @@ def cost_note(m: int) -> str:
     k = seeds_for_sign_test(first) if m else 0
     return (
         f"What it costs: Holm's first step asks p <= {ALPHA:g}/{m} = {first:.2g}. A row whose seeds all agree is "
-        f"judged by an exact sign test, whose smallest p with n seeds is 0.5^n (0.031 at 5 seeds, 0.016 at 6): "
+        f"judged by an exact sign test, whose smallest p with n seeds is 0.5^n ({sign_test_p(5, 5):.3f} at 5 seeds, "
+        f"{sign_test_p(6, 6):.3f} at 6): "
         f"it needs {k} seeds to pass that first step. A t or bootstrap row needs its interval to clear the "
         "threshold by several half-widths."
     )

@@ -11,6 +11,7 @@ from normlab.engine.experiment import Experiment
 from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
+from .chapter_checks import ChapterChecks
 from .curvature import Curvature
 from .identities import Identities
 from .fisher import Fisher
@@ -34,6 +35,7 @@ REGISTRY: dict[str, Experiment] = {
         AdaptiveGotchas(),
         Curvature(),
         Identities(),
+        ChapterChecks(),
         Fisher(),
         ExpLR(),
         DeepLinear(),

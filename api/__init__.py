@@ -48,6 +48,8 @@ __all__ = [
     "RunFolder",
     "Validation",
     "bench",
+    "chapter_headline",
+    "chapter_map",
     "export",
     "judge",
     "lens",
@@ -71,6 +73,30 @@ def _registry():
     from normlab.experiments import REGISTRY
 
     return REGISTRY
+
+
+def chapter_map() -> pd.DataFrame:
+    """The chapter map: one row per testable statement of the chapter (number, section, lines, what it
+    says, how it can be tested, the claim rows that test or show it, its coverage, notes)."""
+    from normlab.engine import chapter
+
+    return pd.DataFrame(
+        [
+            {
+                "n": s.n, "section": s.section, "lines": s.lines, "eq": s.eq, "says": s.says, "test": s.test,
+                "coverage": s.coverage, "rows": list(s.rows), "shows": list(s.shows), "partly": s.partly,
+                "pending": s.pending, "open": s.open, "note": s.note, "why": s.why,
+            }
+            for s in chapter.load().statements
+        ]
+    ).astype({"pending": object})  # fmt: skip
+
+
+def chapter_headline() -> str:
+    """One sentence: how many of the chapter's testable statements have a verdict (README opens with it)."""
+    from normlab.engine import chapter
+
+    return chapter.load().headline()
 
 
 def list_experiments() -> pd.DataFrame:

@@ -33,6 +33,7 @@ from .lens import lens_app
 from .output import (
     RunBars,
     exit_on_crashes as _exit_on_crashes,
+    chapter_table,
     experiments_table,
     print_outcome,
     records as _records,
@@ -83,9 +84,27 @@ def _main(
 
 @app.command("list")
 @user_errors
-def list_cmd(as_json: bool = JsonOpt) -> None:
+def list_cmd(
+    as_json: bool = JsonOpt,
+    chapter: bool = typer.Option(
+        False,
+        "--chapter",
+        help="List the chapter's testable statements instead: where each is, how it can be "
+        "tested, the claim rows that test it, and how well they cover it.",
+    ),
+) -> None:
     """List the experiments, the claims each tests and their default configs (the file names; the folder
-    they are in below the table, the full paths with --plain or --json)."""
+    they are in below the table, the full paths with --plain or --json).
+
+    `normlab list --chapter` prints the chapter map: every testable statement, by section."""
+    if chapter:
+        statements = normlab.chapter_map()
+        if as_json:
+            ui.emit({"headline": normlab.chapter_headline(), "statements": _records(statements)})
+        else:
+            ui.table(chapter_table(statements))
+            ui.console.print(normlab.chapter_headline())
+        return
     if as_json:
         table = normlab.list_experiments().assign(config=lambda d: d["config"].astype(str))
         ui.emit({"experiments": _records(table), "sweeps": {n: str(p) for n, p in normlab.list_sweeps().items()}})

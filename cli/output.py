@@ -292,6 +292,19 @@ def experiments_table(experiments, shown) -> Table:
     return table
 
 
+def chapter_table(statements) -> Table:
+    """`normlab list --chapter`: each testable statement of the chapter, its coverage and its rows."""
+    table = Table(title="the chapter, statement by statement")
+    for col in ("#", "section", "lines", "test", "coverage"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("statement")
+    table.add_column("rows", overflow="fold")
+    for s in statements.itertuples():
+        rows = ", ".join(s.rows) or (f"pending issue {s.pending}" if s.pending else "")
+        table.add_row(str(s.n), s.section, s.lines, s.test, s.coverage, s.says, rows)
+    return table
+
+
 def flag_lines(flags: list[dict]) -> list[str]:
     """The lens report's flags for a terminal: one line per flagged layer (or pair of layers), with its
     numbers; 'no flags' when none holds."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import markdown
+from . import chapter, markdown
 from .claims import EVIDENCE_KINDS, INCONCLUSIVE, NEAR_FACTOR, NOT_SUPPORTED, SUPPORTED, is_near
 from .family import changes_at, cost_note, family_frame
 from .stats import ALPHA
@@ -286,6 +286,7 @@ def build_report(
     md += _summary(items, out, short_names or {})
     for it in items:
         md += _experiment_section(it, titles or {}, out)
+    md += _chapter_section(items)
     md += time_table(items)
     md += _not_reproduced(items, expected)
     # a collection may carry a hand-written account of why verdicts moved since its previous version:
@@ -429,9 +430,80 @@ def _every_row(items: list[dict]) -> pd.DataFrame | None:
     return pd.concat([it["claims"].assign(experiment=_label(it)) for it in items], ignore_index=True) if items else None
 
 
+def _verdicts(items: list[dict]) -> dict[str, list[tuple[str, str, str]]]:
+    """claim id -> [(folder label, kind, verdict)] over the report's folders (K4 rows sit in two)."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for it in items:
+        for _, r in it["claims"].iterrows():
+            out.setdefault(str(r["claim_id"]), []).append((_label(it), str(r.get("kind", "")), str(r["verdict"])))
+    return out
+
+
 def _coverage(items: list[dict]) -> list[str]:
-    """How many of the chapter's testable statements these rows test."""
-    return ["The chapter: which of its testable statements these rows test is not mapped here.", ""]
+    """How many of the chapter's testable statements these rows test (the map's count, and which of
+    its rows these folders hold)."""
+    cmap = chapter.load()
+    found = _verdicts(items)
+    judged = {c for c, v in found.items() if any(k in chapter.JUDGED_KINDS for _, k, _ in v)}
+    missing = sorted({r for s in cmap.statements for r in s.rows} - judged)
+    line = f"**The chapter, statement by statement:** {cmap.headline()}; see the section of that name."
+    if missing:
+        line += (
+            f" These folders lack {len(missing)} of the rows the map names, so their statements show no verdict here."
+        )
+    return [line, ""]
+
+
+def _chapter_section(items: list[dict]) -> list[str]:
+    """Every testable statement of the chapter by section: how well the rows cover it, and their verdicts."""
+    cmap = chapter.load()
+    found = _verdicts(items)
+    c = cmap.counts()
+    md = [
+        "## The chapter, statement by statement",
+        "",
+        f"{cmap.headline()}; {c[chapter.NOT_TESTABLE]} more are not testable as stated. A statement is covered "
+        "only by a judged row (exact or measured) whose statistic measures it; descriptive and control rows "
+        "show, they do not cover. Where a row's verdict is listed it comes from this report's folders. "
+        "`pending N`: issue N is to add its rows. Lines refer to the chapter's text.",
+        "",
+    ]
+
+    def verdicts(ids: tuple[str, ...]) -> str:
+        parts = []
+        for cid in ids:
+            got = found.get(cid)
+            if not got:
+                parts.append(f"{cid} (not in these folders)")
+                continue
+            labels = {lab for lab, _, _ in got}
+            shown = ", ".join(f"{v} ({lab})" if len(labels) > 1 else v for lab, _, v in got)
+            parts.append(f"{cid} {shown}")
+        return "; ".join(parts)
+
+    header = ("#", "lines", "statement", "test", "coverage", "rows and verdicts", "notes")
+    for section in chapter.SECTIONS:
+        rows = [s for s in cmap.statements if s.section == section]
+        if not rows:
+            continue
+        counts = {
+            k: sum(1 for s in rows if s.coverage == k) for k in (chapter.COVERED, chapter.PARTLY, chapter.NOT_COVERED)
+        }
+        md += [f"### {section}: {', '.join(f'{v} {k}' for k, v in counts.items() if v) or 'not testable'}", ""]
+        cells = []
+        for s in rows:
+            notes = [f"partly: {s.partly}" if s.partly else "", s.note, f"not testable: {s.why}" if s.why else ""]
+            notes += [f"pending {s.pending}" if s.pending else "", "open question of the chapter" if s.open else ""]
+            shows = f"; shows: {verdicts(s.shows)}" if s.shows else ""
+            cells.append(
+                [
+                    s.n, s.lines + (f" (Eq. {s.eq})" if s.eq and s.eq[0].isdigit() else f" ({s.eq})" if s.eq else ""),
+                    _text(s.says), s.test, f"**{s.coverage}**", (verdicts(s.rows) or "none") + shows,
+                    _text(" ".join(n.rstrip(".") + "." for n in notes if n)),
+                ]
+            )  # fmt: skip
+        md += markdown.table(header, cells) + [""]
+    return md
 
 
 def _experiment_section(it: dict, titles: dict[str, str], out: Path) -> list[str]:

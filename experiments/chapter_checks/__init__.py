@@ -143,7 +143,7 @@ class ChapterChecks(TableExperiment):
         t = tables.read("checks")
         if t.empty:
             return []
-        fig, axes = P.figure(ncols=2, width=12.5, height=6.2)
+        fig, axes = P.figure(ncols=2, width=6.0, height=7.0)
         ax = axes[0, 0]
         a = cfg.analysis
         ids = []
@@ -153,17 +153,19 @@ class ChapterChecks(TableExperiment):
                 continue
             ids.append(claim.id)
             agree = claim.rule.op == "<"
-            shown = v.abs().clip(lower=1e-18)
-            ax.scatter(shown, [len(ids) - 1] * len(v), s=12, alpha=0.6,
-                       color="#1f77b4" if agree else ("#2ca02c" if claim.rule.op == ">" else "#7f7f7f"))  # fmt: skip
+            color = "#1f77b4" if agree else ("#2ca02c" if claim.rule.op == ">" else "#7f7f7f")
+            negative = v < 0  # a log axis cannot show them: drawn at their size, as red crosses
+            y = len(ids) - 1
+            ax.scatter(v[~negative].clip(lower=1e-18), [y] * int((~negative).sum()), s=12, alpha=0.6, color=color)
+            ax.scatter(-v[negative], [y] * int(negative.sum()), s=24, marker="x", color="#d62728")
             if claim.rule.op != "none":
                 lo, hi = claim.rule.bounds(a)
                 tol = hi if agree else lo
                 if tol > 0:
                     ax.plot([tol, tol], [len(ids) - 1.35, len(ids) - 0.65], color="#d62728", lw=2)
         ax.set_yticks(range(len(ids)), ids, fontsize=7)
-        ax.set(xscale="log", xlabel="value (blue: an error, below the red tolerance; green: a difference, "
-               "above the red floor)", title="Every exact check, every case and seed")  # fmt: skip
+        ax.set(xscale="log", xlabel="blue: an error (below the red bar passes); green: a difference (above it "
+               "passes);\nred x: a negative value, at its size", title="Every exact check, case and seed")  # fmt: skip
         ax.invert_yaxis()
         ax = axes[0, 1]
         pre = t[t["check"] == "diag_keeps"]

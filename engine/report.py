@@ -446,7 +446,7 @@ def _coverage(items: list[dict]) -> list[str]:
     found = _verdicts(items)
     judged = {c for c, v in found.items() if any(k in chapter.JUDGED_KINDS for _, k, _ in v)}
     missing = sorted({r for s in cmap.statements for r in s.rows} - judged)
-    line = f"**The chapter, statement by statement:** {cmap.headline()}; see the section of that name."
+    line = f"The chapter: {cmap.headline()}; see 'The chapter, statement by statement' below."
     if missing:
         line += (
             f" These folders lack {len(missing)} of the rows the map names, so their statements show no verdict here."

@@ -122,6 +122,7 @@ class ChapterChecks(TableExperiment):
         "X32": "§3.2 affine invariance",
         "X4": "§4 BN's two paths",
         "X42": "§4.2 what BN ignores",
+        "X43": "§4.3 the decay's arithmetic",
         "X44": "§4.4 LN and LRN",
         "X5": "§5 weight decay",
         "X52": "§5.2 K-FAC's factors",

@@ -6,14 +6,6 @@ from __future__ import annotations
 from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Rule
 
 
-def _agree(cid: str, statement: str, statistic: str, key: str = "identity_tol") -> Claim:
-    return Claim(cid, EXACT, statement, statistic, Rule("<", key))
-
-
-def _differ(cid: str, statement: str, statistic: str, key: str = "differs_min") -> Claim:
-    return Claim(cid, EXACT, statement, statistic, Rule(">", key))
-
-
 CLAIMS: dict[str, tuple[Claim, str, str]] = {}  # check -> (claim, how, what the table's value is)
 
 
@@ -24,83 +16,95 @@ def _add(check: str, claim: Claim, how: str) -> Claim:
 
 _add(
     "ema_age",
-    _agree(
+    Claim(
         "X2-ema",
+        EXACT,
         "An exponential moving average with parameter beta weights the last (1 - beta)^-1 steps on average "
         "(Grosse ch. 5, §2, the footnote on beta; beta2 = 0.999 gives 1000)",
         "max over beta in {0.9, 0.99, 0.999} of |mean age of the weights the recursion gives - (1 - beta)^-1| "
         "/ (1 - beta)^-1 (the newest gradient has age 1)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bias_correction",
-    _agree(
+    Claim(
         "X2-bias",
+        EXACT,
         "With bias correction, Adam's moments are unbiased from the first step: on a constant gradient g, "
         "torch's Adam steps alpha g / (|g| + eps) at every step k, while the uncorrected moments are short "
         "by the factors 1 - beta^k (Grosse ch. 5, §2, Adam's update)",
         "max over steps 1-50, coordinates and seeds of the relative difference between torch.optim.Adam's step "
         "and alpha g / (|g| + eps)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "terminal_velocity",
-    _agree(
+    Claim(
         "X2-velocity",
+        EXACT,
         "On a constant gradient, heavy-ball momentum's step grows to alpha / (1 - beta) times the gradient "
         "while Adam's stays alpha in size: the two learning rates mean different things (Grosse ch. 5, §2, "
         "the note on heavy ball)",
         "max over steps 1-200 and seeds of the relative difference between torch's SGD-with-momentum step and "
         "alpha g (1 - beta^k) / (1 - beta)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "fisher_ggn",
-    _agree(
+    Claim(
         "X2-fisher",
+        EXACT,
         "With a softmax output and cross-entropy (natural parameters of an exponential family), the true "
         "Fisher equals the Gauss-Newton matrix (Grosse ch. 5, §2.1, the text after Eq. 1)",
         "max over seeds of ||F - G||_F / ||G||_F, F summed over labels drawn from the model exactly, G = "
         "J^T (diag p - p p^T) J from autograd Jacobians",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "ema_rank",
-    _differ(
+    Claim(
         "X2-rank",
+        EXACT,
         "One gradient's outer product has rank 1, but a moving average of the outer products along a "
         "trajectory has rank above 1 (Grosse ch. 5, §2.1, the note after Eq. 2)",
         "min over seeds of the numerical rank of the EMA (beta 0.9) of g_k g_k^T over 10 gradient-descent "
         "steps (singular values above 1e-10 of the largest)",
-        "rank_min",
+        Rule(">", "rank_min"),
     ),
     "min",
 )
 _add(
     "batch_ef_formula",
-    _agree(
+    Claim(
         "X2-batch-ef",
+        EXACT,
         "The batch empirical Fisher is the per-example gradient covariance shrunk with the batch size plus "
         "the mean gradient's outer product (Grosse ch. 5, §2.1, Eq. 4; exactly, for batches drawn without "
         "replacement from N examples, the covariance is scaled by (N - B) / (B (N - 1)))",
         "max over batch sizes and seeds of ||E_B[g_B g_B^T] - closed form||_F / ||E_B[g_B g_B^T]||_F, the "
         "expectation over every batch of B of the N examples, each batch's gradient from autograd",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "batch_ef_drift",
-    _differ(
+    Claim(
         "X2-batch-drift",
+        EXACT,
         "As the batch grows, the batch empirical Fisher's covariance term shrinks against the outer-product "
         "term and the matrix moves away from the true Fisher (Grosse ch. 5, §2.1, after Eq. 4)",
         "min over seeds and consecutive batch sizes of the increase in ||E[F_B] - F||_F / ||F||_F, labels "
         "drawn from the model (so that at B = 1 the two are close)",
-        "drift_min",
+        Rule(">", "drift_min"),
     ),
     "min",
 )
@@ -117,333 +121,389 @@ _add(
 )
 _add(
     "regression_outlier",
-    _agree(
+    Claim(
         "X3-outlier",
+        EXACT,
         "Linear regression on uncentered features (mean m, covariance I) has one outlier eigenvalue in its "
         "Hessian, growing linearly with the dimension: 1 + ||m||^2 without the homogeneous coordinate, "
         "(2 + r + sqrt(r^2 + 4r)) / 2 with it (r = ||m||^2; Grosse ch. 5, §3)",
         "max over dimensions, both design matrices and seeds of |top eigenvalue of the autograd Hessian - closed "
         "form| / closed form",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "standardize",
-    _differ(
+    Claim(
         "X3-standardize",
+        EXACT,
         "Standardizing each feature removes the mean's outlier but not all ill-conditioning: with correlated "
         "features the standardized Hessian is the correlation matrix (Grosse ch. 5, §3)",
         "min over dimensions and seeds of the condition number of the standardized problem's autograd Hessian "
         "(its spectrum matches the correlation matrix's; see detail)",
-        "remains_min",
+        Rule(">", "remains_min"),
     ),
     "min",
 )
 _add(
     "kfac_a_outlier",
-    _agree(
+    Claim(
         "X3-kfac-a",
+        EXACT,
         "K-FAC's factor A for uncentered activations has a single outlier eigenvalue, and the eigenvalues of "
         "A (x) S are the products of the factors', so the top M are nu lambda_i(S) with eigenvectors m~ (x) v_i "
         "(Grosse ch. 5, §3, Eq. 5 and the ICS conditioning hypothesis, for K-FAC's approximation)",
         "max over seeds of the relative errors of (a) A's single eigenvalue above 2 against its closed form and "
         "(b) the top M eigenvalues of kron(A, S) against nu lambda_i(S)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "eq10_step",
-    _agree(
+    Claim(
         "X31-eq10",
+        EXACT,
         "Plain SGD in Eq. 9's centered coordinates is SGD preconditioned by R R^T, whose inverse is Eq. 10's "
         "matrix, and R R^T couples each weight only with its own unit's bias (quasi-diagonal) (Grosse ch. 5, "
         "§3.1, Eqs. 7-10)",
         "max over seeds of the relative errors of (a) the step taken through the reparameterized forward pass "
         "against -alpha R R^T grad, (b) inv(R R^T) against Eq. 10, and (c) R R^T's largest entry outside the "
         "quasi-diagonal pattern",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "diag_keeps",
-    _differ(
+    Claim(
         "X31-diag",
+        EXACT,
         "A diagonal preconditioner cannot undo off-centering: in §3.1's example (m = 0.1 in every coordinate, "
         "Sigma = I) it leaves the outlier almost where it was at every dimension (Grosse ch. 5, §3.1)",
         "min over dimensions and seeds of the top eigenvalue of D^-1/2 H D^-1/2 (D = diag H) over H's top eigenvalue",
-        "diag_keeps_min",
+        Rule(">", "diag_keeps_min"),
     ),
     "min",
 )
 _add(
     "quasi_removes",
-    _agree(
+    Claim(
         "X31-quasi",
+        EXACT,
         "The quasi-diagonal preconditioner of Eq. 10, built from the true mean and variances, removes the "
         "outlier: the preconditioned Hessian is the identity (Grosse ch. 5, §3.1)",
         "max over dimensions and seeds of |eigenvalue of R^T H R - 1|",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "kfac_affine",
-    _agree(
+    Claim(
         "X32-kfac",
+        EXACT,
         "After one undamped K-FAC step, a network and its reparameterization by fixed invertible affine maps "
         "of the activations and pre-activations (shifts included) still compute the same function (Grosse "
         "ch. 5, §3.2, Fig. 3)",
         "max over seeds of ||f_1(x) - f_2(x)||_F / ||f_1(x) - f_0(x)||_F after one step of each (the change a "
         "step makes is the scale)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "sgd_affine",
-    _differ(
+    Claim(
         "X32-sgd",
+        EXACT,
         "After one SGD step, the same two networks compute different functions (Grosse ch. 5, Fig. 3)",
         "min over seeds of ||f_1(x) - f_2(x)||_F / ||f_1(x) - f_0(x)||_F after one SGD step of each",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "quasi_invariant",
-    _agree(
+    Claim(
         "X32-unitwise",
+        EXACT,
         "Ollivier's quasi-diagonal step is invariant to an affine map of each input unit on its own; a "
         "diagonal step is not (Grosse ch. 5, §3.2, last paragraph; the diagonal arm is in the detail)",
         "max over seeds of the relative change in the function's update when each input is mapped to s_i a_i "
         "+ c_i before the quasi-diagonal step",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_paths",
-    _agree(
+    Claim(
         "X4-paths",
+        EXACT,
         "BN's backward pass is the direct path X_bar = S_bar / sigma (Eq. 12) plus a statistics path, "
         "-(mean(S_bar) + X~ mean(S_bar X~)) / sigma (Grosse ch. 5, §4, Eqs. 11-12)",
         "max over seeds of the relative errors of autograd's gradient (a) with mu and sigma detached against "
         "Eq. 12 and (b) in full against the sum of the two paths",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_shift_scale",
-    _agree(
+    Claim(
         "X42-shift",
+        EXACT,
         "A layer followed by BN computes the same function when its inputs are rescaled and shifted, A -> "
         "s A + 1 m^T (Grosse ch. 5, §4.2)",
         "max over seeds of the relative change of relu(BN(A W^T)) under a random s and m",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_unitwise",
-    _differ(
+    Claim(
         "X42-unitwise",
+        EXACT,
         "The same layer does change its function when each input unit is rescaled by its own factor (Grosse "
         "ch. 5, §4.2, the footnote on scalar s)",
         "min over seeds of the relative change of relu(BN(A W^T)) under per-unit factors in [0.5, 2]",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "bn_mean_step",
-    _agree(
+    Claim(
         "X42-mean-step",
+        EXACT,
         "A weight step along v (x) m shifts every example's pre-activations by nearly the same vector (the "
         "common share of the shift is r / (1 + r), r = ||m||^2, for covariance I), and the next BN cancels "
         "the common part exactly (Grosse ch. 5, §4.2)",
         "max over dimensions and seeds of the relative errors of (a) the common share against r / (1 + r) and "
         "(b) BN's output after the step against BN's output after the step with its common part removed",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "ln_matrix",
-    _agree(
+    Claim(
         "X44-ln-matrix",
+        EXACT,
         "A layer followed by layer norm ignores rescaling its whole weight matrix (Grosse ch. 5, §4.4)",
         "max over seeds of the relative change of LN(A W^T) under W -> gamma W, and of "
         "|tr(W^T grad_W J)| / (||W|| ||grad_W J||)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "ln_unit",
-    _differ(
+    Claim(
         "X44-ln-unit",
+        EXACT,
         "The same layer does not ignore rescaling one unit's incoming weights, so its units' weights are not "
         "orthogonal to their gradients (Grosse ch. 5, §4.4)",
         "min over seeds of the relative change of LN(A W^T) under per-unit factors in [0.5, 2]",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "lrn_scale",
-    _agree(
+    Claim(
         "X44-lrn",
+        EXACT,
         "AlexNet's local response normalization, with its published constants (k = 2, n = 5, alpha = 1e-4, "
         "beta = 0.75), is scale invariant, so the implicit decay of §4.3 applies to it (Grosse ch. 5, §4.4, "
         "last paragraph)",
         "max over seeds of ||LRN(2 a) - LRN(a)|| / ||LRN(a)|| on unit-variance activations (the same with k = 0, "
         "beta = 1/2, an invariant variant, is in the detail)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_after_centers",
-    _agree(
+    Claim(
         "X42-after",
+        EXACT,
         "BN placed after the ReLU hands the next layer inputs whose batch mean is zero in every unit "
         "(Grosse ch. 5, §4.2, on the two placements)",
         "max over units and seeds of |column mean| / column std of BN(relu(Z))",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_before_uncentered",
-    _differ(
+    Claim(
         "X42-before",
+        EXACT,
         "BN placed before the ReLU leaves the next layer's inputs uncentered: relu of a standardized column "
         "has a positive mean (Grosse ch. 5, §4.2)",
         "min over units and seeds of column mean / column std of relu(BN(Z))",
-        "uncentered_min",
+        Rule(">", "uncentered_min"),
     ),
     "min",
 )
 _add(
     "ln_batch",
-    _agree(
+    Claim(
         "X44-ln-batch",
+        EXACT,
         "Layer norm's output for an example does not depend on the other examples in its batch, so it "
         "carries none of BN's batch noise (Grosse ch. 5, §4.4, stochastic regularization)",
         "max over seeds of the relative change of LN's outputs for 8 examples when the other 8 are replaced",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "bn_batch",
-    _differ(
+    Claim(
         "X44-bn-batch",
+        EXACT,
         "BN's output for an example does depend on its batch-mates (Grosse ch. 5, §4.1 and §4.4)",
         "min over seeds of the relative change of BN's outputs for 8 examples when the other 8 are replaced",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "ln_shift",
-    _differ(
+    Claim(
         "X44-ln-shift",
+        EXACT,
         "Layer norm's centering does not cancel the common shift 1 v^T that a step along the mean direction "
         "gives every example's pre-activations, unless v is the same in every unit (Grosse ch. 5, §4.4, why "
         "LN keeps the outliers)",
         "min over seeds of the relative change of LN(Z + 1 v^T) against LN(Z), v with zero mean over units (the "
         "change for v constant over units is in the detail)",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "renorm",
-    _agree(
+    Claim(
         "X43-renorm",
+        EXACT,
         "Rescaling each BN-fed unit's incoming weights to unit norm leaves the network's function unchanged, "
         "so after it the effective learning rate alpha / ||w||^2 is alpha (Grosse ch. 5, §4.3)",
         "max over seeds of the relative change of the outputs",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "exp_lr",
-    _agree(
+    Claim(
         "X43-explr",
+        EXACT,
         "Holding the effective learning rate at eta needs alpha_k = eta ||w_k||^2, and then every SGD step "
         "multiplies ||w||^2 by 1 + eta^2 ||grad J(w_hat)||^2 (Eq. 19): the learning rate must grow "
         "exponentially (Grosse ch. 5, §4.3, Li & Arora's corollary)",
         "max over 20 steps and seeds of the relative error of ||w_{k+1}||^2 against ||w_k||^2 (1 + eta^2 "
         "||grad J(w_hat_k)||^2), per unit, gradients by autograd",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "wd_is_l2",
-    _agree(
+    Claim(
         "X5-wd-l2",
+        EXACT,
         "For gradient descent, the weight-decay update (Eq. 22) is a gradient step on J + lambda/2 ||w||^2 "
         "(Grosse ch. 5, §5)",
         "max over seeds of the relative difference between torch's SGD(weight_decay) step, (1 - alpha lambda) w "
         "- alpha grad J, and a step on autograd's gradient of the penalized cost",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "adam_l2",
-    _differ(
+    Claim(
         "X5-adam-l2",
+        EXACT,
         "For Adam, putting the L2 gradient into the update is not Eq. 22: torch's Adam(weight_decay) differs "
         "from decoupled decay, which AdamW applies exactly (Grosse ch. 5, §5, AdamW)",
         "min over seeds of the relative difference after 20 steps between Adam with L2 in its gradient and "
         "Eq. 22 followed by Adam's step (AdamW's agreement with Eq. 22 is in the detail)",
+        Rule(">", "differs_min"),
     ),
     "min",
 )
 _add(
     "schatten",
-    _agree(
+    Claim(
         "X5-schatten",
+        EXACT,
         "For a full-width deep linear network, the smallest sum of squared Frobenius norms over the "
         "factorizations of an end-to-end map is K times its Schatten-2/K quasi-norm to the power 2/K, reached "
         "at balanced factors (Grosse ch. 5, §5, the footnote on width above 1)",
         "max over depths K in {2, 3, 4} and seeds of |minimized penalty - K sum sigma_i^{2/K}| / K sum "
         "sigma_i^{2/K}, the minimum found by L-BFGS over the invertible maps between the factors",
-        "optimum_tol",
+        Rule("<", "optimum_tol"),
     ),
     "max",
 )
 _add(
     "free_rescale",
-    _agree(
+    Claim(
         "X5-free",
+        EXACT,
         "With BN, shrinking every BN-fed weight matrix leaves the network's function unchanged while the L2 "
         "penalty shrinks without bound, so L2 does not limit capacity (Grosse ch. 5, §5, interaction with "
         "normalization)",
         "max over seeds and gamma in {1e-3, 1e3} of the relative change of the outputs",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "g_gamma",
-    _agree(
+    Claim(
         "X52-gamma",
+        EXACT,
         "Rescaling a BN-fed layer's weights by gamma leaves K-FAC's factor A unchanged and scales S, hence "
         "G_ll, by gamma^-2 (Grosse ch. 5, §5.2)",
         "max over gamma in {0.1, 10} and seeds of the relative errors of A(gamma w) against A(w) and of "
         "gamma^2 S(gamma w) against S(w)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "eq27",
-    _agree(
+    Claim(
         "X53-eq27",
+        EXACT,
         "Decay with a preconditioner C^-1 is the preconditioned step on J + lambda/2 ||w||_C^2 (Grosse ch. 5, "
         "§5.3, Eq. 27)",
         "max over seeds of the relative difference between (1 - alpha lambda) w - alpha C^-1 grad J and a "
         "C^-1-preconditioned step on autograd's gradient of the C-norm-penalized cost",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )
 _add(
     "cnorm_kfac",
-    _agree(
+    Claim(
         "X53-cnorm",
+        EXACT,
         "In a BN network, K-FAC's C-norm of a BN-fed layer does not change when the layer is rescaled, and the "
         "exact Gauss-Newton C-norm of the layer's own weights is zero, so rescaling cannot shrink either: the "
         "chapter's remark that rescaling makes the C-norm arbitrarily small holds for C = I, not for these "
         "(Grosse ch. 5, §5.3, the footnote on scale invariance)",
         "max over gamma in {0.1, 10} and seeds of the relative change of w^T (A (x) S) w under w -> gamma w, "
         "and of w^T G w / (||w||^2 ||G||)",
+        Rule("<", "identity_tol"),
     ),
     "max",
 )

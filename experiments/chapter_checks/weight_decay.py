@@ -90,7 +90,7 @@ def check_schatten(cfg: ChecksConfig, seed: int) -> list[dict]:
         opt.step(closure)
         value, ws = penalty()
         product = torch.linalg.multi_dot(ws[::-1]) if k > 2 else ws[1] @ ws[0]
-        err = abs(float(value) - closed) / closed + rel(product.detach(), target)
+        err = abs(float(value.detach()) - closed) / closed + rel(product.detach(), target)
         rows.append(row("schatten", seed, err, f"K {k}", start_ratio=start / closed))
     return rows
 

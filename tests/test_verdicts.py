@@ -38,7 +38,7 @@ def _verdicts(name, runs, metrics, folder=Path("."), overrides=None) -> dict[str
 
 
 def test_every_claim_id_is_defined_literally_exactly_once():
-    sources = "\n".join(p.read_text() for p in (ROOT / "experiments").glob("*.py"))
+    sources = "\n".join(p.read_text() for p in sorted((ROOT / "experiments").rglob("*.py")))  # packages too
     ids = [c.id for e in REGISTRY.values() for c in e.claims]
     assert len(ids) == len(set(ids))
     for cid in ids:

@@ -80,16 +80,17 @@ def chapter_map() -> pd.DataFrame:
     says, how it can be tested, the claim rows that test or show it, its coverage, notes)."""
     from normlab.engine import chapter
 
+    cmap = chapter.load()
     return pd.DataFrame(
         [
             {
                 "n": s.n, "section": s.section, "lines": s.lines, "eq": s.eq, "says": s.says, "test": s.test,
                 "coverage": s.coverage, "rows": list(s.rows), "shows": list(s.shows), "partly": s.partly,
-                "pending": s.pending, "open": s.open, "note": s.note, "why": s.why,
+                "planned": cmap.planned.get(s.pending, ""), "open": s.open, "note": s.note, "why": s.why,
             }
-            for s in chapter.load().statements
+            for s in cmap.statements
         ]
-    ).astype({"pending": object})  # fmt: skip
+    )  # fmt: skip
 
 
 def chapter_headline() -> str:

@@ -300,7 +300,7 @@ def chapter_table(statements) -> Table:
     table.add_column("statement")
     table.add_column("rows", overflow="fold")
     for s in statements.itertuples():
-        rows = ", ".join(s.rows) or (f"pending issue {s.pending}" if s.pending else "")
+        rows = ", ".join(s.rows) or (f"planned: {s.planned}" if s.planned else "")
         table.add_row(str(s.n), s.section, s.lines, s.test, s.coverage, s.says, rows)
     return table
 

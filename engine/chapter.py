@@ -55,6 +55,7 @@ class Statement:
 class ChapterMap:
     statements: tuple[Statement, ...]
     not_statements: dict[str, str] = field(default_factory=dict)
+    planned: dict[int, str] = field(default_factory=dict)  # pending key -> what is to add the rows
 
     def named(self) -> set[str]:
         """Every claim id the map names, as a test, a display, or a row that tests no statement."""
@@ -109,4 +110,8 @@ def load(path: Path = MAP_PATH) -> ChapterMap:
                 note=item.get("note", ""), why=item.get("why", ""), open=bool(item.get("open", False)),
             )
         )  # fmt: skip
-    return ChapterMap(tuple(out), dict(raw.get("not_statements") or {}))
+    planned = {int(k): str(v) for k, v in (raw.get("planned") or {}).items()}
+    for s in out:
+        if s.pending is not None and s.pending not in planned:
+            raise MapError(f"{path.name}: statement {s.n}: pending {s.pending} is not a key of `planned`")
+    return ChapterMap(tuple(out), dict(raw.get("not_statements") or {}), planned)

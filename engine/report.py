@@ -465,7 +465,7 @@ def _chapter_section(items: list[dict]) -> list[str]:
         f"{cmap.headline()}; {c[chapter.NOT_TESTABLE]} more are not testable as stated. A statement is covered "
         "only by a judged row (exact or measured) whose statistic measures it; descriptive and control rows "
         "show, they do not cover. Where a row's verdict is listed it comes from this report's folders. "
-        "`pending N`: issue N is to add its rows. Lines refer to the chapter's text.",
+        "'planned' names the work that is to add a statement's rows. Lines refer to the chapter's text.",
         "",
     ]
 
@@ -493,7 +493,10 @@ def _chapter_section(items: list[dict]) -> list[str]:
         cells = []
         for s in rows:
             notes = [f"partly: {s.partly}" if s.partly else "", s.note, f"not testable: {s.why}" if s.why else ""]
-            notes += [f"pending {s.pending}" if s.pending else "", "open question of the chapter" if s.open else ""]
+            notes += [
+                f"planned: {cmap.planned[s.pending]}" if s.pending else "",
+                "open question of the chapter" if s.open else "",
+            ]
             shows = f"; shows: {verdicts(s.shows)}" if s.shows else ""
             cells.append(
                 [

@@ -47,7 +47,7 @@ def test_the_map_numbers_every_statement_once_and_says_why_where_it_cannot_test(
     cmap = chapter.load()
     assert [s.n for s in cmap.statements] == list(range(1, len(cmap.statements) + 1))
     assert all(s.why for s in cmap.statements if s.test == "untestable")
-    assert {s.pending for s in cmap.statements} <= {None, 40, 41}
+    assert {s.pending for s in cmap.statements} - {None} <= set(cmap.planned)
     assert sum(s.open for s in cmap.statements) == 3  # the chapter calls three questions open (#20, #54, #75)
 
 

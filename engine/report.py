@@ -444,6 +444,11 @@ def _coverage(items: list[dict]) -> list[str]:
     its rows these folders hold)."""
     cmap = chapter.load()
     found = _verdicts(items)
+    if not cmap.named() & set(found):
+        return [
+            "The chapter: these folders hold none of the rows the chapter map names (`normlab list --chapter`).",
+            "",
+        ]
     judged = {c for c, v in found.items() if any(k in chapter.JUDGED_KINDS for _, k, _ in v)}
     missing = sorted({r for s in cmap.statements for r in s.rows} - judged)
     line = f"The chapter: {cmap.headline()}; see 'The chapter, statement by statement' below."
@@ -458,6 +463,8 @@ def _chapter_section(items: list[dict]) -> list[str]:
     """Every testable statement of the chapter by section: how well the rows cover it, and their verdicts."""
     cmap = chapter.load()
     found = _verdicts(items)
+    if not cmap.named() & set(found):  # a user's own experiment: the map says nothing about its rows
+        return []
     c = cmap.counts()
     md = [
         "## The chapter, statement by statement",

@@ -217,3 +217,33 @@ def test_a_folder_without_p_values_is_named_outside_the_family(tmp_path):
     normlab.report([tmp_path / "baselines", tmp_path / "fisher"], tmp_path / "r2.md", "md")
     text = " ".join((tmp_path / "r2.md").read_text().split())
     assert "Outside the family: fisher, whose claims carry no p-values" in text and "(3 rows" in text
+
+
+def test_the_chapter_section_lists_the_folders_verdicts_and_is_left_out_where_the_map_names_no_row(tmp_path):
+    """K1 is in the chapter map: its statement shows K1's verdict from this folder, and the rows the
+    folder lacks say so. A user's own claim (P1) is not: no chapter section, and the summary says why."""
+    import json
+
+    import pandas as pd
+
+    from normlab.engine.report import build_report
+
+    def folder(name, cid):
+        d = tmp_path / name
+        d.mkdir()
+        claim = {"claim_id": cid, "kind": "measured", "statement": "s", "statistic": "t", "value": 1.0,
+                 "threshold": "< 2", "op": "<", "bound_low": float("nan"), "bound_high": 2.0, "ci_low": 0.5,
+                 "ci_high": 1.5, "interval": "t", "n": 5, "verdict": "inconclusive", "detail": "",
+                 "n_to_decide": float("nan"), "distance_hw": 2.0}  # fmt: skip
+        pd.DataFrame([claim]).to_csv(d / "claims.csv", index=False)
+        pd.DataFrame({"run_id": [], "arm": [], "seed": [], "status": []}).to_csv(d / "runs.csv", index=False)
+        (d / "config.yaml").write_text(f"experiment: {name}\n")
+        (d / "manifest.json").write_text(json.dumps({}))
+        return d
+
+    md = build_report([folder("mapped", "K1")], tmp_path / "a.md", "md").read_text()
+    assert "## The chapter, statement by statement" in md
+    assert "K1 inconclusive; K1-bestlr (not in these folders)" in md
+    md = build_report([folder("own", "P1")], tmp_path / "b.md", "md").read_text()
+    assert "## The chapter, statement by statement" not in md
+    assert "these folders hold none of the rows the chapter map names" in md

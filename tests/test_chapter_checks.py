@@ -97,3 +97,12 @@ def test_worst_reads_the_largest_error_and_the_smallest_difference():
     s.tables.read = lambda name: ok
     assert judge(agree, worst(s, "eq27", "max"), a).verdict == "supported"
     assert judge(differ, worst(s, "sgd_affine", "min"), a).verdict == "inconclusive"  # no rows: saying why
+
+
+def test_only_full_bn_keeps_the_gradient_orthogonal_to_the_weights(small):
+    from normlab.experiments.chapter_checks import normalizers
+
+    radial, needed = normalizers.check_bn_path_radial(small, 0)
+    assert radial["value"] < 1e-12 and radial["full_bn_cos"] < 1e-12  # the closed forms hold; full BN: w . grad = 0
+    for arm in ("mean_detached_cos", "var_detached_cos", "both_detached_cos"):
+        assert needed[arm] > 1e-2, arm  # each detached arm leaves a radial part

@@ -43,6 +43,7 @@ from .conditioning import (
 from .config import ChecksConfig
 from .normalizers import (
     check_bn_centering,
+    check_bn_path_radial,
     check_bn_layer,
     check_bn_mean_step,
     check_bn_paths,
@@ -57,6 +58,7 @@ from .optimizers import (
     check_batch_ef,
     check_bias_correction,
     check_ema_age,
+    check_ef_power,
     check_ema_rank,
     check_fisher_ggn,
     check_terminal_velocity,
@@ -65,10 +67,10 @@ from .weight_decay import check_eq27, check_free_rescale, check_rescaling_metric
 
 CHECKS = (
     check_ema_age, check_bias_correction, check_terminal_velocity, check_fisher_ggn, check_ema_rank,
-    check_batch_ef, check_regression_outlier, check_standardize, check_kfac_a_outlier, check_eq10_step,
-    check_preconditioners, check_affine, check_quasi_invariant, check_bn_paths, check_bn_layer,
-    check_bn_mean_step, check_bn_centering, check_renorm, check_exp_lr, check_ln, check_ln_batch, check_ln_shift,
-    check_lrn, check_wd, check_schatten, check_free_rescale,
+    check_batch_ef, check_ef_power, check_regression_outlier, check_standardize, check_kfac_a_outlier,
+    check_eq10_step, check_preconditioners, check_affine, check_quasi_invariant, check_bn_paths, check_bn_layer,
+    check_bn_mean_step, check_bn_centering, check_bn_path_radial, check_renorm, check_exp_lr, check_ln,
+    check_ln_batch, check_ln_shift, check_lrn, check_wd, check_schatten, check_free_rescale,
     check_rescaling_metrics, check_eq27,
 )  # fmt: skip
 

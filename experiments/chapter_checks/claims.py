@@ -120,6 +120,20 @@ _add(
     "min",
 )
 _add(
+    "ef_power",
+    Claim(
+        "X21-ef-power",
+        EXACT,
+        "Preconditioning by the inverse of the empirical Fisher built from the gradients themselves shrinks the "
+        "step in proportion to the gradient's size (Eq. 3's pathology), while its inverse square root, as in "
+        "RMSprop and Adam, leaves the step's size independent of it (Grosse ch. 5, §2.1, after Eq. 3)",
+        "max over c in {0.01, 100} and seeds of the relative errors of c * step_inverse(c g) against "
+        "step_inverse(g), and of step_sqrt(c g) against step_sqrt(g), for a moving average of g^2 over 30 gradients",
+        Rule("<", "identity_tol"),
+    ),
+    "max",
+)
+_add(
     "regression_outlier",
     Claim(
         "X3-outlier",
@@ -412,6 +426,35 @@ _add(
         Rule("<", "identity_tol"),
     ),
     "max",
+)
+_add(
+    "bn_path_radial",
+    Claim(
+        "X43-paths",
+        EXACT,
+        "Along a BN-fed unit's weights, BN's direct path gives the gradient a radial part y_bar . y + mu sum(y_bar) "
+        "/ sigma; the mean path cancels the second term and the variance path the first, so only the whole "
+        "statistics path leaves the gradient orthogonal to w (Grosse ch. 5, §4.3, the question of which path "
+        "carries the implicit decay)",
+        "max over the four arms (full BN; mean, sigma or both detached), units and seeds of |w . grad - closed "
+        "form| / (||w|| ||grad||), gradients by autograd",
+        Rule("<", "identity_tol"),
+    ),
+    "max",
+)
+_add(
+    "bn_path_needed",
+    Claim(
+        "X43-paths-needed",
+        EXACT,
+        "With the batch mean or the batch standard deviation detached, the gradient is no longer orthogonal to "
+        "the weights, although the forward pass is still scale invariant: neither path alone carries the decay "
+        "(Grosse ch. 5, §4.3)",
+        "min over the three detached arms and seeds of the arm's largest |cos(w_j, grad_j)| over its units (full "
+        "BN's, about 1e-16, is in the detail)",
+        Rule(">", "differs_min"),
+    ),
+    "min",
 )
 _add(
     "wd_is_l2",

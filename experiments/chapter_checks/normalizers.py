@@ -171,3 +171,46 @@ def check_exp_lr(cfg: ChecksConfig, seed: int) -> list[dict]:
         worst = max(worst, rel(w.pow(2).sum(1), predicted))
     growth = float((w.pow(2).sum(1) / start).min())
     return [row("exp_lr", seed, worst, "20 steps, 8 units", alpha_growth_over_20_steps=growth)]
+
+
+def _bn_detached(x: torch.Tensor, mean: bool, var: bool) -> torch.Tensor:
+    """Eq. 11 with the batch mean and/or the batch standard deviation detached in backprop: the
+    forward pass is BN's; the backward pass drops that part of the statistics path."""
+    mu = x.mean(0)
+    sigma = (x - mu).pow(2).mean(0).sqrt()
+    return (x - (mu.detach() if mean else mu)) / (sigma.detach() if var else sigma)
+
+
+def check_bn_path_radial(cfg: ChecksConfig, seed: int) -> list[dict]:
+    """Which path of BN keeps a unit's gradient orthogonal to its weights (the root of the implicit decay).
+    With s = X w, y = (s - mu)/sigma and the upstream gradient y_bar, the direct path alone gives w . grad =
+    y_bar . y + mu sum(y_bar) / sigma; the mean path adds -mu sum(y_bar) / sigma and the variance path
+    -y_bar . y. Each detached arm's radial part is checked against that closed form."""
+    g = gen(seed, 230)
+    x = randn(g, 48, 7) + 1.5  # uncentered inputs, so that mu != 0
+    w0 = randn(g, 7, 5)
+    upstream = randn(g, 48, 5)
+    s = x @ w0
+    mu, sigma = s.mean(0), (s - s.mean(0)).pow(2).mean(0).sqrt()
+    y = (s - mu) / sigma
+    direct, mean_part = (upstream * y).sum(0), mu * upstream.sum(0) / sigma
+    closed = {  # the radial part w_j . grad_j per unit, by the paths each arm keeps
+        (False, False): torch.zeros(5, dtype=D64),
+        (True, False): mean_part,  # the mean detached: the variance path cancels y_bar . y only
+        (False, True): direct,  # sigma detached: the mean path cancels the mu term only
+        (True, True): direct + mean_part,  # the direct path alone
+    }
+    errors, cosines = [], {}
+    for (mean, var), expected in closed.items():
+        w = w0.clone().requires_grad_()
+        grad = torch.autograd.grad((_bn_detached(x @ w, mean, var) * upstream).sum(), w)[0]
+        radial = (w0 * grad).sum(0)
+        scale = (w0.norm(dim=0) * grad.norm(dim=0)).clamp_min(1e-300)
+        errors.append(float(((radial - expected).abs() / scale).max()))
+        cosines[(mean, var)] = float((radial.abs() / scale).max())  # the arm's largest: one unit suffices
+    return [
+        row("bn_path_radial", seed, max(errors), "4 arms, 5 units", full_bn_cos=cosines[(False, False)]),
+        row("bn_path_needed", seed, min(v for k, v in cosines.items() if k != (False, False)), "3 detached arms",
+            mean_detached_cos=cosines[(True, False)], var_detached_cos=cosines[(False, True)],
+            both_detached_cos=cosines[(True, True)]),
+    ]  # fmt: skip

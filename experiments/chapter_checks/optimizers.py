@@ -142,3 +142,22 @@ def check_batch_ef(cfg: ChecksConfig, seed: int) -> list[dict]:
     rows.append(row("batch_ef_drift", seed, min(increments), f"B 1-{n}", distance_b1=dists[0], distance_bn=dists[-1]))
     rows.append(row("batch_ef_ends", seed, dists[-1] / dists[0], f"B {n} against B 1"))
     return rows
+
+
+def check_ef_power(cfg: ChecksConfig, seed: int) -> list[dict]:
+    """Eq. 3's preconditioner built from the gradients themselves (full batch: F_emp is the moving average
+    of g g^T; its diagonal is what Adam keeps): multiply every gradient by c and the F_emp^-1 step shrinks
+    by exactly 1/c, while the F_emp^-1/2 step does not change."""
+    g = gen(seed, 6)
+    grads = randn(g, 30, 8)  # a stream of gradients; the moving average of their squares, as Adam's s
+    beta, worst_inv, worst_sqrt = 0.9, 0.0, 0.0
+    for c in (0.01, 100.0):
+        s1 = sc = torch.zeros(8, dtype=D64)
+        for k in range(30):
+            s1 = beta * s1 + (1 - beta) * grads[k] ** 2
+            sc = beta * sc + (1 - beta) * (c * grads[k]) ** 2
+        inv1, invc = grads[-1] / s1, c * grads[-1] / sc
+        sqrt1, sqrtc = grads[-1] / s1.sqrt(), c * grads[-1] / sc.sqrt()
+        worst_inv = max(worst_inv, rel(c * invc, inv1))
+        worst_sqrt = max(worst_sqrt, rel(sqrtc, sqrt1))
+    return [row("ef_power", seed, max(worst_inv, worst_sqrt), "c 0.01 and 100, 8 coordinates")]

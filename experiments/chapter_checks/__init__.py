@@ -119,6 +119,7 @@ class ChapterChecks(TableExperiment):
     title = "X: the chapter's statements that an exact computation decides"
     short_names = {
         "X2": "§2 optimizer arithmetic",
+        "X21": "§2.1 the empirical Fisher's power",
         "X3": "§3 the uncentered outlier",
         "X31": "§3.1 preconditioners",
         "X32": "§3.2 affine invariance",

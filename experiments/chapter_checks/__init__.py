@@ -118,16 +118,16 @@ class ChapterChecks(TableExperiment):
     name = "chapter_checks"
     title = "X: the chapter's statements that an exact computation decides"
     short_names = {
-        "X2": "§2 optimizer arithmetic",
+        "X20": "§2 optimizer arithmetic",
         "X21": "§2.1 the empirical Fisher's power",
-        "X3": "§3 the uncentered outlier",
+        "X30": "§3 the uncentered outlier",
         "X31": "§3.1 preconditioners",
         "X32": "§3.2 affine invariance",
-        "X4": "§4 BN's two paths",
+        "X40": "§4 BN's two paths",
         "X42": "§4.2 what BN ignores",
         "X43": "§4.3 the decay's arithmetic",
         "X44": "§4.4 LN and LRN",
-        "X5": "§5 weight decay",
+        "X50": "§5 weight decay",
         "X52": "§5.2 K-FAC's factors",
         "X53": "§5.3 the C-norm",
     }

@@ -17,7 +17,7 @@ def _add(check: str, claim: Claim, how: str) -> Claim:
 _add(
     "ema_age",
     Claim(
-        "X2-ema",
+        "X20-ema",
         EXACT,
         "An exponential moving average with parameter beta weights the last (1 - beta)^-1 steps on average "
         "(Grosse ch. 5, §2, the footnote on beta; beta2 = 0.999 gives 1000)",
@@ -30,7 +30,7 @@ _add(
 _add(
     "bias_correction",
     Claim(
-        "X2-bias",
+        "X20-bias",
         EXACT,
         "With bias correction, Adam's moments are unbiased from the first step: on a constant gradient g, "
         "torch's Adam steps alpha g / (|g| + eps) at every step k, while the uncorrected moments are short "
@@ -44,7 +44,7 @@ _add(
 _add(
     "terminal_velocity",
     Claim(
-        "X2-velocity",
+        "X20-velocity",
         EXACT,
         "On a constant gradient, heavy-ball momentum's step grows to alpha / (1 - beta) times the gradient "
         "while Adam's stays alpha in size: the two learning rates mean different things (Grosse ch. 5, §2, "
@@ -58,7 +58,7 @@ _add(
 _add(
     "fisher_ggn",
     Claim(
-        "X2-fisher",
+        "X20-fisher",
         EXACT,
         "With a softmax output and cross-entropy (natural parameters of an exponential family), the true "
         "Fisher equals the Gauss-Newton matrix (Grosse ch. 5, §2.1, the text after Eq. 1)",
@@ -71,7 +71,7 @@ _add(
 _add(
     "ema_rank",
     Claim(
-        "X2-rank",
+        "X20-rank",
         EXACT,
         "One gradient's outer product has rank 1, but a moving average of the outer products along a "
         "trajectory has rank above 1 (Grosse ch. 5, §2.1, the note after Eq. 2)",
@@ -84,7 +84,7 @@ _add(
 _add(
     "batch_ef_formula",
     Claim(
-        "X2-batch-ef",
+        "X20-batch-ef",
         EXACT,
         "The batch empirical Fisher is the per-example gradient covariance shrunk with the batch size plus "
         "the mean gradient's outer product (Grosse ch. 5, §2.1, Eq. 4; exactly, for batches drawn without "
@@ -98,7 +98,7 @@ _add(
 _add(
     "batch_ef_drift",
     Claim(
-        "X2-batch-drift",
+        "X20-batch-drift",
         EXACT,
         "As the batch grows, the batch empirical Fisher's covariance term shrinks against the outer-product "
         "term and the matrix moves away from the true Fisher (Grosse ch. 5, §2.1, after Eq. 4)",
@@ -111,7 +111,7 @@ _add(
 _add(
     "batch_ef_ends",
     Claim(
-        "X2-batch-ends",
+        "X20-batch-ends",
         DESCRIPTIVE,
         "The full batch's empirical Fisher lies further from the true Fisher than the per-example one",
         "min over seeds of ||E[F_N] - F||_F / ||E[F_1] - F||_F (the two ends of the batch sizes)",
@@ -136,7 +136,7 @@ _add(
 _add(
     "regression_outlier",
     Claim(
-        "X3-outlier",
+        "X30-outlier",
         EXACT,
         "Linear regression on uncentered features (mean m, covariance I) has one outlier eigenvalue in its "
         "Hessian, growing linearly with the dimension: 1 + ||m||^2 without the homogeneous coordinate, "
@@ -150,7 +150,7 @@ _add(
 _add(
     "standardize",
     Claim(
-        "X3-standardize",
+        "X30-standardize",
         EXACT,
         "Standardizing each feature removes the mean's outlier but not all ill-conditioning: with correlated "
         "features the standardized Hessian is the correlation matrix (Grosse ch. 5, §3)",
@@ -163,7 +163,7 @@ _add(
 _add(
     "kfac_a_outlier",
     Claim(
-        "X3-kfac-a",
+        "X30-kfac-a",
         EXACT,
         "K-FAC's factor A for uncentered activations has a single outlier eigenvalue, and the eigenvalues of "
         "A (x) S are the products of the factors', so the top M are nu lambda_i(S) with eigenvectors m~ (x) v_i "
@@ -254,7 +254,7 @@ _add(
 _add(
     "bn_paths",
     Claim(
-        "X4-paths",
+        "X40-paths",
         EXACT,
         "BN's backward pass is the direct path X_bar = S_bar / sigma (Eq. 12) plus a statistics path, "
         "-(mean(S_bar) + X~ mean(S_bar X~)) / sigma (Grosse ch. 5, §4, Eqs. 11-12)",
@@ -459,7 +459,7 @@ _add(
 _add(
     "wd_is_l2",
     Claim(
-        "X5-wd-l2",
+        "X50-wd-l2",
         EXACT,
         "For gradient descent, the weight-decay update (Eq. 22) is a gradient step on J + lambda/2 ||w||^2 "
         "(Grosse ch. 5, §5)",
@@ -472,7 +472,7 @@ _add(
 _add(
     "adam_l2",
     Claim(
-        "X5-adam-l2",
+        "X50-adam-l2",
         EXACT,
         "For Adam, putting the L2 gradient into the update is not Eq. 22: torch's Adam(weight_decay) differs "
         "from decoupled decay, which AdamW applies exactly (Grosse ch. 5, §5, AdamW)",
@@ -485,7 +485,7 @@ _add(
 _add(
     "schatten",
     Claim(
-        "X5-schatten",
+        "X50-schatten",
         EXACT,
         "For a full-width deep linear network, the smallest sum of squared Frobenius norms over the "
         "factorizations of an end-to-end map is K times its Schatten-2/K quasi-norm to the power 2/K, reached "
@@ -499,7 +499,7 @@ _add(
 _add(
     "free_rescale",
     Claim(
-        "X5-free",
+        "X50-free",
         EXACT,
         "With BN, shrinking every BN-fed weight matrix leaves the network's function unchanged while the L2 "
         "penalty shrinks without bound, so L2 does not limit capacity (Grosse ch. 5, §5, interaction with "

@@ -7,7 +7,8 @@ invariance to affine maps of the activations (§3.2, Fig. 3), what a BN-fed or L
 arithmetic of §2. Each row here compares two independent computations in float64 (a closed form
 against autograd or torch's own optimizers), on synthetic instances whose moments are exact (the
 chapter's own example of §3.1: every entry of the mean 0.1, covariance I), or on small random
-networks. Nothing trains. A row that says two things agree is a maximum error against a tolerance
+networks. No network is trained for a result: the few checks that step an optimizer (X20-rank,
+X43-explr) check an identity at every step. A row that says two things agree is a maximum error against a tolerance
 set from float64's rounding scale; a row that says they differ is a minimum difference against a
 floor far above that scale.
 

@@ -130,7 +130,8 @@ VERDICT_COLORS = {verdict: c["mark"] for verdict, c in VERDICT_STYLES.items()}
 
 
 def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
-    """Every claim row (the report's second figure): its value and interval against the region its rule
+    """Every claim row given (the report's second figure: every row but the exact checks): its value and
+    interval against the region its rule
     accepts (shaded), coloured by verdict. Each row has its own x-axis, because every claim has
     its own units; a row spanning orders of magnitude gets a logarithmic axis."""
     import math

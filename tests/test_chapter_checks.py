@@ -31,7 +31,7 @@ def small():
 def test_every_check_row_has_one_claim_and_every_claim_a_row(small):
     checks = {r["check"] for fn in CHECKS for r in fn(small, 0)}
     assert checks == set(CLAIMS)
-    assert len({c.id for c, _, _ in CLAIMS.values()}) == len(CLAIMS) == len(ChapterChecks.claims)
+    assert len({c.id for c, _ in CLAIMS.values()}) == len(CLAIMS) == len(ChapterChecks.claims)
 
 
 def test_the_outlier_is_the_homogeneous_closed_form_not_one_plus_m_squared():

@@ -20,6 +20,7 @@ rescaling), the row states what is computed and the report says where the chapte
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -105,16 +106,6 @@ def worst(s: Setting, check: str, how: str) -> Estimate:
     return Estimate(float(at["value"]), n=int(d["seed"].nunique()), detail=detail)
 
 
-class _Worst:
-    """A picklable estimator for one check (partial of a module function would do as well)."""
-
-    def __init__(self, check: str, how: str):
-        self.check, self.how = check, how
-
-    def __call__(self, s: Setting) -> Estimate:
-        return worst(s, self.check, self.how)
-
-
 class ChapterChecks(TableExperiment):
     name = "chapter_checks"
     title = "X: the chapter's statements that an exact computation decides"
@@ -132,8 +123,8 @@ class ChapterChecks(TableExperiment):
         "X52": "§5.2 K-FAC's factors",
         "X53": "§5.3 the C-norm",
     }
-    claims = tuple(c for c, _, _ in CLAIMS.values())
-    estimators = {c: _Worst(check, how) for check, (c, how, _) in CLAIMS.items()}
+    claims = tuple(c for c, _ in CLAIMS.values())
+    estimators = {c: partial(worst, check=check, how=how) for check, (c, how) in CLAIMS.items()}
     config_class = ChecksConfig
 
     def derived(self, cfg: ChecksConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:
@@ -152,7 +143,7 @@ class ChapterChecks(TableExperiment):
         ax = axes[0, 0]
         a = cfg.analysis
         ids = []
-        for i, (check, (claim, how, _)) in enumerate(CLAIMS.items()):
+        for check, (claim, _) in CLAIMS.items():
             v = t[t["check"] == check]["value"].astype(float)
             if v.empty:
                 continue

@@ -6,11 +6,11 @@ from __future__ import annotations
 from normlab.engine.claims import DESCRIPTIVE, EXACT, Claim, Rule
 
 
-CLAIMS: dict[str, tuple[Claim, str, str]] = {}  # check -> (claim, how, what the table's value is)
+CLAIMS: dict[str, tuple[Claim, str]] = {}  # check -> (claim, how: max or min over its rows)
 
 
 def _add(check: str, claim: Claim, how: str) -> Claim:
-    CLAIMS[check] = (claim, how, claim.statistic)
+    CLAIMS[check] = (claim, how)
     return claim
 
 

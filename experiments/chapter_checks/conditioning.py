@@ -7,7 +7,7 @@ import math
 import torch
 
 from .config import ChecksConfig
-from .linalg import D64, exact_moments, gen, randn, rel, row, vec
+from .linalg import D64, exact_moments, gen, randn, rel, row, uncentered, vec
 
 
 # §3 and §3.1: the uncentered regression Hessian and its preconditioners.
@@ -35,8 +35,7 @@ def check_regression_outlier(cfg: ChecksConfig, seed: int) -> list[dict]:
     rows = []
     for d in cfg.problem.dims:
         g = gen(seed, 10 + d)
-        m = torch.full((d,), cfg.problem.mean_entry, dtype=D64)
-        x = exact_moments(g, 2 * d + 10, m, torch.eye(d, dtype=D64))
+        m, x = uncentered(g, d, cfg.problem.mean_entry)
         r = float(m @ m)
         for homogeneous in (False, True):
             top = float(torch.linalg.eigvalsh(_regression_hessian(x, homogeneous))[-1])
@@ -77,8 +76,7 @@ def check_standardize(cfg: ChecksConfig, seed: int) -> list[dict]:
 def check_kfac_a_outlier(cfg: ChecksConfig, seed: int) -> list[dict]:
     g = gen(seed, 30)
     d, outputs = 100, 10
-    m = torch.full((d,), cfg.problem.mean_entry, dtype=D64)
-    a = exact_moments(g, 4 * d, m, torch.eye(d, dtype=D64))
+    m, a = uncentered(g, d, cfg.problem.mean_entry, 4 * d)
     a_bar = torch.cat([a, torch.ones(len(a), 1, dtype=D64)], 1)
     factor_a = a_bar.T @ a_bar / len(a)
     ev, evec = torch.linalg.eigh(factor_a)
@@ -155,8 +153,7 @@ def check_preconditioners(cfg: ChecksConfig, seed: int) -> list[dict]:
     rows = []
     for d in cfg.problem.dims:
         g = gen(seed, 50 + d)
-        m = torch.full((d,), cfg.problem.mean_entry, dtype=D64)
-        x = exact_moments(g, 2 * d + 10, m, torch.eye(d, dtype=D64))
+        m, x = uncentered(g, d, cfg.problem.mean_entry)
         h = _regression_hessian(x, True)
         top = float(torch.linalg.eigvalsh(h)[-1])
         dg = torch.diagonal(h).rsqrt()

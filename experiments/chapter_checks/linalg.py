@@ -33,6 +33,13 @@ def exact_moments(g: torch.Generator, n: int, mean: torch.Tensor, cov_sqrt: torc
     return z @ cov_sqrt.T + mean
 
 
+def uncentered(g: torch.Generator, d: int, mean_entry: float, n: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """§3.1's instance: the mean m with every entry `mean_entry`, and n rows (2d + 10 by default) whose
+    sample mean is exactly m and whose sample covariance is exactly I."""
+    m = torch.full((d,), mean_entry, dtype=D64)
+    return m, exact_moments(g, n or 2 * d + 10, m, torch.eye(d, dtype=D64))
+
+
 def bn(x: torch.Tensor) -> torch.Tensor:
     """Eq. 11 without epsilon: columns to zero mean and unit (biased) variance."""
     xc = x - x.mean(0)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .config import ChecksConfig
-from .linalg import D64, bn, exact_moments, gen, ln, randn, rel, row
+from .linalg import D64, bn, gen, ln, randn, rel, row, uncentered
 
 
 # §4: BN's paths, what a BN-fed or LN-fed layer ignores, and AlexNet's normalizer.
@@ -47,8 +47,7 @@ def check_bn_mean_step(cfg: ChecksConfig, seed: int) -> list[dict]:
     rows = []
     for d in cfg.problem.dims:
         g = gen(seed, 100 + d)
-        m = torch.full((d,), cfg.problem.mean_entry, dtype=D64)
-        a = exact_moments(g, 2 * d + 10, m, torch.eye(d, dtype=D64))
+        m, a = uncentered(g, d, cfg.problem.mean_entry)
         w, v = randn(g, 5, d) / math.sqrt(d), randn(g, 5)
         dw = 0.5 * torch.outer(v, m / m.norm())
         dz = a @ dw.T

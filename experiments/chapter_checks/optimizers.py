@@ -37,14 +37,14 @@ def check_bias_correction(cfg: ChecksConfig, seed: int) -> list[dict]:
     w = torch.zeros(20, dtype=D64, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr, betas=betas, eps=eps)
     expected = -lr * grad / (grad.abs() + eps)
-    worst, first_uncorrected = 0.0, float("nan")
-    for k in range(1, 51):
+    worst = 0.0
+    for _ in range(50):
         before = w.detach().clone()
         w.grad = grad.clone()
         opt.step()
         worst = max(worst, rel(w.detach() - before, expected))
-        if k == 1:  # what the same step would be without the corrections: (1 - b1) g / sqrt(1 - b2) |g|
-            first_uncorrected = (1 - betas[0]) / math.sqrt(1 - betas[1])
+    # without the corrections the first step would be (1 - b1) g / (sqrt(1 - b2) |g|): 3.16 alpha, not alpha
+    first_uncorrected = (1 - betas[0]) / math.sqrt(1 - betas[1])
     return [row("bias_correction", seed, worst, "steps 1-50", uncorrected_first_step_ratio=first_uncorrected)]
 
 

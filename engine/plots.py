@@ -188,7 +188,7 @@ def claims_forest(claims: pd.DataFrame, path: Path) -> Path:
             ax.plot([v], [0], "o", color=color, ms=4.5)
         ax.set_ylim(-0.6, 0.6)
     fig.suptitle(
-        "Every claim row: value (dot) and 95% interval (line) against the region the rule accepts "
+        "Every row but the exact checks: value (dot) and 95% interval (line) against the region the rule accepts "
         "(shaded);\neach row has its own scale. Green supported, red not supported, orange inconclusive, "
         "grey not judged",
         fontsize=8,

@@ -272,6 +272,26 @@ def mean_shares(vectors: np.ndarray, weight_shape: tuple[int, ...], mean: torch.
     return np.einsum("koi,i->ko", v, m / norm).__pow__(2).sum(1) / np.einsum("koi,koi->k", v, v)
 
 
+def ones_shares(
+    vectors: np.ndarray, weight_shape: tuple[int, ...], mean: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per eigenvector (columns), as `mean_shares`: ||V^T 1_hat||^2, its share on the subspace {1_hat (x) x}
+    whose unit-side factor is the all-ones direction of the layer's outputs (the one direction layer norm's
+    centering projects out: 0 for a layer that feeds layer norm), and (1_hat^T V m_hat)^2, its share along
+    the single direction 1_hat (x) m_hat."""
+    nan = np.full(vectors.shape[1], np.nan)
+    if len(weight_shape) != 2:
+        return nan, nan
+    v = vectors.T.reshape(vectors.shape[1], *weight_shape)  # k x out x in
+    total = np.einsum("koi,koi->k", v, v)
+    ones = np.full(weight_shape[0], 1.0 / np.sqrt(weight_shape[0]))
+    along_ones = np.einsum("koi,o->ki", v, ones)
+    m = mean.double().cpu().numpy()
+    norm = np.linalg.norm(m)
+    both = (along_ones @ (m / norm)) ** 2 / total if norm > 0 else nan
+    return (along_ones**2).sum(1) / total, both
+
+
 def centered_copy(model: Net, layer: str, mean: torch.Tensor) -> Net:
     """The same function reparameterized as in Grosse ch. 5, Eq. 9 with Sigma = I: `layer` sees its
     inputs minus their mean m, and its bias absorbs W m (b~ = b + W m), so z = W (a - m) + b~ = W a + b
@@ -346,6 +366,9 @@ def measure_many(
                 rows[k] += [
                     Row(step, M.GGN_MEAN_SHARE, cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(shares)
                 ]
+                for metric, values in zip((M.GGN_ONES_SHARE, M.GGN_ONES_MEAN_SHARE),
+                                          ones_shares(vecs, weight_shape, means[k])):  # fmt: skip
+                    rows[k] += [Row(step, metric, cfg.layer, "rank", r + 1, float(v)) for r, v in enumerate(values)]
                 ggn_top[k] = float(vals[0])
     if step in cfg.eq9_steps:
         centered = [centered_copy(m, cfg.layer, mean) for m, mean in zip(copies, means)]

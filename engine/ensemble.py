@@ -81,7 +81,10 @@ _ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "identity": lambda h
 
 
 ARCHS = ("mlp", "cnn1d")  # what an ensemble can stack
-NORMS = ("none", "batch", "center", "layer", "weight")  # weight norm: the engine builds it for MLPs only
+NORMS = ("none", "batch", "center", "layer", "weight", "rms", "weight_center")
+MLP_ONLY = ("weight", "rms", "weight_center")  # the engine builds these for MLPs only
+# the normalizer module a block holds, by model.norm (weight norm lives in the layer: WNLinear)
+NORM_KIND = {"batch": "batch", "center": "center", "layer": "layer", "rms": "rms", "weight_center": "center"}
 
 # What --ensemble auto stacks: where stacking measured faster than single runs on this 2-core CPU
 # (normlab bench): the MLP (1.5-1.7x at 4-32 members) and the 1-D CNN as im2col + bmm (1.1-1.4x; a
@@ -96,7 +99,7 @@ AUTO_ARCHS = ARCHS
 
 def _stacks_norm(m: ModelConfig) -> bool:
     """Whether an ensemble computes m's normalizer (every one the engine builds for the model)."""
-    return m.norm in NORMS and (m.norm != "weight" or m.arch == "mlp")
+    return m.norm in NORMS and (m.norm not in MLP_ONLY or m.arch == "mlp")
 
 
 def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
@@ -240,11 +243,12 @@ class EnsembleNet:
             affine = getattr(norms[0], "affine", False) or getattr(norms[0], "elementwise_affine", False)
             if affine:
                 self.layers[-1].bn_weight = torch.stack([n.weight.detach() for n in norms])
-                self.layers[-1].bn_bias = torch.stack([n.bias.detach() for n in norms])
+                if getattr(norms[0], "bias", None) is not None:  # RMS norm's affine part is a gain only
+                    self.layers[-1].bn_bias = torch.stack([n.bias.detach() for n in norms])
         w_out = torch.stack([net.out.weight.detach() for net in nets])
         self.out = _Layer("linear", w_out, torch.stack([net.out.bias.detach() for net in nets]))
-        # each block's normalizer: "batch", "center", "layer" or None (weight norm lives in the layer)
-        self.norm = [None if b.norm is None else cfg.norm for b in nets[0].blocks]
+        # each block's normalizer: "batch", "center", "layer", "rms" or None (weight norm lives in the layer)
+        self.norm = [None if b.norm is None else NORM_KIND[cfg.norm] for b in nets[0].blocks]
         self.normalizes = [b.normalizes for b in nets[0].blocks]
         # Modules inserted after the normalizer (StackedModule), stacked from each member's own; their
         # randomness comes from `generators`, one per member, holding that member's run's RNG stream.
@@ -284,7 +288,7 @@ class EnsembleNet:
         if cfg.arch not in ARCHS or not _stacks_norm(cfg):
             raise ValueError(
                 "EnsembleNet covers MLPs and 1-D CNNs, without a normalizer or with batch norm, batch centering or"
-                " layer norm, and MLPs with weight norm"
+                " layer norm, and MLPs with weight norm (alone or with batch centering) or RMS norm"
             )
         device = torch.device(device or "cpu")
         nets, generators = [], []
@@ -365,6 +369,9 @@ class EnsembleNet:
             else:
                 mean = rm.view(h.shape[0], -1)
             return h - (mean.view(*mean.shape, 1, 1) if h.ndim == 4 else mean.unsqueeze(1))
+        if kind == "rms":  # an MLP's (M, B, W): one example's features, not centered; a gain only
+            z = F.rms_norm(h, h.shape[-1:], eps=self.cfg.norm_eps)
+            return z if lay.bn_weight is None else z * lay.bn_weight.unsqueeze(1)
         # layer norm: over one example's features (nn.LayerNorm), or its channels and positions
         # (GroupNorm with one group) in the CNN
         if h.ndim == 3:
@@ -464,7 +471,9 @@ class EnsembleNet:
             if lay.wn_gain is not None:
                 state[p + "weight_layer.gain"] = lay.wn_gain[k]
             if lay.bn_weight is not None:
-                state[p + "norm.weight"], state[p + "norm.bias"] = lay.bn_weight[k], lay.bn_bias[k]
+                state[p + "norm.weight"] = lay.bn_weight[k]
+            if lay.bn_bias is not None:
+                state[p + "norm.bias"] = lay.bn_bias[k]
             for name, t in zip(buffers.get(self.norm[i] or "", ()), self.running[i] or ()):
                 state[p + f"norm.{name}"] = t.view(self.members, -1)[k]
             if self.inserted[i] is not None:

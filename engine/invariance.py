@@ -279,7 +279,7 @@ class _Propagation:
         if isinstance(mod, nn.GroupNorm):
             per_channel = mod.num_groups == mod.num_channels
             return FREE if (per_channel or (self.kind == LAYER and not s.offset)) else self._mixed(node)
-        if isinstance(mod, nn.LayerNorm):
+        if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):  # one scale over an example's features (no shift for RMS)
             return FREE if (self.kind == LAYER and not s.offset) else self._mixed(node)
         if isinstance(mod, _HOMOGENEOUS):
             keeps_offset = isinstance(mod, nn.Identity)
@@ -339,7 +339,7 @@ class _Propagation:
         if fn is F.batch_norm:  # with the batch's statistics only: the running ones make it affine
             training = kwargs.get("training", args[5] if len(args) > 5 else False)
             return FREE if training is True else self._mixed(node)
-        if fn in (F.layer_norm,):
+        if fn in (F.layer_norm, F.rms_norm):
             s = self._get(args[0])
             return FREE if self.kind == LAYER and not s.offset else self._mixed(node)
         s = self._get(args[0]) if args else FREE

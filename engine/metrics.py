@@ -79,6 +79,11 @@ GGN_EQ9 = "ggn_eq9"
 # layer's uncentered input mean m (V the unit eigenvector as a weight matrix, out x in)
 GGN_MEAN_SHARE = "ggn_mean_share"
 GGN_EQ9_MEAN_SHARE = "ggn_eq9_mean_share"
+# Per top eigenvector: its share ||V^T 1_hat||^2 on the subspace {1_hat (x) x} (its unit-side factor along
+# the all-ones direction of the layer's outputs, the one direction layer norm's centering projects out),
+# and its share (1_hat^T V m_hat)^2 along the single direction 1_hat (x) m_hat
+GGN_ONES_SHARE = "ggn_ones_share"
+GGN_ONES_MEAN_SHARE = "ggn_ones_mean_share"
 INPUT_MEAN_SQ = "input_mean_sq"  # ||m||^2 / E||a||^2: the share of the inputs' second moment in their mean
 GGN_DENSITY = "ggn_density"  # the GGN's spectral density on a grid (stat "grid", item = grid point)
 GGN_DENSITY_AT = "ggn_density_at"  # the grid's eigenvalue at each point
@@ -91,4 +96,5 @@ ALL = frozenset(
     + [PREACT_VAR_DRIFT, eig(GGN), eig(HESSIAN), products(GGN), products(HESSIAN), GGN_TOP_PRODUCTS]
     + [GGN_DENSITY, GGN_DENSITY_AT, GGN_DENSITY_PRODUCTS]
     + [eig(GGN_EQ9), products(GGN_EQ9), GGN_MEAN_SHARE, GGN_EQ9_MEAN_SHARE, INPUT_MEAN_SQ]
+    + [GGN_ONES_SHARE, GGN_ONES_MEAN_SHARE]
 )

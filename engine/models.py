@@ -81,8 +81,10 @@ def _activation(name: str) -> nn.Module:
 def _normalizer(cfg: ModelConfig, features: int, spatial_dims: int) -> Optional[nn.Module]:
     if cfg.norm in ("none", "weight"):
         return None
-    if cfg.norm == "center":
+    if cfg.norm in ("center", "weight_center"):
         return BatchCenter(features)
+    if cfg.norm == "rms":  # layer norm without centering (MLPs only: RunConfig.check); its affine part is a gain only
+        return nn.RMSNorm(features, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
     if cfg.norm == "batch":
         cls = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm1d
         return cls(features, eps=cfg.norm_eps, affine=cfg.norm_affine)
@@ -96,17 +98,18 @@ def _uses_bias(cfg: ModelConfig) -> bool:
     if cfg.bias != "auto":
         return cfg.bias == "true"
     # A per-unit bias right before batch norm/centering is cancelled by the mean subtraction.
-    return not (cfg.norm in ("batch", "center") and cfg.norm_position == "before")
+    return not (cfg.norm in ("batch", "center", "weight_center") and cfg.norm_position == "before")
 
 
 def _invariance(cfg: ModelConfig, bias: bool) -> Optional[str]:
     """Rescaling which weights leaves the loss unchanged (Grosse ch. 5, §4.3-4.4)."""
-    if cfg.norm not in ("batch", "weight", "layer"):
+    if cfg.norm not in ("batch", "weight", "weight_center", "layer", "rms"):
         return None
-    if cfg.norm == "weight":  # w = g v / ||v||: the scale of v never reaches the loss, wherever the block puts it
+    if cfg.norm in ("weight", "weight_center"):  # w = g v / ||v||: the scale of v never reaches the loss
         return "unit"
-    kind = "layer" if cfg.norm == "layer" else "unit"
-    if cfg.norm_position == "before" and (cfg.norm != "layer" or not bias):
+    # layer norm and RMS norm remove one scale common to all of an example's features: the whole matrix's
+    kind = "layer" if cfg.norm in ("layer", "rms") else "unit"
+    if cfg.norm_position == "before" and (kind != "layer" or not bias):
         return kind
     # After the activation: ReLU is positively homogeneous, so without a bias the scale of
     # w_j still passes straight through to the normalizer, which removes it.
@@ -171,7 +174,7 @@ class Net(nn.Module):
             for i in range(cfg.depth):
                 layer = (
                     WNLinear(fan_in, cfg.width, bias, cfg.norm_affine)
-                    if cfg.norm == "weight"
+                    if cfg.norm in ("weight", "weight_center")
                     else nn.Linear(fan_in, cfg.width, bias=bias)
                 )
                 blocks.append(Block(layer, cfg, cfg.width, 0, i, after_norm))

@@ -17,7 +17,10 @@ from .config import ConfigError, param
 BUILTIN_DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "imagefolder")
 BUILTIN_ARCHS = ("mlp", "cnn1d", "cnn2d")
 BUILTIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "kfac", "adam#sgd", "sgd#adam")  # M#D: grafting
-NormName = Literal["none", "batch", "layer", "weight", "center"]
+# rms: layer norm without its centering step (x / RMS(x) over one example's features);
+# weight_center: weight norm followed by batch centering (Salimans and Kingma's mean-only batch norm)
+NormName = Literal["none", "batch", "layer", "weight", "center", "rms", "weight_center"]
+MLP_ONLY_NORMS = {"weight": "weight norm", "weight_center": "weight norm with batch centering", "rms": "RMS norm"}
 
 
 @dataclass
@@ -235,9 +238,10 @@ class RunConfig:
                 f"normalizer and a positively homogeneous activation (relu, identity); got arch {m.arch}, norm "
                 f"{m.norm}, activation {m.activation}, depth {m.depth}"
             )
-        if m.norm == "weight" and m.arch != "mlp":
+        if m.norm in MLP_ONLY_NORMS and m.arch != "mlp":
             raise ConfigError(
-                f"{_p(path)}model.norm: weight norm is implemented for MLPs only; use batch, layer or center with a CNN"
+                f"{_p(path)}model.norm: {MLP_ONLY_NORMS[m.norm]} is implemented for MLPs only; use batch, layer or "
+                "center with a CNN"
             )
         cv = self.curvature
         if cv.eq9_steps and (m.bias == "false" or (m.norm != "none" and m.norm_position == "before")):
@@ -254,10 +258,10 @@ class RunConfig:
                 f"{_p(path)}curvature.steps: {bad} lie outside 0..train.steps ({self.train.steps}); "
                 "choose steps between 0 and train.steps"
             )
-        if m.norm == "weight" and m.norm_position == "after":
+        if m.norm in ("weight", "weight_center") and m.norm_position == "after":
             raise ConfigError(
-                f"{_p(path)}model.norm_position: weight norm reparameterizes the layer "
-                "itself; use norm_position: before"
+                f"{_p(path)}model.norm_position: weight norm reparameterizes the layer itself (and its batch "
+                "centering acts on the pre-activations, as Salimans and Kingma place it); use norm_position: before"
             )
 
     def _check_training_dtype(self, path: str) -> None:

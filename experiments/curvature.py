@@ -49,7 +49,7 @@ from normlab.engine import metrics as M
 from normlab.engine import stats as S
 from normlab.engine import config as C
 from normlab.engine import plots as P
-from normlab.engine.claims import CONTROL, DESCRIPTIVE, MEASURED, Claim, Estimate, Rule
+from normlab.engine.claims import CONTROL, DESCRIPTIVE, EXACT, MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import param
 from normlab.engine.results import Tables
 from normlab.engine.runs import RunTask
@@ -175,6 +175,82 @@ K8_COUNT = {w: CLAIMS[len(WORKLOADS) * len(ROLES) + i] for i, w in enumerate(WOR
 K8_HESSIAN = CLAIMS[-1]
 REMOVERS = ("bn_next", "bn_prev", "centered")  # the trained arms compared with the uncentered one (their roles)
 
+# §4.4, the other normalizers, each in every hidden layer of a separately trained network, paired by seed
+# with the uncentered one: weight norm (no centering), weight norm with batch centering (Salimans and
+# Kingma's recommendation), layer norm right after the measured layer, and the same without its centering
+# step (RMS norm). One statistic for all: the mean-direction mass per class (K8's, no per-vector cut) of an
+# arm over that of a reference arm, per seed. Its meanings, fixed before the runs: "eliminates" <=
+# eliminate_max; "attenuates" < attenuate_max; "no effect" (keeps them) >= attenuate_max.
+_RATIO = (
+    "paired by seed: (mean-direction mass per class of this arm) / (that of {ref}), GGN of the measured layer, "
+    "last checkpoint, K8's mass (summed shares along the input mean minus chance, / C); mean over seeds"
+)
+_WN = (
+    "weight norm, which rescales each unit's weights but centers nothing, keeps the mean-direction outliers: "
+    "its mass stays at least attenuate_max of the uncentered network's (Grosse ch. 5, §4.4)"
+)
+_WNBC = (
+    "weight norm with batch centering of the pre-activations (Salimans and Kingma's recommendation) removes "
+    "them: at most eliminate_max of the uncentered network's mass is left (Grosse ch. 5, §4.4)"
+)
+_LN = (
+    "layer norm right after the measured layer does not eliminate them: more than eliminate_max of the "
+    "uncentered network's mass is left (Grosse ch. 5, §4.4: its centering is over units, not examples)"
+)
+_LNC = (
+    "the open question of §4.4, whether layer norm's centering step at least attenuates the outliers: layer "
+    "norm keeps less than attenuate_max of the mass that the same normalizer without centering (RMS norm) "
+    "keeps, paired by seed; 'not supported' reads as no attenuation of that size"
+)
+_RMS = "RMS norm (layer norm without centering) right after the measured layer, against the uncentered network"
+_ONES = (
+    "what layer norm's centering can remove directly: in the RMS-norm network, the share of the top-k "
+    "eigenvectors' mean-direction mass that lies along the single direction 1_hat (x) m_hat (the unit-side "
+    "factor along all ones)"
+)
+_ONES_STAT = (
+    "per seed: sum over the top k of (1_hat^T V m_hat)^2 / sum of ||V m_hat||^2, RMS-norm arm, GGN, last "
+    "checkpoint; mean over seeds"
+)
+OTHER_ROLES = ("wn", "wnbc", "ln", "lncenter", "rms", "ones")
+# role -> (arm, reference arm), for the ratio rows
+OTHER_ARMS = {
+    "wn": ("wn", "uncentered"),
+    "wnbc": ("wn_center", "uncentered"),
+    "ln": ("ln_next", "uncentered"),
+    "lncenter": ("ln_next", "rms_next"),
+    "rms": ("rms_next", "uncentered"),
+}
+_VS_U, _VS_RMS = _RATIO.format(ref="the uncentered arm"), _RATIO.format(ref="the RMS-norm arm")
+_MN, _MX = "MNIST-1D: ", "Gaussian mixture: "
+OTHER_CLAIMS = (  # workload by workload, in OTHER_ROLES' order (ids written out: one literal definition each)
+    Claim("K8-wn-mnist1d", MEASURED, _MN + _WN, _VS_U, Rule(">=", "attenuate_max")),
+    Claim("K8-wnbc-mnist1d", MEASURED, _MN + _WNBC, _VS_U, Rule("<=", "eliminate_max")),
+    Claim("K8-ln-mnist1d", MEASURED, _MN + _LN, _VS_U, Rule(">", "eliminate_max")),
+    Claim("K8-lncenter-mnist1d", MEASURED, _MN + _LNC, _VS_RMS, Rule("<", "attenuate_max")),
+    Claim("K8-rms-mnist1d", DESCRIPTIVE, _MN + _RMS, _VS_U, Rule("none")),
+    Claim("K8-ones-mnist1d", DESCRIPTIVE, _MN + _ONES, _ONES_STAT, Rule("none")),
+    Claim("K8-wn-mixture", MEASURED, _MX + _WN, _VS_U, Rule(">=", "attenuate_max")),
+    Claim("K8-wnbc-mixture", MEASURED, _MX + _WNBC, _VS_U, Rule("<=", "eliminate_max")),
+    Claim("K8-ln-mixture", MEASURED, _MX + _LN, _VS_U, Rule(">", "eliminate_max")),
+    Claim("K8-lncenter-mixture", MEASURED, _MX + _LNC, _VS_RMS, Rule("<", "attenuate_max")),
+    Claim("K8-rms-mixture", DESCRIPTIVE, _MX + _RMS, _VS_U, Rule("none")),
+    Claim("K8-ones-mixture", DESCRIPTIVE, _MX + _ONES, _ONES_STAT, Rule("none")),
+)
+OTHER = {w: dict(zip(OTHER_ROLES, OTHER_CLAIMS[i * len(OTHER_ROLES) : (i + 1) * len(OTHER_ROLES)]))
+         for i, w in enumerate(WORKLOADS)}  # fmt: skip
+K8_LN_ONES = Claim(
+    "K8-ln-ones",
+    EXACT,
+    "layer norm's centering projects exactly one direction out of the curvature of the layer before it: the "
+    "unit-side factor along all ones (its Jacobian maps the all-ones direction to zero), so no top eigenvector "
+    "of that layer's GGN has any share on the subspace {1_hat (x) x} (Grosse ch. 5, §4.4)",
+    "max over workloads, seeds and the top-k eigenvectors of ||V^T 1_hat||^2 / ||V||^2, layer-norm arm, GGN, "
+    "last checkpoint (float32 products)",
+    Rule("<", "ones_tol"),
+)
+CLAIMS = CLAIMS + OTHER_CLAIMS + (K8_LN_ONES,)
+
 
 @dataclass
 class CurvatureDesign:
@@ -204,6 +280,17 @@ class CurvatureAnalysis(Analysis):
     top_drop_min: float = param(2.0, min=1.0, help="Eq. 9 lowers lambda_1 by more than this factor")
     hessian_tol: float = param(
         1e-2, min=0.0, help="K8-hessian: largest relative gap between the Hessian's and the GGN's top eigenvalues"
+    )
+    eliminate_max: float = param(
+        0.4,
+        min=0.0,
+        help="§4.4 'eliminates': an arm keeps at most this share of its reference arm's mean-direction mass",
+    )
+    attenuate_max: float = param(
+        0.8, min=0.0, help="§4.4 'attenuates': keeps less than this share; at or above it, 'no effect'"
+    )
+    ones_tol: float = param(
+        1e-4, min=0.0, help="K8-ln-ones: largest share on {1_hat (x) x} of a top eigenvector, layer-norm arm"
     )
 
 
@@ -322,6 +409,8 @@ class Measured:
     hessian: pd.DataFrame  # the Hessian's eigenvalues at its last step (may be empty)
     step: int
     share_min: float
+    ones: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: the all-ones shares (ones_shares)
+    fan_in: int = 0  # the measured layer's inputs (the chance value of the mass is top_k / fan_in)
 
     def where(self) -> str:
         counts = ", ".join(f"{k} {v:.1f}" for k, v in self.ggn.groupby("kind")["outliers"].mean().items())
@@ -366,6 +455,8 @@ class CurvatureSetting(Setting):
         eig9, _ = at_last(M.eig(M.GGN_EQ9))
         share9, _ = at_last(M.GGN_EQ9_MEAN_SHARE)
         hess, _ = at_last(M.eig(M.HESSIAN))
+        ones, _ = at_last(M.GGN_ONES_SHARE)
+        ones_mean, _ = at_last(M.GGN_ONES_MEAN_SHARE)
         return Measured(
             classes,
             outliers(eig, share, classes, share_min),
@@ -374,7 +465,22 @@ class CurvatureSetting(Setting):
             hess,
             step,
             share_min,
+            ones_by_run(ones, ones_mean, share),
+            layer_fan_in(self.cfg, w),
         )
+
+
+def ones_by_run(ones: pd.DataFrame, ones_mean: pd.DataFrame, share: pd.DataFrame) -> pd.DataFrame:
+    """Per (kind, seed): the largest share of a top eigenvector on {1_hat (x) x}, and the summed shares of the
+    top k along 1_hat (x) m_hat and along the input mean (columns kind, seed, ones_max, ones_mean_sum, mean_sum)."""
+    cols = ["kind", "seed", "ones_max", "ones_mean_sum", "mean_sum"]
+    if ones.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["kind", "seed"]
+    out = ones.groupby(keys)["value"].max().rename("ones_max").to_frame()
+    out["ones_mean_sum"] = ones_mean.groupby(keys)["value"].sum()
+    out["mean_sum"] = share.groupby(keys)["value"].sum()
+    return out.reset_index()[cols]
 
 
 def _count_estimate(m: Measured, kind: str, seeds: list[int]) -> Estimate:
@@ -515,7 +621,70 @@ def k8_hessian(s: CurvatureSetting) -> Estimate:
     return Estimate(float(np.max(gaps)), n=runs, detail=f"{len(gaps)} eigenvalues of {runs} runs")
 
 
+def _masses(m: Measured, kind: str, seeds: list[int]) -> list[float]:
+    """K8's mean-direction mass per class of one arm, per seed (nan where the arm did not run)."""
+    d = m.ggn[m.ggn["kind"] == kind].set_index("seed")
+    return [
+        float((d.at[sd, "share_sum"] - d.at[sd, "top_k"] / m.fan_in) / m.classes) if sd in d.index else float("nan")
+        for sd in seeds
+    ]
+
+
+def k8_mass_ratio(s: CurvatureSetting, w: str, arm: str, ref: str) -> Estimate:
+    """§4.4: an arm's mean-direction mass over its reference arm's, paired by seed; seeds where the reference
+    holds no mass above chance are left out (nothing to keep or remove), and said so."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    absent = [a for a in (arm, ref) if a not in s.cfg.arms]
+    if absent:
+        return Estimate.missing(f"the arm(s) {absent} are not in arms; add them (configs/curvature.yaml has them)")
+    num, den = _masses(m, arm, s.seeds), _masses(m, ref, s.seeds)
+    vals = [a / b for a, b in zip(num, den) if np.isfinite(a) and np.isfinite(b) and b > 0]
+    left = sum(1 for a, b in zip(num, den) if np.isfinite(a) and np.isfinite(b) and b <= 0)
+    detail = (
+        f"step {m.step}, C = {m.classes}; mean mass per class: {arm} {S.nanmean(num):.3g}, {ref} {S.nanmean(den):.3g}"
+        + (f"; {left} seed(s) where {ref} holds no mass above chance, left out" if left else "")
+    )
+    return Estimate(float(np.mean(vals)) if vals else float("nan"), t_interval(vals), len(vals), detail=detail)
+
+
+def k8_ones_fraction(s: CurvatureSetting, w: str, arm: str = "rms_next") -> Estimate:
+    """The share of an arm's mean-direction mass (summed over the top k) along the single direction
+    1_hat (x) m_hat: all that layer norm's centering can take out of it directly."""
+    m = s.measured(w)
+    if isinstance(m, str):
+        return Estimate.missing(m)
+    d = m.ones[m.ones["kind"] == arm].set_index("seed") if len(m.ones) else pd.DataFrame()
+    if d.empty:
+        return Estimate.missing(f"no all-ones shares for the arm {arm!r} (is it in arms?)")
+    vals = [float(d.at[sd, "ones_mean_sum"] / d.at[sd, "mean_sum"]) for sd in s.seeds if sd in d.index]
+    detail = f"summed share along the input mean {S.nanmean(d['mean_sum'].tolist()):.2f}, of which along 1_hat (x) " \
+        f"m_hat {S.nanmean(d['ones_mean_sum'].tolist()):.3f} on average"  # fmt: skip
+    return Estimate(S.nanmean(vals), t_interval(vals), len(vals), detail=detail)
+
+
+def k8_ln_ones(s: CurvatureSetting, arm: str = "ln_next") -> Estimate:
+    """The largest share on {1_hat (x) x} of any top eigenvector of the layer-norm arm, over workloads and seeds."""
+    worst, runs = [], 0
+    for w in WORKLOADS:
+        m = s.measured(w)
+        if isinstance(m, str) or m.ones.empty:
+            continue
+        d = m.ones[m.ones["kind"] == arm]
+        runs += len(d)
+        worst += d["ones_max"].tolist()
+    if not worst:
+        return Estimate.missing(f"no all-ones shares for the arm {arm!r} (is it in arms?)")
+    return Estimate(float(np.max(worst)), n=runs, detail=f"top-k eigenvectors of {runs} runs")
+
+
 ESTIMATORS = {}
+for _w in WORKLOADS:
+    for _role, (_arm, _ref) in OTHER_ARMS.items():
+        ESTIMATORS[OTHER[_w][_role]] = partial(k8_mass_ratio, w=_w, arm=_arm, ref=_ref)
+    ESTIMATORS[OTHER[_w]["ones"]] = partial(k8_ones_fraction, w=_w)
+ESTIMATORS[K8_LN_ONES] = k8_ln_ones
 for _w in WORKLOADS:
     ESTIMATORS[K8[_w]["ggn"]] = partial(k8_mass, w=_w)
     ESTIMATORS[K8_COUNT[_w]] = partial(k8_count, w=_w)

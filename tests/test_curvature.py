@@ -201,3 +201,56 @@ def test_eq9_is_refused_on_a_layer_without_a_bias():
         with pytest.raises(ConfigError, match="curvature.eq9_steps: Eq. 9 moves W m into the measured layer's bias"):
             from_dict(RunConfig, {"model": model, "curvature": {"steps": [0], "eq9_steps": [0]}}).check("run")
     from_dict(RunConfig, {"curvature": {"steps": [0], "eq9_steps": [0]}}).check("run")  # no normalizer: fine
+
+
+def test_ones_shares_of_structured_directions():
+    mean = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    ones_mean = np.outer(np.ones(3) / np.sqrt(3), [0.6, 0.8, 0.0, 0.0]).ravel()  # 1_hat (x) m_hat
+    ones_other = np.outer(np.ones(3) / np.sqrt(3), [0.0, 0.0, 1.0, 0.0]).ravel()  # 1_hat (x) e_3
+    balanced = np.outer([1.0, -1.0, 0.0] / np.sqrt(2), [0.6, 0.8, 0.0, 0.0]).ravel()  # u orthogonal to 1
+    vecs = np.stack([ones_mean, ones_other, balanced], axis=1)
+    ones, both = CV.ones_shares(vecs, (3, 4), mean)
+    np.testing.assert_allclose(ones, [1.0, 1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(both, [1.0, 0.0, 0.0], atol=1e-12)
+
+
+def _ggn_and_mean(norm):
+    torch.manual_seed(0)
+    net = CV.measurement_copy(build_model(ModelConfig(norm=norm, width=8, depth=2), (5,), 3))
+    x, y = _batch()
+    return net, _dense_ggn(net, x, y).detach().numpy(), CV.layer_inputs(net, "layer2", x).mean(0), x, y
+
+
+def test_layer_norm_removes_exactly_the_all_ones_direction_from_the_layer_before_it():
+    """§4.4's algebra on a small exact case (float64, the dense GGN): layer norm right after layer2 maps the
+    all-ones direction of layer2's outputs to zero, so G (1 (x) x) = 0 for every x; RMS norm (the same
+    without centering) does not; and the mean direction u (x) m_hat with u orthogonal to 1 survives both."""
+    for norm, zero in (("layer", True), ("rms", False)):
+        net, G, mean, x, y = _ggn_and_mean(norm)
+        out, fan_in = net.blocks[1].weight_layer.weight.shape
+        ones_block = np.kron(np.ones((out, 1)) / np.sqrt(out), np.eye(fan_in))  # columns 1_hat (x) e_i
+        leak = np.linalg.norm(G @ ones_block) / np.linalg.norm(G)
+        assert (leak < 1e-12) if zero else (leak > 1e-3), (norm, leak)
+        vals, vecs, _ = CV.top_eigenpairs(CV.operator(net, "layer2", x, y, "ggn"), 5, 0.0, seed=0)
+        ones, _ = CV.ones_shares(vecs, (out, fan_in), mean)
+        assert (ones.max() < 1e-12) if zero else (ones.max() > 1e-4), (norm, ones)
+        u = np.zeros(out)
+        u[0], u[1] = 1.0, -1.0
+        along_mean = np.kron(u / np.sqrt(2), (mean / mean.norm()).numpy())  # u (x) m_hat, u orthogonal to 1
+        assert along_mean @ G @ along_mean > 1e-3 * vals[0]  # not removed: curvature remains along the mean
+
+
+def test_weight_norm_with_batch_centering_sees_its_inputs_centered():
+    """Batch centering right after the layer cancels any shift of its inputs (z - mean z = W (a - mean a)):
+    the function and the GGN with respect to v are unchanged when layer2's inputs move by a constant vector,
+    as they are under Eq. 9; under weight norm alone the GGN changes."""
+    for norm, same in (("weight_center", True), ("weight", False)):
+        net, G, _, x, y = _ggn_and_mean(norm)
+        shift = torch.linspace(0.5, 2.0, net.blocks[1].weight_layer.weight.shape[1], dtype=torch.float64)
+        handle = net.blocks[1].weight_layer.register_forward_pre_hook(lambda _m, args: (args[0] + shift,))
+        try:
+            moved = _dense_ggn(net, x, y).detach().numpy()
+        finally:
+            handle.remove()
+        gap = np.linalg.norm(moved - G) / np.linalg.norm(G)
+        assert (gap < 1e-10) if same else (gap > 1e-2), (norm, gap)

@@ -170,11 +170,13 @@ def _configs():
     from normlab.engine.spec import ModelConfig
 
     for arch, norm, pos, act, bias, res in itertools.product(
-        ["mlp", "cnn1d", "cnn2d"], ["none", "batch", "layer", "weight", "center"], ["before", "after"],
-        ["relu", "tanh"], ["auto", "true", "false"], [False, True],
+        ["mlp", "cnn1d", "cnn2d"], ["none", "batch", "layer", "weight", "center", "rms", "weight_center"],
+        ["before", "after"], ["relu", "tanh"], ["auto", "true", "false"], [False, True],
     ):  # fmt: skip
-        if (res and arch != "mlp") or (norm == "weight" and arch != "mlp"):
+        if (res and arch != "mlp") or (norm in ("weight", "rms", "weight_center") and arch != "mlp"):
             continue
+        if norm in ("weight", "weight_center") and pos == "after":
+            continue  # refused by RunConfig.check
         yield arch, ModelConfig(arch=arch, norm=norm, norm_position=pos, activation=act, bias=bias, residual=res,
                                 width=12, depth=3, channels=[4, 4], kernel_sizes=[3, 3], strides=[2, 2])  # fmt: skip
 

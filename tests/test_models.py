@@ -9,11 +9,11 @@ from normlab.engine.spec import ModelConfig, RunConfig
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp", (40,)), ("cnn1d", (40,)), ("cnn2d", (3, 16, 16))])
-@pytest.mark.parametrize("norm", ["none", "batch", "layer", "center", "weight"])
+@pytest.mark.parametrize("norm", ["none", "batch", "layer", "center", "weight", "rms", "weight_center"])
 def test_every_arch_and_norm_builds_and_outputs_logits(arch, shape, norm):
-    if norm == "weight" and arch != "mlp":
-        with pytest.raises(ConfigError, match="model.norm: weight norm is implemented for MLPs only"):
-            from_dict(RunConfig, {"model": {"arch": arch, "norm": "weight"}})
+    if norm in ("weight", "rms", "weight_center") and arch != "mlp":
+        with pytest.raises(ConfigError, match="model.norm: .* is implemented for MLPs only; use batch, layer"):
+            from_dict(RunConfig, {"model": {"arch": arch, "norm": norm}})
         return
     cfg = ModelConfig(arch=arch, norm=norm, depth=3, width=16, channels=[4, 4], kernel_sizes=[3, 3], strides=[2, 2])
     model = build_model(cfg, shape, 7)
@@ -45,6 +45,8 @@ def test_invariance_flags():
     assert flag(norm="batch", norm_position="after", bias="false") == "unit"
     assert flag(norm="batch", norm_position="after") is None  # a bias before ReLU breaks it
     assert flag(norm="center") is None and flag(norm="none") is None
+    assert flag(norm="rms", bias="false") == "layer" and flag(norm="rms") is None  # LN's rule: its bias breaks it
+    assert flag(norm="weight_center") == "unit"
     out = build_model(ModelConfig(norm="batch"), (40,), 10).weight_layers[-1]
     assert out.name == "out" and out.invariance is None
 
@@ -103,3 +105,33 @@ def test_reparam_scale_is_refused_where_it_would_change_the_function():
     for bad in ({"norm": "batch"}, {"activation": "tanh"}, {"depth": 0}, {"arch": "cnn1d"}):
         with pytest.raises(ConfigError, match="model.reparam_scale: keeps the function only"):
             from_dict(RunConfig, {"model": {"reparam_scale": 2.0, **bad}}).check("run")
+
+
+def test_rms_norm_is_layer_norm_without_its_centering_step():
+    """An independent computation: x / sqrt(mean(x^2) + eps) per example; layer norm of the same input
+    equals it after the input is centered per example, and a per-example shift changes RMS norm only."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(norm="rms", depth=1, width=6, norm_eps=1e-5), (4,), 3)
+    norm = model.blocks[0].norm
+    z = torch.randn(5, 6, dtype=torch.float64)
+    norm = norm.double()
+    expected = z / torch.sqrt(z.pow(2).mean(1, keepdim=True) + 1e-5)
+    assert torch.allclose(norm(z), expected, atol=1e-12)
+    ln = torch.nn.LayerNorm(6, eps=1e-5, elementwise_affine=False).double()
+    centered = z - z.mean(1, keepdim=True)
+    assert torch.allclose(ln(z), norm(centered), atol=1e-12)
+    shifted = z + 3.0
+    assert torch.allclose(ln(shifted), ln(z), atol=1e-12) and not torch.allclose(norm(shifted), norm(z), atol=1e-3)
+
+
+def test_weight_center_is_weight_norm_then_batch_centering():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(norm="weight_center", depth=1, width=6), (4,), 3).double()
+    block = model.blocks[0]
+    assert block.weight_layer.bias is None and isinstance(block.norm, BatchCenter)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    v = block.weight_layer.weight
+    z = x @ (v / v.norm(dim=1, keepdim=True)).T
+    assert torch.allclose(block.tap(block.norm(block.weight_layer(x))), z - z.mean(0), atol=1e-12)
+    with pytest.raises(ConfigError, match="model.norm_position: weight norm reparameterizes"):
+        from_dict(RunConfig, {"model": {"norm": "weight_center", "norm_position": "after"}})

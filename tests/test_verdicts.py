@@ -748,11 +748,22 @@ ACROSS = [0.02] * 30  # none does
 FLAT = [2.0 - 0.03 * i for i in range(30)]
 
 
+HALF = [0.5] * 10 + [0.02] * 20  # mass (5.4 - 0.3) / 10 = 0.51, about half of ALONG's 0.96
+# §4.4's arms as the algebra predicts them: weight norm keeps the outliers, weight norm with batch centering
+# removes them, layer norm and RMS norm keep them alike (LN's centering attenuates nothing)
+OTHERS = {"wn": (SPIKY, ALONG), "wn_center": (FLAT, ACROSS), "ln_next": (SPIKY, ALONG), "rms_next": (SPIKY, ALONG)}
+
+
 def _curvature(
-    arms: dict[str, tuple[list[float], list[float]]], eq9=(FLAT, ACROSS), seeds=tuple(range(5, 11)), hessian_gap=0.0
+    arms: dict[str, tuple[list[float], list[float]]],
+    eq9=(FLAT, ACROSS),
+    seeds=tuple(range(5, 11)),
+    hessian_gap=0.0,
+    ln_ones=0.0,
 ):  # six of the config's seeds (5-11)
     """Metrics with top-30 GGN spectra and mean shares per arm on both workloads at steps 0 and 1000,
-    the uncentered arm's Hessian (the GGN times 1 + hessian_gap) and its spectra after Eq. 9."""
+    the uncentered arm's Hessian (the GGN times 1 + hessian_gap) and its spectra after Eq. 9; every
+    eigenvector's share on {1 (x) x} is 0.01 (ln_ones in the layer-norm arm), along 1 (x) m 0.001."""
     runs, rows = [], []
     for w in ("mnist1d", "mixture"):
         for kind, (vals, shares) in arms.items():
@@ -761,7 +772,9 @@ def _curvature(
                 rid = f"{arm}-s{s}"
                 runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok"})
                 for step in (0, 1000):
-                    series = {"ggn_eig": vals, "ggn_mean_share": shares}
+                    ones = [ln_ones if kind == "ln_next" else 0.01] * len(vals)
+                    series = {"ggn_eig": vals, "ggn_mean_share": shares, "ggn_ones_share": ones,
+                              "ggn_ones_mean_share": [0.001] * len(vals)}  # fmt: skip
                     if kind == "uncentered":
                         series |= {"hessian_eig": [v * (1 + hessian_gap) for v in vals], "ggn_eq9_eig": eq9[0],
                                    "ggn_eq9_mean_share": eq9[1]}  # fmt: skip
@@ -778,11 +791,34 @@ KINDS = ("uncentered", "centered", "bn_next", "bn_prev", "knockout")
 
 
 def test_k8_supported_when_only_the_uncentered_network_has_mean_direction_outliers():
-    v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}})
-    described = ("K8-centered", "K8-class", "K8-bnprev", "K8-count")
-    judged = {k: x for k, x in v.items() if not k.startswith(described)}
+    v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}, **OTHERS})
+    described = ("K8-centered", "K8-class", "K8-bnprev", "K8-count", "K8-rms", "K8-ones")
+    judged = {k: x for k, x in v.items() if not k.startswith(described + ("K8-lncenter",))}
     assert set(judged.values()) == {"supported"}, v
     assert {v[k] for k in v if k.startswith(described)} == {"not judged"}
+    # layer norm keeps all that RMS norm keeps: the open question reads "no attenuation"
+    assert v["K8-lncenter-mnist1d"] == v["K8-lncenter-mixture"] == "not supported"
+
+
+def test_k8_other_normalizers_read_each_outcome():
+    """§4.4's rows against tables made to contradict each prediction: weight norm removing the outliers,
+    weight norm with centering keeping them, layer norm eliminating them; layer norm keeping about half
+    of RMS norm's mass reads as attenuation; a top eigenvector with share 1e-3 on {1 (x) x} fails the exact row."""
+    arms = {"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}}
+    v = _curvature({**arms, "wn": (FLAT, ACROSS), "wn_center": (SPIKY, ALONG), "ln_next": (FLAT, ACROSS),
+                    "rms_next": (SPIKY, ALONG)}, ln_ones=1e-3)  # fmt: skip
+    for w in ("mnist1d", "mixture"):
+        assert v[f"K8-wn-{w}"] == v[f"K8-wnbc-{w}"] == v[f"K8-ln-{w}"] == "not supported"
+        assert v[f"K8-lncenter-{w}"] == "supported"  # 0.03 of RMS norm's mass: attenuated (and eliminated)
+    assert v["K8-ln-ones"] == "not supported"
+    v = _curvature({**arms, **OTHERS, "ln_next": (SPIKY, HALF)})
+    assert v["K8-lncenter-mnist1d"] == "supported" and v["K8-ln-mnist1d"] == "supported"  # attenuated, not gone
+    assert v["K8-ln-ones"] == "supported"
+
+
+def test_k8_other_normalizers_are_missing_without_their_arms():
+    v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}})
+    assert {v[k] for k in v if k.startswith(("K8-wn", "K8-ln", "K8-wnbc"))} == {"inconclusive"}
 
 
 def test_k8_rows_whose_seeds_agree_need_six_seeds():
@@ -830,7 +866,7 @@ def test_k8_hessian_is_one_exact_row():
 
 def test_k8_two_seeds_are_inconclusive():
     v = _curvature({"uncentered": (SPIKY, ALONG), **{k: (FLAT, ACROSS) for k in KINDS[1:]}}, seeds=(5, 6))
-    skip = ("K8-centered", "K8-class", "K8-hessian", "K8-bnprev", "K8-count")
+    skip = ("K8-centered", "K8-class", "K8-hessian", "K8-bnprev", "K8-count", "K8-rms", "K8-ones", "K8-ln-ones")
     measured = {k: x for k, x in v.items() if not k.startswith(skip)}
     assert set(measured.values()) == {"inconclusive"}
 

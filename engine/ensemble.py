@@ -72,6 +72,7 @@ SHARED = frozenset(
 REFUSED = {
     "model.arch": "architecture",  # an architecture not in `archs`
     "model.norm": "normalizer",  # a normalizer the stacked model does not compute for the architecture
+    "model.norm_detach": "batch norm with a detached statistic",  # its backward differs from F.batch_norm's
     "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (a plugin's), or K-FAC on a CNN (its conv layers)
     "optim.nesterov": "Nesterov momentum",
     "probes.per_unit": "per-unit probe rows",
@@ -111,13 +112,15 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
     refused = {  # field of REFUSED -> whether this run's value of it is one the batched path refuses
         "model.arch": m.arch not in archs,
         "model.norm": not _stacks_norm(m),
+        "model.norm_detach": m.norm_detach != "none",
         "optim.name": o.name not in STACKED_OPTIMIZERS or (o.name == "kfac" and m.arch != "mlp"),
         "optim.nesterov": o.nesterov,
         "probes.per_unit": p.every > 0 and p.per_unit,
         "plugins": bool(cfg.plugins),
     }
     optimizer = f" {o.name}" + (f" on {m.arch}" if o.name == "kfac" else "")
-    detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": optimizer}
+    detail = {"model.arch": f" {m.arch}", "model.norm": f" {m.norm} on {m.arch}", "optim.name": optimizer,
+              "model.norm_detach": f" ({m.norm_detach})"}  # fmt: skip
     return next((REFUSED[k] + detail.get(k, "") for k, bad in refused.items() if bad), "")
 
 

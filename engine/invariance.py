@@ -44,6 +44,9 @@ class Invariance:
     source: str
     reason: str
     normalizer: Optional[str] = None  # the module that removes the scale (graph), where one does
+    # a statistic of the layer's scaled output left out of backprop on the way to the loss (graph): the
+    # loss still ignores the scale, but its gradient is no longer orthogonal to the weights
+    detached: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ _LINEAR_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RESHAPES = {"view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "contiguous"}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.unsqueeze, torch.squeeze}
 _KEEP_METHODS = {"contiguous", "clone", "float", "to", "type_as", "detach"}  # detach: c still scales the values
+EPS_MAX = 1e-3  # a constant added to a scaled statistic up to this size counts as a normalizer's epsilon
+_STAT_METHODS = {"mean": 1, "sum": 1, "var": 2, "std": 1}  # a reduction -> its degree per degree of its input
+_STAT_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.var: "var", torch.std: "std"}
 _HOMOGENEOUS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d,
                           F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}  # fmt: skip
 _ADD = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub}
@@ -202,6 +208,7 @@ class _Propagation:
         self.data: set[fx.Node] = set()  # nodes that depend on the model's input
         self.seen = False  # whether the layer's call (or its weight) appears in the graph
         self.freed_by: Optional[str] = None  # the first normalizer module that removed the scale
+        self.detached: list[fx.Node] = []  # detach calls that a scaled tensor passed through
 
     def run(self) -> Any:
         for node in self.graph.nodes:
@@ -294,6 +301,8 @@ class _Propagation:
 
     def _binary(self, node: fx.Node, a: Any, b: Any, how: str) -> Any:
         sa, sb = self._get(a), self._get(b)
+        if isinstance(sa, Scaled) and isinstance(sb, Scaled) and _minus_own_mean(node, a, b):
+            return Scaled(sa.degree)  # x - mean(x): a per-channel offset cancels
         if isinstance(sa, Scaled) and isinstance(sb, Scaled):
             if how == "add":
                 return Scaled(sa.degree, sa.offset or sb.offset) if sa.degree == sb.degree else self._mixed(node)
@@ -302,6 +311,8 @@ class _Propagation:
             return _scaled(sa.degree + sb.degree if how == "mul" else sa.degree - sb.degree)
         s, other, scaled_first = (sa, b, True) if isinstance(sa, Scaled) else (sb, a, False)
         constant = not (isinstance(other, fx.Node) and other in self.data)
+        if how == "add" and isinstance(other, (int, float)) and 0 < abs(other) <= EPS_MAX and not s.offset:
+            return s  # a normalizer's epsilon (batch norm's own is ignored alike): invariant up to it
         if how == "add":
             # plus a constant (a bias): an offset; plus anything computed from the input: a residual
             return Scaled(s.degree, True) if constant else _Mixed(f"a sum with an unscaled input, {_op_name(node, {})}")
@@ -339,6 +350,12 @@ class _Propagation:
         if fn is F.batch_norm:  # with the batch's statistics only: the running ones make it affine
             training = kwargs.get("training", args[5] if len(args) > 5 else False)
             return FREE if training is True else self._mixed(node)
+        if fn in _STAT_FUNCTIONS:
+            return self._statistic(node, _STAT_FUNCTIONS[fn], args, kwargs)
+        if fn in (torch.rsqrt, torch.sqrt, torch.pow):
+            return self._power(node, fn.__name__, args, kwargs)
+        if fn is torch.detach:
+            return self._detach(node, args[0])
         if fn in (F.layer_norm, F.rms_norm):
             s = self._get(args[0])
             return FREE if self.kind == LAYER and not s.offset else self._mixed(node)
@@ -381,6 +398,12 @@ class _Propagation:
             return self._binary(node, args[0], args[1], "mul")
         if name in ("div", "div_"):
             return self._binary(node, args[0], args[1], "div")
+        if name in _STAT_METHODS:
+            return self._statistic(node, name, args, kwargs)
+        if name in ("rsqrt", "sqrt", "pow"):
+            return self._power(node, name, args, kwargs)
+        if name == "detach":
+            return self._detach(node, args[0])
         s = self._get(args[0])
         if any(self._get(a) is not FREE for a in _flat_nodes((args[1:], kwargs))):
             return self._mixed(node)
@@ -392,11 +415,68 @@ class _Propagation:
             return s if (self.kind == LAYER or dim in (1, -1)) else self._mixed(node)
         if name in _RESHAPES and (self.kind == LAYER or name == "unsqueeze"):
             return s
-        if name in ("mean", "sum") and self.kind == LAYER:
-            return s
         if name == "size" or name == "dim":
             return FREE
         return self._mixed(node)
+
+    def _statistic(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """A reduction of a scaled tensor (a mean, a sum, a variance, a standard deviation, as a hand-written
+        normalizer computes its statistics): the whole matrix's scale passes any reduction; a unit's passes
+        one over the batch and positions only (explicit non-negative dims without the channel dim 1). A mean
+        or sum keeps a per-channel offset, a variance or standard deviation removes it (shift invariant)."""
+        s = self._get(args[0])
+        if any(self._get(a) is not FREE for a in _flat_nodes((args[1:], kwargs))):
+            return self._mixed(node)
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        per_channel = dim is not None and all(isinstance(d, int) and d >= 0 and d != 1 for d in dims)
+        if self.kind == UNIT and not per_channel:
+            return self._mixed(node)
+        if name in ("mean", "sum"):
+            return s
+        return Scaled(s.degree * _STAT_METHODS[name])
+
+    def _power(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
+        """sqrt, rsqrt and a constant power of a scaled tensor without an offset (an epsilon aside)."""
+        s = self._get(args[0])
+        exponent = {"sqrt": 0.5, "rsqrt": -0.5}.get(name, kwargs.get("exponent", args[1] if len(args) > 1 else None))
+        if not isinstance(s, Scaled) or s.offset or not isinstance(exponent, (int, float)):
+            return self._mixed(node)
+        degree = s.degree * exponent
+        return _scaled(int(degree)) if float(degree).is_integer() else self._mixed(node)
+
+    def _detach(self, node: fx.Node, arg: Any) -> Any:
+        """Left out of backprop: the values still scale with c, so the function's invariance is unchanged,
+        but the gradient no longer flows through here; noted, to be named where it reaches the loss."""
+        s = self._get(arg)
+        if isinstance(s, Scaled):
+            self.detached.append(node)
+        return s
+
+
+def _minus_own_mean(node: fx.Node, a: Any, b: Any) -> bool:
+    """Whether `node` is a - b with b the mean of a itself, detached or not (whose state `_statistic` has
+    already checked: over the batch and positions for a unit's scale)."""
+    subtracts = node.target in (operator.sub, operator.isub, torch.sub, "sub", "sub_")
+    while isinstance(b, fx.Node) and b.target in ("detach", torch.detach) and b.args:  # its value is the mean's
+        b = b.args[0]
+    mean = isinstance(b, fx.Node) and (
+        (b.op == "call_method" and b.target == "mean") or (b.op == "call_function" and b.target is torch.mean)
+    )
+    return subtracts and mean and bool(b.args) and b.args[0] is a
+
+
+def _feeds_output(graph: fx.Graph) -> set[fx.Node]:
+    """Every node the graph's output depends on."""
+    seen: set[fx.Node] = set()
+    todo = [n for n in graph.nodes if n.op == "output"]
+    while todo:
+        n = todo.pop()
+        for i in n.all_input_nodes:
+            if i not in seen:
+                seen.add(i)
+                todo.append(i)
+    return seen
 
 
 def graph_invariance(model: nn.Module, graph: Optional[fx.Graph] = None) -> dict[str, Invariance]:
@@ -421,14 +501,36 @@ def graph_invariance(model: nn.Module, graph: Optional[fx.Graph] = None) -> dict
         if not prop.seen:
             continue  # called in a way the graph does not show (left to rescale_invariance)
         if verdicts[UNIT] is FREE:
-            out[name] = Invariance(UNIT, "graph", "every path to the output passes a per-channel normalizer",
-                                   unit_prop.freed_by)  # fmt: skip
+            detached = _on_the_way(unit_prop, graph)
+            why = "every path to the output passes a per-channel normalizer" + _detached_reason(detached)
+            out[name] = Invariance(UNIT, "graph", why, unit_prop.freed_by, detached)
         elif verdicts[LAYER] is FREE:
+            detached = _on_the_way(prop, graph)
             why = f"only the whole matrix's scale is removed (per unit it is not, at {verdicts[UNIT].where})"
-            out[name] = Invariance(LAYER, "graph", why)
+            out[name] = Invariance(LAYER, "graph", why + _detached_reason(detached), detached=detached)
         else:
             out[name] = Invariance(None, "graph", f"the scale reaches the loss through {verdicts[LAYER].where}")
     return out
+
+
+def _on_the_way(prop: "_Propagation", graph: fx.Graph) -> Optional[str]:
+    """The first detach of the layer's scaled output that the loss depends on (a running statistic's
+    update, which the output does not read, is not one)."""
+    feeds = _feeds_output(graph)
+    node = next((n for n in prop.detached if n in feeds), None)
+    if node is None:
+        return None
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    return f"{node.name} (of {source.name})" if source is not None else node.name
+
+
+def _detached_reason(detached: Optional[str]) -> str:
+    if detached is None:
+        return ""
+    return (
+        f", but a statistic of it is detached from backprop at `{detached}`: the loss ignores the weights' scale, "
+        "its gradient is not orthogonal to them (their norm need not grow, and decay need not hold it)"
+    )
 
 
 @torch.no_grad()

@@ -336,6 +336,9 @@ class Lens:
         out: dict[str, Any] = {"max_median_abs_cos": worst, "probes": len(seen), "tolerance": COS_TOLERANCE}
         if worst is None or inv is None:
             out["agrees"] = None
+        elif inv.kind and inv.detached:  # invariant, but a detached statistic: no orthogonality to expect
+            out["agrees"] = None
+            out["detached"] = inv.detached
         elif inv.kind:
             out["agrees"] = worst <= COS_TOLERANCE
         else:

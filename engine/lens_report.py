@@ -240,7 +240,28 @@ def _cause(entry: dict) -> str:
             f"{norm['eps_share_median']:.2g} for the median unit) explains it")  # fmt: skip
 
 
-FLAGS = (_flag_implicit_decay, _flag_equilibrium, _flag_eps_dominates, _flag_lr_spread, _flag_graph_disagrees)
+def _flag_detached(table: pd.DataFrame, manifest: dict) -> dict | None:
+    """Invariant layers behind a normalizer whose statistic is detached from backprop."""
+    rows = [
+        {"layer": e["layer"], "detached at": e["numeric_check"]["detached"],
+         "largest median |cos(w, g)|": e["numeric_check"]["max_median_abs_cos"]}
+        for e in manifest.get("layers", []) if e.get("numeric_check", {}).get("detached")
+    ]  # fmt: skip
+    return _flag(
+        rows,
+        "Invariant layers whose normalizer's statistic is detached from backprop",
+        "The module graph finds a normalizer that makes the loss ignore these layers' weight scale, but a "
+        "statistic it subtracts or divides by is left out of backprop at the node named. The loss is still "
+        "invariant; its gradient is not orthogonal to the weights (Eq. 16 needs the whole statistics path: along "
+        "w the direct path, the mean's and the variance's cancel only together), so the norm need not grow and "
+        "the effective learning rate does not decay as Eq. 19 says (Grosse ch. 5, §4.2-4.3).",
+    )
+
+
+FLAGS = (
+    _flag_implicit_decay, _flag_equilibrium, _flag_eps_dominates, _flag_lr_spread, _flag_graph_disagrees,
+    _flag_detached,
+)  # fmt: skip
 
 
 def _ratio(s: pd.Series, inverse: bool = False) -> float:

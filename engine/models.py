@@ -55,6 +55,36 @@ class BatchCenter(nn.Module):
         return x - mean.view(shape)
 
 
+class DetachedBatchNorm(nn.BatchNorm1d):
+    """Batch norm over (N, features) whose batch mean, variance or both are left out of backprop
+    (`detach`: "mean", "var" or "both"): the same forward pass as nn.BatchNorm1d, the statistics path of
+    Grosse ch. 5, §4.2 cut where asked. The loss stays invariant to each unit's weight scale, but its
+    gradient is no longer orthogonal to the weights: along w_j the direct path gives z/sigma, the mean
+    path -mu/sigma and the variance path -(z - mu)/sigma, which cancel only all together."""
+
+    def __init__(self, features: int, eps: float, affine: bool, detach: str):
+        super().__init__(features, eps=eps, affine=affine)
+        self.detach = detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        mean = x.mean(dim=0)
+        var = (x - mean).pow(2).mean(dim=0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():  # the running statistics as nn.BatchNorm1d keeps them (unbiased variance)
+                n = x.shape[0]
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * (n / (n - 1)), self.momentum)
+                self.num_batches_tracked.add_(1)
+        if self.detach in ("mean", "both"):
+            mean = mean.detach()
+        if self.detach in ("var", "both"):
+            var = var.detach()
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
 class WNLinear(nn.Module):
     """Weight normalization (Eq. 20): w_j = g_j * v_j / ||v_j||. `weight` is v (scale invariant)."""
 
@@ -85,6 +115,8 @@ def _normalizer(cfg: ModelConfig, features: int, spatial_dims: int) -> Optional[
         return BatchCenter(features)
     if cfg.norm == "rms":  # layer norm without centering (MLPs only: RunConfig.check); its affine part is a gain only
         return nn.RMSNorm(features, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
+    if cfg.norm == "batch" and cfg.norm_detach != "none":  # MLPs only (RunConfig.check)
+        return DetachedBatchNorm(features, cfg.norm_eps, cfg.norm_affine, cfg.norm_detach)
     if cfg.norm == "batch":
         cls = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm1d
         return cls(features, eps=cfg.norm_eps, affine=cfg.norm_affine)

@@ -59,6 +59,11 @@ class ModelConfig:
     norm_eps: float = param(
         1e-5, min=1e-30, help="added to the variance; breaks exact scale invariance slightly (float64 checks: 1e-30)"
     )
+    norm_detach: Literal["none", "mean", "var", "both"] = param(
+        "none",
+        help="batch norm on an MLP: leave the batch mean, the batch variance or both out of backprop (the "
+        "statistics path of Grosse ch. 5, §4.2, cut; the forward pass is unchanged)",
+    )
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
     norm_init_scale: float = param(
@@ -237,6 +242,11 @@ class RunConfig:
                 f"{_p(path)}model.reparam_scale: keeps the function only in an MLP with at least one hidden layer, no "
                 f"normalizer and a positively homogeneous activation (relu, identity); got arch {m.arch}, norm "
                 f"{m.norm}, activation {m.activation}, depth {m.depth}"
+            )
+        if m.norm_detach != "none" and (m.norm != "batch" or m.arch != "mlp"):
+            raise ConfigError(
+                f"{_p(path)}model.norm_detach: detaches batch norm's statistics, and this model has norm {m.norm!r} "
+                f"on {m.arch!r}; use it with model.norm: batch on an MLP, or set model.norm_detach: none"
             )
         if m.norm in MLP_ONLY_NORMS and m.arch != "mlp":
             raise ConfigError(

@@ -11,6 +11,7 @@ from normlab.engine.experiment import Experiment
 from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
+from .bn_paths import BNPaths
 from .chapter_checks import ChapterChecks
 from .curvature import Curvature
 from .identities import Identities
@@ -29,6 +30,7 @@ REGISTRY: dict[str, Experiment] = {
         Baselines(),
         Knockout(),
         BNPlacement(),
+        BNPaths(),
         EffLR(),
         WDFixedPoint(),
         OptimizerTuning(),

@@ -20,6 +20,7 @@ REFUSED_EXAMPLES = {
     "model.arch": "cnn2d",
     "model.norm": ("weight", {"model.arch": "cnn1d"}),  # weight norm is built for MLPs only
     "optim.name": ("kfac", {"model.arch": "cnn1d"}),  # K-FAC stacks for MLPs only
+    "model.norm_detach": ("mean", {"model.norm": "batch"}),  # its backward is not F.batch_norm's
     "optim.nesterov": (True, {"optim.momentum": 0.9}),
     "probes.per_unit": True,
     "plugins": ["some_plugin"],

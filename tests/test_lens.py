@@ -179,6 +179,10 @@ def _configs():
             continue  # refused by RunConfig.check
         yield arch, ModelConfig(arch=arch, norm=norm, norm_position=pos, activation=act, bias=bias, residual=res,
                                 width=12, depth=3, channels=[4, 4], kernel_sizes=[3, 3], strides=[2, 2])  # fmt: skip
+        if arch == "mlp" and norm == "batch":  # a detached statistic keeps the function's invariance
+            for detach in ("mean", "var", "both"):
+                yield arch, ModelConfig(arch=arch, norm=norm, norm_position=pos, activation=act, bias=bias,
+                                        residual=res, width=12, depth=3, norm_detach=detach)  # fmt: skip
 
 
 def test_the_lens_agrees_with_every_engine_models_declared_invariance():
@@ -777,3 +781,64 @@ def test_the_normalizer_watch_reads_the_loops_own_forward_not_the_rescaling_test
     assert layers["q"]["found_by"] == "rescale"  # the rescaling test did run at this probe
     assert layers["first.W"]["invariance"] == "unit" and layers["first.W"]["found_by"] == "graph"  # in a submodule
     assert layers["first.W"]["normalizer"]["var_median"] == pytest.approx(want, rel=1e-6)
+
+
+class _HandBN(nn.Module):
+    """A user's own batch norm, written out: its batch mean and variance, either left out of backprop."""
+
+    def __init__(self, detach: str):
+        super().__init__()
+        self.detach = detach
+
+    def forward(self, x):
+        mean = x.mean(dim=0)
+        var = (x - mean).pow(2).mean(dim=0)
+        if self.detach in ("mean", "both"):
+            mean = mean.detach()
+        if self.detach in ("var", "both"):
+            var = var.detach()
+        return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+@pytest.mark.parametrize("detach", ["none", "mean", "var", "both"])
+def test_a_detached_statistic_is_named_as_why_the_gradient_is_not_orthogonal(detach, tmp_path):
+    """The graph reads a hand-written batch norm as making layer 0 invariant per unit, with or without a
+    detached statistic (the forward pass is the same); where one is detached it names it, the numeric check
+    then expects no orthogonality (|cos(w, g)| is far from 0), and the report says why instead of flagging a
+    disagreement. With the whole statistics path the gradient is orthogonal to 1e-4."""
+
+    def model_fn():
+        return nn.Sequential(nn.Linear(8, 32, bias=False), _HandBN(detach), nn.ReLU(), nn.Linear(32, 3))
+
+    model = model_fn().train()
+    found = graph_invariance(model)["0"]
+    assert found.kind == UNIT and found.source == "graph"
+    assert (found.detached is None) == (detach == "none")
+    if detach != "none":
+        assert found.detached.startswith("detach") and "detached from backprop at" in found.reason
+    _train(model_fn, lambda m: torch.optim.SGD(m.parameters(), lr=0.05), 6, tmp_path / "run", every=2)
+    table, manifest = normlab.lens.read(tmp_path / "run")
+    check = next(e for e in manifest["layers"] if e["layer"] == "0")["numeric_check"]
+    titles = [f["title"] for f in flags(table, manifest)]
+    assert not any("disagree" in t for t in titles)
+    if detach == "none":
+        assert check["agrees"] is True and check["max_median_abs_cos"] < 1e-4
+    else:
+        assert check["agrees"] is None and check["detached"] == found.detached
+        assert check["max_median_abs_cos"] > 0.01
+        (flag,) = [f for f in flags(table, manifest) if "detached" in f["title"]]
+        assert [r["layer"] for r in flag["rows"]] == ["0"]
+
+
+def test_a_statistic_over_the_channels_is_not_read_as_a_per_unit_normalizer():
+    """A mean over the features (dim 1) mixes the units: per unit the layer is not invariant (the whole
+    matrix is: this is layer norm written out)."""
+
+    class HandLN(nn.Module):
+        def forward(self, x):
+            mean = x.mean(dim=1, keepdim=True)
+            var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+            return (x - mean) * torch.rsqrt(var + 1e-5)
+
+    model = nn.Sequential(nn.Linear(8, 32, bias=False), HandLN(), nn.ReLU(), nn.Linear(32, 3))
+    assert graph_invariance(model)["0"].kind == LAYER

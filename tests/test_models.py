@@ -135,3 +135,42 @@ def test_weight_center_is_weight_norm_then_batch_centering():
     assert torch.allclose(block.tap(block.norm(block.weight_layer(x))), z - z.mean(0), atol=1e-12)
     with pytest.raises(ConfigError, match="model.norm_position: weight norm reparameterizes"):
         from_dict(RunConfig, {"model": {"norm": "weight_center", "norm_position": "after"}})
+
+
+def test_a_detached_statistic_leaves_the_forward_pass_and_moves_only_the_radial_gradient():
+    """Against an independent computation (float64): BN's gradient along a unit's weights is the sum of the
+    direct path's sum_i ybar_i z_i / sigma, the mean path's -mu sum_i ybar_i / sigma and the variance path's
+    -sum_i ybar_i (z_i - mu) / sigma (Grosse ch. 5, §4.2): each arm's w_j . grad_j is the sum over the paths
+    it keeps, and only the whole (0) is orthogonal. The forward pass is the same in every arm."""
+    torch.manual_seed(0)
+    x, ybar = torch.randn(32, 5, dtype=torch.float64), torch.randn(32, 4, dtype=torch.float64)
+    outs, radial = {}, {}
+    for detach in ("none", "mean", "var", "both"):
+        torch.manual_seed(1)
+        model = build_model(ModelConfig(norm="batch", depth=1, width=4, norm_detach=detach, norm_eps=1e-30), (5,), 2)
+        block = model.blocks[0].double()
+        out = block.norm(block.weight_layer(x))
+        (out * ybar).sum().backward()
+        w = block.weight_layer.weight
+        outs[detach], radial[detach] = out.detach(), (w * w.grad).sum(1).detach()
+    z = x @ w.detach().T
+    mu, sigma = z.mean(0), z.std(0, unbiased=False)
+    direct = (ybar * z).sum(0) / sigma
+    mean_path = -mu * ybar.sum(0) / sigma
+    var_path = -(ybar * (z - mu)).sum(0) / sigma
+    expected = {"none": direct + mean_path + var_path, "mean": direct + var_path, "var": direct + mean_path,
+                "both": direct}  # fmt: skip
+    for detach in expected:
+        assert torch.allclose(outs[detach], outs["none"], atol=1e-12)
+        assert torch.allclose(radial[detach], expected[detach], atol=1e-9), detach
+    assert radial["none"].abs().max() < 1e-9 and min(radial[d].abs().max() for d in ("mean", "var", "both")) > 1e-2
+
+
+def test_norm_detach_is_refused_off_batch_norm_and_by_the_batched_path():
+    from normlab.engine.ensemble import why_not_packable
+    from normlab.engine.runs import RunTask
+
+    with pytest.raises(ConfigError, match="model.norm_detach: detaches batch norm's statistics"):
+        from_dict(RunConfig, {"model": {"norm": "layer", "norm_detach": "mean"}})
+    cfg = from_dict(RunConfig, {"model": {"norm": "batch", "norm_detach": "var"}})
+    assert why_not_packable(RunTask("r", "a", 0, cfg)) == "batch norm with a detached statistic (var)"

@@ -283,6 +283,71 @@ def _placement(before, after, centered=True, lr_taus=None):
 AFTER_TAUS = [200.0, 210.0, 190.0, 200.0]
 
 
+def _paths(taus, cos, growth=None, seeds=6):
+    """bn_paths' runs at their one LR: the training loss falls as 2.3 exp(-t / tau) (tau per arm: the steps to
+    loss 0.25 are tau ln 9.2; 1e9 never reaches it), every BN-fed layer's cos(w_j, grad_j) spans [-c, c] with
+    c = cos[arm], and its median ||w_j||^2 grows by growth[arm] from the first probe to the last."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.bn_paths import PathsConfig, grid_arms
+
+    grid = grid_arms(from_dict(PathsConfig, _config("bn_paths", {"lr_factors": [1.0]})))
+    runs, rows = [], []
+    for arm, g in grid.items():
+        for x in range(5, 5 + seeds):
+            rid = f"{arm}-s{x}"
+            runs.append({"run_id": rid, "arm": arm, "seed": x, "status": "ok", "final_test_acc": 0.5})
+            tau = taus[g.base] * (1 + 0.01 * x)
+            rows += [(rid, arm, x, step, "batch_loss_avg", "", "value", pd.NA, 2.3 * np.exp(-step / tau))
+                     for step in range(50, 1501, 50)]  # fmt: skip
+            if g.base == "none":
+                continue
+            c, grown = cos[g.base], (growth or {}).get(g.base, 2.0)
+            for layer in ("layer1", "layer2"):
+                rows += [(rid, arm, x, 50, "w_grad_cos", layer, "min", pd.NA, -c),
+                         (rid, arm, x, 50, "w_grad_cos", layer, "max", pd.NA, c),
+                         (rid, arm, x, 50, "weight_norm_sq", layer, "median", pd.NA, 1.0),
+                         (rid, arm, x, 1500, "weight_norm_sq", layer, "median", pd.NA, grown)]  # fmt: skip
+    return runs, rows
+
+
+PATHS_TAUS = {"none": 1e9, "full": 200.0, "no_mean": 220.0, "no_var": 300.0, "direct": 400.0}
+PATHS_COS = {"full": 1e-5, "no_mean": 0.2, "no_var": 0.3, "direct": 0.4}
+
+
+def test_bn_paths_the_statistics_path_matters_and_only_full_bn_is_orthogonal():
+    v = _verdicts("bn_paths", *_paths(PATHS_TAUS, PATHS_COS), overrides={"lr_factors": [1.0]})
+    assert v["K2-paths-stats"] == "supported"  # 2x the steps
+    assert v["K2-paths-orth"] == "supported"
+    assert {v[f"K2-paths-nonorth-{a}"] for a in ("mean", "var", "direct")} == {"supported"}
+    assert {v[k] for k in v if k.startswith(("K2-paths-norm", "K2-paths-mean", "K2-paths-var", "K2-paths-reach"))} \
+        == {"not judged"}  # fmt: skip
+
+
+def test_bn_paths_read_each_other_outcome():
+    same = {**PATHS_TAUS, "direct": 210.0}  # 1.05x: within the 1.25x
+    leaky = {"full": 0.01, "no_mean": 0.01, "no_var": 0.3, "direct": 0.4}  # full BN not orthogonal; no_mean looks so
+    v = _verdicts("bn_paths", *_paths(same, leaky), overrides={"lr_factors": [1.0]})
+    assert v["K2-paths-stats"] == "not supported" and v["K2-paths-orth"] == "not supported"
+    assert v["K2-paths-nonorth-mean"] == "not supported" and v["K2-paths-nonorth-var"] == "supported"
+    never = {**PATHS_TAUS, "full": 1e9}  # full BN never reaches the target: no verdict on speed
+    v = _verdicts("bn_paths", *_paths(never, PATHS_COS), overrides={"lr_factors": [1.0]})
+    assert v["K2-paths-stats"] == "inconclusive"
+
+
+def test_bn_paths_a_direct_path_that_never_arrives_counts_the_horizon():
+    """The direct path never reaching the target counts 1500 steps, a lower bound: 1500 / 552 = 2.7x > 1.25x."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.bn_paths import PathsConfig, PathsSetting, speed
+
+    runs, rows = _paths({**PATHS_TAUS, "direct": 1e9}, PATHS_COS)
+    cfg = _config("bn_paths", {"lr_factors": [1.0]})
+    t = Tables(Path("."), cfg, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    est = speed(PathsSetting(t, from_dict(PathsConfig, cfg)), "direct")
+    assert est.value == pytest.approx(1500 / np.exp(np.mean([np.log(200 * (1 + 0.01 * x) * np.log(9.2))
+                                                             for x in range(5, 11)])), rel=1e-2)  # fmt: skip
+    assert "6 judged run(s) never reached it" in est.detail
+
+
 @pytest.mark.parametrize(
     "before,centered,expected",
     [

@@ -15,7 +15,9 @@ w_j, with a gradient that does not respect it; their norms need not grow.
 
 Every arm runs at each learning rate of its grid (`lr_factors` times the configured one) and is
 compared at its own best, chosen on one half of the seeds and judged on the other (cross-fitting,
-as bn_placement does). Training speed is the number of steps to a stated training loss.
+as bn_placement does). Training speed is the number of steps to a stated training loss; a run that
+never reaches it counts the horizon, and LRs that tie there (an arm none of whose runs arrives) are
+told apart by the mean log training loss over the run.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .bn_placement import crossfit_best, grid_arms, steps_to_loss
-from .common import needs_probes, status_note
+from .bn_placement import grid_arms, mean_log_loss, steps_to_loss
+from .common import crossfit_folds, needs_probes, status_note
 
 FULL, NO_MEAN, NO_VAR, DIRECT, NONE = "full", "no_mean", "no_var", "direct", "none"
 DETACHED = {NO_MEAN: "mean", NO_VAR: "var", DIRECT: "both"}  # arm -> the model.norm_detach it must have
@@ -176,6 +178,27 @@ def norm_growth(tables: Tables) -> pd.DataFrame:
     return (g.last() / g.first()).rename("value").reset_index()
 
 
+def crossfit_picks(grid: dict, steps: pd.DataFrame, logloss: pd.DataFrame, base: str) -> dict[int, str]:
+    """seed -> the grid arm of `base` judged on that seed, chosen on the other half of the seeds: the fewest
+    mean log (censored) steps to the target, and among LRs that tie there (every run of an arm that never
+    reaches the target counts the horizon) the lowest mean log training loss over the run."""
+    names = [n for n, g in grid.items() if g.base == base]
+    key = ["arm", "seed"]
+    both = steps[steps["arm"].isin(names)].merge(logloss[key + ["value"]], on=key, suffixes=("", "_loss"))
+    out: dict[int, str] = {}
+    for judged, chosen_on in crossfit_folds(sorted(set(both["seed"]))):
+        d = both[both["seed"].isin(chosen_on)]
+        score = {
+            name: (float(np.log(g["value"]).mean()), float(g["value_loss"].mean()) if g["value_loss"].notna().all()
+                   else np.inf)
+            for name, g in d.groupby("arm")
+        }  # fmt: skip
+        if score:
+            best = min(names, key=lambda n: score.get(n, (np.inf, np.inf)))
+            out.update({seed: best for seed in judged})
+    return out
+
+
 @dataclass
 class PathsSetting(Setting):
     @cached_property
@@ -189,7 +212,8 @@ class PathsSetting(Setting):
     @cached_property
     def picks(self) -> dict[str, dict[int, str]]:
         """arm -> seed -> the grid arm judged on that seed (its LR chosen on the other half)."""
-        return {arm: crossfit_best(self.grid, self.steps, arm) for arm in arm_configs(self.cfg)}
+        logloss = mean_log_loss(self.tables)
+        return {arm: crossfit_picks(self.grid, self.steps, logloss, arm) for arm in arm_configs(self.cfg)}
 
     def judged(self, arm: str) -> dict[int, float]:
         """seed -> the censored steps of the arm's judged run."""
@@ -221,9 +245,16 @@ def speed(s: PathsSetting, arm: str) -> Estimate:
         f"full-BN runs that never reached loss {s.a.target_loss:g}: seeds {full_missed or 'none'}",
     )
     missed = sum(not v for v in s.reached(arm).values())
+    names = [n for n, g in s.grid.items() if g.base == arm]
+    grid_runs = s.steps[s.steps["arm"].isin(names)]
+    tie = (
+        "; no run at any LR of its grid reached it, so its LR was chosen by the training loss"
+        if len(grid_runs) and not grid_runs["reached"].any()
+        else ""
+    )
     detail = (
         f"steps to loss {s.a.target_loss:g}: {arm} {S.nanmean([mine[x] for x in seeds]):.0f} ({s.lrs(arm)}; "
-        f"{missed} judged run(s) never reached it, counted at the horizon), full BN "
+        f"{missed} judged run(s) never reached it, counted at the horizon{tie}), full BN "
         f"{S.nanmean([full[x] for x in seeds]):.0f} ({s.lrs(FULL)})"
     )
     note = status_note(s.tables, list(s.picks.get(arm, {}).values()))

@@ -98,7 +98,7 @@ K2_NONORTH = {  # the arm -> its row (ids written out: one literal definition ea
 }  # fmt: skip
 _MOVE = "How the BN-fed weight norms move: "
 K2_NORMS = {
-    FULL: Claim("K2-paths-norm-full", DESCRIPTIVE, _MOVE + "full BN (no decay: they can only grow, Eq. 17)", _NORM,
+    FULL: Claim("K2-paths-norm-full", DESCRIPTIVE, _MOVE + "full BN (no decay: they can only grow, Eq. 19)", _NORM,
                 Rule("none")),
     NO_MEAN: Claim("K2-paths-norm-mean", DESCRIPTIVE, _MOVE + "the batch mean detached", _NORM, Rule("none")),
     NO_VAR: Claim("K2-paths-norm-var", DESCRIPTIVE, _MOVE + "the batch variance detached", _NORM, Rule("none")),

@@ -1,4 +1,4 @@
-"""bn_paths (K2-paths): batch norm's direct path and statistics path, taken apart in training.
+"""bn_paths (N42): batch norm's direct path and statistics path, taken apart in training.
 
 Grosse ch. 5, §4.2 splits BN's backward pass into a direct path (the statistics held fixed) and a
 statistics path (what moving the batch mean and variance does), and says both matter for
@@ -62,8 +62,8 @@ _NORM = (
     "at each run's cross-fitted LR: the last probe's median ||w_j||^2 over the first one's, geometric mean over the "
     "BN-fed layers and the seeds"
 )
-K2_PATHS = Claim(
-    "K2-paths-stats",
+N42_STATS = Claim(
+    "N42-stats",
     MEASURED,
     "BN's statistics path matters for optimization: with the batch mean and variance both detached (the direct "
     "path alone) the network needs more than paths_slower_min times the steps full BN needs to reach the target "
@@ -71,16 +71,16 @@ K2_PATHS = Claim(
     _SPEED.format(arm="direct path alone"),
     Rule(">", "paths_slower_min"),
 )
-K2_MEAN = Claim(
-    "K2-paths-mean", DESCRIPTIVE, "Speed with only the batch mean detached", _SPEED.format(arm="mean detached"),
+N42_MEAN = Claim(
+    "N42-mean", DESCRIPTIVE, "Speed with only the batch mean detached", _SPEED.format(arm="mean detached"),
     Rule("none"),
 )  # fmt: skip
-K2_VAR = Claim(
-    "K2-paths-var", DESCRIPTIVE, "Speed with only the batch variance detached", _SPEED.format(arm="variance detached"),
+N42_VAR = Claim(
+    "N42-var", DESCRIPTIVE, "Speed with only the batch variance detached", _SPEED.format(arm="variance detached"),
     Rule("none"),
 )  # fmt: skip
-K2_ORTH = Claim(
-    "K2-paths-orth",
+N42_ORTH = Claim(
+    "N42-orth",
     EXACT,
     "With the whole statistics path every update of a BN-fed unit is orthogonal to its weights (Eq. 16), in every "
     "run and at every probe",
@@ -88,31 +88,31 @@ K2_ORTH = Claim(
     Rule("<", "orth_tol"),
 )
 _NONORTH_TEXT = "some unit's gradient has a part along its weights in every run"
-K2_NONORTH = {  # the arm -> its row (ids written out: one literal definition each)
-    NO_MEAN: Claim("K2-paths-nonorth-mean", EXACT, "With the batch mean detached " + _NONORTH_TEXT + " (the mean "
+N42_NONORTH = {  # the arm -> its row (ids written out: one literal definition each)
+    NO_MEAN: Claim("N42-nonorth-mean", EXACT, "With the batch mean detached " + _NONORTH_TEXT + " (the mean "
                    "path's -mu/sigma is missing)", _NONORTH, Rule(">", "nonorth_min")),
-    NO_VAR: Claim("K2-paths-nonorth-var", EXACT, "With the batch variance detached " + _NONORTH_TEXT + " (the "
+    NO_VAR: Claim("N42-nonorth-var", EXACT, "With the batch variance detached " + _NONORTH_TEXT + " (the "
                   "variance path's -(z - mu)/sigma is missing)", _NONORTH, Rule(">", "nonorth_min")),
-    DIRECT: Claim("K2-paths-nonorth-direct", EXACT, "With the direct path alone " + _NONORTH_TEXT, _NONORTH,
+    DIRECT: Claim("N42-nonorth-direct", EXACT, "With the direct path alone " + _NONORTH_TEXT, _NONORTH,
                   Rule(">", "nonorth_min")),
 }  # fmt: skip
 _MOVE = "How the BN-fed weight norms move: "
-K2_NORMS = {
-    FULL: Claim("K2-paths-norm-full", DESCRIPTIVE, _MOVE + "full BN (no decay: they can only grow, Eq. 19)", _NORM,
+N42_NORMS = {
+    FULL: Claim("N42-norm-full", DESCRIPTIVE, _MOVE + "full BN (no decay: they can only grow, Eq. 19)", _NORM,
                 Rule("none")),
-    NO_MEAN: Claim("K2-paths-norm-mean", DESCRIPTIVE, _MOVE + "the batch mean detached", _NORM, Rule("none")),
-    NO_VAR: Claim("K2-paths-norm-var", DESCRIPTIVE, _MOVE + "the batch variance detached", _NORM, Rule("none")),
-    DIRECT: Claim("K2-paths-norm-direct", DESCRIPTIVE, _MOVE + "the direct path alone", _NORM, Rule("none")),
+    NO_MEAN: Claim("N42-norm-mean", DESCRIPTIVE, _MOVE + "the batch mean detached", _NORM, Rule("none")),
+    NO_VAR: Claim("N42-norm-var", DESCRIPTIVE, _MOVE + "the batch variance detached", _NORM, Rule("none")),
+    DIRECT: Claim("N42-norm-direct", DESCRIPTIVE, _MOVE + "the direct path alone", _NORM, Rule("none")),
 }  # fmt: skip
-K2_REACH = Claim(
-    "K2-paths-reach",
+N42_REACH = Claim(
+    "N42-reach",
     DESCRIPTIVE,
     "Whether the direct path alone still trains: the share of its runs (at the cross-fitted LR) that reach the target "
     "training loss, beside no BN's",
     "fraction of the direct-path arm's judged runs that reach the target loss within the horizon",
     Rule("none"),
 )
-CLAIMS = (K2_PATHS, K2_MEAN, K2_VAR, K2_ORTH, *K2_NONORTH.values(), *K2_NORMS.values(), K2_REACH)
+CLAIMS = (N42_STATS, N42_MEAN, N42_VAR, N42_ORTH, *N42_NONORTH.values(), *N42_NORMS.values(), N42_REACH)
 
 
 @dataclass
@@ -121,12 +121,10 @@ class PathsAnalysis(Analysis):
         0.25, min=0.0, help="the training loss (over a probe interval, train mode) whose first crossing times a run"
     )
     paths_slower_min: float = param(
-        1.25, min=1.0, help="K2-paths-stats: the direct path alone needs more than this times full BN's steps"
+        1.25, min=1.0, help="N42-stats: the direct path alone needs more than this times full BN's steps"
     )
-    orth_tol: float = param(1e-3, min=0.0, help="K2-paths-orth: largest |cos(w_j, grad_j)| under full BN")
-    nonorth_min: float = param(
-        0.05, min=0.0, help="K2-paths-nonorth-*: every run's largest |cos(w_j, grad_j)| exceeds this"
-    )
+    orth_tol: float = param(1e-3, min=0.0, help="N42-orth: largest |cos(w_j, grad_j)| under full BN")
+    nonorth_min: float = param(0.05, min=0.0, help="N42-nonorth-*: every run's largest |cos(w_j, grad_j)| exceeds this")
 
 
 @dataclass
@@ -315,20 +313,20 @@ def reach(s: PathsSetting) -> Estimate:
 
 
 ESTIMATORS = {
-    K2_PATHS: partial(speed, arm=DIRECT),
-    K2_MEAN: partial(speed, arm=NO_MEAN),
-    K2_VAR: partial(speed, arm=NO_VAR),
-    K2_ORTH: orthogonal,
-    **{claim: partial(not_orthogonal, arm=arm) for arm, claim in K2_NONORTH.items()},
-    **{claim: partial(norms, arm=arm) for arm, claim in K2_NORMS.items()},
-    K2_REACH: reach,
+    N42_STATS: partial(speed, arm=DIRECT),
+    N42_MEAN: partial(speed, arm=NO_MEAN),
+    N42_VAR: partial(speed, arm=NO_VAR),
+    N42_ORTH: orthogonal,
+    **{claim: partial(not_orthogonal, arm=arm) for arm, claim in N42_NONORTH.items()},
+    **{claim: partial(norms, arm=arm) for arm, claim in N42_NORMS.items()},
+    N42_REACH: reach,
 }
 
 
 class BNPaths(Experiment):
     name = "bn_paths"
-    title = "K2-paths: batch norm's direct path and statistics path, taken apart"
-    short_names = {"K2-paths": "BN's statistics path, detached"}
+    title = "N42: batch norm's direct path and statistics path, taken apart"
+    short_names = {"N42": "BN's two paths, taken apart in training"}
     claims = CLAIMS
     config_class = PathsConfig
     estimators = ESTIMATORS

@@ -316,10 +316,10 @@ PATHS_COS = {"full": 1e-5, "no_mean": 0.2, "no_var": 0.3, "direct": 0.4}
 
 def test_bn_paths_the_statistics_path_matters_and_only_full_bn_is_orthogonal():
     v = _verdicts("bn_paths", *_paths(PATHS_TAUS, PATHS_COS), overrides={"lr_factors": [1.0]})
-    assert v["K2-paths-stats"] == "supported"  # 2x the steps
-    assert v["K2-paths-orth"] == "supported"
-    assert {v[f"K2-paths-nonorth-{a}"] for a in ("mean", "var", "direct")} == {"supported"}
-    assert {v[k] for k in v if k.startswith(("K2-paths-norm", "K2-paths-mean", "K2-paths-var", "K2-paths-reach"))} \
+    assert v["N42-stats"] == "supported"  # 2x the steps
+    assert v["N42-orth"] == "supported"
+    assert {v[f"N42-nonorth-{a}"] for a in ("mean", "var", "direct")} == {"supported"}
+    assert {v[k] for k in v if k.startswith(("N42-norm", "N42-mean", "N42-var", "N42-reach"))} \
         == {"not judged"}  # fmt: skip
 
 
@@ -327,11 +327,11 @@ def test_bn_paths_read_each_other_outcome():
     same = {**PATHS_TAUS, "direct": 210.0}  # 1.05x: within the 1.25x
     leaky = {"full": 0.01, "no_mean": 0.01, "no_var": 0.3, "direct": 0.4}  # full BN not orthogonal; no_mean looks so
     v = _verdicts("bn_paths", *_paths(same, leaky), overrides={"lr_factors": [1.0]})
-    assert v["K2-paths-stats"] == "not supported" and v["K2-paths-orth"] == "not supported"
-    assert v["K2-paths-nonorth-mean"] == "not supported" and v["K2-paths-nonorth-var"] == "supported"
+    assert v["N42-stats"] == "not supported" and v["N42-orth"] == "not supported"
+    assert v["N42-nonorth-mean"] == "not supported" and v["N42-nonorth-var"] == "supported"
     never = {**PATHS_TAUS, "full": 1e9}  # full BN never reaches the target: no verdict on speed
     v = _verdicts("bn_paths", *_paths(never, PATHS_COS), overrides={"lr_factors": [1.0]})
-    assert v["K2-paths-stats"] == "inconclusive"
+    assert v["N42-stats"] == "inconclusive"
 
 
 def test_bn_paths_a_direct_path_that_never_arrives_counts_the_horizon():

@@ -23,6 +23,7 @@ _ADDED = {
     "plugins": [],
     "probes.jacobian_examples": 0,
     "model.reparam_scale": 1.0,
+    "model.norm_detach": "none",
 }
 # ... and the fields that joined a section after it entered the keys whole (left out at their default)
 _LATER = {"curvature.eq9_steps": []}

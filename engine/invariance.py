@@ -423,17 +423,18 @@ class _Propagation:
         """A reduction of a scaled tensor (a mean, a sum, a variance, a standard deviation, as a hand-written
         normalizer computes its statistics): the whole matrix's scale passes any reduction; a unit's passes
         one over the batch and positions only (explicit non-negative dims without the channel dim 1). A mean
-        or sum keeps a per-channel offset, a variance or standard deviation removes it (shift invariant)."""
+        or sum keeps a per-channel offset; a variance or standard deviation over the batch and positions removes
+        it (it is a common shift there), one over the channels does not."""
         s = self._get(args[0])
         if any(self._get(a) is not FREE for a in _flat_nodes((args[1:], kwargs))):
             return self._mixed(node)
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-        per_channel = dim is not None and all(isinstance(d, int) and d >= 0 and d != 1 for d in dims)
+        per_channel = _per_channel(args, kwargs)
         if self.kind == UNIT and not per_channel:
             return self._mixed(node)
         if name in ("mean", "sum"):
             return s
+        if s.offset and not per_channel:  # over the channels a per-channel offset is no common shift
+            return self._mixed(node)
         return Scaled(s.degree * _STAT_METHODS[name])
 
     def _power(self, node: fx.Node, name: str, args: tuple, kwargs: dict) -> Any:
@@ -454,16 +455,23 @@ class _Propagation:
         return s
 
 
+def _per_channel(args: tuple, kwargs: dict) -> bool:
+    """Whether a reduction's explicit dims leave out the channel dim 1 (over the batch and positions only)."""
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return dim is not None and all(isinstance(d, int) and d >= 0 and d != 1 for d in dims)
+
+
 def _minus_own_mean(node: fx.Node, a: Any, b: Any) -> bool:
-    """Whether `node` is a - b with b the mean of a itself, detached or not (whose state `_statistic` has
-    already checked: over the batch and positions for a unit's scale)."""
+    """Whether `node` is a - b with b the mean of a itself over the batch and positions, detached or not: a
+    per-channel offset is a common shift there and cancels (a mean over the channels does not cancel it)."""
     subtracts = node.target in (operator.sub, operator.isub, torch.sub, "sub", "sub_")
     while isinstance(b, fx.Node) and b.target in ("detach", torch.detach) and b.args:  # its value is the mean's
         b = b.args[0]
     mean = isinstance(b, fx.Node) and (
         (b.op == "call_method" and b.target == "mean") or (b.op == "call_function" and b.target is torch.mean)
     )
-    return subtracts and mean and bool(b.args) and b.args[0] is a
+    return subtracts and mean and bool(b.args) and b.args[0] is a and _per_channel(b.args, b.kwargs)
 
 
 def _feeds_output(graph: fx.Graph) -> set[fx.Node]:

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import metrics as M
 from .lanczos import top_eigenpairs_lockstep
-from .models import BatchCenter, Net
+from .models import BatchCenter, CenteredLinear, Net
 from .runs import Row
 from .spec import CurvatureConfig
 
@@ -43,7 +43,7 @@ def measurement_copy(model: Net, dtype: torch.dtype = torch.float64) -> Net:
                 setattr(parent, name, child.frozen())
             elif isinstance(child, _BatchNorm):
                 child.track_running_stats, child.running_mean, child.running_var = False, None, None
-            elif isinstance(child, BatchCenter):
+            elif isinstance(child, (BatchCenter, CenteredLinear)):
                 child.update_running = False
     return m
 

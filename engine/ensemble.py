@@ -39,7 +39,7 @@ from .models import WNLinear, build_model
 from .optim import lr_at
 from .instruments import directions, summarize, turned, weight_metrics
 from .loop import Loop, run_loop
-from .probes import UnitWindow
+from .probes import UnitWindow, dead_fraction
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -65,7 +65,7 @@ SHARED = frozenset(
                                   "tol", "dtype", "density_vectors", "density_repeats", "density_points")]
     + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
     + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries",
-                               "jacobian_examples")]
+                               "jacobian_examples", "dead_units")]
 )  # fmt: skip
 # REFUSED: settings the batched path computes only for some values; any other sends the run to the
 # single-run path, with this reason (`why_not_packable`).
@@ -73,6 +73,8 @@ REFUSED = {
     "model.arch": "architecture",  # an architecture not in `archs`
     "model.norm": "normalizer",  # a normalizer the stacked model does not compute for the architecture
     "model.norm_detach": "batch norm with a detached statistic",  # its backward differs from F.batch_norm's
+    "model.norm_ghost": "batch norm over ghost batches",
+    "model.centered_reparam": "Eq. 9's centered parameterization",  # its layers move their own bias in training
     "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (a plugin's), or K-FAC on a CNN (its conv layers)
     "optim.nesterov": "Nesterov momentum",
     "probes.per_unit": "per-unit probe rows",
@@ -113,6 +115,8 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
         "model.arch": m.arch not in archs,
         "model.norm": not _stacks_norm(m),
         "model.norm_detach": m.norm_detach != "none",
+        "model.norm_ghost": m.norm_ghost > 0,
+        "model.centered_reparam": m.centered_reparam,
         "optim.name": o.name not in STACKED_OPTIMIZERS or (o.name == "kfac" and m.arch != "mlp"),
         "optim.nesterov": o.nesterov,
         "probes.per_unit": p.every > 0 and p.per_unit,
@@ -741,6 +745,9 @@ class _MemberProbes(UnitWindow):
                     keys += [(M.PREACT_MEAN_DRIFT, layer, "value"), (M.PREACT_VAR_DRIFT, layer, "value")]
                     values.append(torch.stack([(mean - pm).abs().mean(1), (var - pv).abs().mean(1)], dim=1))
                 self._prev[layer] = (mean, var)
+                if self.cfg.dead_units:
+                    keys.append((M.DEAD_FRACTION, layer, "value"))
+                    values.append(dead_fraction(z, members=True).expand(self.members).unsqueeze(1))
         return self._rows(step, keys, values)
 
     @torch.no_grad()

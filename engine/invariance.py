@@ -558,7 +558,8 @@ def rescale_invariance(
         torch.manual_seed(seed)
         if devices:
             torch.cuda.manual_seed_all(seed)
-        out = model(*args, **kwargs)
+        with torch.no_grad():  # a side pass: no layer that learns in its forward pass (CenteredLinear) moves
+            out = model(*args, **kwargs)
         for b, copy in saved_buffers:
             b.copy_(copy)
         flat = [t for t in _tensors(out)]

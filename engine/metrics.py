@@ -56,6 +56,7 @@ INPUT_MEAN_SQ_NORM = "input_mean_sq_norm"  # ||batch mean of a weight layer's in
 INPUT_VAR_MEAN = "input_var_mean"  # the inputs' per-feature variance, averaged over features
 PREACT_MEAN, PREACT_VAR = "preact_mean", "preact_var"  # per unit, at the input of every activation
 PREACT_MEAN_DRIFT, PREACT_VAR_DRIFT = "preact_mean_drift", "preact_var_drift"  # change since the last probe
+DEAD_FRACTION = "dead_fraction"  # share of a layer's units whose ReLU input is <= 0 on every probed example
 
 # Curvature (engine/curvature.py): MATRIX is ggn or hessian
 GGN, HESSIAN = "ggn", "hessian"
@@ -96,5 +97,5 @@ ALL = frozenset(
     + [PREACT_VAR_DRIFT, eig(GGN), eig(HESSIAN), products(GGN), products(HESSIAN), GGN_TOP_PRODUCTS]
     + [GGN_DENSITY, GGN_DENSITY_AT, GGN_DENSITY_PRODUCTS]
     + [eig(GGN_EQ9), products(GGN_EQ9), GGN_MEAN_SHARE, GGN_EQ9_MEAN_SHARE, INPUT_MEAN_SQ]
-    + [GGN_ONES_SHARE, GGN_ONES_MEAN_SHARE]
+    + [GGN_ONES_SHARE, GGN_ONES_MEAN_SHARE, DEAD_FRACTION]
 )

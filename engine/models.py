@@ -85,6 +85,52 @@ class DetachedBatchNorm(nn.BatchNorm1d):
         return out * self.weight + self.bias if self.affine else out
 
 
+class GhostBatchNorm(nn.BatchNorm1d):
+    """Batch norm over (N, features) with its statistics taken over ghost batches: the training batch cut
+    into consecutive chunks of `ghost` examples, each normalized by its own mean and variance (Hoffer et
+    al. 2017), so the noise of the statistics is that of a batch of `ghost` while the gradient averages
+    the whole batch. Each chunk updates the running statistics in turn (momentum applied per chunk); in
+    eval mode it is nn.BatchNorm1d. A ragged last chunk (a side pass over N examples that `ghost` does not
+    divide) is normalized on its own, merged with the one before when it would hold a single example."""
+
+    def __init__(self, features: int, eps: float, affine: bool, ghost: int):
+        super().__init__(features, eps=eps, affine=affine)
+        self.ghost = ghost
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.ghost:
+            return super().forward(x)
+        chunks = list(torch.split(x, self.ghost))
+        if len(chunks) > 1 and chunks[-1].shape[0] == 1:
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        return torch.cat([super(GhostBatchNorm, self).forward(c) for c in chunks])
+
+
+class CenteredLinear(nn.Linear):
+    """A linear layer in Eq. 9's centered coordinates (Grosse ch. 5, §3.1, with Sigma = I): it computes
+    W (a - m) + b, where m is a running mean of its inputs (momentum 0.1, as batch norm keeps its own),
+    a buffer that training does not differentiate. Each training forward pass first moves m toward the
+    batch's mean and adds W times the move to b, so the function at the current weights never changes;
+    only the coordinates in which the optimizer steps do (SGD on W, b here is SGD preconditioned as in
+    Eq. 10 in the plain network's coordinates). m moves only in forward passes that train: train mode,
+    gradients on (side passes of probes run without), `update_running` on (off in curvature copies).
+    Built with nn.Linear's initialization and m = 0: the plain network's function at the start."""
+
+    def __init__(self, fan_in: int, fan_out: int, momentum: float = 0.1):
+        super().__init__(fan_in, fan_out, bias=True)
+        self.momentum = momentum
+        self.update_running = True
+        self.register_buffer("center", torch.zeros(fan_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.update_running and torch.is_grad_enabled():
+            with torch.no_grad():
+                moved = torch.lerp(self.center, x.detach().mean(0), self.momentum)
+                self.bias.add_(self.weight @ (moved - self.center))
+                self.center.copy_(moved)
+        return F.linear(x - self.center, self.weight, self.bias)
+
+
 class WNLinear(nn.Module):
     """Weight normalization (Eq. 20): w_j = g_j * v_j / ||v_j||. `weight` is v (scale invariant)."""
 
@@ -115,6 +161,8 @@ def _normalizer(cfg: ModelConfig, features: int, spatial_dims: int) -> Optional[
         return BatchCenter(features)
     if cfg.norm == "rms":  # layer norm without centering (MLPs only: RunConfig.check); its affine part is a gain only
         return nn.RMSNorm(features, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
+    if cfg.norm == "batch" and cfg.norm_ghost:  # MLPs only (RunConfig.check)
+        return GhostBatchNorm(features, cfg.norm_eps, cfg.norm_affine, cfg.norm_ghost)
     if cfg.norm == "batch" and cfg.norm_detach != "none":  # MLPs only (RunConfig.check)
         return DetachedBatchNorm(features, cfg.norm_eps, cfg.norm_affine, cfg.norm_detach)
     if cfg.norm == "batch":
@@ -204,11 +252,12 @@ class Net(nn.Module):
         if cfg.arch == "mlp":
             fan_in = int(math.prod(input_shape))
             for i in range(cfg.depth):
-                layer = (
-                    WNLinear(fan_in, cfg.width, bias, cfg.norm_affine)
-                    if cfg.norm in ("weight", "weight_center")
-                    else nn.Linear(fan_in, cfg.width, bias=bias)
-                )
+                if cfg.norm in ("weight", "weight_center"):
+                    layer = WNLinear(fan_in, cfg.width, bias, cfg.norm_affine)
+                elif cfg.centered_reparam:  # RunConfig.check: no normalizer, a bias
+                    layer = CenteredLinear(fan_in, cfg.width)
+                else:
+                    layer = nn.Linear(fan_in, cfg.width, bias=bias)
                 blocks.append(Block(layer, cfg, cfg.width, 0, i, after_norm))
                 fan_in = cfg.width
         else:
@@ -226,7 +275,7 @@ class Net(nn.Module):
         self.input_shape = tuple(input_shape)
         with torch.no_grad():
             feat = self.features(torch.zeros(2, *input_shape)).shape[1]
-        self.out = nn.Linear(feat, num_classes)
+        self.out = CenteredLinear(feat, num_classes) if cfg.centered_reparam else nn.Linear(feat, num_classes)
         self.weight_layers = [
             WeightLayer(f"layer{i + 1}", b.weight_layer, invariance) for i, b in enumerate(self.blocks)
         ]

@@ -32,6 +32,7 @@ network changing, not batch sampling.
 and per hidden block, at the input of its activation (after any normalizer and noise):
   preact_mean, preact_var   per-unit batch mean and variance (summaries over units)
   preact_mean_drift, preact_var_drift   mean over units of |change since the previous probe|
+  dead_fraction             (probes.dead_units) share of units <= 0 on every probed example: dead ReLUs
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ def _feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.transpose(0, 1).reshape(x.shape[1], -1).T
     var, mean = torch.var_mean(x, dim=0, correction=0)
     return mean, var
+
+
+def dead_fraction(z: torch.Tensor, members: bool = False) -> torch.Tensor:
+    """The share of units whose value is <= 0 at every example (and position) of z: ReLUs that pass
+    nothing on this batch. z is (N, units, *positions), or an ensemble's (M, N, *positions, units), whose
+    answer is one share per member."""
+    z = z.detach()
+    if members:
+        return (z.flatten(1, -2).amax(1) <= 0).float().mean(-1)
+    return (z.movedim(1, -1).reshape(-1, z.shape[1]).amax(0) <= 0).float().mean()
 
 
 class UnitWindow:
@@ -218,6 +229,8 @@ class Probes(UnitWindow):
                         torch.stack([(mean - pm).abs().mean(), (var - pv).abs().mean()]),
                     )
                 self._prev[name] = (mean, var)
+                if self.cfg.dead_units:
+                    add_scalars([M.DEAD_FRACTION], name, dead_fraction(out).reshape(1))
         self._inputs.clear()
         self._taps.clear()
 

@@ -64,6 +64,18 @@ class ModelConfig:
         help="batch norm on an MLP: leave the batch mean, the batch variance or both out of backprop (the "
         "statistics path of Grosse ch. 5, §4.2, cut; the forward pass is unchanged)",
     )
+    norm_ghost: int = param(
+        0,
+        min=0,
+        help="batch norm on an MLP: normalize over ghost batches of this many examples (the training batch cut into "
+        "consecutive chunks, each with its own mean and variance, as Hoffer et al. 2017 do); 0 = the whole batch",
+    )
+    centered_reparam: bool = param(
+        False,
+        help="mlp without a normalizer: train in Eq. 9's centered coordinates (Grosse ch. 5, §3.1, Sigma = I): every "
+        "linear layer computes W (a - m) + b, m a running mean of its input (a buffer, not trained); when m moves, b "
+        "absorbs W times the move, so the function never changes, and SGD here is SGD preconditioned as in Eq. 10",
+    )
     bias: Literal["auto", "true", "false"] = param("auto", help="auto: no bias in layers a normalizer follows")
     init: Literal["default", "kaiming", "xavier"] = param("default")
     norm_init_scale: float = param(
@@ -141,6 +153,11 @@ class ProbeConfig:
     )
     summaries: list[Literal["mean", "median", "q25", "q75", "min", "max"]] = param(
         default_factory=lambda: ["mean", "median", "q25", "q75"], help="statistics over units per layer"
+    )
+    dead_units: bool = param(
+        False,
+        help="with preacts: per hidden layer, the fraction of units whose pre-activation is <= 0 on every example of "
+        "the probed batch (the fixed batch where set): dead ReLUs (metric dead_fraction)",
     )
     jacobian_examples: int = param(
         0,
@@ -247,6 +264,31 @@ class RunConfig:
             raise ConfigError(
                 f"{_p(path)}model.norm_detach: detaches batch norm's statistics, and this model has norm {m.norm!r} "
                 f"on {m.arch!r}; use it with model.norm: batch on an MLP, or set model.norm_detach: none"
+            )
+        if m.norm_ghost and (m.norm != "batch" or m.arch != "mlp" or m.norm_detach != "none"):
+            raise ConfigError(
+                f"{_p(path)}model.norm_ghost: ghost batches belong to batch norm on an MLP with its whole backward "
+                f"pass, and this model has norm {m.norm!r} on {m.arch!r} (norm_detach {m.norm_detach!r}); set "
+                "model.norm_ghost: 0"
+            )
+        if m.norm_ghost and not (
+            2 <= m.norm_ghost < self.train.batch_size and self.train.batch_size % m.norm_ghost == 0
+        ):
+            raise ConfigError(
+                f"{_p(path)}model.norm_ghost: {m.norm_ghost} must be at least 2, below train.batch_size "
+                f"({self.train.batch_size}) and divide it (0 normalizes over the whole batch)"
+            )
+        if m.centered_reparam and not (m.arch == "mlp" and m.norm == "none" and m.bias != "false"):
+            raise ConfigError(
+                f"{_p(path)}model.centered_reparam: Eq. 9's centering needs an MLP without a normalizer whose layers "
+                f"have a bias to absorb W m; this model has arch {m.arch!r}, norm {m.norm!r}, bias {m.bias!r}"
+            )
+        pr = self.probes
+        if pr.dead_units and not (pr.preacts and pr.every > 0 and m.activation == "relu"):
+            raise ConfigError(
+                f"{_p(path)}probes.dead_units: reads the ReLUs' inputs at every probe, so it needs probes.preacts on, "
+                f"probes.every > 0 and model.activation relu (got preacts {pr.preacts}, every {pr.every}, activation "
+                f"{m.activation!r}); set probes.dead_units: false"
             )
         if m.norm in MLP_ONLY_NORMS and m.arch != "mlp":
             raise ConfigError(

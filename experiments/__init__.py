@@ -12,6 +12,7 @@ from .adaptive_gotchas import AdaptiveGotchas
 from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .bn_paths import BNPaths
+from .bn_benefits import BNBenefits
 from .chapter_checks import ChapterChecks
 from .curvature import Curvature
 from .identities import Identities
@@ -31,6 +32,7 @@ REGISTRY: dict[str, Experiment] = {
         Knockout(),
         BNPlacement(),
         BNPaths(),
+        BNBenefits(),
         EffLR(),
         WDFixedPoint(),
         OptimizerTuning(),

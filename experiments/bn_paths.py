@@ -43,7 +43,7 @@ from normlab.engine.stats import paired_t, t_interval
 from .bn_placement import grid_arms, mean_log_loss, steps_to_loss
 from .common import crossfit_folds, needs_probes, status_note
 
-FULL, NO_MEAN, NO_VAR, DIRECT, NONE = "full", "no_mean", "no_var", "direct", "none"
+FULL, NO_MEAN, NO_VAR, DIRECT, NONE, EQ9 = "full", "no_mean", "no_var", "direct", "none", "eq9"
 DETACHED = {NO_MEAN: "mean", NO_VAR: "var", DIRECT: "both"}  # arm -> the model.norm_detach it must have
 
 _SPEED = (
@@ -112,7 +112,32 @@ N42_REACH = Claim(
     "fraction of the direct-path arm's judged runs that reach the target loss within the horizon",
     Rule("none"),
 )
-CLAIMS = (N42_STATS, N42_MEAN, N42_VAR, N42_ORTH, *N42_NONORTH.values(), *N42_NORMS.values(), N42_REACH)
+N42_EQ9 = Claim(
+    "N42-eq9",
+    MEASURED,
+    "Removing only the outliers speeds training: the plain network needs more than eq9_faster_min times the steps "
+    "the same network in Eq. 9's centered coordinates needs to reach the target training loss, each at its own "
+    "tuned learning rate (the same function at the start; the next-layer-BN explanation as an intervention, which "
+    "the chapter leaves as a class project, §4.2)",
+    "steps to reach the target training loss, no normalizer / Eq. 9's centered parameterization, each at its best "
+    "LR cross-fitted over seed halves (a run that never reaches the target counts the horizon, a lower bound); "
+    "geometric mean over seeds, paired t on the log ratio",
+    Rule(">", "eq9_faster_min"),
+)
+_CURV = (
+    "at each run's cross-fitted LR, the end of training: the top-k GGN eigenvectors of curvature.layer with share >= "
+    "share_min along the mean of the layer's inputs, mean over seeds (and lambda_1)"
+)
+N42_EQ9_CURV = {
+    NONE: Claim("N42-eq9-outliers-none", DESCRIPTIVE, "The plain network's mean-direction outliers at the end",
+                _CURV, Rule("none")),
+    EQ9: Claim("N42-eq9-outliers-eq9", DESCRIPTIVE, "The same, trained in Eq. 9's centered coordinates (the GGN "
+               "with respect to the parameters it trains)", _CURV, Rule("none")),
+}  # fmt: skip
+CLAIMS = (
+    N42_STATS, N42_MEAN, N42_VAR, N42_ORTH, *N42_NONORTH.values(), *N42_NORMS.values(), N42_REACH, N42_EQ9,
+    *N42_EQ9_CURV.values(),
+)  # fmt: skip
 
 
 @dataclass
@@ -125,6 +150,12 @@ class PathsAnalysis(Analysis):
     )
     orth_tol: float = param(1e-3, min=0.0, help="N42-orth: largest |cos(w_j, grad_j)| under full BN")
     nonorth_min: float = param(0.05, min=0.0, help="N42-nonorth-*: every run's largest |cos(w_j, grad_j)| exceeds this")
+    eq9_faster_min: float = param(
+        1.25, min=1.0, help="N42-eq9: the plain network needs more than this times the centered one's steps"
+    )
+    share_min: float = param(
+        0.5, min=0.0, max=1.0, help="N42-eq9-outliers-*: an outlier's eigenvector has this share along the mean (K8's)"
+    )
 
 
 @dataclass
@@ -144,8 +175,10 @@ class PathsConfig(ExperimentConfig):
                     f"arms.{arm}: the role {arm!r} needs model.norm batch with model.norm_detach {detach!r}; it has "
                     f"norm {m.norm!r}, norm_detach {m.norm_detach!r}"
                 )
-        if NONE in arms and arms[NONE].model.norm != "none":
-            raise ConfigError(f"arms.{NONE}: the role 'none' needs model.norm: none")
+        if NONE in arms and (arms[NONE].model.norm != "none" or arms[NONE].model.centered_reparam):
+            raise ConfigError(f"arms.{NONE}: the role 'none' needs model.norm: none in the plain coordinates")
+        if EQ9 in arms and not arms[EQ9].model.centered_reparam:
+            raise ConfigError(f"arms.{EQ9}: the role 'eq9' needs model.centered_reparam: true (and model.norm: none)")
 
 
 def censored_steps(tables: Tables, target: float) -> pd.DataFrame:
@@ -229,18 +262,20 @@ class PathsSetting(Setting):
         return ", ".join(f"lr {lr:g} on seeds {xs}" for lr, xs in by_lr.items())
 
 
-def speed(s: PathsSetting, arm: str) -> Estimate:
-    """An arm's steps to the target over full BN's, each at its cross-fitted LR, paired by seed."""
-    if arm not in s.picks or FULL not in s.picks or not s.picks[arm] or not s.picks[FULL]:
-        return Estimate.missing(f"needs the arms {arm!r} and {FULL!r} with runs at their LR grids")
-    mine, full = s.judged(arm), s.judged(FULL)
+def speed(s: PathsSetting, arm: str, ref: str = FULL) -> Estimate:
+    """An arm's steps to the target over the reference arm's (full BN's), each at its cross-fitted LR, paired by
+    seed."""
+    if arm not in s.picks or ref not in s.picks or not s.picks[arm] or not s.picks[ref]:
+        return Estimate.missing(f"needs the arms {arm!r} and {ref!r} with runs at their LR grids")
+    mine, full = s.judged(arm), s.judged(ref)
     seeds = sorted(set(mine) & set(full))
     ratio, ci, n = paired_t([mine[x] for x in seeds], [full[x] for x in seeds], log_ratio=True)
-    full_missed = [x for x in seeds if not s.reached(FULL)[x]]
+    full_missed = [x for x in seeds if not s.reached(ref)[x]]
+    label = {FULL: "full BN", EQ9: "Eq. 9's centered network"}.get(ref, ref)
     reached = Check(
-        "full BN reaches the target",
+        f"{label} reaches the target",
         not full_missed,
-        f"full-BN runs that never reached loss {s.a.target_loss:g}: seeds {full_missed or 'none'}",
+        f"{label} runs that never reached loss {s.a.target_loss:g}: seeds {full_missed or 'none'}",
     )
     missed = sum(not v for v in s.reached(arm).values())
     names = [n for n, g in s.grid.items() if g.base == arm]
@@ -250,10 +285,13 @@ def speed(s: PathsSetting, arm: str) -> Estimate:
         if len(grid_runs) and not grid_runs["reached"].any()
         else ""
     )
+    ref_missed = sum(not v for v in s.reached(ref).values())
     detail = (
         f"steps to loss {s.a.target_loss:g}: {arm} {S.nanmean([mine[x] for x in seeds]):.0f} ({s.lrs(arm)}; "
-        f"{missed} judged run(s) never reached it, counted at the horizon{tie}), full BN "
-        f"{S.nanmean([full[x] for x in seeds]):.0f} ({s.lrs(FULL)})"
+        f"{missed} judged run(s) never reached it, counted at the horizon{tie}), {label} "
+        f"{S.nanmean([full[x] for x in seeds]):.0f} ({s.lrs(ref)}"
+        + (f"; {ref_missed} never reached it" if ref_missed else "")
+        + ")"
     )
     note = status_note(s.tables, list(s.picks.get(arm, {}).values()))
     return Estimate(ratio, ci, n, [reached], detail + (f"; {note}" if note else ""))
@@ -312,6 +350,33 @@ def reach(s: PathsSetting) -> Estimate:
     return Estimate(float(np.mean(mine)), n=len(mine), detail=detail)
 
 
+def mean_outliers(s: PathsSetting, arm: str) -> Estimate:
+    """The arm's mean-direction outliers at the end of its judged runs (K8's count: top-k GGN eigenvectors with a
+    share >= share_min along the input mean), mean over seeds, t interval; lambda_1 in the detail."""
+    if not (s.tables.has(M.eig(M.GGN)) and s.tables.has(M.GGN_MEAN_SHARE)):
+        return Estimate.missing(f"no GGN spectra (set curvature.steps on the arm {arm!r}, e.g. [1500])")
+    eig, share = s.tables.series(M.eig(M.GGN)), s.tables.series(M.GGN_MEAN_SHARE)
+    keys = ["run_id", "arm", "seed", "step", "item"]
+    d = eig.merge(share[keys + ["value"]], on=keys, suffixes=("", "_share"))
+    d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
+    judged = {(name, x) for x, name in s.picks.get(arm, {}).items()}
+    d = d[[(a, x) in judged for a, x in zip(d["arm"], d["seed"])]]
+    if d.empty:
+        return Estimate.missing(f"no GGN spectra of the arm {arm!r}'s judged runs")
+    per = d.groupby("seed").apply(
+        lambda g: pd.Series(
+            {"count": float((g["value_share"] >= s.a.share_min).sum()), "top": float(g["value"].max()), "k": len(g)}
+        ),  # fmt: skip
+        include_groups=False,
+    )
+    counts = per["count"].tolist()
+    detail = (
+        f"of the top {int(per['k'].iloc[0])}, share >= {s.a.share_min:g}: per seed {[int(c) for c in counts]}; "
+        f"lambda_1 mean {per['top'].mean():.3g}"
+    )
+    return Estimate(float(np.mean(counts)), t_interval(counts), len(counts), detail=detail)
+
+
 ESTIMATORS = {
     N42_STATS: partial(speed, arm=DIRECT),
     N42_MEAN: partial(speed, arm=NO_MEAN),
@@ -320,6 +385,8 @@ ESTIMATORS = {
     **{claim: partial(not_orthogonal, arm=arm) for arm, claim in N42_NONORTH.items()},
     **{claim: partial(norms, arm=arm) for arm, claim in N42_NORMS.items()},
     N42_REACH: reach,
+    N42_EQ9: partial(speed, arm=NONE, ref=EQ9),
+    **{claim: partial(mean_outliers, arm=arm) for arm, claim in N42_EQ9_CURV.items()},
 }
 
 
@@ -342,7 +409,7 @@ class BNPaths(Experiment):
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
         s = PathsSetting(tables, cfg)
-        arms = [a for a in (NONE, FULL, NO_MEAN, NO_VAR, DIRECT) if a in cfg.arms]
+        arms = [a for a in (NONE, EQ9, FULL, NO_MEAN, NO_VAR, DIRECT) if a in cfg.arms]
         col = P.colors(arms)
         fig, axes = P.figure(ncols=3, width=4.2, height=3.2)
         loss = tables.curve(M.BATCH_LOSS_AVG)
@@ -352,11 +419,11 @@ class BNPaths(Experiment):
             judged = set(s.picks.get(arm, {}).items())
             keep = lambda d: d[[(x, a) in judged for a, x in zip(d["arm"], d["seed"])]]  # noqa: E731
             P.mean_band(axes[0, 0], keep(loss[loss["step"] > 0]), arm, col[arm])
-            if norm is not None and arm != NONE:
+            if norm is not None and arm not in (NONE, EQ9):
                 n = keep(norm[norm["layer"] == "layer3"])
                 P.mean_band(axes[0, 1], n, arm, col[arm])
             c = cos[cos["arm"].isin([n for n, g in s.grid.items() if g.base == arm])]
-            if len(c) and arm != NONE:
+            if len(c) and arm not in (NONE, EQ9):
                 axes[0, 2].scatter([arms.index(arm)] * len(c), c["value"].clip(lower=1e-7), s=10, color=col[arm])
         axes[0, 0].axhline(cfg.analysis.target_loss, color="k", ls=":", lw=1, label="target")
         axes[0, 0].set(yscale="log", xlabel="step", ylabel="training loss", title="Training loss, tuned lr per arm")

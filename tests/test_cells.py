@@ -24,6 +24,9 @@ _ADDED = {
     "probes.jacobian_examples": 0,
     "model.reparam_scale": 1.0,
     "model.norm_detach": "none",
+    "model.norm_ghost": 0,
+    "model.centered_reparam": False,
+    "probes.dead_units": False,
 }
 # ... and the fields that joined a section after it entered the keys whole (left out at their default)
 _LATER = {"curvature.eq9_steps": []}

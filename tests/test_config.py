@@ -74,7 +74,8 @@ def test_unknown_experiment_and_missing_file(tmp_path):
     path.write_text("experiment: nope\n")
     with pytest.raises(
         ConfigError,
-        match=r"'nope' is not a known experiment; choose one of adaptive_gotchas, baselines, bn_paths, bn_placement",
+        match=r"'nope' is not a known experiment; choose one of adaptive_gotchas, baselines, bn_benefits, bn_paths, "
+        r"bn_placement",
     ):
         load_config(path, REGISTRY)
     with pytest.raises(ConfigError, match="config file not found"):

@@ -21,6 +21,8 @@ REFUSED_EXAMPLES = {
     "model.norm": ("weight", {"model.arch": "cnn1d"}),  # weight norm is built for MLPs only
     "optim.name": ("kfac", {"model.arch": "cnn1d"}),  # K-FAC stacks for MLPs only
     "model.norm_detach": ("mean", {"model.norm": "batch"}),  # its backward is not F.batch_norm's
+    "model.norm_ghost": (8, {"model.norm": "batch"}),  # chunks with their own statistics
+    "model.centered_reparam": True,  # its layers move their bias in the forward pass
     "optim.nesterov": (True, {"optim.momentum": 0.9}),
     "probes.per_unit": True,
     "plugins": ["some_plugin"],

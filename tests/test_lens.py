@@ -183,6 +183,11 @@ def _configs():
             for detach in ("mean", "var", "both"):
                 yield arch, ModelConfig(arch=arch, norm=norm, norm_position=pos, activation=act, bias=bias,
                                         residual=res, width=12, depth=3, norm_detach=detach)  # fmt: skip
+            yield arch, ModelConfig(arch=arch, norm=norm, norm_position=pos, activation=act, bias=bias,
+                                    residual=res, width=12, depth=3, norm_ghost=4)  # fmt: skip
+        if arch == "mlp" and norm == "none" and bias != "false":  # Eq. 9's coordinates: no invariance
+            yield arch, ModelConfig(arch=arch, activation=act, bias=bias, residual=res, width=12, depth=3,
+                                    centered_reparam=True)  # fmt: skip
 
 
 def test_the_lens_agrees_with_every_engine_models_declared_invariance():

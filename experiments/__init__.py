@@ -13,6 +13,7 @@ from .baselines import Baselines
 from .bn_placement import BNPlacement
 from .bn_paths import BNPaths
 from .bn_benefits import BNBenefits
+from .eq9_speed import Eq9Speed
 from .chapter_checks import ChapterChecks
 from .curvature import Curvature
 from .identities import Identities
@@ -33,6 +34,7 @@ REGISTRY: dict[str, Experiment] = {
         BNPlacement(),
         BNPaths(),
         BNBenefits(),
+        Eq9Speed(),
         EffLR(),
         WDFixedPoint(),
         OptimizerTuning(),

@@ -330,13 +330,22 @@ def dead_gap(s: BenefitsSetting) -> Estimate:
 
 
 def dead_share(s: BenefitsSetting, arm: str) -> Estimate:
+    """The arm's dead share averaged over dead_lrs, per seed; the detail gives the mean per LR of the runs that
+    finished, and which did not (a diverged run has no dead share, and leaves its seed out)."""
+    by_lr = dead_shares(s.tables).set_index("arm")["value"]
+    parts = []
+    for lr, name in s.rates(arm):
+        if name in by_lr.index:
+            v = by_lr.loc[[name]]
+            parts.append(f"{lr:g} {float(v.mean()):.3f}" if v.notna().any() else f"{lr:g} none finished")
+    detail = "mean per LR: " + ", ".join(parts)
+    note = status_note(s.tables, [n for _, n in s.rates(arm)])
+    detail += f"; {note}" if note else ""
     d = {x: v for x, v in s.dead(arm).items() if np.isfinite(v)}
     if not d:
-        return Estimate.missing(f"needs dead shares of the arm {arm!r} at dead_lrs")
-    by_lr = dead_shares(s.tables).set_index("arm")["value"]
-    detail = "mean per LR: " + ", ".join(
-        f"{lr:g} {float(np.nanmean(by_lr.loc[[name]])):.3f}" for lr, name in s.rates(arm) if name in by_lr.index
-    )
+        est = Estimate.missing(f"no seed of {arm!r} has a finished run at every rate of dead_lrs {s.a.dead_lrs}")
+        est.detail = detail
+        return est
     return Estimate(float(np.mean(list(d.values()))), t_interval(list(d.values())), len(d), detail=detail)
 
 
@@ -461,7 +470,9 @@ class BNBenefits(Experiment):
                 lrs.append(lr)
                 losses.append(float(np.nanmean(late.loc[[name]])) if name in late.index else np.nan)
                 deads.append(float(np.nanmean(dead.loc[[name]])) if name in dead.index else np.nan)
-            axes[0, 0].plot(lrs, losses, "o-", color=col[arm], label=arm)
+            lost = [f"{lr:g}" for lr, loss in zip(lrs, losses) if not np.isfinite(loss)]
+            label = arm + (f" (diverged at {', '.join(lost)})" if lost else "")
+            axes[0, 0].plot(lrs, losses, "o-", color=col[arm], label=label)
             axes[0, 1].plot(lrs, deads, "o-", color=col[arm], label=arm)
         first = float(np.nanmean(list(s.first_loss.values()))) if s.first_loss else np.nan
         axes[0, 0].axhline(cfg.analysis.trains_below * first, color="k", ls=":", lw=1, label="trains below (mean)")

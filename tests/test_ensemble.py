@@ -224,7 +224,8 @@ def test_inserted_noise_and_activation_probes_match_the_single_runs():
     moves its loss by 1e-4 within 16 steps.)"""
     from normlab.experiments.noise import NoiseConfig, NoiseFactory
 
-    probes = {"every": 5, "weights": False, "inputs": True, "preacts": True, "summaries": ["median", "q25", "max"]}
+    probes = {"every": 5, "weights": False, "inputs": True, "preacts": True, "dead_units": True,
+              "summaries": ["median", "q25", "max"]}  # fmt: skip
     groups = []
     for fixed, norm, iid, levels in [(40, "batch", False, (0.1, 1.0, 3.0)), (0, "batch", True, (5.0, 1.0)),
                                      (40, "none", False, (1.0, 0.3))]:  # fmt: skip
@@ -241,6 +242,7 @@ def test_inserted_noise_and_activation_probes_match_the_single_runs():
         for single_task, member in zip(group, train_ensemble(group)):
             single = train(single_task)
             assert sum(r.metric == "preact_mean_drift" for r in single.rows) > 0
+            assert sum(r.metric == "dead_fraction" for r in single.rows) > 0
             # means over a batch of O(1) activations cancel to near 0: their rounding is absolute, ~1e-7 x 10
             _assert_same(single, member, single_task, atol=1e-6)
 

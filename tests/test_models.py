@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from normlab.engine.models import BatchCenter, build_model
 from normlab.engine.config import ConfigError, from_dict
@@ -174,3 +175,94 @@ def test_norm_detach_is_refused_off_batch_norm_and_by_the_batched_path():
         from_dict(RunConfig, {"model": {"norm": "layer", "norm_detach": "mean"}})
     cfg = from_dict(RunConfig, {"model": {"norm": "batch", "norm_detach": "var"}})
     assert why_not_packable(RunTask("r", "a", 0, cfg)) == "batch norm with a detached statistic (var)"
+
+
+def test_ghost_batch_norm_normalizes_each_chunk_by_its_own_statistics():
+    """Against an independent computation: each chunk of `ghost` examples minus its own mean, over its own
+    (biased) standard deviation; eval mode is plain batch norm on the running statistics, which every chunk
+    updated in turn."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(norm="batch", depth=1, width=6, norm_ghost=4, norm_eps=1e-30), (5,), 2)
+    block = model.blocks[0].double()
+    x = torch.randn(12, 5, dtype=torch.float64) * 3 + 1
+    z = block.weight_layer(x)
+    out = block.norm(z)
+    for c in range(3):
+        chunk = z[4 * c : 4 * c + 4]
+        expected = (chunk - chunk.mean(0)) / chunk.std(0, unbiased=False)
+        assert torch.allclose(out[4 * c : 4 * c + 4], expected, atol=1e-10)
+    whole = (z - z.mean(0)) / z.std(0, unbiased=False)
+    assert (out - whole).abs().max() > 0.05  # not the whole batch's statistics
+    running = torch.zeros(6, dtype=torch.float64)
+    for c in range(3):
+        running = 0.9 * running + 0.1 * z[4 * c : 4 * c + 4].mean(0)
+    assert torch.allclose(block.norm.running_mean, running.detach(), atol=1e-12)
+    odd = block.norm(z[:9])  # a ragged side pass: chunks 4 and 5 (a lone last example joins the one before)
+    assert torch.allclose(odd[4:], (z[4:9] - z[4:9].mean(0)) / z[4:9].std(0, unbiased=False), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "model,train,message",
+    [
+        ({"norm": "layer", "norm_ghost": 8}, {}, "model.norm_ghost: ghost batches belong to batch norm on an MLP"),
+        ({"norm": "batch", "norm_ghost": 48}, {}, "model.norm_ghost: 48 must be at least 2, below train.batch_size"),
+        ({"norm": "batch", "norm_ghost": 128}, {}, "model.norm_ghost: 128 must be at least 2, below"),
+        ({"norm": "batch", "centered_reparam": True}, {}, "model.centered_reparam: Eq. 9's centering needs an MLP"),
+        ({"centered_reparam": True, "bias": "false"}, {}, "model.centered_reparam: Eq. 9's centering needs"),
+    ],
+)
+def test_ghost_batches_and_eq9_coordinates_refuse_a_model_they_would_not_change(model, train, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(RunConfig, {"model": model, "train": train})
+
+
+def test_dead_units_need_the_relu_inputs():
+    with pytest.raises(ConfigError, match="probes.dead_units: reads the ReLUs' inputs at every probe"):
+        from_dict(RunConfig, {"probes": {"dead_units": True, "preacts": False}})
+    with pytest.raises(ConfigError, match="model.activation relu"):
+        from_dict(RunConfig, {"probes": {"dead_units": True}, "model": {"activation": "tanh"}})
+
+
+def test_eq9_coordinates_keep_the_function_and_step_as_sgd_preconditioned_by_eq10():
+    """The centered layer starts as the plain one (same draws, m = 0); a training forward pass moves m and b
+    together so that the function is unchanged; and one SGD step on (W, b~) with m held moves the plain
+    parameters W, b = b~ - W m by -lr R R^T grad, R R^T the inverse of Eq. 10's matrix (Sigma = I),
+    computed here independently by inverting that matrix."""
+    torch.manual_seed(3)
+    plain = build_model(ModelConfig(depth=1, width=3), (4,), 2).double()
+    torch.manual_seed(3)
+    eq9 = build_model(ModelConfig(depth=1, width=3, centered_reparam=True), (4,), 2).double()
+    x = torch.randn(16, 4, dtype=torch.float64) + 2.0
+    with torch.no_grad():
+        assert torch.allclose(plain(x), eq9(x), atol=1e-12)  # m = 0 and the same initial weights
+    layer = eq9.blocks[0].weight_layer
+    eq9(x)  # a training forward pass (train mode, gradients on) moves m ...
+    m = layer.center.clone()
+    assert torch.allclose(m, 0.1 * x.mean(0)) and m.abs().min() > 0.1
+    with torch.no_grad():
+        plain_b = layer.bias - layer.weight @ m  # ... and b~ with it: the plain network it stands for
+        assert torch.allclose(F.linear(x, layer.weight, plain_b), layer(x), atol=1e-12)
+    layer.update_running = False  # hold m for the step
+    eq9.zero_grad()
+    torch.nn.functional.cross_entropy(eq9(x), torch.arange(16) % 2).backward()
+    gw_t, gb_t = layer.weight.grad.clone(), layer.bias.grad.clone()
+    # the plain network's gradient at the same function, from the plain network itself
+    w_plain = layer.weight.detach().clone().requires_grad_(True)
+    b_plain = plain_b.detach().clone().requires_grad_(True)
+    rest = eq9.out
+    logits = rest(eq9.blocks[0].act(F.linear(x, w_plain, b_plain)))
+    torch.nn.functional.cross_entropy(logits, torch.arange(16) % 2).backward()
+    grad = torch.cat([w_plain.grad.T.reshape(-1), b_plain.grad])  # vec(W) column-major, then b
+    out_units = 3
+    eye = torch.eye(out_units, dtype=torch.float64)
+    eq10 = torch.zeros(4 * out_units + out_units, 4 * out_units + out_units, dtype=torch.float64)
+    eq10[: 4 * out_units, : 4 * out_units] = torch.kron(torch.eye(4, dtype=torch.float64) + torch.outer(m, m), eye)
+    eq10[: 4 * out_units, 4 * out_units :] = torch.kron(m.unsqueeze(1), eye)
+    eq10[4 * out_units :, : 4 * out_units] = torch.kron(m.unsqueeze(0), eye)
+    eq10[4 * out_units :, 4 * out_units :] = eye
+    step = -0.1 * torch.linalg.solve(eq10, grad)
+    new_w = layer.weight.detach() - 0.1 * gw_t  # SGD on (W, b~) ...
+    new_plain_b = (layer.bias.detach() - 0.1 * gb_t) - new_w @ m  # ... seen in the plain coordinates
+    moved = torch.cat([(new_w - layer.weight.detach()).T.reshape(-1), new_plain_b - plain_b.detach()])
+    assert torch.allclose(moved, step, atol=1e-12)
+    assert (moved - (-0.1 * grad)).abs().max() > 1e-3  # not plain SGD

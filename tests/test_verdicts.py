@@ -299,7 +299,11 @@ def _paths(taus, cos, growth=None, seeds=6):
             tau = taus[g.base] * (1 + 0.01 * x)
             rows += [(rid, arm, x, step, "batch_loss_avg", "", "value", pd.NA, 2.3 * np.exp(-step / tau))
                      for step in range(50, 1501, 50)]  # fmt: skip
-            if g.base == "none":
+            if g.base in ("none", "eq9"):  # no BN: GGN spectra at the end instead (eq9: none along the mean)
+                for r in range(1, 13):
+                    along = 0.9 if (g.base == "none" and r <= 10) else 0.01
+                    rows += [(rid, arm, x, 1500, "ggn_eig", "layer2", "rank", r, 100.0 / r),
+                             (rid, arm, x, 1500, "ggn_mean_share", "layer2", "rank", r, along)]  # fmt: skip
                 continue
             c, grown = cos[g.base], (growth or {}).get(g.base, 2.0)
             for layer in ("layer1", "layer2"):
@@ -310,7 +314,7 @@ def _paths(taus, cos, growth=None, seeds=6):
     return runs, rows
 
 
-PATHS_TAUS = {"none": 1e9, "full": 200.0, "no_mean": 220.0, "no_var": 300.0, "direct": 400.0}
+PATHS_TAUS = {"none": 1e9, "full": 200.0, "no_mean": 220.0, "no_var": 300.0, "direct": 400.0, "eq9": 300.0}
 PATHS_COS = {"full": 1e-5, "no_mean": 0.2, "no_var": 0.3, "direct": 0.4}
 
 
@@ -332,6 +336,27 @@ def test_bn_paths_read_each_other_outcome():
     never = {**PATHS_TAUS, "full": 1e9}  # full BN never reaches the target: no verdict on speed
     v = _verdicts("bn_paths", *_paths(never, PATHS_COS), overrides={"lr_factors": [1.0]})
     assert v["N42-stats"] == "inconclusive"
+
+
+def test_bn_paths_eq9_removing_only_the_outliers_and_its_outcomes():
+    """N42-eq9: none never arrives (the horizon, 1500) against eq9's 300 ln 9.2 = 666 steps: 2.25x, above 1.25x;
+    at the same tau, not supported; eq9 never arriving leaves two censored arms: inconclusive. The outlier rows
+    count the top eigenvectors along the mean: 10 for the plain network, 0 in Eq. 9's coordinates."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.bn_paths import PathsConfig, PathsSetting, mean_outliers
+
+    v = _verdicts("bn_paths", *_paths(PATHS_TAUS, PATHS_COS), overrides={"lr_factors": [1.0]})
+    assert v["N42-eq9"] == "supported"
+    assert v["N42-eq9-outliers-none"] == v["N42-eq9-outliers-eq9"] == "not judged"
+    v = _verdicts("bn_paths", *_paths({**PATHS_TAUS, "none": 310.0}, PATHS_COS), overrides={"lr_factors": [1.0]})
+    assert v["N42-eq9"] == "not supported"
+    v = _verdicts("bn_paths", *_paths({**PATHS_TAUS, "eq9": 1e9}, PATHS_COS), overrides={"lr_factors": [1.0]})
+    assert v["N42-eq9"] == "inconclusive"
+    cfg = _config("bn_paths", {"lr_factors": [1.0]})
+    runs, rows = _paths(PATHS_TAUS, PATHS_COS)
+    s = PathsSetting(Tables(Path("."), cfg, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS)),
+                     from_dict(PathsConfig, cfg))  # fmt: skip
+    assert mean_outliers(s, "none").value == 10 and mean_outliers(s, "eq9").value == 0
 
 
 def test_bn_paths_a_direct_path_that_never_arrives_counts_the_horizon():
@@ -1269,3 +1294,129 @@ def test_k16_reparam_needs_kfac_to_forget_the_parameterization_and_sgd_not_to(tm
     assert _kfac(tmp_path, reparam=1.5)["K16-reparam"] == "not supported"  # K-FAC remembers it too
     v = _kfac(tmp_path, reparam_sgd=1.0)  # SGD forgets it as well: the test has no power
     assert v["K16-reparam"] == "inconclusive"
+
+
+# ---------- N41 (bn_benefits) ----------
+
+
+def _benefits(top, dead, taus, gaps, seeds=6):
+    """bn_benefits' runs over the grid 0.1-10 and the ghost arms at 0.1. A grid run at lr <= top[arm](seed)
+    trains (loss 2.3 exp(-t / tau[arm]) after 2.3 at step 0, which reaches 1.0 at tau ln 2.3), above it stays at
+    2.3; its dead share is dead[arm] in every hidden layer at the last probe (+0.01 x seed). The ghost arms and
+    BN-before at 0.1 end with a train loss of 0.3 and a test loss of 0.3 + gaps[ghost size](seed); layer norm's
+    gap is gaps[0]."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.bn_benefits import BenefitsConfig, grid
+
+    g = grid(from_dict(BenefitsConfig, _config("bn_benefits")))
+    runs, rows = [], []
+    for arm, spec in g.items():
+        ghost = spec.config.model.norm_ghost or (128 if spec.base == "before" else 0)
+        for x in range(seeds):
+            rid = f"{arm}-s{x}"
+            trains = spec.lr <= top.get(spec.base, lambda _x: 0.0)(x) if spec.base in top else True
+            gap = gaps.get(ghost if spec.config.model.norm != "layer" else 0, lambda _x: 0.1)(x)
+            runs.append({"run_id": rid, "arm": arm, "seed": x, "status": "ok", "final_train_loss": 0.3,
+                         "final_test_loss": 0.3 + gap})  # fmt: skip
+            tau = taus.get(spec.base, 100.0)
+            rows.append((rid, arm, x, 0, "batch_loss", "", "value", pd.NA, 2.3))
+            rows += [(rid, arm, x, step, "batch_loss_avg", "", "value", pd.NA,
+                      2.3 * np.exp(-step / tau) if trains else 2.3) for step in range(50, 401, 50)]  # fmt: skip
+            rows += [(rid, arm, x, 350, "dead_fraction", f"layer{k}", "value", pd.NA,
+                      dead.get(spec.base, 0.0) + 0.01 * x) for k in range(1, 7)]  # fmt: skip
+    return runs, rows
+
+
+def _const(v):
+    return lambda _x: v
+
+
+BENEFITS_OK = dict(
+    top={"none": _const(1.0), "before": _const(3.0), "after": _const(1.0), "layer": _const(1.0)},
+    dead={"none": 0.3, "before": 0.0, "after": 0.0, "layer": 0.15},
+    taus={"none": 1000.0, "before": 100.0, "after": 100.0, "layer": 300.0},  # none trains, but to 1.0 in 833
+    gaps={8: lambda x: 0.1 + 0.01 * x, 32: lambda x: 0.4 + 0.02 * x, 128: lambda x: 0.7 - 0.01 * x},
+)
+
+
+def test_bn_benefits_supported_when_bn_trains_at_larger_rates_keeps_units_alive_and_its_noise_shrinks_the_gap():
+    v = _verdicts("bn_benefits", *_benefits(**BENEFITS_OK))
+    assert v["N41-stable"] == "supported"  # 3 against 1 in all 6 seeds: the exact sign test, p = 1/64
+    assert v["N41-dead"] == "supported"  # 0.3 against 0
+    assert v["N41-faster"] == "supported"  # 833 steps, past the horizon (400), against 100 ln 2.3 = 83
+    assert v["N41-ghost"] == "supported"
+    described = [k for k in v if k.startswith(("N41-stable-", "N41-dead-", "N41-ghost-"))]
+    assert len(described) == 7 and {v[k] for k in described} == {"not judged"}
+
+
+def test_bn_benefits_read_each_other_outcome():
+    same = dict(BENEFITS_OK, top={**BENEFITS_OK["top"], "before": _const(0.3)},
+                dead={**BENEFITS_OK["dead"], "none": 0.01}, taus={**BENEFITS_OK["taus"], "none": 100.0},
+                gaps={8: lambda x: 0.7 + 0.01 * x, 32: lambda x: 0.5, 128: lambda x: 0.3})  # fmt: skip
+    v = _verdicts("bn_benefits", *_benefits(**same))
+    assert v["N41-stable"] == v["N41-dead"] == v["N41-faster"] == v["N41-ghost"] == "not supported"
+    tie = dict(BENEFITS_OK, top={**BENEFITS_OK["top"], "before": _const(1.0)})
+    assert _verdicts("bn_benefits", *_benefits(**tie))["N41-stable"] == "inconclusive"  # a tie in every seed
+    mixed = dict(
+        BENEFITS_OK,
+        top={**BENEFITS_OK["top"], "before": lambda x: 3.0 if x % 2 else 0.3},
+        taus={**BENEFITS_OK["taus"], "before": 1000.0},
+        gaps={8: lambda x: 0.4 + 0.3 * (-1) ** x, 32: lambda x: 0.4, 128: lambda x: 0.4 - 0.29 * (-1) ** x},
+    )
+    v = _verdicts("bn_benefits", *_benefits(**mixed))  # fmt: skip
+    assert v["N41-stable"] == "inconclusive"  # 3x in half the seeds, 0.3x in the others
+    assert v["N41-faster"] == "inconclusive"  # BN never reaches the target: two censored arms decide nothing
+    assert v["N41-ghost"] == "inconclusive"  # slopes of either sign
+
+
+def test_bn_benefits_a_diverged_run_counts_as_not_training_and_leaves_its_dead_share_out():
+    from normlab.engine.config import from_dict
+    from normlab.experiments.bn_benefits import BenefitsConfig, BenefitsSetting, dead_share
+
+    runs, rows = _benefits(**BENEFITS_OK)
+    for r in runs:
+        if r["arm"] == "before@lr3":  # its largest training rate falls to 1, like none's
+            r["status"] = "diverged"
+    cfg = _config("bn_benefits")
+    t = Tables(Path("."), cfg, {}, pd.DataFrame(runs), pd.DataFrame(rows, columns=COLS))
+    s = BenefitsSetting(t, from_dict(BenefitsConfig, cfg))
+    assert s.largest_training_lr("before") == {x: 1.0 for x in range(6)}
+    est = dead_share(s, "before")
+    assert np.isnan(est.value) and "6 of 6 before@lr3 runs diverged" in est.detail
+    assert "3 none finished" in est.detail
+
+
+# ---------- N31 (eq9_speed) ----------
+
+
+def _eq9(taus, seeds=6):
+    """eq9_speed's runs at one LR: loss 2.3 exp(-t / tau[arm]) (reaching 1.0 at tau ln 2.3; 1e9 never), and the
+    GGN's top 12 at the end: ten along the mean for the plain network, none in Eq. 9's coordinates."""
+    runs, rows = [], []
+    for arm in ("none@lr0.3", "eq9@lr0.3"):
+        base = arm.split("@")[0]
+        for x in range(11, 11 + seeds):
+            rid = f"{arm}-s{x}"
+            runs.append({"run_id": rid, "arm": arm, "seed": x, "status": "ok"})
+            tau = taus[base] * (1 + 0.01 * x)
+            rows += [(rid, arm, x, step, "batch_loss_avg", "", "value", pd.NA, 2.3 * np.exp(-step / tau))
+                     for step in range(50, 1501, 50)]  # fmt: skip
+            for r in range(1, 13):
+                along = 0.9 if (base == "none" and r <= 10) else 0.01
+                rows += [(rid, arm, x, 1500, "ggn_eig", "layer2", "rank", r, 50.0 / r),
+                         (rid, arm, x, 1500, "ggn_mean_share", "layer2", "rank", r, along)]  # fmt: skip
+    return runs, rows
+
+
+@pytest.mark.parametrize(
+    "taus,expected",
+    [
+        ({"none": 1000.0, "eq9": 500.0}, "supported"),  # 833 against 416 steps: 2x
+        ({"none": 1000.0, "eq9": 950.0}, "not supported"),  # 1.05x
+        ({"none": 1e9, "eq9": 1e9}, "inconclusive"),  # both censored at the horizon: nothing decided
+    ],
+)
+def test_eq9_speed_each_outcome(taus, expected):
+    v = _verdicts("eq9_speed", *_eq9(taus), overrides={"lr_factors": [1.0]})
+    assert v["N31-speed"] == expected
+    assert v["N31-outliers-none"] == v["N31-outliers-eq9"] == "not judged"

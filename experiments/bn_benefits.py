@@ -82,12 +82,13 @@ N41_DEAD = Claim(
     "paired by seed: no normalizer's dead share minus BN-before's, " + _DEAD[len("per seed, ") :] + "; t interval",
     Rule(">", "dead_gap_min"),
 )
-N41_DEAD_ARMS = {
-    arm: Claim(f"N41-dead-{arm}", DESCRIPTIVE, f"The dead share of {label}", _DEAD + "; mean and t interval",
-               Rule("none"))
-    for arm, label in ((NONE, "no normalizer"), (BEFORE, "BN before the ReLU"), (AFTER, "BN after the ReLU"),
-                       (LAYER, "layer norm"))
-}  # fmt: skip
+_DEAD_ROW = _DEAD + "; mean and t interval"
+N41_DEAD_ARMS = {  # the arm -> its row (ids written out: one literal definition each)
+    NONE: Claim("N41-dead-none", DESCRIPTIVE, "The dead share of no normalizer", _DEAD_ROW, Rule("none")),
+    BEFORE: Claim("N41-dead-before", DESCRIPTIVE, "The dead share of BN before the ReLU", _DEAD_ROW, Rule("none")),
+    AFTER: Claim("N41-dead-after", DESCRIPTIVE, "The dead share of BN after the ReLU", _DEAD_ROW, Rule("none")),
+    LAYER: Claim("N41-dead-layer", DESCRIPTIVE, "The dead share of layer norm", _DEAD_ROW, Rule("none")),
+}
 N41_FASTER = Claim(
     "N41-faster",
     MEASURED,

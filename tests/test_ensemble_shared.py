@@ -104,6 +104,7 @@ CASES: dict[str, tuple[dict, object]] = {
     "probes.unit_window": ({**PROBED, **BN}, 0.5),  # window means are kept for scale-invariant units
     "probes.summaries": (PROBED, ["mean", "max"]),
     "probes.jacobian_examples": ({}, 16),
+    "probes.dead_units": (PROBED, True),
     "curvature.dtype": (CURV, "float32"),
     "train.eval_batch_size": ({}, 100),
 }

@@ -443,6 +443,12 @@ ESTIMATORS = {
 }
 
 
+def _finite_mean(values: pd.Series, name: str) -> float:
+    """The mean of a grid arm's finite values (NaN, without a warning, where every run diverged)."""
+    v = values.loc[[name]].dropna() if name in values.index else values.iloc[:0]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 class BNBenefits(Experiment):
     name = "bn_benefits"
     title = "N41: batch norm's side benefits, separated: dead units, stable learning rates, batch noise"
@@ -469,8 +475,8 @@ class BNBenefits(Experiment):
             lrs, losses, deads = [], [], []
             for lr, name in s.rates(arm):
                 lrs.append(lr)
-                losses.append(float(np.nanmean(late.loc[[name]])) if name in late.index else np.nan)
-                deads.append(float(np.nanmean(dead.loc[[name]])) if name in dead.index else np.nan)
+                losses.append(_finite_mean(late, name))
+                deads.append(_finite_mean(dead, name))
             lost = [f"{lr:g}" for lr, loss in zip(lrs, losses) if not np.isfinite(loss)]
             label = arm + (f" (diverged at {', '.join(lost)})" if lost else "")
             axes[0, 0].plot(lrs, losses, "o-", color=col[arm], label=label)

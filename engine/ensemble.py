@@ -39,7 +39,7 @@ from .models import WNLinear, build_model
 from .optim import lr_at
 from .instruments import directions, summarize, turned, weight_metrics
 from .loop import Loop, run_loop
-from .probes import UnitWindow, dead_fraction
+from .probes import UnitWindow, dead_fraction, step_grad_cos
 from .runs import Progress, Row, RunResult, RunTask
 from .spec import ModelConfig, RunConfig
 
@@ -59,13 +59,13 @@ SHARED = frozenset(
     + [f"model.{k}" for k in ("width", "depth", "residual", "channels", "kernel_sizes", "strides", "pool_every",
                               "activation", "norm_position", "norm_affine", "norm_eps", "bias", "init",
                               "norm_init_scale", "reparam_scale")]
-    + ["optim.wd_mode", "optim.wd_params", "optim.renormalize"]
+    + ["optim.wd_mode", "optim.wd_params", "optim.renormalize", "optim.eps_inside"]
     + [f"kfac.{k}" for k in ("ema", "cov_every", "inverse_every", "fisher")]
     + [f"curvature.{k}" for k in ("steps", "hessian_steps", "density_steps", "eq9_steps", "layer", "top_k", "examples",
                                   "tol", "dtype", "density_vectors", "density_repeats", "density_points")]
     + [f"train.{k}" for k in ("steps", "batch_size", "eval_every", "eval_batch_size", "threads", "device")]
     + [f"probes.{k}" for k in ("every", "weights", "inputs", "preacts", "fixed_batch", "unit_window", "summaries",
-                               "jacobian_examples", "dead_units")]
+                               "jacobian_examples", "dead_units", "step_grad_cos")]
 )  # fmt: skip
 # REFUSED: settings the batched path computes only for some values; any other sends the run to the
 # single-run path, with this reason (`why_not_packable`).
@@ -568,6 +568,7 @@ class EnsembleOptimizer:
             )
 
         self.decoupled = o.name == "adamw" or o.wd_mode == "decoupled"
+        self.eps_inside = o.eps_inside  # shared by the members (RMSprop and Adagrad only: RunConfig.check)
         self.params = net.parameters()
         decayed = {id(p) for p in net.weights(o.wd_params)}
         vec = lambda attr: torch.tensor([getattr(x, attr) for x in optims], dtype=torch.float64)  # noqa: E731
@@ -617,7 +618,7 @@ class EnsembleOptimizer:
                 if self.use_momentum:
                     st["buf"] = torch.zeros_like(g)
             st["sq"].mul_(h["beta2"]).addcmul_(g, g * h["beta2c"])
-            avg = st["sq"].sqrt().add_(h["eps"])
+            avg = (st["sq"] + h["eps"]).sqrt() if self.eps_inside else st["sq"].sqrt().add_(h["eps"])
             if "buf" in st:
                 st["buf"].mul_(h["momentum"]).addcdiv_(g, avg)
                 return lr_e * st["buf"]
@@ -625,6 +626,8 @@ class EnsembleOptimizer:
         if not st:  # adagrad
             st["sum"] = torch.zeros_like(g)
         st["sum"].addcmul_(g, g)
+        if self.eps_inside:
+            return lr_e * g / (st["sum"] + h["eps"]).sqrt()
         return lr_e * g / st["sum"].sqrt().add_(h["eps"])
 
     def _kfac_directions(self) -> dict[int, torch.Tensor]:
@@ -691,6 +694,7 @@ class _MemberProbes(UnitWindow):
         self.invariance = net.invariance + [None]
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}
+        self._before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (W, grad) per layer: step_grad_cos
 
     def _stats(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per member and feature: mean and variance over the batch (and positions); (M, features)."""
@@ -716,6 +720,8 @@ class _MemberProbes(UnitWindow):
                 w = lay.weight.flatten(2)  # (M, units, fan-in)
                 g = lay.weight.grad.flatten(2)
                 rows, wn2, wn, gn = weight_metrics(w, g)
+                if self.cfg.step_grad_cos:
+                    self._before[name] = (w.clone(), g.clone())
                 metrics = list(M.WEIGHT_METRICS)
                 if invariance:
                     lr = torch.tensor(lrs, dtype=w.dtype, device=w.device).unsqueeze(1)  # (M, 1)
@@ -764,6 +770,11 @@ class _MemberProbes(UnitWindow):
             if step >= self.window_start and invariance == "unit":
                 self._accumulate(M.UNIT_ANG2_MEAN, name, turn**2)
             self._matrix(keys, values, [M.ANGULAR_UPDATE], name, [turn])
+        for name, lay in zip(self.names, self.net.layers + [self.net.out]):  # in weight-layer order, as Probes
+            if name in self._before:
+                w0, g = self._before.pop(name)
+                keys.append((M.STEP_GRAD_COS, name, "value"))
+                values.append(step_grad_cos(lay.weight.flatten(2) - w0, g).unsqueeze(1))
         return self._rows(step, keys, values)
 
     def unit_rows(self, step: int) -> list[list[Row]]:

@@ -43,6 +43,7 @@ WEIGHT_METRICS = (WEIGHT_NORM_SQ, GRAD_NORM, W_DOT_GRAD, W_GRAD_COS, NORMALIZED_
 EFF_LR = "eff_lr"  # alpha / ||w_j||^2 of scale-invariant units (of the whole layer under layer norm)
 EFF_STEP = "eff_step"  # alpha ||grad_j|| / ||w_j||, the normalized step of scale-invariant units
 NORMALIZED_GRAD_NORM_LAYER = "normalized_grad_norm_layer"  # the whole layer's, under layer norm
+STEP_GRAD_COS = "step_grad_cos"  # cos(W after - W before, -grad) of a weight layer across the step
 ANGULAR_UPDATE = "angular_update"  # the angle (radians) each unit's w_j turned across the step
 
 # Per-unit window means (probes.unit_window), one row per unit at the end
@@ -97,5 +98,5 @@ ALL = frozenset(
     + [PREACT_VAR_DRIFT, eig(GGN), eig(HESSIAN), products(GGN), products(HESSIAN), GGN_TOP_PRODUCTS]
     + [GGN_DENSITY, GGN_DENSITY_AT, GGN_DENSITY_PRODUCTS]
     + [eig(GGN_EQ9), products(GGN_EQ9), GGN_MEAN_SHARE, GGN_EQ9_MEAN_SHARE, INPUT_MEAN_SQ]
-    + [GGN_ONES_SHARE, GGN_ONES_MEAN_SHARE, DEAD_FRACTION]
+    + [GGN_ONES_SHARE, GGN_ONES_MEAN_SHARE, DEAD_FRACTION, STEP_GRAD_COS]
 )

@@ -27,6 +27,8 @@ def lr_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * cfg.step_gamma ** (step // cfg.step_every)
+    if cfg.schedule == "inv_sqrt":
+        return cfg.lr / math.sqrt(step - cfg.warmup_steps + 1)
     span = max(1, total_steps - cfg.warmup_steps)
     t = min(1.0, (step - cfg.warmup_steps) / span)
     if cfg.schedule == "cosine":
@@ -42,11 +44,44 @@ def _decayed_params(cfg: OptimConfig, model: Net) -> set[int]:
     return {id(wl.module.weight) for wl in model.weight_layers if wl.invariance}
 
 
+class RootInside(torch.optim.Optimizer):
+    """RMSprop (`mode` "rmsprop": s <- beta2 s + (1 - beta2) g^2) or Adagrad ("adagrad": s <- s + g^2) with
+    epsilon inside the square root, as Grosse ch. 5, §2 writes them: w <- w - lr g / sqrt(s + eps), with
+    RMSprop's heavy-ball momentum on g / sqrt(s + eps) as torch.optim.RMSprop applies it. Coupled weight decay
+    (a group's `weight_decay`) is added to the gradient first, as torch's optimizers do."""
+
+    def __init__(self, params, mode: str, lr: float, beta2: float, eps: float, momentum: float):
+        super().__init__(params, dict(lr=lr, beta2=beta2, eps=eps, momentum=momentum, weight_decay=0.0))
+        self.mode = mode
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+                st = self.state[p]
+                if not st:
+                    st["sq"] = torch.zeros_like(p)
+                if self.mode == "rmsprop":
+                    st["sq"].mul_(group["beta2"]).addcmul_(g, g, value=1 - group["beta2"])
+                else:
+                    st["sq"].addcmul_(g, g)
+                step = g / (st["sq"] + group["eps"]).sqrt()
+                if group["momentum"]:
+                    buf = st.setdefault("buf", torch.zeros_like(p))
+                    step = buf.mul_(group["momentum"]).add_(step)
+                p.sub_(step, alpha=group["lr"])
+
+
 def _torch_optimizer(name: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if name in ("adam", "adamw"):  # adamw = adam + decoupled decay, applied by Optimizer.step
         return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if name in ("rmsprop", "adagrad") and cfg.eps_inside:  # the chapter's rules (RunConfig.check allows only these)
+        return RootInside(groups, name, cfg.lr, cfg.beta2, cfg.eps, cfg.momentum if name == "rmsprop" else 0.0)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.beta2, eps=cfg.eps, momentum=cfg.momentum)
     return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)

@@ -18,6 +18,8 @@ g_j = dJ/dw_j on this batch, alpha = the current learning rate):
                      step turns w_j by, to first order (same units as angular_update)
   angular_update     ||w_j/||w_j|| after the step - w_j/||w_j|| before||, measured across the
                      real optimizer step (any optimizer; call `after_step`)
+  step_grad_cos      (probes.step_grad_cos) cos(W after - W before, -grad) over the layer's whole
+                     weight matrix, across the same step
   input_mean_sq_norm ||m||^2, m = per-feature batch mean of the layer's input
   input_var_mean     mean over features of the input's batch variance
 With `probes.unit_window` > 0, the probes in the last fraction of training also accumulate, per
@@ -85,6 +87,13 @@ def dead_fraction(z: torch.Tensor, members: bool = False) -> torch.Tensor:
     return (z.movedim(1, -1).reshape(-1, z.shape[1]).amax(0) <= 0).float().mean()
 
 
+def step_grad_cos(step: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """cos(step, -grad) over a whole weight tensor: (units, fan-in) -> scalar, or an ensemble's (M, units,
+    fan-in) -> (M,). 1 for a plain gradient step; NaN where the step or the gradient is 0."""
+    d, g = step.flatten(-2), grad.flatten(-2)
+    return -(d * g).sum(-1) / (d.norm(dim=-1) * g.norm(dim=-1))
+
+
 class UnitWindow:
     """The per-unit running means of probes.unit_window (see the module docstring): sums of u_j, g_j^2
     and the squared angular update from `window_start` on, and u_j at the window's first and last
@@ -123,6 +132,7 @@ class Probes(UnitWindow):
         self._taps: dict[str, torch.Tensor] = {}
         self._prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._directions: dict[str, torch.Tensor] = {}  # unit directions before the step
+        self._before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (W, grad) before the step: step_grad_cos
 
     def unit_rows(self, step: int) -> list[Row]:
         """The per-unit window means, one row per unit and metric (empty when the window is off)."""
@@ -195,6 +205,8 @@ class Probes(UnitWindow):
                 w = wl.module.weight.flatten(1)
                 g = wl.module.weight.grad.flatten(1)
                 rows, wn2, wn, gn = weight_metrics(w, g)
+                if self.cfg.step_grad_cos:
+                    self._before[wl.name] = (w.clone(), g.clone())
                 names = list(M.WEIGHT_METRICS)
                 if wl.invariance == "unit":
                     rows += [lr / wn2, lr * gn / wn]
@@ -254,6 +266,11 @@ class Probes(UnitWindow):
             values.append(self._summaries(turn).flatten())
             if self.cfg.per_unit:
                 per_unit.append((M.ANGULAR_UPDATE, wl.name, turn[0]))
+        for wl in self.model.weight_layers:
+            if wl.name in self._before:
+                w0, g = self._before.pop(wl.name)
+                keys.append((M.STEP_GRAD_COS, wl.name, "value", None))
+                values.append(step_grad_cos(wl.module.weight.flatten(1) - w0, g).reshape(1))
         return self._rows(step, keys, values, per_unit)
 
     @staticmethod

@@ -105,12 +105,21 @@ class OptimConfig:
     beta1: float = param(0.9, min=0.0, max=1.0, help="adam/adamw first-moment decay")
     beta2: float = param(0.999, min=0.0, max=1.0, help="adam/adamw second-moment decay; rmsprop alpha")
     eps: float = param(1e-8, min=0.0)
+    eps_inside: bool = param(
+        False,
+        help="rmsprop/adagrad: add eps inside the square root, sqrt(s + eps), as Grosse ch. 5, §2 writes both rules "
+        "(torch adds it outside, sqrt(s) + eps, as Adam does)",
+    )
     weight_decay: float = param(0.0, min=0.0, help="lambda")
     wd_mode: Literal["l2", "decoupled"] = param(
         "l2", help="l2: add lambda*w to the gradient; decoupled: shrink w by lr*lambda"
     )
     wd_params: Literal["all", "weights", "scale_invariant"] = param("weights", help="which parameters get weight decay")
-    schedule: Literal["constant", "step", "cosine", "linear"] = param("constant")
+    schedule: Literal["constant", "step", "cosine", "linear", "inv_sqrt"] = param(
+        "constant",
+        help="lr over training: constant, step (step_every, step_gamma), cosine or linear decay to 0, or inv_sqrt: "
+        "lr / sqrt(k + 1) after k updates past warmup (Adagrad's built-in decay made explicit, Grosse ch. 5, §2)",
+    )
     warmup_steps: int = param(0, min=0, help="linear warmup from 0 over this many steps")
     step_every: int = param(1000, min=1, help="step schedule: multiply lr by step_gamma every this many steps")
     step_gamma: float = param(0.1, min=0.0, max=1.0)
@@ -158,6 +167,12 @@ class ProbeConfig:
         False,
         help="with preacts: per hidden layer, the fraction of units whose pre-activation is <= 0 on every example of "
         "the probed batch (the fixed batch where set): dead ReLUs (metric dead_fraction)",
+    )
+    step_grad_cos: bool = param(
+        False,
+        help="with weights: per weight layer, the cosine between the update the optimizer took (W after the step "
+        "minus W before) and minus the loss gradient at the probe's batch: 1 for plain SGD, lower for a "
+        "preconditioned step (Adam, K-FAC) (metric step_grad_cos)",
     )
     jacobian_examples: int = param(
         0,
@@ -283,7 +298,19 @@ class RunConfig:
                 f"{_p(path)}model.centered_reparam: Eq. 9's centering needs an MLP without a normalizer whose layers "
                 f"have a bias to absorb W m; this model has arch {m.arch!r}, norm {m.norm!r}, bias {m.bias!r}"
             )
+        if self.optim.eps_inside and self.optim.name not in ("rmsprop", "adagrad"):
+            raise ConfigError(
+                f"{_p(path)}optim.eps_inside: puts epsilon inside RMSprop's and Adagrad's square root, and optim.name "
+                f"is {self.optim.name!r} (Adam's rule has it outside, in the chapter too); use rmsprop or adagrad, or "
+                "set optim.eps_inside: false"
+            )
         pr = self.probes
+        if pr.step_grad_cos and not (pr.weights and pr.every > 0):
+            raise ConfigError(
+                f"{_p(path)}probes.step_grad_cos: compares each step with the gradient the weight probes read, so it "
+                f"needs probes.weights on and probes.every > 0 (got weights {pr.weights}, every {pr.every}); set "
+                "probes.step_grad_cos: false"
+            )
         if pr.dead_units and not (pr.preacts and pr.every > 0 and m.activation == "relu"):
             raise ConfigError(
                 f"{_p(path)}probes.dead_units: reads the ReLUs' inputs at every probe, so it needs probes.preacts on, "

@@ -87,8 +87,9 @@ class Eq9Config(ExperimentConfig):
             m = arms[arm].model
             if m.norm != "none" or m.centered_reparam != centered:
                 raise ConfigError(
-                    f"arms.{arm}: the role {arm!r} needs model.norm none with model.centered_reparam {centered}; it "
-                    f"has norm {m.norm!r}, centered_reparam {m.centered_reparam}"
+                    f"arms.{arm}: the role {arm!r} needs model.norm none with model.centered_reparam "
+                    f"{str(centered).lower()}; it has norm {m.norm!r}, centered_reparam "
+                    f"{str(m.centered_reparam).lower()}"
                 )
             if not arms[arm].curvature.steps:
                 raise ConfigError(f"arms.{arm}: set curvature.steps (e.g. [1500]): N31-outliers-* read the spectra")

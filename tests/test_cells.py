@@ -27,6 +27,8 @@ _ADDED = {
     "model.norm_ghost": 0,
     "model.centered_reparam": False,
     "probes.dead_units": False,
+    "optim.eps_inside": False,
+    "probes.step_grad_cos": False,
 }
 # ... and the fields that joined a section after it entered the keys whole (left out at their default)
 _LATER = {"curvature.eq9_steps": []}

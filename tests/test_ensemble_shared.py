@@ -66,6 +66,7 @@ CASES: dict[str, tuple[dict, object]] = {
     "optim.wd_mode": ({"optim.weight_decay": 0.5, "optim.momentum": 0.9}, "decoupled"),
     "optim.wd_params": ({"optim.weight_decay": 0.5}, "all"),
     "optim.renormalize": ({**BN, "optim.lr": 0.5}, True),
+    "optim.eps_inside": ({"optim.name": "rmsprop", "optim.eps": 1e-3, "optim.lr": 0.01}, True),
     "kfac.ema": (KFAC, 0.5),
     "kfac.cov_every": (KFAC, 3),
     "kfac.inverse_every": (KFAC, 3),
@@ -105,6 +106,7 @@ CASES: dict[str, tuple[dict, object]] = {
     "probes.summaries": (PROBED, ["mean", "max"]),
     "probes.jacobian_examples": ({}, 16),
     "probes.dead_units": (PROBED, True),
+    "probes.step_grad_cos": ({**PROBED, "optim.name": "adam", "optim.lr": 0.01}, True),
     "curvature.dtype": (CURV, "float32"),
     "train.eval_batch_size": ({}, 100),
 }
@@ -198,3 +200,13 @@ def test_a_shared_field_at_a_non_default_value_trains_each_member_as_its_single_
     assert _distance(_without_timing(singles[0]), _without_timing(at_base)) > 100 * tol, (
         f"{field}={value!r} changes too little to test the field"
     )
+
+
+def test_adagrad_with_eps_inside_the_root_stacks_as_its_single_runs():
+    """optim.eps_inside's case above is RMSprop's; Adagrad's rule (a sum, not an average) takes the other branch."""
+    tasks = _tasks({"optim.name": "adagrad", "optim.eps": 1e-3, "optim.lr": 0.05, "optim.eps_inside": True})
+    assert E.why_not_packable(tasks[0]) == ""
+    for task, single, member in zip(tasks, [train(t) for t in tasks], E.train_ensemble(tasks)):
+        _assert_same(_without_timing(single), _without_timing(member), task, atol=1e-6)
+    outside = train(_tasks({"optim.name": "adagrad", "optim.eps": 1e-3, "optim.lr": 0.05})[0])
+    assert _distance(_without_timing(train(tasks[0])), _without_timing(outside)) > 100 * rounding_rtol(tasks[0])

@@ -99,3 +99,56 @@ def test_grafting_takes_m_s_step_length_and_d_s_direction_per_tensor():
                 w[i] = w[i] + direction * (length.norm() / direction.norm())
             for p, expected in zip(params, w):
                 assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12), (name, t)
+
+
+@pytest.mark.parametrize("name,momentum,lam", [("rmsprop", 0.0, 0.0), ("rmsprop", 0.9, 0.01), ("adagrad", 0.0, 0.01)])
+def test_eps_inside_the_root_follows_the_chapters_rule_step_by_step(name, momentum, lam):
+    """Three steps against the rule written out (Grosse ch. 5, §2): s accumulates g^2 (RMSprop's moving
+    average with beta2, Adagrad's sum), w <- w - lr g / sqrt(s + eps), heavy-ball momentum on that ratio,
+    coupled L2 added to g first. eps = 1e-2 is of the size of s here, where inside and outside differ."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=6, depth=1), (5,), 3).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    cfg = OptimConfig(name=name, lr=0.05, eps=1e-2, eps_inside=True, momentum=momentum, beta2=0.9,
+                      weight_decay=lam, wd_params="all")  # fmt: skip
+    opt = Optimizer(cfg, model, total_steps=10)
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    s = {n: torch.zeros_like(v) for n, v in w.items()}
+    buf = {n: torch.zeros_like(v) for n, v in w.items()}
+    for k in range(3):
+        opt.set_step(k)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads = {n: p.grad.detach() + lam * w[n] for n, p in model.named_parameters()}
+        opt.step()
+        for n, g in grads.items():
+            s[n] = 0.9 * s[n] + 0.1 * g * g if name == "rmsprop" else s[n] + g * g
+            buf[n] = momentum * buf[n] + g / torch.sqrt(s[n] + 1e-2)
+            w[n] = w[n] - 0.05 * buf[n]
+        for n, p in model.named_parameters():
+            assert torch.allclose(p.detach(), w[n], atol=1e-13), (k, n)
+    outside = dict(cfg.__dict__, eps_inside=False)
+    torch.manual_seed(0)
+    other = build_model(ModelConfig(width=6, depth=1), (5,), 3).double()
+    o = Optimizer(OptimConfig(**outside), other, total_steps=10)
+    o.set_step(0)
+    F.cross_entropy(other(x), y).backward()
+    o.step()
+    assert (other.out.weight - model.out.weight).abs().max() > 1e-3  # torch's eps outside moves it elsewhere
+
+
+def test_eps_inside_is_refused_where_it_would_change_nothing_the_chapter_says():
+    from normlab.engine.config import ConfigError, from_dict
+    from normlab.engine.spec import RunConfig
+
+    with pytest.raises(ConfigError, match="optim.eps_inside: puts epsilon inside RMSprop's and Adagrad's square root"):
+        from_dict(RunConfig, {"optim": {"name": "adam", "eps_inside": True}})
+
+
+def test_inv_sqrt_schedule_is_adagrads_decay_made_explicit():
+    """lr / sqrt(k + 1) after k updates past warmup: on a constant gradient RMSprop's step settles at about
+    lr (its s tends to g^2), so with this schedule it shrinks like Adagrad's, whose s is k g^2."""
+    c = OptimConfig(lr=1.0, schedule="inv_sqrt")
+    assert [lr_at(c, k, 100) for k in (0, 3, 99)] == [1.0, 0.5, 0.1]
+    w = OptimConfig(lr=1.0, schedule="inv_sqrt", warmup_steps=4)
+    assert [lr_at(w, k, 100) for k in (0, 3, 4, 7)] == [0.25, 1.0, 1.0, 0.5]

@@ -216,3 +216,40 @@ def test_derived_tables_are_the_same_with_one_worker_or_two(name):
     assert one.keys() == two.keys() and all(len(t) > 0 for t in one.values())
     for key in one:
         assert one[key].equals(two[key]), key
+
+
+def test_step_grad_cos_is_one_for_sgd_and_adams_first_step_is_the_sign_of_the_gradient():
+    """Against independent computations: plain SGD steps along -grad (cos 1); Adam's first step, bias
+    corrected, is -lr g / (|g| + eps') = -lr sign(g) per coordinate, whose cosine with -g is
+    sum|g| / (sqrt(n) ||g||), n the entries with a gradient, computed here from the gradient itself."""
+    from normlab.engine.probes import Probes
+    from normlab.engine.models import build_model
+    from normlab.engine.optim import Optimizer
+    import torch.nn.functional as F
+
+    for name, lr in (("sgd", 0.1), ("adam", 0.01)):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(width=8, depth=2), (5,), 3).double()
+        probes = Probes(ProbeConfig(every=1, inputs=False, preacts=False, step_grad_cos=True), model)
+        opt = Optimizer(OptimConfig(name=name, lr=lr, eps=1e-30), model, total_steps=2)
+        x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+        opt.set_step(0)
+        F.cross_entropy(model(x), y).backward()
+        grads = {wl.name: wl.module.weight.grad.detach().clone() for wl in model.weight_layers}
+        probes.record(0, lr)
+        opt.step()
+        cos = {r.layer: r.value for r in probes.after_step(0) if r.metric == "step_grad_cos"}
+        assert set(cos) == {"layer1", "layer2", "out"}
+        for layer, g in grads.items():
+            moved = int((g != 0).sum())  # a dead unit's zero gradient: Adam's step is 0 there too
+            expected = 1.0 if name == "sgd" else float(g.abs().sum() / (moved**0.5 * g.norm()))
+            assert cos[layer] == pytest.approx(expected, abs=1e-9), (name, layer)
+        if name == "adam":
+            assert max(cos.values()) < 0.95  # a preconditioned step, not the gradient's direction
+
+
+def test_step_grad_cos_needs_the_weight_probes():
+    from normlab.engine.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="probes.step_grad_cos: compares each step with the gradient"):
+        from_dict(RunConfig, {"probes": {"step_grad_cos": True, "weights": False}})

@@ -150,6 +150,46 @@ K16_KFACNORM = Claim(
     "squared-loss factors); the Fisher's ratio and identity error in the detail",
     Rule("none"),
 )
+_GROWTH = (
+    "per seed, the last probe's mean ||w_j||^2 over the first's, geometric mean over the BN-fed layers, arm {arm}; "
+    "geometric mean over seeds, t on the log"
+)
+K16_GROWTH = Claim(
+    "K16-growth",
+    MEASURED,
+    "Without weight decay the BN-fed weights grow under K-FAC too (damping 1e-3), as under SGD (Grosse ch. 5, §5.2)",
+    _GROWTH.format(arm="kfac_damped"),
+    Rule(">", "growth_min"),
+)
+K16_GROWTH_WD = Claim(
+    "K16-growth-wd", DESCRIPTIVE, "The same with decay", _GROWTH.format(arm="kfac_damped_wd"), Rule("none")
+)
+_COS = "the mean over the BN-fed layers and the probes of {part} of cos(step, -gradient) (probes.step_grad_cos)"
+K16_DRIFT = Claim(
+    "K16-drift",
+    MEASURED,
+    "Without decay the damping takes over as the weights grow, and K-FAC's steps turn toward the gradient's "
+    "direction, a first-order method's; decay prevents it: late in training K-FAC's steps lie closer to the "
+    "gradient without decay than with it, at damping 1e-3 (Grosse ch. 5, §5.2)",
+    "paired by seed: " + _COS.format(part="the last quarter") + ", kfac_damped minus kfac_damped_wd; t interval",
+    Rule(">", "drift_min"),
+)
+K16_DRIFT_RISE = Claim(
+    "K16-drift-rise",
+    DESCRIPTIVE,
+    "Whether the drift builds over training: without decay, late against early",
+    "paired by seed: " + _COS.format(part="the last quarter") + " minus the same over the first quarter, "
+    "kfac_damped; t interval",
+    Rule("none"),
+)
+K16_DRIFT_FLOOR = Claim(
+    "K16-drift-floor",
+    DESCRIPTIVE,
+    "The same angle where the damping is negligible (1e-9), without decay: no damping to take over",
+    "per seed, " + _COS.format(part="the last quarter") + ", kfac_scale1; mean, t interval",
+    Rule("none"),
+)
+
 CLAIMS = (
     K16_IMMUNE,
     K16_FLOOR,
@@ -162,6 +202,11 @@ CLAIMS = (
     K16_GNNORM,
     K16_GNNORM_BLOCKS,
     K16_KFACNORM,
+    K16_GROWTH,
+    K16_GROWTH_WD,
+    K16_DRIFT,
+    K16_DRIFT_RISE,
+    K16_DRIFT_FLOOR,
 )
 
 
@@ -186,6 +231,10 @@ class KFACAnalysis(Analysis):
         help="K16-reparam: the CI of K-FAC's Jacobian ratio (reparameterized / plain start) must lie in this band",
     )
     late_fraction: float = param(0.25, min=0.0, max=1.0, help="K16-damping: the last fraction of steps compared")
+    growth_min: float = param(1.0, min=0.0, help="K16-growth: the CI of the norm growth without decay exceeds this")
+    drift_min: float = param(
+        0.0, help="K16-drift: the CI of late cos(step, -grad), no decay minus decay, must exceed this"
+    )
     gn_depths: list[int] = param(default_factory=lambda: [1, 2, 3], help="K16-gnnorm: hidden layers L checked")
     gn_examples: int = param(500, min=1, help="K16-gnnorm: MNIST-1D test inputs in the expectation")
 
@@ -572,6 +621,81 @@ def k16_kfacnorm(s: KFACSetting) -> Estimate:
     return Estimate(float(gn["kron_over_block"].median()), n=len(gn), detail=detail)
 
 
+def _bn_fed_series(s: KFACSetting, metric: str, stat: str | None, arm: str) -> pd.DataFrame:
+    """One arm's rows of `metric` on its BN-fed layers (every weight layer but the read-out)."""
+    if not s.tables.has(metric):
+        return pd.DataFrame(columns=["run_id", "arm", "seed", "step", "layer", "value"])
+    d = s.tables.series(metric, stat)
+    return d[(d["arm"] == arm) & (d["layer"] != "out")]
+
+
+def norm_growth_by_seed(s: KFACSetting, arm: str) -> dict[int, float]:
+    """seed -> last over first probe's mean ||w_j||^2, geometric mean over the BN-fed layers (finished runs)."""
+    d = _bn_fed_series(s, M.WEIGHT_NORM_SQ, "mean", arm).sort_values("step")
+    ok = set(s.tables.runs[s.tables.runs["status"] == "ok"]["run_id"])
+    d = d[d["run_id"].isin(ok)]
+    g = d.groupby(["seed", "layer"])["value"]
+    ratio = (g.last() / g.first()).reset_index()
+    return {int(x): float(np.exp(np.log(v["value"]).mean())) for x, v in ratio.groupby("seed")}
+
+
+def step_cos_by_seed(s: KFACSetting, arm: str, start: float, stop: float) -> dict[int, float]:
+    """seed -> mean cos(step, -grad) over the BN-fed layers and the probes in [start, stop) of training."""
+    d = _bn_fed_series(s, M.STEP_GRAD_COS, None, arm)
+    ok = s.tables.runs[(s.tables.runs["status"] == "ok") & (s.tables.runs["arm"] == arm)]
+    out = {}
+    for r in ok.to_dict("records"):
+        total = float(r["train.steps"]) if pd.notna(r.get("train.steps")) else float(d["step"].max())
+        v = d[(d["run_id"] == r["run_id"]) & (d["step"] >= start * total) & (d["step"] < stop * total)]["value"]
+        if len(v):
+            out[int(r["seed"])] = float(v.mean())
+    return out
+
+
+def k16_growth(s: KFACSetting, arm: str) -> Estimate:
+    g = norm_growth_by_seed(s, arm)
+    if not g:
+        return Estimate.missing(f"no weight norms of arm {arm!r} (probes.weights on, summary mean)")
+    value, ci, n = geometric_t(list(g.values()), method="t on log")
+    detail = "per seed: " + ", ".join(f"{v:.3g}" for _, v in sorted(g.items()))
+    return Estimate(value, ci, n, detail=detail)
+
+
+def k16_drift(s: KFACSetting) -> Estimate:
+    off, on = ARMS["damped"]
+    late = 1.0 - s.a.late_fraction
+    a, b = step_cos_by_seed(s, off, late, 1.01), step_cos_by_seed(s, on, late, 1.01)
+    if not a or not b:
+        return Estimate.missing(f"no step angles of {off!r} and {on!r} (set probes.step_grad_cos on both)")
+    value, ci, n = paired_t(list(a.values()), [b.get(x, np.nan) for x in a])
+    detail = (
+        f"late cos(step, -grad): without decay {np.mean(list(a.values())):.3g}, with decay "
+        f"{np.mean(list(b.values())):.3g} (damping {s.arms[off].kfac.damping:g}); without decay early "
+        f"{np.mean(list(step_cos_by_seed(s, off, 0.0, s.a.late_fraction).values()) or [np.nan]):.3g}"
+    )
+    return Estimate(value, ci, n, detail=detail)
+
+
+def k16_drift_rise(s: KFACSetting) -> Estimate:
+    off = ARMS["damped"][0]
+    late = step_cos_by_seed(s, off, 1.0 - s.a.late_fraction, 1.01)
+    early = step_cos_by_seed(s, off, 0.0, s.a.late_fraction)
+    if not late:
+        return Estimate.missing(f"no step angles of {off!r} (set probes.step_grad_cos)")
+    value, ci, n = paired_t(list(late.values()), [early.get(x, np.nan) for x in late])
+    return Estimate(
+        value, ci, n, detail=f"early {np.mean(list(early.values())):.3g}, late {np.mean(list(late.values())):.3g}"
+    )
+
+
+def k16_drift_floor(s: KFACSetting) -> Estimate:
+    arm = ARMS["negligible"][0]
+    v = list(step_cos_by_seed(s, arm, 1.0 - s.a.late_fraction, 1.01).values())
+    if not v:
+        return Estimate.missing(f"no step angles of {arm!r} (set probes.step_grad_cos)")
+    return Estimate(float(np.mean(v)), S.t_interval(v), len(v), detail=f"damping {s.arms[arm].kfac.damping:g}")
+
+
 class KFACExperiment(Experiment):
     name = "kfac"
     title = "K16: weight decay under K-FAC: implicit decay, damping, Jacobian norm"
@@ -590,6 +714,11 @@ class KFACExperiment(Experiment):
         K16_GNNORM: k16_gnnorm,
         K16_GNNORM_BLOCKS: k16_gnnorm_blocks,
         K16_KFACNORM: k16_kfacnorm,
+        K16_GROWTH: lambda s: k16_growth(s, ARMS["damped"][0]),
+        K16_GROWTH_WD: lambda s: k16_growth(s, ARMS["damped"][1]),
+        K16_DRIFT: k16_drift,
+        K16_DRIFT_RISE: k16_drift_rise,
+        K16_DRIFT_FLOOR: k16_drift_floor,
     }
 
     def derived(self, cfg: KFACExperimentConfig, pmap: ParallelMap = serial_map) -> dict[str, pd.DataFrame]:

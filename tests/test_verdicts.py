@@ -1219,7 +1219,10 @@ def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
 
 
 def _kfac(tmp_path, kfac_ratio=1.01, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=6,
-          reparam=1.0, reparam_sgd=2.0, floor=0.01):  # fmt: skip
+          reparam=1.0, reparam_sgd=2.0, floor=0.01, growth=2.0, drift=0.3):  # fmt: skip
+    """K16-growth/-drift's: kfac_damped's BN-fed norms grow by `growth` (+1% a seed), kfac_damped_wd's
+    by 0.9; cos(step, -grad) is 0.3 early in every K-FAC arm and, in the last quarter, 0.3 + drift (+-0.02
+    by seed) without decay at damping 1e-3, 0.3 with it, 0.2 at negligible damping."""
     factor = {
         "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "kfac_scale1_ulp": 1.0 + floor,
         "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
@@ -1242,6 +1245,12 @@ def _kfac(tmp_path, kfac_ratio=1.01, sgd_ratio=0.01, neg_effect=1.05, damp_effec
                 for layer in ("layer1", "layer2", "out"):
                     v = base * (jitter if not arm.startswith("nobn") else 1.0)
                     metrics.append((rid, arm, s, step, "angular_update", layer, "mean", pd.NA, v))
+                    late_cos = {"kfac_damped": 0.3 + drift + 0.02 * (-1) ** s, "kfac_scale1": 0.2}.get(arm, 0.3)
+                    cos = late_cos if step >= 75 else 0.3
+                    metrics.append((rid, arm, s, step, "step_grad_cos", layer, "value", pd.NA, cos))
+                    grown = {"kfac_damped": growth * (1 + 0.01 * s), "kfac_damped_wd": 0.9}.get(arm, 1.0)
+                    norm = 1.0 if step == 0 else grown
+                    metrics.append((rid, arm, s, step, "weight_norm_sq", layer, "mean", pd.NA, norm))
     pd.DataFrame(
         {"depth": [1, 2], "seed": [0, 0], "rel_err": [1e-16, 2e-16], "block_rel_err": [1e-16, 3e-16],
          "kron_linear_rel_err": [2e-16, 1e-15], "kron_over_block": [1.04, 0.95], "fisher_over_gn": [0.07, 0.1],
@@ -1264,7 +1273,19 @@ def test_k16_supported_when_kfac_ignores_the_scale_and_sgd_does_not(tmp_path):
         "K16-gnnorm": "supported",
         "K16-gnnorm-blocks": "supported",
         "K16-kfacnorm": "not judged",
+        "K16-growth": "supported",
+        "K16-growth-wd": "not judged",
+        "K16-drift": "supported",
+        "K16-drift-rise": "not judged",
+        "K16-drift-floor": "not judged",
     }
+
+
+def test_k16_growth_and_drift_each_outcome(tmp_path):
+    v = _kfac(tmp_path, growth=0.8, drift=-0.1)  # the norms shrink; the steps turn away from the gradient
+    assert v["K16-growth"] == "not supported" and v["K16-drift"] == "not supported"
+    v = _kfac(tmp_path, growth=1.0, drift=0.0)  # no growth but seed jitter, drift +-0.02 around 0
+    assert v["K16-drift"] == "inconclusive"
 
 
 def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):

@@ -30,16 +30,16 @@ import pandas as pd
 from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine import stats as S
-from normlab.engine.claims import DESCRIPTIVE, MEASURED, Check, Claim, Estimate, Rule
+from normlab.engine.claims import DESCRIPTIVE, MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import ConfigError, param
-from normlab.engine.experiment import Experiment, Setting, arm_configs
+from normlab.engine.experiment import Experiment, arm_configs
 from normlab.engine.results import Tables
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .bn_paths import censored_steps, crossfit_picks
-from .bn_placement import GridArm, mean_log_loss
+from .bn_paths import PathsSetting, crossfit_picks, speed
+from .bn_placement import GridArm, grid_arms, mean_log_loss
 from .common import final_metric, final_train_loss, needs_probes, status_note
 
 NONE, BEFORE, AFTER, LAYER = "none", "before", "after", "layer"
@@ -188,17 +188,14 @@ class BenefitsConfig(ExperimentConfig):
 
 
 def grid(cfg: BenefitsConfig) -> dict[str, GridArm]:
-    """Every run's arm: the grid arms at each rate (`arm@lrX`), the ghost arms as configured."""
-    from dataclasses import replace
-
+    """Every run's arm: the grid arms at each rate (`arm@lrX`, bn_placement's grid), the ghost arms as
+    configured."""
     out = {}
     for arm, rc in arm_configs(cfg).items():
-        if arm not in cfg.grid_arms:
+        if arm in cfg.grid_arms:
+            out.update(grid_arms(cfg, only=[arm]))
+        else:
             out[arm] = GridArm(arm, float(f"{rc.optim.lr:.6g}"), rc)
-            continue
-        for f in cfg.lr_factors:
-            lr = float(f"{rc.optim.lr * f:.6g}")
-            out[f"{arm}@lr{lr:g}"] = GridArm(arm, lr, replace(rc, optim=replace(rc.optim, lr=lr)))
     return out
 
 
@@ -216,7 +213,10 @@ def dead_shares(tables: Tables) -> pd.DataFrame:
 
 
 @dataclass
-class BenefitsSetting(Setting):
+class BenefitsSetting(PathsSetting):
+    """bn_paths' setting (steps to the target, cross-fitted rates: N41-faster reads them through its `speed`)
+    over this experiment's grid, with what the other rows read."""
+
     @cached_property
     def grid(self) -> dict[str, GridArm]:
         return grid(self.cfg)
@@ -270,11 +270,8 @@ class BenefitsSetting(Setting):
         return {x: float(np.mean([d.get((n, x), np.nan) for n in names])) for x in seeds}
 
     @cached_property
-    def steps(self) -> pd.DataFrame:
-        return censored_steps(self.tables, self.a.target_loss)
-
-    @cached_property
     def picks(self) -> dict[str, dict[int, str]]:
+        """As bn_paths', for the grid arms only (a ghost arm runs at one rate)."""
         logloss = mean_log_loss(self.tables)
         return {arm: crossfit_picks(self.grid, self.steps, logloss, arm) for arm in self.cfg.grid_arms}
 
@@ -350,35 +347,6 @@ def dead_share(s: BenefitsSetting, arm: str) -> Estimate:
     return Estimate(float(np.mean(list(d.values()))), t_interval(list(d.values())), len(d), detail=detail)
 
 
-def faster(s: BenefitsSetting) -> Estimate:
-    if not s.picks.get(NONE) or not s.picks.get(BEFORE):
-        return Estimate.missing("needs the grid arms 'none' and 'before'")
-    value = s.steps.set_index(["arm", "seed"])
-    mine = {x: float(value["value"].get((n, x), np.nan)) for x, n in s.picks[NONE].items()}
-    bn = {x: float(value["value"].get((n, x), np.nan)) for x, n in s.picks[BEFORE].items()}
-    bn_hit = {x: bool(value["reached"].get((n, x), False)) for x, n in s.picks[BEFORE].items()}
-    none_hit = {x: bool(value["reached"].get((n, x), False)) for x, n in s.picks[NONE].items()}
-    seeds = sorted(set(mine) & set(bn))
-    ratio, ci, n = paired_t([mine[x] for x in seeds], [bn[x] for x in seeds], log_ratio=True)
-    missed = [x for x in seeds if not bn_hit[x]]
-    check = Check(
-        "BN reaches the target", not missed, f"BN-before runs that never reached it: seeds {missed or 'none'}"
-    )
-
-    def lrs(arm: str) -> str:
-        by: dict[float, list[int]] = {}
-        for x, name in sorted(s.picks[arm].items()):
-            by.setdefault(s.grid[name].lr, []).append(x)
-        return ", ".join(f"lr {lr:g} on seeds {xs}" for lr, xs in by.items())
-
-    detail = (
-        f"steps to loss {s.a.target_loss:g}: none {S.nanmean([mine[x] for x in seeds]):.0f} ({lrs(NONE)}; "
-        f"{sum(not none_hit[x] for x in seeds)} judged run(s) never reached it, counted at the horizon), BN before "
-        f"{S.nanmean([bn[x] for x in seeds]):.0f} ({lrs(BEFORE)})"
-    )
-    return Estimate(ratio, ci, n, [check], detail)
-
-
 def gaps(s: BenefitsSetting) -> pd.DataFrame:
     """Per run of the ghost comparison and of layer norm at its rate: ghost size (0 for layer norm), gap, test loss."""
     train, test = final_metric(s.tables, M.TRAIN_LOSS), final_metric(s.tables, M.TEST_LOSS)
@@ -437,7 +405,7 @@ ESTIMATORS = {
     N41_STABLE_LAYER: partial(stable, arm=LAYER),
     N41_DEAD: dead_gap,
     **{claim: partial(dead_share, arm=arm) for arm, claim in N41_DEAD_ARMS.items()},
-    N41_FASTER: faster,
+    N41_FASTER: partial(speed, arm=NONE, ref=BEFORE, label="BN before the ReLU"),
     N41_GHOST: ghost_slope,
     N41_GHOST_ARMS: ghost_gaps,
 }

@@ -199,11 +199,11 @@ def cos_extremes(tables: Tables) -> pd.DataFrame:
     return worst.reset_index()
 
 
-def norm_growth(tables: Tables) -> pd.DataFrame:
-    """Per run and BN-fed layer: the last probe's median ||w_j||^2 over the first probe's."""
+def norm_growth(tables: Tables, stat: str = "median") -> pd.DataFrame:
+    """Per run and BN-fed layer: the last probe's `stat` of ||w_j||^2 over the first probe's."""
     if not tables.has(M.WEIGHT_NORM_SQ):
         return pd.DataFrame(columns=["run_id", "arm", "seed", "layer", "value"])
-    d = tables.series(M.WEIGHT_NORM_SQ, "median")
+    d = tables.series(M.WEIGHT_NORM_SQ, stat)
     d = d[d["layer"] != "out"].sort_values("step")
     g = d.groupby(["run_id", "arm", "seed", "layer"])["value"]
     return (g.last() / g.first()).rename("value").reset_index()
@@ -262,16 +262,16 @@ class PathsSetting(Setting):
         return ", ".join(f"lr {lr:g} on seeds {xs}" for lr, xs in by_lr.items())
 
 
-def speed(s: PathsSetting, arm: str, ref: str = FULL) -> Estimate:
+def speed(s: PathsSetting, arm: str, ref: str = FULL, label: str = "") -> Estimate:
     """An arm's steps to the target over the reference arm's (full BN's), each at its cross-fitted LR, paired by
-    seed."""
+    seed; `label` names the reference arm in the row's words."""
     if arm not in s.picks or ref not in s.picks or not s.picks[arm] or not s.picks[ref]:
         return Estimate.missing(f"needs the arms {arm!r} and {ref!r} with runs at their LR grids")
     mine, full = s.judged(arm), s.judged(ref)
     seeds = sorted(set(mine) & set(full))
     ratio, ci, n = paired_t([mine[x] for x in seeds], [full[x] for x in seeds], log_ratio=True)
     full_missed = [x for x in seeds if not s.reached(ref)[x]]
-    label = {FULL: "full BN", EQ9: "Eq. 9's centered network"}.get(ref, ref)
+    label = label or {FULL: "full BN", EQ9: "Eq. 9's centered network"}.get(ref, ref)
     reached = Check(
         f"{label} reaches the target",
         not full_missed,

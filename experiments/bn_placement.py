@@ -128,10 +128,13 @@ class GridArm:
     config: RunConfig
 
 
-def grid_arms(cfg: PlacementConfig) -> dict[str, GridArm]:
-    """Every configured arm at every learning rate of its grid (typed; the analysis reads this)."""
+def grid_arms(cfg: PlacementConfig, only: list[str] | None = None) -> dict[str, GridArm]:
+    """Every configured arm (or only those named) at every learning rate of its grid (typed; the analysis
+    reads this)."""
     out = {}
     for arm, rc in arm_configs(cfg).items():
+        if only is not None and arm not in only:
+            continue
         for f in cfg.lr_factors:
             lr = float(f"{rc.optim.lr * f:.6g}")
             out[f"{arm}@lr{lr:g}"] = GridArm(arm, lr, replace(rc, optim=replace(rc.optim, lr=lr)))

@@ -630,13 +630,14 @@ def _bn_fed_series(s: KFACSetting, metric: str, stat: str | None, arm: str) -> p
 
 
 def norm_growth_by_seed(s: KFACSetting, arm: str) -> dict[int, float]:
-    """seed -> last over first probe's mean ||w_j||^2, geometric mean over the BN-fed layers (finished runs)."""
-    d = _bn_fed_series(s, M.WEIGHT_NORM_SQ, "mean", arm).sort_values("step")
+    """seed -> last over first probe's mean ||w_j||^2 (bn_paths' norm_growth), geometric mean over the BN-fed
+    layers, finished runs only."""
+    from .bn_paths import norm_growth
+
     ok = set(s.tables.runs[s.tables.runs["status"] == "ok"]["run_id"])
-    d = d[d["run_id"].isin(ok)]
-    g = d.groupby(["seed", "layer"])["value"]
-    ratio = (g.last() / g.first()).reset_index()
-    return {int(x): float(np.exp(np.log(v["value"]).mean())) for x, v in ratio.groupby("seed")}
+    g = norm_growth(s.tables, "mean")
+    g = g[(g["arm"] == arm) & g["run_id"].isin(ok)]
+    return {int(x): float(np.exp(np.log(v["value"]).mean())) for x, v in g.groupby("seed")}
 
 
 def step_cos_by_seed(s: KFACSetting, arm: str, start: float, stop: float) -> dict[int, float]:

@@ -214,6 +214,26 @@ def t_p(value: float, ci: Interval, n: int, bound: float, side: int) -> float:
     return float(stats.t.sf(t, n - 1) if side > 0 else stats.t.cdf(t, n - 1))
 
 
+def folded_t(value: float, ci: Interval, n: int) -> tuple[float, Interval]:
+    """|mean| and its t interval folded at 0, for a two-sided claim 'the mean differs from 0 by more than b'
+    judged as `|mean| > b`: the folded interval lies above b exactly when the t interval clears -b or b on
+    one side. Its p against a bound b is the nearer side's one-sided t test (claim 'above': the smaller of
+    p(mean > b) and p(mean < -b); claim 'below', |mean| < b: the larger of the two one-sided tests)."""
+    lo, hi = ci.low, ci.high
+    if not np.all(np.isfinite([value, lo, hi])):
+        return abs(value), Interval(float("nan"), float("nan"), f"{ci.method}, folded at 0")
+    f_lo = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
+    f_hi = max(abs(lo), abs(hi))
+
+    def p_of(bound: float, side: int) -> float:
+        up, down = t_p(value, ci, n, bound, +1), t_p(value, ci, n, -bound, -1)
+        if side > 0:
+            return min(up, down)
+        return max(t_p(value, ci, n, bound, -1), t_p(value, ci, n, -bound, +1))
+
+    return abs(value), Interval(f_lo, f_hi, f"{ci.method}, folded at 0", p_of=p_of)
+
+
 def sign_test_p(agree: int, n: int) -> float:
     """Exact one-sided sign test: P(at least `agree` of n seeds on the claim's side | each side 1/2).
     For rows whose seeds all give one value, where a t interval has zero width and p = 0."""

@@ -21,6 +21,7 @@ from .fisher import Fisher
 from .exp_lr import ExpLR
 from .deep_linear import DeepLinear
 from .kfac import KFACExperiment
+from .lr_sensitivity import LRSensitivity
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -46,6 +47,7 @@ REGISTRY: dict[str, Experiment] = {
         ExpLR(),
         DeepLinear(),
         KFACExperiment(),
+        LRSensitivity(),
     ]
 }
 

@@ -1441,3 +1441,117 @@ def test_eq9_speed_each_outcome(taus, expected):
     v = _verdicts("eq9_speed", *_eq9(taus), overrides={"lr_factors": [1.0]})
     assert v["N31-speed"] == expected
     assert v["N31-outliers-none"] == v["N31-outliers-eq9"] == "not judged"
+
+
+# ---------- K17 (lr_sensitivity) ----------
+
+
+def _k17(slope=None, centre=None, noise=0.005, seeds=5, diverged=()):
+    """lr_sensitivity's runs from formulas: a grid arm's final test accuracy is 0.7 - slope[arm] x |log10(lr / c)|
+    (its best at the centre c), a centre arm's is centre[arm]; each seed adds noise x (seed - 2) x a per-arm sign,
+    so paired differences carry noise of that size. `diverged` names run ids that diverged (NaN accuracy)."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.lr_sensitivity import SensitivityConfig, all_arms
+
+    slope = {"bn_sgd": 0.05, "renorm_sgd": 0.1, "sgd": 0.2, "rmsprop": 0.1, "adam": 0.1, **(slope or {})}
+    centre = {"adagrad": 0.64, "rmsprop_inside": 0.66, "bn_rmsprop": 0.68, "bn_adagrad": 0.66, "bn_adam": 0.71,
+              "renorm_adam": 0.67, **(centre or {})}  # fmt: skip
+    cfg = from_dict(SensitivityConfig, _config("lr_sensitivity"))
+    runs = []
+    for i, (name, g) in enumerate(all_arms(cfg).items()):
+        c = cfg.arms[g.base]["optim.lr"]
+        sign = 1 if i % 2 else -1
+        for x in range(seeds):
+            rid = f"{name}-s{x}"
+            acc = (0.7 - slope[g.base] * abs(np.log10(g.lr / c))) if g.base in slope else centre[g.base]
+            acc += noise * (x - 2) * sign
+            bad = rid in diverged
+            runs.append({"run_id": rid, "arm": name, "seed": x, "status": "diverged" if bad else "ok",
+                         "final_test_acc": np.nan if bad else acc})  # fmt: skip
+    return runs
+
+
+@pytest.mark.parametrize(
+    "slope,expected",
+    [
+        ({"renorm_sgd": 0.2, "bn_sgd": 0.05}, "supported"),  # renormalized falls off 4x faster
+        ({"renorm_sgd": 0.05, "bn_sgd": 0.2}, "not supported"),
+        ({"renorm_sgd": 0.1, "bn_sgd": 0.1}, "inconclusive"),  # equal: the interval straddles 0
+    ],
+)
+def test_k17_bn_each_outcome(slope, expected):
+    v = _verdicts("lr_sensitivity", _k17(slope=slope, noise=0.01), [])
+    assert v["K17-bn"] == expected
+    assert v["K17-nobn"] == v["K17-adam"] == "not judged"
+
+
+@pytest.mark.parametrize(
+    "slope,expected",
+    [
+        ({"sgd": 0.2, "rmsprop": 0.05}, ("supported", "supported")),
+        ({"sgd": 0.05, "rmsprop": 0.2}, ("not supported", "supported")),
+        ({"sgd": 0.0, "rmsprop": 0.0}, ("inconclusive", "not supported")),  # flat: RMSprop does not depend on lr
+    ],
+)
+def test_k17_rmsprop_each_outcome(slope, expected):
+    v = _verdicts("lr_sensitivity", _k17(slope=slope, noise=0.001), [])
+    assert (v["K17-rmsprop"], v["K17-rmsprop-still"]) == expected
+
+
+def test_k17_shortfall_is_the_mean_gap_below_the_seeds_best_and_a_diverged_run_counts_chance():
+    from normlab.engine.config import from_dict
+    from normlab.experiments.lr_sensitivity import SensitivityConfig, SensitivitySetting
+
+    runs = _k17(slope={"sgd": 0.1}, noise=0.0, diverged=("sgd@lr10-s0",))
+    cfg = from_dict(SensitivityConfig, _config("lr_sensitivity"))
+    t = Tables(Path("."), _config("lr_sensitivity"), {}, pd.DataFrame(runs), pd.DataFrame([], columns=COLS))
+    s = SensitivitySetting(t, cfg)
+    # 0.1 * |log10 f| over f = 0.1, 0.3, 1, 3, 10: (0.1 + 0.0523 + 0 + 0.0477 + 0.1) / 5
+    expect = (0.1 + 0.1 * np.log10(1 / 0.3) + 0 + 0.1 * np.log10(3) + 0.1) / 5
+    assert s.sensitivity("sgd")[1] == pytest.approx(expect)
+    # seed 0's run at 10c diverged: chance, 0.1, instead of 0.6
+    assert s.sensitivity("sgd")[0] == pytest.approx(expect + (0.6 - 0.1) / 5)
+
+
+@pytest.mark.parametrize(
+    "centre,expected",
+    [
+        ({"bn_adagrad": 0.50}, "supported"),  # with BN Adagrad trails RMSprop by 0.18, without by 0.06
+        ({"bn_adagrad": 0.70}, "not supported"),  # with BN it leads
+        ({"bn_adagrad": 0.62}, "inconclusive"),  # the same gap, -0.06, both ways
+    ],
+)
+def test_k17_adagrad_bn_each_outcome(centre, expected):
+    # without BN: adagrad 0.64 against rmsprop's 0.70 (flat: 0.70 at every rate); with BN: against bn_rmsprop's 0.68
+    v = _verdicts("lr_sensitivity", _k17(centre=centre, noise=0.004, slope={"rmsprop": 0.0}), [])
+    assert v["K17-adagrad-bn"] == expected
+    assert v["K17-adagrad"] == v["K17-adagrad-with"] == "not judged"
+
+
+@pytest.mark.parametrize(
+    "inside,expected",
+    [
+        (0.75, "supported"),  # 0.05 above torch's RMSprop (0.70 at its centre)
+        (0.65, "supported"),  # 0.05 below: either sign counts
+        (0.70, "not supported"),  # the same: |difference| well within 0.01
+        (0.71, "inconclusive"),  # 0.01 apart with noise: the folded interval straddles 0.01
+    ],
+)
+def test_k17_eps_is_two_sided(inside, expected):
+    v = _verdicts("lr_sensitivity", _k17(centre={"rmsprop_inside": inside}, noise=0.002 if inside != 0.71 else 0.01),
+                  [])  # fmt: skip
+    assert v["K17-eps"] == expected
+
+
+@pytest.mark.parametrize(
+    "renorm_adam,expected",
+    [
+        (0.75, "supported"),  # renormalized: Adam leads SGD (0.70 at its centre) by 0.05; plain BN: 0.71 - 0.70
+        (0.60, "supported"),  # the lead turns into a 0.10 deficit
+        (0.71, "not supported"),  # the same lead both ways
+    ],
+)
+def test_k17_confound_is_two_sided(renorm_adam, expected):
+    v = _verdicts("lr_sensitivity", _k17(centre={"renorm_adam": renorm_adam}, noise=0.001), [])
+    assert v["K17-confound"] == expected
+    assert v["K17-confound-gaps"] == "not judged"

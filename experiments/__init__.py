@@ -22,6 +22,7 @@ from .exp_lr import ExpLR
 from .deep_linear import DeepLinear
 from .kfac import KFACExperiment
 from .lr_sensitivity import LRSensitivity
+from .decoupled_wd import DecoupledWD
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -48,6 +49,7 @@ REGISTRY: dict[str, Experiment] = {
         DeepLinear(),
         KFACExperiment(),
         LRSensitivity(),
+        DecoupledWD(),
     ]
 }
 

@@ -1555,3 +1555,99 @@ def test_k17_confound_is_two_sided(renorm_adam, expected):
     v = _verdicts("lr_sensitivity", _k17(centre={"renorm_adam": renorm_adam}, noise=0.001), [])
     assert v["K17-confound"] == expected
     assert v["K17-confound-gaps"] == "not judged"
+
+
+# ---------- K18 (decoupled_wd) ----------
+
+
+def _k18(val, test, noise=0.002):
+    """decoupled_wd's runs: every grid point on the tuning seeds 0-2 with validation accuracy val(setting, alpha,
+    lambda), and the final arms on the fresh seeds 100-104 with test accuracy test[final arm] plus noise x (seed -
+    102) x a per-arm sign (opposite within each pair the rows compare). The final arms are the ones the selection picks (asserted by the tests that need it)."""
+    from normlab.engine.config import from_dict
+    from normlab.experiments.decoupled_wd import DecayConfig, final_arms, grid
+
+    cfg = from_dict(DecayConfig, _config("decoupled_wd"))
+    runs = []
+    for arm, (s, a, lam) in grid(cfg).items():
+        for x in cfg.tuning_seeds:
+            runs.append({"run_id": f"{arm}-s{x}", "arm": arm, "seed": x, "status": "ok",
+                         "final_val_acc": val(s, a, lam), "final_test_acc": 0.0})  # fmt: skip
+    for i, arm in enumerate(final_arms(cfg)):
+        for x in cfg.seed_list:
+            acc = test[arm] + noise * (x - 102) * (1 if i % 3 else -1)  # each compared pair: opposite signs
+            runs.append({"run_id": f"{arm}-s{x}", "arm": arm, "seed": x, "status": "ok", "final_val_acc": 0.0,
+                         "final_test_acc": acc})  # fmt: skip
+    return runs
+
+
+def _peak(best_alpha, best_lam):
+    """Validation accuracy peaked at (best_alpha[s], best_lam[s]) per setting (distance in decades)."""
+
+    def val(s, a, lam):
+        d_a = abs(np.log10(a / best_alpha[s]))
+        d_l = abs(np.log10((lam or 1e-6) / (best_lam[s] or 1e-6)))
+        return 0.7 - 0.05 * d_a - 0.01 * d_l
+
+    return val
+
+
+_A = {"adamw": 0.003, "adam_l2": 0.003, "sgd": 0.3, "bn_sgd": 0.3}
+_L = {"adamw": 0.1, "adam_l2": 0.001, "sgd": 0.001, "bn_sgd": 0.001}
+_TEST = {"adamw-best": 0.70, "adamw-zero": 0.66, "adam_l2-best": 0.67, "sgd-best": 0.70, "sgd-zero": 0.74,
+         "bn_sgd-best": 0.72, "bn_sgd-zero": 0.65}  # fmt: skip
+
+
+def test_k18_selection_reads_validation_on_the_tuning_seeds():
+    from normlab.engine.config import from_dict
+    from normlab.experiments.decoupled_wd import DecayConfig, selection
+
+    cfg = from_dict(DecayConfig, _config("decoupled_wd"))
+    chosen = selection(cfg, pd.DataFrame(_k18(_peak(_A, _L), _TEST)))
+    assert chosen["adamw-best"][:2] == (0.003, 0.1)
+    assert chosen["adamw-zero"][:2] == (0.003, 0.0)
+    assert chosen["sgd-best"][:2] == (0.3, 0.001)
+    assert "adam_l2-zero" not in chosen  # its grid has no lambda = 0
+
+
+@pytest.mark.parametrize(
+    "test,expected",
+    [
+        ({}, {"K18-adamw": "supported", "K18-benefit-adamw": "supported", "K18-benefit-sgd": "not supported",
+              "K18-benefit-bn": "supported"}),
+        ({"adamw-best": 0.60, "bn_sgd-best": 0.60}, {"K18-adamw": "not supported", "K18-benefit-adamw":
+              "not supported", "K18-benefit-sgd": "not supported", "K18-benefit-bn": "not supported"}),
+    ],
+)  # fmt: skip
+def test_k18_each_outcome(test, expected):
+    v = _verdicts("decoupled_wd", _k18(_peak(_A, _L), {**_TEST, **test}), [])
+    assert {k: v[k] for k in expected} == expected
+    assert v["K18-moves-adamw"] == "not judged"
+
+
+def test_k18_benefit_is_judged_as_a_family_of_three():
+    from normlab.engine.stats import t_interval, t_test_p
+
+    # a lead of 0.02 with paired noise 0.008 x (seed - 102): t = 3.5, past the plain 95% interval's 2.78 and short
+    # of the Bonferroni 98.3% one's 4.0
+    runs = _k18(_peak(_A, _L), {**_TEST, "bn_sgd-best": 0.67, "bn_sgd-zero": 0.65}, noise=0.004)
+    t = Tables(Path("."), _config("decoupled_wd"), {}, pd.DataFrame(runs), pd.DataFrame([], columns=COLS))
+    row = {r.claim_id: r for r in REGISTRY["decoupled_wd"].analyze(t)}["K18-benefit-bn"]
+    acc = {a: np.array([r["final_test_acc"] for r in runs if r["arm"] == a]) for a in ("bn_sgd-best", "bn_sgd-zero")}
+    d = acc["bn_sgd-best"] - acc["bn_sgd-zero"]
+    assert t_interval(d).low > 0  # alone it would be supported
+    assert row.ci_low < 0 and row.verdict == "inconclusive"
+    assert row.p_value == pytest.approx(3 * t_test_p(d, 0.0, +1))
+
+
+def test_k18_moves_reads_the_best_lambda_at_each_alpha():
+    # SGD with BN: validation accuracy peaks where alpha x lambda = 0.001 (alpha x lambda fixed)
+    def val(s, a, lam):
+        return 0.7 - 0.01 * abs(np.log10((lam or 1e-9) * a / 0.001)) if s == "bn_sgd" else 0.6
+
+    v = REGISTRY["decoupled_wd"].analyze(
+        Tables(Path("."), _config("decoupled_wd"), {}, pd.DataFrame(_k18(val, _TEST)), pd.DataFrame([], columns=COLS))
+    )
+    row = {r.claim_id: r for r in v}["K18-moves-bn"]
+    # alpha 0.1 -> lambda 0.01, alpha 1 -> lambda 0.001: log10 ratio -1
+    assert row.value == pytest.approx(-1.0)

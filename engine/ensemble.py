@@ -77,6 +77,7 @@ REFUSED = {
     "model.centered_reparam": "Eq. 9's centered parameterization",  # its layers move their own bias in training
     "optim.name": "optimizer",  # not in STACKED_OPTIMIZERS (a plugin's), or K-FAC on a CNN (its conv layers)
     "optim.nesterov": "Nesterov momentum",
+    "optim.second_moment": "Adam with per-example or model-sampled second moments",  # per-example gradients
     "probes.per_unit": "per-unit probe rows",
     "plugins": "plugins",
 }
@@ -119,6 +120,7 @@ def why_not_packable(task: RunTask, archs: tuple[str, ...] = ARCHS) -> str:
         "model.centered_reparam": m.centered_reparam,
         "optim.name": o.name not in STACKED_OPTIMIZERS or (o.name == "kfac" and m.arch != "mlp"),
         "optim.nesterov": o.nesterov,
+        "optim.second_moment": o.second_moment != "batch",
         "probes.per_unit": p.every > 0 and p.per_unit,
         "plugins": bool(cfg.plugins),
     }

@@ -75,6 +75,68 @@ class RootInside(torch.optim.Optimizer):
                 p.sub_(step, alpha=group["lr"])
 
 
+class AdamMoments(torch.optim.Optimizer):
+    """Adam whose second moment averages a squared-gradient estimate handed to it before each step
+    (`squares`: parameter -> tensor) instead of the batch gradient squared: the mean of the examples' squared
+    gradients, or the same with labels sampled from the model (`ExampleSquares`). Everything else is
+    torch.optim.Adam's rule: bias-corrected moments, epsilon outside the root, coupled L2 (a group's
+    `weight_decay`) added to the gradient of the first moment; the squares come from the loss alone."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
+        self.squares: dict[torch.Tensor, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+                st = self.state[p]
+                if not st:
+                    st["k"], st["m"], st["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                st["k"] += 1
+                st["m"].mul_(b1).add_(g, alpha=1 - b1)
+                st["v"].mul_(b2).add_(self.squares[p], alpha=1 - b2)
+                m_hat = st["m"] / (1 - b1 ** st["k"])
+                v_hat = st["v"] / (1 - b2 ** st["k"])
+                p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
+
+
+class ExampleSquares:
+    """Per parameter, the mean over a batch's examples of each example's squared loss gradient
+    (`per_example`), or of the squared gradient with each example's label drawn from the model's own
+    softmax (`fisher`: a one-sample estimate of the Fisher's diagonal), computed with torch.func (the
+    examples must not interact: no batch norm, checked by RunConfig). The draws come from a generator
+    seeded by the run's seed, so a run repeats exactly."""
+
+    def __init__(self, model: Net, kind: str, seed: int):
+        self.model, self.kind = model, kind
+        self.gen = torch.Generator().manual_seed(1_000_003 * seed + 7)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
+        from torch.func import functional_call, grad, vmap
+        import torch.nn.functional as F
+
+        model = self.model
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+        if self.kind == "fisher":
+            with torch.no_grad():
+                probs = torch.softmax(model(x).float(), dim=1).cpu()
+            y = torch.multinomial(probs, 1, generator=self.gen).squeeze(1).to(x.device)
+
+        def loss_one(p, xi, yi):
+            out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+            return F.cross_entropy(out, yi.unsqueeze(0))
+
+        per = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+        named = dict(model.named_parameters())
+        return {named[k]: (g * g).mean(0) for k, g in per.items()}
+
+
 def _torch_optimizer(name: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -118,7 +180,7 @@ class Graft:
 class Optimizer:
     """A torch optimizer plus the schedule, decoupled decay and renormalization around it."""
 
-    def __init__(self, cfg: OptimConfig, model: Net, total_steps: int, kfac: KFACConfig | None = None):
+    def __init__(self, cfg: OptimConfig, model: Net, total_steps: int, kfac: KFACConfig | None = None, seed: int = 0):
         self.cfg, self.total_steps = cfg, total_steps
         decayed_ids = _decayed_params(cfg, model)
         decay = [p for p in model.parameters() if id(p) in decayed_ids]
@@ -149,8 +211,11 @@ class Optimizer:
             self.opt = KFAC(
                 groups, layers, cfg.lr, k.damping, k.ema, k.cov_every, k.inverse_every, cfg.momentum, fisher=k.fisher
             )
+        elif cfg.second_moment != "batch":  # Adam with another second moment (RunConfig allows adam/adamw only)
+            self.opt = AdamMoments(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps)
         else:
             self.opt = _torch_optimizer(cfg.name, groups, cfg)
+        self.squares = ExampleSquares(model, cfg.second_moment, seed) if cfg.second_moment != "batch" else None
         self.renorm = [
             (wl.module.weight, wl.invariance) for wl in model.weight_layers if cfg.renormalize and wl.invariance
         ]
@@ -167,10 +232,13 @@ class Optimizer:
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
-    def observe(self, outputs: torch.Tensor) -> None:
-        """Before the backward pass: optimizers that read curvature from the forward pass (K-FAC) do so here."""
+    def observe(self, outputs: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
+        """Before the backward pass: optimizers that read curvature from the forward pass (K-FAC) do so here, and
+        Adam with per-example or model-sampled second moments takes its squares from the batch (x, y)."""
         if self.cfg.name == "kfac":
             self.opt.observe(outputs)
+        if self.squares is not None:
+            self.opt.squares = self.squares(x, y)
 
     def step(self) -> None:
         if self.decoupled and self.cfg.weight_decay:

@@ -110,6 +110,13 @@ class OptimConfig:
         help="rmsprop/adagrad: add eps inside the square root, sqrt(s + eps), as Grosse ch. 5, §2 writes both rules "
         "(torch adds it outside, sqrt(s) + eps, as Adam does)",
     )
+    second_moment: Literal["batch", "per_example", "fisher"] = param(
+        "batch",
+        help="adam/adamw: what the second moment averages: batch, the batch gradient squared (Adam's); per_example, "
+        "the mean of the examples' squared gradients (the empirical Fisher's diagonal); fisher, the same with each "
+        "label sampled from the model's prediction (the Fisher's diagonal, one sample) (Grosse ch. 5, §2.1's open "
+        "question; no normalizer that couples the examples)",
+    )
     weight_decay: float = param(0.0, min=0.0, help="lambda")
     wd_mode: Literal["l2", "decoupled"] = param(
         "l2", help="l2: add lambda*w to the gradient; decoupled: shrink w by lr*lambda"
@@ -304,6 +311,19 @@ class RunConfig:
                 f"is {self.optim.name!r} (Adam's rule has it outside, in the chapter too); use rmsprop or adagrad, or "
                 "set optim.eps_inside: false"
             )
+        if self.optim.second_moment != "batch":
+            o = self.optim
+            if o.name not in ("adam", "adamw"):
+                raise ConfigError(
+                    f"{_p(path)}optim.second_moment: {o.second_moment!r} replaces Adam's squared batch gradient, and "
+                    f"optim.name is {o.name!r}; use adam or adamw, or set optim.second_moment: batch"
+                )
+            if m.norm in ("batch", "center", "weight_center") or m.norm_ghost or m.arch != "mlp":
+                raise ConfigError(
+                    f"{_p(path)}optim.second_moment: per-example gradients need an MLP whose examples do not interact; "
+                    f"this model has arch {m.arch!r}, norm {m.norm!r} (batch norm couples the examples); use an MLP "
+                    "with model.norm none, layer, rms or weight, or set optim.second_moment: batch"
+                )
         pr = self.probes
         if pr.step_grad_cos and not (pr.weights and pr.every > 0):
             raise ConfigError(

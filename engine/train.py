@@ -86,7 +86,7 @@ class SingleRun(Loop):
         self.data = data = load_dataset(cfg.data).to(device)
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, task.after_norm).to(device)
         self.steps = steps = cfg.train.steps
-        self.opt = Optimizer(cfg.optim, self.model, steps, cfg.kfac)
+        self.opt = Optimizer(cfg.optim, self.model, steps, cfg.kfac, seed=task.seed)
         self.batches = Batcher(
             data.x_train, data.y_train, cfg.train.batch_size, torch.Generator().manual_seed(task.seed)
         )
@@ -136,7 +136,7 @@ class SingleRun(Loop):
 
     def backward(self) -> None:
         self.opt.zero_grad()
-        self.opt.observe(self.logits)
+        self.opt.observe(self.logits, self.x, self.y)
         self.loss.backward()
         self.window_loss, self.window_steps = self.window_loss + self.loss_value, self.window_steps + 1
 

@@ -23,6 +23,7 @@ from .deep_linear import DeepLinear
 from .kfac import KFACExperiment
 from .lr_sensitivity import LRSensitivity
 from .decoupled_wd import DecoupledWD
+from .second_moments import SecondMoments
 from .eff_lr import EffLR
 from .optimizer_tuning import OptimizerTuning
 from .wd_fixed_point import WDFixedPoint
@@ -50,6 +51,7 @@ REGISTRY: dict[str, Experiment] = {
         KFACExperiment(),
         LRSensitivity(),
         DecoupledWD(),
+        SecondMoments(),
     ]
 }
 

@@ -29,6 +29,7 @@ _ADDED = {
     "probes.dead_units": False,
     "optim.eps_inside": False,
     "probes.step_grad_cos": False,
+    "optim.second_moment": "batch",
 }
 # ... and the fields that joined a section after it entered the keys whole (left out at their default)
 _LATER = {"curvature.eq9_steps": []}

@@ -24,6 +24,7 @@ REFUSED_EXAMPLES = {
     "model.norm_ghost": (8, {"model.norm": "batch"}),  # chunks with their own statistics
     "model.centered_reparam": True,  # its layers move their bias in the forward pass
     "optim.nesterov": (True, {"optim.momentum": 0.9}),
+    "optim.second_moment": ("per_example", {"optim.name": "adam"}),  # per-example gradients, single runs only
     "probes.per_unit": True,
     "plugins": ["some_plugin"],
 }

@@ -152,3 +152,96 @@ def test_inv_sqrt_schedule_is_adagrads_decay_made_explicit():
     assert [lr_at(c, k, 100) for k in (0, 3, 99)] == [1.0, 0.5, 0.1]
     w = OptimConfig(lr=1.0, schedule="inv_sqrt", warmup_steps=4)
     assert [lr_at(w, k, 100) for k in (0, 3, 4, 7)] == [0.25, 1.0, 1.0, 0.5]
+
+
+def _moments_case(seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=6, depth=2), (5,), 3).double()
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    return model, x, y
+
+
+def _loop_squares(model, x, y):
+    """The mean over examples of each example's squared gradient, one backward pass per example."""
+    out = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for n, p in model.named_parameters():
+            out[n] += p.grad.detach() ** 2 / len(x)
+    model.zero_grad()
+    return out
+
+
+def test_per_example_squares_are_the_mean_of_each_examples_squared_gradient():
+    from normlab.engine.optim import ExampleSquares
+
+    model, x, y = _moments_case()
+    got = ExampleSquares(model, "per_example", seed=0)(x, y)
+    want = _loop_squares(model, x, y)
+    for n, p in model.named_parameters():
+        assert torch.allclose(got[p], want[n], rtol=1e-10, atol=1e-14), n
+
+
+def test_fisher_squares_use_labels_drawn_from_the_model_by_the_runs_generator():
+    from normlab.engine.optim import ExampleSquares
+
+    model, x, y = _moments_case()
+    got = ExampleSquares(model, "fisher", seed=3)(x, y)
+    gen = torch.Generator().manual_seed(1_000_003 * 3 + 7)
+    with torch.no_grad():
+        drawn = torch.multinomial(torch.softmax(model(x).float(), 1), 1, generator=gen).squeeze(1)
+    want = _loop_squares(model, x, drawn)
+    for n, p in model.named_parameters():
+        assert torch.allclose(got[p], want[n], rtol=1e-10, atol=1e-14), n
+    other = _loop_squares(model, x, y)  # the data's labels give another estimate (the empirical Fisher's)
+    assert any(not torch.allclose(got[p], other[n]) for n, p in model.named_parameters())
+
+
+def test_adam_with_per_example_moments_is_adam_at_batch_size_one():
+    """One example per batch: its squared gradient is the batch gradient squared, so the steps are torch's Adam's."""
+    ref, x, y = _moments_case(1)
+    mine, _, _ = _moments_case(1)
+    a = Optimizer(OptimConfig(name="adam", lr=0.01), ref, total_steps=5)
+    b = Optimizer(OptimConfig(name="adam", lr=0.01, second_moment="per_example"), mine, total_steps=5)
+    for k in range(4):
+        for model, opt in ((ref, a), (mine, b)):
+            opt.set_step(k)
+            opt.zero_grad()
+            out = model(x[k : k + 1])
+            opt.observe(out, x[k : k + 1], y[k : k + 1])
+            F.cross_entropy(out, y[k : k + 1]).backward()
+            opt.step()
+    for p, q in zip(ref.parameters(), mine.parameters()):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_with_per_example_moments_differs_from_adam_on_a_batch():
+    ref, x, y = _moments_case(2)
+    mine, _, _ = _moments_case(2)
+    plain, per = OptimConfig(name="adam", lr=0.01), OptimConfig(name="adam", lr=0.01, second_moment="per_example")
+    for model, cfg in ((ref, plain), (mine, per)):
+        opt = Optimizer(cfg, model, total_steps=5)
+        opt.set_step(0)
+        out = model(x)
+        opt.observe(out, x, y)
+        F.cross_entropy(out, y).backward()
+        opt.step()
+    # the mean of squares exceeds the square of the mean: the per-example step is shorter
+    assert (mine.out.weight - ref.out.weight).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"optim.name": "sgd"}, "use adam or adamw"),
+        ({"optim.name": "adam", "model.norm": "batch"}, "batch norm couples the examples"),
+    ],
+)
+def test_second_moments_are_refused_where_they_are_not_defined(overrides, named):
+    from normlab.engine.config import ConfigError, apply_overrides, from_dict, to_dict
+    from normlab.engine.spec import RunConfig
+
+    raw = apply_overrides(to_dict(RunConfig()), {"optim.second_moment": "per_example", **overrides})
+    with pytest.raises(ConfigError, match=named):
+        from_dict(RunConfig, raw).check()

@@ -1563,7 +1563,8 @@ def test_k17_confound_is_two_sided(renorm_adam, expected):
 def _k18(val, test, noise=0.002):
     """decoupled_wd's runs: every grid point on the tuning seeds 0-2 with validation accuracy val(setting, alpha,
     lambda), and the final arms on the fresh seeds 100-104 with test accuracy test[final arm] plus noise x (seed -
-    102) x a per-arm sign (opposite within each pair the rows compare). The final arms are the ones the selection picks (asserted by the tests that need it)."""
+    102) x a per-arm sign (opposite within each pair the rows compare). The final arms are the ones the
+    selection picks (asserted by the tests that need it)."""
     from normlab.engine.config import from_dict
     from normlab.experiments.decoupled_wd import DecayConfig, final_arms, grid
 
@@ -1651,3 +1652,64 @@ def test_k18_moves_reads_the_best_lambda_at_each_alpha():
     row = {r.claim_id: r for r in v}["K18-moves-bn"]
     # alpha 0.1 -> lambda 0.01, alpha 1 -> lambda 0.001: log10 ratio -1
     assert row.value == pytest.approx(-1.0)
+
+
+# ---------- K19 (second_moments) ----------
+
+
+def test_k19_optimum_is_the_parabolas_vertex_and_censored_at_the_edge():
+    from normlab.experiments.second_moments import optimum
+
+    lrs = 10 ** np.array([-3.0, -2.75, -2.5, -2.25, -2.0])
+    x, cens = optimum(lrs, 0.7 * (np.log10(lrs) + 2.4) ** 2 + 0.1)
+    assert x == pytest.approx(-2.4) and not cens
+    x, cens = optimum(lrs, -np.log10(lrs))  # falling all the way: the best rate is the grid's top
+    assert x == pytest.approx(-2.0) and cens
+    x, cens = optimum(lrs, np.array([1.0, 0.5, 0.4, np.nan, 0.9]))  # a diverged neighbour: censored there
+    assert x == pytest.approx(-2.5) and cens
+
+
+def _k19(shifts, seeds=5, far=False):
+    """second_moments' runs: each arm's log final training loss is 0.5 (log10 alpha - o)^2 - 1, its optimum o at the
+    arm's grid centre plus a jitter of +-0.02 per seed (5.0, far above every grid, with `far`); the large-batch arms'
+    centres are moved shifts[form] decades from the small-batch ones' (config overrides, returned)."""
+    from normlab.engine.config import from_dict
+    from normlab.engine.experiment import arm_configs
+    from normlab.experiments.bn_placement import grid_arms
+    from normlab.experiments.second_moments import MomentsConfig, arm_name
+
+    base = from_dict(MomentsConfig, _config("second_moments"))
+    small, large = base.batch_sizes
+    lr = {arm: rc.optim.lr for arm, rc in arm_configs(base).items()}
+    over = {"arms": {**base.arms, **{arm_name(f, large): {**base.arms[arm_name(f, large)], "optim.lr": float(
+        f"{lr[arm_name(f, small)] * 10**d:.6g}")} for f, d in shifts.items()}}}  # fmt: skip
+    cfg = from_dict(MomentsConfig, _config("second_moments", over))
+    runs = []
+    for name, g in grid_arms(cfg).items():
+        centre = np.log10(arm_configs(cfg)[g.base].optim.lr)
+        for x in range(seeds):
+            o = 5.0 if far else centre + 0.02 * ((3 * x + g.config.train.batch_size + len(g.base)) % 5 - 2)
+            loss = np.exp(0.5 * (np.log10(g.lr) - o) ** 2 - 1)
+            runs.append({"run_id": f"{name}-s{x}", "arm": name, "seed": x, "status": "ok", "final_train_loss": loss})
+    return over, runs
+
+
+@pytest.mark.parametrize(
+    "shifts,expected",
+    [
+        ({"batch": 0.0, "per_example": 0.5, "fisher": 0.5}, ("supported", "not supported", "not supported")),
+        ({"batch": 0.5, "per_example": 0.5, "fisher": 0.0}, ("not supported", "not supported", "supported")),
+        ({"batch": 0.5, "per_example": 0.0, "fisher": 0.0}, ("not supported", "supported", "supported")),
+    ],
+)
+def test_k19_each_outcome(shifts, expected):
+    over, runs = _k19(shifts)
+    v = _verdicts("second_moments", runs, [], overrides=over)
+    assert (v["K19-batch-moves"], v["K19-pe-stays"], v["K19-fisher-stays"]) == expected
+    assert v["K19-batch-shift"] == v["K19-fisher-pe"] == "not judged"
+
+
+def test_k19_an_optimum_at_the_grids_edge_leaves_the_rows_inconclusive():
+    over, runs = _k19({"batch": 0.0, "per_example": 0.0, "fisher": 0.0}, far=True)
+    v = _verdicts("second_moments", runs, [], overrides=over)
+    assert v["K19-batch-moves"] == v["K19-pe-stays"] == v["K19-fisher-stays"] == "inconclusive"

@@ -91,14 +91,14 @@ _MOVES = (
     "lambda x alpha fixed); the detail says where lambda = 0 was better"
 )
 K18_MOVES = {
-    s: Claim(cid, DESCRIPTIVE, f"Does the best lambda move with alpha? {label}", _MOVES, Rule("none"))
-    for s, cid, label in (
-        (ADAMW, "K18-moves-adamw", "AdamW"),
-        (ADAM_L2, "K18-moves-l2", "Adam with L2"),
-        (SGD, "K18-moves-sgd", "SGD without BN"),
-        (BN_SGD, "K18-moves-bn", "SGD with BN"),
-    )
-}
+    ADAMW: Claim("K18-moves-adamw", DESCRIPTIVE, "Does the best lambda move with alpha? AdamW", _MOVES, Rule("none")),
+    ADAM_L2: Claim("K18-moves-l2", DESCRIPTIVE, "Does the best lambda move with alpha? Adam with L2", _MOVES,
+                   Rule("none")),
+    SGD: Claim("K18-moves-sgd", DESCRIPTIVE, "Does the best lambda move with alpha? SGD without BN", _MOVES,
+               Rule("none")),
+    BN_SGD: Claim("K18-moves-bn", DESCRIPTIVE, "Does the best lambda move with alpha? SGD with BN", _MOVES,
+                  Rule("none")),
+}  # fmt: skip
 CLAIMS = (K18_ADAMW, *K18_BENEFIT.values(), *K18_MOVES.values())
 
 

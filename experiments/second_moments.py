@@ -63,28 +63,27 @@ K19_FISHER_PE = Claim(
     "K19-fisher-pe", DESCRIPTIVE, "The Fisher form's shift against the per-example form's",
     "per seed, the Fisher form's shift minus the per-example form's, paired by seed, t interval", Rule("none"),
 )  # fmt: skip
+_STAYS = (
+    "With the {what} as the second moment, which does not depend on the batch size, the best learning rate stays "
+    "within stay_band decades when the batch grows (Grosse ch. 5, §2.1's open question)"
+)
+_STAYS_STAT = _SHIFT + ", t interval; a band: supported inside it, not supported wholly outside it"
 K19_STAYS = {
-    form: Claim(
-        cid,
-        MEASURED,
-        f"With the {_LABEL[form]} as the second moment, which does not depend on the batch size, the best learning "
-        "rate stays within stay_band decades when the batch grows (Grosse ch. 5, §2.1's open question)",
-        _SHIFT + ", t interval; a band: supported inside it, not supported wholly outside it",
-        Rule("abs<=", "stay_band"),
-    )
-    for form, cid in (("per_example", "K19-pe-stays"), ("fisher", "K19-fisher-stays"))
-}
+    "per_example": Claim("K19-pe-stays", MEASURED, _STAYS.format(what=_LABEL["per_example"]), _STAYS_STAT,
+                         Rule("abs<=", "stay_band")),
+    "fisher": Claim("K19-fisher-stays", MEASURED, _STAYS.format(what=_LABEL["fisher"]), _STAYS_STAT,
+                    Rule("abs<=", "stay_band")),
+}  # fmt: skip
+_FASTEST = (
+    "per seed, the log final training loss at each form's best grid rate; value: per-example minus batch (negative: "
+    "per-example trains lower), the Fisher form's in the detail"
+)
 K19_FASTEST = {
-    b: Claim(
-        cid,
-        DESCRIPTIVE,
-        f"Which form trains to the lowest loss at its best rate ({which} batch)?",
-        "per seed, the log final training loss at each form's best grid rate; value: per-example minus batch "
-        "(negative: per-example trains lower), the Fisher form's in the detail",
-        Rule("none"),
-    )
-    for b, cid, which in (("small", "K19-fastest-small", "small"), ("large", "K19-fastest-large", "large"))
-}
+    "small": Claim("K19-fastest-small", DESCRIPTIVE, "Which form trains to the lowest loss at its best rate (small "
+                   "batch)?", _FASTEST, Rule("none")),
+    "large": Claim("K19-fastest-large", DESCRIPTIVE, "Which form trains to the lowest loss at its best rate (large "
+                   "batch)?", _FASTEST, Rule("none")),
+}  # fmt: skip
 CLAIMS = (K19_BATCH, *K19_STAYS.values(), K19_BATCH_SHIFT, K19_FISHER_PE, *K19_FASTEST.values())
 
 

@@ -1219,17 +1219,20 @@ def test_k15_starts_counts_the_starts_above_the_best(tmp_path):
 
 
 def _kfac(tmp_path, kfac_ratio=1.01, sgd_ratio=0.01, neg_effect=1.05, damp_effect=1.4, jac_ratio=0.4, seeds=6,
-          reparam=1.0, reparam_sgd=2.0, floor=0.01, growth=2.0, drift=0.3):  # fmt: skip
+          reparam=1.0, reparam_sgd=2.0, floor=0.01, growth=2.0, drift=0.3, coupled=0.05):  # fmt: skip
     """K16-growth/-drift's: kfac_damped's BN-fed norms grow by `growth` (+1% a seed), kfac_damped_wd's
     by 0.9; cos(step, -grad) is 0.3 early in every K-FAC arm and, in the last quarter, 0.3 + drift (+-0.02
-    by seed) without decay at damping 1e-3, 0.3 with it, 0.2 at negligible damping."""
+    by seed) without decay at damping 1e-3, 0.3 with it, 0.2 at negligible damping. K16-coupled's: the final
+    test accuracy of kfac_damped_wd is 0.7 (+-0.005 by seed), of kfac_damped_wd_l2 0.7 - coupled (-+0.005)."""
     factor = {
         "kfac_scale1": 1.0, "kfac_scale10": kfac_ratio, "kfac_scale1_ulp": 1.0 + floor,
         "sgd_scale1": 1.0, "sgd_scale10": sgd_ratio,
         "kfac_wd": neg_effect, "kfac_damped": 1.0, "kfac_damped_wd": damp_effect,
         "nobn_kfac": 1.0, "nobn_kfac_wd": jac_ratio, "nobn_sgd": 1.0, "nobn_sgd_wd": 0.5,
         "nobn_kfac_wd_reparam": jac_ratio * reparam, "nobn_sgd_wd_reparam": 0.5 * reparam_sgd,
+        "kfac_damped_wd_l2": 1.0,
     }  # fmt: skip
+    test_acc = {"kfac_damped_wd": 0.7, "kfac_damped_wd_l2": 0.7 - coupled}
     runs, metrics = [], []
     for arm, f in factor.items():
         for s in range(seeds):
@@ -1239,8 +1242,9 @@ def _kfac(tmp_path, kfac_ratio=1.01, sgd_ratio=0.01, neg_effect=1.05, damp_effec
             base = 0.01 * (1 + 0.1 * s)
             rid = f"{arm}-s{s}"
             jac = 100.0 * (1 + 0.1 * s) * jitter if arm.startswith("nobn") else np.nan
+            acc = test_acc.get(arm, 0.5) + (0.005 if arm == "kfac_damped_wd" else -0.005) * (-1) ** s
             runs.append({"run_id": rid, "arm": arm, "seed": s, "status": "ok", "train.steps": 100,
-                         "final_jacobian_fro_sq": jac})  # fmt: skip
+                         "final_jacobian_fro_sq": jac, "final_test_acc": acc})  # fmt: skip
             for step in range(0, 100, 10):
                 for layer in ("layer1", "layer2", "out"):
                     v = base * (jitter if not arm.startswith("nobn") else 1.0)
@@ -1278,6 +1282,7 @@ def test_k16_supported_when_kfac_ignores_the_scale_and_sgd_does_not(tmp_path):
         "K16-drift": "supported",
         "K16-drift-rise": "not judged",
         "K16-drift-floor": "not judged",
+        "K16-coupled": "supported",
     }
 
 
@@ -1286,6 +1291,11 @@ def test_k16_growth_and_drift_each_outcome(tmp_path):
     assert v["K16-growth"] == "not supported" and v["K16-drift"] == "not supported"
     v = _kfac(tmp_path, growth=1.0, drift=0.0)  # no growth but seed jitter, drift +-0.02 around 0
     assert v["K16-drift"] == "inconclusive"
+
+
+def test_k16_coupled_each_outcome(tmp_path):
+    assert _kfac(tmp_path, coupled=-0.05)["K16-coupled"] == "not supported"  # L2 in the gradient ends higher
+    assert _kfac(tmp_path, coupled=0.0)["K16-coupled"] == "inconclusive"  # the same, +-0.01 by seed
 
 
 def test_k16_not_supported_or_inconclusive_otherwise(tmp_path):
@@ -1455,7 +1465,7 @@ def _k17(slope=None, centre=None, noise=0.005, seeds=5, diverged=()):
 
     slope = {"bn_sgd": 0.05, "renorm_sgd": 0.1, "sgd": 0.2, "rmsprop": 0.1, "adam": 0.1, **(slope or {})}
     centre = {"adagrad": 0.64, "rmsprop_inside": 0.66, "bn_rmsprop": 0.68, "bn_adagrad": 0.66, "bn_adam": 0.71,
-              "renorm_adam": 0.67, **(centre or {})}  # fmt: skip
+              "renorm_adam": 0.67, "bn_kfac": 0.68, "renorm_kfac": 0.69, **(centre or {})}  # fmt: skip
     cfg = from_dict(SensitivityConfig, _config("lr_sensitivity"))
     runs = []
     for i, (name, g) in enumerate(all_arms(cfg).items()):
@@ -1552,8 +1562,9 @@ def test_k17_eps_is_two_sided(inside, expected):
     ],
 )
 def test_k17_confound_is_two_sided(renorm_adam, expected):
-    v = _verdicts("lr_sensitivity", _k17(centre={"renorm_adam": renorm_adam}, noise=0.001), [])
-    assert v["K17-confound"] == expected
+    v = _verdicts("lr_sensitivity", _k17(centre={"renorm_adam": renorm_adam, "renorm_kfac": renorm_adam - 0.03},
+                                         noise=0.001), [])  # fmt: skip
+    assert v["K17-confound"] == v["K17-confound-kfac"] == expected
     assert v["K17-confound-gaps"] == "not judged"
 
 

@@ -13,8 +13,8 @@ accuracy:
   (§2, where no implicit decay confounds them);
 * the centre arms run at their centre only: Adagrad and RMSprop with and without BN (Adagrad's own
   1/sqrt(k) decay stacked on the one BN brings, §2), RMSprop with epsilon inside the square root as the
-  chapter writes it (§2), and Adam on the BN network with and without renormalization beside SGD's
-  centre runs: does the gap between two optimizers depend on the implicit schedules they carry (§4.3)?
+  chapter writes it (§2), and Adam and K-FAC on the BN network with and without renormalization beside
+  SGD's centre runs: does the gap between two optimizers depend on the implicit schedules they carry (§4.3)?
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ class ExampleSquares:
 
     def __init__(self, model: Net, kind: str, seed: int):
         self.model, self.kind = model, kind
+        self.named = dict(model.named_parameters())
         self.gen = torch.Generator().manual_seed(1_000_003 * seed + 7)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
@@ -121,7 +122,7 @@ class ExampleSquares:
         import torch.nn.functional as F
 
         model = self.model
-        params = {k: v.detach() for k, v in model.named_parameters()}
+        params = {k: v.detach() for k, v in self.named.items()}
         buffers = dict(model.named_buffers())
         if self.kind == "fisher":
             with torch.no_grad():
@@ -133,8 +134,7 @@ class ExampleSquares:
             return F.cross_entropy(out, yi.unsqueeze(0))
 
         per = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
-        named = dict(model.named_parameters())
-        return {named[k]: (g * g).mean(0) for k, g in per.items()}
+        return {self.named[k]: (g * g).mean(0) for k, g in per.items()}
 
 
 def _torch_optimizer(name: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:

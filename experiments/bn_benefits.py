@@ -39,7 +39,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import paired_t, t_interval
 
 from .bn_paths import PathsSetting, crossfit_picks, speed
-from .bn_placement import GridArm, grid_arms, mean_log_loss
+from .bn_placement import GridArm, grid_arms, grid_tasks, mean_log_loss
 from .common import final_metric, final_train_loss, needs_probes, status_note
 
 NONE, BEFORE, AFTER, LAYER = "none", "before", "after", "layer"
@@ -427,9 +427,7 @@ class BNBenefits(Experiment):
     setting_class = BenefitsSetting
 
     def tasks(self, cfg: BenefitsConfig) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config) for name, g in grid(cfg).items() for seed in cfg.seed_list
-        ]
+        return grid_tasks(grid(cfg), cfg.seed_list)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

@@ -40,7 +40,7 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .bn_placement import grid_arms, mean_log_loss, steps_to_loss
+from .bn_placement import grid_arms, grid_tasks, mean_log_loss, steps_to_loss
 from .common import crossfit_folds, needs_probes, status_note
 
 FULL, NO_MEAN, NO_VAR, DIRECT, NONE, EQ9 = "full", "no_mean", "no_var", "direct", "none", "eq9"
@@ -400,11 +400,7 @@ class BNPaths(Experiment):
     setting_class = PathsSetting
 
     def tasks(self, cfg: PathsConfig) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config)
-            for name, g in grid_arms(cfg).items()
-            for seed in cfg.seed_list
-        ]
+        return grid_tasks(grid_arms(cfg), cfg.seed_list)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

@@ -141,6 +141,11 @@ def grid_arms(cfg: PlacementConfig, only: list[str] | None = None) -> dict[str, 
     return out
 
 
+def grid_tasks(arms: dict[str, GridArm], seeds: list[int]) -> list[RunTask]:
+    """One run per grid arm and seed, named '<arm>-s<seed>'."""
+    return [RunTask(f"{name}-s{seed}", name, seed, g.config) for name, g in arms.items() for seed in seeds]
+
+
 def mean_log_loss(tables: Tables) -> pd.DataFrame:
     """Per run: the mean over probes (after step 0) of log(training loss over the probe interval).
     Runs that did not finish are missing (NaN)."""
@@ -308,11 +313,7 @@ class BNPlacement(Experiment):
     config_class = PlacementConfig
 
     def tasks(self, cfg: PlacementConfig) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config)
-            for name, g in grid_arms(cfg).items()
-            for seed in cfg.seed_list
-        ]
+        return grid_tasks(grid_arms(cfg), cfg.seed_list)
 
     # the figure's and the centering check's LR per arm: best_arms on the mean log training loss (an
     # arm without BN never reaches the K2 target, so steps to it cannot choose its LR)

@@ -49,6 +49,32 @@ def final_metric(tables: Tables, metric: str) -> pd.DataFrame:
     return pd.DataFrame({"run_id": runs["run_id"], "arm": runs["arm"], "seed": runs["seed"], "value": vals})
 
 
+def num_classes(data) -> int:
+    """C, the number of classes of a run's data (a DataConfig): the synthetic data's own, 10 for every other
+    dataset normlab ships (MNIST-1D, MNIST, Fashion-MNIST, CIFAR-10)."""
+    return data.num_classes if data.name == "synthetic" else 10
+
+
+def accuracy_by_seed(tables: Tables, chance: float, metric: str = M.TEST_ACC) -> dict[str, dict[int, float]]:
+    """arm -> seed -> the final accuracy; a run that diverged counts `chance` (it predicts nothing), one that
+    failed otherwise is missing."""
+    runs = tables.runs
+    acc = final_metric(tables, metric)
+    value = acc["value"].where(runs["status"] != "diverged", chance)
+    out: dict[str, dict[int, float]] = {}
+    for arm, seed, v in zip(acc["arm"], acc["seed"].astype(int), value.astype(float)):
+        if np.isfinite(v):
+            out.setdefault(arm, {})[seed] = v
+    return out
+
+
+def selection_accuracy(runs: pd.DataFrame, metric: str = M.VAL_ACC) -> pd.Series:
+    """Validation accuracy as a selection reads it: a run that diverged or failed counts 0, so it is never chosen."""
+    col = M.final(metric)
+    v = runs[col] if col in runs else pd.Series(np.nan, index=runs.index)
+    return v.where(runs["status"] == "ok").astype(float).fillna(0.0)
+
+
 def status_note(tables: Tables, arms: list[str]) -> str:
     """'2 of 5 bn_noise runs diverged' style notes for the runs that did not finish normally."""
     runs = tables.runs

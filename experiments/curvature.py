@@ -57,6 +57,7 @@ from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
 from normlab.engine.stats import paired_t, t_interval
 
 from normlab.engine.experiment import Experiment, Setting, arm_configs
+from .common import num_classes
 from .noise import NoiseConfig, NoiseFactory
 
 _COUNT = (
@@ -311,7 +312,7 @@ class CurvatureExperimentConfig(ExperimentConfig):
                 "run.curvature.layer: K8's chance value needs the measured layer's fan-in, which for a hidden layer "
                 "is model.width; measure layer2 or deeper"
             )
-        classes = 10 if self.run.data.name != "synthetic" else self.run.data.num_classes
+        classes = num_classes(self.run.data)
         if self.run.curvature.top_k < 3 * classes:
             raise C.ConfigError(
                 f"run.curvature.top_k: needs >= 3C = {3 * classes} eigenvalues (about C outliers and the ranks "
@@ -393,7 +394,7 @@ def classes_of(cfg: CurvatureExperimentConfig, workload: str) -> int:
     """C, the number of classes of a workload's data."""
     raw = C.apply_overrides(C.to_dict(cfg.run), cfg.design.workloads.get(workload) or {})
     data = C.from_dict(RunConfig, raw).data
-    return 10 if data.name != "synthetic" else data.num_classes
+    return num_classes(data)
 
 
 # ---------------------------------------------------------------- claims: one estimator each

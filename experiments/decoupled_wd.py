@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from normlab.engine import config as C
-from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import ConfigError, param
@@ -36,9 +35,9 @@ from normlab.engine.experiment import Experiment, Setting
 from normlab.engine.results import Tables
 from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig, RunConfig
-from normlab.engine.stats import Interval, paired, t_interval, t_test_p
+from normlab.engine.stats import Interval, paired, paired_t, t_interval, t_test_p
 
-from .common import status_note
+from .common import accuracy_by_seed, num_classes, selection_accuracy, status_note
 
 ADAMW, ADAM_L2, SGD, BN_SGD = "adamw", "adam_l2", "sgd", "bn_sgd"
 ROLES = {  # setting -> (model.norm, optim.name, optim.wd_mode)
@@ -177,18 +176,11 @@ def final_arms(cfg: DecayConfig) -> list[str]:
     return out
 
 
-def _val(runs: pd.DataFrame) -> pd.Series:
-    """Validation accuracy as selection reads it: a diverged or failed run counts 0."""
-    col = M.final(M.VAL_ACC)
-    v = runs[col] if col in runs else pd.Series(np.nan, index=runs.index)
-    return v.where(runs["status"] == "ok").astype(float).fillna(0.0)
-
-
 def tuning_table(cfg: DecayConfig, runs: pd.DataFrame) -> pd.DataFrame:
     """Per grid arm: setting, alpha, lambda and the mean validation accuracy over the tuning seeds it ran on."""
     g = grid(cfg)
     r = runs[runs["arm"].isin(g) & runs["seed"].isin(cfg.tuning_seeds)]
-    acc = _val(r).groupby(r["arm"]).agg(["mean", "size"])
+    acc = selection_accuracy(r).groupby(r["arm"]).agg(["mean", "size"])
     rows = [
         {"arm": a, "setting": s, "alpha": al, "lambda": lam, "val": acc.loc[a, "mean"], "n": int(acc.loc[a, "size"])}
         for a, (s, al, lam) in g.items()
@@ -219,16 +211,10 @@ class DecaySetting(Setting):
 
     @cached_property
     def test(self) -> dict[str, dict[int, float]]:
-        """final arm -> fresh seed -> test accuracy (a diverged run counts chance, 0.1; a failed one is missing)."""
-        r = self.tables.runs
-        r = r[r["arm"].isin(final_arms(self.cfg)) & r["seed"].isin(self.cfg.seed_list)]
-        acc = r[M.final(M.TEST_ACC)].astype(float).where(r["status"] == "ok")
-        acc = acc.where(r["status"] != "diverged", 0.1)
-        out: dict[str, dict[int, float]] = {}
-        for arm, seed, v in zip(r["arm"], r["seed"].astype(int), acc):
-            if np.isfinite(v):
-                out.setdefault(arm, {})[seed] = float(v)
-        return out
+        """final arm -> fresh seed -> test accuracy (a diverged run counts chance; a failed one is missing)."""
+        acc = accuracy_by_seed(self.tables, 1.0 / num_classes(self.cfg.run.data))
+        keep = set(self.cfg.seed_list)
+        return {a: {x: v for x, v in d.items() if x in keep} for a, d in acc.items() if a in final_arms(self.cfg)}
 
     def picked(self, arm: str) -> str:
         if arm not in self.chosen:
@@ -251,12 +237,8 @@ def adamw_lead(s: DecaySetting) -> Estimate:
     if not len(d):
         return Estimate.missing(text)
     note = status_note(s.tables, [f"{ADAMW}-{BEST}", f"{ADAM_L2}-{BEST}"])
-    return Estimate(float(d.mean()), _paired_t(d), len(d), detail=text + (f"; {note}" if note else ""))
-
-
-def _paired_t(d: np.ndarray) -> Interval:
-    ci = t_interval(d)
-    return Interval(ci.low, ci.high, "paired t")
+    _, ci, n = paired_t(d, np.zeros_like(d))
+    return Estimate(float(d.mean()), ci, n, detail=text + (f"; {note}" if note else ""))
 
 
 def benefit(s: DecaySetting, setting: str) -> Estimate:

@@ -35,7 +35,7 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 
 from .bn_paths import EQ9, NONE, PathsSetting, mean_outliers, speed
-from .bn_placement import grid_arms
+from .bn_placement import grid_arms, grid_tasks
 
 N31_SPEED = Claim(
     "N31-speed",
@@ -116,11 +116,7 @@ class Eq9Speed(Experiment):
     setting_class = PathsSetting
 
     def tasks(self, cfg: Eq9Config) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config)
-            for name, g in grid_arms(cfg).items()
-            for seed in cfg.seed_list
-        ]
+        return grid_tasks(grid_arms(cfg), cfg.seed_list)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)

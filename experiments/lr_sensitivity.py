@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from normlab.engine import metrics as M
 from normlab.engine import plots as P
 from normlab.engine.claims import DESCRIPTIVE, MEASURED, Claim, Estimate, Rule
 from normlab.engine.config import ConfigError, param
@@ -35,8 +34,8 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import folded_t, paired_t, t_interval
 
-from .bn_placement import GridArm, grid_arms
-from .common import final_metric, status_note
+from .bn_placement import GridArm, grid_arms, grid_tasks
+from .common import accuracy_by_seed, num_classes, status_note
 
 # the arms by role: name -> (model.norm, optim.name, optim.renormalize, optim.eps_inside)
 BN_SGD, RENORM_SGD, SGD, RMSPROP, ADAM = "bn_sgd", "renorm_sgd", "sgd", "rmsprop", "adam"
@@ -226,14 +225,7 @@ class SensitivitySetting(Setting):
     @cached_property
     def acc(self) -> dict[str, dict[int, float]]:
         """run arm -> seed -> final test accuracy; a diverged run counts chance, a run that failed is missing."""
-        runs = self.tables.runs
-        acc = final_metric(self.tables, M.TEST_ACC)
-        chance = 1.0 / 10
-        value = acc["value"].where(runs["status"] != "diverged", chance)
-        out: dict[str, dict[int, float]] = {}
-        for arm, seed, v in zip(acc["arm"], acc["seed"].astype(int), value.astype(float)):
-            out.setdefault(arm, {})[seed] = v
-        return out
+        return accuracy_by_seed(self.tables, 1.0 / num_classes(self.cfg.run.data))
 
     def centre(self, arm: str) -> dict[int, float]:
         return self.acc.get(centre_name(self.cfg, arm), {})
@@ -373,11 +365,7 @@ class LRSensitivity(Experiment):
     setting_class = SensitivitySetting
 
     def tasks(self, cfg: SensitivityConfig) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config)
-            for name, g in all_arms(cfg).items()
-            for seed in cfg.seed_list
-        ]
+        return grid_tasks(all_arms(cfg), cfg.seed_list)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
@@ -402,6 +390,6 @@ class LRSensitivity(Experiment):
                             label=f"{_LABELS.get(arm, arm)} (c = {lr:g})")  # fmt: skip
         for ax, title in ((axes[0, 0], "BN's implicit decay (§4.3)"), (axes[0, 1], "Adaptive methods, no BN (§2)")):
             ax.set(xscale="log", xlabel="learning rate / its centre c", ylabel="final test accuracy", title=title)
-            ax.axhline(0.1, color="k", ls=":", lw=1)
+            ax.axhline(1.0 / num_classes(cfg.run.data), color="k", ls=":", lw=1)  # chance
             P.legend(ax, fontsize=6)
         return [P.save(fig, out / "lr_sensitivity.png")]

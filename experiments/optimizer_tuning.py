@@ -45,6 +45,8 @@ from normlab.engine.runs import RunTask
 
 from normlab.engine.experiment import Experiment, Setting
 
+from .common import selection_accuracy
+
 # One-sided (from 2026-12-04): the chapter's claim is that the believed SGD advantage does not survive
 # careful tuning, and Choi et al.'s that the more general optimizer (Adam) is no worse than its
 # special case (momentum SGD). Supported when the upper end of the careful gap's interval (SGD - Adam)
@@ -314,15 +316,10 @@ def _with_parts(runs: pd.DataFrame, arms: dict[str, Trial]) -> pd.DataFrame:
 GROUP = ["workload", "opt", "protocol"]
 
 
-def _val_acc(runs: pd.DataFrame) -> pd.Series:
-    """Validation accuracy as selection reads it: a run that diverged or failed counts as 0."""
-    return runs[M.final(M.VAL_ACC)].where(runs["status"] == "ok").astype(float).fillna(0.0)
-
-
 def shortlist(search: pd.DataFrame, top: int) -> list[str]:
     """The `top` trials of one search by validation accuracy on the search seed, every trial tied
     with the last one included (a cut is never made by a trial's name)."""
-    acc = _val_acc(search).set_axis(search["arm"])
+    acc = selection_accuracy(search).set_axis(search["arm"])
     if acc.empty:
         return []
     cut = acc.sort_values(ascending=False).iloc[min(top, len(acc)) - 1]
@@ -338,7 +335,7 @@ def choose(tried: pd.DataFrame, candidates: list[str]) -> tuple[str, float, int]
         return None
     loss = rows[M.final(M.VAL_LOSS)] if M.final(M.VAL_LOSS) in rows else pd.Series(np.nan, index=rows.index)
     table = pd.DataFrame(
-        {"arm": rows["arm"], "acc": _val_acc(rows), "loss": loss.where(rows["status"] == "ok").fillna(np.inf)}
+        {"arm": rows["arm"], "acc": selection_accuracy(rows), "loss": loss.where(rows["status"] == "ok").fillna(np.inf)}
     )
     stats = table.groupby("arm", sort=False).agg(acc=("acc", "mean"), loss=("loss", "mean"), n=("acc", "size"))
     order = {a: i for i, a in enumerate(candidates)}

@@ -33,7 +33,7 @@ from normlab.engine.runs import RunTask
 from normlab.engine.spec import Analysis, ExperimentConfig
 from normlab.engine.stats import paired_t, t_interval
 
-from .bn_placement import GridArm, grid_arms
+from .bn_placement import GridArm, grid_arms, grid_tasks
 from .common import status_note
 
 FORMS = ("batch", "per_example", "fisher")
@@ -248,11 +248,7 @@ class SecondMoments(Experiment):
     setting_class = MomentsSetting
 
     def tasks(self, cfg: MomentsConfig) -> list[RunTask]:
-        return [
-            RunTask(f"{name}-s{seed}", name, seed, g.config)
-            for name, g in grid_arms(cfg).items()
-            for seed in cfg.seed_list
-        ]
+        return grid_tasks(grid_arms(cfg), cfg.seed_list)
 
     def plot(self, tables: Tables, out: Path) -> list[Path]:
         cfg = self.typed_config(tables)
